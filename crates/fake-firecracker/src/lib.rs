@@ -1,0 +1,1 @@
+//! fake-firecracker: a test VMM.

@@ -1,0 +1,1 @@
+//! Serde models of Firecracker's v1.16 HTTP API.

@@ -1,0 +1,2 @@
+//! The firehost CLI.
+fn main() {}

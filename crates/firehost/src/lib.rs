@@ -1,0 +1,1 @@
+//! firehost: run Firecracker microVMs from a tokio service.
