@@ -1,1 +1,36 @@
 //! firehost: run Firecracker microVMs from a tokio service.
+//!
+//! A sandboxing service needs to boot VMs sized to each job, watch them,
+//! stop them for certain, and never leak a process, socket or directory,
+//! even when the service itself crashes. firehost does that around an
+//! external `firecracker` binary.
+//!
+//! The layers, bottom up:
+//!
+//! - [`api`]: Firecracker's HTTP API, typed, over its unix socket.
+//! - [`vmm`]: one Firecracker process: spawn, readiness, console capture,
+//!   exit watch through a pidfd, signals.
+//! - [`spec`] and [`state`]: what a VM should be, and the lifecycle state
+//!   machine every provider shares.
+//! - [`record`]: the durable per-VM record a restarted manager reads.
+//! - [`Manager`]: many VMs, per-VM locking, create as a transaction,
+//!   re-attach and reaping after a restart.
+//! - [`VmProvider`]: the trait services code against, implemented by
+//!   [`Manager`] and by [`InMemoryProvider`] for their tests.
+
+pub mod api;
+pub mod console;
+pub mod id;
+pub mod record;
+pub mod spec;
+pub mod state;
+pub mod vmm;
+
+pub use id::{VmId, VmIdError};
+pub use spec::{DriveSpec, HostDefaults, ResolvedSpec, SpecError, VmSpec};
+pub use state::{ExitReason, Operation, TransitionError, VmState};
+pub mod manager;
+pub mod snapshot;
+mod undo;
+
+pub use manager::{Manager, ManagerConfig, ManagerError, StopOptions, VmError, VmInfo};

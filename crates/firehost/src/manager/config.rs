@@ -1,0 +1,162 @@
+//! How a [`Manager`](super::Manager) runs its VMs.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::console::DEFAULT_CONSOLE_LINES;
+use crate::spec::HostDefaults;
+use crate::vmm::spawn::DEFAULT_NOFILE_LIMIT;
+use crate::vmm::{LogLevel, SeccompPolicy};
+
+/// Where the state directory lives when nothing else is said.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/firehost";
+
+/// Where VM consoles go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsoleTarget {
+    /// Into the in-memory ring only. The console is lost if the manager
+    /// exits while the VM runs on.
+    #[default]
+    Ring,
+    /// Into the ring and into `console.log` in the VM's directory.
+    RingAndFile,
+    /// Straight into `console.log` in the VM's directory, with no pipe to
+    /// the manager: for VMs that outlive the process that started them
+    /// (the CLI uses this).
+    File,
+}
+
+/// The deadlines of a manager's waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From spawn until the API socket accepts connections.
+    pub api_socket: Duration,
+    /// One API request, connect included.
+    pub request: Duration,
+    /// Stop: how long the guest gets to shut down after Ctrl-Alt-Del, and
+    /// the VMM after SIGTERM (each), unless the stop call says otherwise.
+    pub stop_grace: Duration,
+    /// Stop: how long to wait for the exit after SIGKILL before reporting
+    /// an error.
+    pub after_kill: Duration,
+    /// Opening: how long to wait for another manager to release the state
+    /// directory. Zero fails at once.
+    pub lock: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            api_socket: Duration::from_secs(5),
+            request: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(10),
+            after_kill: Duration::from_secs(10),
+            lock: Duration::ZERO,
+        }
+    }
+}
+
+/// A manager's configuration: where state lives, which binary to run, the
+/// host's defaults for VM specs, and how VMMs are started.
+///
+/// # Examples
+///
+/// ```
+/// use firehost::manager::ManagerConfig;
+///
+/// let mut config = ManagerConfig::new("/tmp/firehost-doc", "/usr/local/bin/firecracker");
+/// config.defaults.mem_mib = 256;
+/// config.console_lines = 500;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Records, sockets and consoles live here (created 0700).
+    pub state_dir: PathBuf,
+    /// The Firecracker binary: a path, or a bare name looked up in `PATH`
+    /// when the manager opens.
+    pub firecracker: PathBuf,
+    /// Fallbacks for unset [`VmSpec`](crate::VmSpec) fields.
+    pub defaults: HostDefaults,
+    /// Where consoles go.
+    pub console: ConsoleTarget,
+    /// Lines kept in each VM's console ring.
+    pub console_lines: usize,
+    /// When set, Firecracker logs at this level into `firecracker.log` in
+    /// the VM's directory.
+    pub vmm_log: Option<LogLevel>,
+    /// When set, Firecracker writes metrics into `metrics.json` in the VM's
+    /// directory.
+    pub vmm_metrics: bool,
+    /// The seccomp filter Firecracker installs.
+    pub seccomp: SeccompPolicy,
+    /// `RLIMIT_NOFILE` of each VMM.
+    pub nofile_limit: u64,
+    /// The VMM's whole environment (nothing is inherited from the manager).
+    pub vmm_env: Vec<(OsString, OsString)>,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+}
+
+impl ManagerConfig {
+    /// A configuration with firehost's defaults for everything but the two
+    /// things a host must say.
+    pub fn new(state_dir: impl Into<PathBuf>, firecracker: impl Into<PathBuf>) -> Self {
+        ManagerConfig {
+            state_dir: state_dir.into(),
+            firecracker: firecracker.into(),
+            defaults: HostDefaults::default(),
+            console: ConsoleTarget::default(),
+            console_lines: DEFAULT_CONSOLE_LINES,
+            vmm_log: None,
+            vmm_metrics: false,
+            seccomp: SeccompPolicy::Default,
+            nofile_limit: DEFAULT_NOFILE_LIMIT,
+            vmm_env: Vec::new(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig::new(DEFAULT_STATE_DIR, "firecracker")
+    }
+}
+
+/// Finds `binary` the way a shell would: as given if it has a `/`, else in
+/// the directories of `PATH`. Returns an absolute, executable path.
+pub fn find_binary(binary: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if binary.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return is_exec(binary)
+            .then(|| std::fs::canonicalize(binary).ok())
+            .flatten();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_absolute() && is_exec(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_found_on_path_or_by_path() {
+        assert!(find_binary(Path::new("sh")).is_some_and(|p| p.is_absolute()));
+        assert!(find_binary(Path::new("/bin/sh")).is_some());
+        assert!(find_binary(Path::new("no-such-binary-firehost")).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let not_exec = dir.path().join("data");
+        std::fs::write(&not_exec, b"x").unwrap();
+        assert!(find_binary(&not_exec).is_none());
+        assert!(find_binary(dir.path()).is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! Errors of VM operations and of opening a manager.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::api::ApiError;
+use crate::record::RecordError;
+use crate::spec::SpecError;
+use crate::state::TransitionError;
+use crate::vmm::{ProcessError, ReadyError, SpawnError};
+use crate::{Operation, VmId};
+
+/// The longest path a unix socket address can hold (`sun_path` less the
+/// terminating NUL).
+pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// A VM operation failed. Every variant names the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// No VM has this id.
+    #[error("no VM named {id}")]
+    NotFound {
+        /// The id.
+        id: VmId,
+    },
+    /// A VM with this id exists (or is being created).
+    #[error("a VM named {id} already exists")]
+    AlreadyExists {
+        /// The id.
+        id: VmId,
+    },
+    /// The spec was refused; nothing was started.
+    #[error("VM {id}: invalid spec")]
+    InvalidSpec {
+        /// The id.
+        id: VmId,
+        /// Which rule failed.
+        #[source]
+        source: SpecError,
+    },
+    /// The operation is not allowed in the VM's state; nothing changed.
+    #[error("VM {id}: {source}")]
+    Transition {
+        /// The id.
+        id: VmId,
+        /// The refused transition.
+        source: TransitionError,
+    },
+    /// A path would be too long for a unix socket.
+    #[error(
+        "VM {id}: socket path {path:?} is {len} bytes; unix sockets allow {MAX_SOCKET_PATH_BYTES}"
+    )]
+    SocketPathTooLong {
+        /// The id.
+        id: VmId,
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A file-system operation failed.
+    #[error("VM {id}: cannot {op} {path:?}")]
+    Io {
+        /// The id.
+        id: VmId,
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM could not be started.
+    #[error("VM {id}: cannot start the VMM")]
+    Spawn {
+        /// The id.
+        id: VmId,
+        /// The cause.
+        #[source]
+        source: SpawnError,
+    },
+    /// The VMM's API never came up.
+    #[error("VM {id}: the VMM did not become ready")]
+    NotReady {
+        /// The id.
+        id: VmId,
+        /// Timeout or early exit.
+        #[source]
+        source: ReadyError,
+        /// The console and VMM stderr at that moment.
+        console_tail: Vec<String>,
+    },
+    /// A Firecracker API call failed.
+    #[error("VM {id}: {op} failed")]
+    Api {
+        /// The id.
+        id: VmId,
+        /// The step, e.g. "configure boot source".
+        op: &'static str,
+        /// The API error, with Firecracker's status and fault message.
+        #[source]
+        source: ApiError,
+    },
+    /// Signalling or watching the VMM failed.
+    #[error("VM {id}: process control failed")]
+    Process {
+        /// The id.
+        id: VmId,
+        /// The cause.
+        #[source]
+        source: ProcessError,
+    },
+    /// The VMM outlived every step of stop, SIGKILL included.
+    #[error("VM {id}: the VMM (pid {pid}) did not exit within {waited:?} of SIGKILL")]
+    StopTimeout {
+        /// The id.
+        id: VmId,
+        /// The VMM's pid.
+        pid: i32,
+        /// How long we waited after SIGKILL.
+        waited: Duration,
+    },
+    /// The VM's record could not be written.
+    #[error("VM {id}: cannot persist its record")]
+    Record {
+        /// The id.
+        id: VmId,
+        /// The cause.
+        #[source]
+        source: RecordError,
+    },
+    /// The VMM exited during the operation.
+    #[error("VM {id}: the VMM exited during {op}")]
+    VmmExited {
+        /// The id.
+        id: VmId,
+        /// The operation.
+        op: Operation,
+    },
+    /// A snapshot with this name exists already.
+    #[error("snapshot {name} already exists")]
+    SnapshotExists {
+        /// The snapshot's name.
+        name: String,
+    },
+}
+
+impl VmError {
+    /// The Firecracker status and fault message behind this error, if any.
+    pub fn fault(&self) -> Option<(http::StatusCode, &str)> {
+        match self {
+            VmError::Api { source, .. } => source.fault(),
+            _ => None,
+        }
+    }
+}
+
+/// A manager could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// Another manager holds the state directory.
+    #[error("state directory {state_dir:?} is in use by another manager{}", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked {
+        /// The directory.
+        state_dir: PathBuf,
+        /// The pid written by the holder, if readable.
+        holder: Option<u32>,
+    },
+    /// A file-system operation failed.
+    #[error("cannot {op} {path:?}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state directory path leaves no room for VM sockets.
+    #[error(
+        "state directory {path:?} is too long: VM socket paths would exceed {MAX_SOCKET_PATH_BYTES} bytes"
+    )]
+    StateDirTooLong {
+        /// The directory.
+        path: PathBuf,
+    },
+}

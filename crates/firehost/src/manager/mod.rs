@@ -1,0 +1,474 @@
+//! The [`Manager`]: the registry of a host's VMs.
+//!
+//! It owns a state directory, creates VMs as transactions, runs lifecycle
+//! operations with one lock per VM (operations on different VMs never wait
+//! for each other), keeps a durable record per VM, and on opening
+//! re-attaches to VMs that outlived a previous manager and reaps what dead
+//! ones left behind.
+//!
+//! ```text
+//! <state>/
+//!     lock                 flock'd by the one manager using this directory
+//!     vms/<id>/            0700, one per VM
+//!         record.json      the durable record
+//!         api.sock         Firecracker's API socket
+//!         console.log      with ConsoleTarget::File or RingAndFile
+//!         firecracker.log  with ManagerConfig::vmm_log
+//!         metrics.json     with ManagerConfig::vmm_metrics
+//!     snapshots/<name>/    snapshot bundles
+//! ```
+//!
+//! Dropping a `Manager` leaves its VMs running: they can be picked up by
+//! the next manager on the same directory.
+
+mod config;
+mod create;
+mod error;
+mod lock;
+mod ops;
+mod reattach;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+pub use config::{ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Timeouts, find_binary};
+pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, VmError};
+pub use ops::{SnapshotOptions, StopOptions};
+
+use crate::VmId;
+use crate::api::ApiClient;
+use crate::console::ConsoleRing;
+use crate::record::VmRecord;
+use crate::snapshot::{SnapshotInfo, SnapshotName};
+use crate::spec::{ResolvedSpec, VmSpec};
+use crate::state::VmState;
+use crate::vmm::{ConsoleMode, VmmProcess};
+use lock::StateLock;
+
+/// What a caller sees of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmInfo {
+    /// Its id.
+    pub id: VmId,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: VmState,
+    /// The VMM's pid while one runs.
+    pub pid: Option<i32>,
+    /// Firecracker's API socket.
+    pub api_socket: PathBuf,
+    /// The VM's directory under the state directory.
+    pub dir: PathBuf,
+    /// The console file, when consoles go to files.
+    pub console_file: Option<PathBuf>,
+    /// The resolved spec.
+    pub spec: ResolvedSpec,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// Runs many Firecracker VMs on one host. See the [module docs](self).
+///
+/// `Manager` is cheap to clone (it is an `Arc` inside) and every method
+/// takes `&self`, so one manager can serve a whole service.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use firehost::{VmSpec, manager::{Manager, ManagerConfig, StopOptions}};
+///
+/// let manager = Manager::open(ManagerConfig::new("/var/lib/firehost", "firecracker")).await?;
+/// let spec = VmSpec {
+///     kernel: Some("/images/vmlinux".into()),
+///     rootfs: Some("/images/rootfs.ext4".into()),
+///     vcpus: Some(2),
+///     ..VmSpec::default()
+/// };
+/// let id = "job-42".parse()?;
+/// manager.create(&id, spec).await?;
+/// manager.start(&id).await?;
+/// manager.stop(&id, StopOptions::default()).await?;
+/// manager.destroy(&id).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Manager {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ManagerConfig,
+    /// `config.firecracker` resolved to an absolute path at open.
+    firecracker: PathBuf,
+    vms_dir: PathBuf,
+    snapshots_dir: PathBuf,
+    /// The registry. A std mutex: it is held only to look up, insert or
+    /// remove a slot, never across an `.await`.
+    vms: StdMutex<HashMap<VmId, Arc<Slot>>>,
+    _lock: StateLock,
+}
+
+/// One VM's place in the registry.
+#[derive(Debug)]
+struct Slot {
+    /// The VM, behind the per-VM async lock that every operation takes.
+    /// `None` while a create is still running or after a destroy.
+    vm: Arc<Mutex<Option<Vm>>>,
+    /// A copy of the VM's info, refreshed after every change, so listing
+    /// never waits for a slow operation on some VM.
+    info: StdMutex<Option<VmInfo>>,
+}
+
+/// A VM's live data, owned by its slot.
+#[derive(Debug)]
+struct Vm {
+    record: VmRecord,
+    dir: PathBuf,
+    process: Option<VmmProcess>,
+    api: Option<Arc<ApiClient>>,
+    ring: ConsoleRing,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            vm: Arc::new(Mutex::new(None)),
+            info: StdMutex::new(None),
+        }
+    }
+
+    fn publish(&self, vm: Option<&Vm>) {
+        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = vm.map(Vm::info);
+    }
+
+    fn info(&self) -> Option<VmInfo> {
+        self.info.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Vm {
+    fn info(&self) -> VmInfo {
+        VmInfo {
+            id: self.record.id.clone(),
+            state: self.record.state.clone(),
+            pid: self.process.as_ref().map(VmmProcess::pid),
+            api_socket: self.record.api_socket.clone(),
+            dir: self.dir.clone(),
+            console_file: match &self.record.console {
+                ConsoleMode::Ring => None,
+                ConsoleMode::RingAndFile(p) | ConsoleMode::File(p) => Some(p.clone()),
+            },
+            spec: self.record.spec.clone(),
+            created_at_ms: self.record.created_at_ms,
+        }
+    }
+
+    /// The last `n` console lines, from the ring or the console file.
+    async fn console_tail(&self, n: usize) -> Vec<String> {
+        match &self.record.console {
+            ConsoleMode::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || crate::console::tail_of_file(&path, n))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default()
+            }
+            ConsoleMode::Ring | ConsoleMode::RingAndFile(_) => self.ring.tail_text(n),
+        }
+    }
+
+    /// Writes the record on the blocking pool.
+    async fn persist(&self) -> Result<(), VmError> {
+        let record = self.record.clone();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || record.write(&dir))
+            .await
+            .expect("record writes do not panic")
+            .map_err(|source| VmError::Record {
+                id: self.record.id.clone(),
+                source,
+            })
+    }
+}
+
+impl Manager {
+    /// Opens (creating if needed) the state directory, takes its lock, and
+    /// re-attaches to or reaps the VMs recorded there.
+    ///
+    /// Fails with [`ManagerError::Locked`] if another manager uses the
+    /// directory (after waiting up to `config.timeouts.lock`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, some dead VMs may be left unreaped
+    /// until the next open (which finishes the job).
+    pub async fn open(config: ManagerConfig) -> Result<Manager, ManagerError> {
+        let state_dir = config.state_dir.clone();
+        create_private_dir_all(&state_dir)?;
+        let lock = StateLock::acquire(&state_dir, config.timeouts.lock).await?;
+        let vms_dir = state_dir.join("vms");
+        let snapshots_dir = state_dir.join("snapshots");
+        create_private_dir_all(&vms_dir)?;
+        create_private_dir_all(&snapshots_dir)?;
+        // A missing binary is reported per create (as a spawn error), so
+        // that a host without Firecracker can still list and clean up.
+        let firecracker =
+            find_binary(&config.firecracker).unwrap_or_else(|| config.firecracker.clone());
+        let shared = Arc::new(Shared {
+            config,
+            firecracker,
+            vms_dir,
+            snapshots_dir,
+            vms: StdMutex::new(HashMap::new()),
+            _lock: lock,
+        });
+        reattach::recover(&shared).await?;
+        Ok(Manager { shared })
+    }
+
+    /// The configuration the manager runs with.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.shared.config
+    }
+
+    /// Where snapshot bundles are stored.
+    pub fn snapshots_dir(&self) -> &Path {
+        &self.shared.snapshots_dir
+    }
+
+    /// Creates a VM: validates the spec, starts its VMM and configures it
+    /// (machine, boot source, drives). The VM ends in state
+    /// [`VmState::Created`]; [`start`](Self::start) boots it.
+    ///
+    /// Every side effect is undone if any step fails, and the first error
+    /// is returned: no process, socket, directory or record is left.
+    ///
+    /// # Cancel safety
+    ///
+    /// The create runs in a task of its own: dropping this future does not
+    /// interrupt it. It finishes (the VM then shows in [`list`](Self::list))
+    /// or fails and undoes itself.
+    pub async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Boots the guest (`InstanceStart`).
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped after the request went out, the VM may have started while
+    /// the record still says created; the next operation or manager open
+    /// corrects it from Firecracker's own state.
+    pub async fn start(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        ops::start(&self.shared, id).await
+    }
+
+    /// Pauses the guest's vCPUs.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    pub async fn pause(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        ops::pause(&self.shared, id).await
+    }
+
+    /// Resumes the guest's vCPUs.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    pub async fn resume(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        ops::resume(&self.shared, id).await
+    }
+
+    /// Stops the VM: Ctrl-Alt-Del if the guest is expected to honour it,
+    /// then SIGTERM, then SIGKILL, each step given [`StopOptions::grace`]
+    /// to take effect. The exit is observed through the pidfd.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: once called, the stop completes even if this
+    /// future is dropped.
+    pub async fn stop(&self, id: &VmId, options: StopOptions) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(ops::stop(self.shared.clone(), id.clone(), options));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Takes a full snapshot into a new bundle named `name` in the snapshot
+    /// store, pausing a running VM first and (by default) resuming it after.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes (or undoes itself: the partial
+    /// bundle is removed and the VM resumed) even if this future is dropped.
+    pub async fn snapshot(
+        &self,
+        id: &VmId,
+        name: &SnapshotName,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotInfo, VmError> {
+        let task = tokio::spawn(ops::snapshot(
+            self.shared.clone(),
+            id.clone(),
+            name.clone(),
+            options,
+        ));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Removes a VM that is created, stopped or failed, with its directory,
+    /// socket, console and record. A created VM's VMM is killed first; a
+    /// running or paused VM must be stopped first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes even if this future is dropped.
+    pub async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
+        let task = tokio::spawn(ops::destroy(self.shared.clone(), id.clone()));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// One VM's info. Waits for an operation in progress on that VM.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn get(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        let slot = self.shared.slot(id)?;
+        let guard = slot.vm.lock().await;
+        guard
+            .as_ref()
+            .map(Vm::info)
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })
+    }
+
+    /// Every VM, sorted by id. Never waits for operations in progress: a VM
+    /// that is being created is not listed yet.
+    pub fn list(&self) -> Vec<VmInfo> {
+        let slots: Vec<Arc<Slot>> = self.shared.lock_registry().values().cloned().collect();
+        let mut infos: Vec<VmInfo> = slots.iter().filter_map(|s| s.info()).collect();
+        infos.sort_by(|a, b| a.id.cmp(&b.id));
+        infos
+    }
+
+    /// The last `lines` lines of the VM's console and VMM stderr.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError> {
+        let slot = self.shared.slot(id)?;
+        let guard = slot.vm.lock().await;
+        match guard.as_ref() {
+            Some(vm) => Ok(vm.console_tail(lines).await),
+            None => Err(VmError::NotFound { id: id.clone() }),
+        }
+    }
+
+    /// The VM's console ring, to follow or wait for output. Empty for VMs
+    /// whose console goes straight to a file.
+    pub async fn console(&self, id: &VmId) -> Result<ConsoleRing, VmError> {
+        let slot = self.shared.slot(id)?;
+        let guard = slot.vm.lock().await;
+        match guard.as_ref() {
+            Some(vm) => Ok(vm.ring.clone()),
+            None => Err(VmError::NotFound { id: id.clone() }),
+        }
+    }
+
+    /// The VM's API client, for Firecracker features the manager does not
+    /// wrap (balloon, MMDS, rate-limiter updates…). `None` once the VMM is
+    /// gone. Requests made this way do not update the manager's state.
+    pub async fn api(&self, id: &VmId) -> Result<Option<Arc<ApiClient>>, VmError> {
+        let slot = self.shared.slot(id)?;
+        let guard = slot.vm.lock().await;
+        match guard.as_ref() {
+            Some(vm) => Ok(vm.api.clone()),
+            None => Err(VmError::NotFound { id: id.clone() }),
+        }
+    }
+}
+
+impl Shared {
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Arc<Slot>>> {
+        // The registry map stays consistent through a panic (single
+        // insert/remove calls), so a poisoned lock is still usable.
+        self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot(&self, id: &VmId) -> Result<Arc<Slot>, VmError> {
+        self.lock_registry()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })
+    }
+
+    fn vm_dir(&self, id: &VmId) -> PathBuf {
+        self.vms_dir.join(id.as_str())
+    }
+}
+
+/// Watches a VMM that should keep running; if it exits while the VM is
+/// live (not during a stop, which takes the VM lock first), the VM is marked
+/// failed with its exit status and console tail.
+fn watch_for_crash(slot: Arc<Slot>, process: VmmProcess) {
+    tokio::spawn(async move {
+        let exit = process.wait().await;
+        let mut guard = slot.vm.lock().await;
+        let Some(vm) = guard.as_mut() else { return };
+        let same_process = vm.process.as_ref().map(VmmProcess::pid) == Some(process.pid());
+        if !same_process || !vm.record.state.is_live() {
+            return;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), vm.ring.drained()).await;
+        let console_tail = vm.console_tail(crate::console::DEFAULT_CONSOLE_LINES).await;
+        tracing::warn!(vm = %vm.record.id, %exit, "VMM exited unexpectedly");
+        vm.record.state = VmState::Failed { exit, console_tail };
+        vm.process = None;
+        vm.api = None;
+        let _ = remove_file_if_present(&vm.record.api_socket);
+        if let Err(e) = vm.persist().await {
+            tracing::error!(vm = %vm.record.id, error = %e, "cannot record the VM's failure");
+        }
+        slot.publish(Some(vm));
+    });
+}
+
+fn create_private_dir_all(path: &Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| ManagerError::Io {
+            op: "create directory",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn remove_file_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,366 @@
+//! Lifecycle operations on one VM, each under that VM's lock.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::Signal;
+
+use super::{Shared, Vm, VmError, VmInfo, now_ms, remove_file_if_present};
+use crate::VmId;
+use crate::api::models::{
+    ActionType, InstanceActionInfo, SnapshotCreateParams, SnapshotType, Vm as VmPatch,
+    VmState as ApiVmState,
+};
+use crate::snapshot::{
+    MANIFEST_FORMAT, MEMORY_FILE, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
+    VMSTATE_FILE,
+};
+use crate::state::{ExitReason, Operation, VmState};
+use crate::undo::{UndoStack, UndoStep, remove_dir_if_present};
+
+/// How [`Manager::stop`](super::Manager::stop) proceeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopOptions {
+    /// Try Ctrl-Alt-Del first. `None` follows the VM's spec
+    /// ([`VmSpec::graceful_shutdown`](crate::VmSpec::graceful_shutdown)).
+    /// Only a running guest on `x86_64` can honour it.
+    pub graceful: Option<bool>,
+    /// How long the guest gets after Ctrl-Alt-Del, and the VMM after
+    /// SIGTERM (each). `None` uses the manager's
+    /// [`Timeouts::stop_grace`](super::Timeouts::stop_grace).
+    pub grace: Option<Duration>,
+}
+
+/// How [`Manager::snapshot`](super::Manager::snapshot) proceeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Resume a VM that was running before the snapshot (default true).
+    /// A VM that was paused stays paused either way.
+    pub resume: bool,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions { resume: true }
+    }
+}
+
+/// Takes the VM's lock and checks that `op` is allowed in its state.
+async fn locked(
+    shared: &Shared,
+    id: &VmId,
+    op: Operation,
+) -> Result<tokio::sync::OwnedMutexGuard<Option<Vm>>, VmError> {
+    let slot = shared.slot(id)?;
+    let guard = slot.vm.clone().lock_owned().await;
+    let vm = guard
+        .as_ref()
+        .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+    vm.record
+        .state
+        .check(op)
+        .map_err(|source| VmError::Transition {
+            id: id.clone(),
+            source,
+        })?;
+    Ok(guard)
+}
+
+fn api_of(vm: &Vm, op: Operation) -> Result<Arc<crate::api::ApiClient>, VmError> {
+    vm.api.clone().ok_or_else(|| VmError::VmmExited {
+        id: vm.record.id.clone(),
+        op,
+    })
+}
+
+/// Sends a request that changes state, then records the new state.
+async fn transition(
+    shared: &Shared,
+    id: &VmId,
+    op: Operation,
+    what: &'static str,
+    new_state: VmState,
+) -> Result<VmInfo, VmError> {
+    let mut guard = locked(shared, id, op).await?;
+    let vm = guard.as_mut().expect("checked by locked()");
+    let api = api_of(vm, op)?;
+    let result = match op {
+        Operation::Start => {
+            api.create_sync_action(&InstanceActionInfo {
+                action_type: ActionType::InstanceStart,
+            })
+            .await
+        }
+        Operation::Pause => {
+            api.patch_vm(&VmPatch {
+                state: ApiVmState::Paused,
+            })
+            .await
+        }
+        Operation::Resume => {
+            api.patch_vm(&VmPatch {
+                state: ApiVmState::Resumed,
+            })
+            .await
+        }
+        _ => unreachable!("transition() serves start, pause and resume"),
+    };
+    result.map_err(|source| VmError::Api {
+        id: id.clone(),
+        op: what,
+        source,
+    })?;
+    vm.record.state = new_state;
+    vm.persist().await?;
+    shared.slot(id)?.publish(Some(vm));
+    Ok(vm.info())
+}
+
+pub(super) async fn start(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError> {
+    transition(
+        shared,
+        id,
+        Operation::Start,
+        "start the guest",
+        VmState::Running,
+    )
+    .await
+}
+
+pub(super) async fn pause(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError> {
+    transition(shared, id, Operation::Pause, "pause", VmState::Paused).await
+}
+
+pub(super) async fn resume(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError> {
+    transition(shared, id, Operation::Resume, "resume", VmState::Running).await
+}
+
+pub(super) async fn stop(
+    shared: Arc<Shared>,
+    id: VmId,
+    options: StopOptions,
+) -> Result<VmInfo, VmError> {
+    let mut guard = locked(&shared, &id, Operation::Stop).await?;
+    let vm = guard.as_mut().expect("checked by locked()");
+    let grace = options.grace.unwrap_or(shared.config.timeouts.stop_grace);
+    let exit = end_vmm(vm, &options, grace, shared.config.timeouts.after_kill).await?;
+    vm.record.state = VmState::Stopped { exit };
+    vm.process = None;
+    vm.api = None;
+    let _ = remove_file_if_present(&vm.record.api_socket);
+    vm.persist().await?;
+    shared.slot(&id)?.publish(Some(vm));
+    Ok(vm.info())
+}
+
+/// Graceful, then certain: Ctrl-Alt-Del (if wanted and possible), SIGTERM,
+/// SIGKILL, waiting `grace` after each of the first two.
+async fn end_vmm(
+    vm: &Vm,
+    options: &StopOptions,
+    grace: Duration,
+    after_kill: Duration,
+) -> Result<ExitReason, VmError> {
+    let id = &vm.record.id;
+    let Some(process) = vm.process.clone() else {
+        return Ok(ExitReason::Unknown);
+    };
+    let process_err = |source| VmError::Process {
+        id: id.clone(),
+        source,
+    };
+    let graceful = options.graceful.unwrap_or(vm.record.spec.graceful_shutdown)
+        && cfg!(target_arch = "x86_64")
+        && vm.record.state == VmState::Running;
+    if graceful && let Some(api) = &vm.api {
+        {
+            let ctrl_alt_del = InstanceActionInfo {
+                action_type: ActionType::SendCtrlAltDel,
+            };
+            match api.create_sync_action(&ctrl_alt_del).await {
+                Ok(()) => {
+                    if let Some(exit) = process.wait_timeout(grace).await {
+                        return Ok(exit);
+                    }
+                }
+                Err(e) => tracing::info!(vm = %id, error = %e, "Ctrl-Alt-Del refused; signalling"),
+            }
+        }
+    }
+    process.signal(Signal::TERM).map_err(process_err)?;
+    if let Some(exit) = process.wait_timeout(grace).await {
+        return Ok(exit);
+    }
+    tracing::warn!(vm = %id, pid = process.pid(), "VMM ignored SIGTERM; sending SIGKILL");
+    process.signal(Signal::KILL).map_err(process_err)?;
+    process
+        .wait_timeout(after_kill)
+        .await
+        .ok_or_else(|| VmError::StopTimeout {
+            id: id.clone(),
+            pid: process.pid(),
+            waited: after_kill,
+        })
+}
+
+pub(super) async fn snapshot(
+    shared: Arc<Shared>,
+    id: VmId,
+    name: SnapshotName,
+    options: SnapshotOptions,
+) -> Result<SnapshotInfo, VmError> {
+    let mut guard = locked(&shared, &id, Operation::Snapshot).await?;
+    let vm = guard.as_mut().expect("checked by locked()");
+    let api = api_of(vm, Operation::Snapshot)?;
+    let api_err = |op| {
+        let id = id.clone();
+        move |source| VmError::Api { id, op, source }
+    };
+
+    let bundle = shared.snapshots_dir.join(name.as_str());
+    if let Err(source) = std::fs::DirBuilder::new().mode(0o700).create(&bundle) {
+        return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
+            VmError::SnapshotExists {
+                name: name.to_string(),
+            }
+        } else {
+            VmError::Io {
+                id: id.clone(),
+                op: "create snapshot directory",
+                path: bundle,
+                source,
+            }
+        });
+    }
+    let mut undo = UndoStack::default();
+    undo.push(UndoStep::RemoveDir(bundle.clone()));
+
+    let was_running = vm.record.state == VmState::Running;
+    let taken = async {
+        if was_running {
+            api.patch_vm(&VmPatch {
+                state: ApiVmState::Paused,
+            })
+            .await
+            .map_err(api_err("pause before the snapshot"))?;
+        }
+        api.create_snapshot(&SnapshotCreateParams {
+            snapshot_type: Some(SnapshotType::Full),
+            snapshot_path: bundle.join(VMSTATE_FILE),
+            mem_file_path: bundle.join(MEMORY_FILE),
+        })
+        .await
+        .map_err(api_err("create the snapshot"))?;
+        let version = api
+            .get_firecracker_version()
+            .await
+            .map_err(api_err("read the Firecracker version"))?;
+        let manifest = SnapshotManifest {
+            format: MANIFEST_FORMAT,
+            name: name.clone(),
+            source_vm: id.clone(),
+            kind: SnapshotKind::Full,
+            firecracker_version: version.firecracker_version,
+            spec: vm.record.spec.clone(),
+            vmstate_bytes: file_len(&bundle.join(VMSTATE_FILE)),
+            memory_bytes: file_len(&bundle.join(MEMORY_FILE)),
+            created_at_ms: now_ms(),
+        };
+        let dir = bundle.clone();
+        let written = manifest.clone();
+        tokio::task::spawn_blocking(move || written.write(&dir))
+            .await
+            .expect("manifest writes do not panic")
+            .map_err(|source| VmError::Record {
+                id: id.clone(),
+                source,
+            })?;
+        Ok::<_, VmError>(manifest)
+    }
+    .await;
+
+    // Resume whatever happened, if the VM was running and the caller wants
+    // it running: a failed snapshot must not leave the guest frozen.
+    let resume = was_running && (options.resume || taken.is_err());
+    if resume {
+        let resumed = api
+            .patch_vm(&VmPatch {
+                state: ApiVmState::Resumed,
+            })
+            .await
+            .map_err(api_err("resume after the snapshot"));
+        if let Err(e) = resumed {
+            undo.unwind().await;
+            vm.record.state = VmState::Paused;
+            let _ = vm.persist().await;
+            shared.slot(&id)?.publish(Some(vm));
+            return Err(taken.err().unwrap_or(e));
+        }
+    }
+    match taken {
+        Ok(manifest) => {
+            undo.commit();
+            vm.record.state = if was_running && !options.resume {
+                VmState::Paused
+            } else {
+                vm.record.state.clone()
+            };
+            vm.persist().await?;
+            shared.slot(&id)?.publish(Some(vm));
+            Ok(SnapshotInfo {
+                name,
+                dir: bundle,
+                manifest,
+            })
+        }
+        Err(e) => {
+            undo.unwind().await;
+            Err(e)
+        }
+    }
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
+    let mut guard = locked(&shared, &id, Operation::Destroy).await?;
+    let vm = guard.as_mut().expect("checked by locked()");
+    // A created VM still has its VMM (no guest ran, so nothing is lost).
+    if let Some(process) = vm.process.take() {
+        process
+            .signal(Signal::KILL)
+            .map_err(|source| VmError::Process {
+                id: id.clone(),
+                source,
+            })?;
+        let after_kill = shared.config.timeouts.after_kill;
+        if process.wait_timeout(after_kill).await.is_none() {
+            vm.process = Some(process.clone());
+            return Err(VmError::StopTimeout {
+                id: id.clone(),
+                pid: process.pid(),
+                waited: after_kill,
+            });
+        }
+    }
+    vm.api = None;
+    let dir = vm.dir.clone();
+    tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
+        .await
+        .expect("directory removal does not panic")
+        .map_err(|source| VmError::Io {
+            id: id.clone(),
+            op: "remove directory",
+            path: vm.dir.clone(),
+            source,
+        })?;
+    *guard = None;
+    let mut vms = shared.lock_registry();
+    if let Some(slot) = vms.remove(&id) {
+        slot.publish(None);
+    }
+    Ok(())
+}

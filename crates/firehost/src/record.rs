@@ -1,0 +1,241 @@
+//! Durable per-VM records: what a restarted manager needs to find a VM's
+//! process and clean up everything it owns.
+//!
+//! A record is JSON, written atomically: a temporary file in the same
+//! directory, fsync, rename over the old one, fsync of the directory. A
+//! crash at any point leaves either the old record or the new one, never a
+//! torn one.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::VmId;
+use crate::spec::ResolvedSpec;
+use crate::state::VmState;
+use crate::vmm::ConsoleMode;
+
+/// The record format this build writes.
+pub const RECORD_FORMAT: u32 = 1;
+/// The record's file name inside a VM's directory.
+pub const RECORD_FILE: &str = "record.json";
+
+/// Everything firehost knows about one VM, as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// Format version, for upgrades.
+    pub format: u32,
+    /// The VM's id.
+    pub id: VmId,
+    /// False until the create transaction has committed: a restarted
+    /// manager reaps uncommitted VMs entirely.
+    pub committed: bool,
+    /// The resolved spec the VM was created from.
+    pub spec: ResolvedSpec,
+    /// Lifecycle state at the last change.
+    #[serde(flatten)]
+    pub state: VmState,
+    /// The VMM's pid, once spawned.
+    pub pid: Option<i32>,
+    /// The VMM's start time (`/proc/<pid>/stat` field 22), to tell it from
+    /// a later process that got the same pid.
+    pub start_time: Option<u64>,
+    /// The API socket.
+    pub api_socket: PathBuf,
+    /// Where the console goes.
+    pub console: ConsoleMode,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A record could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// File-system failure.
+    #[error("cannot {op} record {path:?}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid record.
+    #[error("record {path:?} is malformed")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The record was written by a newer firehost.
+    #[error("record {path:?} has format {found}; this build reads up to {RECORD_FORMAT}")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format number.
+        found: u32,
+    },
+}
+
+impl VmRecord {
+    /// Writes the record into `dir` atomically (blocking).
+    pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("records always serialise");
+        write_atomic(&dir.join(RECORD_FILE), &bytes)
+    }
+
+    /// Reads the record in `dir` (blocking).
+    pub fn read(dir: &Path) -> Result<VmRecord, RecordError> {
+        let path = dir.join(RECORD_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| RecordError::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })?;
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        if let Ok(f) = serde_json::from_slice::<Format>(&bytes)
+            && f.format > RECORD_FORMAT
+        {
+            return Err(RecordError::UnknownFormat {
+                path,
+                found: f.format,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|source| RecordError::Malformed { path, source })
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers and crashes see the old or
+/// the new content, never a mix. The file is created 0600.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let io = |op, p: &Path| {
+        let p = p.to_owned();
+        move |source| RecordError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    file.write_all(bytes).map_err(io("write", &tmp))?;
+    file.sync_data().map_err(io("fsync", &tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io("rename", path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory of", path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ExitReason;
+
+    pub(crate) fn sample(id: &str) -> VmRecord {
+        VmRecord {
+            format: RECORD_FORMAT,
+            id: VmId::new(id).unwrap(),
+            committed: true,
+            spec: ResolvedSpec {
+                kernel: "/k".into(),
+                initrd: None,
+                rootfs: Some("/r".into()),
+                rootfs_read_only: false,
+                vcpus: 1,
+                mem_mib: 128,
+                smt: false,
+                boot_args: "console=ttyS0".into(),
+                extra_drives: vec![],
+                track_dirty_pages: false,
+                graceful_shutdown: true,
+            },
+            state: VmState::Stopped {
+                exit: ExitReason::Code(0),
+            },
+            pid: Some(42),
+            start_time: Some(7),
+            api_socket: "/x/api.sock".into(),
+            console: ConsoleMode::Ring,
+            created_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = sample("vm1");
+        record.write(dir.path()).unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), record);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [RECORD_FILE]);
+    }
+
+    #[test]
+    fn record_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        sample("vm1").write(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(RECORD_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rewrite_replaces_the_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        sample("vm1").write(dir.path()).unwrap();
+        let mut second = sample("vm1");
+        second.pid = None;
+        second.write(dir.path()).unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap().pid, None);
+    }
+
+    #[test]
+    fn malformed_and_future_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RECORD_FILE), b"{not json").unwrap();
+        assert!(matches!(
+            VmRecord::read(dir.path()),
+            Err(RecordError::Malformed { .. })
+        ));
+        std::fs::write(dir.path().join(RECORD_FILE), br#"{"format": 99}"#).unwrap();
+        assert!(matches!(
+            VmRecord::read(dir.path()),
+            Err(RecordError::UnknownFormat { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_id_in_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = serde_json::to_string(&sample("vm1"))
+            .unwrap()
+            .replace("\"vm1\"", "\"../../etc\"");
+        std::fs::write(dir.path().join(RECORD_FILE), json).unwrap();
+        assert!(VmRecord::read(dir.path()).is_err());
+    }
+}
