@@ -34,3 +34,7 @@ pub mod snapshot;
 mod undo;
 
 pub use manager::{Manager, ManagerConfig, ManagerError, StopOptions, VmError, VmInfo};
+pub mod provider;
+
+pub use provider::{InMemoryProvider, VmProvider};
+pub mod doctor;

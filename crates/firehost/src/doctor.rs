@@ -1,0 +1,1 @@
+//! Host checks: can this machine run Firecracker VMs, and if not, what to fix.

@@ -1,0 +1,340 @@
+//! [`VmProvider`]: the trait downstream services code against, with two
+//! implementations that accept and refuse exactly the same things:
+//!
+//! - [`Manager`]: real Firecracker processes.
+//! - [`InMemoryProvider`]: no processes at all, for the service's own tests.
+//!   It validates specs with the same code (so files named in a spec must
+//!   exist), enforces the same state machine and returns the same errors.
+//!   A conformance suite in firehost's tests runs against both.
+//!
+//! ```
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use firehost::{HostDefaults, InMemoryProvider, VmProvider, VmSpec};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let kernel = dir.path().join("vmlinux");
+//! std::fs::write(&kernel, b"")?;
+//! let provider = InMemoryProvider::new(HostDefaults::default());
+//! let id = "job-1".parse()?;
+//! provider.create(&id, VmSpec { kernel: Some(kernel), ..VmSpec::default() }).await?;
+//! let vm = provider.start(&id).await?;
+//! assert_eq!(vm.state.name(), "running");
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use crate::manager::{Manager, SnapshotOptions, StopOptions, VmError, VmInfo};
+use crate::snapshot::{MANIFEST_FORMAT, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName};
+use crate::spec::{HostDefaults, VmSpec};
+use crate::state::{ExitReason, Operation, VmState};
+use crate::VmId;
+
+/// What a service can do with VMs, whichever backend runs them.
+///
+/// Every method has the semantics documented on the [`Manager`] method of
+/// the same name.
+#[async_trait]
+pub trait VmProvider: Send + Sync + std::fmt::Debug {
+    /// Creates and configures a VM (state created).
+    async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError>;
+    /// Boots the guest.
+    async fn start(&self, id: &VmId) -> Result<VmInfo, VmError>;
+    /// Pauses the vCPUs.
+    async fn pause(&self, id: &VmId) -> Result<VmInfo, VmError>;
+    /// Resumes the vCPUs.
+    async fn resume(&self, id: &VmId) -> Result<VmInfo, VmError>;
+    /// Stops the VM, gracefully then certainly.
+    async fn stop(&self, id: &VmId, options: StopOptions) -> Result<VmInfo, VmError>;
+    /// Takes a full snapshot named `name`.
+    async fn snapshot(
+        &self,
+        id: &VmId,
+        name: &SnapshotName,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotInfo, VmError>;
+    /// Removes a created, stopped or failed VM.
+    async fn destroy(&self, id: &VmId) -> Result<(), VmError>;
+    /// One VM's info.
+    async fn get(&self, id: &VmId) -> Result<VmInfo, VmError>;
+    /// Every VM, sorted by id.
+    async fn list(&self) -> Vec<VmInfo>;
+    /// The last `lines` lines of the console.
+    async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError>;
+}
+
+#[async_trait]
+impl VmProvider for Manager {
+    async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+        Manager::create(self, id, spec).await
+    }
+    async fn start(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        Manager::start(self, id).await
+    }
+    async fn pause(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        Manager::pause(self, id).await
+    }
+    async fn resume(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        Manager::resume(self, id).await
+    }
+    async fn stop(&self, id: &VmId, options: StopOptions) -> Result<VmInfo, VmError> {
+        Manager::stop(self, id, options).await
+    }
+    async fn snapshot(
+        &self,
+        id: &VmId,
+        name: &SnapshotName,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotInfo, VmError> {
+        Manager::snapshot(self, id, name, options).await
+    }
+    async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
+        Manager::destroy(self, id).await
+    }
+    async fn get(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        Manager::get(self, id).await
+    }
+    async fn list(&self) -> Vec<VmInfo> {
+        Manager::list(self)
+    }
+    async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError> {
+        Manager::console_tail(self, id, lines).await
+    }
+}
+
+/// A [`VmProvider`] that keeps VMs in memory and starts nothing.
+///
+/// Paths in its [`VmInfo`]s point under a virtual root that is never
+/// created. Use [`crash`](Self::crash) to make a VM fail as if its VMM had
+/// died.
+#[derive(Debug)]
+pub struct InMemoryProvider {
+    defaults: HostDefaults,
+    root: PathBuf,
+    vms: StdMutex<HashMap<VmId, Arc<Mutex<Option<VmInfo>>>>>,
+    snapshots: StdMutex<HashSet<SnapshotName>>,
+}
+
+impl InMemoryProvider {
+    /// A provider that resolves specs against `defaults`.
+    pub fn new(defaults: HostDefaults) -> Self {
+        InMemoryProvider {
+            defaults,
+            root: PathBuf::from("/nonexistent/firehost-in-memory"),
+            vms: StdMutex::new(HashMap::new()),
+            snapshots: StdMutex::new(HashSet::new()),
+        }
+    }
+
+    /// Marks a live VM failed with `exit`, as when its VMM dies.
+    pub async fn crash(&self, id: &VmId, exit: ExitReason) -> Result<VmInfo, VmError> {
+        let slot = self.slot(id)?;
+        let mut guard = slot.lock().await;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        if vm.state.is_live() {
+            vm.state = VmState::Failed {
+                exit,
+                console_tail: Vec::new(),
+            };
+            vm.pid = None;
+        }
+        Ok(vm.clone())
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Arc<Mutex<Option<VmInfo>>>>> {
+        self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot(&self, id: &VmId) -> Result<Arc<Mutex<Option<VmInfo>>>, VmError> {
+        self.registry()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })
+    }
+
+    /// Applies `op` to the VM if its state allows it.
+    async fn transition(
+        &self,
+        id: &VmId,
+        op: Operation,
+        apply: impl FnOnce(&mut VmInfo) + Send,
+    ) -> Result<VmInfo, VmError> {
+        let slot = self.slot(id)?;
+        let mut guard = slot.lock().await;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        vm.state.check(op).map_err(|source| VmError::Transition {
+            id: id.clone(),
+            source,
+        })?;
+        apply(vm);
+        Ok(vm.clone())
+    }
+}
+
+#[async_trait]
+impl VmProvider for InMemoryProvider {
+    async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+        let slot = Arc::new(Mutex::new(None));
+        let mut guard = slot.clone().try_lock_owned().expect("new slot is unlocked");
+        {
+            let mut vms = self.registry();
+            if vms.contains_key(id) {
+                return Err(VmError::AlreadyExists { id: id.clone() });
+            }
+            vms.insert(id.clone(), slot);
+        }
+        let defaults = self.defaults.clone();
+        let resolved = tokio::task::spawn_blocking(move || spec.resolve(&defaults))
+            .await
+            .expect("spec resolution does not panic");
+        let spec = match resolved {
+            Ok(spec) => spec,
+            Err(source) => {
+                self.registry().remove(id);
+                return Err(VmError::InvalidSpec {
+                    id: id.clone(),
+                    source,
+                });
+            }
+        };
+        let dir = self.root.join("vms").join(id.as_str());
+        let info = VmInfo {
+            id: id.clone(),
+            state: VmState::Created,
+            pid: None,
+            api_socket: dir.join("api.sock"),
+            dir,
+            console_file: None,
+            spec,
+            created_at_ms: 0,
+        };
+        *guard = Some(info.clone());
+        Ok(info)
+    }
+
+    async fn start(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        self.transition(id, Operation::Start, |vm| vm.state = VmState::Running)
+            .await
+    }
+
+    async fn pause(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        self.transition(id, Operation::Pause, |vm| vm.state = VmState::Paused)
+            .await
+    }
+
+    async fn resume(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        self.transition(id, Operation::Resume, |vm| vm.state = VmState::Running)
+            .await
+    }
+
+    async fn stop(&self, id: &VmId, _options: StopOptions) -> Result<VmInfo, VmError> {
+        self.transition(id, Operation::Stop, |vm| {
+            // What a guest that honours Ctrl-Alt-Del, or a VMM that honours
+            // SIGTERM, ends with.
+            let exit = if vm.state == VmState::Running && vm.spec.graceful_shutdown {
+                ExitReason::Code(0)
+            } else {
+                ExitReason::Signal(15)
+            };
+            vm.state = VmState::Stopped { exit };
+        })
+        .await
+    }
+
+    async fn snapshot(
+        &self,
+        id: &VmId,
+        name: &SnapshotName,
+        options: SnapshotOptions,
+    ) -> Result<SnapshotInfo, VmError> {
+        let slot = self.slot(id)?;
+        let mut guard = slot.lock().await;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        vm.state
+            .check(Operation::Snapshot)
+            .map_err(|source| VmError::Transition {
+                id: id.clone(),
+                source,
+            })?;
+        if !self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone())
+        {
+            return Err(VmError::SnapshotExists {
+                name: name.to_string(),
+            });
+        }
+        if vm.state == VmState::Running && !options.resume {
+            vm.state = VmState::Paused;
+        }
+        Ok(SnapshotInfo {
+            name: name.clone(),
+            dir: self.root.join("snapshots").join(name.as_str()),
+            manifest: SnapshotManifest {
+                format: MANIFEST_FORMAT,
+                name: name.clone(),
+                source_vm: id.clone(),
+                kind: SnapshotKind::Full,
+                firecracker_version: "in-memory".to_owned(),
+                spec: vm.spec.clone(),
+                vmstate_bytes: 0,
+                memory_bytes: u64::from(vm.spec.mem_mib) << 20,
+                created_at_ms: 0,
+            },
+        })
+    }
+
+    async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
+        let slot = self.slot(id)?;
+        let mut guard = slot.lock().await;
+        let vm = guard
+            .as_ref()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        vm.state
+            .check(Operation::Destroy)
+            .map_err(|source| VmError::Transition {
+                id: id.clone(),
+                source,
+            })?;
+        *guard = None;
+        self.registry().remove(id);
+        Ok(())
+    }
+
+    async fn get(&self, id: &VmId) -> Result<VmInfo, VmError> {
+        let slot = self.slot(id)?;
+        let guard = slot.lock().await;
+        guard
+            .clone()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })
+    }
+
+    async fn list(&self) -> Vec<VmInfo> {
+        let slots: Vec<_> = self.registry().values().cloned().collect();
+        let mut infos = Vec::new();
+        for slot in slots {
+            if let Some(info) = slot.lock().await.clone() {
+                infos.push(info);
+            }
+        }
+        infos.sort_by(|a, b| a.id.cmp(&b.id));
+        infos
+    }
+
+    async fn console_tail(&self, id: &VmId, _lines: usize) -> Result<Vec<String>, VmError> {
+        self.get(id).await.map(|_| Vec::new())
+    }
+}
