@@ -29,11 +29,13 @@ use std::sync::{Arc, Mutex as StdMutex};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
+use crate::VmId;
 use crate::manager::{Manager, SnapshotOptions, StopOptions, VmError, VmInfo};
-use crate::snapshot::{MANIFEST_FORMAT, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName};
+use crate::snapshot::{
+    MANIFEST_FORMAT, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
+};
 use crate::spec::{HostDefaults, VmSpec};
 use crate::state::{ExitReason, Operation, VmState};
-use crate::VmId;
 
 /// What a service can do with VMs, whichever backend runs them.
 ///
@@ -43,6 +45,8 @@ use crate::VmId;
 pub trait VmProvider: Send + Sync + std::fmt::Debug {
     /// Creates and configures a VM (state created).
     async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError>;
+    /// Creates and starts a VM; a failed start destroys it again.
+    async fn run(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError>;
     /// Boots the guest.
     async fn start(&self, id: &VmId) -> Result<VmInfo, VmError>;
     /// Pauses the vCPUs.
@@ -72,6 +76,9 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
 impl VmProvider for Manager {
     async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
         Manager::create(self, id, spec).await
+    }
+    async fn run(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+        Manager::run(self, id, spec).await
     }
     async fn start(&self, id: &VmId) -> Result<VmInfo, VmError> {
         Manager::start(self, id).await
@@ -219,6 +226,11 @@ impl VmProvider for InMemoryProvider {
         };
         *guard = Some(info.clone());
         Ok(info)
+    }
+
+    async fn run(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+        self.create(id, spec).await?;
+        self.start(id).await
     }
 
     async fn start(&self, id: &VmId) -> Result<VmInfo, VmError> {

@@ -121,8 +121,9 @@ struct Slot {
     /// `None` while a create is still running or after a destroy.
     vm: Arc<Mutex<Option<Vm>>>,
     /// A copy of the VM's info, refreshed after every change, so listing
-    /// never waits for a slow operation on some VM.
-    info: StdMutex<Option<VmInfo>>,
+    /// never waits for a slow operation on some VM, and watchers learn of
+    /// every change.
+    info: tokio::sync::watch::Sender<Option<VmInfo>>,
 }
 
 /// A VM's live data, owned by its slot.
@@ -139,16 +140,16 @@ impl Slot {
     fn new() -> Self {
         Slot {
             vm: Arc::new(Mutex::new(None)),
-            info: StdMutex::new(None),
+            info: tokio::sync::watch::Sender::new(None),
         }
     }
 
     fn publish(&self, vm: Option<&Vm>) {
-        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = vm.map(Vm::info);
+        self.info.send_replace(vm.map(Vm::info));
     }
 
     fn info(&self) -> Option<VmInfo> {
-        self.info.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.info.borrow().clone()
     }
 }
 
@@ -259,6 +260,55 @@ impl Manager {
         let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Creates and starts a VM as one transaction: if the start fails, the
+    /// VM is destroyed again and the start's error returned, so a failed
+    /// `run` leaves nothing behind either.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes (or undoes itself) even if this
+    /// future is dropped.
+    pub async fn run(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+        let manager = self.clone();
+        let id = id.clone();
+        let task = tokio::spawn(async move {
+            manager.create(&id, spec).await?;
+            match ops::start(&manager.shared, &id).await {
+                Ok(info) => Ok(info),
+                Err(e) => {
+                    if let Err(cleanup) = ops::destroy_any(manager.shared.clone(), id.clone()).await
+                    {
+                        tracing::error!(vm = %id, error = %cleanup, "cannot undo a failed run");
+                    }
+                    Err(e)
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Follows a VM's info: the receiver sees every change of state (a
+    /// crash included) and `None` once the VM is destroyed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: firehost::Manager, id: firehost::VmId) -> Result<(), firehost::VmError> {
+    /// let mut changes = manager.subscribe(&id)?;
+    /// // Wait until the VM is no longer live, whatever the reason.
+    /// let _ = changes
+    ///     .wait_for(|info| info.as_ref().is_none_or(|i| !i.state.is_live()))
+    ///     .await;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe(
+        &self,
+        id: &VmId,
+    ) -> Result<tokio::sync::watch::Receiver<Option<VmInfo>>, VmError> {
+        Ok(self.shared.slot(id)?.info.subscribe())
     }
 
     /// Boots the guest (`InstanceStart`).

@@ -326,8 +326,27 @@ fn file_len(path: &std::path::Path) -> u64 {
 }
 
 pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
-    let mut guard = locked(&shared, &id, Operation::Destroy).await?;
-    let vm = guard.as_mut().expect("checked by locked()");
+    let guard = locked(&shared, &id, Operation::Destroy).await?;
+    remove(&shared, &id, guard).await
+}
+
+/// Destroys the VM whatever its state, killing a live VMM: the undo of a
+/// failed [`Manager::run`](super::Manager::run).
+pub(super) async fn destroy_any(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
+    let slot = shared.slot(&id)?;
+    let guard = slot.vm.clone().lock_owned().await;
+    if guard.is_none() {
+        return Err(VmError::NotFound { id });
+    }
+    remove(&shared, &id, guard).await
+}
+
+async fn remove(
+    shared: &Shared,
+    id: &VmId,
+    mut guard: tokio::sync::OwnedMutexGuard<Option<Vm>>,
+) -> Result<(), VmError> {
+    let vm = guard.as_mut().expect("checked by the caller");
     // A created VM still has its VMM (no guest ran, so nothing is lost).
     if let Some(process) = vm.process.take() {
         process
@@ -359,7 +378,7 @@ pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError
         })?;
     *guard = None;
     let mut vms = shared.lock_registry();
-    if let Some(slot) = vms.remove(&id) {
+    if let Some(slot) = vms.remove(id) {
         slot.publish(None);
     }
     Ok(())
