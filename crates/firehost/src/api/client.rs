@@ -32,12 +32,7 @@ use crate::api::models::*;
 /// let api = ApiClient::new("/run/vm1/firecracker.sock");
 /// let info = api.describe_instance().await?;
 /// println!("{} is {:?}", info.id, info.state);
-/// api.put_machine_configuration(&MachineConfiguration {
-///     vcpu_count: 2,
-///     mem_size_mib: 256,
-///     ..Default::default()
-/// })
-/// .await?;
+/// api.put_machine_configuration(&MachineConfiguration::new(2, 256)).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]

@@ -47,7 +47,7 @@ pub(super) async fn create(shared: Arc<Shared>, id: VmId, spec: VmSpec) -> Resul
             undo.commit();
             let info = vm.info();
             if let Some(process) = vm.process.clone() {
-                watch_for_crash(slot.clone(), process);
+                watch_for_crash(&shared, slot.clone(), process);
             }
             slot.publish(Some(&vm));
             *guard = Some(vm);

@@ -111,6 +111,10 @@ struct Shared {
     /// The registry. A std mutex: it is held only to look up, insert or
     /// remove a slot, never across an `.await`.
     vms: StdMutex<HashMap<VmId, Arc<Slot>>>,
+    /// Dropped with the manager: background watchers see the channel close
+    /// and stop, so a dropped manager never writes into a state directory
+    /// whose lock it no longer holds.
+    alive: tokio::sync::watch::Sender<()>,
     _lock: StateLock,
 }
 
@@ -228,6 +232,7 @@ impl Manager {
             vms_dir,
             snapshots_dir,
             vms: StdMutex::new(HashMap::new()),
+            alive: tokio::sync::watch::Sender::new(()),
             _lock: lock,
         });
         reattach::recover(&shared).await?;
@@ -472,10 +477,15 @@ impl Shared {
 
 /// Watches a VMM that should keep running; if it exits while the VM is
 /// live (not during a stop, which takes the VM lock first), the VM is marked
-/// failed with its exit status and console tail.
-fn watch_for_crash(slot: Arc<Slot>, process: VmmProcess) {
+/// failed with its exit status and console tail. The watch ends with the
+/// manager.
+fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
+    let mut alive = shared.alive.subscribe();
     tokio::spawn(async move {
-        let exit = process.wait().await;
+        let exit = tokio::select! {
+            exit = process.wait() => exit,
+            _ = alive.changed() => return,
+        };
         let mut guard = slot.vm.lock().await;
         let Some(vm) = guard.as_mut() else { return };
         let same_process = vm.process.as_ref().map(VmmProcess::pid) == Some(process.pid());

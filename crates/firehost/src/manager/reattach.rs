@@ -53,7 +53,7 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
                 let slot = Arc::new(Slot::new());
                 slot.publish(Some(&vm));
                 if let Some(process) = vm.process.clone() {
-                    watch_for_crash(slot.clone(), process);
+                    watch_for_crash(shared, slot.clone(), process);
                 }
                 *slot.vm.lock().await = Some(vm);
                 shared.lock_registry().insert(id, slot);

@@ -101,8 +101,14 @@ impl VmmProcess {
         let pidfd = Arc::new(pidfd);
         let watcher_fd = pidfd.clone();
         tokio::spawn(async move {
-            let reason = wait_exit(&watcher_fd, reap).await;
-            tx.send_replace(Some(reason));
+            // Once no handle is left, nobody can learn the exit: stop
+            // watching, and leave the reaping to whoever attaches next.
+            tokio::select! {
+                reason = wait_exit(&watcher_fd, reap) => {
+                    tx.send_replace(Some(reason));
+                }
+                _ = tx.closed() => {}
+            }
         });
         VmmProcess {
             pid,

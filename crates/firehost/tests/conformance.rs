@@ -1,0 +1,178 @@
+//! One conformance suite, two providers: the Firecracker-backed manager
+//! and the in-memory adapter must accept and refuse the same things with
+//! the same errors, so a service tested against the adapter behaves the
+//! same in production.
+
+mod common;
+
+use common::{TestHost, id};
+use firehost::manager::{SnapshotOptions, StopOptions};
+use firehost::{
+    HostDefaults, InMemoryProvider, Operation, SpecError, VmError, VmProvider, VmSpec, VmState,
+};
+
+/// Everything the suite checks, against any provider.
+async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
+    let vm = id("conform");
+    let spec = VmSpec::default();
+
+    // Bad specs are refused the same way.
+    let err = provider
+        .create(
+            &vm,
+            VmSpec {
+                vcpus: Some(0),
+                ..VmSpec::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidSpec {
+                source: SpecError::VcpuCount { vcpus: 0 },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = provider
+        .create(
+            &vm,
+            VmSpec {
+                kernel: Some(host.dir.path().join("nope")),
+                ..VmSpec::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidSpec {
+                source: SpecError::File { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(provider.list().await.is_empty());
+
+    // Unknown VMs.
+    assert!(matches!(
+        provider.start(&vm).await,
+        Err(VmError::NotFound { .. })
+    ));
+    assert!(matches!(
+        provider.get(&vm).await,
+        Err(VmError::NotFound { .. })
+    ));
+    assert!(matches!(
+        provider.destroy(&vm).await,
+        Err(VmError::NotFound { .. })
+    ));
+
+    // The lifecycle.
+    let created = provider.create(&vm, spec.clone()).await.unwrap();
+    assert_eq!(created.state, VmState::Created);
+    assert_eq!((created.spec.vcpus, created.spec.mem_mib), (1, 128));
+    assert!(matches!(
+        provider.create(&vm, spec.clone()).await,
+        Err(VmError::AlreadyExists { .. })
+    ));
+    let snap = "conform-snap".parse().unwrap();
+    expect_refused(
+        provider
+            .snapshot(&vm, &snap, SnapshotOptions::default())
+            .await
+            .map(drop),
+        Operation::Snapshot,
+    );
+    expect_refused(provider.pause(&vm).await.map(drop), Operation::Pause);
+
+    assert_eq!(provider.start(&vm).await.unwrap().state, VmState::Running);
+    expect_refused(provider.start(&vm).await.map(drop), Operation::Start);
+    expect_refused(provider.destroy(&vm).await, Operation::Destroy);
+    assert_eq!(provider.pause(&vm).await.unwrap().state, VmState::Paused);
+    expect_refused(provider.pause(&vm).await.map(drop), Operation::Pause);
+    assert_eq!(provider.resume(&vm).await.unwrap().state, VmState::Running);
+
+    let taken = provider
+        .snapshot(&vm, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(taken.manifest.source_vm, vm);
+    assert_eq!(provider.get(&vm).await.unwrap().state, VmState::Running);
+    assert!(matches!(
+        provider
+            .snapshot(&vm, &snap, SnapshotOptions::default())
+            .await,
+        Err(VmError::SnapshotExists { .. })
+    ));
+
+    let stopped = provider.stop(&vm, StopOptions::default()).await.unwrap();
+    assert!(matches!(stopped.state, VmState::Stopped { .. }));
+    expect_refused(provider.start(&vm).await.map(drop), Operation::Start);
+    expect_refused(
+        provider.stop(&vm, StopOptions::default()).await.map(drop),
+        Operation::Stop,
+    );
+    assert_eq!(provider.list().await.len(), 1);
+    assert!(provider.console_tail(&vm, 10).await.is_ok());
+
+    provider.destroy(&vm).await.unwrap();
+    assert!(matches!(
+        provider.get(&vm).await,
+        Err(VmError::NotFound { .. })
+    ));
+    assert!(provider.list().await.is_empty());
+
+    // run = create + start.
+    let ran = provider.run(&vm, spec).await.unwrap();
+    assert_eq!(ran.state, VmState::Running);
+    provider.stop(&vm, StopOptions::default()).await.unwrap();
+    provider.destroy(&vm).await.unwrap();
+}
+
+fn expect_refused(result: Result<(), VmError>, op: Operation) {
+    match result {
+        Err(VmError::Transition { source, .. }) => assert_eq!(source.op, op),
+        other => panic!("{op} should be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn manager_passes_the_conformance_suite() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    conformance(&manager, &host).await;
+}
+
+#[tokio::test]
+async fn in_memory_provider_passes_the_conformance_suite() {
+    let host = TestHost::new();
+    let provider = InMemoryProvider::new(HostDefaults {
+        kernel: Some(host.kernel.clone()),
+        rootfs: Some(host.rootfs.clone()),
+        ..HostDefaults::default()
+    });
+    conformance(&provider, &host).await;
+}
+
+#[tokio::test]
+async fn in_memory_crash_marks_a_live_vm_failed() {
+    let host = TestHost::new();
+    let provider = InMemoryProvider::new(HostDefaults {
+        kernel: Some(host.kernel.clone()),
+        ..HostDefaults::default()
+    });
+    let vm = id("crashy");
+    provider.run(&vm, VmSpec::default()).await.unwrap();
+    let info = provider
+        .crash(&vm, firehost::ExitReason::Signal(11))
+        .await
+        .unwrap();
+    assert!(matches!(info.state, VmState::Failed { .. }));
+    provider.destroy(&vm).await.unwrap();
+}
