@@ -23,7 +23,11 @@ fn spec_path() -> Option<PathBuf> {
     } else if std::env::var_os("CI").is_some() {
         panic!("the API spec is missing at {path:?}");
     } else {
-        eprintln!("skipped: spec not found at {path:?} (set FIREHOST_API_SPEC)");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: spec not found at {path:?} (set FIREHOST_API_SPEC)"
+        );
         None
     }
 }

@@ -135,7 +135,7 @@ async fn stop_without_graceful_signals_the_vmm() {
 #[tokio::test]
 async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
     let host = TestHost::new();
-    fake_only!(host, "needs a VMM that ignores SIGTERM");
+    fake_only!("a VMM that ignores SIGTERM");
     // An ignored signal stays ignored across exec: the wrapper makes the
     // fake deaf to SIGTERM.
     let wrapper = host.dir.path().join("deaf-firecracker");
@@ -241,7 +241,7 @@ async fn snapshot_name_in_use_is_refused_and_the_old_bundle_kept() {
 #[tokio::test]
 async fn failed_snapshot_removes_the_partial_bundle_and_resumes() {
     let host = TestHost::new();
-    fake_only!(host, "injects a snapshot failure");
+    fake_only!("injects a snapshot failure");
     let config = host.config_with_faults(&[("FAKE_FC_FAIL", "PUT /snapshot/create")]);
     let manager = firehost::Manager::open(config).await.unwrap();
     let vm = id("snapfail");
@@ -340,7 +340,7 @@ async fn destroy_of_a_created_vm_kills_its_vmm_and_removes_its_directory() {
 #[tokio::test]
 async fn vmm_that_dies_marks_the_vm_failed_with_status_and_console() {
     let host = TestHost::new();
-    fake_only!(host, "makes the guest crash");
+    fake_only!("makes the guest crash");
     let config = host.config_with_faults(&[("FAKE_FC_EXIT_ON_START", "3")]);
     let manager = firehost::Manager::open(config).await.unwrap();
     let vm = id("crasher");
@@ -372,7 +372,7 @@ async fn vmm_that_dies_marks_the_vm_failed_with_status_and_console() {
 #[tokio::test]
 async fn console_holds_the_guest_boot_output() {
     let host = TestHost::new();
-    fake_only!(host, "the halt-loop kernel prints nothing");
+    fake_only!("the halt-loop kernel prints nothing");
     let manager = host.manager().await;
     let vm = id("talker");
     manager.run(&vm, host.spec()).await.unwrap();
@@ -390,7 +390,7 @@ async fn console_holds_the_guest_boot_output() {
 #[tokio::test]
 async fn different_vms_do_not_wait_for_each_other() {
     let host = TestHost::new();
-    fake_only!(host, "slows one request down");
+    fake_only!("slows one request down");
     let config = host.config_with_faults(&[("FAKE_FC_DELAY_MS", "PUT /snapshot/create=3000")]);
     let manager = firehost::Manager::open(config).await.unwrap();
     let (slow, fast) = (id("slow"), id("fast"));
@@ -486,4 +486,57 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+#[tokio::test]
+async fn vmm_log_and_metrics_land_in_the_vm_directory() {
+    let host = TestHost::new();
+    let mut config = host.config();
+    config.vmm_log = Some(firehost::vmm::LogLevel::Info);
+    config.vmm_metrics = true;
+    let manager = firehost::Manager::open(config).await.unwrap();
+    let vm = id("observed");
+    let info = manager.run(&vm, host.spec()).await.unwrap();
+    let api = manager.api(&vm).await.unwrap().unwrap();
+    api.create_sync_action(&firehost::api::models::InstanceActionInfo {
+        action_type: firehost::api::models::ActionType::FlushMetrics,
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(info.dir.join("firecracker.log")).unwrap();
+    assert!(!log.is_empty(), "Firecracker's log is empty");
+    let metrics = std::fs::read_to_string(info.dir.join("metrics.json")).unwrap();
+    let first = metrics.lines().next().expect("a metrics line");
+    let parsed: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert!(parsed.is_object());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(info.dir.join("metrics.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "metrics file is private");
+}
+
+#[tokio::test]
+async fn console_file_target_writes_the_console_to_disk() {
+    let host = TestHost::new();
+    fake_only!("the halt-loop kernel prints nothing");
+    let mut config = host.config();
+    config.console = firehost::manager::ConsoleTarget::File;
+    let manager = firehost::Manager::open(config).await.unwrap();
+    let vm = id("filed");
+    let info = manager.run(&vm, host.spec()).await.unwrap();
+    let file = info.console_file.clone().unwrap();
+    within("the console file", LONG, async {
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.contains("init started") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let tail = manager.console_tail(&vm, 5).await.unwrap();
+    assert!(tail.iter().any(|l| l.contains("init started")), "{tail:?}");
 }

@@ -58,10 +58,7 @@ fn api_step(err: &VmError) -> &'static str {
 
 #[tokio::test]
 async fn failing_config_calls_roll_back_the_whole_create() {
-    if !common::backend().is_fake() {
-        eprintln!("skipped: needs fake-firecracker fault injection");
-        return;
-    }
+    fake_only!("fault injection");
     let host = TestHost::new();
     let data = host.dir.path().join("data.img");
     std::fs::write(&data, b"d").unwrap();
@@ -97,20 +94,14 @@ async fn failing_config_calls_roll_back_the_whole_create() {
 
 #[tokio::test]
 async fn failing_start_in_run_rolls_back_the_created_vm() {
-    if !common::backend().is_fake() {
-        eprintln!("skipped: needs fake-firecracker fault injection");
-        return;
-    }
+    fake_only!("fault injection");
     let err = failing(&[("FAKE_FC_FAIL", "PUT /actions")], None, true).await;
     assert_eq!(api_step(&err), "start the guest");
 }
 
 #[tokio::test]
 async fn vmm_crashing_at_each_request_rolls_back() {
-    if !common::backend().is_fake() {
-        eprintln!("skipped: needs fake-firecracker fault injection");
-        return;
-    }
+    fake_only!("fault injection");
     // Requests of a run: machine-config, boot-source, drive, InstanceStart.
     for n in 0..4 {
         let n_text = n.to_string();
@@ -124,10 +115,7 @@ async fn vmm_crashing_at_each_request_rolls_back() {
 
 #[tokio::test]
 async fn socket_that_never_appears_times_out_and_rolls_back() {
-    if !common::backend().is_fake() {
-        eprintln!("skipped: needs fake-firecracker fault injection");
-        return;
-    }
+    fake_only!("fault injection");
     let err = failing(&[("FAKE_FC_NO_SOCKET", "1")], None, false).await;
     assert!(
         matches!(
@@ -251,10 +239,7 @@ async fn socket_path_over_the_unix_limit_is_refused() {
 
 #[tokio::test]
 async fn dropping_a_create_midway_still_leaves_no_trace() {
-    if !common::backend().is_fake() {
-        eprintln!("skipped: needs fake-firecracker fault injection");
-        return;
-    }
+    fake_only!("fault injection");
     let host = TestHost::new();
     // The boot source request fails after a delay, while the caller has
     // long given up: the transaction must still unwind.

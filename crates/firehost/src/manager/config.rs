@@ -88,8 +88,12 @@ pub struct ManagerConfig {
     /// When set, Firecracker writes metrics into `metrics.json` in the VM's
     /// directory.
     pub vmm_metrics: bool,
-    /// The seccomp filter Firecracker installs.
+    /// The seccomp filter Firecracker installs. Anything but the default
+    /// is logged as a warning at every spawn.
     pub seccomp: SeccompPolicy,
+    /// Pass `--boot-timer`: Firecracker logs how long the guest took to
+    /// boot (the guest must write to the boot-timer port).
+    pub boot_timer: bool,
     /// `RLIMIT_NOFILE` of each VMM.
     pub nofile_limit: u64,
     /// The VMM's whole environment (nothing is inherited from the manager).
@@ -111,6 +115,7 @@ impl ManagerConfig {
             vmm_log: None,
             vmm_metrics: false,
             seccomp: SeccompPolicy::Default,
+            boot_timer: false,
             nofile_limit: DEFAULT_NOFILE_LIMIT,
             vmm_env: Vec::new(),
             timeouts: Timeouts::default(),

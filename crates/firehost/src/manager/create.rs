@@ -16,7 +16,7 @@ use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec, VmSpec};
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
 use crate::vmm::ready::wait_for_api_socket;
-use crate::vmm::{ConsoleMode, VmmCommand};
+use crate::vmm::{ConsoleMode, SeccompPolicy, VmmCommand};
 
 /// File names inside a VM's directory.
 pub(crate) const API_SOCKET: &str = "api.sock";
@@ -113,6 +113,10 @@ async fn build(
 
     let mut command = VmmCommand::new(&shared.firecracker, &api_socket, id.clone());
     command.seccomp = config.seccomp.clone();
+    command.boot_timer = config.boot_timer;
+    if command.seccomp != SeccompPolicy::Default {
+        tracing::warn!(vm = %id, seccomp = ?command.seccomp, "VMM runs without Firecracker's default seccomp filter");
+    }
     command.nofile_limit = config.nofile_limit;
     command.env = config.vmm_env.clone();
     command.console = match config.console {

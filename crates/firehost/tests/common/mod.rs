@@ -60,12 +60,23 @@ pub fn fake_firecracker_path() -> PathBuf {
     fake
 }
 
-/// Skips the calling test (returns early) on the real binary.
+/// Says that a test skipped and why, straight to stderr: libtest captures
+/// `eprintln!`, and a skip must be visible in a passing run.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}
+
+/// Skips the calling test (returns early, saying so) on the real binary.
 #[macro_export]
 macro_rules! fake_only {
-    ($host:expr, $why:expr) => {
-        if !$host.backend.is_fake() {
-            eprintln!("skipped: needs fake-firecracker ({})", $why);
+    ($why:expr) => {
+        if !$crate::common::backend().is_fake() {
+            fn here() {}
+            let name = std::any::type_name_of_val(&here)
+                .trim_end_matches("::here")
+                .trim_end_matches("::{{closure}}");
+            $crate::common::skip(name, &format!("needs fake-firecracker ({})", $why));
             return;
         }
     };
