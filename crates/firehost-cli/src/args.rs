@@ -1,0 +1,213 @@
+//! Stage one of parsing: the command line as clap sees it.
+//!
+//! Only the shape is checked here (flags, numbers). Names and VM specs are
+//! checked in stage two by the library itself ([`firehost::VmId`],
+//! [`firehost::VmSpec`] validation), so the CLI and the library refuse bad
+//! input with the same error.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run Firecracker microVMs.
+///
+/// VMs outlive the command that started them; their records, sockets and
+/// consoles live in the state directory. Exit codes: 0 ok, 1 operation
+/// failed, 2 usage error or host not ready, 3 no such VM, 4 conflict (name
+/// taken, operation not allowed in the VM's state, state directory busy).
+#[derive(Debug, Parser)]
+#[command(name = "firehost", version, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// State directory: VM records, sockets, consoles, snapshots.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "FIREHOST_STATE_DIR",
+        default_value = firehost::manager::DEFAULT_STATE_DIR
+    )]
+    pub state_dir: PathBuf,
+
+    /// Print one JSON object on stdout instead of text (a stable format:
+    /// fields are added, never renamed or removed).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The Firecracker binary: a path, or a name looked up in PATH (used by
+    /// run, doctor and quickstart).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "FIREHOST_FIRECRACKER",
+        default_value = "firecracker"
+    )]
+    pub firecracker: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a VM and start it.
+    ///
+    /// Either the VM ends up running (or created, with --no-start) or
+    /// nothing is left behind: a VM whose start fails is removed.
+    Run(RunArgs),
+    /// List VMs.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show one VM.
+    Inspect(NameArg),
+    /// Pause a running VM's vCPUs.
+    Pause(NameArg),
+    /// Resume a paused VM.
+    Resume(NameArg),
+    /// Stop a VM: Ctrl-Alt-Del, then SIGTERM, then SIGKILL.
+    Stop(StopArgs),
+    /// Remove a created, stopped or failed VM and everything it owns.
+    Rm(RmArgs),
+    /// Take a full snapshot of a running or paused VM.
+    Snapshot(SnapshotArgs),
+    /// Print the last lines of a VM's serial console.
+    Console(ConsoleArgs),
+    /// Check that this host can run VMs, and say how to fix what is missing.
+    ///
+    /// Exits 2 if any check fails.
+    Doctor,
+    /// Boot a throwaway VM to check that everything works, with timings.
+    ///
+    /// Runs the doctor checks; if anything needed is missing (Firecracker,
+    /// KVM access, a guest kernel or rootfs), lists what and how to supply
+    /// it and exits 2. Otherwise creates and starts a VM in a temporary
+    /// state directory, prints the timings and the console, then stops and
+    /// removes it, leaving nothing behind. Running a command inside the VM
+    /// needs the guest agent, which comes in a later release.
+    Quickstart(QuickstartArgs),
+}
+
+/// `run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel image (an uncompressed ELF vmlinux on Intel and AMD).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initrd image.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Root filesystem image.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: PathBuf,
+    /// Attach the root filesystem read-only.
+    #[arg(long)]
+    pub rootfs_ro: bool,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "MIB")]
+    pub mem_mib: Option<u32>,
+    /// Kernel command line [default: console=ttyS0 reboot=k panic=1 pci=off].
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub boot_args: Option<String>,
+    /// The VM's name: letters, digits, '_' and '-', at most 64 [default:
+    /// "vm-" and 8 random hex digits].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Create and configure the VM, but do not boot it.
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+/// A command that takes just a VM name.
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The VM's name.
+    pub name: String,
+}
+
+/// `stop`'s options.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The VM's name.
+    pub name: String,
+    /// Seconds the guest gets after Ctrl-Alt-Del, and the VMM after
+    /// SIGTERM, before the next step [default: 10].
+    #[arg(long, value_name = "N")]
+    pub timeout_s: Option<u64>,
+}
+
+/// `rm`'s options.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The VM's name.
+    pub name: String,
+    /// Stop the VM first if it is running or paused (SIGTERM, then SIGKILL
+    /// after 5 s; no Ctrl-Alt-Del).
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// `snapshot`'s options.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The VM's name.
+    pub name: String,
+    /// The snapshot's name (same rules as a VM name); it is stored in
+    /// `<state-dir>/snapshots/<SNAPSHOT>`.
+    pub snapshot: String,
+    /// Leave a running VM paused after the snapshot.
+    #[arg(long)]
+    pub no_resume: bool,
+}
+
+/// `console`'s options.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The VM's name.
+    pub name: String,
+    /// How many lines to print.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub tail: usize,
+}
+
+/// `quickstart`'s options.
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    /// Guest kernel image.
+    #[arg(long, value_name = "PATH", env = "FIREHOST_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image.
+    #[arg(long, value_name = "PATH", env = "FIREHOST_ROOTFS")]
+    pub rootfs: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_before_and_after_the_subcommand() {
+        let a = Cli::try_parse_from(["firehost", "--json", "ls", "--state-dir", "/s"]).unwrap();
+        assert!(a.global.json);
+        assert_eq!(a.global.state_dir, PathBuf::from("/s"));
+        let b = Cli::try_parse_from(["firehost", "inspect", "x", "--json"]).unwrap();
+        assert!(b.global.json);
+    }
+}

@@ -1,0 +1,263 @@
+//! Stage two and the library calls: one function per subcommand.
+//!
+//! Every VM command opens the state directory with a [`Manager`] whose
+//! consoles go to files ([`ConsoleTarget::File`]: VMs outlive this
+//! process), whose VMMs log at info level into `firecracker.log` (so the
+//! console holds only what the guest printed), and that waits up to [`LOCK_TIMEOUT`] for another `firehost`
+//! process to release the directory; then it works through the
+//! [`VmProvider`] trait only.
+
+use std::io::Write;
+use std::time::Duration;
+
+use firehost::doctor::{DoctorConfig, run_checks};
+use firehost::manager::{ConsoleTarget, SnapshotOptions, StopOptions};
+use firehost::snapshot::SnapshotName;
+use firehost::vmm::LogLevel;
+use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
+use serde::Serialize;
+
+use crate::args::{
+    Cli, Command, ConsoleArgs, GlobalArgs, NameArg, RmArgs, RunArgs, SnapshotArgs, StopArgs,
+};
+use crate::exit::{CliError, Exit};
+use crate::human;
+use crate::json::{ConsoleJson, DoctorJson, ListJson, RemovedJson, SnapshotJson, VmJson};
+
+/// How long a command waits for another `firehost` process to release the
+/// state directory before failing with exit code 4.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The grace `rm -f` gives the VMM after SIGTERM before SIGKILL.
+pub const FORCE_GRACE: Duration = Duration::from_secs(5);
+
+/// Where a command's result goes: JSON or text, on stdout.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    json: bool,
+}
+
+impl Out {
+    /// Prints `value` as one JSON line, or as the text `human` renders.
+    pub fn emit<T: Serialize>(&self, value: &T, human: fn(&T) -> String) -> Result<(), CliError> {
+        let mut text = if self.json {
+            serde_json::to_string(value).expect("output types always serialise")
+        } else {
+            human(value)
+        };
+        if self.json {
+            text.push('\n');
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(CliError::Output)
+    }
+}
+
+/// Runs the parsed command.
+pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
+    let out = Out {
+        json: cli.global.json,
+    };
+    let global = &cli.global;
+    match cli.command {
+        Command::Doctor => return doctor(global, out).await,
+        Command::Quickstart(args) => return crate::quickstart::run(global, args, out).await,
+        _ => {}
+    }
+    let manager = open_manager(global).await?;
+    let provider: &dyn VmProvider = &manager;
+    match cli.command {
+        Command::Run(args) => run(provider, args, out).await,
+        Command::Ls => ls(provider, out).await,
+        Command::Inspect(NameArg { name }) => {
+            let vm = provider.get(&vm_id(&name)?).await?;
+            out.emit(&VmJson::from(&vm), human::vm_record)
+        }
+        Command::Pause(NameArg { name }) => {
+            let vm = provider.pause(&vm_id(&name)?).await?;
+            out.emit(&VmJson::from(&vm), human::vm_state_line)
+        }
+        Command::Resume(NameArg { name }) => {
+            let vm = provider.resume(&vm_id(&name)?).await?;
+            out.emit(&VmJson::from(&vm), human::vm_state_line)
+        }
+        Command::Stop(args) => stop(provider, args, out).await,
+        Command::Rm(args) => rm(provider, args, out).await,
+        Command::Snapshot(args) => snapshot(provider, args, out).await,
+        Command::Console(args) => console(provider, args, out).await,
+        Command::Doctor | Command::Quickstart(_) => unreachable!("handled above"),
+    }?;
+    Ok(Exit::Success)
+}
+
+async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
+    let mut config = ManagerConfig::new(&global.state_dir, &global.firecracker);
+    config.console = ConsoleTarget::File;
+    config.vmm_log = Some(LogLevel::Info);
+    config.timeouts.lock = LOCK_TIMEOUT;
+    Ok(Manager::open(config).await?)
+}
+
+/// Stage two for a VM name.
+pub fn vm_id(name: &str) -> Result<VmId, CliError> {
+    VmId::new(name).map_err(|source| CliError::InvalidName {
+        what: "VM name",
+        value: name.to_owned(),
+        source,
+    })
+}
+
+/// `vm-` and 8 hex digits from `/dev/urandom` (or, failing that, from the
+/// clock and pid).
+fn generated_name() -> VmId {
+    use std::io::Read;
+    let mut bytes = [0u8; 4];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map(|()| u32::from_ne_bytes(bytes));
+    let n = random.unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        nanos ^ std::process::id().rotate_left(16)
+    });
+    VmId::new(format!("vm-{n:08x}")).expect("generated names are valid")
+}
+
+async fn run(provider: &dyn VmProvider, args: RunArgs, out: Out) -> Result<(), CliError> {
+    let id = match &args.name {
+        Some(name) => vm_id(name)?,
+        None => generated_name(),
+    };
+    let spec = VmSpec {
+        kernel: Some(args.kernel),
+        initrd: args.initrd,
+        rootfs: Some(args.rootfs),
+        rootfs_read_only: args.rootfs_ro.then_some(true),
+        vcpus: args.vcpus,
+        mem_mib: args.mem_mib,
+        boot_args: args.boot_args,
+        ..VmSpec::default()
+    };
+    let mut vm = provider.create(&id, spec).await?;
+    if !args.no_start {
+        vm = match provider.start(&id).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                // run either leaves a VM that runs or nothing.
+                let _ = remove(provider, &id, FORCE_GRACE).await;
+                return Err(e.into());
+            }
+        };
+    }
+    out.emit(&VmJson::from(&vm), human::vm_record)
+}
+
+async fn ls(provider: &dyn VmProvider, out: Out) -> Result<(), CliError> {
+    let vms = provider.list().await;
+    let list = ListJson {
+        vms: vms.iter().map(VmJson::from).collect(),
+    };
+    out.emit(&list, human::vm_table)
+}
+
+async fn stop(provider: &dyn VmProvider, args: StopArgs, out: Out) -> Result<(), CliError> {
+    let options = StopOptions {
+        grace: args.timeout_s.map(Duration::from_secs),
+        ..StopOptions::default()
+    };
+    let vm = provider.stop(&vm_id(&args.name)?, options).await?;
+    out.emit(&VmJson::from(&vm), human::vm_state_line)
+}
+
+async fn rm(provider: &dyn VmProvider, args: RmArgs, out: Out) -> Result<(), CliError> {
+    let id = vm_id(&args.name)?;
+    let stopped = if args.force {
+        remove(provider, &id, FORCE_GRACE).await?
+    } else {
+        provider.destroy(&id).await?;
+        false
+    };
+    let removed = RemovedJson {
+        name: id.to_string(),
+        removed: true,
+        stopped,
+    };
+    out.emit(&removed, human::removed)
+}
+
+/// Stops the VM if it is running or paused (SIGTERM, then SIGKILL after
+/// `grace`), then destroys it. Returns whether it had to stop it.
+pub async fn remove(
+    provider: &dyn VmProvider,
+    id: &VmId,
+    grace: Duration,
+) -> Result<bool, VmError> {
+    let vm = provider.get(id).await?;
+    let live = matches!(vm.state, VmState::Running | VmState::Paused);
+    if live {
+        let options = StopOptions {
+            graceful: Some(false),
+            grace: Some(grace),
+        };
+        match provider.stop(id, options).await {
+            Ok(_) => {}
+            // It died on its own in between: it can be destroyed as it is.
+            Err(VmError::Transition { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    provider.destroy(id).await?;
+    Ok(live)
+}
+
+async fn snapshot(provider: &dyn VmProvider, args: SnapshotArgs, out: Out) -> Result<(), CliError> {
+    let id = vm_id(&args.name)?;
+    let name =
+        SnapshotName::new(args.snapshot.as_str()).map_err(|source| CliError::InvalidName {
+            what: "snapshot name",
+            value: args.snapshot.clone(),
+            source,
+        })?;
+    let options = SnapshotOptions {
+        resume: !args.no_resume,
+    };
+    let info = provider.snapshot(&id, &name, options).await?;
+    let vm = provider.get(&id).await?;
+    out.emit(&SnapshotJson::new(&info, vm.state.name()), human::snapshot)
+}
+
+async fn console(provider: &dyn VmProvider, args: ConsoleArgs, out: Out) -> Result<(), CliError> {
+    let id = vm_id(&args.name)?;
+    let lines = provider.console_tail(&id, args.tail).await?;
+    let console = ConsoleJson {
+        name: id.to_string(),
+        lines,
+    };
+    out.emit(&console, human::console)
+}
+
+/// The doctor configuration for this command line: `--firecracker`, the
+/// jailer from `FIREHOST_JAILER` (or next to Firecracker), `--state-dir`.
+pub fn doctor_config(global: &GlobalArgs, state_dir: &std::path::Path) -> DoctorConfig {
+    let mut config = DoctorConfig::from_env(state_dir);
+    config.firecracker = global.firecracker.clone();
+    config
+}
+
+async fn doctor(global: &GlobalArgs, out: Out) -> Result<Exit, CliError> {
+    let config = doctor_config(global, &global.state_dir);
+    let checks = tokio::task::spawn_blocking(move || run_checks(&config))
+        .await
+        .expect("host checks do not panic");
+    let report = DoctorJson::new(&checks);
+    out.emit(&report, human::doctor)?;
+    let failed = report.checks.iter().filter(|c| c.status == "fail").count();
+    if failed > 0 {
+        return Err(CliError::ChecksFailed { failed });
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,285 @@
+//! Exit codes, and errors as the user sees them.
+//!
+//! Every failure ends in [`finish`]: one line on stderr,
+//! `firehost: <error>: <cause>: <cause>…` (the library's messages never
+//! repeat their cause, so the chain is walked here, once), and the exit
+//! code of [`CliError::exit`]. With `--json`, stdout then stays empty.
+//! A closed stdout (`firehost ls | head -1`) is not an error: exit 0.
+
+use std::error::Error;
+use std::io::Write;
+use std::process::ExitCode;
+
+use firehost::{ManagerError, VmError, VmIdError};
+
+/// The exit codes of `firehost`. Scripts may rely on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// 0: done (also when stdout was closed early).
+    Success = 0,
+    /// 1: the operation failed: Firecracker refused a request, the VMM
+    /// exited or did not answer in time, a file could not be written.
+    Failed = 1,
+    /// 2: the command line is wrong (unknown flag, invalid name, a VM spec
+    /// the library refuses), or the host is not ready (`doctor` found a
+    /// failure, `quickstart` misses something).
+    Usage = 2,
+    /// 3: no VM has that name.
+    NotFound = 3,
+    /// 4: conflict: the VM or snapshot name is taken, the VM's state does
+    /// not allow the operation (`rm` of a running VM without `-f`), or
+    /// another firehost process kept the state directory locked.
+    Conflict = 4,
+    /// 130: interrupted by Ctrl-C (quickstart cleans up first).
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// An error that ends a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A VM operation failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The state directory could not be opened.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// A VM or snapshot name breaks the naming rules.
+    #[error("invalid {what} {value:?}")]
+    InvalidName {
+        /// "VM name" or "snapshot name".
+        what: &'static str,
+        /// The name as given.
+        value: String,
+        /// The rule it breaks.
+        source: VmIdError,
+    },
+    /// Some doctor checks failed (the report is on stdout).
+    #[error("{failed} host check(s) failed")]
+    ChecksFailed {
+        /// How many.
+        failed: usize,
+    },
+    /// Quickstart cannot run (the list is on stdout).
+    #[error("quickstart cannot run: {missing} prerequisite(s) missing")]
+    NotReady {
+        /// How many.
+        missing: usize,
+    },
+    /// Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+    /// A temporary directory could not be made or removed.
+    #[error("cannot {op} temporary state directory")]
+    TempDir {
+        /// "create" or "remove".
+        op: &'static str,
+        /// The errno.
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// Writing to stdout failed.
+    #[error("cannot write to stdout")]
+    Output(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// The one mapping from errors to exit codes.
+    pub fn exit(&self) -> Exit {
+        match self {
+            CliError::Vm(e) => match e {
+                VmError::NotFound { .. } => Exit::NotFound,
+                VmError::AlreadyExists { .. }
+                | VmError::Transition { .. }
+                | VmError::SnapshotExists { .. } => Exit::Conflict,
+                VmError::InvalidSpec { .. } | VmError::SocketPathTooLong { .. } => Exit::Usage,
+                _ => Exit::Failed,
+            },
+            CliError::Manager(e) => match e {
+                ManagerError::Locked { .. } => Exit::Conflict,
+                ManagerError::StateDirTooLong { .. } => Exit::Usage,
+                _ => Exit::Failed,
+            },
+            CliError::InvalidName { .. }
+            | CliError::ChecksFailed { .. }
+            | CliError::NotReady { .. } => Exit::Usage,
+            CliError::Interrupted => Exit::Interrupted,
+            CliError::TempDir { .. } | CliError::Runtime(_) | CliError::Output(_) => Exit::Failed,
+        }
+    }
+}
+
+/// `firehost: <error>: <cause>: …` on one line.
+///
+/// A cause whose text the line already ends with is skipped, for errors
+/// that (against the library's rule) print their source themselves.
+pub fn error_line(err: &(dyn Error + 'static)) -> String {
+    let mut line = format!("firehost: {err}");
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    // Fault messages and paths may hold newlines; the line must stay one.
+    line.replace(['\n', '\r'], " ")
+}
+
+/// Maps a command's outcome to the process exit code, printing the error
+/// line if there is one.
+pub fn finish(result: Result<Exit, CliError>) -> ExitCode {
+    match result {
+        Ok(exit) => exit.into(),
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Exit::Success.into()
+        }
+        Err(e) => {
+            // Nothing useful is left to do if stderr is gone too.
+            let _ = writeln!(std::io::stderr(), "{}", error_line(&e));
+            e.exit().into()
+        }
+    }
+}
+
+/// Handles a clap error: help and version go to stdout with exit 0; usage
+/// errors become one stderr line with exit 2.
+pub fn clap_exit(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = err.print();
+            Exit::Success.into()
+        }
+        _ => {
+            let line = format!("firehost: {}", clap_one_line(&err.render().to_string()));
+            let _ = writeln!(std::io::stderr(), "{line}");
+            Exit::Usage.into()
+        }
+    }
+}
+
+/// Folds clap's multi-line message (error, details, tips, usage) into one
+/// line: the text up to the usage block, with the "error: " prefix gone and
+/// a pointer to `--help` at the end.
+fn clap_one_line(rendered: &str) -> String {
+    let mut line = String::new();
+    for part in rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part);
+    }
+    line.push_str(" (see firehost --help)");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner\nwith newline")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn error_line_walks_the_chain_on_one_line() {
+        let err = Outer(Inner(std::io::Error::from_raw_os_error(2)));
+        let line = error_line(&err);
+        assert!(
+            line.starts_with("firehost: outer: inner with newline: No such file"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn error_line_does_not_repeat_a_cause_already_printed() {
+        let id: firehost::VmId = "a".parse().unwrap();
+        let err = VmError::Transition {
+            id,
+            source: firehost::VmState::Created
+                .check(firehost::Operation::Snapshot)
+                .unwrap_err(),
+        };
+        assert_eq!(
+            error_line(&err),
+            "firehost: VM a: cannot snapshot a VM that is created"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        let id: firehost::VmId = "a".parse().unwrap();
+        let cases = [
+            (
+                CliError::Vm(VmError::NotFound { id: id.clone() }),
+                Exit::NotFound,
+            ),
+            (
+                CliError::Vm(VmError::AlreadyExists { id: id.clone() }),
+                Exit::Conflict,
+            ),
+            (
+                CliError::Manager(ManagerError::Locked {
+                    state_dir: "/s".into(),
+                    holder: None,
+                }),
+                Exit::Conflict,
+            ),
+            (
+                CliError::Vm(VmError::InvalidSpec {
+                    id: id.clone(),
+                    source: firehost::SpecError::MissingKernel,
+                }),
+                Exit::Usage,
+            ),
+            (CliError::NotReady { missing: 1 }, Exit::Usage),
+            (
+                CliError::Vm(VmError::StopTimeout {
+                    id,
+                    pid: 1,
+                    waited: std::time::Duration::ZERO,
+                }),
+                Exit::Failed,
+            ),
+        ];
+        for (err, exit) in cases {
+            assert_eq!(err.exit(), exit, "{err}");
+        }
+    }
+
+    #[test]
+    fn clap_messages_fold_into_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  --kernel <PATH>\n\nUsage: firehost run --kernel <PATH>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_one_line(rendered),
+            "the following required arguments were not provided: --kernel <PATH> (see firehost --help)"
+        );
+        let tip = "error: unexpected argument '--kernl' found\n\n  tip: a similar argument exists: '--kernel'\n\nUsage: x\n";
+        assert_eq!(
+            clap_one_line(tip),
+            "unexpected argument '--kernl' found; tip: a similar argument exists: '--kernel' (see firehost --help)"
+        );
+    }
+}
