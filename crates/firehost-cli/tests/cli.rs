@@ -481,3 +481,32 @@ fn help_and_version_exit_0() {
     let help = stdout(&env.run(&["quickstart", "--help"]));
     assert!(help.contains("guest agent"), "{help}");
 }
+
+#[test]
+fn concurrent_commands_wait_for_the_state_directory_instead_of_failing() {
+    let env = TestEnv::new();
+    let _guards: Vec<common::VmGuard<'_>> = (0..3)
+        .map(|i| common::VmGuard {
+            env: &env,
+            name: format!("together-{i}"),
+        })
+        .collect();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let mut args = env.run_args();
+            args.extend(["--name".into(), format!("together-{i}")]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.command(&args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("firehost starts")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    }
+    let list = env.json(&["ls"]);
+    assert_eq!(names(&list), ["together-0", "together-1", "together-2"]);
+}
