@@ -52,6 +52,7 @@ pub mod console;
 pub mod fault;
 pub mod http;
 pub mod telemetry;
+pub mod testing;
 pub mod vmm;
 
 use args::{ArgsError, Command, RunArgs};

@@ -183,46 +183,9 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// A minimal `x86_64` ELF "kernel": one `PT_LOAD` segment at 16 MiB whose code
-/// is `cli; hlt; jmp hlt`. Firecracker loads and starts it like a vmlinux;
-/// the vCPU halts at once and stays halted, so a real Firecracker can run,
-/// pause, resume and snapshot it on any KVM host without a real guest.
+/// A kernel both backends accept; see [`fake_firecracker::testing::halt_kernel`].
 pub fn halt_kernel() -> Vec<u8> {
-    const LOAD_ADDR: u64 = 0x100_0000;
-    const EHDR: u16 = 64;
-    const PHDR: u16 = 56;
-    let code: [u8; 4] = [0xfa, 0xf4, 0xeb, 0xfd];
-    let headers = u64::from(EHDR + PHDR);
-    let total = headers + code.len() as u64;
-    let mut elf = Vec::new();
-    // e_ident: magic, 64-bit, little endian, version 1, System V ABI.
-    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    elf.extend_from_slice(&[0; 8]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: executable
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: x86_64
-    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
-    elf.extend_from_slice(&(LOAD_ADDR + headers).to_le_bytes()); // e_entry
-    elf.extend_from_slice(&u64::from(EHDR).to_le_bytes()); // e_phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&EHDR.to_le_bytes()); // e_ehsize
-    elf.extend_from_slice(&PHDR.to_le_bytes()); // e_phentsize
-    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shentsize
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-    // Program header: PT_LOAD, R+X, the whole file at LOAD_ADDR.
-    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type
-    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags
-    elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    elf.extend_from_slice(&total.to_le_bytes()); // p_filesz
-    elf.extend_from_slice(&total.to_le_bytes()); // p_memsz
-    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    elf.extend_from_slice(&code);
-    assert_eq!(elf.len() as u64, total);
-    elf
+    fake_firecracker::testing::halt_kernel()
 }
 
 /// Runs `f` with a deadline, failing the test with `what` if it runs out.
