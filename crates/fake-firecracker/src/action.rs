@@ -224,6 +224,140 @@ fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     Ok(serde_json::from_slice(body)?)
 }
 
+/// Parses `body` as `T`, with the errors Firecracker's own struct `S` gives.
+///
+/// serde names fields in declaration order ("missing field", "expected one of
+/// ..."), and Firecracker's structs declare them in another order than
+/// `firehost-api`'s. `S` (a [`shape`]) checks the field names in Firecracker's
+/// order; `T` checks the values. Of two errors, the one earlier in the body wins,
+/// as it would in Firecracker's single pass.
+fn json_as<S: DeserializeOwned, T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    let shape_error = serde_json::from_slice::<S>(body).err();
+    match (shape_error, serde_json::from_slice::<T>(body)) {
+        (None, value) => Ok(value?),
+        (Some(shape), Ok(_)) => Err(shape.into()),
+        (Some(shape), Err(value)) => {
+            if (value.line(), value.column()) < (shape.line(), shape.column()) {
+                Err(value.into())
+            } else {
+                Err(shape.into())
+            }
+        }
+    }
+}
+
+/// The field names (and which are required) of Firecracker v1.16.1's request
+/// structs where they differ from `firehost-api`'s, in Firecracker's order.
+/// Values are not checked here ([`IgnoredAny`]); see [`json_as`].
+#[allow(dead_code)] // the fields exist for their names
+mod shape {
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+
+    type Opt = Option<IgnoredAny>;
+
+    /// `MachineConfig` (`PUT /machine-config`).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MachineConfig {
+        vcpu_count: IgnoredAny,
+        mem_size_mib: IgnoredAny,
+        smt: Opt,
+        cpu_template: Opt,
+        track_dirty_pages: Opt,
+        huge_pages: Opt,
+    }
+
+    /// `BootSourceConfig`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BootSource {
+        kernel_image_path: IgnoredAny,
+        initrd_path: Opt,
+        boot_args: Opt,
+    }
+
+    /// `NetworkInterfaceConfig`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NetworkInterface {
+        iface_id: IgnoredAny,
+        host_dev_name: IgnoredAny,
+        guest_mac: Opt,
+        mtu: Opt,
+        rx_rate_limiter: Opt,
+        tx_rate_limiter: Opt,
+    }
+
+    /// `LoggerConfig`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Logger {
+        log_path: Opt,
+        level: Opt,
+        show_level: Opt,
+        show_log_origin: Opt,
+        module: Opt,
+    }
+
+    /// `MetricsConfig`: Firecracker ignores unknown fields here.
+    #[derive(Deserialize)]
+    pub struct Metrics {
+        pub metrics_path: std::path::PathBuf,
+    }
+
+    /// `VsockDeviceConfig`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Vsock {
+        vsock_id: Opt,
+        guest_cid: IgnoredAny,
+        uds_path: IgnoredAny,
+    }
+
+    /// `CreateSnapshotParams`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SnapshotCreate {
+        snapshot_type: Opt,
+        snapshot_path: IgnoredAny,
+        mem_file_path: IgnoredAny,
+    }
+
+    /// `LoadSnapshotConfig`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SnapshotLoad {
+        snapshot_path: IgnoredAny,
+        mem_file_path: Opt,
+        mem_backend: Opt,
+        enable_diff_snapshots: Opt,
+        track_dirty_pages: Opt,
+        resume_vm: Opt,
+        network_overrides: Opt,
+        vsock_override: Opt,
+        clock_realtime: Opt,
+    }
+
+    /// `MemoryHotplugConfig`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MemoryHotplug {
+        total_size_mib: IgnoredAny,
+        block_size_mib: Opt,
+        slot_size_mib: Opt,
+    }
+
+    /// `CustomCpuTemplate` on `x86_64`.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CpuConfig {
+        kvm_capabilities: Opt,
+        cpuid_modifiers: Opt,
+        msr_modifiers: Opt,
+    }
+}
+
 fn checked_id(id: Option<&str>) -> Result<&str, RequestError> {
     let id = id.ok_or(RequestError::EmptyId)?;
     if id.is_empty() {
@@ -308,8 +442,13 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<Action, 
             })
         }
         (Put, "balloon", Some(b)) => Ok(Action::PutBalloon(json(b)?)),
-        (Put, "boot-source", Some(b)) => Ok(Action::PutBootSource(json(b)?)),
-        (Put, "cpu-config", Some(b)) => Ok(Action::PutCpuConfig(Box::new(json(b)?))),
+        (Put, "boot-source", Some(b)) => {
+            Ok(Action::PutBootSource(json_as::<shape::BootSource, _>(b)?))
+        }
+        (Put, "cpu-config", Some(b)) => Ok(Action::PutCpuConfig(Box::new(json_as::<
+            shape::CpuConfig,
+            _,
+        >(b)?))),
         (Put, "drives", Some(b)) => {
             let id = checked_id(next)?;
             let drive: Drive = json(b)?;
@@ -326,13 +465,18 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<Action, 
             }
             Ok(Action::PutPmem(pmem))
         }
-        (Put, "logger", Some(b)) => Ok(Action::PutLogger(json(b)?)),
+        (Put, "logger", Some(b)) => Ok(Action::PutLogger(json_as::<shape::Logger, _>(b)?)),
         (Put, "serial", Some(b)) => Ok(Action::PutSerial(json(b)?)),
         (Put, "machine-config", Some(b)) => {
-            let config: MachineConfiguration = json(b)?;
+            let config: MachineConfiguration = json_as::<shape::MachineConfig, _>(b)?;
             Ok(Action::PutMachineConfig(config.into()))
         }
-        (Put, "metrics", Some(b)) => Ok(Action::PutMetrics(json(b)?)),
+        (Put, "metrics", Some(b)) => {
+            let m: shape::Metrics = json(b)?;
+            Ok(Action::PutMetrics(Metrics {
+                metrics_path: m.metrics_path,
+            }))
+        }
         (Put, "mmds", Some(b)) => match next {
             None => Ok(Action::PutMmds(json(b)?)),
             Some("config") => Ok(Action::PutMmdsConfig(json(b)?)),
@@ -342,16 +486,18 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<Action, 
         },
         (Put, "network-interfaces", Some(b)) => {
             let id = checked_id(next)?;
-            let iface: NetworkInterface = json(b)?;
+            let iface: NetworkInterface = json_as::<shape::NetworkInterface, _>(b)?;
             if iface.iface_id != id {
                 return Err(iface_mismatch(id, &iface.iface_id));
             }
             Ok(Action::PutNetworkInterface(iface))
         }
         (Put, "snapshot", Some(b)) => match next {
-            Some("create") => Ok(Action::CreateSnapshot(json(b)?)),
+            Some("create") => Ok(Action::CreateSnapshot(json_as::<shape::SnapshotCreate, _>(
+                b,
+            )?)),
             Some("load") => {
-                let params: SnapshotLoadParams = json(b)?;
+                let params: SnapshotLoadParams = json_as::<shape::SnapshotLoad, _>(b)?;
                 match (&params.mem_backend, &params.mem_file_path) {
                     (Some(_), Some(_)) => Err(RequestError::SerdeJson(serde::de::Error::custom(
                         "too many fields: either `mem_backend` or `mem_file_path` exclusively is required",
@@ -370,11 +516,11 @@ pub fn parse(method: Method, path: &str, body: Option<&[u8]>) -> Result<Action, 
                 "Missing snapshot operation type.".into(),
             )),
         },
-        (Put, "vsock", Some(b)) => Ok(Action::PutVsock(json(b)?)),
+        (Put, "vsock", Some(b)) => Ok(Action::PutVsock(json_as::<shape::Vsock, _>(b)?)),
         (Put, "entropy", Some(b)) => Ok(Action::PutEntropy(json(b)?)),
-        (Put, "hotplug", Some(b)) if next == Some("memory") => {
-            Ok(Action::PutMemoryHotplug(json(b)?))
-        }
+        (Put, "hotplug", Some(b)) if next == Some("memory") => Ok(Action::PutMemoryHotplug(
+            json_as::<shape::MemoryHotplug, _>(b)?,
+        )),
         (Put, _, None) => Err(empty(Put)),
         (Patch, "balloon", body) => match (next, body) {
             (Some("statistics"), Some(b)) => Ok(Action::PatchBalloonStatistics(json(b)?)),

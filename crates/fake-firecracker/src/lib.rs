@@ -53,6 +53,7 @@ pub mod fault;
 pub mod http;
 pub mod telemetry;
 pub mod testing;
+pub mod view;
 pub mod vmm;
 
 use args::{ArgsError, Command, RunArgs};

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::action::{Action, MachineConfigUpdate};
 use crate::console::{self, Console};
 use crate::telemetry::{Level, MetricsInitError, Telemetry};
+use crate::view::{self, BalloonView, DriveView, EntropyView, MmdsConfigView, NetView};
 
 /// The version the fake claims to be.
 pub const FIRECRACKER_VERSION: &str = "1.16.1";
@@ -397,11 +398,11 @@ impl Vmm {
 
     fn handle_common(&mut self, action: &Action) -> Option<Result<Reply, ActionError>> {
         Some(match action {
-            Action::GetInstanceInfo => Ok(json_reply(&firehost_api::InstanceInfo {
-                app_name: "Firecracker".into(),
-                id: self.options.id.clone(),
+            Action::GetInstanceInfo => Ok(json_reply(&view::InstanceInfoView {
+                id: &self.options.id,
                 state: self.state.api(),
-                vmm_version: FIRECRACKER_VERSION.into(),
+                vmm_version: FIRECRACKER_VERSION,
+                app_name: "Firecracker",
             })),
             Action::GetVersion => Ok(json_reply(&firehost_api::FirecrackerVersion {
                 firecracker_version: FIRECRACKER_VERSION.into(),
@@ -451,7 +452,7 @@ impl Vmm {
                 Ok(Reply::Empty)
             }
             Action::GetBalloon => match &res.balloon {
-                Some(b) => Ok(json_reply(b)),
+                Some(b) => Ok(json_reply(&view::BalloonView::from(b))),
                 None => Err(ActionError::BalloonConfig(
                     "No balloon device found.".into(),
                 )),
@@ -561,7 +562,7 @@ impl Vmm {
                 .map(|()| Reply::Empty)
                 .map_err(|e| ActionError::InternalVmm(format!("Error writing metrics: {e}"))),
             Action::GetBalloon => match &self.resources.balloon {
-                Some(b) => Ok(json_reply(b)),
+                Some(b) => Ok(json_reply(&view::BalloonView::from(b))),
                 None => Err(ActionError::InternalVmm(
                     "Failed perform action on device: Device not found".into(),
                 )),
@@ -998,8 +999,8 @@ impl Vmm {
     fn full_config(&self) -> FullConfigView<'_> {
         let r = &self.resources;
         FullConfigView {
-            balloon: r.balloon.as_ref(),
-            drives: &r.drives,
+            balloon: r.balloon.as_ref().map(BalloonView::from),
+            drives: r.drives.iter().map(DriveView::from).collect(),
             boot_source: r.boot_source.as_ref().map_or_else(
                 || BootSourceView {
                     kernel_image_path: String::new(),
@@ -1016,10 +1017,10 @@ impl Vmm {
             logger: None,
             machine_config: Some(&r.machine_config),
             metrics: None,
-            mmds_config: r.mmds_config.as_ref(),
-            network_interfaces: &r.network_interfaces,
+            mmds_config: r.mmds_config.as_ref().map(MmdsConfigView::from),
+            network_interfaces: r.network_interfaces.iter().map(NetView::from).collect(),
             vsock: r.vsock.as_ref(),
-            entropy: r.entropy.as_ref(),
+            entropy: r.entropy.as_ref().map(EntropyView::from),
             pmem: &r.pmem,
             memory_hotplug: r.memory_hotplug.as_ref(),
         }
@@ -1287,8 +1288,8 @@ fn json_reply<T: Serialize>(value: &T) -> Reply {
 /// `GET /vm/config` in Firecracker's field order (`VmmConfig`, kebab-case, nulls kept).
 #[derive(Serialize)]
 struct FullConfigView<'a> {
-    balloon: Option<&'a Balloon>,
-    drives: &'a [Drive],
+    balloon: Option<BalloonView>,
+    drives: Vec<DriveView>,
     #[serde(rename = "boot-source")]
     boot_source: BootSourceView,
     #[serde(rename = "cpu-config")]
@@ -1298,11 +1299,11 @@ struct FullConfigView<'a> {
     machine_config: Option<&'a MachineConfig>,
     metrics: Option<()>,
     #[serde(rename = "mmds-config")]
-    mmds_config: Option<&'a MmdsConfig>,
+    mmds_config: Option<MmdsConfigView>,
     #[serde(rename = "network-interfaces")]
-    network_interfaces: &'a [NetworkInterface],
+    network_interfaces: Vec<NetView>,
     vsock: Option<&'a Vsock>,
-    entropy: Option<&'a EntropyDevice>,
+    entropy: Option<EntropyView>,
     pmem: &'a [Pmem],
     #[serde(rename = "memory-hotplug")]
     memory_hotplug: Option<&'a MemoryHotplugConfig>,
