@@ -66,6 +66,12 @@ const FLAGS: &[Flag] = &[
         help: "Enables PCIe support.",
     },
     Flag {
+        name: "help",
+        takes_value: false,
+        default: None,
+        help: "Show the help message.",
+    },
+    Flag {
         name: "http-api-max-payload-size",
         takes_value: true,
         default: Some("51200"),

@@ -56,7 +56,7 @@ pub mod testing;
 pub mod view;
 pub mod vmm;
 
-use args::{ArgsError, Command, RunArgs};
+use args::{Command, RunArgs};
 use fault::Faults;
 use telemetry::{Level, Telemetry};
 use vmm::{Effect, FIRECRACKER_VERSION, Vmm, VmmOptions};
@@ -84,33 +84,50 @@ impl From<FcExitCode> for ExitCode {
 /// Runs the fake with this command line and environment-provided faults.
 /// Returns only when the process must exit with a code; guest shutdowns and
 /// crashes exit the process directly.
+///
+/// As Firecracker's `main`, the outcome is logged last: `Firecracker exiting
+/// successfully. exit_code=0`, or the error (its `Display` in the log, its
+/// `Debug` on stderr) then `Firecracker exiting with error. exit_code=N`.
 pub fn run(argv: &[String]) -> ExitCode {
+    let mut t = Telemetry::new(args::DEFAULT_INSTANCE_ID);
     let command = match args::parse(argv) {
         Ok(c) => c,
-        Err(e) => return arg_error(&e),
+        Err(e) => {
+            return exit(
+                &mut t,
+                Err(MainError {
+                    log: format!(
+                        "Arguments parsing error: {e} \\n\\nFor more information try --help."
+                    ),
+                    debug: e.debug_line().trim_start_matches("Error: ").to_owned(),
+                    code: FcExitCode::ArgParsing,
+                }),
+            );
+        }
     };
     let run = match command {
         Command::Help => {
             println!("Firecracker v{FIRECRACKER_VERSION}\n");
             println!("{}", args::help_text());
-            return FcExitCode::Ok.into();
+            return exit(&mut t, Ok(()));
         }
         Command::Version => {
             println!("Firecracker v{FIRECRACKER_VERSION}\n");
-            return FcExitCode::Ok.into();
+            return exit(&mut t, Ok(()));
         }
         Command::SnapshotVersion => {
             println!("v{}", vmm::SNAPSHOT_VERSION);
-            return FcExitCode::Ok.into();
+            return exit(&mut t, Ok(()));
         }
         Command::DescribeSnapshot(path) => {
-            return match vmm::describe_snapshot(&path) {
-                Ok(v) => {
-                    println!("{v}");
-                    FcExitCode::Ok.into()
-                }
-                Err(e) => fail(FcExitCode::GenericError, &e),
-            };
+            let result = vmm::describe_snapshot(&path)
+                .map(|v| println!("{v}"))
+                .map_err(|(log, debug)| MainError {
+                    log,
+                    debug: format!("PrintSnapshotDataFormat({debug})"),
+                    code: FcExitCode::GenericError,
+                });
+            return exit(&mut t, result);
         }
         Command::Run(run) => run,
     };
@@ -124,103 +141,172 @@ pub fn run(argv: &[String]) -> ExitCode {
     run_vmm(&run, faults)
 }
 
-fn arg_error(e: &ArgsError) -> ExitCode {
-    let mut t = Telemetry::new(args::DEFAULT_INSTANCE_ID);
+/// An error `main` reports before exiting (Firecracker's `MainError`).
+#[derive(Debug)]
+struct MainError {
+    /// Its `Display`, logged.
+    log: String,
+    /// Its `Debug`, printed on stderr after "Error: ".
+    debug: String,
+    /// The exit code.
+    code: FcExitCode,
+}
+
+impl MainError {
+    fn generic(log: String, debug: String) -> Self {
+        Self {
+            log,
+            debug,
+            code: FcExitCode::GenericError,
+        }
+    }
+}
+
+/// Logs the end of the process like Firecracker's `main` and returns its code.
+fn exit(t: &mut Telemetry, result: Result<(), MainError>) -> ExitCode {
+    match result {
+        Ok(()) => {
+            t.log(
+                Level::Info,
+                "main",
+                "Firecracker exiting successfully. exit_code=0",
+            );
+            FcExitCode::Ok.into()
+        }
+        Err(e) => {
+            t.log(Level::Error, "main", &e.log);
+            eprintln!("Error: {}", e.debug);
+            t.log(
+                Level::Error,
+                "main",
+                &format!("Firecracker exiting with error. exit_code={}", e.code as u8),
+            );
+            e.code.into()
+        }
+    }
+}
+
+/// Where Firecracker v1.16.1 panics, for the panic message.
+mod panic_site {
+    pub const INSTANCE_ID: &str = "src/firecracker/src/main.rs:309:48";
+    pub const CONFIG_FILE: &str = "src/firecracker/src/main.rs:388:20";
+    pub const METADATA_FILE: &str = "src/firecracker/src/main.rs:393:20";
+    pub const MAX_PAYLOAD: &str = "src/firecracker/src/main.rs:403:18";
+    pub const MMDS_SIZE_LIMIT: &str = "src/firecracker/src/main.rs:415:18";
+    pub const METADATA_JSON: &str = "src/vmm/src/rpc_interface.rs:387:44";
+}
+
+/// Firecracker panics (and aborts, built with `panic = "abort"`) on these; so
+/// does the fake. Its panic hook logs the panic; nothing goes to stderr.
+fn panic_abort(t: &mut Telemetry, site: &str, message: &str) -> ! {
     t.log(
         Level::Error,
         "main",
-        &format!("Arguments parsing error: {e} \n\nFor more information try --help."),
+        &format!("Firecracker panicked at {site}:\n{message}"),
     );
-    eprintln!("{}", e.debug_line());
-    t.log(
-        Level::Error,
-        "main",
-        "Firecracker exiting with error. exit_code=153",
-    );
-    FcExitCode::ArgParsing.into()
-}
-
-fn fail(code: FcExitCode, message: &str) -> ExitCode {
-    eprintln!("Error: {message}");
-    code.into()
-}
-
-/// Firecracker panics (and aborts) on these; so does the fake.
-fn panic_abort(message: &str) -> ! {
-    eprintln!("thread 'main' panicked: {message}");
     std::process::abort();
 }
 
 fn run_vmm(run: &RunArgs, faults: Faults) -> ExitCode {
+    let mut t = Telemetry::new(args::DEFAULT_INSTANCE_ID);
     if let Err(e) = args::validate_instance_id(&run.id) {
         let debug = match e {
             args::InstanceIdError::InvalidLen(n) => format!("InvalidLen({n}, 1, 64)"),
             args::InstanceIdError::InvalidChar(c, i) => format!("InvalidChar({c:?}, {i})"),
         };
-        panic_abort(&format!("Invalid instance ID: {debug}"));
+        panic_abort(
+            &mut t,
+            panic_site::INSTANCE_ID,
+            &format!("Invalid instance ID: {debug}"),
+        );
     }
-    let mut telemetry = Telemetry::new(&run.id);
     let level = match run.level.as_deref().map(telemetry::parse_level) {
         None => None,
         Some(Some(l)) => Some(l),
         Some(None) => {
             let bad = run.level.clone().unwrap_or_default();
-            eprintln!("Error: InvalidLogLevel(LevelFilterFromStr(\"{bad}\"))");
-            return FcExitCode::BadConfiguration.into();
+            return exit(
+                &mut t,
+                Err(MainError {
+                    log: format!(
+                        "Invalid value for logger level: Failed to parse string to level filter: {bad}.Possible values: [Error, Warning, Info, Debug]"
+                    ),
+                    debug: format!("InvalidLogLevel(LevelFilterFromStrError({bad:?}))"),
+                    code: FcExitCode::BadConfiguration,
+                }),
+            );
         }
     };
-    if let Err(e) = telemetry.configure_logger(
+    if let Err(e) = t.configure_logger(
         run.log_path.as_deref(),
         level,
         run.show_level.then_some(true),
         run.show_log_origin.then_some(true),
     ) {
-        return fail(
-            FcExitCode::GenericError,
-            &format!("LoggerInitialization(LoggerUpdateError({e}))"),
+        return exit(
+            &mut t,
+            Err(MainError::generic(
+                format!("Could not initialize logger: Failed to open target file: {e}"),
+                format!("LoggerInitialization(LoggerUpdateError({e:?}))"),
+            )),
         );
     }
-    telemetry.log(
+    let mut telemetry = t;
+    telemetry.set_instance_id(&run.id);
+    let t = &mut telemetry;
+    t.log(
         Level::Info,
         "main",
         &format!("Running Firecracker v{FIRECRACKER_VERSION}"),
     );
     if let Some(path) = &run.metrics_path
-        && let Err(e) = telemetry.configure_metrics(path)
+        && let Err(e) = t.configure_metrics(path)
     {
-        return fail(
-            FcExitCode::GenericError,
-            &format!("MetricsInitialization({e})"),
+        return exit(
+            t,
+            Err(MainError::generic(
+                format!("Could not initialize metrics: {e}"),
+                format!("MetricsInitialization(InitializationFailure({:?}))", e.0),
+            )),
         );
     }
-    let Ok(max_payload_bytes) = run.http_api_max_payload_size.parse::<usize>() else {
-        panic_abort("'http-api-max-payload-size' parameter expected to be of 'usize' type.");
+    let config_json = match run.config_file.as_ref().map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(text)) => Some(text),
+        Some(Err(e)) => panic_abort(
+            t,
+            panic_site::CONFIG_FILE,
+            &format!("Unable to open or read from the configuration file: {e:?}"),
+        ),
     };
-    let mmds_size_limit = match &run.mmds_size_limit {
+    let metadata = match run.metadata.as_ref().map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(text)) => Some(text),
+        Some(Err(e)) => panic_abort(
+            t,
+            panic_site::METADATA_FILE,
+            &format!("Unable to open or read from the mmds content file: {e:?}"),
+        ),
+    };
+    let max_payload_bytes = match run.http_api_max_payload_size.parse::<usize>() {
+        Ok(n) => n,
+        Err(e) => panic_abort(
+            t,
+            panic_site::MAX_PAYLOAD,
+            &format!(
+                "'http-api-max-payload-size' parameter expected to be of 'usize' type.: {e:?}"
+            ),
+        ),
+    };
+    let mmds_size_limit = match run.mmds_size_limit.as_deref().map(str::parse::<usize>) {
         None => max_payload_bytes,
-        Some(s) => s.parse().unwrap_or_else(|_| {
-            panic_abort("'mmds-size-limit' parameter expected to be of 'usize' type.")
-        }),
+        Some(Ok(n)) => n,
+        Some(Err(e)) => panic_abort(
+            t,
+            panic_site::MMDS_SIZE_LIMIT,
+            &format!("'mmds-size-limit' parameter expected to be of 'usize' type.: {e:?}"),
+        ),
     };
-    let config_json = run.config_file.as_ref().map(|p| {
-        std::fs::read_to_string(p).unwrap_or_else(|e| {
-            panic_abort(&format!(
-                "Unable to open or read from the configuration file: {e}"
-            ))
-        })
-    });
-    let metadata = run.metadata.as_ref().map(|p| {
-        let text = std::fs::read_to_string(p).unwrap_or_else(|e| {
-            panic_abort(&format!(
-                "Unable to open or read from the mmds content file: {e}"
-            ))
-        });
-        serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| {
-            panic_abort(&format!(
-                "MMDS error: metadata provided not valid json: {e}"
-            ))
-        })
-    });
 
     let mut vmm = Vmm::new(
         VmmOptions {
@@ -232,10 +318,6 @@ fn run_vmm(run: &RunArgs, faults: Faults) -> ExitCode {
         },
         telemetry,
     );
-    if let Some(m) = metadata {
-        vmm.set_initial_mmds(m);
-    }
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -243,22 +325,36 @@ fn run_vmm(run: &RunArgs, faults: Faults) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            return fail(
-                FcExitCode::GenericError,
-                &format!("cannot start the runtime: {e}"),
+            return exit(
+                &mut vmm.telemetry,
+                Err(MainError::generic(
+                    format!("cannot start the runtime: {e}"),
+                    format!("{e:?}"),
+                )),
             );
         }
     };
-    runtime.block_on(async move { serve(run, faults, vmm, config_json, max_payload_bytes).await })
+    let startup = Startup {
+        config_json,
+        metadata,
+        max_payload_bytes,
+    };
+    runtime.block_on(async move { serve(run, faults, vmm, startup).await })
 }
 
-async fn serve(
-    run: &RunArgs,
-    faults: Faults,
-    vmm: Vmm,
+/// What `serve` applies once the socket is bound.
+struct Startup {
     config_json: Option<String>,
+    metadata: Option<String>,
     max_payload_bytes: usize,
-) -> ExitCode {
+}
+
+async fn serve(run: &RunArgs, faults: Faults, vmm: Vmm, startup: Startup) -> ExitCode {
+    let Startup {
+        config_json,
+        metadata,
+        max_payload_bytes,
+    } = startup;
     let vmm = Arc::new(Mutex::new(vmm));
     let listener = if run.no_api || faults.no_socket {
         None
@@ -266,24 +362,24 @@ async fn serve(
         match tokio::net::UnixListener::bind(&run.api_sock) {
             Ok(l) => Some(l),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                let msg = format!(
-                    "RunWithApi(FailedToBindSocket(\"{}\"))",
-                    run.api_sock.display()
-                );
-                log(
+                return exit_vmm(
                     &vmm,
-                    Level::Error,
-                    &format!(
-                        "RunWithApiError error: Failed to open the API socket at: {}. Check that it is not already used.",
-                        run.api_sock.display()
-                    ),
+                    Err(MainError::generic(
+                        format!(
+                            "RunWithApiError error: Failed to open the API socket at: {}. Check that it is not already used.",
+                            run.api_sock.display()
+                        ),
+                        format!("RunWithApi(FailedToBindSocket({:?}))", run.api_sock),
+                    )),
                 );
-                return fail(FcExitCode::GenericError, &msg);
             }
             Err(e) => {
-                return fail(
-                    FcExitCode::GenericError,
-                    &format!("RunWithApi(FailedToBindAndRunHttpServer(IOError({e})))"),
+                return exit_vmm(
+                    &vmm,
+                    Err(MainError::generic(
+                        format!("RunWithApiError error: {e}"),
+                        format!("RunWithApi(FailedToBindAndRunHttpServer(IOError({e:?})))"),
+                    )),
                 );
             }
         }
@@ -295,24 +391,57 @@ async fn serve(
             &format!("Listening on API socket ({:?}).", run.api_sock),
         );
     }
+    if let Some(text) = metadata {
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(m) => lock(&vmm).set_initial_mmds(m),
+            Err(e) => panic_abort(
+                &mut lock(&vmm).telemetry,
+                panic_site::METADATA_JSON,
+                &format!("MMDS error: metadata provided not valid json: {e:?}"),
+            ),
+        }
+    }
+    if listener.is_some() {
+        // Firecracker's API thread says so as it starts, before the VM is built.
+        lock(&vmm)
+            .telemetry
+            .log(Level::Info, "fc_api", "API server started.");
+    }
 
     if let Some(json) = config_json {
+        let (prefix, debug_prefix) = if listener.is_some() {
+            ("RunWithApiError", "RunWithApi(BuildFromJson(ParseFromJson(")
+        } else {
+            (
+                "RunWithoutApiError",
+                "RunWithoutApiError(BuildMicroVMFromJson(ParseFromJson(",
+            )
+        };
+        let build_error = |message: String, debug: String| {
+            MainError::generic(
+                format!(
+                    "{prefix} error: Failed to build MicroVM from Json: Configuration for VMM from one single json failed: {message}"
+                ),
+                format!("{debug_prefix}{debug})))"),
+            )
+        };
         let actions = match vmm::config_file_actions(&json) {
             Ok(a) => a,
             Err(e) => {
-                return fail(
-                    FcExitCode::GenericError,
-                    &format!("RunWithApi(BuildFromJson(ParseFromJson(InvalidJson({e}))))"),
+                return exit_vmm(
+                    &vmm,
+                    Err(build_error(
+                        format!("Invalid JSON: {e}"),
+                        format!("InvalidJson({e:?})"),
+                    )),
                 );
             }
         };
         for action in actions {
-            let outcome = vmm.lock().unwrap_or_else(|p| p.into_inner()).handle(action);
+            let outcome = lock(&vmm).handle(action);
             if let Err(e) = outcome.result {
-                return fail(
-                    FcExitCode::GenericError,
-                    &format!("Configuration for VMM from one single json failed: {e}"),
-                );
+                // The fake has no typed `Debug` for action errors: its message stands in.
+                return exit_vmm(&vmm, Err(build_error(e.to_string(), format!("{e:?}"))));
             }
             for effect in outcome.effects {
                 apply_startup_effect(effect).await;
@@ -335,7 +464,6 @@ async fn serve(
 
     match listener {
         Some(listener) => {
-            log(&vmm, Level::Info, "API server started.");
             let server = Arc::new(http::ApiServer::new(vmm, faults, max_payload_bytes));
             server.serve(listener).await;
             FcExitCode::Ok.into()
@@ -368,9 +496,14 @@ async fn apply_startup_effect(effect: Effect) {
     }
 }
 
+fn lock(vmm: &Mutex<Vmm>) -> std::sync::MutexGuard<'_, Vmm> {
+    vmm.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn log(vmm: &Mutex<Vmm>, level: Level, message: &str) {
-    vmm.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .telemetry
-        .log(level, "main", message);
+    lock(vmm).telemetry.log(level, "main", message);
+}
+
+fn exit_vmm(vmm: &Mutex<Vmm>, result: Result<(), MainError>) -> ExitCode {
+    exit(&mut lock(vmm).telemetry, result)
 }

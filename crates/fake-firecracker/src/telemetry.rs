@@ -108,6 +108,12 @@ impl Telemetry {
         }
     }
 
+    /// Sets the instance id shown in log lines (Firecracker logs as
+    /// `anonymous-instance` until the `--id` is validated).
+    pub fn set_instance_id(&mut self, id: &str) {
+        id.clone_into(&mut self.id);
+    }
+
     /// Applies a logger configuration; `None` fields keep their value.
     pub fn configure_logger(
         &mut self,

@@ -1365,12 +1365,23 @@ pub fn config_file_actions(text: &str) -> Result<Vec<Action>, serde_json::Error>
 }
 
 /// Reads the data format version of a vmstate file (`--describe-snapshot`).
-pub fn describe_snapshot(path: &Path) -> Result<String, String> {
+///
+/// The error is Firecracker's `SnapshotError`: its `Display` (logged) and its
+/// `Debug` (inside `PrintSnapshotDataFormat(...)` on stderr). A file that is not
+/// the fake's vmstate gets the answer Firecracker gives for a file that is not
+/// its own format.
+pub fn describe_snapshot(path: &Path) -> Result<String, (String, String)> {
     let text = std::fs::read(path).map_err(|e| {
-        format!("When printing Snapshot Data format: Unable to open snapshot state file: {e}")
+        (
+            format!("When printing Snapshot Data format: Unable to open snapshot state file: {e}"),
+            format!("OpenSnapshot({e:?})"),
+        )
     })?;
     let state: VmStateFile = serde_json::from_slice(&text).map_err(|_| {
-        "When printing Snapshot Data format: Invalid data format version of snapshot file: Magic value does not match arch: 0".to_owned()
+        (
+            "When printing Snapshot Data format: Invalid data format version of snapshot file: An error occurred during bitcode serialization: bitcode error".to_owned(),
+            "SnapshotVersion(Bitcode(Error(\"bitcode error\")))".to_owned(),
+        )
     })?;
     Ok(format!("v{}", state.version))
 }

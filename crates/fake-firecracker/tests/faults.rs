@@ -1,4 +1,4 @@
-//! Every `FAKE_FC_*` fault injection knob.
+//! Every `FAKE_FC_*` fault injection knob (skipped on a real Firecracker).
 
 mod common;
 
@@ -9,6 +9,7 @@ use common::Fake;
 
 #[test]
 fn injected_failures_answer_400_only_for_listed_requests() {
+    fake_only!("FAKE_FC_FAIL");
     let f = Fake::spawn_with(&[], &[("FAKE_FC_FAIL", "PUT /drives/rootfs,PUT /actions")]);
     f.wait_socket();
     let mut c = f.client();
@@ -41,6 +42,7 @@ fn injected_failures_answer_400_only_for_listed_requests() {
 
 #[test]
 fn delays_hold_matching_answers() {
+    fake_only!("FAKE_FC_DELAY_MS");
     let f = Fake::spawn_with(&[], &[("FAKE_FC_DELAY_MS", "PUT /machine-config=300,*=0")]);
     f.wait_socket();
     let mut c = f.client();
@@ -58,6 +60,7 @@ fn delays_hold_matching_answers() {
 
 #[test]
 fn crash_after_requests_aborts_before_answering() {
+    fake_only!("FAKE_FC_CRASH_AFTER_REQUESTS");
     let mut f = Fake::spawn_with(&[], &[("FAKE_FC_CRASH_AFTER_REQUESTS", "2")]);
     f.wait_socket();
     let mut c = f.client();
@@ -73,6 +76,7 @@ fn crash_after_requests_aborts_before_answering() {
 
 #[test]
 fn no_socket_runs_without_creating_the_api_socket() {
+    fake_only!("FAKE_FC_NO_SOCKET");
     let mut f = Fake::spawn_with(&[], &[("FAKE_FC_NO_SOCKET", "1")]);
     f.wait_line("Running Firecracker v1.16.1");
     assert!(f.child.try_wait().unwrap().is_none(), "still running");
@@ -81,6 +85,7 @@ fn no_socket_runs_without_creating_the_api_socket() {
 
 #[test]
 fn exit_on_start_exits_with_the_code_after_instance_start() {
+    fake_only!("FAKE_FC_EXIT_ON_START");
     let mut f = Fake::spawn_with(&[], &[("FAKE_FC_EXIT_ON_START", "42")]);
     f.wait_socket();
     let mut c = f.client();
@@ -90,6 +95,7 @@ fn exit_on_start_exits_with_the_code_after_instance_start() {
 
 #[test]
 fn ignored_ctrl_alt_del_keeps_the_guest_running() {
+    fake_only!("FAKE_FC_IGNORE_CTRL_ALT_DEL");
     let f = Fake::spawn_with(&[], &[("FAKE_FC_IGNORE_CTRL_ALT_DEL", "1")]);
     f.wait_socket();
     let mut c = f.client();
@@ -102,6 +108,7 @@ fn ignored_ctrl_alt_del_keeps_the_guest_running() {
 
 #[test]
 fn malformed_fault_settings_are_refused_at_start() {
+    fake_only!("FAKE_FC_* parsing");
     let mut f = Fake::spawn_with(&[], &[("FAKE_FC_DELAY_MS", "soon")]);
     assert_eq!(f.wait_exit().code(), Some(1));
     assert!(f.stderr().contains("FAKE_FC_DELAY_MS"));

@@ -1,5 +1,12 @@
-//! Test helpers: spawn the fake like the library spawns Firecracker, talk raw
+//! Test helpers: spawn the VMM like the library spawns Firecracker, talk raw
 //! HTTP/1.1 to its socket, watch its console and its exit.
+//!
+//! The suite runs against `fake-firecracker` by default and against a real
+//! Firecracker when `FIREHOST_FIRECRACKER` names one (run as root, with
+//! `/dev/kvm`). The same assertions must pass on both: where they differ, the
+//! fake is wrong. Tests of what only the fake has (the `FAKE_FC_*` knobs, its
+//! console banner, its vmstate format) skip on the real binary with
+//! [`fake_only!`].
 
 #![allow(dead_code)]
 
@@ -28,7 +35,31 @@ pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// One running fake VMM.
+/// The VMM binary under test: `FIREHOST_FIRECRACKER` if set, else the fake.
+pub fn bin() -> PathBuf {
+    match std::env::var_os("FIREHOST_FIRECRACKER") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_fake-firecracker")),
+    }
+}
+
+/// Whether the suite runs against a real Firecracker.
+pub fn is_real() -> bool {
+    std::env::var_os("FIREHOST_FIRECRACKER").is_some()
+}
+
+/// Skips the calling test (returns early), saying why, on a real Firecracker.
+#[macro_export]
+macro_rules! fake_only {
+    ($why:expr) => {
+        if $crate::common::is_real() {
+            eprintln!("skipped: {} (fake only)", $why);
+            return;
+        }
+    };
+}
+
+/// One running VMM (the fake or a real Firecracker), killed on drop.
 pub struct Fake {
     pub dir: tempfile::TempDir,
     pub sock: PathBuf,
@@ -68,7 +99,7 @@ impl Fake {
 
     pub fn spawn_in(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let sock = dir.path().join("api.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fake-firecracker"));
+        let mut cmd = Command::new(bin());
         cmd.arg("--api-sock")
             .arg(&sock)
             .arg("--id")
@@ -161,9 +192,19 @@ impl Fake {
         s
     }
 
-    /// Configures a bootable VM: kernel, 2 vCPUs / 256 MiB, a root drive.
+    /// Writes [`halt_kernel`](fake_firecracker::testing::halt_kernel) to the test
+    /// directory, once, and returns its path.
+    pub fn kernel(&self) -> PathBuf {
+        let p = self.path("vmlinux");
+        if !p.exists() {
+            std::fs::write(&p, fake_firecracker::testing::halt_kernel()).unwrap();
+        }
+        p
+    }
+
+    /// Configures a bootable VM: the halt kernel, 2 vCPUs / 256 MiB, a root drive.
     pub fn configure(&self, c: &mut Client) {
-        let kernel = self.file("vmlinux", 4096);
+        let kernel = self.kernel();
         let rootfs = self.file("rootfs.ext4", 1 << 20);
         let boot = format!(
             r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0 reboot=k panic=1"}}"#,
