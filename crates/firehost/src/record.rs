@@ -5,6 +5,13 @@
 //! directory, fsync, rename over the old one, fsync of the directory. A
 //! crash at any point leaves either the old record or the new one, never a
 //! torn one.
+//!
+//! The fsyncs only matter if the *host* goes down, which also ends every
+//! VMM; a crash of the manager process alone loses nothing that reached the
+//! page cache. So writes whose content a restarted manager re-derives from
+//! the live VMM anyway (running ↔ paused) or that precede the committing
+//! write skip them ([`Durability::Cached`]); writes that a dead VM's cleanup
+//! depends on are [`Durability::Synced`].
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -50,6 +57,15 @@ pub struct VmRecord {
     pub created_at_ms: u64,
 }
 
+/// How far a write must have reached before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On stable storage (fsync of the file and of its directory).
+    Synced,
+    /// In the page cache: survives a crash of the process, not of the host.
+    Cached,
+}
+
 /// A record could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -84,10 +100,16 @@ pub enum RecordError {
 }
 
 impl VmRecord {
-    /// Writes the record into `dir` atomically (blocking).
+    /// Writes the record into `dir` atomically and durably (blocking).
     pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
+        self.write_with(dir, Durability::Synced)
+    }
+
+    /// Writes the record into `dir` atomically, as durably as asked
+    /// (blocking).
+    pub fn write_with(&self, dir: &Path, durability: Durability) -> Result<(), RecordError> {
         let bytes = serde_json::to_vec_pretty(self).expect("records always serialise");
-        write_atomic(&dir.join(RECORD_FILE), &bytes)
+        write_atomic(&dir.join(RECORD_FILE), &bytes, durability)
     }
 
     /// Reads the record in `dir` (blocking).
@@ -116,7 +138,7 @@ impl VmRecord {
 
 /// Replaces `path` with `bytes` so that readers and crashes see the old or
 /// the new content, never a mix. The file is created 0600.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), RecordError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let io = |op, p: &Path| {
@@ -135,12 +157,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
         .open(&tmp)
         .map_err(io("create", &tmp))?;
     file.write_all(bytes).map_err(io("write", &tmp))?;
-    file.sync_data().map_err(io("fsync", &tmp))?;
+    if durability == Durability::Synced {
+        file.sync_data().map_err(io("fsync", &tmp))?;
+    }
     drop(file);
     std::fs::rename(&tmp, path).map_err(io("rename", path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory of", path))?;
+    if durability == Durability::Synced {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory of", path))?;
+    }
     Ok(())
 }
 

@@ -18,7 +18,9 @@ const LONG: Duration = Duration::from_secs(20);
 async fn second_manager_on_one_state_dir_is_refused() {
     let host = TestHost::new();
     let _first = host.manager().await;
-    let err = Manager::open(host.config()).await.unwrap_err();
+    let mut config = host.config();
+    config.timeouts.lock = Duration::ZERO;
+    let err = Manager::open(config).await.unwrap_err();
     assert!(matches!(err, ManagerError::Locked { .. }), "{err:?}");
     assert!(err.to_string().contains(&std::process::id().to_string()));
 }

@@ -29,6 +29,15 @@ pub enum ApiError {
         #[source]
         source: hyper::Error,
     },
+    /// The VMM closed the connection before answering (it exited, or
+    /// crashed while handling the request).
+    #[error("{method} {path}: the VMM closed the connection before answering")]
+    Closed {
+        /// The request method.
+        method: http::Method,
+        /// The request path.
+        path: String,
+    },
     /// Firecracker answered with an error status.
     #[error("{method} {path}: Firecracker answered {status}: {fault_message}")]
     Fault {

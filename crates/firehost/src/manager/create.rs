@@ -11,7 +11,7 @@ use crate::api::models::{BootSource, Drive, MachineConfiguration};
 use crate::console::ConsoleRing;
 use crate::manager::config::ConsoleTarget;
 use crate::manager::error::MAX_SOCKET_PATH_BYTES;
-use crate::record::{RECORD_FORMAT, VmRecord};
+use crate::record::{Durability, RECORD_FORMAT, VmRecord};
 use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec, VmSpec};
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
@@ -164,8 +164,9 @@ async fn build(
         ring,
     };
     // Recorded before anything else can fail, so that a manager crash from
-    // here on leaves a record the next manager can reap by pid.
-    vm.persist().await?;
+    // here on leaves a record the next manager can reap by pid. A host crash
+    // ends the VMM too, so the page cache is durable enough.
+    vm.persist(Durability::Cached).await?;
 
     let stream = match wait_for_api_socket(&api_socket, &process, config.timeouts.api_socket).await
     {
@@ -197,7 +198,7 @@ async fn build(
 
     vm.api = Some(Arc::new(api));
     vm.record.committed = true;
-    vm.persist().await?;
+    vm.persist(Durability::Synced).await?;
     Ok(vm)
 }
 

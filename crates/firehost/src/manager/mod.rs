@@ -42,7 +42,7 @@ pub use ops::{SnapshotOptions, StopOptions};
 use crate::VmId;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
-use crate::record::VmRecord;
+use crate::record::{Durability, VmRecord};
 use crate::snapshot::{SnapshotInfo, SnapshotName};
 use crate::spec::{ResolvedSpec, VmSpec};
 use crate::state::VmState;
@@ -190,10 +190,10 @@ impl Vm {
     }
 
     /// Writes the record on the blocking pool.
-    async fn persist(&self) -> Result<(), VmError> {
+    async fn persist(&self, durability: Durability) -> Result<(), VmError> {
         let record = self.record.clone();
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || record.write(&dir))
+        tokio::task::spawn_blocking(move || record.write_with(&dir, durability))
             .await
             .expect("record writes do not panic")
             .map_err(|source| VmError::Record {
@@ -499,7 +499,7 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
         vm.process = None;
         vm.api = None;
         let _ = remove_file_if_present(&vm.record.api_socket);
-        if let Err(e) = vm.persist().await {
+        if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot record the VM's failure");
         }
         slot.publish(Some(vm));

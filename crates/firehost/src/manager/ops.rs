@@ -12,6 +12,7 @@ use crate::api::models::{
     ActionType, InstanceActionInfo, SnapshotCreateParams, SnapshotType, Vm as VmPatch,
     VmState as ApiVmState,
 };
+use crate::record::Durability;
 use crate::snapshot::{
     MANIFEST_FORMAT, MEMORY_FILE, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
     VMSTATE_FILE,
@@ -112,7 +113,8 @@ async fn transition(
         source,
     })?;
     vm.record.state = new_state;
-    vm.persist().await?;
+    // Running and paused are read back from Firecracker on re-attach.
+    vm.persist(Durability::Cached).await?;
     shared.slot(id)?.publish(Some(vm));
     Ok(vm.info())
 }
@@ -149,7 +151,7 @@ pub(super) async fn stop(
     vm.process = None;
     vm.api = None;
     let _ = remove_file_if_present(&vm.record.api_socket);
-    vm.persist().await?;
+    vm.persist(Durability::Synced).await?;
     shared.slot(&id)?.publish(Some(vm));
     Ok(vm.info())
 }
@@ -293,7 +295,7 @@ pub(super) async fn snapshot(
         if let Err(e) = resumed {
             undo.unwind().await;
             vm.record.state = VmState::Paused;
-            let _ = vm.persist().await;
+            let _ = vm.persist(Durability::Cached).await;
             shared.slot(&id)?.publish(Some(vm));
             return Err(taken.err().unwrap_or(e));
         }
@@ -306,7 +308,7 @@ pub(super) async fn snapshot(
             } else {
                 vm.record.state.clone()
             };
-            vm.persist().await?;
+            vm.persist(Durability::Cached).await?;
             shared.slot(&id)?.publish(Some(vm));
             Ok(SnapshotInfo {
                 name,

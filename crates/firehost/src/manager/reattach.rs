@@ -26,7 +26,7 @@ use crate::VmId;
 use crate::api::ApiClient;
 use crate::api::models::InstanceState;
 use crate::console::ConsoleRing;
-use crate::record::VmRecord;
+use crate::record::{Durability, VmRecord};
 use crate::state::{ExitReason, VmState};
 use crate::undo::remove_dir_if_present;
 use crate::vmm::{VmmProcess, find_by_api_socket};
@@ -155,7 +155,7 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
     if new_state != record.state {
         record.state = new_state;
         vm.record = record;
-        if let Err(e) = vm.persist().await {
+        if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot update the record during recovery");
         }
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{RecordError, write_atomic};
+use crate::record::{Durability, RecordError, write_atomic};
 use crate::spec::ResolvedSpec;
 use crate::{VmId, VmIdError};
 
@@ -126,7 +126,7 @@ impl SnapshotManifest {
     /// Writes the manifest into `bundle` atomically (blocking).
     pub fn write(&self, bundle: &Path) -> Result<(), RecordError> {
         let bytes = serde_json::to_vec_pretty(self).expect("manifests always serialise");
-        write_atomic(&bundle.join(MANIFEST_FILE), &bytes)
+        write_atomic(&bundle.join(MANIFEST_FILE), &bytes, Durability::Synced)
     }
 
     /// Reads the manifest of `bundle` (blocking).

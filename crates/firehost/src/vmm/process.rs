@@ -33,6 +33,15 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// Setting a resource limit on the process failed.
+    #[error("cannot set a resource limit of pid {pid}")]
+    Limit {
+        /// The pid.
+        pid: i32,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
     /// `/proc/<pid>/stat` could not be read or parsed.
     #[error("cannot read the start time of pid {pid}")]
     StartTime {

@@ -124,7 +124,10 @@ impl TestHost {
             request: Duration::from_secs(5),
             stop_grace: Duration::from_secs(2),
             after_kill: Duration::from_secs(5),
-            lock: Duration::ZERO,
+            // Tests re-open managers in one process while other tests spawn
+            // VMMs: a spawn in flight briefly shares the fd table (and so
+            // the flock) of a manager being dropped. Wait it out.
+            lock: Duration::from_secs(5),
         };
         config
     }
@@ -162,6 +165,26 @@ impl TestHost {
             .join(id.as_str())
             .join("api.sock");
         firehost::vmm::find_by_api_socket(&socket)
+    }
+}
+
+/// VMs outlive managers by design, so a test that ends without destroying
+/// its VMs would leak their VMMs: kill every VMM serving a socket under this
+/// host's directory.
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let root = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = args
+                .windows(2)
+                .any(|w| w[0] == b"--api-sock" && w[1].starts_with(&root));
+            if ours && let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
     }
 }
 
