@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Shared, Slot, Vm, VmError, VmInfo, now_ms, watch_for_crash};
 use crate::VmId;
 use crate::api::ApiClient;
-use crate::api::models::{BootSource, Drive, MachineConfiguration};
+use crate::api::models::{ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration};
 use crate::console::ConsoleRing;
 use crate::manager::config::ConsoleTarget;
 use crate::manager::error::MAX_SOCKET_PATH_BYTES;
@@ -24,7 +24,14 @@ pub(crate) const CONSOLE_FILE: &str = "console.log";
 pub(crate) const VMM_LOG_FILE: &str = "firecracker.log";
 pub(crate) const METRICS_FILE: &str = "metrics.json";
 
-pub(super) async fn create(shared: Arc<Shared>, id: VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
+/// Creates a VM and, with `then_start`, boots it within the same
+/// transaction (so a failed start undoes the create).
+pub(super) async fn create(
+    shared: Arc<Shared>,
+    id: VmId,
+    spec: VmSpec,
+    then_start: bool,
+) -> Result<VmInfo, VmError> {
     // Reserve the id: the slot's lock is held until the create is decided,
     // so other operations on this id wait, and a second create fails.
     let slot = Arc::new(Slot::new());
@@ -42,7 +49,7 @@ pub(super) async fn create(shared: Arc<Shared>, id: VmId, spec: VmSpec) -> Resul
     }
 
     let mut undo = UndoStack::default();
-    match build(&shared, &id, spec, &mut undo).await {
+    match build(&shared, &id, spec, then_start, &mut undo).await {
         Ok(vm) => {
             undo.commit();
             let info = vm.info();
@@ -65,6 +72,7 @@ async fn build(
     shared: &Shared,
     id: &VmId,
     spec: VmSpec,
+    then_start: bool,
     undo: &mut UndoStack,
 ) -> Result<Vm, VmError> {
     let config = &shared.config;
@@ -164,12 +172,38 @@ async fn build(
         ring,
     };
     // Recorded before anything else can fail, so that a manager crash from
-    // here on leaves a record the next manager can reap by pid. A host crash
-    // ends the VMM too, so the page cache is durable enough.
-    vm.persist(Durability::Cached).await?;
+    // here on leaves a record the next manager can reap by pid (a crash
+    // before the write lands is covered by the search for the VMM's
+    // --api-sock argument). A host crash ends the VMM too, so the page cache
+    // is durable enough, and the write proceeds while the VMM starts up.
+    let first_record = {
+        let (record, dir) = (vm.record.clone(), vm.dir.clone());
+        tokio::task::spawn_blocking(move || record.write_with(&dir, Durability::Cached))
+    };
+    let configured = bring_up(config, id, &mut vm, &api_socket, &process, then_start).await;
+    // Joined on every path: the undo must not race a write into the
+    // directory it removes.
+    let first_write = first_record.await.expect("record writes do not panic");
+    configured?;
+    first_write.map_err(|source| VmError::Record {
+        id: id.clone(),
+        source,
+    })?;
+    vm.record.committed = true;
+    vm.persist(Durability::Synced).await?;
+    Ok(vm)
+}
 
-    let stream = match wait_for_api_socket(&api_socket, &process, config.timeouts.api_socket).await
-    {
+/// Waits for the API, configures the VM and, if asked, starts it.
+async fn bring_up(
+    config: &super::ManagerConfig,
+    id: &VmId,
+    vm: &mut Vm,
+    api_socket: &std::path::Path,
+    process: &crate::vmm::VmmProcess,
+    then_start: bool,
+) -> Result<(), VmError> {
+    let stream = match wait_for_api_socket(api_socket, process, config.timeouts.api_socket).await {
         Ok(stream) => stream,
         Err(source) => {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(200), vm.ring.drained())
@@ -181,7 +215,7 @@ async fn build(
             });
         }
     };
-    let api = ApiClient::from_stream(&api_socket, stream, config.timeouts.request)
+    let api = ApiClient::from_stream(api_socket, stream, config.timeouts.request)
         .await
         .map_err(|source| VmError::Api {
             id: id.clone(),
@@ -196,10 +230,20 @@ async fn build(
             source,
         })?;
 
+    if then_start {
+        api.create_sync_action(&InstanceActionInfo {
+            action_type: ActionType::InstanceStart,
+        })
+        .await
+        .map_err(|source| VmError::Api {
+            id: id.clone(),
+            op: "start the guest",
+            source,
+        })?;
+        vm.record.state = VmState::Running;
+    }
     vm.api = Some(Arc::new(api));
-    vm.record.committed = true;
-    vm.persist(Durability::Synced).await?;
-    Ok(vm)
+    Ok(())
 }
 
 /// The configuration requests, in the order Firecracker's docs use.

@@ -262,7 +262,7 @@ impl Manager {
     /// interrupt it. It finishes (the VM then shows in [`list`](Self::list))
     /// or fails and undoes itself.
     pub async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
-        let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec));
+        let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec, false));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
@@ -276,21 +276,7 @@ impl Manager {
     /// Runs in its own task: it completes (or undoes itself) even if this
     /// future is dropped.
     pub async fn run(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
-        let manager = self.clone();
-        let id = id.clone();
-        let task = tokio::spawn(async move {
-            manager.create(&id, spec).await?;
-            match ops::start(&manager.shared, &id).await {
-                Ok(info) => Ok(info),
-                Err(e) => {
-                    if let Err(cleanup) = ops::destroy_any(manager.shared.clone(), id.clone()).await
-                    {
-                        tracing::error!(vm = %id, error = %cleanup, "cannot undo a failed run");
-                    }
-                    Err(e)
-                }
-            }
-        });
+        let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec, true));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }

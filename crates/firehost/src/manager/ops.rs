@@ -332,17 +332,6 @@ pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError
     remove(&shared, &id, guard).await
 }
 
-/// Destroys the VM whatever its state, killing a live VMM: the undo of a
-/// failed [`Manager::run`](super::Manager::run).
-pub(super) async fn destroy_any(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
-    let slot = shared.slot(&id)?;
-    let guard = slot.vm.clone().lock_owned().await;
-    if guard.is_none() {
-        return Err(VmError::NotFound { id });
-    }
-    remove(&shared, &id, guard).await
-}
-
 async fn remove(
     shared: &Shared,
     id: &VmId,

@@ -1,22 +1,30 @@
 //! Waiting for a VMM's API socket to accept connections.
 //!
-//! Firecracker binds its socket a few milliseconds after exec. There is no
-//! event to wait on short of inotify on the parent directory, and the socket
-//! must also *accept*, not just exist, so we retry `connect` with an
-//! exponential back-off that starts below a millisecond and is capped low,
-//! under a deadline, and give up early if the process dies.
+//! Firecracker binds its socket a few milliseconds after exec. We watch the
+//! socket's directory with inotify, so the first connect attempt after a
+//! failure happens the moment the socket file appears, rather than on the
+//! next tick of a timer (tokio's timers have millisecond resolution, coarser
+//! than the whole wait). Between `bind` and `listen` a connect is refused
+//! with no further file event, so that gap is bridged by a short, bounded
+//! back-off (never by spinning: on a small host a spinning waiter starves
+//! the very VMM it waits for). Everything happens under a deadline, and the
+//! wait ends early if the process dies.
 
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::fs::inotify;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
 use super::process::VmmProcess;
 use crate::state::ExitReason;
 
-const FIRST_RETRY: Duration = Duration::from_micros(100);
-const MAX_RETRY: Duration = Duration::from_millis(5);
+const FIRST_SLEEP: Duration = Duration::from_micros(200);
+const MAX_SLEEP: Duration = Duration::from_millis(5);
 
 /// The API socket did not come up.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +70,14 @@ pub async fn wait_for_api_socket(
 ) -> Result<UnixStream, ReadyError> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let mut delay = FIRST_RETRY;
+    // Watch before the first attempt, so a socket created in between still
+    // produces an event. Without inotify, the back-off alone does the job.
+    let mut watch = socket.parent().and_then(|dir| DirWatch::new(dir).ok());
+    let mut sleep = FIRST_SLEEP;
     loop {
         match UnixStream::connect(socket).await {
             Ok(stream) => return Ok(stream),
-            Err(e) if retryable(&e) => {}
+            Err(e) if is_retryable(&e) => {}
             Err(source) => {
                 return Err(ReadyError::Connect {
                     socket: socket.to_owned(),
@@ -87,18 +98,120 @@ pub async fn wait_for_api_socket(
                 waited: now - start,
             });
         }
-        let wake = (now + delay).min(deadline);
+        let socket_exists = socket.exists();
         tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
+            // No file yet: the next chance is when one appears.
+            () = next_event(&mut watch), if !socket_exists => {}
+            // The file exists but refuses (bound, not yet listening), or
+            // there is no inotify: retry soon.
+            () = back_off(&mut sleep), if socket_exists || watch.is_none() => {}
+            () = tokio::time::sleep_until(deadline) => {}
             exit = process.wait() => {
                 return Err(ReadyError::Exited { socket: socket.to_owned(), exit });
             }
         }
-        delay = (delay * 2).min(MAX_RETRY);
     }
 }
 
-fn retryable(e: &std::io::Error) -> bool {
+fn is_retryable(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), NotFound | ConnectionRefused | WouldBlock)
+}
+
+async fn back_off(sleep: &mut Duration) {
+    tokio::time::sleep(*sleep).await;
+    *sleep = (*sleep * 2).min(MAX_SLEEP);
+}
+
+async fn next_event(watch: &mut Option<DirWatch>) {
+    match watch {
+        Some(w) => {
+            if w.changed().await.is_err() {
+                // inotify broke: fall back to the back-off.
+                *watch = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// An inotify watch for entries created in (or moved into) one directory.
+struct DirWatch {
+    fd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        // Closing an inotify instance waits for an RCU grace period in the
+        // kernel: milliseconds, more than the whole readiness wait. Close it
+        // on the blocking pool so the VM's create doesn't pay for it.
+        if let (Some(fd), Ok(runtime)) = (self.fd.take(), tokio::runtime::Handle::try_current()) {
+            let raw = fd.into_inner();
+            runtime.spawn_blocking(move || drop(raw));
+        }
+    }
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> std::io::Result<Self> {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        inotify::add_watch(
+            &fd,
+            dir,
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
+        )?;
+        // SAFETY: the AsyncFd owns `fd` from here on, so it stays open and
+        // names the same inotify instance for the AsyncFd's lifetime.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+                .map_err(|e| e.into_parts().1)?
+        };
+        Ok(DirWatch { fd: Some(fd) })
+    }
+
+    /// Waits for at least one event and drains all pending ones.
+    async fn changed(&mut self) -> std::io::Result<()> {
+        let fd = self.fd.as_mut().expect("present until drop");
+        loop {
+            let mut guard = fd.readable().await?;
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+            let mut reader = inotify::Reader::new(guard.get_inner(), &mut buf);
+            let mut any = false;
+            loop {
+                match reader.next() {
+                    Ok(_) => any = true,
+                    Err(rustix::io::Errno::AGAIN) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if any {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn watch_wakes_when_a_file_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = DirWatch::new(dir.path()).unwrap();
+        let path = dir.path().join("api.sock");
+        let creator = tokio::spawn(async move {
+            let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+            std::future::pending::<()>().await;
+        });
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("an event")
+            .unwrap();
+        assert!(dir.path().join("api.sock").exists());
+        creator.abort();
+    }
 }

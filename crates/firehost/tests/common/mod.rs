@@ -174,9 +174,13 @@ impl TestHost {
 impl Drop for TestHost {
     fn drop(&mut self) {
         let root = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             let ours = args
                 .windows(2)
