@@ -38,3 +38,8 @@ pub mod provider;
 
 pub use provider::{InMemoryProvider, VmProvider};
 pub mod doctor;
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
