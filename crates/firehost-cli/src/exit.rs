@@ -118,18 +118,14 @@ impl CliError {
 }
 
 /// `firehost: <error>: <cause>: …` on one line.
-///
-/// A cause whose text the line already ends with is skipped, for errors
-/// that (against the library's rule) print their source themselves.
+/// The library's messages never repeat their cause, so each link of the
+/// chain appears once.
 pub fn error_line(err: &(dyn Error + 'static)) -> String {
     let mut line = format!("firehost: {err}");
     let mut cause = err.source();
     while let Some(e) = cause {
-        let text = e.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
+        line.push_str(": ");
+        line.push_str(&e.to_string());
         cause = e.source();
     }
     // Fault messages and paths may hold newlines; the line must stay one.
@@ -214,11 +210,11 @@ mod tests {
     }
 
     #[test]
-    fn error_line_does_not_repeat_a_cause_already_printed() {
+    fn refused_transition_is_said_once() {
         let id: firehost::VmId = "a".parse().unwrap();
         let err = VmError::Transition {
             id,
-            source: firehost::VmState::Created
+            refused: firehost::VmState::Created
                 .check(firehost::Operation::Snapshot)
                 .unwrap_err(),
         };

@@ -131,6 +131,18 @@ impl Images {
     }
 }
 
+/// VMs outlive managers by design: whatever happens to the run, kill every
+/// VMM serving a socket under this directory.
+impl Drop for Images {
+    fn drop(&mut self) {
+        for pid in firehost::vmm::find_under(self.dir.path()) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
 /// The bodies of the configure + start sequence.
 struct Sequence {
     machine: String,

@@ -166,6 +166,23 @@ impl InMemoryProvider {
             .ok_or_else(|| VmError::NotFound { id: id.clone() })
     }
 
+    /// Takes the VM's lock and checks that `op` is allowed in its state.
+    async fn locked(
+        &self,
+        id: &VmId,
+        op: Operation,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Option<VmInfo>>, VmError> {
+        let guard = self.slot(id)?.lock_owned().await;
+        let vm = guard
+            .as_ref()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        vm.state.check(op).map_err(|refused| VmError::Transition {
+            id: id.clone(),
+            refused,
+        })?;
+        Ok(guard)
+    }
+
     /// Applies `op` to the VM if its state allows it.
     async fn transition(
         &self,
@@ -173,15 +190,8 @@ impl InMemoryProvider {
         op: Operation,
         apply: impl FnOnce(&mut VmInfo) + Send,
     ) -> Result<VmInfo, VmError> {
-        let slot = self.slot(id)?;
-        let mut guard = slot.lock().await;
-        let vm = guard
-            .as_mut()
-            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
-        vm.state.check(op).map_err(|source| VmError::Transition {
-            id: id.clone(),
-            source,
-        })?;
+        let mut guard = self.locked(id, op).await?;
+        let vm = guard.as_mut().expect("checked by locked()");
         apply(vm);
         Ok(vm.clone())
     }
@@ -268,17 +278,8 @@ impl VmProvider for InMemoryProvider {
         name: &SnapshotName,
         options: SnapshotOptions,
     ) -> Result<SnapshotInfo, VmError> {
-        let slot = self.slot(id)?;
-        let mut guard = slot.lock().await;
-        let vm = guard
-            .as_mut()
-            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
-        vm.state
-            .check(Operation::Snapshot)
-            .map_err(|source| VmError::Transition {
-                id: id.clone(),
-                source,
-            })?;
+        let mut guard = self.locked(id, Operation::Snapshot).await?;
+        let vm = guard.as_mut().expect("checked by locked()");
         if !self
             .snapshots
             .lock()
@@ -310,17 +311,7 @@ impl VmProvider for InMemoryProvider {
     }
 
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
-        let slot = self.slot(id)?;
-        let mut guard = slot.lock().await;
-        let vm = guard
-            .as_ref()
-            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
-        vm.state
-            .check(Operation::Destroy)
-            .map_err(|source| VmError::Transition {
-                id: id.clone(),
-                source,
-            })?;
+        let mut guard = self.locked(id, Operation::Destroy).await?;
         *guard = None;
         self.registry().remove(id);
         Ok(())

@@ -137,7 +137,7 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
 
 fn expect_refused(result: Result<(), VmError>, op: Operation) {
     match result {
-        Err(VmError::Transition { source, .. }) => assert_eq!(source.op, op),
+        Err(VmError::Transition { refused, .. }) => assert_eq!(refused.op, op),
         other => panic!("{op} should be refused, got {other:?}"),
     }
 }

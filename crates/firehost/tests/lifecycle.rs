@@ -272,7 +272,7 @@ async fn assert_refused(
 ) {
     let before = manager.get(vm).await.unwrap().state;
     match result {
-        Err(VmError::Transition { source, .. }) => assert_eq!(source.op, op),
+        Err(VmError::Transition { refused, .. }) => assert_eq!(refused.op, op),
         other => panic!("{op} was not refused: {other:?}"),
     }
     assert_eq!(manager.get(vm).await.unwrap().state, before);

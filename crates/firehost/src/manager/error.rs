@@ -39,12 +39,14 @@ pub enum VmError {
         source: SpecError,
     },
     /// The operation is not allowed in the VM's state; nothing changed.
-    #[error("VM {id}: {source}")]
+    /// (The transition is part of the message, not a separate cause: it is
+    /// the whole explanation.)
+    #[error("VM {id}: {refused}")]
     Transition {
         /// The id.
         id: VmId,
-        /// The refused transition.
-        source: TransitionError,
+        /// The refused operation and the state that refused it.
+        refused: TransitionError,
     },
     /// A path would be too long for a unix socket.
     #[error(

@@ -467,6 +467,7 @@ impl Shared {
 /// manager.
 fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
     let mut alive = shared.alive.subscribe();
+    let tail_lines = shared.config.console_lines;
     tokio::spawn(async move {
         let exit = tokio::select! {
             exit = process.wait() => exit,
@@ -479,7 +480,7 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
             return;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), vm.ring.drained()).await;
-        let console_tail = vm.console_tail(crate::console::DEFAULT_CONSOLE_LINES).await;
+        let console_tail = vm.console_tail(tail_lines).await;
         tracing::warn!(vm = %vm.record.id, %exit, "VMM exited unexpectedly");
         vm.record.state = VmState::Failed { exit, console_tail };
         vm.process = None;

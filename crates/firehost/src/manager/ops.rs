@@ -61,9 +61,9 @@ async fn locked(
     vm.record
         .state
         .check(op)
-        .map_err(|source| VmError::Transition {
+        .map_err(|refused| VmError::Transition {
             id: id.clone(),
-            source,
+            refused,
         })?;
     Ok(guard)
 }

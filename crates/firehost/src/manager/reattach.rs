@@ -142,14 +142,14 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
                     tracing::warn!(vm = %record.id, error = %e, "VMM alive but its API does not answer; killing it");
                     kill(&process).await;
                     let _ = remove_file_if_present(&record.api_socket);
-                    failed(&vm, ExitReason::Unknown).await
+                    failed(&vm, ExitReason::Unknown, console_lines).await
                 }
             }
         }
         None => {
             tracing::info!(vm = %record.id, "VMM exited while no manager was watching");
             let _ = remove_file_if_present(&record.api_socket);
-            failed(&vm, ExitReason::Unknown).await
+            failed(&vm, ExitReason::Unknown, console_lines).await
         }
     };
     if new_state != record.state {
@@ -162,9 +162,9 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
     vm
 }
 
-async fn failed(vm: &Vm, exit: ExitReason) -> VmState {
+async fn failed(vm: &Vm, exit: ExitReason, console_lines: usize) -> VmState {
     VmState::Failed {
         exit,
-        console_tail: vm.console_tail(crate::console::DEFAULT_CONSOLE_LINES).await,
+        console_tail: vm.console_tail(console_lines).await,
     }
 }

@@ -10,6 +10,6 @@ pub mod process;
 pub mod ready;
 pub mod spawn;
 
-pub use process::{ProcessError, VmmProcess, find_by_api_socket};
+pub use process::{ProcessError, VmmProcess, find_by_api_socket, find_under};
 pub use ready::ReadyError;
 pub use spawn::{ConsoleMode, LogLevel, SeccompPolicy, SpawnError, VmmCommand};

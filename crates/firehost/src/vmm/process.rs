@@ -318,10 +318,22 @@ mod tests {
 /// manager finds a VMM whose pid it never got to record (it crashed between
 /// spawn and the first record write).
 pub fn find_by_api_socket(socket: &std::path::Path) -> Vec<i32> {
+    let wanted = socket.as_os_str().as_encoded_bytes();
+    scan_api_sockets(|arg| arg == wanted)
+}
+
+/// Pids of processes started with an `--api-sock` anywhere under `dir`:
+/// every VMM of a state directory, for sweeping a throwaway one.
+pub fn find_under(dir: &std::path::Path) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    scan_api_sockets(|arg| std::path::Path::new(std::ffi::OsStr::from_bytes(arg)).starts_with(dir))
+}
+
+/// Pids whose command line has `--api-sock X` with `matches(X)`.
+fn scan_api_sockets(matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let wanted = socket.as_os_str().as_encoded_bytes();
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
@@ -330,7 +342,7 @@ pub fn find_by_api_socket(socket: &std::path::Path) -> Vec<i32> {
             };
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             args.windows(2)
-                .any(|w| w[0] == b"--api-sock" && w[1] == wanted)
+                .any(|w| w[0] == b"--api-sock" && matches(w[1]))
         })
         .collect()
 }
@@ -361,9 +373,13 @@ mod find_tests {
             std::thread::yield_now();
             found = find_by_api_socket(&sock);
         }
+        let under = find_under(dir.path());
         drop(child.stdin.take());
         child.wait().unwrap();
-        assert_eq!(found, [i32::try_from(child.id()).unwrap()]);
+        let me = i32::try_from(child.id()).unwrap();
+        assert_eq!(found, [me]);
+        assert_eq!(under, [me]);
         assert!(find_by_api_socket(&dir.path().join("other.sock")).is_empty());
+        assert!(find_under(dir.path()).is_empty(), "the child has exited");
     }
 }

@@ -18,35 +18,8 @@ use crate::console::{ConsoleRing, ConsoleStream};
 /// for many devices and connections, far below a host's hard limit.
 pub const DEFAULT_NOFILE_LIMIT: u64 = 4096;
 
-/// Firecracker's log level (`--level`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogLevel {
-    /// Errors only.
-    Error,
-    /// Warnings and errors.
-    Warning,
-    /// Informational messages and above.
-    Info,
-    /// Debug messages and above.
-    Debug,
-    /// Everything.
-    Trace,
-    /// Nothing.
-    Off,
-}
-
-impl LogLevel {
-    fn as_arg(self) -> &'static str {
-        match self {
-            LogLevel::Error => "Error",
-            LogLevel::Warning => "Warning",
-            LogLevel::Info => "Info",
-            LogLevel::Debug => "Debug",
-            LogLevel::Trace => "Trace",
-            LogLevel::Off => "Off",
-        }
-    }
-}
+/// Firecracker's log level (`--level`): the API's logger levels.
+pub use crate::api::models::LogLevel;
 
 /// Which seccomp filter Firecracker installs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +143,7 @@ impl VmmCommand {
             args.extend(["--log-path".into(), path.clone().into()]);
         }
         if let Some(level) = self.log_level {
-            args.extend(["--level".into(), level.as_arg().into()]);
+            args.extend(["--level".into(), level.as_str().into()]);
         }
         if let Some(path) = &self.metrics_path {
             args.extend(["--metrics-path".into(), path.clone().into()]);

@@ -173,19 +173,8 @@ impl TestHost {
 /// host's directory.
 impl Drop for TestHost {
     fn drop(&mut self) {
-        let root = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let ours = args
-                .windows(2)
-                .any(|w| w[0] == b"--api-sock" && w[1].starts_with(&root));
-            if ours && let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        for pid in firehost::vmm::find_under(self.dir.path()) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
