@@ -9,6 +9,9 @@
 //!     manifest.json  what it is, where it came from, what it needs
 //! ```
 
+pub mod store;
+pub mod uffd;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,1 @@
+//! The snapshot store: listing, inspecting, verifying, deleting, collecting and merging bundles.
