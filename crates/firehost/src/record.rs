@@ -55,6 +55,9 @@ pub struct VmRecord {
     pub console: ConsoleMode,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The snapshot the VM was restored from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<crate::snapshot::SnapshotName>,
 }
 
 /// How far a write must have reached before it returns.
@@ -201,6 +204,7 @@ mod tests {
             api_socket: "/x/api.sock".into(),
             console: ConsoleMode::Ring,
             created_at_ms: 1,
+            restored_from: None,
         }
     }
 

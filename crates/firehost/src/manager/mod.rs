@@ -24,6 +24,7 @@
 mod config;
 mod create;
 mod error;
+mod launch;
 mod lock;
 mod ops;
 mod reattach;

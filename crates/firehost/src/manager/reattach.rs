@@ -74,7 +74,7 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
 
 /// Kills every VMM still serving `dir/api.sock`, then removes `dir`.
 async fn reap_dir(dir: &Path) {
-    let socket = dir.join(super::create::API_SOCKET);
+    let socket = dir.join(super::launch::API_SOCKET);
     for pid in find_by_api_socket(&socket) {
         if let Ok(Some(process)) = VmmProcess::attach(pid, start_time_of(pid)) {
             kill(&process).await;

@@ -1,0 +1,262 @@
+//! The steps every new VM shares, whether it is created from a spec or
+//! restored from a snapshot: reserve the id, make the VM's directory, spawn
+//! the VMM, record it, wait for its API, and finally commit or undo.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Shared, Slot, Vm, VmError, VmInfo, now_ms, watch_for_crash};
+use crate::VmId;
+use crate::api::ApiClient;
+use crate::console::ConsoleRing;
+use crate::manager::config::ConsoleTarget;
+use crate::manager::error::MAX_SOCKET_PATH_BYTES;
+use crate::record::{Durability, RECORD_FORMAT, RecordError, VmRecord};
+use crate::spec::ResolvedSpec;
+use crate::state::VmState;
+use crate::undo::{UndoStack, UndoStep};
+use crate::vmm::ready::wait_for_api_socket;
+use crate::vmm::{ConsoleMode, SeccompPolicy, VmmCommand, VmmProcess};
+
+/// File names inside a VM's directory.
+pub(crate) const API_SOCKET: &str = "api.sock";
+pub(crate) const CONSOLE_FILE: &str = "console.log";
+pub(crate) const VMM_LOG_FILE: &str = "firecracker.log";
+pub(crate) const METRICS_FILE: &str = "metrics.json";
+
+/// An id held for a VM being made: its slot is in the registry, locked, so
+/// other operations on the id wait and a second create fails.
+pub(super) struct Reservation {
+    slot: Arc<Slot>,
+    guard: tokio::sync::OwnedMutexGuard<Option<Vm>>,
+}
+
+impl Reservation {
+    pub(super) fn take(shared: &Shared, id: &VmId) -> Result<Self, VmError> {
+        let slot = Arc::new(Slot::new());
+        let guard = slot
+            .vm
+            .clone()
+            .try_lock_owned()
+            .expect("a new slot is unlocked");
+        let mut vms = shared.lock_registry();
+        if vms.contains_key(id) {
+            return Err(VmError::AlreadyExists { id: id.clone() });
+        }
+        vms.insert(id.clone(), slot.clone());
+        Ok(Reservation { slot, guard })
+    }
+
+    /// Installs the VM and starts watching it, or undoes everything and
+    /// frees the id.
+    pub(super) async fn settle(
+        mut self,
+        shared: &Shared,
+        id: &VmId,
+        result: Result<Vm, VmError>,
+        undo: UndoStack,
+    ) -> Result<VmInfo, VmError> {
+        match result {
+            Ok(vm) => {
+                undo.commit();
+                let info = vm.info();
+                if let Some(process) = vm.process.clone() {
+                    watch_for_crash(shared, self.slot.clone(), process);
+                }
+                self.slot.publish(Some(&vm));
+                *self.guard = Some(vm);
+                Ok(info)
+            }
+            Err(e) => {
+                undo.unwind().await;
+                shared.lock_registry().remove(id);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A freshly spawned VMM in its own directory, not yet committed.
+pub(super) struct Launched {
+    pub(super) vm: Vm,
+    process: VmmProcess,
+    first_record: tokio::task::JoinHandle<Result<(), RecordError>>,
+}
+
+impl Launched {
+    /// Makes the VM's directory and spawns its VMM, pushing both on `undo`,
+    /// and starts writing the first record.
+    pub(super) async fn spawn(
+        shared: &Shared,
+        id: &VmId,
+        spec: ResolvedSpec,
+        undo: &mut UndoStack,
+    ) -> Result<Launched, VmError> {
+        let config = &shared.config;
+        let dir = shared.vm_dir(id);
+        let api_socket = dir.join(API_SOCKET);
+        let socket_len = api_socket.as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH_BYTES {
+            return Err(VmError::SocketPathTooLong {
+                id: id.clone(),
+                path: api_socket,
+                len: socket_len,
+            });
+        }
+
+        // Not `create_dir_all`: an existing directory means another process
+        // (or a crashed one) owns this id, and it must not be adopted.
+        let io = |op, path: &Path| {
+            let (id, path) = (id.clone(), path.to_owned());
+            move |source: std::io::Error| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists && op == "create directory" {
+                    VmError::AlreadyExists { id }
+                } else {
+                    VmError::Io {
+                        id,
+                        op,
+                        path,
+                        source,
+                    }
+                }
+            }
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("create directory", &dir))?;
+        undo.push(UndoStep::RemoveDir(dir.clone()));
+
+        let mut command = VmmCommand::new(&shared.firecracker, &api_socket, id.clone());
+        command.seccomp = config.seccomp.clone();
+        command.boot_timer = config.boot_timer;
+        if command.seccomp != SeccompPolicy::Default {
+            tracing::warn!(vm = %id, seccomp = ?command.seccomp, "VMM runs without Firecracker's default seccomp filter");
+        }
+        command.nofile_limit = config.nofile_limit;
+        command.env = config.vmm_env.clone();
+        command.console = match config.console {
+            ConsoleTarget::Ring => ConsoleMode::Ring,
+            ConsoleTarget::RingAndFile => ConsoleMode::RingAndFile(dir.join(CONSOLE_FILE)),
+            ConsoleTarget::File => ConsoleMode::File(dir.join(CONSOLE_FILE)),
+        };
+        // Firecracker opens its log and metrics paths without O_CREAT (they
+        // are usually FIFOs), so plain files must exist first.
+        if let Some(level) = config.vmm_log {
+            let path = dir.join(VMM_LOG_FILE);
+            create_private_file(&path).map_err(io("create", &path))?;
+            command.log_path = Some(path);
+            command.log_level = Some(level);
+        }
+        if config.vmm_metrics {
+            let path = dir.join(METRICS_FILE);
+            create_private_file(&path).map_err(io("create", &path))?;
+            command.metrics_path = Some(path);
+        }
+
+        let ring = ConsoleRing::new(config.console_lines);
+        let process = command.spawn(&ring).map_err(|source| VmError::Spawn {
+            id: id.clone(),
+            source,
+        })?;
+        undo.push(UndoStep::KillProcess(process.clone()));
+
+        let vm = Vm {
+            record: VmRecord {
+                format: RECORD_FORMAT,
+                id: id.clone(),
+                committed: false,
+                spec,
+                state: VmState::Created,
+                pid: Some(process.pid()),
+                start_time: Some(process.start_time()),
+                api_socket,
+                console: command.console.clone(),
+                created_at_ms: now_ms(),
+                restored_from: None,
+            },
+            dir,
+            process: Some(process.clone()),
+            api: None,
+            ring,
+        };
+        // Recorded before anything else can fail, so that a manager crash
+        // from here on leaves a record the next manager can reap by pid (a
+        // crash before the write lands is covered by the search for the
+        // VMM's --api-sock argument). A host crash ends the VMM too, so the
+        // page cache is durable enough, and the write proceeds while the
+        // VMM starts up.
+        let first_record = {
+            let (record, dir) = (vm.record.clone(), vm.dir.clone());
+            tokio::task::spawn_blocking(move || record.write_with(&dir, Durability::Cached))
+        };
+        Ok(Launched {
+            vm,
+            process,
+            first_record,
+        })
+    }
+
+    /// Waits for the VMM's API socket and connects the client.
+    pub(super) async fn connect(&mut self, shared: &Shared) -> Result<ApiClient, VmError> {
+        let config = &shared.config;
+        let id = &self.vm.record.id;
+        let socket = &self.vm.record.api_socket;
+        let stream =
+            match wait_for_api_socket(socket, &self.process, config.timeouts.api_socket).await {
+                Ok(stream) => stream,
+                Err(source) => {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(200),
+                        self.vm.ring.drained(),
+                    )
+                    .await;
+                    return Err(VmError::NotReady {
+                        id: id.clone(),
+                        source,
+                        console_tail: self.vm.console_tail(20).await,
+                    });
+                }
+            };
+        ApiClient::from_stream(socket, stream, config.timeouts.request)
+            .await
+            .map_err(|source| VmError::Api {
+                id: id.clone(),
+                op: "connect to the API",
+                source,
+            })
+    }
+
+    /// Joins the first record write (on every path: an undo must not race a
+    /// write into the directory it removes), then, if the VM-specific steps
+    /// succeeded, commits the record durably.
+    pub(super) async fn commit(self, outcome: Result<ApiClient, VmError>) -> Result<Vm, VmError> {
+        let Launched {
+            mut vm,
+            first_record,
+            ..
+        } = self;
+        let first_write = first_record.await.expect("record writes do not panic");
+        let api = outcome?;
+        first_write.map_err(|source| VmError::Record {
+            id: vm.record.id.clone(),
+            source,
+        })?;
+        vm.api = Some(Arc::new(api));
+        vm.record.committed = true;
+        vm.persist(Durability::Synced).await?;
+        Ok(vm)
+    }
+}
+
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
