@@ -140,6 +140,29 @@ pub enum VmError {
         /// The operation.
         op: Operation,
     },
+    /// The snapshot bundle is missing or unreadable.
+    #[error("snapshot {name} cannot be used")]
+    SnapshotUnusable {
+        /// The snapshot's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: RecordError,
+    },
+    /// The bundle was written by another Firecracker version than the one
+    /// that would load it; Firecracker loads only its own version's
+    /// snapshots.
+    #[error(
+        "snapshot {name} was taken with Firecracker {snapshot_version}, this VMM is {vmm_version}"
+    )]
+    SnapshotVersion {
+        /// The snapshot's name.
+        name: String,
+        /// The version in the bundle's manifest.
+        snapshot_version: String,
+        /// The version the VMM reports.
+        vmm_version: String,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {

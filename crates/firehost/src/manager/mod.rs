@@ -28,6 +28,7 @@ mod launch;
 mod lock;
 mod ops;
 mod reattach;
+mod restore;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use tokio::sync::Mutex;
 pub use config::{ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Timeouts, find_binary};
 pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, VmError};
 pub use ops::{SnapshotOptions, StopOptions};
+pub use restore::RestoreOptions;
 
 use crate::VmId;
 use crate::api::ApiClient;
@@ -301,6 +303,35 @@ impl Manager {
         id: &VmId,
     ) -> Result<tokio::sync::watch::Receiver<Option<VmInfo>>, VmError> {
         Ok(self.shared.slot(id)?.info.subscribe())
+    }
+
+    /// Restores snapshot `snapshot` from the store into a new VM `id`: a
+    /// fresh VMM loads the bundle and (by default) resumes the guest. The
+    /// same snapshot can be restored many times, concurrently, into VMs of
+    /// different names (clones).
+    ///
+    /// Like create, a restore is a transaction: a missing or incomplete
+    /// bundle, a Firecracker version other than the bundle's, or a failed
+    /// load leaves nothing behind.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes (or undoes itself) even if this
+    /// future is dropped.
+    pub async fn restore(
+        &self,
+        snapshot: &SnapshotName,
+        id: &VmId,
+        options: RestoreOptions,
+    ) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(restore::restore(
+            self.shared.clone(),
+            snapshot.clone(),
+            id.clone(),
+            options,
+        ));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Boots the guest (`InstanceStart`).

@@ -1,0 +1,192 @@
+//! Restoring snapshots into new VMs, against fake-firecracker or (with
+//! `FIREHOST_FIRECRACKER`) a real Firecracker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestHost, id, within};
+use firehost::api::models::InstanceState;
+use firehost::manager::{RestoreOptions, SnapshotOptions, StopOptions};
+use firehost::snapshot::{MANIFEST_FILE, SnapshotManifest, SnapshotName};
+use firehost::{Manager, VmError, VmState};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A manager with one snapshot, `base`, of a running VM `source`.
+async fn with_snapshot(host: &TestHost) -> (Manager, SnapshotName) {
+    let manager = host.manager().await;
+    let source = id("source");
+    manager.run(&source, host.spec()).await.unwrap();
+    let name: SnapshotName = "base".parse().unwrap();
+    manager
+        .snapshot(&source, &name, SnapshotOptions::default())
+        .await
+        .unwrap();
+    (manager, name)
+}
+
+async fn vmm_state(manager: &Manager, vm: &firehost::VmId) -> InstanceState {
+    let api = manager.api(vm).await.unwrap().unwrap();
+    api.describe_instance().await.unwrap().state
+}
+
+#[tokio::test]
+async fn snapshot_restores_into_a_new_running_vm() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let clone = id("clone");
+    let info = within(
+        "the restore",
+        LONG,
+        manager.restore(&snap, &clone, RestoreOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_ne!(info.pid, manager.get(&id("source")).await.unwrap().pid);
+    assert_eq!(vmm_state(&manager, &clone).await, InstanceState::Running);
+    let record = firehost::record::VmRecord::read(&info.dir).unwrap();
+    assert_eq!(record.restored_from, Some(snap.clone()));
+
+    // A restored VM lives like any other; the bundle outlives it.
+    manager.pause(&clone).await.unwrap();
+    manager.stop(&clone, StopOptions::default()).await.unwrap();
+    manager.destroy(&clone).await.unwrap();
+    assert!(
+        manager
+            .snapshots_dir()
+            .join("base")
+            .join(MANIFEST_FILE)
+            .exists()
+    );
+}
+
+#[tokio::test]
+async fn one_snapshot_restores_into_two_vms_at_once() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let (a, b) = (id("clone-a"), id("clone-b"));
+    let (ra, rb) = tokio::join!(
+        manager.restore(&snap, &a, RestoreOptions::default()),
+        manager.restore(&snap, &b, RestoreOptions::default()),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_ne!(ra.pid, rb.pid);
+    assert_ne!(ra.api_socket, rb.api_socket);
+    assert_eq!(vmm_state(&manager, &a).await, InstanceState::Running);
+    assert_eq!(vmm_state(&manager, &b).await, InstanceState::Running);
+}
+
+#[tokio::test]
+async fn restore_without_resume_leaves_the_vm_paused() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let vm = id("held");
+    let options = RestoreOptions {
+        resume: false,
+        ..RestoreOptions::default()
+    };
+    let info = manager.restore(&snap, &vm, options).await.unwrap();
+    assert_eq!(info.state, VmState::Paused);
+    assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Paused);
+    assert_eq!(manager.resume(&vm).await.unwrap().state, VmState::Running);
+}
+
+#[tokio::test]
+async fn restoring_a_missing_snapshot_fails_and_leaves_nothing() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("orphan");
+    let err = manager
+        .restore(&"nothing".parse().unwrap(), &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::SnapshotUnusable { .. }), "{err:?}");
+    assert!(host.vm_dirs().is_empty());
+    assert!(manager.list().is_empty());
+}
+
+#[tokio::test]
+async fn snapshot_of_another_firecracker_version_is_refused() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let bundle = manager.snapshots_dir().join(snap.as_str());
+    let mut manifest = SnapshotManifest::read(&bundle).unwrap();
+    manifest.firecracker_version = "0.0.1".into();
+    manifest.write(&bundle).unwrap();
+
+    let vm = id("mismatch");
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    let VmError::SnapshotVersion {
+        snapshot_version, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(snapshot_version, "0.0.1");
+    assert_eq!(host.vm_dirs(), ["source"]);
+    assert!(host.vmm_pids(&vm).is_empty());
+}
+
+#[tokio::test]
+async fn restore_into_a_taken_name_is_refused() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let err = manager
+        .restore(&snap, &id("source"), RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(manager.list().len(), 1);
+}
+
+#[tokio::test]
+async fn failed_load_rolls_back_the_restore() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    // Truncate the memory file: the VMM refuses the load.
+    let memory = manager.snapshots_dir().join(snap.as_str()).join("memory");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&memory)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let vm = id("broken");
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::Api {
+                op: "load the snapshot",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(host.vm_dirs(), ["source"]);
+    assert!(host.vmm_pids(&vm).is_empty());
+}
+
+#[tokio::test]
+async fn restored_vm_is_reattached_after_a_restart() {
+    let host = TestHost::new();
+    let vm = id("restored");
+    let before = {
+        let (manager, snap) = with_snapshot(&host).await;
+        manager
+            .restore(&snap, &vm, RestoreOptions::default())
+            .await
+            .unwrap()
+    };
+    let manager = host.manager().await;
+    let after = manager.get(&vm).await.unwrap();
+    assert_eq!((after.pid, after.state), (before.pid, VmState::Running));
+}
