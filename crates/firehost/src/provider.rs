@@ -22,7 +22,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use crate::VmId;
-use crate::manager::{Manager, SnapshotOptions, StopOptions, VmError, VmInfo};
+use crate::manager::{Manager, RestoreOptions, SnapshotOptions, StopOptions, VmError, VmInfo};
 use crate::snapshot::{
     MANIFEST_FORMAT, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
 };
@@ -62,6 +62,13 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
         name: &SnapshotName,
         options: SnapshotOptions,
     ) -> Result<SnapshotInfo, VmError>;
+    /// Restores snapshot `snapshot` into a new VM `id`.
+    async fn restore(
+        &self,
+        snapshot: &SnapshotName,
+        id: &VmId,
+        options: RestoreOptions,
+    ) -> Result<VmInfo, VmError>;
     /// Removes a created, stopped or failed VM.
     async fn destroy(&self, id: &VmId) -> Result<(), VmError>;
     /// One VM's info.
@@ -100,6 +107,14 @@ impl VmProvider for Manager {
     ) -> Result<SnapshotInfo, VmError> {
         Manager::snapshot(self, id, name, options).await
     }
+    async fn restore(
+        &self,
+        snapshot: &SnapshotName,
+        id: &VmId,
+        options: RestoreOptions,
+    ) -> Result<VmInfo, VmError> {
+        Manager::restore(self, snapshot, id, options).await
+    }
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
         Manager::destroy(self, id).await
     }
@@ -124,7 +139,7 @@ pub struct InMemoryProvider {
     defaults: HostDefaults,
     root: PathBuf,
     vms: StdMutex<HashMap<VmId, Arc<Mutex<Option<VmInfo>>>>>,
-    snapshots: StdMutex<HashSet<SnapshotName>>,
+    snapshots: StdMutex<HashMap<SnapshotName, SnapshotInfo>>,
 }
 
 impl InMemoryProvider {
@@ -134,7 +149,7 @@ impl InMemoryProvider {
             defaults,
             root: PathBuf::from("/nonexistent/firehost-in-memory"),
             vms: StdMutex::new(HashMap::new()),
-            snapshots: StdMutex::new(HashSet::new()),
+            snapshots: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -280,12 +295,8 @@ impl VmProvider for InMemoryProvider {
     ) -> Result<SnapshotInfo, VmError> {
         let mut guard = self.locked(id, Operation::Snapshot).await?;
         let vm = guard.as_mut().expect("checked by locked()");
-        if !self
-            .snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone())
-        {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshots.contains_key(name) {
             return Err(VmError::SnapshotExists {
                 name: name.to_string(),
             });
@@ -293,7 +304,7 @@ impl VmProvider for InMemoryProvider {
         if vm.state == VmState::Running && !options.resume {
             vm.state = VmState::Paused;
         }
-        Ok(SnapshotInfo {
+        let info = SnapshotInfo {
             name: name.clone(),
             dir: self.root.join("snapshots").join(name.as_str()),
             manifest: SnapshotManifest {
@@ -307,7 +318,54 @@ impl VmProvider for InMemoryProvider {
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
                 created_at_ms: 0,
             },
-        })
+        };
+        snapshots.insert(name.clone(), info.clone());
+        Ok(info)
+    }
+
+    async fn restore(
+        &self,
+        snapshot: &SnapshotName,
+        id: &VmId,
+        options: RestoreOptions,
+    ) -> Result<VmInfo, VmError> {
+        let taken = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(snapshot)
+            .cloned();
+        let Some(taken) = taken else {
+            return Err(VmError::SnapshotUnusable {
+                name: snapshot.to_string(),
+                source: crate::record::RecordError::Io {
+                    op: "read",
+                    path: self.root.join("snapshots").join(snapshot.as_str()),
+                    source: std::io::ErrorKind::NotFound.into(),
+                },
+            });
+        };
+        let mut vms = self.registry();
+        if vms.contains_key(id) {
+            return Err(VmError::AlreadyExists { id: id.clone() });
+        }
+        let dir = self.root.join("vms").join(id.as_str());
+        let info = VmInfo {
+            id: id.clone(),
+            state: if options.resume {
+                VmState::Running
+            } else {
+                VmState::Paused
+            },
+            pid: None,
+            api_socket: dir.join("api.sock"),
+            dir,
+            console_file: None,
+            spec: taken.manifest.spec,
+            created_at_ms: 0,
+        };
+        vms.insert(id.clone(), Arc::new(Mutex::new(Some(info.clone()))));
+        Ok(info)
     }
 
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {

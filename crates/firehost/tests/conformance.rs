@@ -6,7 +6,7 @@
 mod common;
 
 use common::{TestHost, id};
-use firehost::manager::{SnapshotOptions, StopOptions};
+use firehost::manager::{RestoreOptions, SnapshotOptions, StopOptions};
 use firehost::{
     HostDefaults, InMemoryProvider, Operation, SpecError, VmError, VmProvider, VmSpec, VmState,
 };
@@ -110,6 +110,38 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
             .await,
         Err(VmError::SnapshotExists { .. })
     ));
+
+    // Restores: into a new name, paused on request; never into a taken
+    // name; never from an unknown snapshot.
+    let clone = id("conform-clone");
+    let restored = provider
+        .restore(
+            &snap,
+            &clone,
+            RestoreOptions {
+                resume: false,
+                ..RestoreOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(restored.state, VmState::Paused);
+    assert_eq!(restored.spec, taken.manifest.spec);
+    assert!(matches!(
+        provider
+            .restore(&snap, &clone, RestoreOptions::default())
+            .await,
+        Err(VmError::AlreadyExists { .. })
+    ));
+    let unknown = "no-such-snap".parse().unwrap();
+    assert!(matches!(
+        provider
+            .restore(&unknown, &id("conform-x"), RestoreOptions::default())
+            .await,
+        Err(VmError::SnapshotUnusable { .. })
+    ));
+    provider.stop(&clone, StopOptions::default()).await.unwrap();
+    provider.destroy(&clone).await.unwrap();
 
     let stopped = provider.stop(&vm, StopOptions::default()).await.unwrap();
     assert!(matches!(stopped.state, VmState::Stopped { .. }));
