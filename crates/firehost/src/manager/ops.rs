@@ -14,8 +14,7 @@ use crate::api::models::{
 };
 use crate::record::Durability;
 use crate::snapshot::{
-    MANIFEST_FORMAT, MEMORY_FILE, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
-    VMSTATE_FILE,
+    Bundle, MEMORY_FILE, ManifestDraft, SnapshotInfo, SnapshotKind, SnapshotName, VMSTATE_FILE,
 };
 use crate::state::{ExitReason, Operation, VmState};
 use crate::undo::{UndoStack, UndoStep, remove_dir_if_present};
@@ -258,25 +257,27 @@ pub(super) async fn snapshot(
             .get_firecracker_version()
             .await
             .map_err(api_err("read the Firecracker version"))?;
-        let manifest = SnapshotManifest {
-            format: MANIFEST_FORMAT,
+        let draft = ManifestDraft {
             name: name.clone(),
             source_vm: id.clone(),
             kind: SnapshotKind::Full,
+            parent: None,
             firecracker_version: version.firecracker_version,
             spec: vm.record.spec.clone(),
-            vmstate_bytes: file_len(&bundle.join(VMSTATE_FILE)),
-            memory_bytes: file_len(&bundle.join(MEMORY_FILE)),
+            network: Vec::new(),
+            vsock: None,
             created_at_ms: now_ms(),
         };
+        // Sizes and checksums are computed on the blocking pool.
         let dir = bundle.clone();
-        let written = manifest.clone();
-        tokio::task::spawn_blocking(move || written.write(&dir))
+        let manifest = tokio::task::spawn_blocking(move || Bundle::seal(&dir, draft))
             .await
-            .expect("manifest writes do not panic")
-            .map_err(|source| VmError::Record {
+            .expect("sealing a bundle does not panic")
+            .map_err(|source| VmError::Io {
                 id: id.clone(),
-                source,
+                op: "seal the snapshot bundle",
+                path: bundle.clone(),
+                source: std::io::Error::other(source),
             })?;
         Ok::<_, VmError>(manifest)
     }
@@ -321,10 +322,6 @@ pub(super) async fn snapshot(
             Err(e)
         }
     }
-}
-
-fn file_len(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
