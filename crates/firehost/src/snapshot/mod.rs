@@ -860,3 +860,251 @@ impl Bundle {
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ResolvedSpec {
+        ResolvedSpec {
+            kernel: "/k".into(),
+            initrd: None,
+            rootfs: Some("/r".into()),
+            rootfs_read_only: false,
+            vcpus: 1,
+            mem_mib: 128,
+            smt: false,
+            boot_args: "console=ttyS0".into(),
+            extra_drives: vec![],
+            track_dirty_pages: true,
+            graceful_shutdown: true,
+        }
+    }
+
+    fn draft(name: &str) -> ManifestDraft {
+        ManifestDraft {
+            name: name.parse().unwrap(),
+            source_vm: VmId::new("vm1").unwrap(),
+            kind: SnapshotKind::Full,
+            parent: None,
+            firecracker_version: "1.16.1".into(),
+            spec: spec(),
+            network: vec![NetworkLayout {
+                iface_id: "eth0".into(),
+                guest_mac: Some("06:00:ac:10:00:02".into()),
+                host_dev_name: "fh-tap0".into(),
+            }],
+            vsock: Some(VsockLayout {
+                guest_cid: 3,
+                uds_path: "/run/v.sock".into(),
+            }),
+            created_at_ms: 7,
+        }
+    }
+
+    /// A bundle directory `<base>/<name>` with a small vmstate and a sparse
+    /// memory file, not sealed.
+    fn unsealed(base: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::FileExt;
+        let dir = base.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join(VMSTATE_FILE), b"vcpu and device state").unwrap();
+        let memory = File::create(dir.join(MEMORY_FILE)).unwrap();
+        memory.set_len(16 * 4096).unwrap();
+        memory.write_all_at(&[0xab; 4096], 3 * 4096).unwrap();
+        dir
+    }
+
+    #[test]
+    fn sealed_manifest_round_trips_with_checksums() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "snap");
+        let manifest = Bundle::seal(&dir, draft("snap")).unwrap();
+        assert_eq!(manifest.format, MANIFEST_FORMAT);
+        let memory = manifest.file(MEMORY_FILE).unwrap();
+        assert_eq!(memory.size_bytes, 16 * 4096);
+        assert_eq!(manifest.memory_bytes, 16 * 4096);
+        let bytes = std::fs::read(dir.join(MEMORY_FILE)).unwrap();
+        assert_eq!(
+            memory.blake3.as_deref(),
+            Some(blake3::hash(&bytes).to_hex().as_str())
+        );
+        let bundle = Bundle::open(&dir).unwrap();
+        assert_eq!(bundle.manifest(), &manifest);
+        bundle.verify(&VerifyOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn format_1_manifest_is_read_and_checked_by_size() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "old");
+        let v1 = serde_json::json!({
+            "format": 1,
+            "name": "old",
+            "source_vm": "vm1",
+            "kind": "full",
+            "firecracker_version": "1.16.1",
+            "spec": spec(),
+            "vmstate_bytes": 21,
+            "memory_bytes": 16 * 4096,
+            "created_at_ms": 1,
+        });
+        std::fs::write(dir.join(MANIFEST_FILE), v1.to_string()).unwrap();
+        let bundle = Bundle::open(&dir).unwrap();
+        let m = bundle.manifest();
+        assert_eq!(
+            (m.format, m.parent.as_ref(), m.vsock.as_ref()),
+            (1, None, None)
+        );
+        assert!(m.network.is_empty());
+        assert_eq!(m.file(VMSTATE_FILE).unwrap().size_bytes, 21);
+        assert_eq!(m.file(MEMORY_FILE).unwrap().blake3, None);
+        bundle.verify(&VerifyOptions::default()).unwrap();
+        // The compatible reader sees the same manifest.
+        assert_eq!(&SnapshotManifest::read(&dir).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_and_malformed_manifests_are_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "s");
+        for (text, check) in [
+            (
+                r#"{"format": 3}"#,
+                (|e| matches!(e, BundleError::UnknownFormat { found: 3, .. })) as fn(&_) -> bool,
+            ),
+            (r#"{"format": 0}"#, |e| {
+                matches!(e, BundleError::UnknownFormat { found: 0, .. })
+            }),
+            ("{not json", |e| matches!(e, BundleError::Malformed { .. })),
+        ] {
+            std::fs::write(dir.join(MANIFEST_FILE), text).unwrap();
+            let err = Bundle::open(&dir).unwrap_err();
+            assert!(check(&err), "{text}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn manifests_that_contradict_themselves_are_invalid() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "s");
+        let good = serde_json::to_value(Bundle::seal(&dir, draft("s")).unwrap()).unwrap();
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit); 5] = [
+            ("full with a parent", |m| m["parent"] = "p".into()),
+            ("diff without a parent", |m| m["kind"] = "diff".into()),
+            ("file outside the bundle", |m| {
+                m["files"][1]["name"] = "../../etc/shadow".into();
+            }),
+            ("memory not listed", |m| {
+                m["files"].as_array_mut().unwrap().pop();
+            }),
+            ("name of another bundle", |m| m["name"] = "other".into()),
+        ];
+        for (what, edit) in cases {
+            let mut m = good.clone();
+            edit(&mut m);
+            std::fs::write(dir.join(MANIFEST_FILE), m.to_string()).unwrap();
+            let err = Bundle::open(&dir).unwrap_err();
+            assert!(
+                matches!(err, BundleError::Invalid { .. }),
+                "{what}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn seal_refuses_a_diff_without_parent_and_missing_files() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "s");
+        let mut d = draft("s");
+        d.kind = SnapshotKind::Diff;
+        assert!(matches!(
+            Bundle::seal(&dir, d),
+            Err(BundleError::Invalid { .. })
+        ));
+        assert!(!dir.join(MANIFEST_FILE).exists());
+        std::fs::remove_file(dir.join(MEMORY_FILE)).unwrap();
+        let err = Bundle::seal(&dir, draft("s")).unwrap_err();
+        assert!(
+            matches!(&err, BundleError::MissingFile { file, .. } if file == MEMORY_FILE),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_and_incomplete_bundles_are_told_apart() {
+        let base = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Bundle::open(&base.path().join("gone")),
+            Err(BundleError::NotFound { .. })
+        ));
+        let dir = unsealed(base.path(), "half");
+        assert!(matches!(
+            Bundle::open(&dir),
+            Err(BundleError::Incomplete { .. })
+        ));
+    }
+
+    #[test]
+    fn firecracker_version_must_match_exactly() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "s");
+        let m = Bundle::seal(&dir, draft("s")).unwrap();
+        for (running, ok) in [
+            ("1.16.1", true),
+            ("v1.16.1", true),
+            ("1.16.0", false),
+            ("1.16", false),
+            ("1.16.1-dev", false),
+        ] {
+            assert_eq!(
+                m.check_firecracker_version(running).is_ok(),
+                ok,
+                "{running}"
+            );
+        }
+        let err = Bundle::open(&dir)
+            .unwrap()
+            .verify(&VerifyOptions {
+                firecracker_version: Some("1.15.0".into()),
+                ..VerifyOptions::default()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, BundleError::VersionMismatch { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn names_that_could_leave_the_snapshots_directory_are_refused() {
+        for bad in ["..", ".", "../x", "a/b", "/abs", ".tmp-x", "", "a b"] {
+            assert!(bad.parse::<SnapshotName>().is_err(), "{bad:?}");
+        }
+        // Also when they come from a manifest.
+        assert!(serde_json::from_str::<SnapshotName>(r#""../x""#).is_err());
+    }
+
+    #[test]
+    fn working_set_round_trips_and_is_optional() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = unsealed(base.path(), "s");
+        Bundle::seal(&dir, draft("s")).unwrap();
+        let bundle = Bundle::open(&dir).unwrap();
+        assert_eq!(bundle.working_set().unwrap(), None);
+        let ws = WorkingSet {
+            format: 1,
+            regions: vec![WorkingSetRegion {
+                offset_bytes: 0,
+                size_bytes: 16 * 4096,
+                page_size_bytes: 4096,
+                pages: vec![3, 0, 7],
+            }],
+        };
+        ws.write(&dir).unwrap();
+        assert_eq!(bundle.working_set().unwrap(), Some(ws));
+        // It is not part of the checked files.
+        bundle.verify(&VerifyOptions::default()).unwrap();
+    }
+}
