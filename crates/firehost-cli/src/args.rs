@@ -77,8 +77,19 @@ pub enum Command {
     Stop(StopArgs),
     /// Remove a created, stopped or failed VM and everything it owns.
     Rm(RmArgs),
-    /// Take a full snapshot of a running or paused VM.
+    /// Take a snapshot (full, or --diff) of a running or paused VM.
     Snapshot(SnapshotArgs),
+    /// Restore a snapshot into a new VM (running, unless --paused).
+    ///
+    /// Either the new VM ends up running (or paused) or nothing is left
+    /// behind.
+    Restore(RestoreArgs),
+    /// Restore one snapshot into several new VMs at once, named
+    /// PREFIX-0, PREFIX-1, ...
+    ///
+    /// All or nothing: if any restore fails, the clones already made are
+    /// removed again.
+    Clone(CloneArgs),
     /// Print the last lines of a VM's serial console.
     Console(ConsoleArgs),
     /// Check that this host can run VMs, and say how to fix what is missing.
@@ -169,6 +180,44 @@ pub struct SnapshotArgs {
     /// Leave a running VM paused after the snapshot.
     #[arg(long)]
     pub no_resume: bool,
+    /// Take a diff snapshot: only memory written since the VM's previous
+    /// snapshot (or the one it was restored from), which becomes its parent.
+    #[arg(long)]
+    pub diff: bool,
+}
+
+/// `restore`'s options.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The snapshot's name in `<state-dir>/snapshots`.
+    pub snapshot: String,
+    /// The new VM's name.
+    #[arg(long)]
+    pub name: String,
+    /// Leave the restored VM paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Move the guest's realtime clock forward by the time since the
+    /// snapshot.
+    #[arg(long)]
+    pub clock_realtime: bool,
+    /// Check the memory file's checksum too before loading (slow for big
+    /// VMs; the vmstate, sizes and parents are always checked).
+    #[arg(long)]
+    pub verify_memory: bool,
+}
+
+/// `clone`'s options.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The snapshot's name in `<state-dir>/snapshots`.
+    pub snapshot: String,
+    /// How many VMs to restore.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub count: u16,
+    /// Name prefix: the clones are PREFIX-0 .. PREFIX-(N-1).
+    #[arg(long)]
+    pub prefix: String,
 }
 
 /// `console`'s options.

@@ -11,14 +11,15 @@ use std::io::Write;
 use std::time::Duration;
 
 use firehost::doctor::{DoctorConfig, run_checks};
-use firehost::manager::{ConsoleTarget, SnapshotOptions, StopOptions};
+use firehost::manager::{ConsoleTarget, RestoreOptions, SnapshotOptions, StopOptions};
 use firehost::snapshot::SnapshotName;
 use firehost::vmm::LogLevel;
 use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
 use serde::Serialize;
 
 use crate::args::{
-    Cli, Command, ConsoleArgs, GlobalArgs, NameArg, RmArgs, RunArgs, SnapshotArgs, StopArgs,
+    Cli, CloneArgs, Command, ConsoleArgs, GlobalArgs, NameArg, RestoreArgs, RmArgs, RunArgs,
+    SnapshotArgs, StopArgs,
 };
 use crate::exit::{CliError, Exit};
 use crate::human;
@@ -86,6 +87,8 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Stop(args) => stop(provider, args, out).await,
         Command::Rm(args) => rm(provider, args, out).await,
         Command::Snapshot(args) => snapshot(provider, args, out).await,
+        Command::Restore(args) => restore(provider, args, out).await,
+        Command::Clone(args) => clone(provider, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
         Command::Doctor | Command::Quickstart(_) => unreachable!("handled above"),
     }?;
@@ -216,18 +219,89 @@ pub async fn remove(
 
 async fn snapshot(provider: &dyn VmProvider, args: SnapshotArgs, out: Out) -> Result<(), CliError> {
     let id = vm_id(&args.name)?;
-    let name =
-        SnapshotName::new(args.snapshot.as_str()).map_err(|source| CliError::InvalidName {
-            what: "snapshot name",
-            value: args.snapshot.clone(),
-            source,
-        })?;
+    let name = snapshot_name(&args.snapshot)?;
     let options = SnapshotOptions {
         resume: !args.no_resume,
+        diff: args.diff,
     };
     let info = provider.snapshot(&id, &name, options).await?;
     let vm = provider.get(&id).await?;
     out.emit(&SnapshotJson::new(&info, vm.state.name()), human::snapshot)
+}
+
+fn snapshot_name(text: &str) -> Result<SnapshotName, CliError> {
+    SnapshotName::new(text).map_err(|source| CliError::InvalidName {
+        what: "snapshot name",
+        value: text.to_owned(),
+        source,
+    })
+}
+
+async fn restore(provider: &dyn VmProvider, args: RestoreArgs, out: Out) -> Result<(), CliError> {
+    let snapshot = snapshot_name(&args.snapshot)?;
+    let id = vm_id(&args.name)?;
+    let options = RestoreOptions {
+        resume: !args.paused,
+        clock_realtime: args.clock_realtime,
+        verify_memory: args.verify_memory,
+    };
+    let info = provider.restore(&snapshot, &id, options).await?;
+    out.emit(&VmJson::from(&info), human::vm_record)
+}
+
+async fn clone(provider: &dyn VmProvider, args: CloneArgs, out: Out) -> Result<(), CliError> {
+    let snapshot = snapshot_name(&args.snapshot)?;
+    let ids = (0..args.count)
+        .map(|i| vm_id(&format!("{}-{i}", args.prefix)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let restores = ids
+        .iter()
+        .map(|id| provider.restore(&snapshot, id, RestoreOptions::default()));
+    let results = futures_join_all(restores).await;
+    if let Some(first_error) = results.iter().position(Result::is_err) {
+        // All or nothing: remove the clones that did come up.
+        for (id, result) in ids.iter().zip(&results) {
+            if result.is_ok() {
+                let _ = remove(provider, id, FORCE_GRACE).await;
+            }
+        }
+        let mut results = results;
+        return Err(results.swap_remove(first_error).unwrap_err().into());
+    }
+    let vms = results
+        .iter()
+        .map(|r| VmJson::from(r.as_ref().expect("all succeeded")))
+        .collect();
+    out.emit(&ListJson { vms }, human::vm_table)
+}
+
+/// Polls every future to completion, concurrently, in one task.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
 }
 
 async fn console(provider: &dyn VmProvider, args: ConsoleArgs, out: Out) -> Result<(), CliError> {

@@ -510,3 +510,84 @@ fn concurrent_commands_wait_for_the_state_directory_instead_of_failing() {
     let list = env.json(&["ls"]);
     assert_eq!(names(&list), ["together-0", "together-1", "together-2"]);
 }
+
+#[test]
+fn restore_json_is_the_vm_object_of_the_new_vm() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("restore-src", &[]);
+    env.json(&["snapshot", "restore-src", "restore-snap"]);
+    let vm = env.json(&["restore", "restore-snap", "--name", "restored"]);
+    let _guard = common::VmGuard {
+        env: &env,
+        name: "restored".into(),
+    };
+    assert_vm_shape(&vm);
+    assert_eq!(
+        (&vm["name"], &vm["state"]),
+        (&"restored".into(), &"running".into())
+    );
+    let paused = env.json(&[
+        "restore",
+        "restore-snap",
+        "--name",
+        "restored-p",
+        "--paused",
+    ]);
+    let _guard_p = common::VmGuard {
+        env: &env,
+        name: "restored-p".into(),
+    };
+    assert_eq!(paused["state"], "paused");
+}
+
+#[test]
+fn restore_errors_have_their_exit_codes() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("restore-err", &[]);
+    env.json(&["snapshot", "restore-err", "err-snap"]);
+    // A taken name is a conflict; an unknown snapshot is an operation failure.
+    assert_error(
+        &env.run(&["restore", "err-snap", "--name", "restore-err"]),
+        4,
+    );
+    assert_error(&env.run(&["restore", "nope", "--name", "fresh"]), 1);
+    assert_error(&env.run(&["restore", "../x", "--name", "fresh"]), 2);
+    assert_eq!(env.vm_dirs(), ["restore-err"]);
+}
+
+#[test]
+fn clone_restores_n_vms_or_none() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("clone-src", &[]);
+    env.json(&["snapshot", "clone-src", "clone-snap"]);
+    let list = env.json(&["clone", "clone-snap", "--count", "3", "--prefix", "c"]);
+    let _guards: Vec<_> = ["c-0", "c-1", "c-2"]
+        .iter()
+        .map(|n| common::VmGuard {
+            env: &env,
+            name: (*n).into(),
+        })
+        .collect();
+    assert_eq!(names(&list), ["c-0", "c-1", "c-2"]);
+    assert!(
+        list["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] == "running")
+    );
+
+    // c-1 exists: the second batch fails as a whole and leaves no d-* VM.
+    env.json(&["restore", "clone-snap", "--name", "d-1"]);
+    let _guard_d = common::VmGuard {
+        env: &env,
+        name: "d-1".into(),
+    };
+    assert_error(
+        &env.run(&["clone", "clone-snap", "--count", "3", "--prefix", "d"]),
+        4,
+    );
+    let mut dirs = env.vm_dirs();
+    dirs.sort();
+    assert_eq!(dirs, ["c-0", "c-1", "c-2", "clone-src", "d-1"]);
+}

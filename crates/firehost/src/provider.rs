@@ -140,6 +140,8 @@ pub struct InMemoryProvider {
     root: PathBuf,
     vms: StdMutex<HashMap<VmId, Arc<Mutex<Option<VmInfo>>>>>,
     snapshots: StdMutex<HashMap<SnapshotName, SnapshotInfo>>,
+    /// Each VM's latest snapshot: the parent of its next diff.
+    last_snapshot: StdMutex<HashMap<VmId, SnapshotName>>,
 }
 
 impl InMemoryProvider {
@@ -150,6 +152,7 @@ impl InMemoryProvider {
             root: PathBuf::from("/nonexistent/firehost-in-memory"),
             vms: StdMutex::new(HashMap::new()),
             snapshots: StdMutex::new(HashMap::new()),
+            last_snapshot: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -296,6 +299,11 @@ impl VmProvider for InMemoryProvider {
         let mut guard = self.locked(id, Operation::Snapshot).await?;
         let vm = guard.as_mut().expect("checked by locked()");
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let parent = last.get(id).filter(|p| snapshots.contains_key(*p)).cloned();
+        if options.diff && parent.is_none() {
+            return Err(VmError::NoParentSnapshot { id: id.clone() });
+        }
         if snapshots.contains_key(name) {
             return Err(VmError::SnapshotExists {
                 name: name.to_string(),
@@ -311,8 +319,12 @@ impl VmProvider for InMemoryProvider {
                 format: MANIFEST_FORMAT,
                 name: name.clone(),
                 source_vm: id.clone(),
-                kind: SnapshotKind::Full,
-                parent: None,
+                kind: if options.diff {
+                    SnapshotKind::Diff
+                } else {
+                    SnapshotKind::Full
+                },
+                parent: if options.diff { parent } else { None },
                 firecracker_version: "in-memory".to_owned(),
                 spec: vm.spec.clone(),
                 network: Vec::new(),
@@ -324,6 +336,7 @@ impl VmProvider for InMemoryProvider {
             },
         };
         snapshots.insert(name.clone(), info.clone());
+        last.insert(id.clone(), name.clone());
         Ok(info)
     }
 
@@ -340,19 +353,29 @@ impl VmProvider for InMemoryProvider {
             .get(snapshot)
             .cloned();
         let Some(taken) = taken else {
-            return Err(VmError::SnapshotUnusable {
+            return Err(VmError::SnapshotBundle {
                 name: snapshot.to_string(),
-                source: crate::record::RecordError::Io {
-                    op: "read",
-                    path: self.root.join("snapshots").join(snapshot.as_str()),
-                    source: std::io::ErrorKind::NotFound.into(),
-                },
+                source: Box::new(
+                    crate::snapshot::BundleError::NotFound {
+                        dir: self.root.join("snapshots").join(snapshot.as_str()),
+                    }
+                    .into(),
+                ),
             });
         };
+        if taken.manifest.kind != SnapshotKind::Full {
+            return Err(VmError::SnapshotIsDiff {
+                name: snapshot.to_string(),
+            });
+        }
         let mut vms = self.registry();
         if vms.contains_key(id) {
             return Err(VmError::AlreadyExists { id: id.clone() });
         }
+        self.last_snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), snapshot.clone());
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
             id: id.clone(),

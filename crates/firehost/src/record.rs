@@ -58,6 +58,10 @@ pub struct VmRecord {
     /// The snapshot the VM was restored from, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<crate::snapshot::SnapshotName>,
+    /// The VM's latest snapshot (or the one it was restored from): the
+    /// parent of its next diff snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<crate::snapshot::SnapshotName>,
 }
 
 /// How far a write must have reached before it returns.
@@ -205,6 +209,7 @@ mod tests {
             console: ConsoleMode::Ring,
             created_at_ms: 1,
             restored_from: None,
+            last_snapshot: None,
         }
     }
 

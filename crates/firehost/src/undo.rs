@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
+use crate::VmId;
+use crate::snapshot::{SnapshotName, SnapshotStore};
 use crate::vmm::VmmProcess;
 
 /// How long an undo waits for a killed VMM to be gone.
@@ -21,6 +23,15 @@ pub(crate) enum UndoStep {
     RemoveDir(PathBuf),
     /// SIGKILL a VMM and wait until it has exited.
     KillProcess(VmmProcess),
+    /// Drop a VM's lease on a snapshot bundle.
+    ReleaseLease {
+        /// The store holding the bundle.
+        store: SnapshotStore,
+        /// The bundle.
+        name: SnapshotName,
+        /// The VM that held the lease.
+        vm: VmId,
+    },
 }
 
 /// Side effects of an operation in progress, reversed unless committed.
@@ -50,6 +61,13 @@ impl UndoStack {
                     }
                     if process.wait_timeout(KILL_WAIT).await.is_none() {
                         tracing::warn!(pid = process.pid(), "undo: VMM still alive after SIGKILL");
+                    }
+                }
+                UndoStep::ReleaseLease { store, name, vm } => {
+                    let result =
+                        tokio::task::spawn_blocking(move || store.release(&name, &vm)).await;
+                    if let Ok(Err(e)) = result {
+                        tracing::warn!(error = %e, "undo: cannot release a snapshot lease");
                     }
                 }
                 UndoStep::RemoveDir(dir) => {

@@ -82,6 +82,7 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
         Err(VmError::AlreadyExists { .. })
     ));
     let snap = "conform-snap".parse().unwrap();
+    let diff: firehost::snapshot::SnapshotName = "conform-diff".parse().unwrap();
     expect_refused(
         provider
             .snapshot(&vm, &snap, SnapshotOptions::default())
@@ -94,6 +95,15 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     assert_eq!(provider.start(&vm).await.unwrap().state, VmState::Running);
     expect_refused(provider.start(&vm).await.map(drop), Operation::Start);
     expect_refused(provider.destroy(&vm).await, Operation::Destroy);
+    // No diff before a first full snapshot.
+    let diff_options = SnapshotOptions {
+        diff: true,
+        ..SnapshotOptions::default()
+    };
+    assert!(matches!(
+        provider.snapshot(&vm, &diff, diff_options.clone()).await,
+        Err(VmError::NoParentSnapshot { .. })
+    ));
     assert_eq!(provider.pause(&vm).await.unwrap().state, VmState::Paused);
     expect_refused(provider.pause(&vm).await.map(drop), Operation::Pause);
     assert_eq!(provider.resume(&vm).await.unwrap().state, VmState::Running);
@@ -138,7 +148,7 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
         provider
             .restore(&unknown, &id("conform-x"), RestoreOptions::default())
             .await,
-        Err(VmError::SnapshotUnusable { .. })
+        Err(VmError::SnapshotBundle { .. })
     ));
     provider.stop(&clone, StopOptions::default()).await.unwrap();
     provider.destroy(&clone).await.unwrap();

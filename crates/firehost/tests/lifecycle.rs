@@ -207,7 +207,14 @@ async fn snapshot_without_resume_leaves_the_vm_paused() {
     manager.run(&vm, host.spec()).await.unwrap();
     let name = "held".parse().unwrap();
     manager
-        .snapshot(&vm, &name, SnapshotOptions { resume: false })
+        .snapshot(
+            &vm,
+            &name,
+            SnapshotOptions {
+                resume: false,
+                ..SnapshotOptions::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(manager.get(&vm).await.unwrap().state, VmState::Paused);

@@ -102,7 +102,7 @@ async fn restoring_a_missing_snapshot_fails_and_leaves_nothing() {
         .restore(&"nothing".parse().unwrap(), &vm, RestoreOptions::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, VmError::SnapshotUnusable { .. }), "{err:?}");
+    assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
     assert!(host.vm_dirs().is_empty());
     assert!(manager.list().is_empty());
 }
@@ -145,16 +145,38 @@ async fn restore_into_a_taken_name_is_refused() {
 }
 
 #[tokio::test]
-async fn failed_load_rolls_back_the_restore() {
+async fn truncated_memory_file_is_refused_before_any_vmm_starts() {
     let host = TestHost::new();
     let (manager, snap) = with_snapshot(&host).await;
-    // Truncate the memory file: the VMM refuses the load.
     let memory = manager.snapshots_dir().join(snap.as_str()).join("memory");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&memory)
         .unwrap()
         .set_len(4096)
+        .unwrap();
+    let vm = id("truncated");
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
+    assert_eq!(host.vm_dirs(), ["source"]);
+}
+
+#[tokio::test]
+async fn failed_load_rolls_back_the_restore() {
+    fake_only!("injects a load failure");
+    let host = TestHost::new();
+    let manager = Manager::open(host.config_with_faults(&[("FAKE_FC_FAIL", "PUT /snapshot/load")]))
+        .await
+        .unwrap();
+    let source = id("source");
+    manager.run(&source, host.spec()).await.unwrap();
+    let snap: SnapshotName = "base".parse().unwrap();
+    manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
         .unwrap();
     let vm = id("broken");
     let err = manager
@@ -173,6 +195,7 @@ async fn failed_load_rolls_back_the_restore() {
     );
     assert_eq!(host.vm_dirs(), ["source"]);
     assert!(host.vmm_pids(&vm).is_empty());
+    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -189,4 +212,100 @@ async fn restored_vm_is_reattached_after_a_restart() {
     let manager = host.manager().await;
     let after = manager.get(&vm).await.unwrap();
     assert_eq!((after.pid, after.state), (before.pid, VmState::Running));
+}
+
+#[tokio::test]
+async fn restored_vm_holds_a_lease_on_its_bundle_until_destroyed() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let vm = id("leaser");
+    manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap();
+    let store = manager.snapshot_store();
+    assert_eq!(store.leases(&snap).unwrap(), [vm.clone()]);
+    let err = store.delete(&snap).unwrap_err();
+    assert!(
+        matches!(err, firehost::snapshot::StoreError::Leased { .. }),
+        "{err:?}"
+    );
+
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
+    manager.destroy(&vm).await.unwrap();
+    assert!(store.leases(&snap).unwrap().is_empty());
+    store.delete(&snap).unwrap();
+}
+
+#[tokio::test]
+async fn corrupt_bundle_is_refused_and_leaves_no_lease() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let vmstate = manager.snapshots_dir().join(snap.as_str()).join("vmstate");
+    let mut bytes = std::fs::read(&vmstate).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&vmstate, bytes).unwrap();
+    let vm = id("corrupt");
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
+    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+    assert_eq!(host.vm_dirs(), ["source"]);
+}
+
+#[tokio::test]
+async fn diff_snapshot_is_parented_and_merges_into_a_restorable_bundle() {
+    let host = TestHost::new();
+    let (manager, base) = with_snapshot(&host).await;
+    let source = id("source");
+    let diff: SnapshotName = "step-1".parse().unwrap();
+    let options = SnapshotOptions {
+        diff: true,
+        ..SnapshotOptions::default()
+    };
+    let taken = manager.snapshot(&source, &diff, options).await.unwrap();
+    assert_eq!(taken.manifest.kind, firehost::snapshot::SnapshotKind::Diff);
+    assert_eq!(taken.manifest.parent.as_ref(), Some(&base));
+
+    // A diff can't be loaded as is; merged onto its parent it can.
+    let err = manager
+        .restore(&diff, &id("from-diff"), RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::SnapshotIsDiff { .. }), "{err:?}");
+    let merged: SnapshotName = "merged".parse().unwrap();
+    let store = manager.snapshot_store();
+    tokio::task::spawn_blocking({
+        let (diff, merged) = (diff.clone(), merged.clone());
+        move || store.merge(&diff, &merged)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let vm = id("from-merge");
+    let info = manager
+        .restore(&merged, &vm, RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(info.state, VmState::Running);
+}
+
+#[tokio::test]
+async fn diff_without_an_earlier_snapshot_is_refused() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("fresh");
+    manager.run(&vm, host.spec()).await.unwrap();
+    let options = SnapshotOptions {
+        diff: true,
+        ..SnapshotOptions::default()
+    };
+    let err = manager
+        .snapshot(&vm, &"d".parse().unwrap(), options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::NoParentSnapshot { .. }), "{err:?}");
+    assert_eq!(manager.get(&vm).await.unwrap().state, VmState::Running);
 }

@@ -140,14 +140,30 @@ pub enum VmError {
         /// The operation.
         op: Operation,
     },
-    /// The snapshot bundle is missing or unreadable.
-    #[error("snapshot {name} cannot be used")]
-    SnapshotUnusable {
+    /// A snapshot bundle is missing, incomplete, corrupt, in use, or could
+    /// not be written.
+    #[error("snapshot bundle {name}")]
+    SnapshotBundle {
         /// The snapshot's name.
         name: String,
-        /// Why.
+        /// What is wrong with it (boxed: store errors are large, and
+        /// `VmError` travels through every result).
         #[source]
-        source: RecordError,
+        source: Box<crate::snapshot::StoreError>,
+    },
+    /// Only full snapshots can be restored; a diff must be merged onto its
+    /// parents first.
+    #[error("snapshot {name} is a diff; merge it onto its parent before restoring")]
+    SnapshotIsDiff {
+        /// The snapshot's name.
+        name: String,
+    },
+    /// A diff snapshot was asked for, but the VM has no earlier snapshot to
+    /// be the diff's parent.
+    #[error("VM {id} has no earlier snapshot to take a diff against")]
+    NoParentSnapshot {
+        /// The id.
+        id: VmId,
     },
     /// The bundle was written by another Firecracker version than the one
     /// that would load it; Firecracker loads only its own version's

@@ -175,6 +175,7 @@ impl Launched {
                 console: command.console.clone(),
                 created_at_ms: now_ms(),
                 restored_from: None,
+                last_snapshot: None,
             },
             dir,
             process: Some(process.clone()),

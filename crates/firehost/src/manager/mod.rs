@@ -46,7 +46,7 @@ use crate::VmId;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
 use crate::record::{Durability, VmRecord};
-use crate::snapshot::{SnapshotInfo, SnapshotName};
+use crate::snapshot::{SnapshotInfo, SnapshotName, SnapshotStore};
 use crate::spec::{ResolvedSpec, VmSpec};
 use crate::state::VmState;
 use crate::vmm::{ConsoleMode, VmmProcess};
@@ -250,6 +250,12 @@ impl Manager {
     /// Where snapshot bundles are stored.
     pub fn snapshots_dir(&self) -> &Path {
         &self.shared.snapshots_dir
+    }
+
+    /// The snapshot store (list, inspect, verify, delete, gc, merge). Its
+    /// methods block: call them on the blocking pool.
+    pub fn snapshot_store(&self) -> SnapshotStore {
+        self.shared.store()
     }
 
     /// Creates a VM: validates the spec, starts its VMM and configures it
@@ -490,6 +496,11 @@ impl Shared {
 
     fn vm_dir(&self, id: &VmId) -> PathBuf {
         self.vms_dir.join(id.as_str())
+    }
+
+    /// The snapshot store over this state directory.
+    fn store(&self) -> SnapshotStore {
+        SnapshotStore::new(&self.snapshots_dir, &self.vms_dir)
     }
 }
 

@@ -14,7 +14,8 @@ use crate::api::models::{
 };
 use crate::record::Durability;
 use crate::snapshot::{
-    Bundle, MEMORY_FILE, ManifestDraft, SnapshotInfo, SnapshotKind, SnapshotName, VMSTATE_FILE,
+    Bundle, BundleError, MANIFEST_FILE, MEMORY_FILE, ManifestDraft, PendingBundle, SnapshotInfo,
+    SnapshotKind, SnapshotName, VMSTATE_FILE,
 };
 use crate::state::{ExitReason, Operation, VmState};
 use crate::undo::{UndoStack, UndoStep, remove_dir_if_present};
@@ -38,11 +39,18 @@ pub struct SnapshotOptions {
     /// Resume a VM that was running before the snapshot (default true).
     /// A VM that was paused stays paused either way.
     pub resume: bool,
+    /// Take a diff snapshot: only the memory written since the VM's
+    /// previous snapshot (or the snapshot it was restored from), which
+    /// becomes the new bundle's parent. Default false (full).
+    pub diff: bool,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { resume: true }
+        SnapshotOptions {
+            resume: true,
+            diff: false,
+        }
     }
 }
 
@@ -219,6 +227,22 @@ pub(super) async fn snapshot(
         move |source| VmError::Api { id, op, source }
     };
 
+    let parent = if options.diff {
+        let parent = vm.record.last_snapshot.clone();
+        let present = parent.as_ref().is_some_and(|p| {
+            shared
+                .snapshots_dir
+                .join(p.as_str())
+                .join(MANIFEST_FILE)
+                .is_file()
+        });
+        if !present {
+            return Err(VmError::NoParentSnapshot { id: id.clone() });
+        }
+        parent
+    } else {
+        None
+    };
     let bundle = shared.snapshots_dir.join(name.as_str());
     if let Err(source) = std::fs::DirBuilder::new().mode(0o700).create(&bundle) {
         return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
@@ -236,6 +260,25 @@ pub(super) async fn snapshot(
     }
     let mut undo = UndoStack::default();
     undo.push(UndoStep::RemoveDir(bundle.clone()));
+    let bundle_err = |source: BundleError| VmError::SnapshotBundle {
+        name: name.to_string(),
+        source: Box::new(source.into()),
+    };
+    // Keeps a concurrent gc from taking the bundle for an abandoned one
+    // while Firecracker writes it.
+    let pending = {
+        let dir = bundle.clone();
+        tokio::task::spawn_blocking(move || PendingBundle::lock(&dir))
+            .await
+            .expect("locking does not panic")
+    };
+    let pending = match pending {
+        Ok(p) => p,
+        Err(e) => {
+            undo.unwind().await;
+            return Err(bundle_err(e));
+        }
+    };
 
     let was_running = vm.record.state == VmState::Running;
     let taken = async {
@@ -247,7 +290,11 @@ pub(super) async fn snapshot(
             .map_err(api_err("pause before the snapshot"))?;
         }
         api.create_snapshot(&SnapshotCreateParams {
-            snapshot_type: Some(SnapshotType::Full),
+            snapshot_type: Some(if options.diff {
+                SnapshotType::Diff
+            } else {
+                SnapshotType::Full
+            }),
             snapshot_path: bundle.join(VMSTATE_FILE),
             mem_file_path: bundle.join(MEMORY_FILE),
         })
@@ -260,8 +307,12 @@ pub(super) async fn snapshot(
         let draft = ManifestDraft {
             name: name.clone(),
             source_vm: id.clone(),
-            kind: SnapshotKind::Full,
-            parent: None,
+            kind: if options.diff {
+                SnapshotKind::Diff
+            } else {
+                SnapshotKind::Full
+            },
+            parent: parent.clone(),
             firecracker_version: version.firecracker_version,
             spec: vm.record.spec.clone(),
             network: Vec::new(),
@@ -273,12 +324,7 @@ pub(super) async fn snapshot(
         let manifest = tokio::task::spawn_blocking(move || Bundle::seal(&dir, draft))
             .await
             .expect("sealing a bundle does not panic")
-            .map_err(|source| VmError::Io {
-                id: id.clone(),
-                op: "seal the snapshot bundle",
-                path: bundle.clone(),
-                source: std::io::Error::other(source),
-            })?;
+            .map_err(bundle_err)?;
         Ok::<_, VmError>(manifest)
     }
     .await;
@@ -301,9 +347,11 @@ pub(super) async fn snapshot(
             return Err(taken.err().unwrap_or(e));
         }
     }
+    drop(pending);
     match taken {
         Ok(manifest) => {
             undo.commit();
+            vm.record.last_snapshot = Some(name.clone());
             vm.record.state = if was_running && !options.resume {
                 VmState::Paused
             } else {
@@ -364,6 +412,15 @@ async fn remove(
             path: vm.dir.clone(),
             source,
         })?;
+    // The VM no longer needs any bundle it was restored from.
+    let store = shared.store();
+    let vm_id = id.clone();
+    let released = tokio::task::spawn_blocking(move || store.release_all(&vm_id))
+        .await
+        .expect("releasing leases does not panic");
+    if let Err(e) = released {
+        tracing::warn!(vm = %id, error = %e, "cannot release snapshot leases; gc will");
+    }
     *guard = None;
     let mut vms = shared.lock_registry();
     if let Some(slot) = vms.remove(id) {

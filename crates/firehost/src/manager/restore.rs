@@ -17,9 +17,11 @@ use super::launch::{Launched, Reservation};
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
-use crate::snapshot::{MEMORY_FILE, SnapshotManifest, SnapshotName, VMSTATE_FILE};
+use crate::snapshot::{
+    MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions,
+};
 use crate::state::VmState;
-use crate::undo::UndoStack;
+use crate::undo::{UndoStack, UndoStep};
 
 /// How [`Manager::restore`](super::Manager::restore) brings a snapshot back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,10 @@ pub struct RestoreOptions {
     /// Ask Firecracker to move the guest's realtime clock forward by the
     /// time that passed since the snapshot (`clock_realtime`).
     pub clock_realtime: bool,
+    /// Also check the memory file's checksum before loading. The vmstate,
+    /// the sizes and the parent chain are always checked; hashing guest
+    /// memory costs about a second per few GiB, so it is off by default.
+    pub verify_memory: bool,
 }
 
 impl Default for RestoreOptions {
@@ -37,6 +43,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             resume: true,
             clock_realtime: false,
+            verify_memory: false,
         }
     }
 }
@@ -60,19 +67,59 @@ async fn build(
     options: &RestoreOptions,
     undo: &mut UndoStack,
 ) -> Result<Vm, VmError> {
-    let bundle = shared.snapshots_dir.join(snapshot.as_str());
-    let manifest = {
-        let bundle = bundle.clone();
-        tokio::task::spawn_blocking(move || SnapshotManifest::read(&bundle))
-            .await
-            .expect("manifest reads do not panic")
-            .map_err(|source| VmError::SnapshotUnusable {
-                name: snapshot.to_string(),
-                source,
-            })?
+    // Lease first, verify second: once leased, the bundle can't be deleted
+    // between the check and the load.
+    let store = shared.store();
+    let bundle_err = |source: StoreError| VmError::SnapshotBundle {
+        name: snapshot.to_string(),
+        source: Box::new(source),
     };
+    let verified = {
+        let (store, name, vm) = (store.clone(), snapshot.clone(), id.clone());
+        let check = VerifyOptions {
+            skip_memory_checksum: !options.verify_memory,
+            firecracker_version: None,
+        };
+        tokio::task::spawn_blocking(move || {
+            store.lease(&name, &vm).map_err(|e| (false, e))?;
+            store.verify(&name, &check).map_err(|e| (true, e))
+        })
+        .await
+        .expect("bundle checks do not panic")
+    };
+    let chain = match verified {
+        Ok(chain) => {
+            undo.push(UndoStep::ReleaseLease {
+                store,
+                name: snapshot.clone(),
+                vm: id.clone(),
+            });
+            chain
+        }
+        Err((leased, e)) => {
+            if leased {
+                undo.push(UndoStep::ReleaseLease {
+                    store,
+                    name: snapshot.clone(),
+                    vm: id.clone(),
+                });
+            }
+            return Err(bundle_err(e));
+        }
+    };
+    let manifest = chain
+        .first()
+        .map(|top| top.manifest.clone())
+        .expect("a verified chain holds the bundle itself");
+    if manifest.kind != SnapshotKind::Full {
+        return Err(VmError::SnapshotIsDiff {
+            name: snapshot.to_string(),
+        });
+    }
+    let bundle = shared.snapshots_dir.join(snapshot.as_str());
     let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), undo).await?;
     launched.vm.record.restored_from = Some(snapshot.clone());
+    launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {
         let api = launched.connect(shared).await?;
         let api_err = |op| {
