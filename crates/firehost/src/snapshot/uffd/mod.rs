@@ -71,10 +71,16 @@
 //!
 //! # When the server goes away mid-restore
 //!
-//! Firecracker keeps its own copy of the userfaultfd, so closing ours
-//! releases nothing: a vCPU (or Firecracker's own thread) touching a
-//! missing page would sleep in the fault **forever**, and Firecracker would
-//! see nothing. So when a [`PageServer`] that still serves a VM is shut down
+//! The kernel's rules: while any copy of a userfaultfd is open, a fault on
+//! a missing registered page sleeps until a reader resolves it; when the
+//! *last* copy closes, the kernel unregisters the ranges and wakes the
+//! sleepers, whose faults are then handled as plain anonymous memory, i.e.
+//! zero pages (the tests check both). Firecracker keeps its own copy of the
+//! userfaultfd, so closing ours releases nothing: a vCPU (or Firecracker's
+//! own thread) touching a missing page would sleep in the fault
+//! **forever**, and Firecracker would see nothing. (Were the last copy
+//! ours, closing it would be worse: the guest would silently read zeros
+//! where its memory was.) So when a [`PageServer`] that still serves a VM is shut down
 //! or dropped (or fails), it *fences* the memory before closing: every page
 //! it never served is marked with `UFFDIO_POISON` (Linux 6.6+), which wakes
 //! any thread sleeping on it, and the ranges are unregistered, so removed

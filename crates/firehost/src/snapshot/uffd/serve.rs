@@ -51,6 +51,10 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Ordering::Relaxed);
+}
+
 impl Counters {
     pub(crate) fn snapshot(&self) -> PageServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -556,9 +560,15 @@ impl<'a> State<'a> {
         } else {
             Fill::Copy
         };
+        // Count and record before the fill: the fill wakes the faulting
+        // thread, and whoever saw the page must also see it counted.
+        let c = self.counters();
+        add(&c.faults_served, 1);
+        self.record(ri, page);
         match self.fill(ri, page, 1, how) {
             Ok(()) => {}
             Err(FillStop::Retry) => {
+                sub(&self.counters().faults_served, 1);
                 self.retry.push(address);
                 return None;
             }
@@ -567,11 +577,9 @@ impl<'a> State<'a> {
             Err(FillStop::Unsupported(_)) => unreachable!("only poison is unsupported"),
         }
         let c = self.counters();
-        add(&c.faults_served, 1);
         let ns = u64::try_from(received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         add(&c.fault_service_ns_total, ns);
         c.fault_service_ns_max.fetch_max(ns, Ordering::Relaxed);
-        self.record(ri, page);
         None
     }
 
@@ -629,6 +637,10 @@ impl<'a> State<'a> {
         while page < end {
             let dst = r.base + page * ps;
             let len = (end - page) * ps;
+            // A zero fill does one page per call.
+            let want = if how == Fill::Zero { 1 } else { end - page };
+            // Counted before the ioctl wakes anyone, corrected after.
+            self.count(how, want, ps, add);
             let (op, result) = match how {
                 Fill::Copy => {
                     let src = self
@@ -656,12 +668,11 @@ impl<'a> State<'a> {
                 Fill::Poison => (UffdOp::Poison, self.uffd.poison(dst, len)),
             };
             let (done, errno) = match result {
-                Ok(()) => (len / ps, None),
-                Err(FillError { errno, done_bytes }) => (done_bytes / ps, Some(errno)),
+                Ok(()) => (want, None),
+                Err(FillError { errno, done_bytes }) => ((done_bytes / ps).min(want), Some(errno)),
             };
-            // A zero fill does one page per call.
-            let done = if how == Fill::Zero { done.min(1) } else { done };
-            self.account(ri, page, done, how);
+            self.count(how, want - done, ps, sub);
+            self.mark_present(ri, page, done);
             page += done;
             let Some(errno) = errno else {
                 continue;
@@ -693,23 +704,27 @@ impl<'a> State<'a> {
         Ok(())
     }
 
-    fn account(&mut self, ri: usize, first: u64, pages: u64, how: Fill) {
+    /// Adds `pages` to (or, with `sub`, takes them from) the counters of
+    /// `how`.
+    fn count(&self, how: Fill, pages: u64, page_size: u64, op: fn(&AtomicU64, u64)) {
         if pages == 0 {
             return;
         }
+        let c = self.counters();
+        match how {
+            Fill::Copy => {
+                op(&c.pages_copied, pages);
+                op(&c.bytes_copied, pages * page_size);
+            }
+            Fill::Zero => op(&c.zero_pages, pages),
+            Fill::Poison => op(&c.pages_fenced, pages),
+        }
+    }
+
+    fn mark_present(&mut self, ri: usize, first: u64, pages: u64) {
         let s = &mut self.regions[ri];
         for p in first..first + pages {
             s.present.set(p);
-        }
-        let ps = s.r.page_size;
-        let c = &self.server.shared.counters;
-        match how {
-            Fill::Copy => {
-                add(&c.pages_copied, pages);
-                add(&c.bytes_copied, pages * ps);
-            }
-            Fill::Zero => add(&c.zero_pages, pages),
-            Fill::Poison => add(&c.pages_fenced, pages),
         }
     }
 
