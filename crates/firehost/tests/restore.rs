@@ -309,3 +309,80 @@ async fn diff_without_an_earlier_snapshot_is_refused() {
     assert!(matches!(err, VmError::NoParentSnapshot { .. }), "{err:?}");
     assert_eq!(manager.get(&vm).await.unwrap().state, VmState::Running);
 }
+
+/// Restores through a page server in `memory` mode on the real binary or
+/// the fake, and checks the VM runs and the server did its job.
+async fn restore_through_page_server(
+    memory: firehost::manager::RestoreMemory,
+) -> (TestHost, Manager, firehost::VmId, SnapshotName) {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let vm = id("uffd");
+    let options = RestoreOptions {
+        memory,
+        ..RestoreOptions::default()
+    };
+    let info = within(
+        "the UFFD restore",
+        LONG,
+        manager.restore(&snap, &vm, options),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Running);
+    (host, manager, vm, snap)
+}
+
+#[tokio::test]
+async fn uffd_on_demand_restore_runs_and_records_a_working_set() {
+    use firehost::manager::RestoreMemory;
+    let (_host, manager, vm, snap) = restore_through_page_server(RestoreMemory::OnDemand).await;
+    manager.pause(&vm).await.unwrap();
+    manager.resume(&vm).await.unwrap();
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
+    // Whatever the guest touched is now the bundle's working set (the
+    // halt-loop guest touches little, the fake's guest more; either way the
+    // file appears only if something was faulted in).
+    let bundle = manager.snapshots_dir().join(snap.as_str());
+    if let Some(set) = firehost::snapshot::WorkingSet::read(&bundle).unwrap() {
+        assert!(!set.pages.is_empty());
+        // The next restore can prefetch it.
+        let again = id("prefetched");
+        let options = RestoreOptions {
+            memory: RestoreMemory::Prefetch,
+            ..RestoreOptions::default()
+        };
+        manager.restore(&snap, &again, options).await.unwrap();
+        assert_eq!(vmm_state(&manager, &again).await, InstanceState::Running);
+    }
+    manager.destroy(&vm).await.unwrap();
+}
+
+#[tokio::test]
+async fn uffd_populate_restore_runs() {
+    use firehost::manager::RestoreMemory;
+    let (_host, manager, vm, _snap) = restore_through_page_server(RestoreMemory::Populate).await;
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
+    manager.destroy(&vm).await.unwrap();
+}
+
+#[tokio::test]
+async fn file_and_uffd_clones_of_one_snapshot_run_at_once() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let (a, b) = (id("by-file"), id("by-uffd"));
+    let uffd = RestoreOptions {
+        memory: RestoreMemory::OnDemand,
+        ..RestoreOptions::default()
+    };
+    let (ra, rb) = tokio::join!(
+        manager.restore(&snap, &a, RestoreOptions::default()),
+        manager.restore(&snap, &b, uffd),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(vmm_state(&manager, &a).await, InstanceState::Running);
+    assert_eq!(vmm_state(&manager, &b).await, InstanceState::Running);
+}

@@ -179,6 +179,15 @@ pub enum VmError {
         /// The version the VMM reports.
         vmm_version: String,
     },
+    /// The page server of a restore failed.
+    #[error("VM {id}: page server failed")]
+    PageServer {
+        /// The id.
+        id: VmId,
+        /// Why (boxed: the page server's errors are large).
+        #[source]
+        source: Box<crate::snapshot::uffd::PageServerError>,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {

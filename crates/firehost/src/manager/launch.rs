@@ -181,6 +181,7 @@ impl Launched {
             process: Some(process.clone()),
             api: None,
             ring,
+            page_server: None,
         };
         // Recorded before anything else can fail, so that a manager crash
         // from here on leaves a record the next manager can reap by pid (a

@@ -40,7 +40,7 @@ use tokio::sync::Mutex;
 pub use config::{ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Timeouts, find_binary};
 pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, VmError};
 pub use ops::{SnapshotOptions, StopOptions};
-pub use restore::RestoreOptions;
+pub use restore::{RestoreMemory, RestoreOptions};
 
 use crate::VmId;
 use crate::api::ApiClient;
@@ -141,6 +141,9 @@ struct Vm {
     process: Option<VmmProcess>,
     api: Option<Arc<ApiClient>>,
     ring: ConsoleRing,
+    /// The userfaultfd page server of a VM restored with one, until it is
+    /// retired after the VMM ends.
+    page_server: Option<crate::snapshot::uffd::PageServer>,
 }
 
 impl Slot {
@@ -511,6 +514,7 @@ impl Shared {
 fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
     let mut alive = shared.alive.subscribe();
     let tail_lines = shared.config.console_lines;
+    let snapshots_dir = shared.snapshots_dir.clone();
     tokio::spawn(async move {
         let exit = tokio::select! {
             exit = process.wait() => exit,
@@ -528,6 +532,7 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
         vm.record.state = VmState::Failed { exit, console_tail };
         vm.process = None;
         vm.api = None;
+        restore::retire_page_server(vm, &snapshots_dir).await;
         let _ = remove_file_if_present(&vm.record.api_socket);
         if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot record the VM's failure");

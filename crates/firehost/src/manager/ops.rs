@@ -157,6 +157,7 @@ pub(super) async fn stop(
     vm.record.state = VmState::Stopped { exit };
     vm.process = None;
     vm.api = None;
+    super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
     let _ = remove_file_if_present(&vm.record.api_socket);
     vm.persist(Durability::Synced).await?;
     shared.slot(&id)?.publish(Some(vm));
@@ -402,6 +403,7 @@ async fn remove(
         }
     }
     vm.api = None;
+    super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
     let dir = vm.dir.clone();
     tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
         .await

@@ -117,6 +117,7 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
         process: None,
         api: None,
         ring,
+        page_server: None,
     };
     if !record.state.is_live() {
         return vm;

@@ -17,8 +17,10 @@ use super::launch::{Launched, Reservation};
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
+use crate::manager::error::MAX_SOCKET_PATH_BYTES;
+use crate::snapshot::uffd::{PageServer, PageServerOptions, ServeMode};
 use crate::snapshot::{
-    MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions,
+    MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions, WorkingSet,
 };
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
@@ -36,7 +38,40 @@ pub struct RestoreOptions {
     /// the sizes and the parent chain are always checked; hashing guest
     /// memory costs about a second per few GiB, so it is off by default.
     pub verify_memory: bool,
+    /// Where guest memory comes from.
+    pub memory: RestoreMemory,
 }
+
+/// Where a restored guest's memory comes from.
+///
+/// With a page server the VM depends on the manager process until the
+/// server detaches (`Populate` does once every page is in; the others never
+/// do): if the manager goes away first, the guest hangs or faults on its
+/// next missing page. Prefer `File` or `Populate` for VMs that must outlive
+/// the manager.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RestoreMemory {
+    /// Firecracker maps the bundle's memory file privately and faults pages
+    /// in from it itself.
+    #[default]
+    File,
+    /// A userfaultfd page server serves each page when first touched, and
+    /// records the order; when the VM stops, that order is stored in the
+    /// bundle (if it has none yet) for `Prefetch`.
+    OnDemand,
+    /// A page server serves faults and copies every other page in the
+    /// background, then detaches: the VM no longer needs the manager.
+    Populate,
+    /// A page server first copies the bundle's recorded working set, then
+    /// serves on demand (and records, as `OnDemand`, if the bundle has no
+    /// working set yet).
+    Prefetch,
+}
+
+/// The page server's socket in the VM's directory.
+pub(crate) const PAGE_SERVER_SOCKET: &str = "uffd.sock";
+/// Pages a page server records, at most (1 GiB of 4 KiB pages).
+const RECORD_LIMIT_PAGES: usize = 1 << 18;
 
 impl Default for RestoreOptions {
     fn default() -> Self {
@@ -44,6 +79,7 @@ impl Default for RestoreOptions {
             resume: true,
             clock_realtime: false,
             verify_memory: false,
+            memory: RestoreMemory::File,
         }
     }
 }
@@ -137,13 +173,34 @@ async fn build(
                 vmm_version: version.firecracker_version,
             });
         }
-        let memory = MemoryBackend::new(MemoryBackendType::File, bundle.join(MEMORY_FILE));
+        let memory = match options.memory {
+            RestoreMemory::File => {
+                MemoryBackend::new(MemoryBackendType::File, bundle.join(MEMORY_FILE))
+            }
+            mode => {
+                let server = start_page_server(&launched.vm, &bundle, mode).await?;
+                let socket = server.socket_path().to_owned();
+                launched.vm.page_server = Some(server);
+                MemoryBackend::new(MemoryBackendType::Uffd, socket)
+            }
+        };
         let mut load = SnapshotLoadParams::new(bundle.join(VMSTATE_FILE), memory);
         load.resume_vm = Some(options.resume);
         load.clock_realtime = options.clock_realtime.then_some(true);
         api.load_snapshot(&load)
             .await
             .map_err(api_err("load the snapshot"))?;
+        if let Some(server) = &launched.vm.page_server {
+            // Firecracker has connected by the time the load answers; a
+            // server that failed the hand-over fails the restore.
+            server
+                .wait_connected(shared.config.timeouts.request)
+                .await
+                .map_err(|source| VmError::PageServer {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })?;
+        }
         launched.vm.record.state = if options.resume {
             VmState::Running
         } else {
@@ -153,4 +210,76 @@ async fn build(
     }
     .await;
     launched.commit(outcome).await
+}
+
+/// Binds the page server for a restore in the VM's directory.
+async fn start_page_server(
+    vm: &Vm,
+    bundle: &std::path::Path,
+    mode: RestoreMemory,
+) -> Result<PageServer, VmError> {
+    let id = vm.record.id.clone();
+    let socket = vm.dir.join(PAGE_SERVER_SOCKET);
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(VmError::SocketPathTooLong {
+            id,
+            path: socket,
+            len,
+        });
+    }
+    let bundle = bundle.to_owned();
+    let bound = tokio::task::spawn_blocking(move || {
+        let working_set = match mode {
+            RestoreMemory::Prefetch => WorkingSet::read(&bundle).ok().flatten(),
+            _ => None,
+        };
+        let options = match (mode, working_set) {
+            (RestoreMemory::Populate, _) => PageServerOptions::new(ServeMode::Populate),
+            (RestoreMemory::Prefetch, Some(set)) => {
+                PageServerOptions::new(ServeMode::Prefetch(set))
+            }
+            _ => PageServerOptions::new(ServeMode::OnDemand).record(RECORD_LIMIT_PAGES),
+        };
+        PageServer::bind(&socket, &bundle.join(MEMORY_FILE), options)
+    })
+    .await
+    .expect("binding a page server does not panic");
+    bound.map_err(|source| VmError::PageServer {
+        id,
+        source: Box::new(source),
+    })
+}
+
+/// Stops a VM's page server (its VMM must be gone) and, if it recorded a
+/// working set and the bundle has none, stores it there for the next
+/// `Prefetch` restore. Best effort: a VM's end never fails for a hint.
+pub(super) async fn retire_page_server(vm: &mut Vm, snapshots_dir: &std::path::Path) {
+    let Some(server) = vm.page_server.take() else {
+        return;
+    };
+    let report = match server.shutdown().await {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::warn!(vm = %vm.record.id, error = %e, "page server ended with an error");
+            return;
+        }
+    };
+    let (Some(set), Some(name)) = (report.working_set, vm.record.restored_from.clone()) else {
+        return;
+    };
+    if set.pages.is_empty() {
+        return;
+    }
+    let bundle = snapshots_dir.join(name.as_str());
+    let stored = tokio::task::spawn_blocking(move || match WorkingSet::read(&bundle) {
+        Ok(None) => set.write(&bundle).map(|()| true),
+        Ok(Some(_)) => Ok(false),
+        Err(e) => Err(e),
+    })
+    .await
+    .expect("working-set writes do not panic");
+    if let Err(e) = stored {
+        tracing::warn!(vm = %vm.record.id, error = %e, "cannot store the recorded working set");
+    }
 }

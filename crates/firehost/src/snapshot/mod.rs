@@ -260,32 +260,12 @@ pub struct SnapshotInfo {
     pub manifest: SnapshotManifest,
 }
 
-/// The pages a restored guest touched, recorded by the page server so that
-/// the next restore can fetch them up front. Kept in its own file,
-/// [`WORKING_SET_FILE`], because it is written after the bundle was sealed;
-/// it is a hint, so it is not checksummed and may be missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkingSet {
-    /// Format version (1).
-    pub format: u32,
-    /// One entry per guest memory region.
-    pub regions: Vec<WorkingSetRegion>,
-}
-
-/// The touched pages of one guest memory region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkingSetRegion {
-    /// Where the region starts in the memory file, in bytes (Firecracker's
-    /// `offset` in the UFFD hand-over).
-    pub offset_bytes: u64,
-    /// The region's size in bytes.
-    pub size_bytes: u64,
-    /// The page size used to number the pages, in bytes.
-    pub page_size_bytes: u64,
-    /// Indices of the touched pages, counted from the region's start, in
-    /// the order they were first touched.
-    pub pages: Vec<u64>,
-}
+/// The pages a restored guest touched, recorded by the page server (see
+/// [`uffd::WorkingSet`]) so that the next restore can fetch them up front.
+/// Kept in its own file, [`WORKING_SET_FILE`], because it is written after
+/// the bundle was sealed; it is a hint, so it is not checksummed and may be
+/// missing.
+pub use uffd::WorkingSet;
 
 impl WorkingSet {
     /// Writes the working set into `bundle` atomically (blocking).
@@ -1094,13 +1074,9 @@ mod tests {
         let bundle = Bundle::open(&dir).unwrap();
         assert_eq!(bundle.working_set().unwrap(), None);
         let ws = WorkingSet {
-            format: 1,
-            regions: vec![WorkingSetRegion {
-                offset_bytes: 0,
-                size_bytes: 16 * 4096,
-                page_size_bytes: 4096,
-                pages: vec![3, 0, 7],
-            }],
+            page_size_bytes: 4096,
+            pages: vec![3, 0, 7],
+            truncated: false,
         };
         ws.write(&dir).unwrap();
         assert_eq!(bundle.working_set().unwrap(), Some(ws));
