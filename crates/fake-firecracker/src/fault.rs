@@ -9,6 +9,7 @@
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay the answer of matching requests (`*` matches any request; the first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` right after answering `InstanceStart` (a guest crash) |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` (the VM keeps running) |
+//! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | which pages a restored guest reads on its first resume (default `all`; see [`crate::guest`]) |
 //!
 //! Paths match exactly (query strings are not part of the path). A variable that is
 //! set but cannot be parsed is an error at start-up, so a typo never silently
@@ -16,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use crate::guest::GuestTouch;
 
 /// One `METHOD /path` pair, or `*` for every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,8 @@ pub struct Faults {
     pub exit_on_start: Option<u8>,
     /// `FAKE_FC_IGNORE_CTRL_ALT_DEL`.
     pub ignore_ctrl_alt_del: bool,
+    /// `FAKE_FC_GUEST_TOUCH`.
+    pub guest_touch: GuestTouch,
 }
 
 /// A fault variable that is set but malformed.
@@ -93,6 +98,9 @@ pub enum FaultConfigError {
     /// A `FAKE_FC_DELAY_MS` entry without `=MILLISECONDS`.
     #[error("FAKE_FC_DELAY_MS: entry {0:?} is not `MATCHER=MILLISECONDS`")]
     BadDelay(String),
+    /// A `FAKE_FC_GUEST_TOUCH` other than `all`, `none` or `first:N`.
+    #[error("FAKE_FC_GUEST_TOUCH: {0:?} is not `all`, `none` or `first:N`")]
+    BadGuestTouch(String),
 }
 
 fn flag(value: Option<&String>) -> bool {
@@ -161,6 +169,12 @@ impl Faults {
                 .collect::<Result<_, FaultConfigError>>()?,
             None => Vec::new(),
         };
+        let guest_touch = match vars.get("FAKE_FC_GUEST_TOUCH") {
+            Some(v) => {
+                GuestTouch::parse(v).ok_or_else(|| FaultConfigError::BadGuestTouch(v.clone()))?
+            }
+            None => GuestTouch::All,
+        };
         Ok(Self {
             no_socket: flag(vars.get("FAKE_FC_NO_SOCKET")),
             crash_after_requests: number(vars, "FAKE_FC_CRASH_AFTER_REQUESTS")?,
@@ -168,6 +182,7 @@ impl Faults {
             delays,
             exit_on_start: number(vars, "FAKE_FC_EXIT_ON_START")?,
             ignore_ctrl_alt_del: flag(vars.get("FAKE_FC_IGNORE_CTRL_ALT_DEL")),
+            guest_touch,
         })
     }
 
@@ -224,6 +239,7 @@ mod tests {
             ("FAKE_FC_DELAY_MS", "*=soon"),
             ("FAKE_FC_CRASH_AFTER_REQUESTS", "three"),
             ("FAKE_FC_EXIT_ON_START", "300"),
+            ("FAKE_FC_GUEST_TOUCH", "some"),
         ];
         for (k, v) in cases {
             assert!(Faults::from_vars(&vars(&[(k, v)])).is_err(), "{k}={v}");

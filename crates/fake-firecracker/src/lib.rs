@@ -50,7 +50,9 @@ pub mod action;
 pub mod args;
 pub mod console;
 pub mod fault;
+pub mod guest;
 pub mod http;
+pub mod memory;
 pub mod telemetry;
 pub mod testing;
 pub mod view;
@@ -315,6 +317,7 @@ fn run_vmm(run: &RunArgs, faults: Faults) -> ExitCode {
             mmds_size_limit,
             exit_on_start: faults.exit_on_start,
             ignore_ctrl_alt_del: faults.ignore_ctrl_alt_del,
+            guest_touch: faults.guest_touch,
         },
         telemetry,
     );

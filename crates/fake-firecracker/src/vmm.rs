@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use firehost_api::{
@@ -35,6 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{Action, MachineConfigUpdate};
 use crate::console::{self, Console};
+use crate::guest::{Guest, GuestTouch};
+use crate::memory::{self, GuestMemory};
 use crate::telemetry::{Level, MetricsInitError, Telemetry};
 use crate::view::{self, BalloonView, DriveView, EntropyView, MmdsConfigView, NetView};
 
@@ -316,6 +319,9 @@ pub struct Resources {
 struct VmStateFile {
     magic: String,
     version: String,
+    /// Whether the memory file holds every page or only the dirty ones.
+    #[serde(default)]
+    snapshot_type: SnapshotType,
     resources: Resources,
 }
 
@@ -332,6 +338,8 @@ pub struct VmmOptions {
     pub exit_on_start: Option<u8>,
     /// `FAKE_FC_IGNORE_CTRL_ALT_DEL`.
     pub ignore_ctrl_alt_del: bool,
+    /// `FAKE_FC_GUEST_TOUCH`.
+    pub guest_touch: GuestTouch,
 }
 
 /// The VMM: state, resources, logger and metrics.
@@ -344,7 +352,10 @@ pub struct Vmm {
     /// Logger and metrics.
     pub telemetry: Telemetry,
     vsock_listener: Option<UnixListener>,
+    /// The connection to the `Uffd` page server, never closed (as Firecracker).
     uffd: Option<UnixStream>,
+    /// The vCPUs and their memory, once booted or restored.
+    guest: Option<Guest>,
 }
 
 fn not_found_io(path: &Path, e: io::Error) -> String {
@@ -362,6 +373,7 @@ impl Vmm {
             telemetry,
             vsock_listener: None,
             uffd: None,
+            guest: None,
         }
     }
 
@@ -626,10 +638,16 @@ impl Vmm {
             Action::HotUnplug(kind, id) => self.hot_unplug(kind, &id),
             Action::Pause => {
                 self.state = VmState::Paused;
+                if let Some(g) = &self.guest {
+                    g.pause();
+                }
                 Ok(Reply::Empty)
             }
             Action::Resume => {
                 self.state = VmState::Running;
+                if let Some(g) = &self.guest {
+                    g.resume();
+                }
                 Ok(Reply::Empty)
             }
             Action::SendCtrlAltDel => {
@@ -821,6 +839,19 @@ impl Vmm {
             .boot_args
             .clone()
             .unwrap_or_else(|| DEFAULT_KERNEL_CMDLINE.to_owned());
+        let mem = match GuestMemory::anonymous(self.resources.machine_config.mem_size_mib << 20) {
+            Ok(m) => m,
+            Err(e) => {
+                return Outcome::from(Err(ActionError::StartMicrovm(format!(
+                    "Failed to allocate guest memory: {e}"
+                ))));
+            }
+        };
+        self.guest = Some(Guest::boot(
+            Arc::new(mem),
+            memory::id_hash(&self.options.id),
+            self.console(),
+        ));
         self.state = VmState::Running;
         self.telemetry.log(
             Level::Info,
@@ -856,9 +887,11 @@ impl Vmm {
                 "Cannot save the microVM state: Operation not allowed: save/restore unavailable while running".into(),
             ));
         }
+        let diff = params.snapshot_type == Some(SnapshotType::Diff);
         let state = VmStateFile {
             magic: VMSTATE_MAGIC.into(),
             version: SNAPSHOT_VERSION.into(),
+            snapshot_type: params.snapshot_type.unwrap_or_default(),
             resources: self.resources.clone(),
         };
         let text = serde_json::to_vec(&state).map_err(|e| {
@@ -878,22 +911,56 @@ impl Vmm {
         f.write_all(&text).map_err(|e| backing("write", e))?;
         f.flush().map_err(|e| backing("flush", e))?;
 
+        self.snapshot_memory_to_file(&params.mem_file_path, diff)?;
+        Ok(Reply::Empty)
+    }
+
+    /// Firecracker's `snapshot_memory_to_file`: the file keeps its content when it
+    /// already has the memory's size (a diff merges into it), is emptied
+    /// otherwise; a full snapshot writes every page, a diff only the dirty ones.
+    fn snapshot_memory_to_file(&mut self, path: &Path, diff: bool) -> Result<(), ActionError> {
         let mem = |op: &str, e: io::Error| {
             ActionError::CreateSnapshot(format!(
                 "Cannot perform {op} on the memory backing file: {e}"
             ))
         };
-        let diff = params.snapshot_type == Some(SnapshotType::Diff);
-        let mem_file = OpenOptions::new()
+        let expected = self.resources.machine_config.mem_size_mib << 20;
+        let existed = path.exists();
+        let file = OpenOptions::new()
             .create(true)
             .write(true)
-            .truncate(!diff)
-            .open(&params.mem_file_path)
+            .truncate(false)
+            .open(path)
             .map_err(|e| mem("open", e))?;
-        mem_file
-            .set_len(self.resources.machine_config.mem_size_mib << 20)
-            .map_err(|e| mem("set_length", e))?;
-        Ok(Reply::Empty)
+        if existed {
+            let len = file.metadata().map_err(|e| mem("get_metadata", e))?.len();
+            if len != expected {
+                file.set_len(0).map_err(|e| mem("truncate", e))?;
+            }
+        }
+        file.set_len(expected).map_err(|e| mem("set_length", e))?;
+        let Some(guest) = &self.guest else {
+            return Ok(());
+        };
+        guest.quiesce();
+        let memory = guest.memory();
+        let write =
+            |e: io::Error| ActionError::CreateSnapshot(format!("Cannot write memory file: {e}"));
+        if diff {
+            let track = self.resources.machine_config.track_dirty_pages;
+            let pages = memory.diff_pages(track).map_err(|e| {
+                ActionError::CreateSnapshot(format!("Cannot get dirty bitmap: {e}"))
+            })?;
+            memory.dump(&file, Some(&pages)).map_err(write)?;
+            if track {
+                // Reading KVM's dirty log clears it.
+                memory.reset_dirty();
+            }
+        } else {
+            memory.dump(&file, None).map_err(write)?;
+            memory.reset_dirty();
+        }
+        Ok(())
     }
 
     fn load_snapshot(&mut self, params: SnapshotLoadParams) -> Outcome {
@@ -917,6 +984,9 @@ impl Vmm {
                 };
                 let mut outcome = Outcome::from(Ok(Reply::Empty));
                 if self.state == VmState::Running {
+                    if let Some(g) = &self.guest {
+                        g.resume();
+                    }
                     outcome.effects.push(Effect::Booted {
                         console: self.console(),
                         lines: console::resume_lines(),
@@ -972,25 +1042,48 @@ impl Vmm {
             (None, None) => unreachable!("checked when parsing"),
         };
         let mem_bytes = resources.machine_config.mem_size_mib << 20;
-        match backend_type {
+        let memory = match backend_type {
             MemoryBackendType::File => {
-                let meta = std::fs::metadata(&backend_path).map_err(|e| {
-                    format!("Failed to load guest memory: Error creating guest memory from file: Failed to load guest memory: {e}")
-                })?;
-                if meta.len() < mem_bytes {
-                    return Err("Failed to load guest memory: Error creating guest memory from file: Failed to restore guest memory: Cannot create guest memory".into());
+                let from_file = |e: String| {
+                    format!(
+                        "Failed to load guest memory: Error creating guest memory from file: {e}"
+                    )
+                };
+                let file = File::open(&backend_path)
+                    .map_err(|e| from_file(format!("Failed to load guest memory: {e}")))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| from_file(format!("Failed to load guest memory: {e}")))?
+                    .len();
+                if len < mem_bytes {
+                    return Err(from_file(
+                        "Failed to restore guest memory: Cannot create guest memory".into(),
+                    ));
                 }
+                GuestMemory::from_file(&file, mem_bytes)
+                    .map_err(|e| from_file(format!("Failed to restore guest memory: {e}")))?
             }
             MemoryBackendType::Uffd => {
-                let stream = uffd_hand_over(&backend_path, mem_bytes).map_err(|e| {
-                    format!("Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: {e}")
-                })?;
+                let (memory, stream) =
+                    GuestMemory::from_uffd(&backend_path, mem_bytes).map_err(|e| {
+                        format!("Failed to load guest memory: Error creating guest memory from uffd: {e}")
+                    })?;
                 self.uffd = Some(stream);
+                memory
             }
+        };
+        // Firecracker updates a few device pages while it restores, so a `Uffd`
+        // load only completes once the page server answers.
+        for offset in memory::RESTORE_TOUCHED_OFFSETS {
+            memory.touch(offset);
         }
-        if params.track_dirty_pages == Some(true) || params.enable_diff_snapshots == Some(true) {
-            resources.machine_config.track_dirty_pages = true;
-        }
+        resources.machine_config.track_dirty_pages =
+            params.track_dirty_pages == Some(true) || params.enable_diff_snapshots == Some(true);
+        self.guest = Some(Guest::restored(
+            Arc::new(memory),
+            self.console(),
+            self.options.guest_touch,
+        ));
         resources.serial = self.resources.serial.take();
         self.resources = resources;
         Ok(())
@@ -1025,17 +1118,6 @@ impl Vmm {
             memory_hotplug: r.memory_hotplug.as_ref(),
         }
     }
-}
-
-/// Connects to a UFFD page server for the guest memory.
-///
-/// Extension point: Firecracker then creates a userfaultfd for the guest memory,
-/// registers the regions, and sends the region layout (JSON) together with the
-/// userfaultfd over this socket (`SCM_RIGHTS`). The fake currently only connects
-/// and keeps the stream open, which is enough for "the page server is there"
-/// checks; the hand-over belongs here.
-fn uffd_hand_over(backend_path: &Path, _mem_bytes: u64) -> io::Result<UnixStream> {
-    UnixStream::connect(backend_path)
 }
 
 fn bind_vsock(uds_path: &Path) -> Result<UnixListener, ActionError> {
