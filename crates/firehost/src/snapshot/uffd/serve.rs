@@ -480,26 +480,26 @@ impl<'a> State<'a> {
     fn serve(&mut self, pidfd: Option<&OwnedFd>) -> End {
         loop {
             let busy = !self.retry.is_empty() || !matches!(self.background, Background::None);
-            let mut fds = vec![
+            // No allocation on the fault path: without a pidfd the stop
+            // descriptor stands in as the third entry.
+            let stop = self.server.stop.as_ref();
+            let mut fds = [
                 PollFd::new(self.uffd, PollFlags::IN),
-                PollFd::new(self.server.stop.as_ref(), PollFlags::IN),
+                PollFd::new(stop, PollFlags::IN),
+                PollFd::new(pidfd.unwrap_or(stop), PollFlags::IN),
             ];
-            if let Some(pidfd) = pidfd {
-                fds.push(PollFd::new(pidfd, PollFlags::IN));
-            }
             if let Err(e) = poll(&mut fds, busy.then_some(Duration::ZERO)) {
                 return End::Failed(e);
             }
             if !fds[1].revents().is_empty() {
                 return End::Stop;
             }
-            if fds.get(2).is_some_and(|p| !p.revents().is_empty()) {
+            if pidfd.is_some() && !fds[2].revents().is_empty() {
                 return End::PeerGone;
             }
             if fds[0].revents().contains(PollFlags::ERR) {
                 return End::Failed(PageServerError::UffdNotInitialized);
             }
-            drop(fds);
             if let Some(end) = self.drain_events() {
                 return end;
             }
