@@ -108,16 +108,21 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn next_job(&self, s: &mut State) -> Option<Job> {
+    /// The next thing to do. The restore scan comes first (it must see the
+    /// snapshot's content) and stops while paused. A resume's writes count as done
+    /// at the resume, and the boot stamp as done at boot, so both finish even once
+    /// paused: a snapshot always holds all of them.
+    fn next_job(&self, s: &State) -> Option<Job> {
         let pages = self.mem.pages();
-        if let Some(from) = s.stamp_next {
-            return Some(Job::Stamp(from, (from + CHUNK).min(pages)));
-        }
-        if let Some(scan) = &mut s.scan {
+        if let Some(scan) = &s.scan {
             let to = (scan.next + CHUNK).min(scan.end);
-            return Some(Job::Scan(scan.next, to, scan.sum));
+            return s.running.then_some(Job::Scan(scan.next, to, scan.sum));
         }
-        (s.resumes_done < s.resumes_wanted).then(|| Job::Resume(s.resumes_done + 1))
+        if s.resumes_done < s.resumes_wanted {
+            return Some(Job::Resume(s.resumes_done + 1));
+        }
+        s.stamp_next
+            .map(|from| Job::Stamp(from, (from + CHUNK).min(pages)))
     }
 
     fn run(&self) {
@@ -128,9 +133,7 @@ impl Shared {
                     if s.stop {
                         return;
                     }
-                    if s.running
-                        && let Some(job) = self.next_job(&mut s)
-                    {
+                    if let Some(job) = self.next_job(&s) {
                         s.parked = false;
                         break job;
                     }
@@ -264,7 +267,8 @@ impl Guest {
         self.shared.lock().running = false;
     }
 
-    /// Waits until the paused vCPUs have stopped touching memory.
+    /// Waits until the paused vCPUs have stopped touching memory (a resume's
+    /// writes included).
     pub fn quiesce(&self) {
         let mut s = self.shared.lock();
         while !s.parked || s.running {
