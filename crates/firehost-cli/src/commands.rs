@@ -244,6 +244,7 @@ async fn restore(provider: &dyn VmProvider, args: RestoreArgs, out: Out) -> Resu
         resume: !args.paused,
         clock_realtime: args.clock_realtime,
         verify_memory: args.verify_memory,
+        ..RestoreOptions::default()
     };
     let info = provider.restore(&snapshot, &id, options).await?;
     out.emit(&VmJson::from(&info), human::vm_record)

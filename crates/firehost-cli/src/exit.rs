@@ -10,6 +10,7 @@ use std::error::Error;
 use std::io::Write;
 use std::process::ExitCode;
 
+use firehost::snapshot::{BundleError, StoreError};
 use firehost::{ManagerError, VmError, VmIdError};
 
 /// The exit codes of `firehost`. Scripts may rely on them.
@@ -19,16 +20,20 @@ pub enum Exit {
     /// 0: done (also when stdout was closed early).
     Success = 0,
     /// 1: the operation failed: Firecracker refused a request, the VMM
-    /// exited or did not answer in time, a file could not be written.
+    /// exited or did not answer in time, a file could not be written, a
+    /// snapshot bundle is incomplete or damaged.
     Failed = 1,
     /// 2: the command line is wrong (unknown flag, invalid name, a VM spec
     /// the library refuses), or the host is not ready (`doctor` found a
     /// failure, `quickstart` misses something).
     Usage = 2,
-    /// 3: no VM has that name.
+    /// 3: no VM or snapshot has that name.
     NotFound = 3,
     /// 4: conflict: the VM or snapshot name is taken, the VM's state does
-    /// not allow the operation (`rm` of a running VM without `-f`), or
+    /// not allow the operation (`rm` of a running VM without `-f`), the
+    /// snapshot is in use (by a VM restored from it, or as the parent of a
+    /// diff), the snapshot's kind does not allow the operation (restoring
+    /// a diff), a diff was asked of a VM with no earlier snapshot, or
     /// another firehost process kept the state directory locked.
     Conflict = 4,
     /// 130: interrupted by Ctrl-C (quickstart cleans up first).
@@ -50,6 +55,9 @@ pub enum CliError {
     /// The state directory could not be opened.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// A snapshot store operation failed (its message names the snapshot).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A VM or snapshot name breaks the naming rules.
     #[error("invalid {what} {value:?}")]
     InvalidName {
@@ -99,7 +107,10 @@ impl CliError {
                 VmError::NotFound { .. } => Exit::NotFound,
                 VmError::AlreadyExists { .. }
                 | VmError::Transition { .. }
-                | VmError::SnapshotExists { .. } => Exit::Conflict,
+                | VmError::SnapshotExists { .. }
+                | VmError::SnapshotIsDiff { .. }
+                | VmError::NoParentSnapshot { .. } => Exit::Conflict,
+                VmError::SnapshotBundle { source, .. } => store_exit(source),
                 VmError::InvalidSpec { .. } | VmError::SocketPathTooLong { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
@@ -108,12 +119,27 @@ impl CliError {
                 ManagerError::StateDirTooLong { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
+            CliError::Store(e) => store_exit(e),
             CliError::InvalidName { .. }
             | CliError::ChecksFailed { .. }
             | CliError::NotReady { .. } => Exit::Usage,
             CliError::Interrupted => Exit::Interrupted,
             CliError::TempDir { .. } | CliError::Runtime(_) | CliError::Output(_) => Exit::Failed,
         }
+    }
+}
+
+/// The exit code of a snapshot store error: no such snapshot is 3; one
+/// that exists already, is in use, has children or is not a diff (for a
+/// merge) is a conflict, 4; anything else (incomplete, damaged, I/O) 1.
+pub fn store_exit(e: &StoreError) -> Exit {
+    match e {
+        StoreError::Bundle(BundleError::NotFound { .. }) => Exit::NotFound,
+        StoreError::Exists { .. }
+        | StoreError::Leased { .. }
+        | StoreError::HasChildren { .. }
+        | StoreError::NotDiff { .. } => Exit::Conflict,
+        _ => Exit::Failed,
     }
 }
 
@@ -258,6 +284,62 @@ mod tests {
                     waited: std::time::Duration::ZERO,
                 }),
                 Exit::Failed,
+            ),
+        ];
+        for (err, exit) in cases {
+            assert_eq!(err.exit(), exit, "{err}");
+        }
+    }
+
+    #[test]
+    fn snapshot_errors_follow_the_documented_table() {
+        let name: firehost::snapshot::SnapshotName = "s".parse().unwrap();
+        let id: firehost::VmId = "a".parse().unwrap();
+        let not_found = || StoreError::Bundle(BundleError::NotFound { dir: "/s/s".into() });
+        let in_vm = |source| {
+            CliError::Vm(VmError::SnapshotBundle {
+                name: "s".into(),
+                source: Box::new(source),
+            })
+        };
+        let cases = [
+            (CliError::Store(not_found()), Exit::NotFound),
+            (in_vm(not_found()), Exit::NotFound),
+            (
+                CliError::Store(StoreError::Leased {
+                    name: name.clone(),
+                    vms: vec![id.clone()],
+                }),
+                Exit::Conflict,
+            ),
+            (
+                in_vm(StoreError::HasChildren {
+                    name: name.clone(),
+                    children: vec![name.clone()],
+                }),
+                Exit::Conflict,
+            ),
+            (
+                in_vm(StoreError::Exists { name: name.clone() }),
+                Exit::Conflict,
+            ),
+            (
+                CliError::Store(StoreError::NotDiff { name: name.clone() }),
+                Exit::Conflict,
+            ),
+            (
+                in_vm(StoreError::Bundle(BundleError::Incomplete {
+                    dir: "/s/s".into(),
+                })),
+                Exit::Failed,
+            ),
+            (
+                CliError::Vm(VmError::SnapshotIsDiff { name: "s".into() }),
+                Exit::Conflict,
+            ),
+            (
+                CliError::Vm(VmError::NoParentSnapshot { id }),
+                Exit::Conflict,
             ),
         ];
         for (err, exit) in cases {

@@ -545,12 +545,12 @@ fn restore_errors_have_their_exit_codes() {
     let env = TestEnv::new();
     let (_vm, _) = env.start_vm("restore-err", &[]);
     env.json(&["snapshot", "restore-err", "err-snap"]);
-    // A taken name is a conflict; an unknown snapshot is an operation failure.
+    // A taken name is a conflict; an unknown snapshot is not found.
     assert_error(
         &env.run(&["restore", "err-snap", "--name", "restore-err"]),
         4,
     );
-    assert_error(&env.run(&["restore", "nope", "--name", "fresh"]), 1);
+    assert_error(&env.run(&["restore", "nope", "--name", "fresh"]), 3);
     assert_error(&env.run(&["restore", "../x", "--name", "fresh"]), 2);
     assert_eq!(env.vm_dirs(), ["restore-err"]);
 }
