@@ -19,6 +19,8 @@
 //! 3. [`action`]: (method, path, body) to a typed [`action::Action`].
 //! 4. [`vmm`]: the state machine that accepts or refuses each action.
 //! 5. [`console`], [`telemetry`]: the guest console, the logger and metrics.
+//! 6. [`memory`], [`guest`]: real guest memory and the thread that stands in
+//!    for the vCPUs.
 //!
 //! [`fault`] injects failures from environment variables, so the command line
 //! stays byte-identical to Firecracker's:
@@ -31,6 +33,40 @@
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay matching answers (first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` just after answering `InstanceStart` |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` |
+//! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | pages a restored guest reads on its first resume (default `all`) |
+//!
+//! # Guest memory and snapshots
+//!
+//! The guest has real memory of `mem_size_mib` ([`memory::GuestMemory`], laid
+//! out as Firecracker's `x86_64` regions: one, or two around the 3.25–4 GiB MMIO
+//! hole). At `InstanceStart` the guest writes into every 4 KiB page its index
+//! (word 0) and the FNV-1a hash of `--id` (word 1); on every resume it writes the
+//! resume count into word 2 of four pages ([`guest::resume_pages`]).
+//!
+//! - `PUT /snapshot/create` writes that memory to `mem_file_path`: every page for
+//!   `Full`; for `Diff`, only the pages written since the last snapshot when dirty
+//!   pages are tracked, else every resident page (Firecracker's `mincore` path),
+//!   into a file of the full size with holes elsewhere (an existing file of the
+//!   right size is merged into, as Firecracker does). The vmstate records
+//!   `"snapshot_type"`.
+//! - `PUT /snapshot/load` with the `File` backend maps the memory file
+//!   `MAP_PRIVATE`. With the `Uffd` backend it maps anonymous memory, creates a
+//!   userfaultfd (`O_CLOEXEC | O_NONBLOCK`, `UFFD_API` with
+//!   `UFFD_FEATURE_EVENT_REMOVE`), registers the regions (missing mode), connects
+//!   to `backend_path` and sends one message, the JSON array of
+//!   `GuestRegionUffdMapping` with the fd as `SCM_RIGHTS`, exactly as Firecracker
+//!   v1.16.1 does, e.g. for 128 MiB:
+//!   `[{"base_host_virt_addr":140000834355200,"size":134217728,"offset":0,"page_size":4096,"page_size_kib":4096}]`
+//!   (`page_size_kib` holds bytes, as in Firecracker). The connection stays open.
+//!   A refused connection answers `Failed to connect to UDS Unix stream: ...` and
+//!   the process exits 1, as every failed load. Like Firecracker, the load itself
+//!   reads two pages (guest offsets `0xde000`, `0xdf000`) before it answers, so a
+//!   page server must be serving by then.
+//! - On the first resume after a load, the guest reads its memory in page order
+//!   (`FAKE_FC_GUEST_TOUCH`: every page, the first N, or none) and prints
+//!   `firehost-fake-guest: memory checksum <16 hex digits>` on the console: a
+//!   [`memory::Checksum`] of the pages read, equal to the checksum of the same
+//!   bytes of the memory file. With `none` it reads and writes nothing.
 //!
 //! # Process behaviour (as Firecracker)
 //!
@@ -42,6 +78,8 @@
 //!   "Failed to open the API socket at: PATH. Check that it is not already used.";
 //!   the socket file is left behind on exit.
 //! - SIGTERM has its default action (Firecracker installs no handler for it).
+//! - `PUT /snapshot/load` tracks dirty pages only when the request asks for it
+//!   (`track_dirty_pages` or `enable_diff_snapshots`), whatever the snapshot had.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};

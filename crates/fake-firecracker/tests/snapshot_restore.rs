@@ -447,3 +447,25 @@ fn uffd_load_with_no_page_server_answers_the_error_then_exits_1() {
     );
     assert_eq!(f.wait_exit().code(), Some(1));
 }
+
+#[test]
+fn load_tracks_dirty_pages_only_when_the_request_asks() {
+    let src = Fake::spawn();
+    let mut c = src.client();
+    boot(&src, &mut c, SMALL_MIB, true);
+    c.expect_204("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let (state, mem) = (src.path("vmstate"), src.path("mem"));
+    snapshot(&mut c, "Full", &state, &mem);
+    for (extra, tracked) in [("", false), (r#","track_dirty_pages":true"#, true)] {
+        let f = Fake::spawn();
+        let mut c = f.client();
+        let body = load_body(&state, "File", &mem, false);
+        let body = format!("{}{extra}}}", &body[..body.len() - 1]);
+        c.expect_204("PUT", "/snapshot/load", &body);
+        assert_eq!(
+            c.get("/machine-config").json()["track_dirty_pages"],
+            tracked,
+            "{body}"
+        );
+    }
+}
