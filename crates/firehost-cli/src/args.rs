@@ -13,8 +13,10 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// VMs outlive the command that started them; their records, sockets and
 /// consoles live in the state directory. Exit codes: 0 ok, 1 operation
-/// failed, 2 usage error or host not ready, 3 no such VM, 4 conflict (name
-/// taken, operation not allowed in the VM's state, state directory busy).
+/// failed (or a snapshot failed verification), 2 usage error or host not
+/// ready, 3 no such VM or snapshot, 4 conflict (name taken, operation not
+/// allowed in the VM's state, snapshot in use or a diff, state directory
+/// busy).
 #[derive(Debug, Parser)]
 #[command(name = "firehost", version, propagate_version = true)]
 pub struct Cli {
@@ -90,6 +92,9 @@ pub enum Command {
     /// All or nothing: if any restore fails, the clones already made are
     /// removed again.
     Clone(CloneArgs),
+    /// Manage snapshot bundles: list, inspect, verify, remove, collect
+    /// garbage, merge diffs [default: ls].
+    Snapshots(SnapshotsArgs),
     /// Print the last lines of a VM's serial console.
     Console(ConsoleArgs),
     /// Check that this host can run VMs, and say how to fix what is missing.
@@ -220,6 +225,82 @@ pub struct CloneArgs {
     pub prefix: String,
 }
 
+/// `snapshots`: a group of subcommands over `<state-dir>/snapshots`.
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// What to do with the snapshots [default: ls].
+    #[command(subcommand)]
+    pub command: Option<SnapshotsCommand>,
+}
+
+/// The subcommands of `snapshots`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCommand {
+    /// List the snapshot bundles, and those that are incomplete or
+    /// unreadable.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show one snapshot: its manifest, files, leases, children and
+    /// recorded working set.
+    Inspect(SnapshotNameArg),
+    /// Check a snapshot and every parent it depends on against their
+    /// manifests: files, sizes, vmstate checksums (and memory checksums
+    /// with --memory).
+    ///
+    /// Prints the result either way; exits 1 if a bundle is bad.
+    Verify(VerifyArgs),
+    /// Remove a snapshot bundle (complete or not).
+    ///
+    /// Refused (exit 4) while a VM restored from it exists, or while a diff
+    /// snapshot names it as its parent.
+    Rm(SnapshotNameArg),
+    /// Remove what crashes left behind: bundles without a manifest,
+    /// temporary and half-deleted directories, leases of VMs that are gone.
+    ///
+    /// Bundles that are in use, being written or unreadable are kept.
+    Gc(GcArgs),
+    /// Merge a diff snapshot and its parents into a new full snapshot,
+    /// which can be restored. The diff and its parents are left as they
+    /// are.
+    Merge(MergeArgs),
+}
+
+/// A command that takes just a snapshot name.
+#[derive(Debug, Args)]
+pub struct SnapshotNameArg {
+    /// The snapshot's name in `<state-dir>/snapshots`.
+    pub name: String,
+}
+
+/// `snapshots verify`'s options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The snapshot's name in `<state-dir>/snapshots`.
+    pub name: String,
+    /// Hash the memory files too (reads all of guest memory; without it
+    /// their sizes are checked).
+    #[arg(long)]
+    pub memory: bool,
+}
+
+/// `snapshots gc`'s options.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Also remove complete snapshots created at least N seconds ago that
+    /// no VM uses and no diff builds on.
+    #[arg(long, value_name = "N")]
+    pub older_than_s: Option<u64>,
+}
+
+/// `snapshots merge`'s options.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The diff snapshot to merge with its parents.
+    pub diff: String,
+    /// The new full snapshot's name.
+    pub new: String,
+}
+
 /// `console`'s options.
 #[derive(Debug, Args)]
 pub struct ConsoleArgs {
@@ -258,5 +339,24 @@ mod tests {
         assert_eq!(a.global.state_dir, PathBuf::from("/s"));
         let b = Cli::try_parse_from(["firehost", "inspect", "x", "--json"]).unwrap();
         assert!(b.global.json);
+    }
+
+    #[test]
+    fn snapshots_without_a_subcommand_parses_as_the_default() {
+        let a = Cli::try_parse_from(["firehost", "snapshots"]).unwrap();
+        assert!(matches!(
+            a.command,
+            Command::Snapshots(SnapshotsArgs { command: None })
+        ));
+        let b =
+            Cli::try_parse_from(["firehost", "snapshots", "gc", "--older-than-s", "60"]).unwrap();
+        assert!(matches!(
+            b.command,
+            Command::Snapshots(SnapshotsArgs {
+                command: Some(SnapshotsCommand::Gc(GcArgs {
+                    older_than_s: Some(60)
+                }))
+            })
+        ));
     }
 }

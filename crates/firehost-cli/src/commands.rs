@@ -5,25 +5,32 @@
 //! process), whose VMMs log at info level into `firecracker.log` (so the
 //! console holds only what the guest printed), and that waits up to [`LOCK_TIMEOUT`] for another `firehost`
 //! process to release the directory; then it works through the
-//! [`VmProvider`] trait only.
+//! [`VmProvider`] trait only. The `snapshots` group works on the
+//! manager's [`SnapshotStore`] instead (bundles are not VMs), on the
+//! blocking pool, while the manager keeps the state directory locked.
 
 use std::io::Write;
 use std::time::Duration;
 
 use firehost::doctor::{DoctorConfig, run_checks};
 use firehost::manager::{ConsoleTarget, RestoreOptions, SnapshotOptions, StopOptions};
-use firehost::snapshot::SnapshotName;
+use firehost::snapshot::store::GcOptions;
+use firehost::snapshot::{BundleError, SnapshotName, SnapshotStore, StoreError, VerifyOptions};
 use firehost::vmm::LogLevel;
 use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
 use serde::Serialize;
 
 use crate::args::{
-    Cli, CloneArgs, Command, ConsoleArgs, GlobalArgs, NameArg, RestoreArgs, RmArgs, RunArgs,
-    SnapshotArgs, StopArgs,
+    Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, RestoreArgs,
+    RmArgs, RunArgs, SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs,
+    VerifyArgs,
 };
 use crate::exit::{CliError, Exit};
 use crate::human;
-use crate::json::{ConsoleJson, DoctorJson, ListJson, RemovedJson, SnapshotJson, VmJson};
+use crate::json::{
+    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, RemovedJson, SnapshotDetailsJson,
+    SnapshotJson, SnapshotListJson, SnapshotRemovedJson, VerifyErrorJson, VerifyJson, VmJson,
+};
 
 /// How long a command waits for another `firehost` process to release the
 /// state directory before failing with exit code 4.
@@ -90,6 +97,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Restore(args) => restore(provider, args, out).await,
         Command::Clone(args) => clone(provider, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
+        Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
         Command::Doctor | Command::Quickstart(_) => unreachable!("handled above"),
     }?;
     Ok(Exit::Success)
@@ -313,6 +321,109 @@ async fn console(provider: &dyn VmProvider, args: ConsoleArgs, out: Out) -> Resu
         lines,
     };
     out.emit(&console, human::console)
+}
+
+/// Runs a snapshot store call on the blocking pool (the store's methods do
+/// file I/O and hashing), passing a panic on.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The `snapshots` group.
+async fn snapshots(store: SnapshotStore, args: SnapshotsArgs, out: Out) -> Result<Exit, CliError> {
+    match args.command.unwrap_or(SnapshotsCommand::Ls) {
+        SnapshotsCommand::Ls => snapshots_ls(store, out).await?,
+        SnapshotsCommand::Inspect(SnapshotNameArg { name }) => {
+            let name = snapshot_name(&name)?;
+            let details = blocking(move || store.inspect(&name)).await?;
+            out.emit(&SnapshotDetailsJson::from(&details), human::bundle_record)?;
+        }
+        SnapshotsCommand::Verify(args) => return snapshots_verify(store, args, out).await,
+        SnapshotsCommand::Rm(SnapshotNameArg { name }) => {
+            let name = snapshot_name(&name)?;
+            let removed = SnapshotRemovedJson {
+                name: name.to_string(),
+                removed: true,
+            };
+            blocking(move || store.delete(&name)).await?;
+            out.emit(&removed, human::snapshot_removed)?;
+        }
+        SnapshotsCommand::Gc(GcArgs { older_than_s }) => {
+            let options = GcOptions {
+                remove_unused_older_than: older_than_s.map(Duration::from_secs),
+            };
+            let report = blocking(move || store.gc(&options)).await?;
+            out.emit(&GcJson::from(&report), human::gc)?;
+        }
+        SnapshotsCommand::Merge(MergeArgs { diff, new }) => {
+            let (diff, new) = (snapshot_name(&diff)?, snapshot_name(&new)?);
+            let info = blocking(move || store.merge(&diff, &new)).await?;
+            out.emit(&BundleJson::new(&info, &[]), human::merged)?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+async fn snapshots_ls(store: SnapshotStore, out: Out) -> Result<(), CliError> {
+    let (listing, leases) = blocking(move || {
+        let listing = store.list()?;
+        let leases = listing
+            .bundles
+            .iter()
+            .map(|b| store.leases(&b.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, StoreError>((listing, leases))
+    })
+    .await?;
+    out.emit(
+        &SnapshotListJson::new(&listing, &leases),
+        human::snapshot_table,
+    )
+}
+
+/// Prints the verdict either way; a bad bundle is then an error (exit 1),
+/// an unknown name an ordinary one (exit 3, nothing printed).
+async fn snapshots_verify(
+    store: SnapshotStore,
+    args: VerifyArgs,
+    out: Out,
+) -> Result<Exit, CliError> {
+    let name = snapshot_name(&args.name)?;
+    let options = VerifyOptions {
+        skip_memory_checksum: !args.memory,
+        firecracker_version: None,
+    };
+    let verified = {
+        let name = name.clone();
+        blocking(move || store.verify(&name, &options)).await
+    };
+    let mut report = VerifyJson {
+        name: name.to_string(),
+        ok: true,
+        memory_checked: args.memory,
+        chain: None,
+        error: None,
+    };
+    match verified {
+        Ok(chain) => {
+            report.chain = Some(chain.iter().map(|b| b.name.to_string()).collect());
+            out.emit(&report, human::verified)?;
+            Ok(Exit::Success)
+        }
+        Err(e @ StoreError::Bundle(BundleError::NotFound { .. })) => Err(e.into()),
+        Err(e) => {
+            report.ok = false;
+            report.error = Some(VerifyErrorJson::from(&e));
+            out.emit(&report, human::verified)?;
+            Err(CliError::BadSnapshot {
+                name: name.to_string(),
+                source: e,
+            })
+        }
+    }
 }
 
 /// The doctor configuration for this command line: `--firecracker`, the

@@ -21,7 +21,8 @@ pub enum Exit {
     Success = 0,
     /// 1: the operation failed: Firecracker refused a request, the VMM
     /// exited or did not answer in time, a file could not be written, a
-    /// snapshot bundle is incomplete or damaged.
+    /// snapshot bundle is incomplete or damaged (`snapshots verify` found
+    /// it bad, or a restore did).
     Failed = 1,
     /// 2: the command line is wrong (unknown flag, invalid name, a VM spec
     /// the library refuses), or the host is not ready (`doctor` found a
@@ -31,10 +32,11 @@ pub enum Exit {
     NotFound = 3,
     /// 4: conflict: the VM or snapshot name is taken, the VM's state does
     /// not allow the operation (`rm` of a running VM without `-f`), the
-    /// snapshot is in use (by a VM restored from it, or as the parent of a
-    /// diff), the snapshot's kind does not allow the operation (restoring
-    /// a diff), a diff was asked of a VM with no earlier snapshot, or
-    /// another firehost process kept the state directory locked.
+    /// snapshot is in use (`snapshots rm` while a VM restored from it
+    /// exists or a diff builds on it), the snapshot's kind does not allow
+    /// the operation (restoring a diff, merging a full snapshot), a diff
+    /// was asked of a VM with no earlier snapshot, or another firehost
+    /// process kept the state directory locked.
     Conflict = 4,
     /// 130: interrupted by Ctrl-C (quickstart cleans up first).
     Interrupted = 130,
@@ -58,6 +60,15 @@ pub enum CliError {
     /// A snapshot store operation failed (its message names the snapshot).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `snapshots verify` found the snapshot or a parent bad (the report
+    /// is on stdout).
+    #[error("snapshot {name} failed verification")]
+    BadSnapshot {
+        /// The snapshot verified.
+        name: String,
+        /// What is wrong.
+        source: StoreError,
+    },
     /// A VM or snapshot name breaks the naming rules.
     #[error("invalid {what} {value:?}")]
     InvalidName {
@@ -120,6 +131,7 @@ impl CliError {
                 _ => Exit::Failed,
             },
             CliError::Store(e) => store_exit(e),
+            CliError::BadSnapshot { .. } => Exit::Failed,
             CliError::InvalidName { .. }
             | CliError::ChecksFailed { .. }
             | CliError::NotReady { .. } => Exit::Usage,
@@ -147,7 +159,13 @@ pub fn store_exit(e: &StoreError) -> Exit {
 /// The library's messages never repeat their cause, so each link of the
 /// chain appears once.
 pub fn error_line(err: &(dyn Error + 'static)) -> String {
-    let mut line = format!("firehost: {err}");
+    format!("firehost: {}", chain_text(err))
+}
+
+/// `<error>: <cause>: …` on one line, as [`error_line`] prints it without
+/// the `firehost: ` prefix (for errors that are part of a JSON report).
+pub fn chain_text(err: &(dyn Error + 'static)) -> String {
+    let mut line = err.to_string();
     let mut cause = err.source();
     while let Some(e) = cause {
         line.push_str(": ");
@@ -340,6 +358,16 @@ mod tests {
             (
                 CliError::Vm(VmError::NoParentSnapshot { id }),
                 Exit::Conflict,
+            ),
+            (
+                CliError::BadSnapshot {
+                    name: "s".into(),
+                    source: StoreError::Bundle(BundleError::MissingParent {
+                        name: name.clone(),
+                        parent: name,
+                    }),
+                },
+                Exit::Failed,
             ),
         ];
         for (err, exit) in cases {

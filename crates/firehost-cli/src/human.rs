@@ -4,8 +4,9 @@
 use std::fmt::Write;
 
 use crate::json::{
-    CheckJson, ConsoleJson, DoctorJson, ExitJson, ListJson, QuickstartJson, RemovedJson,
-    SnapshotJson, VmJson,
+    BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ListJson, QuickstartJson,
+    RemovedJson, SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson,
+    VerifyJson, VmJson,
 };
 
 /// `inspect` and `run`: one `key: value` line per field.
@@ -37,16 +38,22 @@ pub fn vm_record(vm: &VmJson) -> String {
     if let Some(exit) = &vm.exit {
         rows.push(("exit", exit_text(exit)));
     }
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    let mut out = String::new();
-    for (key, value) in rows {
-        let _ = writeln!(out, "{:<width$} {value}", format!("{key}:"));
-    }
+    let mut out = record(&rows);
     if let Some(tail) = &vm.console_tail {
         let _ = writeln!(out, "console tail:");
         for line in tail {
             let _ = writeln!(out, "  {line}");
         }
+    }
+    out
+}
+
+/// `key: value` lines, the values aligned.
+fn record(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in rows {
+        let _ = writeln!(out, "{:<width$} {value}", format!("{key}:"));
     }
     out
 }
@@ -61,12 +68,11 @@ pub fn vm_state_line(vm: &VmJson) -> String {
 
 /// `ls`: a table.
 pub fn vm_table(list: &ListJson) -> String {
-    let header = ["NAME", "STATE", "PID", "VCPUS", "MEM"];
-    let rows: Vec<[String; 5]> = list
+    let rows: Vec<Vec<String>> = list
         .vms
         .iter()
         .map(|vm| {
-            [
+            vec![
                 vm.name.clone(),
                 vm.state.to_owned(),
                 vm.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
@@ -75,16 +81,21 @@ pub fn vm_table(list: &ListJson) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    table(&["NAME", "STATE", "PID", "VCPUS", "MEM"], &rows)
+}
+
+/// Left-aligned columns two spaces apart, no trailing blanks.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: [&str; 5]| {
+    let mut line = |cells: &[&str]| {
         let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
                 text.push_str(cell);
             } else {
@@ -95,8 +106,8 @@ pub fn vm_table(list: &ListJson) -> String {
         out.push('\n');
     };
     line(header);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
 }
@@ -122,6 +133,210 @@ pub fn snapshot(s: &SnapshotJson) -> String {
         s.vm,
         s.vm_state
     )
+}
+
+/// `snapshots ls`: a table of the complete bundles (SIZE is the bytes
+/// their files hold, so a diff shows only its pages), then a line per
+/// incomplete or unreadable one.
+pub fn snapshot_table(list: &SnapshotListJson) -> String {
+    let dash = |s: Option<&String>| s.cloned().unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<Vec<String>> = list
+        .snapshots
+        .iter()
+        .map(|b| {
+            vec![
+                b.name.clone(),
+                b.kind.to_owned(),
+                dash(b.parent.as_ref()),
+                b.vm.clone(),
+                size(b.data_bytes),
+                utc_compact(b.created_at_ms),
+                b.leases.len().to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["NAME", "KIND", "PARENT", "VM", "SIZE", "CREATED", "LEASES"],
+        &rows,
+    );
+    for name in &list.incomplete {
+        let _ = writeln!(
+            out,
+            "incomplete: {name} (no manifest: being written, or left by a crash for `firehost snapshots gc`)"
+        );
+    }
+    for u in &list.unreadable {
+        let _ = writeln!(out, "unreadable: {}: {}", u.name, u.error);
+    }
+    out
+}
+
+/// `snapshots merge`: the new bundle on one line.
+pub fn merged(b: &BundleJson) -> String {
+    format!(
+        "merged into full snapshot {} in {} ({} memory, {} on disk)\n",
+        b.name,
+        b.dir,
+        size(b.memory_bytes),
+        size(b.data_bytes)
+    )
+}
+
+/// `snapshots inspect`: one `key: value` line per field, then the files.
+pub fn bundle_record(d: &SnapshotDetailsJson) -> String {
+    let b = &d.bundle;
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    let spec = &d.spec;
+    let mut machine = format!("{} vCPU(s), {} MiB", spec.vcpus, spec.mem_mib);
+    if spec.smt {
+        machine.push_str(", SMT");
+    }
+    let mut rows: Vec<(&str, String)> = vec![
+        ("name", b.name.clone()),
+        (
+            "kind",
+            match &b.parent {
+                Some(parent) => format!("{} (on top of {parent})", b.kind),
+                None => b.kind.to_owned(),
+            },
+        ),
+        ("vm", b.vm.clone()),
+        ("dir", b.dir.clone()),
+        ("firecracker", b.firecracker_version.clone()),
+        ("created", utc(b.created_at_ms)),
+        ("manifest", format!("format {}", b.format)),
+        ("machine", machine),
+        ("kernel", spec.kernel.clone()),
+        ("initrd", spec.initrd.clone().unwrap_or_else(|| "-".into())),
+        (
+            "rootfs",
+            match &spec.rootfs {
+                Some(r) if spec.rootfs_read_only => format!("{r} (read-only)"),
+                Some(r) => r.clone(),
+                None => "-".into(),
+            },
+        ),
+        ("boot args", spec.boot_args.clone()),
+    ];
+    for drive in &spec.drives {
+        let ro = if drive.read_only { " (read-only)" } else { "" };
+        rows.push(("drive", format!("{}: {}{ro}", drive.id, drive.path)));
+    }
+    rows.push(("leases", list(&b.leases)));
+    if !d.stale_leases.is_empty() {
+        rows.push(("stale leases", list(&d.stale_leases)));
+    }
+    rows.push(("children", list(&d.children)));
+    rows.push((
+        "working set",
+        d.working_set.as_ref().map_or_else(
+            || "-".to_owned(),
+            |ws| {
+                format!(
+                    "{} page(s) of {}, {}{}",
+                    ws.pages,
+                    size(ws.page_size_bytes),
+                    size(ws.size_bytes),
+                    if ws.truncated { " (truncated)" } else { "" }
+                )
+            },
+        ),
+    ));
+    let mut out = record(&rows);
+    let _ = writeln!(out, "files:");
+    let width = d.files.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for f in &d.files {
+        let data = f
+            .data_bytes
+            .filter(|&data| data != f.size_bytes)
+            .map(|data| format!(" ({} data)", size(data)))
+            .unwrap_or_default();
+        let blake3 = f.blake3.as_deref().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {} ({} bytes){data}  blake3 {blake3}",
+            f.name,
+            size(f.size_bytes),
+            f.size_bytes
+        );
+    }
+    out
+}
+
+/// `snapshots verify`: the verdict on one line.
+pub fn verified(v: &VerifyJson) -> String {
+    let what = if v.memory_checked {
+        "all checksums match"
+    } else {
+        "checksums match; memory checked by size only"
+    };
+    match (&v.chain, &v.error) {
+        (Some(chain), _) => format!(
+            "{}: ok ({} layer(s): {}; {what})\n",
+            v.name,
+            chain.len(),
+            chain.join(" <- ")
+        ),
+        (None, Some(e)) => format!("{}: BAD: {}\n", v.name, e.message),
+        (None, None) => format!("{}: BAD\n", v.name),
+    }
+}
+
+/// `snapshots rm`.
+pub fn snapshot_removed(r: &SnapshotRemovedJson) -> String {
+    format!("snapshot {}: removed\n", r.name)
+}
+
+/// `snapshots gc`: a line per removed thing.
+pub fn gc(g: &GcJson) -> String {
+    let mut out = String::new();
+    for name in &g.incomplete {
+        let _ = writeln!(out, "removed incomplete snapshot {name}");
+    }
+    for path in &g.leftovers {
+        let _ = writeln!(out, "removed leftover {path}");
+    }
+    for lease in &g.stale_leases {
+        let _ = writeln!(
+            out,
+            "removed stale lease of VM {} on snapshot {}",
+            lease.vm, lease.snapshot
+        );
+    }
+    for name in &g.unused {
+        let _ = writeln!(out, "removed unused snapshot {name}");
+    }
+    if out.is_empty() {
+        out.push_str("nothing to remove\n");
+    }
+    out
+}
+
+/// Bytes in binary units: `512B`, `4.0K`, `128M`, `1.5G`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut unit = 0;
+    let mut scaled = bytes;
+    while scaled >= 1024 * 1024 && unit + 1 < UNITS.len() {
+        scaled /= 1024;
+        unit += 1;
+    }
+    // scaled is in [1024, 1024²) of the unit below UNITS[unit]: tenths.
+    let tenths = (scaled * 10 + 512) / 1024;
+    if tenths < 100 {
+        format!("{}.{}{}", tenths / 10, tenths % 10, UNITS[unit])
+    } else {
+        format!("{}{}", (tenths + 5) / 10, UNITS[unit])
+    }
 }
 
 /// `console`: the lines as they are.
@@ -234,6 +449,11 @@ fn utc(ms: u64) -> String {
     )
 }
 
+/// `ms` since the epoch as `YYYY-MM-DDThh:mm:ssZ`, one word for tables.
+fn utc_compact(ms: u64) -> String {
+    utc(ms).replacen(' ', "T", 1).replace(" UTC", "Z")
+}
+
 /// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm
 /// restricted to dates after the epoch.
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -258,6 +478,23 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc(1_767_225_599_000), "2025-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn sizes_use_binary_units() {
+        for (bytes, text) in [
+            (0, "0B"),
+            (1023, "1023B"),
+            (4096, "4.0K"),
+            (1536, "1.5K"),
+            (64 << 10, "64K"),
+            (128 << 20, "128M"),
+            (3 << 29, "1.5G"),
+            ((1 << 20) - 1, "1024K"),
+        ] {
+            assert_eq!(size(bytes), text, "{bytes}");
+        }
+        assert_eq!(utc_compact(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -54,8 +54,77 @@
 //! | `rm` | [`RemovedJson`]: `{"name": string, "removed": true, "stopped": boolean}`; `stopped` is true when `-f` had to stop the VM first |
 //! | `snapshot` | [`SnapshotJson`]: `{"name", "vm", "dir", "firecracker_version": string, "vmstate_bytes", "memory_bytes", "created_at_ms": integer, "vm_state": string}`; `vm_state` is the VM's state afterwards |
 //! | `console` | [`ConsoleJson`]: `{"name": string, "lines": [string…]}`, oldest first; VMM stderr lines start with `[vmm] ` |
+//! | `restore` | the VM object of the new VM |
+//! | `clone` | `{"vms": [VM object…]}`, in clone order |
+//! | `snapshots ls` (or plain `snapshots`) | [`SnapshotListJson`], below |
+//! | `snapshots inspect` | [`SnapshotDetailsJson`], below |
+//! | `snapshots verify` | [`VerifyJson`], below |
+//! | `snapshots rm` | [`SnapshotRemovedJson`]: `{"name": string, "removed": true}` |
+//! | `snapshots gc` | [`GcJson`], below |
+//! | `snapshots merge` | the bundle object of the new full snapshot (its `leases` are empty) |
 //! | `doctor` | [`DoctorJson`]: `{"ok": boolean, "checks": [check…]}` |
 //! | `quickstart` | [`QuickstartJson`], below |
+//!
+//! # The snapshot bundle object ([`BundleJson`])
+//!
+//! One bundle in `<state-dir>/snapshots`, as its manifest describes it.
+//! Printed by `snapshots merge`, as each element of `snapshots ls`'s
+//! `snapshots`, and as the first fields of `snapshots inspect`:
+//!
+//! | field | type | meaning |
+//! | --- | --- | --- |
+//! | `name` | string | the snapshot's name |
+//! | `kind` | string | `full` or `diff` (only the pages written since `parent`) |
+//! | `parent` | string or null | the snapshot a diff applies on top of; null for a full one |
+//! | `vm` | string | the VM it was taken from (which may be gone) |
+//! | `dir` | string | the bundle directory |
+//! | `format` | integer | manifest format (1 or 2) |
+//! | `firecracker_version` | string | the Firecracker that wrote it (only that version loads it) |
+//! | `vmstate_bytes` | integer | size of the vmstate file |
+//! | `memory_bytes` | integer | logical size of the memory file (sparse for a diff) |
+//! | `size_bytes` | integer | logical size of all the bundle's files |
+//! | `data_bytes` | integer | bytes the files hold outside holes (for format 1 bundles, their logical size) |
+//! | `created_at_ms` | integer | creation time |
+//! | `leases` | array of strings | the existing VMs restored from it, sorted; `snapshots rm` refuses while there are any |
+//!
+//! # `snapshots` commands
+//!
+//! `snapshots ls` ([`SnapshotListJson`]) prints `{"snapshots": [bundle
+//! object…], "incomplete": [string…], "unreadable": [{"name": string,
+//! "error": string}…]}`, each sorted by name. `incomplete` names bundles
+//! without a manifest (a snapshot being taken, or one a crash
+//! interrupted: `snapshots gc` removes the latter); `unreadable` those
+//! whose manifest cannot be used, with the reason.
+//!
+//! `snapshots inspect` ([`SnapshotDetailsJson`]) prints the bundle object's
+//! fields and these:
+//!
+//! | field | type | meaning |
+//! | --- | --- | --- |
+//! | `stale_leases` | array of strings | leases of VMs that no longer exist (they count for nothing; `snapshots gc` removes them) |
+//! | `children` | array of strings | the snapshots naming this one as their parent |
+//! | `spec` | object | the source VM's machine: `{"vcpus", "mem_mib": integer, "smt": boolean, "kernel": string, "initrd", "rootfs": string or null, "rootfs_read_only": boolean, "boot_args": string, "drives": [{"id", "path": string, "read_only": boolean}…], "track_dirty_pages": boolean}` |
+//! | `files` | array of objects | `{"name": string, "size_bytes": integer, "data_bytes": integer or null, "blake3": string or null}`; the nulls are format 1 bundles |
+//! | `working_set` | object or null | the pages a restored guest touched first, when recorded: `{"pages", "page_size_bytes", "size_bytes": integer, "truncated": boolean}` |
+//!
+//! `snapshots verify` ([`VerifyJson`]) prints `{"name": string, "ok":
+//! boolean, "memory_checked": boolean, "chain": [string…] or null,
+//! "error": object or null}` whether or not the bundle is good, and exits 1
+//! when it is not (an unknown name is an ordinary error: exit 3, nothing
+//! on stdout). `chain` lists the snapshot and its parents, newest first,
+//! when all are good. `error` ([`VerifyErrorJson`]) is `{"kind": string,
+//! "snapshot": string or null, "file": string or null, "message":
+//! string}`; `kind` is one of `missing_file`, `size_mismatch`,
+//! `checksum_mismatch`, `missing_parent`, `parent_loop`, `incomplete`,
+//! `malformed`, `unknown_format`, `invalid`, `version_mismatch`, `io`,
+//! `other` (more may be added); `snapshot` is the layer at fault and `file`
+//! the file, where the error names them.
+//!
+//! `snapshots gc` ([`GcJson`]) prints what it removed: `{"incomplete":
+//! [string…], "leftovers": [string…], "stale_leases": [{"snapshot",
+//! "vm": string}…], "unused": [string…]}`: bundles without a manifest,
+//! paths of temporary and half-deleted directories, leases of VMs that are
+//! gone, and (with `--older-than-s`) old complete bundles nothing used.
 //!
 //! A check ([`CheckJson`]) is `{"name": string, "status": "ok" | "warn" |
 //! "fail", "detail": string, "fix": string or null}`; the names are those
@@ -74,8 +143,9 @@
 use std::path::Path;
 
 use firehost::doctor::{Check, CheckStatus};
-use firehost::snapshot::SnapshotInfo;
-use firehost::{ExitReason, VmInfo, VmState};
+use firehost::snapshot::store::{GcReport, Listing, SnapshotDetails};
+use firehost::snapshot::{BundleError, SnapshotInfo, SnapshotKind, StoreError, WorkingSet};
+use firehost::{ExitReason, ResolvedSpec, VmId, VmInfo, VmState};
 use serde::Serialize;
 
 /// A VM. See the [module docs](self).
@@ -244,6 +314,375 @@ impl SnapshotJson {
             vm_state,
         }
     }
+}
+
+/// A snapshot bundle. See the [module docs](self).
+#[derive(Debug, Clone, Serialize)]
+pub struct BundleJson {
+    /// Its name.
+    pub name: String,
+    /// `full` or `diff`.
+    pub kind: &'static str,
+    /// The parent of a diff.
+    pub parent: Option<String>,
+    /// The VM it was taken from.
+    pub vm: String,
+    /// The bundle directory.
+    pub dir: String,
+    /// Manifest format.
+    pub format: u32,
+    /// The Firecracker version that wrote it.
+    pub firecracker_version: String,
+    /// Size of the vmstate file.
+    pub vmstate_bytes: u64,
+    /// Logical size of the memory file.
+    pub memory_bytes: u64,
+    /// Logical size of all its files.
+    pub size_bytes: u64,
+    /// Bytes its files hold outside holes.
+    pub data_bytes: u64,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: u64,
+    /// The existing VMs restored from it, sorted.
+    pub leases: Vec<String>,
+}
+
+impl BundleJson {
+    /// The bundle `info`, leased by `leases`.
+    pub fn new(info: &SnapshotInfo, leases: &[VmId]) -> Self {
+        let m = &info.manifest;
+        BundleJson {
+            name: info.name.to_string(),
+            kind: kind(m.kind),
+            parent: m.parent.as_ref().map(ToString::to_string),
+            vm: m.source_vm.to_string(),
+            dir: path(&info.dir),
+            format: m.format,
+            firecracker_version: m.firecracker_version.clone(),
+            vmstate_bytes: m.vmstate_bytes,
+            memory_bytes: m.memory_bytes,
+            size_bytes: m.files.iter().map(|f| f.size_bytes).sum(),
+            data_bytes: m
+                .files
+                .iter()
+                .map(|f| f.data_bytes.unwrap_or(f.size_bytes))
+                .sum(),
+            created_at_ms: m.created_at_ms,
+            leases: leases.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// `full` or `diff`.
+fn kind(kind: SnapshotKind) -> &'static str {
+    match kind {
+        SnapshotKind::Full => "full",
+        SnapshotKind::Diff => "diff",
+    }
+}
+
+/// `snapshots ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotListJson {
+    /// Complete bundles, sorted by name.
+    pub snapshots: Vec<BundleJson>,
+    /// Bundles without a manifest, sorted.
+    pub incomplete: Vec<String>,
+    /// Bundles whose manifest cannot be used, sorted by name.
+    pub unreadable: Vec<UnreadableJson>,
+}
+
+impl SnapshotListJson {
+    /// The `listing`, with `leases[i]` the live leases of its `i`th bundle.
+    pub fn new(listing: &Listing, leases: &[Vec<VmId>]) -> Self {
+        SnapshotListJson {
+            snapshots: listing
+                .bundles
+                .iter()
+                .zip(leases)
+                .map(|(info, leases)| BundleJson::new(info, leases))
+                .collect(),
+            incomplete: listing.incomplete.iter().map(ToString::to_string).collect(),
+            unreadable: listing
+                .unreadable
+                .iter()
+                .map(|u| UnreadableJson {
+                    name: u.name.to_string(),
+                    error: crate::exit::chain_text(&u.error),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A bundle `snapshots ls` could not read.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadableJson {
+    /// Its directory name.
+    pub name: String,
+    /// Why, with its causes, on one line.
+    pub error: String,
+}
+
+/// `snapshots inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotDetailsJson {
+    /// The bundle object's fields.
+    #[serde(flatten)]
+    pub bundle: BundleJson,
+    /// Leases of VMs that no longer exist, sorted.
+    pub stale_leases: Vec<String>,
+    /// Snapshots naming this one as their parent, sorted.
+    pub children: Vec<String>,
+    /// The source VM's machine.
+    pub spec: SpecJson,
+    /// The bundle's files, as the manifest lists them.
+    pub files: Vec<FileJson>,
+    /// The recorded working set, if any.
+    pub working_set: Option<WorkingSetJson>,
+}
+
+impl From<&SnapshotDetails> for SnapshotDetailsJson {
+    fn from(d: &SnapshotDetails) -> Self {
+        let m = &d.info.manifest;
+        SnapshotDetailsJson {
+            bundle: BundleJson::new(&d.info, &d.leases),
+            stale_leases: d.stale_leases.iter().map(ToString::to_string).collect(),
+            children: d.children.iter().map(ToString::to_string).collect(),
+            spec: SpecJson::from(&m.spec),
+            files: m
+                .files
+                .iter()
+                .map(|f| FileJson {
+                    name: f.name.clone(),
+                    size_bytes: f.size_bytes,
+                    data_bytes: f.data_bytes,
+                    blake3: f.blake3.clone(),
+                })
+                .collect(),
+            working_set: d.working_set.as_ref().map(WorkingSetJson::from),
+        }
+    }
+}
+
+/// A snapshot's source machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpecJson {
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// SMT on.
+    pub smt: bool,
+    /// Kernel path.
+    pub kernel: String,
+    /// Initrd path.
+    pub initrd: Option<String>,
+    /// Root filesystem path.
+    pub rootfs: Option<String>,
+    /// Root filesystem read-only.
+    pub rootfs_read_only: bool,
+    /// Kernel command line.
+    pub boot_args: String,
+    /// Extra drives.
+    pub drives: Vec<DriveJson>,
+    /// Dirty-page tracking on (needed for diff snapshots).
+    pub track_dirty_pages: bool,
+}
+
+impl From<&ResolvedSpec> for SpecJson {
+    fn from(spec: &ResolvedSpec) -> Self {
+        SpecJson {
+            vcpus: spec.vcpus,
+            mem_mib: spec.mem_mib,
+            smt: spec.smt,
+            kernel: path(&spec.kernel),
+            initrd: spec.initrd.as_deref().map(path),
+            rootfs: spec.rootfs.as_deref().map(path),
+            rootfs_read_only: spec.rootfs_read_only,
+            boot_args: spec.boot_args.clone(),
+            drives: spec
+                .extra_drives
+                .iter()
+                .map(|d| DriveJson {
+                    id: d.id.clone(),
+                    path: path(&d.path),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            track_dirty_pages: spec.track_dirty_pages,
+        }
+    }
+}
+
+/// An extra drive of a snapshot's source machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveJson {
+    /// Firecracker's drive id.
+    pub id: String,
+    /// The backing file.
+    pub path: String,
+    /// Attached read-only.
+    pub read_only: bool,
+}
+
+/// One file of a bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileJson {
+    /// Its name in the bundle.
+    pub name: String,
+    /// Logical size.
+    pub size_bytes: u64,
+    /// Bytes outside holes (format 2 only).
+    pub data_bytes: Option<u64>,
+    /// BLAKE3 in lower-case hex (format 2 only).
+    pub blake3: Option<String>,
+}
+
+/// The size of a recorded working set.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkingSetJson {
+    /// Touched pages.
+    pub pages: u64,
+    /// The page size they count in.
+    pub page_size_bytes: u64,
+    /// Their total size.
+    pub size_bytes: u64,
+    /// Pages were left out because the page server's record limit was
+    /// reached.
+    pub truncated: bool,
+}
+
+impl From<&WorkingSet> for WorkingSetJson {
+    fn from(ws: &WorkingSet) -> Self {
+        let pages = u64::try_from(ws.pages.len()).unwrap_or(u64::MAX);
+        WorkingSetJson {
+            pages,
+            page_size_bytes: ws.page_size_bytes,
+            size_bytes: pages.saturating_mul(ws.page_size_bytes),
+            truncated: ws.truncated,
+        }
+    }
+}
+
+/// `snapshots verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyJson {
+    /// The snapshot's name.
+    pub name: String,
+    /// It and every parent are good.
+    pub ok: bool,
+    /// The memory files were hashed (`--memory`), not only measured.
+    pub memory_checked: bool,
+    /// The snapshot and its parents, newest first, when all are good.
+    pub chain: Option<Vec<String>>,
+    /// What is wrong, when something is.
+    pub error: Option<VerifyErrorJson>,
+}
+
+/// Why `snapshots verify` found a bundle bad.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyErrorJson {
+    /// A stable name for the kind of damage.
+    pub kind: &'static str,
+    /// The snapshot at fault (the named one or a parent), where known.
+    pub snapshot: Option<String>,
+    /// The file at fault, where known.
+    pub file: Option<String>,
+    /// The error and its causes, on one line.
+    pub message: String,
+}
+
+impl From<&StoreError> for VerifyErrorJson {
+    fn from(e: &StoreError) -> Self {
+        let (kind, snapshot, file) = match e {
+            StoreError::Bundle(b) => match b {
+                BundleError::MissingFile { name, file } => {
+                    ("missing_file", Some(name.to_string()), Some(file.clone()))
+                }
+                BundleError::SizeMismatch { name, file, .. } => {
+                    ("size_mismatch", Some(name.to_string()), Some(file.clone()))
+                }
+                BundleError::ChecksumMismatch { name, file, .. } => (
+                    "checksum_mismatch",
+                    Some(name.to_string()),
+                    Some(file.clone()),
+                ),
+                BundleError::MissingParent { name, .. } => {
+                    ("missing_parent", Some(name.to_string()), None)
+                }
+                BundleError::ParentLoop { name, .. } => {
+                    ("parent_loop", Some(name.to_string()), None)
+                }
+                BundleError::VersionMismatch { name, .. } => {
+                    ("version_mismatch", Some(name.to_string()), None)
+                }
+                BundleError::Incomplete { .. } => ("incomplete", None, None),
+                BundleError::Malformed { .. } => ("malformed", None, None),
+                BundleError::UnknownFormat { .. } => ("unknown_format", None, None),
+                BundleError::Invalid { .. } => ("invalid", None, None),
+                BundleError::Io { .. } => ("io", None, None),
+                _ => ("other", None, None),
+            },
+            StoreError::Io { .. } => ("io", None, None),
+            _ => ("other", None, None),
+        };
+        VerifyErrorJson {
+            kind,
+            snapshot,
+            file,
+            message: crate::exit::chain_text(e),
+        }
+    }
+}
+
+/// `snapshots rm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRemovedJson {
+    /// The snapshot's name.
+    pub name: String,
+    /// Always true: a snapshot that could not be removed is an error.
+    pub removed: bool,
+}
+
+/// `snapshots gc`: what it removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcJson {
+    /// Bundles without a manifest that nobody was writing.
+    pub incomplete: Vec<String>,
+    /// Temporary and half-deleted directories.
+    pub leftovers: Vec<String>,
+    /// Leases of VMs that no longer exist.
+    pub stale_leases: Vec<StaleLeaseJson>,
+    /// Old complete bundles nothing used (`--older-than-s`).
+    pub unused: Vec<String>,
+}
+
+impl From<&GcReport> for GcJson {
+    fn from(r: &GcReport) -> Self {
+        GcJson {
+            incomplete: r.incomplete.iter().map(ToString::to_string).collect(),
+            leftovers: r.leftovers.iter().map(|p| path(p)).collect(),
+            stale_leases: r
+                .stale_leases
+                .iter()
+                .map(|l| StaleLeaseJson {
+                    snapshot: l.snapshot.to_string(),
+                    vm: l.vm.to_string(),
+                })
+                .collect(),
+            unused: r.unused.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// A removed lease of a VM that is gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleLeaseJson {
+    /// The leased snapshot.
+    pub snapshot: String,
+    /// The VM that held it.
+    pub vm: String,
 }
 
 /// `console`.

@@ -1,8 +1,9 @@
 //! `firehost`: the operator CLI of the firehost library.
 //!
 //! It runs Firecracker microVMs from a shell: create and start them, list
-//! and inspect them, pause, resume, snapshot, stop and remove them, read
-//! their console, check the host (`doctor`) and try everything at once
+//! and inspect them, pause, resume, snapshot, restore, clone, stop and
+//! remove them, manage their snapshot bundles (`snapshots`), read their
+//! console, check the host (`doctor`) and try everything at once
 //! (`quickstart`). VMs outlive the command that started them: each command
 //! opens the state directory, does its one thing and exits.
 //!

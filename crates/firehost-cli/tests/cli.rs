@@ -591,3 +591,406 @@ fn clone_restores_n_vms_or_none() {
     dirs.sort();
     assert_eq!(dirs, ["c-0", "c-1", "c-2", "clone-src", "d-1"]);
 }
+
+// --- snapshots ---------------------------------------------------------------
+
+/// Starts VM `vm` and takes the full snapshot `base` and the diff `diff`
+/// on top of it.
+fn base_and_diff<'a>(env: &'a TestEnv, vm: &str, base: &str, diff: &str) -> common::VmGuard<'a> {
+    let (guard, _) = env.start_vm(vm, &[]);
+    env.json(&["snapshot", vm, base]);
+    env.json(&["snapshot", "--diff", vm, diff]);
+    guard
+}
+
+/// Makes `<state>/snapshots/<name>` look like a snapshot a crash
+/// interrupted: a vmstate, no manifest.
+fn incomplete_bundle(env: &TestEnv, name: &str) -> std::path::PathBuf {
+    let dir = env.state_dir.join("snapshots").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vmstate"), b"half written").unwrap();
+    dir
+}
+
+/// The documented bundle object, plus `extra` fields.
+fn assert_bundle_shape(bundle: &Value, extra: &[(&str, &[Ty])]) {
+    use Ty::*;
+    let mut fields: Vec<(&str, &[Ty])> = vec![
+        ("name", &[Str]),
+        ("kind", &[Str]),
+        ("parent", &[Str, Null]),
+        ("vm", &[Str]),
+        ("dir", &[Str]),
+        ("format", &[Int]),
+        ("firecracker_version", &[Str]),
+        ("vmstate_bytes", &[Int]),
+        ("memory_bytes", &[Int]),
+        ("size_bytes", &[Int]),
+        ("data_bytes", &[Int]),
+        ("created_at_ms", &[Int]),
+        ("leases", &[Arr]),
+    ];
+    fields.extend_from_slice(extra);
+    assert_shape(bundle, &fields);
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn snapshots_ls_json_lists_bundles_and_the_incomplete_and_unreadable_ones() {
+    let env = TestEnv::new();
+    let list_shape: &[(&str, &[Ty])] = &[
+        ("snapshots", &[Ty::Arr]),
+        ("incomplete", &[Ty::Arr]),
+        ("unreadable", &[Ty::Arr]),
+    ];
+    let empty = env.json(&["snapshots"]);
+    assert_shape(&empty, list_shape);
+    assert!(empty["snapshots"].as_array().unwrap().is_empty());
+
+    let _vm = base_and_diff(&env, "ls-src", "base", "diff-1");
+    incomplete_bundle(&env, "half");
+    let broken = env.state_dir.join("snapshots/broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("manifest.json"), "{not json").unwrap();
+
+    let list = env.json(&["snapshots", "ls"]);
+    assert_shape(&list, list_shape);
+    let bundles = list["snapshots"].as_array().unwrap();
+    for b in bundles {
+        assert_bundle_shape(b, &[]);
+    }
+    let summary: Vec<(&str, &str, &Value)> = bundles
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap(),
+                b["kind"].as_str().unwrap(),
+                &b["parent"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("base", "full", &Value::Null),
+            ("diff-1", "diff", &"base".into())
+        ]
+    );
+    assert_eq!(bundles[0]["vm"], "ls-src");
+    assert_eq!(strings(&list["incomplete"]), ["half"]);
+    let unreadable = list["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1);
+    assert_shape(
+        &unreadable[0],
+        &[("name", &[Ty::Str]), ("error", &[Ty::Str])],
+    );
+    assert_eq!(unreadable[0]["name"], "broken");
+
+    let table = stdout(&env.run(&["snapshots", "ls"]));
+    assert!(
+        table.starts_with("NAME    KIND  PARENT  VM      SIZE"),
+        "{table}"
+    );
+    assert!(table.contains("\nincomplete: half "), "{table}");
+    assert!(table.contains("\nunreadable: broken: "), "{table}");
+}
+
+#[test]
+fn snapshots_inspect_json_shows_manifest_files_leases_and_children() {
+    let env = TestEnv::new();
+    let _vm = base_and_diff(&env, "inspect-src", "base", "diff-1");
+    env.json(&["restore", "base", "--name", "from-base"]);
+    let _restored = common::VmGuard {
+        env: &env,
+        name: "from-base".into(),
+    };
+    let details = env.json(&["snapshots", "inspect", "base"]);
+    use Ty::*;
+    assert_bundle_shape(
+        &details,
+        &[
+            ("stale_leases", &[Arr]),
+            ("children", &[Arr]),
+            ("spec", &[Obj]),
+            ("files", &[Arr]),
+            ("working_set", &[Obj, Null]),
+        ],
+    );
+    assert_eq!(strings(&details["leases"]), ["from-base"]);
+    assert!(strings(&details["stale_leases"]).is_empty());
+    assert_eq!(strings(&details["children"]), ["diff-1"]);
+    assert_shape(
+        &details["spec"],
+        &[
+            ("vcpus", &[Int]),
+            ("mem_mib", &[Int]),
+            ("smt", &[Bool]),
+            ("kernel", &[Str]),
+            ("initrd", &[Str, Null]),
+            ("rootfs", &[Str, Null]),
+            ("rootfs_read_only", &[Bool]),
+            ("boot_args", &[Str]),
+            ("drives", &[Arr]),
+            ("track_dirty_pages", &[Bool]),
+        ],
+    );
+    let files = details["files"].as_array().unwrap();
+    let file_names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(file_names, ["vmstate", "memory"]);
+    for f in files {
+        assert_shape(
+            f,
+            &[
+                ("name", &[Str]),
+                ("size_bytes", &[Int]),
+                ("data_bytes", &[Int, Null]),
+                ("blake3", &[Str, Null]),
+            ],
+        );
+        assert_eq!(f["blake3"].as_str().unwrap().len(), 64, "{f}");
+    }
+    assert_eq!(files[1]["size_bytes"], details["memory_bytes"]);
+    if details["working_set"].is_object() {
+        assert_shape(
+            &details["working_set"],
+            &[
+                ("pages", &[Int]),
+                ("page_size_bytes", &[Int]),
+                ("size_bytes", &[Int]),
+                ("truncated", &[Bool]),
+            ],
+        );
+    }
+    let text = stdout(&env.run(&["snapshots", "inspect", "diff-1"]));
+    assert!(
+        text.contains("kind:        diff (on top of base)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn snapshots_verify_json_is_ok_with_the_parent_chain() {
+    let env = TestEnv::new();
+    let _vm = base_and_diff(&env, "verify-src", "base", "diff-1");
+    let verdict = env.json(&["snapshots", "verify", "diff-1", "--memory"]);
+    assert_verify_shape(&verdict);
+    assert_eq!(verdict["ok"], true);
+    assert_eq!(verdict["memory_checked"], true);
+    assert_eq!(strings(&verdict["chain"]), ["diff-1", "base"]);
+    assert!(verdict["error"].is_null());
+    let quick = env.json(&["snapshots", "verify", "base"]);
+    assert_eq!(
+        (&quick["memory_checked"], &quick["ok"]),
+        (&false.into(), &true.into())
+    );
+}
+
+fn assert_verify_shape(verdict: &Value) {
+    use Ty::*;
+    assert_shape(
+        verdict,
+        &[
+            ("name", &[Str]),
+            ("ok", &[Bool]),
+            ("memory_checked", &[Bool]),
+            ("chain", &[Arr, Null]),
+            ("error", &[Obj, Null]),
+        ],
+    );
+    if verdict["error"].is_object() {
+        assert_shape(
+            &verdict["error"],
+            &[
+                ("kind", &[Str]),
+                ("snapshot", &[Str, Null]),
+                ("file", &[Str, Null]),
+                ("message", &[Str]),
+            ],
+        );
+    }
+}
+
+#[test]
+fn snapshots_verify_exits_1_when_a_byte_of_the_vmstate_changed() {
+    let env = TestEnv::new();
+    let _vm = base_and_diff(&env, "corrupt-src", "base", "diff-1");
+    let vmstate = env.state_dir.join("snapshots/base/vmstate");
+    let mut bytes = std::fs::read(&vmstate).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&vmstate, bytes).unwrap();
+
+    // The diff on top is bad too: its chain includes the damaged base.
+    let out = env.run(&["--json", "snapshots", "verify", "diff-1"]);
+    let line = assert_error(&out, 1);
+    assert!(
+        line.contains("snapshot diff-1 failed verification") && line.contains("BLAKE3"),
+        "{line}"
+    );
+    let verdict = parse_json(&out);
+    assert_verify_shape(&verdict);
+    assert_eq!(verdict["ok"], false);
+    assert!(verdict["chain"].is_null());
+    let error = &verdict["error"];
+    assert_eq!(
+        (&error["kind"], &error["snapshot"], &error["file"]),
+        (
+            &"checksum_mismatch".into(),
+            &"base".into(),
+            &"vmstate".into()
+        )
+    );
+    let text = env.run(&["snapshots", "verify", "base"]);
+    assert_error(&text, 1);
+    assert!(
+        stdout(&text).starts_with("base: BAD: "),
+        "{}",
+        stdout(&text)
+    );
+}
+
+#[test]
+fn snapshots_rm_json_reports_the_removal() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("rm-src", &[]);
+    env.json(&["snapshot", "rm-src", "doomed"]);
+    let removed = env.json(&["snapshots", "rm", "doomed"]);
+    assert_shape(&removed, &[("name", &[Ty::Str]), ("removed", &[Ty::Bool])]);
+    assert_eq!(
+        (&removed["name"], &removed["removed"]),
+        (&"doomed".into(), &true.into())
+    );
+    assert!(!env.state_dir.join("snapshots/doomed").exists());
+    let line = assert_error(&env.run(&["snapshots", "rm", "doomed"]), 3);
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+#[test]
+fn snapshots_rm_is_refused_while_a_restored_vm_uses_the_snapshot() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("leased-src", &[]);
+    env.json(&["snapshot", "leased-src", "leased"]);
+    env.json(&["restore", "leased", "--name", "user"]);
+    let user = common::VmGuard {
+        env: &env,
+        name: "user".into(),
+    };
+    let line = assert_error(&env.run(&["snapshots", "rm", "leased"]), 4);
+    assert!(line.contains("in use") && line.contains("user"), "{line}");
+    assert!(
+        env.state_dir
+            .join("snapshots/leased/manifest.json")
+            .is_file()
+    );
+
+    drop(user);
+    env.json(&["snapshots", "rm", "leased"]);
+}
+
+#[test]
+fn snapshots_rm_is_refused_while_a_diff_builds_on_the_snapshot() {
+    let env = TestEnv::new();
+    let _vm = base_and_diff(&env, "parent-src", "base", "diff-1");
+    let line = assert_error(&env.run(&["snapshots", "rm", "base"]), 4);
+    assert!(line.contains("parent") && line.contains("diff-1"), "{line}");
+    env.json(&["snapshots", "rm", "diff-1"]);
+    env.json(&["snapshots", "rm", "base"]);
+}
+
+#[test]
+fn snapshots_gc_json_removes_an_incomplete_bundle_and_keeps_the_rest() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("gc-src", &[]);
+    env.json(&["snapshot", "gc-src", "kept"]);
+    let half = incomplete_bundle(&env, "half");
+    let report = env.json(&["snapshots", "gc"]);
+    assert_shape(
+        &report,
+        &[
+            ("incomplete", &[Ty::Arr]),
+            ("leftovers", &[Ty::Arr]),
+            ("stale_leases", &[Ty::Arr]),
+            ("unused", &[Ty::Arr]),
+        ],
+    );
+    assert_eq!(strings(&report["incomplete"]), ["half"]);
+    assert!(strings(&report["unused"]).is_empty());
+    assert!(!half.exists());
+    assert!(env.state_dir.join("snapshots/kept/manifest.json").is_file());
+    assert_eq!(
+        stdout(&env.run(&["snapshots", "gc"])),
+        "nothing to remove\n"
+    );
+
+    // With an age limit, unused complete bundles go too.
+    let old = env.json(&["snapshots", "gc", "--older-than-s", "0"]);
+    assert_eq!(strings(&old["unused"]), ["kept"]);
+    assert!(
+        env.json(&["snapshots"])["snapshots"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn snapshots_merge_json_is_a_full_bundle_that_restores() {
+    let env = TestEnv::new();
+    let _vm = base_and_diff(&env, "merge-src", "base", "diff-1");
+    // A diff is not restorable as it is.
+    assert_error(&env.run(&["restore", "diff-1", "--name", "too-soon"]), 4);
+
+    let merged = env.json(&["snapshots", "merge", "diff-1", "merged"]);
+    assert_bundle_shape(&merged, &[]);
+    assert_eq!(
+        (&merged["name"], &merged["kind"], &merged["parent"]),
+        (&"merged".into(), &"full".into(), &Value::Null)
+    );
+    assert_eq!(merged["vm"], "merge-src");
+    assert!(strings(&merged["leases"]).is_empty());
+    assert_eq!(
+        env.json(&["snapshots", "verify", "merged", "--memory"])["ok"],
+        true
+    );
+
+    let vm = env.json(&["restore", "merged", "--name", "from-merged"]);
+    let _restored = common::VmGuard {
+        env: &env,
+        name: "from-merged".into(),
+    };
+    assert_eq!(vm["state"], "running");
+    let details = env.json(&["snapshots", "inspect", "merged"]);
+    assert_eq!(strings(&details["leases"]), ["from-merged"]);
+
+    // The name is taken now; a full snapshot is not a diff.
+    assert_error(&env.run(&["snapshots", "merge", "diff-1", "merged"]), 4);
+    assert_error(&env.run(&["snapshots", "merge", "base", "other"]), 4);
+}
+
+#[test]
+fn snapshot_errors_have_their_exit_codes() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("codes-src", &[]);
+    // A diff needs an earlier snapshot.
+    let line = assert_error(&env.run(&["snapshot", "--diff", "codes-src", "d"]), 4);
+    assert!(line.contains("no earlier snapshot"), "{line}");
+    for args in [
+        &["snapshots", "inspect", "ghost"][..],
+        &["snapshots", "verify", "ghost"],
+        &["--json", "snapshots", "verify", "ghost"],
+        &["snapshots", "rm", "ghost"],
+        &["snapshots", "merge", "ghost", "new"],
+    ] {
+        let out = env.run(args);
+        assert_error(&out, 3);
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+    }
+    assert_error(&env.run(&["snapshots", "inspect", "../x"]), 2);
+    assert_error(&env.run(&["snapshots", "frobnicate"]), 2);
+}
