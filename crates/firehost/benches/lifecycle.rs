@@ -251,6 +251,7 @@ fn serve_fake(socket: &Path) -> tokio::task::JoinHandle<()> {
             mmds_size_limit: 51200,
             exit_on_start: None,
             ignore_ctrl_alt_del: false,
+            ..VmmOptions::default()
         },
         Telemetry::new("bench"),
     );
@@ -411,6 +412,109 @@ async fn config_file_to_running(binary: &Path, images: &Images, i: usize) -> Dur
     elapsed
 }
 
+/// Spawns `binary` and loads `bundle` by hand (File backend, resume), until
+/// the load answers.
+async fn raw_restore(binary: &Path, dir: &Path, bundle: &Path) -> Duration {
+    let socket = dir.join("raw-restore.sock");
+    let _ = std::fs::remove_file(&socket);
+    let body = serde_json::json!({
+        "snapshot_path": bundle.join("vmstate"),
+        "mem_backend": { "backend_type": "File", "backend_path": bundle.join("memory") },
+        "resume_vm": true,
+    })
+    .to_string();
+    let t = Instant::now();
+    let mut child = std::process::Command::new(binary)
+        .arg("--api-sock")
+        .arg(&socket)
+        .args(["--id", "rawrestore"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stream = wait_socket(&socket).await;
+    assert_eq!(
+        raw_request(&mut stream, "PUT", "/snapshot/load", &body).await,
+        204
+    );
+    let elapsed = t.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    elapsed
+}
+
+/// Restore → running: File and Uffd (on demand) through the manager, and a
+/// raw spawn + `PUT /snapshot/load`, all from one bundle of a 128 MiB VM.
+async fn bench_restore(name: &str, binary: &Path, images: &Images) {
+    use firehost::manager::{RestoreMemory, RestoreOptions};
+    let n = iters(15);
+    let state = images.dir.path().join(format!("state-restore-{name}"));
+    let mut config = ManagerConfig::new(&state, binary);
+    config.defaults.kernel = Some(images.kernel());
+    config.defaults.rootfs = Some(images.rootfs());
+    config.console = ConsoleTarget::File;
+    let manager = Manager::open(config).await.unwrap();
+    let source = VmId::new("source").unwrap();
+    manager.run(&source, VmSpec::default()).await.unwrap();
+    let snap: firehost::snapshot::SnapshotName = "bench".parse().unwrap();
+    manager
+        .snapshot(
+            &source,
+            &snap,
+            firehost::manager::SnapshotOptions::default(),
+        )
+        .await
+        .unwrap();
+    let bundle = manager.snapshots_dir().join("bench");
+    let (mut file, mut uffd, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        for (memory, samples) in [
+            (RestoreMemory::File, &mut file),
+            (RestoreMemory::OnDemand, &mut uffd),
+        ] {
+            let id = VmId::new(format!("r{i}-{}", samples.len())).unwrap();
+            let options = RestoreOptions {
+                memory,
+                ..RestoreOptions::default()
+            };
+            let t = Instant::now();
+            manager.restore(&snap, &id, options).await.unwrap();
+            samples.push(t.elapsed());
+            let stop = firehost::StopOptions {
+                graceful: Some(false),
+                grace: None,
+            };
+            manager.stop(&id, stop).await.unwrap();
+            manager.destroy(&id).await.unwrap();
+        }
+        raw.push(raw_restore(binary, images.dir.path(), &bundle).await);
+    }
+    let (file, uffd, raw) = (median(&mut file), median(&mut uffd), median(&mut raw));
+    println!("## restore → running, {name} ({n} iterations each, 128 MiB guest)\n");
+    println!("| path | median | ratio to raw |");
+    println!("|---|---|---|");
+    println!(
+        "| spawn + raw PUT /snapshot/load (File) | {} | 1.00× |",
+        ms(raw)
+    );
+    println!(
+        "| firehost Manager::restore, File | {} | {:.2}× |",
+        ms(file),
+        file.as_secs_f64() / raw.as_secs_f64()
+    );
+    println!(
+        "| firehost Manager::restore, Uffd on demand | {} | {:.2}× |\n",
+        ms(uffd),
+        uffd.as_secs_f64() / raw.as_secs_f64()
+    );
+    let stop = firehost::StopOptions {
+        graceful: Some(false),
+        grace: None,
+    };
+    manager.stop(&source, stop).await.unwrap();
+    manager.destroy(&source).await.unwrap();
+}
+
 async fn bench_real(binary: &Path, images: &Images) {
     let (ours, raw) = bench_create_to_running("real", binary, images).await;
     let n = iters(15);
@@ -512,8 +616,12 @@ fn main() {
             ms(ours),
             ours.as_secs_f64() / raw.as_secs_f64()
         );
+        bench_restore("fake-firecracker", &fake, &images).await;
         match std::env::var_os("FIREHOST_FIRECRACKER") {
-            Some(real) => bench_real(Path::new(&real), &images).await,
+            Some(real) => {
+                bench_real(Path::new(&real), &images).await;
+                bench_restore("real Firecracker", Path::new(&real), &images).await;
+            }
             None => println!("skipped: real Firecracker comparison (set FIREHOST_FIRECRACKER)\n"),
         }
         bench_memory(&fake, &images).await;
