@@ -210,6 +210,24 @@ pub struct RestoreArgs {
     /// VMs; the vmstate, sizes and parents are always checked).
     #[arg(long)]
     pub verify_memory: bool,
+    /// Serve guest memory from a userfaultfd page server instead of letting
+    /// Firecracker map the memory file. The CLI supports `populate` (the
+    /// command returns once every page is in and the VM no longer needs
+    /// it); `on-demand` and `prefetch` need a page server that lives as
+    /// long as the VM, i.e. the library in a long-running service.
+    #[arg(long, value_name = "MODE")]
+    pub uffd: Option<UffdMode>,
+}
+
+/// A `--uffd` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UffdMode {
+    /// Serve each page when first touched.
+    OnDemand,
+    /// Copy every page in the background, then detach.
+    Populate,
+    /// Copy the bundle's recorded working set first, then serve on demand.
+    Prefetch,
 }
 
 /// `clone`'s options.

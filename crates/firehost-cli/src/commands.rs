@@ -13,7 +13,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use firehost::doctor::{DoctorConfig, run_checks};
-use firehost::manager::{ConsoleTarget, RestoreOptions, SnapshotOptions, StopOptions};
+use firehost::manager::{
+    ConsoleTarget, RestoreMemory, RestoreOptions, SnapshotOptions, StopOptions,
+};
 use firehost::snapshot::store::GcOptions;
 use firehost::snapshot::{BundleError, SnapshotName, SnapshotStore, StoreError, VerifyOptions};
 use firehost::vmm::LogLevel;
@@ -23,7 +25,7 @@ use serde::Serialize;
 use crate::args::{
     Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, RestoreArgs,
     RmArgs, RunArgs, SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs,
-    VerifyArgs,
+    UffdMode, VerifyArgs,
 };
 use crate::exit::{CliError, Exit};
 use crate::human;
@@ -94,7 +96,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Stop(args) => stop(provider, args, out).await,
         Command::Rm(args) => rm(provider, args, out).await,
         Command::Snapshot(args) => snapshot(provider, args, out).await,
-        Command::Restore(args) => restore(provider, args, out).await,
+        Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(provider, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
@@ -245,16 +247,42 @@ fn snapshot_name(text: &str) -> Result<SnapshotName, CliError> {
     })
 }
 
-async fn restore(provider: &dyn VmProvider, args: RestoreArgs, out: Out) -> Result<(), CliError> {
+/// How long `restore --uffd populate` waits for all of guest memory.
+pub const POPULATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), CliError> {
     let snapshot = snapshot_name(&args.snapshot)?;
     let id = vm_id(&args.name)?;
+    let memory = match args.uffd {
+        None => RestoreMemory::File,
+        Some(UffdMode::Populate) => RestoreMemory::Populate,
+        Some(mode @ (UffdMode::OnDemand | UffdMode::Prefetch)) => {
+            return Err(CliError::Unsupported {
+                what: format!(
+                    "--uffd {}: the page server would end with this command and take the VM with it; use populate, or the library in a long-running service",
+                    if mode == UffdMode::OnDemand {
+                        "on-demand"
+                    } else {
+                        "prefetch"
+                    }
+                ),
+            });
+        }
+    };
     let options = RestoreOptions {
         resume: !args.paused,
         clock_realtime: args.clock_realtime,
         verify_memory: args.verify_memory,
-        ..RestoreOptions::default()
+        memory,
     };
+    let provider: &dyn VmProvider = manager;
     let info = provider.restore(&snapshot, &id, options).await?;
+    // The VM must not depend on this short-lived process: wait until the
+    // page server has copied everything and detached.
+    if let Err(e) = manager.wait_memory_detached(&id, POPULATE_TIMEOUT).await {
+        let _ = remove(provider, &id, FORCE_GRACE).await;
+        return Err(e.into());
+    }
     out.emit(&VmJson::from(&info), human::vm_record)
 }
 

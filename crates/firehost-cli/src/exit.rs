@@ -91,6 +91,12 @@ pub enum CliError {
         /// How many.
         missing: usize,
     },
+    /// A combination of options this command can't honour.
+    #[error("{what}")]
+    Unsupported {
+        /// What and why.
+        what: String,
+    },
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -134,7 +140,8 @@ impl CliError {
             CliError::BadSnapshot { .. } => Exit::Failed,
             CliError::InvalidName { .. }
             | CliError::ChecksFailed { .. }
-            | CliError::NotReady { .. } => Exit::Usage,
+            | CliError::NotReady { .. }
+            | CliError::Unsupported { .. } => Exit::Usage,
             CliError::Interrupted => Exit::Interrupted,
             CliError::TempDir { .. } | CliError::Runtime(_) | CliError::Output(_) => Exit::Failed,
         }

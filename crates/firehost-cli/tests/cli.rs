@@ -994,3 +994,39 @@ fn snapshot_errors_have_their_exit_codes() {
     assert_error(&env.run(&["snapshots", "inspect", "../x"]), 2);
     assert_error(&env.run(&["snapshots", "frobnicate"]), 2);
 }
+
+#[test]
+fn restore_with_uffd_populate_returns_a_vm_that_no_longer_needs_the_cli() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("uffd-src", &[]);
+    env.json(&["snapshot", "uffd-src", "uffd-snap"]);
+    let vm = env.json(&[
+        "restore",
+        "uffd-snap",
+        "--name",
+        "populated",
+        "--uffd",
+        "populate",
+    ]);
+    let _guard = common::VmGuard {
+        env: &env,
+        name: "populated".into(),
+    };
+    assert_eq!(vm["state"], "running");
+    // The CLI has exited: the VM runs on, its memory all in.
+    let again = env.json(&["pause", "populated"]);
+    assert_eq!(again["state"], "paused");
+    let line = assert_error(
+        &env.run(&[
+            "restore",
+            "uffd-snap",
+            "--name",
+            "od",
+            "--uffd",
+            "on-demand",
+        ]),
+        2,
+    );
+    assert!(line.contains("populate"), "{line}");
+    assert!(!env.vm_dirs().contains(&"od".to_string()));
+}

@@ -224,7 +224,7 @@ async fn restored_vm_holds_a_lease_on_its_bundle_until_destroyed() {
         .await
         .unwrap();
     let store = manager.snapshot_store();
-    assert_eq!(store.leases(&snap).unwrap(), [vm.clone()]);
+    assert_eq!(store.leases(&snap).unwrap(), std::slice::from_ref(&vm));
     let err = store.delete(&snap).unwrap_err();
     assert!(
         matches!(err, firehost::snapshot::StoreError::Leased { .. }),

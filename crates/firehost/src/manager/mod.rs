@@ -343,6 +343,39 @@ impl Manager {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
+    /// Waits until a VM restored with [`RestoreMemory::Populate`] holds all
+    /// its memory and its page server has detached, so the VM no longer
+    /// depends on this manager; then retires the server. Returns at once
+    /// for a VM without a page server. A VM served on demand never
+    /// detaches: that is a [`VmError::PageServer`] timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the server goes on populating; call again to wait.
+    pub async fn wait_memory_detached(
+        &self,
+        id: &VmId,
+        timeout: std::time::Duration,
+    ) -> Result<(), VmError> {
+        let slot = self.shared.slot(id)?;
+        let mut guard = slot.vm.lock().await;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        let Some(server) = &vm.page_server else {
+            return Ok(());
+        };
+        server
+            .wait_detached(timeout)
+            .await
+            .map_err(|source| VmError::PageServer {
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+        restore::retire_page_server(vm, &self.shared.snapshots_dir).await;
+        Ok(())
+    }
+
     /// Boots the guest (`InstanceStart`).
     ///
     /// # Cancel safety
