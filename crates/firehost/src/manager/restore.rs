@@ -10,6 +10,34 @@
 //! the vmstate). Restoring one snapshot into several VMs at once (clones)
 //! is safe for read-only drives; a writable root filesystem shared by
 //! clones must be avoided (give each clone its own copy).
+//!
+//! # What a clone shares with its siblings, and what the guest must do
+//!
+//! Every clone resumes with the exact memory and device state of the
+//! snapshot, so everything the guest keeps in memory is identical across
+//! clones. The host side differs (VMM process, API socket, page server,
+//! directory, and with networking and vsock, the TAP and the vsock socket);
+//! the guest side must be made unique by the guest, after it resumes:
+//!
+//! - **Entropy.** The kernel's random pool and every user-space PRNG seeded
+//!   before the snapshot are identical in all clones. Firecracker exposes a
+//!   VMGenID device whose generation id changes on every restore; guest
+//!   kernels from 5.18 on reseed their RNG when it changes. User space must
+//!   re-seed too (re-read `/dev/urandom`, restart daemons that cached keys),
+//!   and long-lived secrets (SSH host keys, TLS keys) must not be in the
+//!   snapshot at all.
+//! - **Network identity.** The guest keeps the MAC and IP it had in the
+//!   snapshot. Firecracker's `network_overrides` only swap the host TAP;
+//!   clones on one L2 segment must change MAC and IP in the guest (or sit
+//!   on isolated TAPs), and drop ARP/neighbour caches and TCP connections.
+//! - **Time.** The guest clock stops while the snapshot sits on disk; ask
+//!   for [`RestoreOptions::clock_realtime`] or step the clock in the guest
+//!   (NTP/chrony `makestep`), and expect timers to fire late.
+//! - **Host-specific ids.** `/etc/machine-id`, hostnames, and anything
+//!   derived from them should be regenerated.
+//!
+//! With the guest agent (a later firehost release), these steps run in the
+//! guest on every restore; until then they are the image's job.
 
 use std::sync::Arc;
 
