@@ -62,6 +62,12 @@ pub struct VmRecord {
     /// parent of its next diff snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<crate::snapshot::SnapshotName>,
+    /// The VM's memory is served by a page server of the manager that
+    /// restored it. Such a VM cannot outlive that manager: one that re-opens
+    /// the state directory kills it rather than leave it hanging on its next
+    /// missing page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub page_server_attached: bool,
 }
 
 /// How far a write must have reached before it returns.
@@ -210,6 +216,7 @@ mod tests {
             created_at_ms: 1,
             restored_from: None,
             last_snapshot: None,
+            page_server_attached: false,
         }
     }
 

@@ -386,3 +386,53 @@ async fn file_and_uffd_clones_of_one_snapshot_run_at_once() {
     assert_eq!(vmm_state(&manager, &a).await, InstanceState::Running);
     assert_eq!(vmm_state(&manager, &b).await, InstanceState::Running);
 }
+
+#[tokio::test]
+async fn vm_whose_page_server_died_with_its_manager_is_killed_on_reattach() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let vm = id("orphaned");
+    let pid = {
+        let (manager, snap) = with_snapshot(&host).await;
+        let options = RestoreOptions {
+            memory: RestoreMemory::OnDemand,
+            ..RestoreOptions::default()
+        };
+        manager
+            .restore(&snap, &vm, options)
+            .await
+            .unwrap()
+            .pid
+            .unwrap()
+    };
+    let manager = host.manager().await;
+    let state = manager.get(&vm).await.unwrap().state;
+    assert!(matches!(state, VmState::Failed { .. }), "{state:?}");
+    assert!(!common::process_alive(pid));
+    // The source VM, which never had a page server, is still running.
+    assert_eq!(
+        manager.get(&id("source")).await.unwrap().state,
+        VmState::Running
+    );
+}
+
+#[tokio::test]
+async fn populated_vm_survives_its_manager() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let vm = id("independent");
+    let pid = {
+        let (manager, snap) = with_snapshot(&host).await;
+        let options = RestoreOptions {
+            memory: RestoreMemory::Populate,
+            ..RestoreOptions::default()
+        };
+        let info = manager.restore(&snap, &vm, options).await.unwrap();
+        manager.wait_memory_detached(&vm, LONG).await.unwrap();
+        info.pid.unwrap()
+    };
+    let manager = host.manager().await;
+    let info = manager.get(&vm).await.unwrap();
+    assert_eq!((info.state, info.pid), (VmState::Running, Some(pid)));
+    assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Running);
+}

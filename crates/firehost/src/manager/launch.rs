@@ -176,6 +176,7 @@ impl Launched {
                 created_at_ms: now_ms(),
                 restored_from: None,
                 last_snapshot: None,
+                page_server_attached: false,
             },
             dir,
             process: Some(process.clone()),

@@ -373,7 +373,8 @@ impl Manager {
                 source: Box::new(source),
             })?;
         restore::retire_page_server(vm, &self.shared.snapshots_dir).await;
-        Ok(())
+        // From now on the VM survives this manager: say so durably.
+        vm.persist(Durability::Synced).await
     }
 
     /// Boots the guest (`InstanceStart`).

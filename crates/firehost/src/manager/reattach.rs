@@ -127,6 +127,12 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
         _ => None,
     };
     let new_state = match process {
+        Some(process) if record.page_server_attached => {
+            tracing::warn!(vm = %record.id, "VM's memory was served by a page server that is gone; killing it");
+            kill(&process).await;
+            let _ = remove_file_if_present(&record.api_socket);
+            failed(&vm, ExitReason::Unknown, console_lines).await
+        }
         Some(process) => {
             let api = ApiClient::with_timeout(&record.api_socket, PROBE_TIMEOUT);
             match api.describe_instance().await {
@@ -153,8 +159,9 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
             failed(&vm, ExitReason::Unknown, console_lines).await
         }
     };
-    if new_state != record.state {
+    if new_state != record.state || record.page_server_attached {
         record.state = new_state;
+        record.page_server_attached = false;
         vm.record = record;
         if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot update the record during recovery");

@@ -209,6 +209,7 @@ async fn build(
                 let server = start_page_server(&launched.vm, &bundle, mode).await?;
                 let socket = server.socket_path().to_owned();
                 launched.vm.page_server = Some(server);
+                launched.vm.record.page_server_attached = true;
                 MemoryBackend::new(MemoryBackendType::Uffd, socket)
             }
         };
@@ -286,6 +287,7 @@ pub(super) async fn retire_page_server(vm: &mut Vm, snapshots_dir: &std::path::P
     let Some(server) = vm.page_server.take() else {
         return;
     };
+    vm.record.page_server_attached = false;
     let report = match server.shutdown().await {
         Ok(report) => report,
         Err(e) => {
