@@ -21,7 +21,7 @@
 //!
 //! - **Entropy.** The kernel's random pool and every user-space PRNG seeded
 //!   before the snapshot are identical in all clones. Firecracker exposes a
-//!   VMGenID device whose generation id changes on every restore; guest
+//!   `VMGenID` device whose generation id changes on every restore; guest
 //!   kernels from 5.18 on reseed their RNG when it changes. User space must
 //!   re-seed too (re-read `/dev/urandom`, restart daemons that cached keys),
 //!   and long-lived secrets (SSH host keys, TLS keys) must not be in the
