@@ -15,11 +15,15 @@
 //!         console.log      with ConsoleTarget::File or RingAndFile
 //!         firecracker.log  with ManagerConfig::vmm_log
 //!         metrics.json     with ManagerConfig::vmm_metrics
-//!     snapshots/<name>/    snapshot bundles
+//!         uffd.sock        a restore's page server, until Firecracker connects
+//!     snapshots/<name>/    snapshot bundles (see [`crate::snapshot`])
 //! ```
 //!
 //! Dropping a `Manager` leaves its VMs running: they can be picked up by
-//! the next manager on the same directory.
+//! the next manager on the same directory. The exception is a VM whose
+//! memory is still served by this manager's page server (restored with
+//! [`RestoreMemory::OnDemand`] or `Prefetch`, or `Populate` before it
+//! detached): it cannot run without it, and the next manager kills it.
 
 mod config;
 mod create;
