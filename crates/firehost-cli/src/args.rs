@@ -241,6 +241,10 @@ pub struct CloneArgs {
     /// Name prefix: the clones are PREFIX-0 .. PREFIX-(N-1).
     #[arg(long)]
     pub prefix: String,
+    /// Serve the clones' memory from page servers (`populate` only; see
+    /// `restore --uffd`). The clones share the bundle's page cache.
+    #[arg(long, value_name = "MODE")]
+    pub uffd: Option<UffdMode>,
 }
 
 /// `snapshots`: a group of subcommands over `<state-dir>/snapshots`.

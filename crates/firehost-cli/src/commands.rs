@@ -97,7 +97,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Rm(args) => rm(provider, args, out).await,
         Command::Snapshot(args) => snapshot(provider, args, out).await,
         Command::Restore(args) => restore(&manager, args, out).await,
-        Command::Clone(args) => clone(provider, args, out).await,
+        Command::Clone(args) => clone(&manager, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
         Command::Doctor | Command::Quickstart(_) => unreachable!("handled above"),
@@ -250,25 +250,29 @@ fn snapshot_name(text: &str) -> Result<SnapshotName, CliError> {
 /// How long `restore --uffd populate` waits for all of guest memory.
 pub const POPULATE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The memory backend for `--uffd`: only `populate` lets a VM outlive this
+/// process.
+fn restore_memory(uffd: Option<UffdMode>) -> Result<RestoreMemory, CliError> {
+    match uffd {
+        None => Ok(RestoreMemory::File),
+        Some(UffdMode::Populate) => Ok(RestoreMemory::Populate),
+        Some(mode @ (UffdMode::OnDemand | UffdMode::Prefetch)) => Err(CliError::Unsupported {
+            what: format!(
+                "--uffd {}: the page server would end with this command and take the VM with it; use populate, or the library in a long-running service",
+                if mode == UffdMode::OnDemand {
+                    "on-demand"
+                } else {
+                    "prefetch"
+                }
+            ),
+        }),
+    }
+}
+
 async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), CliError> {
     let snapshot = snapshot_name(&args.snapshot)?;
     let id = vm_id(&args.name)?;
-    let memory = match args.uffd {
-        None => RestoreMemory::File,
-        Some(UffdMode::Populate) => RestoreMemory::Populate,
-        Some(mode @ (UffdMode::OnDemand | UffdMode::Prefetch)) => {
-            return Err(CliError::Unsupported {
-                what: format!(
-                    "--uffd {}: the page server would end with this command and take the VM with it; use populate, or the library in a long-running service",
-                    if mode == UffdMode::OnDemand {
-                        "on-demand"
-                    } else {
-                        "prefetch"
-                    }
-                ),
-            });
-        }
-    };
+    let memory = restore_memory(args.uffd)?;
     let options = RestoreOptions {
         resume: !args.paused,
         clock_realtime: args.clock_realtime,
@@ -286,14 +290,22 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
     out.emit(&VmJson::from(&info), human::vm_record)
 }
 
-async fn clone(provider: &dyn VmProvider, args: CloneArgs, out: Out) -> Result<(), CliError> {
+async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliError> {
+    let provider: &dyn VmProvider = manager;
     let snapshot = snapshot_name(&args.snapshot)?;
     let ids = (0..args.count)
         .map(|i| vm_id(&format!("{}-{i}", args.prefix)))
         .collect::<Result<Vec<_>, _>>()?;
-    let restores = ids
-        .iter()
-        .map(|id| provider.restore(&snapshot, id, RestoreOptions::default()));
+    let options = RestoreOptions {
+        memory: restore_memory(args.uffd)?,
+        ..RestoreOptions::default()
+    };
+    let restores = ids.iter().map(|id| async {
+        let info = provider.restore(&snapshot, id, options.clone()).await?;
+        // As for restore: no clone may depend on this short-lived process.
+        manager.wait_memory_detached(id, POPULATE_TIMEOUT).await?;
+        Ok::<_, VmError>(info)
+    });
     let results = futures_join_all(restores).await;
     if let Some(first_error) = results.iter().position(Result::is_err) {
         // All or nothing: remove the clones that did come up.

@@ -1030,3 +1030,52 @@ fn restore_with_uffd_populate_returns_a_vm_that_no_longer_needs_the_cli() {
     assert!(line.contains("populate"), "{line}");
     assert!(!env.vm_dirs().contains(&"od".to_string()));
 }
+
+#[test]
+fn clone_with_uffd_populate_makes_independent_clones() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("uclone-src", &[]);
+    env.json(&["snapshot", "uclone-src", "uclone-snap"]);
+    let list = env.json(&[
+        "clone",
+        "uclone-snap",
+        "--count",
+        "2",
+        "--prefix",
+        "u",
+        "--uffd",
+        "populate",
+    ]);
+    let _guards: Vec<_> = ["u-0", "u-1"]
+        .iter()
+        .map(|n| common::VmGuard {
+            env: &env,
+            name: (*n).into(),
+        })
+        .collect();
+    assert_eq!(names(&list), ["u-0", "u-1"]);
+    // A later command (a new manager) finds both running, not killed for a
+    // lost page server.
+    let ls = env.json(&["ls"]);
+    let states: Vec<_> = ls["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"].as_str().unwrap().starts_with("u-"))
+        .map(|v| v["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["running", "running"]);
+    assert_error(
+        &env.run(&[
+            "clone",
+            "uclone-snap",
+            "--count",
+            "1",
+            "--prefix",
+            "x",
+            "--uffd",
+            "prefetch",
+        ]),
+        2,
+    );
+}
