@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub const INIT_LINE: &str = "firehost-fake-guest: init started";
 /// The line printed when the guest shuts down after Ctrl-Alt-Del.
 pub const SHUTDOWN_LINE: &str = "reboot: Restarting system";
+/// Printed when `FAKE_FC_IGNORE_CTRL_ALT_DEL` makes the guest ignore
+/// Ctrl-Alt-Del, so tests can wait for the decision.
+pub const IGNORED_CTRL_ALT_DEL_LINE: &str = "firehost-fake-guest: ignoring Ctrl-Alt-Del";
 
 /// Where the guest console goes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -17,6 +17,10 @@ use crate::memory::{Checksum, GuestMemory, stamp_page};
 
 /// The console line prefix of the checksum the guest prints after a restore.
 pub const CHECKSUM_LINE: &str = "firehost-fake-guest: memory checksum";
+/// The console line a restored guest prints on resume when
+/// `FAKE_FC_GUEST_TOUCH=none`: it read nothing, and tests can wait for the
+/// line instead of waiting for nothing to happen.
+pub const UNTOUCHED_LINE: &str = "firehost-fake-guest: memory untouched";
 /// Pages written on each resume.
 pub const PAGES_DIRTIED_PER_RESUME: usize = 4;
 /// Pages handled per turn, between two checks for a pause.
@@ -258,6 +262,11 @@ impl Guest {
         s.running = true;
         if self.touch != GuestTouch::None {
             s.resumes_wanted += 1;
+        } else {
+            let _ = self
+                .shared
+                .console
+                .write_lines(&[UNTOUCHED_LINE.to_owned()]);
         }
         self.shared.cv.notify_all();
     }

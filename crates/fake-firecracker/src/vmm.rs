@@ -659,6 +659,10 @@ impl Vmm {
                         lines: vec![console::SHUTDOWN_LINE.to_owned()],
                         console: self.console(),
                     });
+                } else if self.state == VmState::Running {
+                    // What a guest without a Ctrl-Alt-Del handler would not
+                    // say; tests wait for it instead of for nothing.
+                    let _ = self.console().write_lines(&[console::IGNORED_CTRL_ALT_DEL_LINE.to_owned()]);
                 }
                 return outcome;
             }

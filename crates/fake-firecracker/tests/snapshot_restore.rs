@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use common::{Client, DEADLINE, Fake};
 use fake_firecracker::guest::{CHECKSUM_LINE, resume_pages};
@@ -356,7 +355,7 @@ fn guest_touch_limits_what_the_restored_guest_reads() {
     );
     assert!(server.served() < (SMALL_MIB << 20) / PAGE_SIZE);
 
-    let f = Fake::spawn_with(&[], &[("FAKE_FC_GUEST_TOUCH", "none")]);
+    let mut f = Fake::spawn_with(&[], &[("FAKE_FC_GUEST_TOUCH", "none")]);
     f.wait_socket();
     let sock = f.path("uffd.sock");
     let server = PageServer::start(&sock, &mem);
@@ -367,7 +366,8 @@ fn guest_touch_limits_what_the_restored_guest_reads() {
         &load_body(&state, "Uffd", &sock, true),
     );
     assert_eq!(c.get("/").json()["state"], "Running");
-    std::thread::sleep(Duration::from_millis(50));
+    // The resumed guest says it read nothing; by then every fault is in.
+    f.wait_line(fake_firecracker::guest::UNTOUCHED_LINE);
     // Only the pages the VMM itself touches while restoring.
     assert_eq!(
         server.served(),

@@ -157,6 +157,11 @@ impl Fake {
         p
     }
 
+    /// True if no stdout line read so far contains `needle`.
+    pub fn console_has_no(&self, needle: &str) -> bool {
+        !self.console.iter().any(|l| l.contains(needle))
+    }
+
     /// Waits for a stdout line containing `needle`.
     pub fn wait_line(&mut self, needle: &str) -> String {
         if let Some(l) = self.console.iter().find(|l| l.contains(needle)) {
