@@ -21,6 +21,7 @@
 pub mod api;
 pub mod console;
 pub mod id;
+pub mod net;
 pub mod record;
 pub mod spec;
 pub mod state;
