@@ -214,6 +214,11 @@ async fn raw_request(stream: &mut UnixStream, method: &str, path: &str, body: &s
 
 async fn raw_sequence(socket: &Path, seq: &Sequence) {
     let mut stream = UnixStream::connect(socket).await.unwrap();
+    raw_sequence_on(&mut stream, seq).await;
+}
+
+/// The configure + start requests on an open connection.
+async fn raw_sequence_on(stream: &mut UnixStream, seq: &Sequence) {
     for (method, path, body) in [
         ("PUT", "/machine-config", &seq.machine),
         ("PUT", "/boot-source", &seq.boot),
@@ -221,7 +226,7 @@ async fn raw_sequence(socket: &Path, seq: &Sequence) {
         ("PUT", "/actions", &seq.start),
     ] {
         assert_eq!(
-            raw_request(&mut stream, method, path, body).await,
+            raw_request(stream, method, path, body).await,
             204,
             "{method} {path}"
         );
@@ -329,22 +334,35 @@ async fn wait_socket(socket: &Path) -> UnixStream {
     }
 }
 
+/// Starts `binary` with Firecracker's flags (output discarded), as the
+/// baselines do.
+fn spawn_vmm(
+    binary: &Path,
+    socket: &Path,
+    id: &str,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Child {
+    std::process::Command::new(binary)
+        .arg("--api-sock")
+        .arg(socket)
+        .args(["--id", id])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Spawns `binary` like the manager does and runs the sequence by hand.
 async fn raw_create_to_running(binary: &Path, dir: &Path, seq: &Sequence) -> Duration {
     let socket = dir.join("raw.sock");
     let _ = std::fs::remove_file(&socket);
     let t = Instant::now();
-    let mut child = std::process::Command::new(binary)
-        .args(["--api-sock"])
-        .arg(&socket)
-        .args(["--id", "raw"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmm(binary, &socket, "raw", &[]);
+    // The connection that proved the socket ready carries the requests,
+    // as the manager's does.
     let mut stream = wait_socket(&socket).await;
-    drop(stream.shutdown().await);
-    raw_sequence(&socket, seq).await;
+    raw_sequence_on(&mut stream, seq).await;
     let elapsed = t.elapsed();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -399,16 +417,12 @@ async fn config_file_to_running(binary: &Path, images: &Images, i: usize) -> Dur
     });
     std::fs::write(&config, body.to_string()).unwrap();
     let t = Instant::now();
-    let mut child = std::process::Command::new(binary)
-        .arg("--api-sock")
-        .arg(&socket)
-        .args(["--id", "cf"])
-        .arg("--config-file")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmm(
+        binary,
+        &socket,
+        "cf",
+        &["--config-file".as_ref(), config.as_os_str()],
+    );
     let mut stream = wait_socket(&socket).await;
     loop {
         let answer = {
@@ -441,14 +455,7 @@ async fn raw_restore(binary: &Path, dir: &Path, bundle: &Path) -> Duration {
     })
     .to_string();
     let t = Instant::now();
-    let mut child = std::process::Command::new(binary)
-        .arg("--api-sock")
-        .arg(&socket)
-        .args(["--id", "rawrestore"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmm(binary, &socket, "rawrestore", &[]);
     let mut stream = wait_socket(&socket).await;
     assert_eq!(
         raw_request(&mut stream, "PUT", "/snapshot/load", &body).await,
