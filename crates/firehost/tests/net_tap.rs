@@ -12,11 +12,11 @@
 //! Needs root (`CAP_SYS_ADMIN` for `unshare`, `CAP_NET_ADMIN` inside);
 //! elsewhere each test prints why it skipped.
 
-use std::future::Future;
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
+mod common;
+
+use common::netns::in_netns;
 use firehost::VmId;
 use firehost::net::bridge::{Bridge, BridgeError};
 use firehost::net::tap::{
@@ -24,100 +24,8 @@ use firehost::net::tap::{
 };
 use firehost::net::{IfName, IfNameError, LinkState, Netlink};
 
-/// The deadline for one test body.
-const TEST_DEADLINE: Duration = Duration::from_secs(30);
-
-fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
-}
-
 fn name(s: &str) -> IfName {
     IfName::new(s).unwrap()
-}
-
-/// Unshares the calling thread's network and mount namespaces and mounts a
-/// sysfs for the new network namespace on `/sys` (privately: the host's
-/// mounts are untouched).
-fn enter_private_netns() -> Result<(), String> {
-    // SAFETY: unshare only changes this thread's namespaces (CLONE_NEWNS
-    // implies CLONE_FS, which a thread may unshare on its own); no memory is
-    // passed.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) };
-    if rc != 0 {
-        return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the path is a NUL-terminated literal; the other pointers are
-    // null, which mount(2) accepts for a propagation change.
-    let rc = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "make / private: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: NUL-terminated literals, and no filesystem data.
-    let rc = unsafe {
-        libc::mount(
-            c"sysfs".as_ptr(),
-            c"/sys".as_ptr(),
-            c"sysfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!("mount sysfs: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Runs `body` inside a fresh network namespace on its own thread with a
-/// current-thread runtime, under [`TEST_DEADLINE`]. Skips (and says so)
-/// where namespaces cannot be made.
-fn in_netns<F, Fut>(test: &'static str, body: F)
-where
-    F: FnOnce(Netlink) -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return skip(test, "needs root to create a network namespace");
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return skip(test, "/dev/net/tun is missing (no tun module)");
-    }
-    let thread = std::thread::Builder::new()
-        .name(test.to_owned())
-        .spawn(move || {
-            if let Err(why) = enter_private_netns() {
-                return Some(why);
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let nl = Netlink::connect().expect("netlink socket");
-                tokio::time::timeout(TEST_DEADLINE, body(nl))
-                    .await
-                    .unwrap_or_else(|_| panic!("{test} ran past {TEST_DEADLINE:?}"));
-            });
-            None
-        })
-        .unwrap();
-    match thread.join() {
-        Ok(None) => {}
-        Ok(Some(why)) => skip(test, &why),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
 }
 
 /// The link `n` as the kernel reports it, which must exist.

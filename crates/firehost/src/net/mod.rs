@@ -31,7 +31,10 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
 
 pub mod bridge;
+pub mod firewall;
 pub mod ipam;
+pub mod nft;
+pub mod sysctl;
 pub mod tap;
 
 /// The kernel's `IFNAMSIZ`: interface names are at most 15 bytes plus NUL.

@@ -60,6 +60,8 @@ pub fn fake_firecracker_path() -> PathBuf {
     fake
 }
 
+pub mod netns;
+
 /// Says that a test skipped and why, straight to stderr: libtest captures
 /// `eprintln!`, and a skip must be visible in a passing run.
 pub fn skip(test: &str, why: &str) {

@@ -1,0 +1,584 @@
+//! The firehost firewall: NAT, isolation, anti-spoofing and published ports.
+//!
+//! firehost owns two nftables tables, both named `firehost`, and touches
+//! nothing else:
+//!
+//! - **`bridge firehost`** sees frames on the bridge before IP does.
+//!   `guest_ingress` (hook prerouting) accepts a frame from a VM's TAP only
+//!   when its source MAC and IPv4 address (or ARP sender MAC and address)
+//!   are the ones bound to that TAP in the `bindings` set, and drops
+//!   everything else from a TAP: spoofed sources, IPv6, other ether types.
+//!   `vm_to_vm` (hook forward) drops frames from one TAP to another unless
+//!   the pair is in the `peers` set; `from_host` (hook output) drops
+//!   guest-to-guest packets that a guest sent through the gateway to have
+//!   the host route them back onto the bridge (peers talk directly, at
+//!   layer 2).
+//! - **`ip firehost`** sees what the host routes. `host_input` drops new
+//!   connections from the bridge to the host except to the services in the
+//!   `host_services` set; `guest_forward` lets guests out through the
+//!   uplink only and lets replies and published ports in; it leaves
+//!   bridge-to-bridge packets to the bridge table (they reach the IP hooks
+//!   only when `br_netfilter` is loaded, as Docker does, and then look the
+//!   same whether bridged or routed); `publish`/`publish_local` DNAT host ports to
+//!   guests through the `published` map; `egress_nat` masquerades the guest
+//!   subnet out of the uplink.
+//!
+//! The rules never change after [`Firewall::install`]: a VM is a handful of
+//! set and map elements, added or removed in one transaction, so adding the
+//! 1,000th VM costs what adding the first did. Dropped packets are counted
+//! in the named counters `spoofed`, `isolated` (bridge table) and
+//! `host_blocked` (ip table).
+//!
+//! Every script is assembled here from typed values only: [`IfName`]s
+//! (which need no quoting), addresses, MACs, ports and protocol enums.
+
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::IfName;
+use super::ipam::{MacAddr, Subnet};
+use super::nft::{NftError, Nftables};
+
+/// The name of both firehost tables.
+pub const TABLE: &str = "firehost";
+
+/// A transport protocol of a published port or a host service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// Why a port or port mapping did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not {expected}")]
+pub struct PortSyntaxError {
+    text: String,
+    expected: &'static str,
+}
+
+/// Splits an optional `/tcp` or `/udp` suffix off `text`.
+fn split_proto(text: &str) -> Option<(&str, Proto)> {
+    match text.rsplit_once('/') {
+        None => Some((text, Proto::Tcp)),
+        Some((rest, "tcp")) => Some((rest, Proto::Tcp)),
+        Some((rest, "udp")) => Some((rest, Proto::Udp)),
+        Some(_) => None,
+    }
+}
+
+/// Parses a port number 1–65535.
+fn parse_port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// A host port forwarded to a guest port: `HOST:GUEST[/tcp|/udp]`.
+///
+/// # Examples
+///
+/// ```
+/// use firehost::net::firewall::{PortMapping, Proto};
+///
+/// let m: PortMapping = "8080:80".parse().unwrap();
+/// assert_eq!((m.proto, m.host_port, m.guest_port), (Proto::Tcp, 8080, 80));
+/// let m: PortMapping = "5353:53/udp".parse().unwrap();
+/// assert_eq!(m.proto, Proto::Udp);
+/// assert!("0:80".parse::<PortMapping>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// The protocol.
+    pub proto: Proto,
+    /// The port on the host's own addresses.
+    pub host_port: u16,
+    /// The port in the guest.
+    pub guest_port: u16,
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.host_port, self.guest_port, self.proto)
+    }
+}
+
+impl FromStr for PortMapping {
+    type Err = PortSyntaxError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = || PortSyntaxError {
+            text: text.to_owned(),
+            expected: "HOST:GUEST[/tcp|/udp] with ports 1-65535",
+        };
+        let (ports, proto) = split_proto(text).ok_or_else(err)?;
+        let (host, guest) = ports.split_once(':').ok_or_else(err)?;
+        Ok(PortMapping {
+            proto,
+            host_port: parse_port(host).ok_or_else(err)?,
+            guest_port: parse_port(guest).ok_or_else(err)?,
+        })
+    }
+}
+
+/// A service on the host that guests may reach at the gateway address:
+/// `PORT[/tcp|/udp]` (a DNS forwarder, say `53/udp`).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::net::firewall::{HostService, Proto};
+///
+/// let s: HostService = "53/udp".parse().unwrap();
+/// assert_eq!((s.proto, s.port), (Proto::Udp, 53));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HostService {
+    /// The protocol.
+    pub proto: Proto,
+    /// The port.
+    pub port: u16,
+}
+
+impl FromStr for HostService {
+    type Err = PortSyntaxError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = || PortSyntaxError {
+            text: text.to_owned(),
+            expected: "PORT[/tcp|/udp] with a port 1-65535",
+        };
+        let (port, proto) = split_proto(text).ok_or_else(err)?;
+        Ok(HostService {
+            proto,
+            port: parse_port(port).ok_or_else(err)?,
+        })
+    }
+}
+
+impl fmt::Display for HostService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.proto)
+    }
+}
+
+/// What the rules are built from: the host side of the guest network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// The bridge the TAPs are attached to.
+    pub bridge: IfName,
+    /// The guest subnet.
+    pub subnet: Subnet,
+    /// The bridge's address in the subnet: the only subnet address the
+    /// host itself sends to guests from.
+    pub gateway: Ipv4Addr,
+    /// Where guest traffic leaves the host, masqueraded. `None`: guests
+    /// reach the host's allowed services and published ports reach them,
+    /// but they have no way out.
+    pub uplink: Option<IfName>,
+    /// Host services guests may open connections to.
+    pub host_services: Vec<HostService>,
+}
+
+/// The firewall's view of one VM NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestPort {
+    /// The TAP on the host.
+    pub tap: IfName,
+    /// The only source MAC accepted from the TAP.
+    pub mac: MacAddr,
+    /// The only source address accepted from the TAP.
+    pub ip: Ipv4Addr,
+    /// Host ports forwarded to this guest.
+    pub published: Vec<PortMapping>,
+}
+
+/// Why a firewall change failed. A failed change applied nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The transaction failed (or nftables is missing).
+    #[error(transparent)]
+    Nft(#[from] NftError),
+}
+
+/// The firehost tables in one network namespace.
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    nft: Arc<Nftables>,
+    config: FirewallConfig,
+}
+
+impl Firewall {
+    /// A firewall for `config` that runs its transactions through `nft`.
+    /// Changes nothing until [`Firewall::install`].
+    pub fn new(nft: Arc<Nftables>, config: FirewallConfig) -> Self {
+        Firewall { nft, config }
+    }
+
+    /// The configuration the rules are built from.
+    pub fn config(&self) -> &FirewallConfig {
+        &self.config
+    }
+
+    /// The nftables handle, for reading the tables back.
+    pub fn nftables(&self) -> &Arc<Nftables> {
+        &self.nft
+    }
+
+    /// Replaces both firehost tables, in one transaction, with fresh ones
+    /// holding exactly `ports` and the `peers` pairs: whatever the tables
+    /// held before (a crashed manager's leftovers, VMs that died since) is
+    /// gone, and packets never see a moment without rules.
+    pub fn install(
+        &self,
+        ports: &[GuestPort],
+        peers: &[(IfName, IfName)],
+    ) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        drop_tables(&mut script);
+        self.config.define_tables(&mut script);
+        for port in ports {
+            add_port_elements(&mut script, "add", port);
+        }
+        for (a, b) in peers {
+            peer_elements(&mut script, "add", a, b);
+        }
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Removes both firehost tables (no error if they are absent).
+    pub fn uninstall(&self) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        drop_tables(&mut script);
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Admits one VM NIC, with its peers, in one transaction.
+    pub fn add_port(
+        &self,
+        port: &GuestPort,
+        peers: &[(IfName, IfName)],
+    ) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        add_port_elements(&mut script, "add", port);
+        for (a, b) in peers {
+            peer_elements(&mut script, "add", a, b);
+        }
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Removes one VM NIC's elements and the given peer pairs, in one
+    /// transaction. Elements that are already gone are not an error.
+    pub fn remove_port(
+        &self,
+        port: &GuestPort,
+        peers: &[(IfName, IfName)],
+    ) -> Result<(), FirewallError> {
+        // `delete element` of a missing element fails the whole batch, and
+        // nftables 1.0.6 has no `destroy element`: adding first makes the
+        // delete always find its element, in the same atomic transaction.
+        let mut script = String::new();
+        add_port_elements(&mut script, "add", port);
+        for (a, b) in peers {
+            peer_elements(&mut script, "add", a, b);
+        }
+        add_port_elements(&mut script, "delete", port);
+        for (a, b) in peers {
+            peer_elements(&mut script, "delete", a, b);
+        }
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Forwards `mapping` to `ip` (a running VM's address).
+    pub fn publish(&self, ip: Ipv4Addr, mapping: PortMapping) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        published_element(&mut script, "add", ip, mapping);
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Stops forwarding `mapping` to `ip`; no error if it was not.
+    pub fn unpublish(&self, ip: Ipv4Addr, mapping: PortMapping) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        published_element(&mut script, "add", ip, mapping);
+        published_element(&mut script, "delete", ip, mapping);
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Lets the VMs behind TAPs `a` and `b` reach each other.
+    pub fn allow_peers(&self, a: &IfName, b: &IfName) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        peer_elements(&mut script, "add", a, b);
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Isolates `a` and `b` from each other again; no error if they were.
+    pub fn deny_peers(&self, a: &IfName, b: &IfName) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        peer_elements(&mut script, "add", a, b);
+        peer_elements(&mut script, "delete", a, b);
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Whether the firehost tables exist.
+    pub fn installed(&self) -> Result<bool, FirewallError> {
+        let json = self.nft.list("list tables")?;
+        Ok(tables_in(&json)
+            .iter()
+            .any(|(family, name)| name == TABLE && (family == "bridge" || family == "ip")))
+    }
+
+    /// The TAP names in the `taps` set of the bridge table.
+    pub fn taps(&self) -> Result<Vec<IfName>, FirewallError> {
+        let json = self.nft.list(&format!("list set bridge {TABLE} taps"))?;
+        let mut taps = Vec::new();
+        for item in json["nftables"].as_array().into_iter().flatten() {
+            for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+                if let Some(name) = elem.as_str().and_then(|s| IfName::new(s).ok()) {
+                    taps.push(name);
+                }
+            }
+        }
+        Ok(taps)
+    }
+}
+
+impl FirewallConfig {
+    /// Writes both table definitions, rules and empty sets.
+    fn define_tables(&self, s: &mut String) {
+        let FirewallConfig {
+            bridge,
+            subnet,
+            gateway,
+            uplink,
+            host_services,
+        } = self;
+        let _ = write!(
+            s,
+            "table bridge {TABLE} {{
+  set taps {{ type ifname; }}
+  set bindings {{ type ifname . ether_addr . ipv4_addr; }}
+  set peers {{ type ifname . ifname; }}
+  counter spoofed {{}}
+  counter isolated {{}}
+  chain guest_ingress {{
+    type filter hook prerouting priority -200; policy accept;
+    iifname != @taps accept
+    ether type ip iifname . ether saddr . ip saddr @bindings accept
+    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings accept
+    counter name spoofed drop
+  }}
+  chain vm_to_vm {{
+    type filter hook forward priority 0; policy accept;
+    iifname @taps oifname @taps iifname . oifname @peers accept
+    iifname @taps oifname @taps counter name isolated drop
+  }}
+  chain from_host {{
+    type filter hook output priority 0; policy accept;
+    oifname @taps ip saddr {subnet} ip saddr != {gateway} counter name isolated drop
+  }}
+}}
+table ip {TABLE} {{
+  set host_services {{ type inet_proto . inet_service; }}
+  map published {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+  counter host_blocked {{}}
+  chain host_input {{
+    type filter hook input priority 0; policy accept;
+    iifname != \"{bridge}\" accept
+    ct state established,related accept
+    meta l4proto . th dport @host_services accept
+    counter name host_blocked drop
+  }}
+  chain guest_forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname \"{bridge}\" oifname \"{bridge}\" accept
+    oifname \"{bridge}\" ct status dnat accept
+    oifname \"{bridge}\" ct state established,related accept
+    oifname \"{bridge}\" drop
+"
+        );
+        if let Some(uplink) = uplink {
+            let _ = writeln!(
+                s,
+                "    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr {subnet} accept"
+            );
+        }
+        let _ = write!(
+            s,
+            "    iifname \"{bridge}\" drop
+  }}
+  chain publish {{
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local dnat to meta l4proto . th dport map @published
+  }}
+  chain publish_local {{
+    type nat hook output priority -100; policy accept;
+    fib daddr type local ip daddr != 127.0.0.0/8 dnat to meta l4proto . th dport map @published
+  }}
+"
+        );
+        if let Some(uplink) = uplink {
+            let _ = write!(
+                s,
+                "  chain egress_nat {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {subnet} oifname \"{uplink}\" masquerade
+  }}
+"
+            );
+        }
+        s.push_str("}\n");
+        for service in host_services {
+            let _ = writeln!(
+                s,
+                "add element ip {TABLE} host_services {{ {} . {} }}",
+                service.proto, service.port
+            );
+        }
+    }
+}
+
+/// Deletes both tables whether or not they exist: `add` is a no-op on an
+/// existing table, so the `delete` after it always has a target.
+fn drop_tables(s: &mut String) {
+    for family in ["bridge", "ip"] {
+        let _ = writeln!(s, "add table {family} {TABLE}");
+        let _ = writeln!(s, "delete table {family} {TABLE}");
+    }
+}
+
+/// `verb` (`add` or `delete`) the elements of one VM NIC.
+fn add_port_elements(s: &mut String, verb: &str, port: &GuestPort) {
+    let GuestPort {
+        tap,
+        mac,
+        ip,
+        published,
+    } = port;
+    let _ = writeln!(s, "{verb} element bridge {TABLE} taps {{ \"{tap}\" }}");
+    let _ = writeln!(
+        s,
+        "{verb} element bridge {TABLE} bindings {{ \"{tap}\" . {mac} . {ip} }}"
+    );
+    for mapping in published {
+        published_element(s, verb, *ip, *mapping);
+    }
+}
+
+/// `verb` one `published` map element.
+fn published_element(s: &mut String, verb: &str, ip: Ipv4Addr, m: PortMapping) {
+    let _ = writeln!(
+        s,
+        "{verb} element ip {TABLE} published {{ {} . {} : {ip} . {} }}",
+        m.proto, m.host_port, m.guest_port
+    );
+}
+
+/// `verb` the two directions of a peer pair.
+fn peer_elements(s: &mut String, verb: &str, a: &IfName, b: &IfName) {
+    let _ = writeln!(
+        s,
+        "{verb} element bridge {TABLE} peers {{ \"{a}\" . \"{b}\", \"{b}\" . \"{a}\" }}"
+    );
+}
+
+/// `(family, name)` of each table in a `list tables` JSON answer.
+fn tables_in(json: &serde_json::Value) -> Vec<(String, String)> {
+    json["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let table = item.get("table")?;
+            Some((
+                table["family"].as_str()?.to_owned(),
+                table["name"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_mappings_parse_and_print() {
+        let m: PortMapping = "65535:1/udp".parse().unwrap();
+        assert_eq!(m.to_string(), "65535:1/udp");
+        for bad in [
+            "", "80", ":80", "80:", "0:1", "1:0", "1:2/sctp", "70000:1", "a:b", "1:2/",
+        ] {
+            assert!(bad.parse::<PortMapping>().is_err(), "{bad:?}");
+        }
+        let s: HostService = "53".parse().unwrap();
+        assert_eq!(s.proto, Proto::Tcp);
+        assert!("53/icmp".parse::<HostService>().is_err());
+    }
+
+    fn config(uplink: Option<&str>) -> FirewallConfig {
+        FirewallConfig {
+            bridge: IfName::new("fhbr0").unwrap(),
+            subnet: "172.30.0.0/16".parse().unwrap(),
+            gateway: "172.30.0.1".parse().unwrap(),
+            uplink: uplink.map(|u| IfName::new(u).unwrap()),
+            host_services: vec!["53/udp".parse().unwrap()],
+        }
+    }
+
+    fn script_for(config: FirewallConfig) -> String {
+        let mut s = String::new();
+        config.define_tables(&mut s);
+        s
+    }
+
+    #[test]
+    fn without_an_uplink_there_is_no_nat_and_no_way_out() {
+        let with = script_for(config(Some("eth0")));
+        assert!(with.contains("oifname \"eth0\" masquerade"));
+        assert!(with.contains("oifname \"eth0\" ip saddr 172.30.0.0/16 accept"));
+        let without = script_for(config(None));
+        assert!(!without.contains("masquerade"));
+        assert!(!without.contains("eth0"));
+        assert!(without.contains("host_services { udp . 53 }"));
+    }
+
+    #[test]
+    fn removing_adds_first_so_the_delete_cannot_miss() {
+        let port = GuestPort {
+            tap: IfName::new("fhabc").unwrap(),
+            mac: "06:00:00:00:00:01".parse().unwrap(),
+            ip: "172.30.0.2".parse().unwrap(),
+            published: vec!["8080:80".parse().unwrap()],
+        };
+        let mut s = String::new();
+        add_port_elements(&mut s, "delete", &port);
+        assert_eq!(
+            s,
+            "delete element bridge firehost taps { \"fhabc\" }\n\
+             delete element bridge firehost bindings { \"fhabc\" . 06:00:00:00:00:01 . 172.30.0.2 }\n\
+             delete element ip firehost published { tcp . 8080 : 172.30.0.2 . 80 }\n"
+        );
+    }
+}
