@@ -220,11 +220,14 @@ fn serve(
             mode: 0,
             copy: 0,
         };
+        // Counted before the copy: the copy wakes the faulting thread, and
+        // a test that reads the count once the guest has moved on must see
+        // this fault in it.
+        served.fetch_add(1, Ordering::SeqCst);
         // SAFETY: UFFDIO_COPY reads one `uffdio_copy`; `src` is PAGE_SIZE readable bytes.
         let rc = unsafe { libc::ioctl(uffd_fd.as_raw_fd(), uffd::UFFDIO_COPY, &mut copy) };
         let err = std::io::Error::last_os_error().raw_os_error();
         assert!(rc == 0 || err == Some(libc::EEXIST), "UFFDIO_COPY: {err:?}");
-        served.fetch_add(1, Ordering::SeqCst);
     }
 }
 
