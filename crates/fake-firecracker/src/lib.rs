@@ -91,6 +91,7 @@ pub mod fault;
 pub mod guest;
 pub mod http;
 pub mod memory;
+pub mod tap;
 pub mod telemetry;
 pub mod testing;
 pub mod view;

@@ -356,6 +356,8 @@ pub struct Vmm {
     uffd: Option<UnixStream>,
     /// The vCPUs and their memory, once booted or restored.
     guest: Option<Guest>,
+    /// TAP devices attached by network interfaces, by interface id.
+    taps: std::collections::HashMap<String, std::os::fd::OwnedFd>,
 }
 
 fn not_found_io(path: &Path, e: io::Error) -> String {
@@ -374,6 +376,7 @@ impl Vmm {
             vsock_listener: None,
             uffd: None,
             guest: None,
+            taps: std::collections::HashMap::new(),
         }
     }
 
@@ -480,7 +483,7 @@ impl Vmm {
             }
             Action::PutNetworkInterface(iface) => {
                 self.boot_path = true;
-                insert_net(res, iface)
+                put_net(&mut self.taps, res, iface)
             }
             Action::LoadSnapshot(params) => return self.load_snapshot(params),
             Action::PatchMmds(value) => {
@@ -633,7 +636,7 @@ impl Vmm {
             }
             Action::PutDrive(drive) => insert_drive(&mut self.resources, drive),
             Action::PutPmem(pmem) => insert_pmem(&mut self.resources, pmem),
-            Action::PutNetworkInterface(iface) => insert_net(&mut self.resources, iface),
+            Action::PutNetworkInterface(iface) => put_net(&mut self.taps, &mut self.resources, iface),
             Action::HotUnplug(..) if !self.options.pci_enabled => Err(ActionError::PciNotEnabled),
             Action::HotUnplug(kind, id) => self.hot_unplug(kind, &id),
             Action::Pause => {
@@ -1033,6 +1036,17 @@ impl Vmm {
                 .ok_or("Failed to get snapshot state from file: Unknown Network Device.")?;
             iface.host_dev_name = o.host_dev_name.clone();
         }
+        for iface in &resources.network_interfaces {
+            let tap = crate::tap::attach_existing(&iface.host_dev_name).map_err(|e| {
+                format!(
+                    "Failed to restore network devices: {}",
+                    crate::tap::open_error(&iface.host_dev_name, &e)
+                )
+            })?;
+            if let Some(fd) = tap {
+                self.taps.insert(iface.iface_id.clone(), fd);
+            }
+        }
         if let Some(o) = &params.vsock_override {
             let vsock = resources
                 .vsock
@@ -1238,6 +1252,23 @@ fn insert_pmem(res: &mut Resources, pmem: Pmem) -> Result<Reply, ActionError> {
         None => res.pmem.push(pmem),
     }
     Ok(Reply::Empty)
+}
+
+/// Opens the interface's TAP (when it exists), then records the interface.
+fn put_net(
+    taps: &mut std::collections::HashMap<String, std::os::fd::OwnedFd>,
+    res: &mut Resources,
+    iface: NetworkInterface,
+) -> Result<Reply, ActionError> {
+    let tap = crate::tap::attach_existing(&iface.host_dev_name)
+        .map_err(|e| ActionError::Network(crate::tap::open_error(&iface.host_dev_name, &e)))?;
+    let id = iface.iface_id.clone();
+    let reply = insert_net(res, iface)?;
+    match tap {
+        Some(fd) => taps.insert(id, fd),
+        None => taps.remove(&id),
+    };
+    Ok(reply)
 }
 
 fn insert_net(res: &mut Resources, iface: NetworkInterface) -> Result<Reply, ActionError> {
