@@ -243,6 +243,7 @@ impl VmProvider for InMemoryProvider {
         };
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
+            net: None,
             id: id.clone(),
             state: VmState::Created,
             pid: None,
@@ -378,6 +379,7 @@ impl VmProvider for InMemoryProvider {
             .insert(id.clone(), snapshot.clone());
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
+            net: None,
             id: id.clone(),
             state: if options.resume {
                 VmState::Running

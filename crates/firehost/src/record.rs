@@ -68,6 +68,9 @@ pub struct VmRecord {
     /// missing page.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub page_server_attached: bool,
+    /// The VM's place on the default network: address, MAC, TAP, ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::net::host::VmNet>,
 }
 
 /// How far a write must have reached before it returns.
@@ -205,6 +208,7 @@ mod tests {
                 extra_drives: vec![],
                 track_dirty_pages: false,
                 graceful_shutdown: true,
+            net: None,
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),
@@ -217,6 +221,17 @@ mod tests {
             restored_from: None,
             last_snapshot: None,
             page_server_attached: false,
+            net: Some(crate::net::host::VmNet {
+                ip: "172.30.0.2".parse().unwrap(),
+                prefix_len: 16,
+                gateway: "172.30.0.1".parse().unwrap(),
+                mac: crate::net::ipam::MacAddr::new([6, 1, 2, 3, 4, 5]),
+                tap: crate::net::IfName::new("fh0123456789abc").unwrap(),
+                iface_id: "eth0".into(),
+                dns: vec!["1.1.1.1".parse().unwrap()],
+                published: vec!["8080:80".parse().unwrap()],
+                peer_groups: vec!["g".parse().unwrap()],
+            }),
         }
     }
 

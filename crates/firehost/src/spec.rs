@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::host::NetSpec;
+
 /// Firecracker's upper limit on vCPUs.
 pub const MAX_VCPUS: u8 = 32;
 /// Firecracker refuses a zero-sized guest; this is the smallest it accepts.
@@ -65,6 +67,9 @@ pub struct VmSpec {
     /// Whether the guest is expected to shut down on Ctrl-Alt-Del, so that
     /// stop tries it before signalling the VMM.
     pub graceful_shutdown: Option<bool>,
+    /// A NIC on the manager's default network (see [`crate::net::host`]).
+    /// `None`: the VM has no network.
+    pub net: Option<NetSpec>,
 }
 
 /// A drive besides the root filesystem.
@@ -149,6 +154,9 @@ pub struct ResolvedSpec {
     pub track_dirty_pages: bool,
     /// Stop tries Ctrl-Alt-Del first.
     pub graceful_shutdown: bool,
+    /// The default-network NIC asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetSpec>,
 }
 
 /// Which file of a spec a [`SpecError`] is about.
@@ -339,6 +347,7 @@ impl VmSpec {
             extra_drives,
             track_dirty_pages: self.track_dirty_pages.unwrap_or(defaults.track_dirty_pages),
             graceful_shutdown: self.graceful_shutdown.unwrap_or(defaults.graceful_shutdown),
+            net: self.net.clone(),
         })
     }
 }

@@ -23,6 +23,13 @@ pub(crate) enum UndoStep {
     RemoveDir(PathBuf),
     /// SIGKILL a VMM and wait until it has exited.
     KillProcess(VmmProcess),
+    /// Take a VM off the default network (TAP, firewall, address).
+    DetachNetwork {
+        /// The network.
+        net: std::sync::Arc<crate::net::host::HostNetwork>,
+        /// The VM.
+        vm: VmId,
+    },
     /// Drop a VM's lease on a snapshot bundle.
     ReleaseLease {
         /// The store holding the bundle.
@@ -68,6 +75,11 @@ impl UndoStack {
                         tokio::task::spawn_blocking(move || store.release(&name, &vm)).await;
                     if let Ok(Err(e)) = result {
                         tracing::warn!(error = %e, "undo: cannot release a snapshot lease");
+                    }
+                }
+                UndoStep::DetachNetwork { net, vm } => {
+                    if let Err(e) = net.detach(&vm).await {
+                        tracing::warn!(vm = %vm, error = %e, "undo: cannot detach the network");
                     }
                 }
                 UndoStep::RemoveDir(dir) => {

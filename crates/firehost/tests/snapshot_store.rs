@@ -68,6 +68,7 @@ fn spec() -> ResolvedSpec {
         extra_drives: vec![],
         track_dirty_pages: true,
         graceful_shutdown: true,
+        net: None,
     }
 }
 

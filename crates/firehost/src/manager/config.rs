@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::console::DEFAULT_CONSOLE_LINES;
+use crate::net::host::NetworkConfig;
 use crate::spec::HostDefaults;
 use crate::vmm::spawn::DEFAULT_NOFILE_LIMIT;
 use crate::vmm::{LogLevel, SeccompPolicy};
@@ -100,6 +101,9 @@ pub struct ManagerConfig {
     pub vmm_env: Vec<(OsString, OsString)>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// The default network: bridge, subnet, uplink, DNS, allowed host
+    /// services. Nothing on the host changes until a VM asks for a network.
+    pub network: NetworkConfig,
 }
 
 impl ManagerConfig {
@@ -119,6 +123,7 @@ impl ManagerConfig {
             nofile_limit: DEFAULT_NOFILE_LIMIT,
             vmm_env: Vec::new(),
             timeouts: Timeouts::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -7,10 +7,13 @@ use super::launch::{Launched, Reservation};
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::ApiClient;
-use crate::api::models::{ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration};
+use crate::api::models::{
+    ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration, NetworkInterface,
+};
+use crate::net::host::VmNet;
 use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec, VmSpec};
 use crate::state::VmState;
-use crate::undo::UndoStack;
+use crate::undo::{UndoStack, UndoStep};
 
 /// Creates a VM and, with `then_start`, boots it within the same
 /// transaction (so a failed start undoes the create).
@@ -41,10 +44,29 @@ async fn build(
             id: id.clone(),
             source,
         })?;
-    let mut launched = Launched::spawn(shared, id, spec, undo).await?;
+    let net = match &spec.net {
+        Some(net_spec) => {
+            let net = shared
+                .net
+                .attach(id, net_spec)
+                .await
+                .map_err(|source| VmError::Network {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })?;
+            undo.push(UndoStep::DetachNetwork {
+                net: shared.net.clone(),
+                vm: id.clone(),
+            });
+            Some(net)
+        }
+        None => None,
+    };
+    let mut launched = Launched::spawn(shared, id, spec, net, undo).await?;
     let outcome = async {
         let api = launched.connect(shared).await?;
-        configure(&api, &launched.vm.record.spec)
+        let record = &launched.vm.record;
+        configure(&api, &record.spec, record.net.as_ref())
             .await
             .map_err(|(op, source)| VmError::Api {
                 id: id.clone(),
@@ -73,11 +95,12 @@ async fn build(
 async fn configure(
     api: &ApiClient,
     spec: &ResolvedSpec,
+    net: Option<&VmNet>,
 ) -> Result<(), (&'static str, crate::api::ApiError)> {
     api.put_machine_configuration(&machine_config(spec))
         .await
         .map_err(|e| ("configure the machine", e))?;
-    api.put_guest_boot_source(&boot_source(spec))
+    api.put_guest_boot_source(&boot_source(spec, net))
         .await
         .map_err(|e| ("configure the boot source", e))?;
     for drive in drives(spec) {
@@ -85,7 +108,21 @@ async fn configure(
             .await
             .map_err(|e| ("attach a drive", e))?;
     }
+    if let Some(net) = net {
+        api.put_guest_network_interface_by_id(&network_interface(net))
+            .await
+            .map_err(|e| ("attach the network interface", e))?;
+    }
     Ok(())
+}
+
+/// The NIC of the default network: the TAP on the host, the MAC the host
+/// chose (so the guest and the anti-spoofing rules agree).
+pub(crate) fn network_interface(net: &VmNet) -> NetworkInterface {
+    NetworkInterface {
+        guest_mac: Some(net.mac.to_string()),
+        ..NetworkInterface::new(&net.iface_id, net.tap.as_str())
+    }
 }
 
 pub(crate) fn machine_config(spec: &ResolvedSpec) -> MachineConfiguration {
@@ -96,10 +133,20 @@ pub(crate) fn machine_config(spec: &ResolvedSpec) -> MachineConfiguration {
     }
 }
 
-pub(crate) fn boot_source(spec: &ResolvedSpec) -> BootSource {
+/// The boot source; with a network whose spec asks for it, the kernel's
+/// `ip=` argument is appended so the guest configures `eth0` by itself.
+pub(crate) fn boot_source(spec: &ResolvedSpec, net: Option<&VmNet>) -> BootSource {
+    let mut boot_args = spec.boot_args.clone();
+    let wants_ip_arg = spec.net.as_ref().is_some_and(|n| n.kernel_ip_arg);
+    if let Some(net) = net.filter(|_| wants_ip_arg) {
+        if !boot_args.is_empty() {
+            boot_args.push(' ');
+        }
+        boot_args.push_str(&net.guest_net().kernel_ip_arg(None, "eth0"));
+    }
     BootSource {
         initrd_path: spec.initrd.clone(),
-        boot_args: Some(spec.boot_args.clone()),
+        boot_args: Some(boot_args),
         ..BootSource::new(&spec.kernel)
     }
 }

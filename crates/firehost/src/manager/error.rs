@@ -188,6 +188,16 @@ pub enum VmError {
         #[source]
         source: Box<crate::snapshot::uffd::PageServerError>,
     },
+    /// The VM's network could not be set up or torn down. A create that
+    /// fails this way leaves nothing behind.
+    #[error("VM {id}: network")]
+    Network {
+        /// The id.
+        id: VmId,
+        /// Why.
+        #[source]
+        source: Box<crate::net::host::NetError>,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {
@@ -235,5 +245,12 @@ pub enum ManagerError {
     StateDirTooLong {
         /// The directory.
         path: PathBuf,
+    },
+    /// The network configuration is invalid.
+    #[error("invalid network configuration")]
+    Network {
+        /// Why.
+        #[source]
+        source: crate::net::host::NetError,
     },
 }

@@ -12,6 +12,7 @@ use crate::api::ApiClient;
 use crate::console::ConsoleRing;
 use crate::manager::config::ConsoleTarget;
 use crate::manager::error::MAX_SOCKET_PATH_BYTES;
+use crate::net::host::VmNet;
 use crate::record::{Durability, RECORD_FORMAT, RecordError, VmRecord};
 use crate::spec::ResolvedSpec;
 use crate::state::VmState;
@@ -86,11 +87,13 @@ pub(super) struct Launched {
 
 impl Launched {
     /// Makes the VM's directory and spawns its VMM, pushing both on `undo`,
-    /// and starts writing the first record.
+    /// and starts writing the first record (which holds `net`, already
+    /// attached by the caller).
     pub(super) async fn spawn(
         shared: &Shared,
         id: &VmId,
         spec: ResolvedSpec,
+        net: Option<VmNet>,
         undo: &mut UndoStack,
     ) -> Result<Launched, VmError> {
         let config = &shared.config;
@@ -177,6 +180,7 @@ impl Launched {
                 restored_from: None,
                 last_snapshot: None,
                 page_server_attached: false,
+                net,
             },
             dir,
             process: Some(process.clone()),

@@ -49,6 +49,8 @@ pub use restore::{RestoreMemory, RestoreOptions};
 use crate::VmId;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
+use crate::net::firewall::PortMapping;
+use crate::net::host::{HostNetwork, VmNet};
 use crate::record::{Durability, VmRecord};
 use crate::snapshot::{SnapshotInfo, SnapshotName, SnapshotStore};
 use crate::spec::{ResolvedSpec, VmSpec};
@@ -76,6 +78,9 @@ pub struct VmInfo {
     pub spec: ResolvedSpec,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The VM's place on the default network, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::net::host::VmNet>,
 }
 
 /// Runs many Firecracker VMs on one host. See the [module docs](self).
@@ -115,6 +120,8 @@ struct Shared {
     firecracker: PathBuf,
     vms_dir: PathBuf,
     snapshots_dir: PathBuf,
+    /// The default network (set up with its first VM).
+    net: Arc<HostNetwork>,
     /// The registry. A std mutex: it is held only to look up, insert or
     /// remove a slot, never across an `.await`.
     vms: StdMutex<HashMap<VmId, Arc<Slot>>>,
@@ -181,6 +188,7 @@ impl Vm {
             },
             spec: self.record.spec.clone(),
             created_at_ms: self.record.created_at_ms,
+            net: self.record.net.clone(),
         }
     }
 
@@ -236,11 +244,14 @@ impl Manager {
         // that a host without Firecracker can still list and clean up.
         let firecracker =
             find_binary(&config.firecracker).unwrap_or_else(|| config.firecracker.clone());
+        let net = HostNetwork::new(config.network.clone(), &state_dir)
+            .map_err(|source| ManagerError::Network { source })?;
         let shared = Arc::new(Shared {
             config,
             firecracker,
             vms_dir,
             snapshots_dir,
+            net: Arc::new(net),
             vms: StdMutex::new(HashMap::new()),
             alive: tokio::sync::watch::Sender::new(()),
             _lock: lock,
@@ -445,6 +456,41 @@ impl Manager {
         ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Forwards host port `mapping.host_port` to the VM's guest port, at
+    /// runtime (the VM must have a network). The mapping is kept in the
+    /// record and removed with the VM.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes even if this future is dropped.
+    pub async fn publish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(ops::publish(self.shared.clone(), id.clone(), mapping, true));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Stops forwarding a host port to the VM (no error if it was not).
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes even if this future is dropped.
+    pub async fn unpublish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(ops::publish(
+            self.shared.clone(),
+            id.clone(),
+            mapping,
+            false,
+        ));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// The VMs on the default network now, with their addresses, MACs,
+    /// TAPs and published ports, in id order.
+    pub async fn network_attachments(&self) -> Vec<(VmId, VmNet)> {
+        self.shared.net.attached().await
     }
 
     /// Removes a VM that is created, stopped or failed, with its directory,

@@ -12,6 +12,8 @@ use crate::api::models::{
     ActionType, InstanceActionInfo, SnapshotCreateParams, SnapshotType, Vm as VmPatch,
     VmState as ApiVmState,
 };
+use crate::net::firewall::PortMapping;
+use crate::net::host::NetError;
 use crate::record::Durability;
 use crate::snapshot::{
     Bundle, BundleError, MANIFEST_FILE, MEMORY_FILE, ManifestDraft, PendingBundle, SnapshotInfo,
@@ -158,6 +160,18 @@ pub(super) async fn stop(
     vm.process = None;
     vm.api = None;
     super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
+    // A stopped VMM cannot run again: its address, TAP and rules go now
+    // (the record keeps what they were).
+    if vm.record.net.is_some() {
+        shared
+            .net
+            .detach(&id)
+            .await
+            .map_err(|source| VmError::Network {
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+    }
     let _ = remove_file_if_present(&vm.record.api_socket);
     vm.persist(Durability::Synced).await?;
     shared.slot(&id)?.publish(Some(vm));
@@ -373,6 +387,37 @@ pub(super) async fn snapshot(
     }
 }
 
+/// Adds (`add`) or removes a published port of a VM with a network.
+pub(super) async fn publish(
+    shared: Arc<Shared>,
+    id: VmId,
+    mapping: PortMapping,
+    add: bool,
+) -> Result<VmInfo, VmError> {
+    let slot = shared.slot(&id)?;
+    let mut guard = slot.vm.lock().await;
+    let vm = guard
+        .as_mut()
+        .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+    let network = |source| VmError::Network {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    if vm.record.net.is_none() {
+        return Err(network(NetError::NotAttached { vm: id.clone() }));
+    }
+    let net = if add {
+        shared.net.publish(&id, mapping).await
+    } else {
+        shared.net.unpublish(&id, mapping).await
+    }
+    .map_err(network)?;
+    vm.record.net = Some(net);
+    vm.persist(Durability::Synced).await?;
+    slot.publish(Some(vm));
+    Ok(vm.info())
+}
+
 pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
     let guard = locked(&shared, &id, Operation::Destroy).await?;
     remove(&shared, &id, guard).await
@@ -404,6 +449,17 @@ async fn remove(
     }
     vm.api = None;
     super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
+    // The VMM is gone, so nothing holds the TAP any more.
+    if vm.record.net.is_some() {
+        shared
+            .net
+            .detach(id)
+            .await
+            .map_err(|source| VmError::Network {
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+    }
     let dir = vm.dir.clone();
     tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))
         .await

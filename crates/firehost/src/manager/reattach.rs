@@ -14,6 +14,10 @@
 //! - a live VM whose process is gone: marked failed, its socket removed;
 //!   the record and console stay for post-mortem until destroyed.
 //! - stopped or failed VMs: loaded as they are.
+//!
+//! Then the default network is reconciled with the VMs that are live (see
+//! [`crate::net::host`]): their addresses stay allocated and their TAPs and
+//! rules stay; TAPs and rules of VMs that are gone are removed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +45,7 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
         path: vms_dir.clone(),
         source,
     })?;
+    let mut live_nets = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
         let Some(id) = entry.file_name().to_str().and_then(|n| VmId::new(n).ok()) else {
@@ -50,6 +55,11 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
         match VmRecord::read(&dir) {
             Ok(record) if record.committed && record.id == id => {
                 let vm = adopt(record, dir, shared.config.console_lines).await;
+                if let Some(net) = &vm.record.net
+                    && vm.process.is_some()
+                {
+                    live_nets.push((id.clone(), net.clone()));
+                }
                 let slot = Arc::new(Slot::new());
                 slot.publish(Some(&vm));
                 if let Some(process) = vm.process.clone() {
@@ -69,6 +79,9 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
             }
         }
     }
+    // Only now, with every dead VMM killed: the network keeps the live VMs'
+    // TAPs, addresses and rules, and drops everything else of ours.
+    shared.net.reconcile(live_nets).await;
     Ok(())
 }
 

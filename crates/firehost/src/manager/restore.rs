@@ -181,7 +181,7 @@ async fn build(
         });
     }
     let bundle = shared.snapshots_dir.join(snapshot.as_str());
-    let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), undo).await?;
+    let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), None, undo).await?;
     launched.vm.record.restored_from = Some(snapshot.clone());
     launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {

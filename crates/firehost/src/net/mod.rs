@@ -32,6 +32,7 @@ use rtnetlink::packet_route::link::LinkMessage;
 
 pub mod bridge;
 pub mod firewall;
+pub mod host;
 pub mod ipam;
 pub mod nft;
 pub mod sysctl;

@@ -858,6 +858,7 @@ mod tests {
             extra_drives: vec![],
             track_dirty_pages: true,
             graceful_shutdown: true,
+            net: None,
         }
     }
 

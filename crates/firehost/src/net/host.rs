@@ -1,0 +1,1069 @@
+//! The host side of the default network, as one manager runs it: the
+//! bridge, the firewall, and each VM's address, MAC, TAP, published ports
+//! and peers.
+//!
+//! Nothing happens until the first VM asks for a network: then the bridge
+//! (created when absent, with the gateway address), IPv4 forwarding on the
+//! bridge and the uplink, and the firehost nftables tables are set up, in
+//! that order, and undone if a later step fails. When the last networked VM
+//! goes, the tables go, and the bridge too if this manager created it.
+//!
+//! [`HostNetwork::attach`] and [`HostNetwork::detach`] are transactions: a
+//! failed attach leaves no TAP, no firewall element and no lease.
+//!
+//! # What a restarted manager does
+//!
+//! The VM records are the truth. [`HostNetwork::reconcile`] rebuilds the
+//! allocator from the live VMs' records (so no live VM's address is handed
+//! out again), replaces the firewall tables with ones holding exactly the
+//! live VMs (one transaction), and deletes the TAPs this state directory
+//! made for VMs that are gone. It recognises its TAPs by their interface
+//! alias, `firehost:<tag>:<vm id>`, where the tag is derived from the state
+//! directory: TAPs of other managers, and links that are not firehost's,
+//! are never touched.
+//!
+//! # One manager per network namespace
+//!
+//! The tables are named `firehost` and the bridge is shared by all the VMs
+//! of a manager: two managers with networking in one network namespace
+//! would fight over them. Give each its own namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::bridge::{Bridge, BridgeError};
+use super::firewall::{
+    Firewall, FirewallConfig, FirewallError, GuestPort, HostService, PortMapping, Proto,
+};
+use super::ipam::{Allocator, IpamError, Lease, MacAddr, Subnet};
+use super::nft::Nftables;
+use super::tap::{Tap, TapError, TapOwner, tap_name_for_vm};
+use super::{IfName, LinkState, Netlink, sysctl};
+use crate::VmId;
+
+/// The Firecracker `iface_id` of the default network's NIC (the guest's
+/// `eth0`).
+pub const DEFAULT_IFACE_ID: &str = "eth0";
+
+/// How many TAP names a VM tries before giving up on name clashes.
+const TAP_NAME_ATTEMPTS: u32 = 8;
+
+/// The state file, beside `vms/` and `snapshots/`.
+const STATE_FILE: &str = "network.json";
+
+/// Where guest traffic leaves the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Uplink {
+    /// The interface of the IPv4 default route, looked up when the network
+    /// is first set up. No default route is an error
+    /// ([`NetError::UplinkMissing`]).
+    #[default]
+    Auto,
+    /// This interface, which must exist.
+    Interface(IfName),
+    /// No way out: guests reach the host's allowed services and published
+    /// ports reach them, nothing else.
+    None,
+}
+
+/// The host side of the default network: part of
+/// [`ManagerConfig`](crate::manager::ManagerConfig).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::net::host::{NetworkConfig, Uplink};
+///
+/// let mut net = NetworkConfig::default();
+/// assert_eq!(net.bridge.as_str(), "fhbr0");
+/// assert_eq!(net.subnet.to_string(), "172.30.0.0/16");
+/// net.uplink = Uplink::Interface("eth0".parse().unwrap());
+/// net.dns = Some(vec!["1.1.1.1".parse().unwrap()]);
+/// net.host_services.push("53/udp".parse().unwrap());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// The bridge the TAPs join (created when absent).
+    pub bridge: IfName,
+    /// The guest subnet.
+    pub subnet: Subnet,
+    /// The bridge's address and the guests' default gateway; the subnet's
+    /// first host address when unset.
+    pub gateway: Option<Ipv4Addr>,
+    /// Where guest traffic leaves the host, masqueraded.
+    pub uplink: Uplink,
+    /// DNS servers for guests. `None`: the host's own from
+    /// `/etc/resolv.conf`, leaving out loopback addresses (a local stub
+    /// resolver such as systemd-resolved's 127.0.0.53 is out of a guest's
+    /// reach).
+    pub dns: Option<Vec<Ipv4Addr>>,
+    /// Host services guests may open connections to at the gateway
+    /// address. Empty by default: guests reach nothing on the host.
+    pub host_services: Vec<HostService>,
+    /// Who owns the TAPs: the user Firecracker runs as. `None` for both
+    /// ids makes TAPs usable with `CAP_NET_ADMIN` only.
+    pub tap_owner: TapOwner,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: IfName::new("fhbr0").expect("a valid name"),
+            subnet: Subnet::new(Ipv4Addr::new(172, 30, 0, 0), 16).expect("a valid subnet"),
+            gateway: None,
+            uplink: Uplink::Auto,
+            dns: None,
+            host_services: Vec::new(),
+            tap_owner: TapOwner {
+                // SAFETY: geteuid has no preconditions.
+                uid: Some(unsafe { libc::geteuid() }),
+                gid: None,
+            },
+        }
+    }
+}
+
+/// The name of a peer group: VMs that share a group may reach each other.
+/// `[a-z0-9][a-z0-9_-]{0,31}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PeerGroup(String);
+
+/// A string that is not a valid [`PeerGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer group {0:?} is not 1-32 of a-z, 0-9, '_' and '-' (starting with a letter or digit)")]
+pub struct PeerGroupError(String);
+
+impl PeerGroup {
+    /// Checks and wraps `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, PeerGroupError> {
+        let name = name.into();
+        let ok = (1..=32).contains(&name.len())
+            && name.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'-' || b == b'_'))
+            });
+        if ok {
+            Ok(PeerGroup(name))
+        } else {
+            Err(PeerGroupError(name))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for PeerGroup {
+    type Err = PeerGroupError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PeerGroup::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerGroup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        PeerGroup::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a VM asks of the default network (part of
+/// [`VmSpec`](crate::VmSpec)).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::net::host::NetSpec;
+///
+/// let net = NetSpec {
+///     ip: Some("172.30.0.50".parse().unwrap()),
+///     publish: vec!["8080:80".parse().unwrap()],
+///     peer_groups: vec!["build-42".parse().unwrap()],
+///     ..NetSpec::default()
+/// };
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    /// This address rather than the lowest free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// This MAC rather than the one derived from the VM id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Host ports forwarded to the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PortMapping>,
+    /// Groups whose members may reach each other; a VM in no group reaches
+    /// no other VM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_groups: Vec<PeerGroup>,
+    /// Append the kernel's `ip=` argument to the boot arguments, so the
+    /// guest configures `eth0` without DHCP (see
+    /// [`GuestNet::kernel_ip_arg`](super::ipam::GuestNet::kernel_ip_arg)).
+    /// On by default.
+    #[serde(default = "yes")]
+    pub kernel_ip_arg: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NetSpec {
+    fn default() -> Self {
+        NetSpec {
+            ip: None,
+            mac: None,
+            publish: Vec::new(),
+            peer_groups: Vec::new(),
+            kernel_ip_arg: true,
+        }
+    }
+}
+
+/// A VM's place on the default network, as kept in its record and shown by
+/// `firehost inspect --json` (the `net` object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNet {
+    /// The guest's address.
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix_len: u8,
+    /// The guest's default gateway (the bridge).
+    pub gateway: Ipv4Addr,
+    /// The guest NIC's MAC.
+    pub mac: MacAddr,
+    /// The TAP on the host.
+    pub tap: IfName,
+    /// Firecracker's id for the NIC.
+    pub iface_id: String,
+    /// DNS servers for the guest.
+    pub dns: Vec<Ipv4Addr>,
+    /// Host ports forwarded to the guest.
+    #[serde(default)]
+    pub published: Vec<PortMapping>,
+    /// Peer groups.
+    #[serde(default)]
+    pub peer_groups: Vec<PeerGroup>,
+}
+
+impl VmNet {
+    /// What the guest needs to configure its NIC.
+    pub fn guest_net(&self) -> super::ipam::GuestNet {
+        super::ipam::GuestNet {
+            ip: self.ip,
+            prefix_len: self.prefix_len,
+            gateway: self.gateway,
+            mac: self.mac,
+            dns: self.dns.clone(),
+        }
+    }
+
+    fn port(&self) -> GuestPort {
+        GuestPort {
+            tap: self.tap.clone(),
+            mac: self.mac,
+            ip: self.ip,
+            published: self.published.clone(),
+        }
+    }
+
+    fn shares_group_with(&self, other: &VmNet) -> bool {
+        self.peer_groups
+            .iter()
+            .any(|g| other.peer_groups.contains(g))
+    }
+}
+
+/// Why the network could not be set up, attached or detached. A failed
+/// attach leaves nothing behind.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// nftables is missing or refused a transaction.
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    /// No uplink: no default route for [`Uplink::Auto`], or the named
+    /// interface does not exist.
+    #[error(
+        "no uplink for guest traffic: {detail}; name one in the network config (or choose Uplink::None for guests without a way out)"
+    )]
+    UplinkMissing {
+        /// What was looked for.
+        detail: String,
+    },
+    /// The bridge could not be set up or removed.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    /// The TAP could not be created or deleted.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// Every TAP name candidate of the VM is taken by another device.
+    #[error("every TAP name tried for VM {vm} is taken ({tried:?})")]
+    TapNamesTaken {
+        /// The VM.
+        vm: VmId,
+        /// The names tried.
+        tried: Vec<IfName>,
+    },
+    /// The address or MAC could not be allocated.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// A host port is already forwarded to another VM.
+    #[error("host port {port}/{proto} is already published by VM {holder}")]
+    PortInUse {
+        /// The protocol.
+        proto: Proto,
+        /// The host port.
+        port: u16,
+        /// The VM it forwards to.
+        holder: VmId,
+    },
+    /// The same host port appears twice in one request.
+    #[error("host port {port}/{proto} is published twice")]
+    PortTwice {
+        /// The protocol.
+        proto: Proto,
+        /// The host port.
+        port: u16,
+    },
+    /// The VM has no network.
+    #[error("VM {vm} has no network")]
+    NotAttached {
+        /// The VM.
+        vm: VmId,
+    },
+    /// A netlink request outside the TAP and bridge steps failed.
+    #[error("netlink {op} failed")]
+    Netlink {
+        /// What was asked.
+        op: &'static str,
+        /// The netlink error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A kernel setting or the state file could not be read or written.
+    #[error("cannot {op} {path:?}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What this manager set up on the host, persisted so that a restarted
+/// manager undoes only its own work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Footprint {
+    /// The bridge was created by this state directory's manager.
+    bridge_created: bool,
+    /// The firehost tables were installed by it.
+    firewall_installed: bool,
+}
+
+/// The kernel side, once set up.
+struct Live {
+    nl: Netlink,
+    bridge: Bridge,
+    firewall: Firewall,
+}
+
+struct Inner {
+    live: Option<Live>,
+    allocator: Allocator,
+    attached: BTreeMap<VmId, VmNet>,
+    footprint: Footprint,
+}
+
+/// One manager's default network. See the [module docs](self).
+pub struct HostNetwork {
+    config: NetworkConfig,
+    gateway: Ipv4Addr,
+    state_file: PathBuf,
+    /// Marks this state directory's TAPs (in their interface alias).
+    tag: String,
+    /// One network change at a time: each is a few netlink round trips and
+    /// one nftables transaction, well under a millisecond of kernel work.
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+impl fmt::Debug for HostNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostNetwork")
+            .field("config", &self.config)
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostNetwork {
+    /// A network for the manager of `state_dir`. Touches nothing on the
+    /// host; fails only on an invalid config (gateway outside the subnet,
+    /// say).
+    pub fn new(config: NetworkConfig, state_dir: &Path) -> Result<Self, NetError> {
+        let allocator = Allocator::new(config.subnet, config.gateway)?;
+        let gateway = allocator.gateway();
+        let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+        let hash = blake3::hash(canonical.as_os_str().as_encoded_bytes());
+        let state_file = state_dir.join(STATE_FILE);
+        let footprint = read_footprint(&state_file);
+        Ok(HostNetwork {
+            config,
+            gateway,
+            state_file,
+            tag: hash.to_hex()[..12].to_owned(),
+            inner: tokio::sync::Mutex::new(Inner {
+                live: None,
+                allocator,
+                attached: BTreeMap::new(),
+                footprint,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// The gateway address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// The VMs on the network now, in id order.
+    pub async fn attached(&self) -> Vec<(VmId, VmNet)> {
+        let inner = self.inner.lock().await;
+        inner
+            .attached
+            .iter()
+            .map(|(id, net)| (id.clone(), net.clone()))
+            .collect()
+    }
+
+    /// Gives `vm` an address, a MAC, a TAP on the bridge, its firewall
+    /// elements and its published ports, setting up the network first if
+    /// this is its first VM. All or nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: run it in a task that is not dropped (the manager
+    /// does). A crash midway leaves at most a TAP, which the next
+    /// [`reconcile`](Self::reconcile) deletes.
+    pub async fn attach(&self, vm: &VmId, spec: &NetSpec) -> Result<VmNet, NetError> {
+        let mut inner = self.inner.lock().await;
+        check_ports(&inner.attached, vm, &spec.publish)?;
+        let mut fresh_setup = false;
+        if inner.live.is_none() {
+            self.set_up(&mut inner).await?;
+            fresh_setup = true;
+        }
+        let result = self.attach_locked(&mut inner, vm, spec).await;
+        if result.is_err() && fresh_setup && inner.attached.is_empty() {
+            self.tear_down(&mut inner).await;
+        }
+        result
+    }
+
+    async fn attach_locked(
+        &self,
+        inner: &mut Inner,
+        vm: &VmId,
+        spec: &NetSpec,
+    ) -> Result<VmNet, NetError> {
+        let Lease { ip, mac } = inner.allocator.allocate_requested(vm, spec.ip, spec.mac)?;
+        let live = inner.live.as_ref().expect("set up by the caller");
+        let created = self.create_tap(live, vm).await;
+        let tap = match created {
+            Ok(tap) => tap,
+            Err(e) => {
+                inner.allocator.release(vm);
+                return Err(e);
+            }
+        };
+        let net = VmNet {
+            ip,
+            prefix_len: self.config.subnet.prefix_len(),
+            gateway: self.gateway,
+            mac,
+            tap: tap.name.clone(),
+            iface_id: DEFAULT_IFACE_ID.to_owned(),
+            dns: self.dns(),
+            published: spec.publish.clone(),
+            peer_groups: spec.peer_groups.clone(),
+        };
+        let peers = peer_pairs(&inner.attached, &net);
+        if let Err(e) = live.firewall.add_port(&net.port(), &peers) {
+            if let Err(undo) = Tap::delete(&live.nl, &tap.name).await {
+                tracing::warn!(vm = %vm, tap = %tap.name, error = %undo, "cannot delete TAP after a failed attach");
+            }
+            inner.allocator.release(vm);
+            return Err(e.into());
+        }
+        inner.attached.insert(vm.clone(), net.clone());
+        tracing::debug!(vm = %vm, ip = %net.ip, tap = %net.tap, "network attached");
+        Ok(net)
+    }
+
+    /// Removes `vm`'s firewall elements, TAP and lease; tears the network
+    /// down after the last VM. A VM without a network is not an error.
+    pub async fn detach(&self, vm: &VmId) -> Result<(), NetError> {
+        let mut inner = self.inner.lock().await;
+        let Some(net) = inner.attached.get(vm).cloned() else {
+            return Ok(());
+        };
+        if let Some(live) = &inner.live {
+            let peers: Vec<_> = inner
+                .attached
+                .iter()
+                .filter(|(other, n)| *other != vm && n.shares_group_with(&net))
+                .map(|(_, n)| (net.tap.clone(), n.tap.clone()))
+                .collect();
+            live.firewall.remove_port(&net.port(), &peers)?;
+            Tap::delete(&live.nl, &net.tap).await?;
+        }
+        inner.attached.remove(vm);
+        inner.allocator.release(vm);
+        if inner.attached.is_empty() {
+            self.tear_down(&mut inner).await;
+        }
+        Ok(())
+    }
+
+    /// Forwards another host port to a running VM.
+    pub async fn publish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
+        let mut inner = self.inner.lock().await;
+        let net = inner
+            .attached
+            .get(vm)
+            .cloned()
+            .ok_or_else(|| NetError::NotAttached { vm: vm.clone() })?;
+        check_ports(&inner.attached, vm, &[mapping])?;
+        if net.published.contains(&mapping) {
+            return Ok(net);
+        }
+        let live = inner
+            .live
+            .as_ref()
+            .expect("attached VMs imply a live network");
+        live.firewall.publish(net.ip, mapping)?;
+        let net = inner.attached.get_mut(vm).expect("checked above");
+        net.published.push(mapping);
+        Ok(net.clone())
+    }
+
+    /// Stops forwarding a host port to a VM; no error if it was not.
+    pub async fn unpublish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
+        let mut inner = self.inner.lock().await;
+        let net = inner
+            .attached
+            .get(vm)
+            .cloned()
+            .ok_or_else(|| NetError::NotAttached { vm: vm.clone() })?;
+        if !net.published.contains(&mapping) {
+            return Ok(net);
+        }
+        let live = inner
+            .live
+            .as_ref()
+            .expect("attached VMs imply a live network");
+        live.firewall.unpublish(net.ip, mapping)?;
+        let net = inner.attached.get_mut(vm).expect("checked above");
+        net.published.retain(|m| *m != mapping);
+        Ok(net.clone())
+    }
+
+    /// Takes the live VMs' networks from their records and makes the host
+    /// match: see the [module docs](self). Errors are logged, not
+    /// returned: a manager must open even when the network cannot be fixed
+    /// (the next attach tries again).
+    pub async fn reconcile(&self, live_vms: Vec<(VmId, VmNet)>) {
+        let mut inner = self.inner.lock().await;
+        let leases = live_vms
+            .iter()
+            .map(|(id, net)| {
+                (
+                    id.clone(),
+                    Lease {
+                        ip: net.ip,
+                        mac: net.mac,
+                    },
+                )
+            })
+            .filter(|(_, lease)| self.config.subnet.contains(lease.ip));
+        match Allocator::from_leases(self.config.subnet, self.config.gateway, leases) {
+            Ok(allocator) => inner.allocator = allocator,
+            Err(e) => {
+                tracing::error!(error = %e, "live VMs' addresses conflict; allocations start empty")
+            }
+        }
+        inner.attached = live_vms.into_iter().collect();
+
+        if !inner.attached.is_empty() {
+            if let Err(e) = self.set_up(&mut inner).await {
+                tracing::error!(error = %e, "cannot restore the network of live VMs");
+                return;
+            }
+        } else if inner.footprint != Footprint::default() {
+            // Ours to undo, from a manager that stopped with networked VMs
+            // that have died since.
+            match self.connect_kernel() {
+                Ok((nl, firewall)) => {
+                    let bridge =
+                        Bridge::adopt(&nl, &self.config.bridge, inner.footprint.bridge_created)
+                            .await;
+                    match bridge {
+                        Ok(bridge) => {
+                            inner.live = Some(Live {
+                                nl,
+                                bridge,
+                                firewall,
+                            })
+                        }
+                        Err(BridgeError::Missing { .. }) => {
+                            let _ = firewall.uninstall();
+                            inner.footprint = Footprint::default();
+                            let _ = write_footprint(&self.state_file, &inner.footprint);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot inspect the bridge"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reach the network to clean up"),
+            }
+        }
+        if let Some(live) = &inner.live {
+            let keep: BTreeSet<IfName> = inner.attached.values().map(|n| n.tap.clone()).collect();
+            match self.own_taps(&live.nl).await {
+                Ok(taps) => {
+                    for (tap, vm) in taps {
+                        if !keep.contains(&tap) {
+                            tracing::info!(tap = %tap, vm = %vm, "deleting the TAP of a VM that is gone");
+                            if let Err(e) = Tap::delete(&live.nl, &tap).await {
+                                tracing::warn!(tap = %tap, error = %e, "cannot delete a leftover TAP");
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list TAPs"),
+            }
+        }
+        if inner.attached.is_empty() && inner.live.is_some() {
+            self.tear_down(&mut inner).await;
+        }
+    }
+
+    /// Opens netlink and nftables in the calling thread's namespace.
+    fn connect_kernel(&self) -> Result<(Netlink, Firewall), NetError> {
+        let nft = Arc::new(Nftables::open().map_err(FirewallError::from)?);
+        let nl = Netlink::connect().map_err(|source| NetError::Io {
+            op: "open a netlink socket for",
+            path: PathBuf::from("NETLINK_ROUTE"),
+            source,
+        })?;
+        let firewall_config = FirewallConfig {
+            bridge: self.config.bridge.clone(),
+            subnet: self.config.subnet,
+            gateway: self.gateway,
+            uplink: None,
+            host_services: self.config.host_services.clone(),
+        };
+        Ok((nl, Firewall::new(nft, firewall_config)))
+    }
+
+    /// Sets up the bridge, forwarding and the tables (holding the VMs in
+    /// `inner.attached`); undoes its own steps on failure.
+    async fn set_up(&self, inner: &mut Inner) -> Result<(), NetError> {
+        let (nl, firewall) = self.connect_kernel()?;
+        let uplink = match &self.config.uplink {
+            Uplink::None => None,
+            Uplink::Interface(name) => {
+                if nl
+                    .link(name)
+                    .await
+                    .map_err(|source| NetError::Netlink {
+                        op: "look up the uplink",
+                        source,
+                    })?
+                    .is_none()
+                {
+                    return Err(NetError::UplinkMissing {
+                        detail: format!("interface {name} does not exist"),
+                    });
+                }
+                Some(name.clone())
+            }
+            Uplink::Auto => Some(default_route_interface(&nl).await?.ok_or_else(|| {
+                NetError::UplinkMissing {
+                    detail: "the host has no IPv4 default route".into(),
+                }
+            })?),
+        };
+        let mut firewall_config = firewall.config().clone();
+        firewall_config.uplink = uplink.clone();
+        let firewall = Firewall::new(firewall.nftables().clone(), firewall_config);
+
+        let bridge = Bridge::ensure(
+            &nl,
+            &self.config.bridge,
+            self.gateway,
+            self.config.subnet.prefix_len(),
+        )
+        .await?;
+        // A bridge found is ours if a previous run of this manager made it.
+        let created_now = bridge.created();
+        let bridge = if !created_now && inner.footprint.bridge_created {
+            Bridge::adopt(&nl, &self.config.bridge, true).await?
+        } else {
+            bridge
+        };
+        let footprint = Footprint {
+            bridge_created: bridge.created(),
+            firewall_installed: true,
+        };
+        let steps = async {
+            write_footprint(&self.state_file, &footprint)?;
+            if let Some(uplink) = &uplink {
+                for iface in [&self.config.bridge, uplink] {
+                    sysctl::enable_forwarding(iface).map_err(|source| NetError::Io {
+                        op: "enable forwarding in",
+                        path: sysctl::forwarding_path(iface),
+                        source,
+                    })?;
+                }
+            }
+            let ports: Vec<GuestPort> = inner.attached.values().map(VmNet::port).collect();
+            let nets: Vec<&VmNet> = inner.attached.values().collect();
+            let mut peers = Vec::new();
+            for (i, a) in nets.iter().enumerate() {
+                for b in &nets[i + 1..] {
+                    if a.shares_group_with(b) {
+                        peers.push((a.tap.clone(), b.tap.clone()));
+                    }
+                }
+            }
+            firewall.install(&ports, &peers)?;
+            Ok::<(), NetError>(())
+        };
+        if let Err(e) = steps.await {
+            if created_now {
+                let _ = bridge.clone().remove_if_created(&nl).await;
+            }
+            let _ = write_footprint(&self.state_file, &inner.footprint);
+            return Err(e);
+        }
+        inner.footprint = footprint;
+        inner.live = Some(Live {
+            nl,
+            bridge,
+            firewall,
+        });
+        Ok(())
+    }
+
+    /// Removes the tables, and the bridge if ours. Failures are logged.
+    async fn tear_down(&self, inner: &mut Inner) {
+        let Some(live) = inner.live.take() else {
+            return;
+        };
+        if let Err(e) = live.firewall.uninstall() {
+            tracing::warn!(error = %e, "cannot remove the firehost nftables tables");
+        }
+        if inner.footprint.bridge_created {
+            match live.bridge.clone().remove_if_created(&live.nl).await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot remove the bridge"),
+            }
+        }
+        inner.footprint = Footprint::default();
+        if let Err(e) = write_footprint(&self.state_file, &inner.footprint) {
+            tracing::warn!(error = %e, "cannot write the network state file");
+        }
+    }
+
+    /// Creates the VM's TAP on the bridge and labels it as ours.
+    async fn create_tap(&self, live: &Live, vm: &VmId) -> Result<Tap, NetError> {
+        let mut tried = Vec::new();
+        for attempt in 0..TAP_NAME_ATTEMPTS {
+            let name = tap_name_for_vm(vm, 0, attempt);
+            match Tap::create(&live.nl, &name, self.config.tap_owner, live.bridge.name()).await {
+                Ok(tap) => {
+                    let alias = self.alias(vm);
+                    let msg = rtnetlink::LinkUnspec::new_with_index(tap.index)
+                        .alias(alias)
+                        .build();
+                    if let Err(source) = live.nl.handle().link().set(msg).execute().await {
+                        let _ = Tap::delete(&live.nl, &name).await;
+                        return Err(NetError::Netlink {
+                            op: "label the TAP",
+                            source,
+                        });
+                    }
+                    return Ok(tap);
+                }
+                Err(TapError::NameTaken { .. }) => tried.push(name),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(NetError::TapNamesTaken {
+            vm: vm.clone(),
+            tried,
+        })
+    }
+
+    fn alias(&self, vm: &VmId) -> String {
+        format!("firehost:{}:{vm}", self.tag)
+    }
+
+    /// This state directory's TAPs on the host, by their alias.
+    async fn own_taps(&self, nl: &Netlink) -> Result<Vec<(IfName, String)>, NetError> {
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let prefix = format!("firehost:{}:", self.tag);
+        let links: Vec<_> = nl
+            .handle()
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetError::Netlink {
+                op: "list links",
+                source,
+            })?;
+        let mut taps = Vec::new();
+        for link in links {
+            if LinkState::from_message(&link).kind.as_deref() != Some("tun") {
+                continue;
+            }
+            let (mut name, mut vm) = (None, None);
+            for attr in &link.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = IfName::new(n.clone()).ok(),
+                    LinkAttribute::IfAlias(a) => vm = a.strip_prefix(&prefix).map(str::to_owned),
+                    _ => {}
+                }
+            }
+            if let (Some(name), Some(vm)) = (name, vm) {
+                taps.push((name, vm));
+            }
+        }
+        Ok(taps)
+    }
+
+    fn dns(&self) -> Vec<Ipv4Addr> {
+        match &self.config.dns {
+            Some(dns) => dns.clone(),
+            None => std::fs::read_to_string("/etc/resolv.conf")
+                .map(|text| resolv_conf_nameservers(&text))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Refuses host ports that `vm` would publish twice or that another VM
+/// already publishes.
+fn check_ports(
+    attached: &BTreeMap<VmId, VmNet>,
+    vm: &VmId,
+    publish: &[PortMapping],
+) -> Result<(), NetError> {
+    let mut seen = BTreeSet::new();
+    for m in publish {
+        if !seen.insert((m.proto, m.host_port)) {
+            return Err(NetError::PortTwice {
+                proto: m.proto,
+                port: m.host_port,
+            });
+        }
+        for (holder, net) in attached {
+            if holder != vm
+                && net
+                    .published
+                    .iter()
+                    .any(|p| p.proto == m.proto && p.host_port == m.host_port)
+            {
+                return Err(NetError::PortInUse {
+                    proto: m.proto,
+                    port: m.host_port,
+                    holder: holder.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The peer pairs a new VM brings: one with each attached VM it shares a
+/// group with.
+fn peer_pairs(attached: &BTreeMap<VmId, VmNet>, net: &VmNet) -> Vec<(IfName, IfName)> {
+    attached
+        .values()
+        .filter(|other| net.shares_group_with(other))
+        .map(|other| (net.tap.clone(), other.tap.clone()))
+        .collect()
+}
+
+/// The interface of the main table's IPv4 default route, if there is one.
+async fn default_route_interface(nl: &Netlink) -> Result<Option<IfName>, NetError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::route::RouteAttribute;
+    let netlink = |op| move |source| NetError::Netlink { op, source };
+    let query = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let routes: Vec<_> = nl
+        .handle()
+        .route()
+        .get(query)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("list routes"))?;
+    let Some(index) = routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 0)
+        .find_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        })
+    else {
+        return Ok(None);
+    };
+    let mut links = nl.handle().link().get().match_index(index).execute();
+    let link = links
+        .try_next()
+        .await
+        .map_err(netlink("look up the uplink"))?;
+    Ok(link.and_then(|l| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => IfName::new(n.clone()).ok(),
+            _ => None,
+        })
+    }))
+}
+
+/// The IPv4 `nameserver`s of a resolv.conf, without loopback ones.
+fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
+}
+
+fn read_footprint(path: &Path) -> Footprint {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn write_footprint(path: &Path, footprint: &Footprint) -> Result<(), NetError> {
+    let io = |op| {
+        move |source| NetError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if *footprint == Footprint::default() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove")(e)),
+            _ => Ok(()),
+        };
+    }
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(footprint).expect("serialisable");
+    std::fs::write(&tmp, json).map_err(io("write"))?;
+    std::fs::rename(&tmp, path).map_err(io("replace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_group_names() {
+        for ok in ["a", "build-42", "x_y", "0"] {
+            assert!(PeerGroup::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a b", "a.b", &"x".repeat(33)] {
+            assert!(PeerGroup::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolv_conf_loopback_servers_are_left_out() {
+        let text = "# comment\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch x\nnameserver ::1\nnameserver 1.1.1.1\n";
+        assert_eq!(
+            resolv_conf_nameservers(text),
+            vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(1, 1, 1, 1)]
+        );
+    }
+
+    fn net(vm_tap: &str, groups: &[&str], published: &[&str]) -> VmNet {
+        VmNet {
+            ip: Ipv4Addr::new(172, 30, 0, 2),
+            prefix_len: 16,
+            gateway: Ipv4Addr::new(172, 30, 0, 1),
+            mac: MacAddr::new([6, 0, 0, 0, 0, 1]),
+            tap: IfName::new(vm_tap).unwrap(),
+            iface_id: DEFAULT_IFACE_ID.into(),
+            dns: vec![],
+            published: published.iter().map(|p| p.parse().unwrap()).collect(),
+            peer_groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn peers_are_the_vms_sharing_a_group() {
+        let mut attached = BTreeMap::new();
+        attached.insert(VmId::new("a").unwrap(), net("ta", &["g1"], &[]));
+        attached.insert(VmId::new("b").unwrap(), net("tb", &["g2"], &[]));
+        attached.insert(VmId::new("c").unwrap(), net("tc", &[], &[]));
+        let new = net("tn", &["g2", "g1"], &[]);
+        let mut pairs = peer_pairs(&attached, &new);
+        pairs.sort();
+        let n = |s: &str| IfName::new(s).unwrap();
+        assert_eq!(pairs, vec![(n("tn"), n("ta")), (n("tn"), n("tb"))]);
+        assert!(peer_pairs(&attached, &net("tz", &[], &[])).is_empty());
+    }
+
+    #[test]
+    fn host_ports_are_checked_for_clashes() {
+        let mut attached = BTreeMap::new();
+        let a = VmId::new("a").unwrap();
+        attached.insert(a.clone(), net("ta", &[], &["8080:80"]));
+        let b = VmId::new("b").unwrap();
+        let clash = check_ports(&attached, &b, &["8080:81".parse().unwrap()]);
+        assert!(
+            matches!(clash, Err(NetError::PortInUse { port: 8080, ref holder, .. }) if *holder == a)
+        );
+        // Same port, other protocol: fine.
+        assert!(check_ports(&attached, &b, &["8080:81/udp".parse().unwrap()]).is_ok());
+        // A VM's own port is not a clash (publishing it again is a no-op).
+        assert!(check_ports(&attached, &a, &["8080:80".parse().unwrap()]).is_ok());
+        let twice = check_ports(
+            &attached,
+            &b,
+            &["9000:1".parse().unwrap(), "9000:2".parse().unwrap()],
+        );
+        assert!(matches!(twice, Err(NetError::PortTwice { port: 9000, .. })));
+    }
+}

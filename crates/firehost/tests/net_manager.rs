@@ -1,0 +1,488 @@
+//! Tier 5: the manager's default network, against the real kernel.
+//!
+//! Each test runs a whole manager (and its VMMs, which inherit the
+//! namespace) inside a network namespace of its own (see `common::netns`),
+//! then reads the results back from the kernel: links over netlink, the
+//! firehost tables through libnftables, the record on disk, and the VMM's
+//! own view (`GET /vm/config`). With the fake VMM the TAP is attached the
+//! way Firecracker attaches it (TUNSETIFF on the existing device).
+//!
+//! Needs root and nftables; elsewhere each test prints why it skipped.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::TestHost;
+use common::netns::{GuestNs, add_address, ifname, in_netns, link_up};
+use firehost::manager::{Manager, ManagerConfig, StopOptions, VmError};
+use firehost::net::host::{NetError, NetSpec, Uplink, VmNet};
+use firehost::net::ipam::{IpamError, MacAddr};
+use firehost::net::nft::Nftables;
+use firehost::net::tap::{TunInfo, tap_name_for_vm};
+use firehost::net::{IfName, LinkState, Netlink};
+use firehost::{VmId, VmSpec};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+
+fn id(s: &str) -> VmId {
+    VmId::new(s).unwrap()
+}
+
+fn net_spec() -> VmSpec {
+    VmSpec {
+        net: Some(NetSpec::default()),
+        ..VmSpec::default()
+    }
+}
+
+/// A host whose uplink `up0` leads to an "internet" namespace.
+struct NetHost {
+    host: TestHost,
+    _internet: GuestNs,
+}
+
+impl NetHost {
+    async fn new(nl: &Netlink) -> NetHost {
+        let internet = GuestNs::new();
+        let uplink = ifname("up0");
+        internet
+            .plug(nl, &uplink, None, Ipv4Addr::new(198, 51, 100, 2), 24, None)
+            .await;
+        add_address(nl, &uplink, Ipv4Addr::new(198, 51, 100, 1), 24).await;
+        link_up(nl, &uplink, None).await;
+        NetHost {
+            host: TestHost::new(),
+            _internet: internet,
+        }
+    }
+
+    fn config(&self) -> ManagerConfig {
+        let mut config = self.host.config();
+        config.network.uplink = Uplink::Interface(ifname("up0"));
+        config.network.dns = Some(vec![Ipv4Addr::new(198, 51, 100, 53)]);
+        config
+    }
+}
+
+/// Whether nftables can be used here; says why not.
+fn nft_or_skip(test: &str) -> bool {
+    match Nftables::open() {
+        Ok(_) => true,
+        Err(e) => {
+            common::skip(test, &e.to_string());
+            false
+        }
+    }
+}
+
+/// The kernel's view of what the network left behind.
+#[derive(Debug, PartialEq, Eq)]
+struct Residue {
+    bridge: bool,
+    taps: Vec<String>,
+    tables: bool,
+}
+
+async fn residue(nl: &Netlink) -> Residue {
+    use futures_util::TryStreamExt;
+    let links: Vec<_> = nl
+        .handle()
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut taps = Vec::new();
+    let mut bridge = false;
+    for link in &links {
+        let state = LinkState::from_message(link);
+        let name = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap();
+        if state.kind.as_deref() == Some("tun") {
+            taps.push(name.clone());
+        }
+        if name == "fhbr0" {
+            bridge = true;
+        }
+    }
+    let nft = Nftables::open().unwrap();
+    let tables = nft
+        .list("list tables")
+        .unwrap()
+        .to_string()
+        .contains("firehost");
+    Residue {
+        bridge,
+        taps,
+        tables,
+    }
+}
+
+fn nothing() -> Residue {
+    Residue {
+        bridge: false,
+        taps: vec![],
+        tables: false,
+    }
+}
+
+/// The `net` a VM's info reports, which must be there.
+fn net_of(info: &firehost::manager::VmInfo) -> VmNet {
+    info.net.clone().expect("the VM has a network")
+}
+
+#[test]
+fn a_vm_with_a_network_gets_a_tap_an_address_and_rules_and_destroy_removes_them() {
+    const T: &str = "a_vm_with_a_network_gets_a_tap_an_address_and_rules_and_destroy_removes_them";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let vm = id("web-1");
+        let mut spec = net_spec();
+        spec.net.as_mut().unwrap().publish = vec!["8080:80".parse().unwrap()];
+        let info = manager.run(&vm, spec).await.unwrap();
+        let net = net_of(&info);
+        assert_eq!(
+            net.ip,
+            Ipv4Addr::new(172, 30, 0, 2),
+            "the lowest free address"
+        );
+        assert_eq!(net.gateway, GATEWAY);
+        assert_eq!(net.prefix_len, 16);
+        assert_eq!(net.mac, MacAddr::for_vm(&vm, 0));
+        assert_eq!(net.tap, tap_name_for_vm(&vm, 0, 0));
+        assert_eq!(net.dns, vec![Ipv4Addr::new(198, 51, 100, 53)]);
+
+        // The TAP: persistent, owned by our uid, a port of the bridge, up.
+        let link = nl.link(&net.tap).await.unwrap().expect("the TAP exists");
+        let state = LinkState::from_message(&link);
+        let bridge = nl.link(&ifname("fhbr0")).await.unwrap().unwrap();
+        assert_eq!(state.controller, Some(bridge.header.index));
+        assert!(state.up);
+        let tun = TunInfo::from_message(&link).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(tun.owner, Some(unsafe { libc::geteuid() }));
+        assert!(tun.persist);
+
+        // The rules: the TAP and its binding are in the sets, the port in
+        // the map.
+        let nft = Nftables::open().unwrap();
+        let bindings = nft
+            .list("list set bridge firehost bindings")
+            .unwrap()
+            .to_string();
+        assert!(
+            bindings.contains(net.tap.as_str()) && bindings.contains(&net.mac.to_string()),
+            "{bindings}"
+        );
+        let published = nft
+            .list("list map ip firehost published")
+            .unwrap()
+            .to_string();
+        assert!(
+            published.contains("8080") && published.contains("172.30.0.2"),
+            "{published}"
+        );
+
+        // What Firecracker was told.
+        let api = manager
+            .api(&vm)
+            .await
+            .unwrap()
+            .expect("a live VM has an API");
+        let config = api.get_export_vm_config().await.unwrap();
+        let ifaces = config.network_interfaces.unwrap_or_default();
+        assert_eq!(ifaces.len(), 1);
+        assert_eq!(ifaces[0].iface_id, "eth0");
+        assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+        assert_eq!(
+            ifaces[0].guest_mac.as_deref(),
+            Some(net.mac.to_string().as_str())
+        );
+        let boot_args = config.boot_source.unwrap().boot_args.unwrap();
+        assert!(
+            boot_args.ends_with("ip=172.30.0.2::172.30.0.1:255.255.0.0::eth0:off:198.51.100.53"),
+            "{boot_args}"
+        );
+
+        // The record holds it too.
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(info.dir.join("record.json")).unwrap()).unwrap();
+        assert_eq!(record["net"]["ip"], "172.30.0.2");
+        assert_eq!(record["net"]["tap"], net.tap.as_str());
+
+        assert_eq!(manager.network_attachments().await.len(), 1);
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+        assert!(manager.network_attachments().await.is_empty());
+        assert!(!h.host.state_dir().join("network.json").exists());
+    });
+}
+
+#[test]
+fn addresses_are_unique_and_a_restarted_manager_keeps_them() {
+    const T: &str = "addresses_are_unique_and_a_restarted_manager_keeps_them";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let a = net_of(&manager.create(&id("a"), net_spec()).await.unwrap());
+        let b = net_of(&manager.create(&id("b"), net_spec()).await.unwrap());
+        assert_ne!(a.ip, b.ip);
+        assert_ne!(a.mac, b.mac);
+        assert_ne!(a.tap, b.tap);
+        drop(manager);
+
+        let manager = Manager::open(h.config()).await.unwrap();
+        let c = net_of(&manager.create(&id("c"), net_spec()).await.unwrap());
+        assert!(c.ip != a.ip && c.ip != b.ip, "{c:?} reuses a live address");
+        let attached: Vec<VmId> = manager
+            .network_attachments()
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(attached, vec![id("a"), id("b"), id("c")]);
+        // The restart rebuilt the tables with all three.
+        let taps = Nftables::open()
+            .unwrap()
+            .list("list set bridge firehost taps")
+            .unwrap()
+            .to_string();
+        for net in [&a, &b, &c] {
+            assert!(taps.contains(net.tap.as_str()), "{taps}");
+        }
+        for vm in ["a", "b", "c"] {
+            manager.destroy(&id(vm)).await.unwrap();
+        }
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}
+
+#[test]
+fn a_restart_removes_the_taps_and_rules_of_dead_vms_and_nothing_else() {
+    const T: &str = "a_restart_removes_the_taps_and_rules_of_dead_vms_and_nothing_else";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        // Someone else's TAP, which must survive.
+        let theirs = ifname("optap0");
+        firehost::net::tap::create_persistent_tap(&theirs, Default::default()).unwrap();
+
+        let manager = Manager::open(h.config()).await.unwrap();
+        let dead = manager.create(&id("dead"), net_spec()).await.unwrap();
+        let live = net_of(&manager.create(&id("live"), net_spec()).await.unwrap());
+        let dead_net = net_of(&dead);
+        drop(manager);
+        // The VMM dies while no manager watches.
+        let pid = rustix::process::Pid::from_raw(dead.pid.unwrap()).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        let proc_dir = format!("/proc/{}", dead.pid.unwrap());
+        // Reaped by no one but init: wait until the zombie is gone or the
+        // process is a zombie (either way it no longer holds the TAP).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(format!("{proc_dir}/stat")).is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(std::time::Instant::now() < deadline, "VMM survived SIGKILL");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+
+        let manager = Manager::open(h.config()).await.unwrap();
+        assert!(
+            nl.link(&dead_net.tap).await.unwrap().is_none(),
+            "dead VM's TAP deleted"
+        );
+        assert!(
+            nl.link(&live.tap).await.unwrap().is_some(),
+            "live VM's TAP kept"
+        );
+        assert!(
+            nl.link(&theirs).await.unwrap().is_some(),
+            "a foreign TAP is never touched"
+        );
+        let bindings = Nftables::open()
+            .unwrap()
+            .list("list set bridge firehost bindings")
+            .unwrap()
+            .to_string();
+        assert!(!bindings.contains(dead_net.tap.as_str()), "{bindings}");
+        assert!(bindings.contains(live.tap.as_str()), "{bindings}");
+        // The dead VM's address is free again; the live one's is not.
+        let next = net_of(&manager.create(&id("next"), net_spec()).await.unwrap());
+        assert_eq!(next.ip, dead_net.ip);
+
+        for vm in ["dead", "live", "next"] {
+            manager.destroy(&id(vm)).await.unwrap();
+        }
+        let left = residue(&nl).await;
+        assert_eq!(left.taps, vec!["optap0".to_owned()]);
+        assert!(!left.bridge && !left.tables, "{left:?}");
+    });
+}
+
+#[test]
+fn a_failed_create_leaves_no_network_behind() {
+    const T: &str = "a_failed_create_leaves_no_network_behind";
+    fake_only!("injects a failure of PUT /network-interfaces");
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let mut config = h.config();
+        config.vmm_env = vec![("FAKE_FC_FAIL".into(), "PUT /network-interfaces/eth0".into())];
+        let manager = Manager::open(config).await.unwrap();
+        let err = manager.create(&id("doomed"), net_spec()).await.unwrap_err();
+        assert!(matches!(err, VmError::Api { .. }), "{err:?}");
+        assert_eq!(residue(&nl).await, nothing());
+        assert!(manager.network_attachments().await.is_empty());
+        drop(manager);
+
+        // The address went back to the pool.
+        let manager = Manager::open(h.config()).await.unwrap();
+        let net = net_of(&manager.create(&id("ok"), net_spec()).await.unwrap());
+        assert_eq!(net.ip, Ipv4Addr::new(172, 30, 0, 2));
+        manager.destroy(&id("ok")).await.unwrap();
+    });
+}
+
+#[test]
+fn refused_network_requests_are_typed_and_change_nothing() {
+    const T: &str = "refused_network_requests_are_typed_and_change_nothing";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let mut config = h.config();
+        // One guest address: .1 is the gateway, .2 the only guest, .3 broadcast.
+        config.network.subnet = "172.30.0.0/30".parse().unwrap();
+        let manager = Manager::open(config).await.unwrap();
+        let mut spec = net_spec();
+        spec.net.as_mut().unwrap().publish = vec!["8080:80".parse().unwrap()];
+        let first = net_of(&manager.create(&id("first"), spec).await.unwrap());
+        let before = residue(&nl).await;
+
+        let network_error = |e: VmError| match e {
+            VmError::Network { source, .. } => *source,
+            other => panic!("expected a network error, got {other:?}"),
+        };
+        let err = network_error(manager.create(&id("second"), net_spec()).await.unwrap_err());
+        assert!(
+            matches!(err, NetError::Ipam(IpamError::Exhausted { .. })),
+            "{err:?}"
+        );
+
+        let mut taken = net_spec();
+        taken.net.as_mut().unwrap().ip = Some(first.ip);
+        let err = network_error(manager.create(&id("second"), taken).await.unwrap_err());
+        assert!(
+            matches!(err, NetError::Ipam(IpamError::IpTaken { .. })),
+            "{err:?}"
+        );
+
+        let mut clash = net_spec();
+        clash.net.as_mut().unwrap().publish = vec!["8080:81".parse().unwrap()];
+        let err = network_error(manager.create(&id("second"), clash).await.unwrap_err());
+        assert!(
+            matches!(err, NetError::PortInUse { port: 8080, .. }),
+            "{err:?}"
+        );
+
+        // Runtime publishing: to a VM with a network, and refused for a
+        // clash with itself? No: publishing its own port again is a no-op.
+        let info = manager
+            .publish(&id("first"), "9000:90/udp".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(net_of(&info).published.len(), 2);
+        let info = manager
+            .unpublish(&id("first"), "9000:90/udp".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(net_of(&info).published.len(), 1);
+
+        assert_eq!(residue(&nl).await, before, "refusals changed the host");
+        assert!(!h.host.state_dir().join("vms/second").exists());
+        manager.destroy(&id("first")).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}
+
+#[test]
+fn a_missing_uplink_is_a_clear_error_with_no_residue() {
+    const T: &str = "a_missing_uplink_is_a_clear_error_with_no_residue";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let host = TestHost::new();
+        for uplink in [Uplink::Auto, Uplink::Interface(ifname("nosuch0"))] {
+            let mut config = host.config();
+            config.network.uplink = uplink;
+            let manager = Manager::open(config).await.unwrap();
+            let err = manager.create(&id("vm"), net_spec()).await.unwrap_err();
+            let VmError::Network { source, .. } = err else {
+                panic!("expected a network error, got {err:?}");
+            };
+            assert!(
+                matches!(*source, NetError::UplinkMissing { .. }),
+                "{source:?}"
+            );
+            assert!(source.to_string().contains("uplink"), "{source}");
+            assert_eq!(residue(&nl).await, nothing());
+            assert!(!host.state_dir().join("network.json").exists());
+        }
+
+        // Uplink::None: guests without a way out, and no NAT rule.
+        let mut config = host.config();
+        config.network.uplink = Uplink::None;
+        let manager = Manager::open(config).await.unwrap();
+        manager.create(&id("vm"), net_spec()).await.unwrap();
+        let ruleset = Nftables::open()
+            .unwrap()
+            .list("list ruleset")
+            .unwrap()
+            .to_string();
+        assert!(!ruleset.contains("masquerade"), "{ruleset}");
+        manager.destroy(&id("vm")).await.unwrap();
+    });
+}
+
+#[test]
+fn a_tap_name_taken_by_another_device_moves_to_the_next_name() {
+    const T: &str = "a_tap_name_taken_by_another_device_moves_to_the_next_name";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let vm = id("clash");
+        let squatter: IfName = tap_name_for_vm(&vm, 0, 0);
+        firehost::net::tap::create_persistent_tap(&squatter, Default::default()).unwrap();
+        let manager = Manager::open(h.config()).await.unwrap();
+        let net = net_of(&manager.create(&vm, net_spec()).await.unwrap());
+        assert_eq!(net.tap, tap_name_for_vm(&vm, 0, 1));
+        manager.destroy(&vm).await.unwrap();
+        assert!(
+            nl.link(&squatter).await.unwrap().is_some(),
+            "the other device is left alone"
+        );
+    });
+}
