@@ -208,7 +208,7 @@ mod tests {
                 extra_drives: vec![],
                 track_dirty_pages: false,
                 graceful_shutdown: true,
-            net: None,
+                net: None,
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),

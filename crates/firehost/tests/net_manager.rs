@@ -486,3 +486,65 @@ fn a_tap_name_taken_by_another_device_moves_to_the_next_name() {
         );
     });
 }
+
+#[test]
+fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
+    const T: &str = "a_restore_gets_a_new_tap_and_keeps_the_guests_address";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let source = id("source");
+        let src = net_of(&manager.run(&source, net_spec()).await.unwrap());
+        let snap: firehost::snapshot::SnapshotName = "snap".parse().unwrap();
+        let info = manager
+            .snapshot(&source, &snap, Default::default())
+            .await
+            .unwrap();
+        let layout = &info.manifest.network;
+        assert_eq!(layout.len(), 1);
+        assert_eq!(layout[0].guest_ip, Some(src.ip));
+        assert_eq!(layout[0].host_dev_name, src.tap.as_str());
+
+        // The guest's address is taken while the source runs.
+        let clone = id("clone");
+        let err = manager
+            .restore(&snap, &clone, Default::default())
+            .await
+            .unwrap_err();
+        let VmError::Network { source: why, .. } = err else {
+            panic!("expected a network error, got {err:?}");
+        };
+        assert!(
+            matches!(*why, NetError::Ipam(IpamError::IpTaken { .. })),
+            "{why:?}"
+        );
+        assert!(!h.host.state_dir().join("vms/clone").exists());
+
+        manager.stop(&source, StopOptions::default()).await.unwrap();
+        manager.destroy(&source).await.unwrap();
+        let restored = manager
+            .restore(&snap, &clone, Default::default())
+            .await
+            .unwrap();
+        let net = net_of(&restored);
+        assert_eq!((net.ip, net.mac), (src.ip, src.mac), "the guest keeps both");
+        assert_ne!(net.tap, src.tap, "a TAP of its own");
+        assert!(nl.link(&net.tap).await.unwrap().is_some());
+        assert!(nl.link(&src.tap).await.unwrap().is_none());
+        let api = manager
+            .api(&clone)
+            .await
+            .unwrap()
+            .expect("a live VM has an API");
+        let config = api.get_export_vm_config().await.unwrap();
+        if let Some(ifaces) = config.network_interfaces.filter(|i| !i.is_empty()) {
+            assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+        }
+        manager.stop(&clone, StopOptions::default()).await.unwrap();
+        manager.destroy(&clone).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}

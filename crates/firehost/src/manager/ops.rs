@@ -16,8 +16,8 @@ use crate::net::firewall::PortMapping;
 use crate::net::host::NetError;
 use crate::record::Durability;
 use crate::snapshot::{
-    Bundle, BundleError, MANIFEST_FILE, MEMORY_FILE, ManifestDraft, PendingBundle, SnapshotInfo,
-    SnapshotKind, SnapshotName, VMSTATE_FILE,
+    Bundle, BundleError, MANIFEST_FILE, MEMORY_FILE, ManifestDraft, NetworkLayout, PendingBundle,
+    SnapshotInfo, SnapshotKind, SnapshotName, VMSTATE_FILE,
 };
 use crate::state::{ExitReason, Operation, VmState};
 use crate::undo::{UndoStack, UndoStep, remove_dir_if_present};
@@ -330,7 +330,17 @@ pub(super) async fn snapshot(
             parent: parent.clone(),
             firecracker_version: version.firecracker_version,
             spec: vm.record.spec.clone(),
-            network: Vec::new(),
+            network: vm
+                .record
+                .net
+                .iter()
+                .map(|net| NetworkLayout {
+                    iface_id: net.iface_id.clone(),
+                    guest_mac: Some(net.mac.to_string()),
+                    host_dev_name: net.tap.to_string(),
+                    guest_ip: Some(net.ip),
+                })
+                .collect(),
             vsock: None,
             created_at_ms: now_ms(),
         };

@@ -27,9 +27,15 @@
 //!   and long-lived secrets (SSH host keys, TLS keys) must not be in the
 //!   snapshot at all.
 //! - **Network identity.** The guest keeps the MAC and IP it had in the
-//!   snapshot. Firecracker's `network_overrides` only swap the host TAP;
-//!   clones on one L2 segment must change MAC and IP in the guest (or sit
-//!   on isolated TAPs), and drop ARP/neighbour caches and TCP connections.
+//!   snapshot. Firecracker's `network_overrides` only swap the host TAP.
+//!   A snapshot of a VM on the default network restores onto a new TAP
+//!   with that same MAC and IP, so only one VM restored from it can be on
+//!   the network at a time, and not while the source VM is (the restore
+//!   fails with an address-taken error). Clones that must run side by side
+//!   need the guest to take a new MAC and IP after it resumes (the agent's
+//!   job, in a later release) or a network namespace each (see Firecracker's
+//!   `network-for-clones` document); either way, drop ARP/neighbour caches
+//!   and TCP connections.
 //! - **Time.** The guest clock stops while the snapshot sits on disk; ask
 //!   for [`RestoreOptions::clock_realtime`] or step the clock in the guest
 //!   (NTP/chrony `makestep`), and expect timers to fire late.
@@ -44,8 +50,10 @@ use std::sync::Arc;
 use super::launch::{Launched, Reservation};
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
-use crate::api::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
+use crate::api::models::{MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams};
 use crate::manager::error::MAX_SOCKET_PATH_BYTES;
+use crate::net::host::{NetError, NetSpec, VmNet};
+use crate::net::ipam::MacAddr;
 use crate::snapshot::uffd::{PageServer, PageServerOptions, ServeMode};
 use crate::snapshot::{
     MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions, WorkingSet,
@@ -181,7 +189,15 @@ async fn build(
         });
     }
     let bundle = shared.snapshots_dir.join(snapshot.as_str());
-    let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), None, undo).await?;
+    let net = attach_network(shared, id, &manifest, undo).await?;
+    let overrides: Vec<NetworkOverride> = net
+        .iter()
+        .map(|net| NetworkOverride {
+            iface_id: net.iface_id.clone(),
+            host_dev_name: net.tap.to_string(),
+        })
+        .collect();
+    let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), net, undo).await?;
     launched.vm.record.restored_from = Some(snapshot.clone());
     launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {
@@ -216,6 +232,7 @@ async fn build(
         let mut load = SnapshotLoadParams::new(bundle.join(VMSTATE_FILE), memory);
         load.resume_vm = Some(options.resume);
         load.clock_realtime = options.clock_realtime.then_some(true);
+        load.network_overrides = (!overrides.is_empty()).then_some(overrides);
         api.load_snapshot(&load)
             .await
             .map_err(api_err("load the snapshot"))?;
@@ -239,6 +256,56 @@ async fn build(
     }
     .await;
     launched.commit(outcome).await
+}
+
+/// Puts the restored VM on the default network when the snapshot's VM was:
+/// a new TAP (passed to Firecracker as a `network_overrides` entry), with
+/// the address and MAC the guest keeps in its memory. Those must be free:
+/// restoring while the source VM (or another restore of the snapshot)
+/// still holds them fails with [`IpamError::IpTaken`], because two guests
+/// with one address on one bridge would break each other.
+///
+/// [`IpamError::IpTaken`]: crate::net::ipam::IpamError::IpTaken
+async fn attach_network(
+    shared: &Shared,
+    id: &VmId,
+    manifest: &crate::snapshot::SnapshotManifest,
+    undo: &mut UndoStack,
+) -> Result<Option<VmNet>, VmError> {
+    let Some(layout) = manifest.network.iter().find(|n| n.guest_ip.is_some()) else {
+        return Ok(None);
+    };
+    let network = |source| VmError::Network {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    let mac = match &layout.guest_mac {
+        Some(mac) => Some(
+            mac.parse::<MacAddr>()
+                .map_err(|e| network(NetError::Ipam(e)))?,
+        ),
+        None => None,
+    };
+    let spec = NetSpec {
+        ip: layout.guest_ip,
+        mac,
+        // Published ports belong to the source VM; a restored VM publishes
+        // its own.
+        publish: Vec::new(),
+        peer_groups: manifest
+            .spec
+            .net
+            .as_ref()
+            .map(|n| n.peer_groups.clone())
+            .unwrap_or_default(),
+        kernel_ip_arg: false,
+    };
+    let net = shared.net.attach(id, &spec).await.map_err(network)?;
+    undo.push(UndoStep::DetachNetwork {
+        net: shared.net.clone(),
+        vm: id.clone(),
+    });
+    Ok(Some(net))
 }
 
 /// Binds the page server for a restore in the VM's directory.

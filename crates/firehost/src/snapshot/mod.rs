@@ -146,7 +146,8 @@ impl fmt::Display for SnapshotKind {
 
 /// One network interface of the source VM, as a restore must recreate it.
 ///
-/// Filled in by the networking feature; empty until then.
+/// One per NIC of the source VM; for the default network's NIC,
+/// `guest_ip` says which address the guest keeps configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkLayout {
     /// Firecracker's `iface_id`: the restored VM must use the same.
@@ -156,6 +157,10 @@ pub struct NetworkLayout {
     /// The TAP the source VM used; a restore overrides it
     /// (`network_overrides`).
     pub host_dev_name: String,
+    /// The guest's address on the default network, which lives on in the
+    /// guest's memory (absent for NICs outside the default network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The source VM's vsock device.
@@ -241,7 +246,7 @@ pub struct ManifestDraft {
     pub firecracker_version: String,
     /// The source VM's resolved spec.
     pub spec: ResolvedSpec,
-    /// Network interfaces (empty until the networking feature fills it).
+    /// The source VM's network interfaces.
     pub network: Vec<NetworkLayout>,
     /// The vsock device (absent until the vsock feature fills it).
     pub vsock: Option<VsockLayout>,
