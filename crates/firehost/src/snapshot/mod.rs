@@ -879,6 +879,7 @@ mod tests {
                 iface_id: "eth0".into(),
                 guest_mac: Some("06:00:ac:10:00:02".into()),
                 host_dev_name: "fh-tap0".into(),
+                guest_ip: Some("172.30.0.2".parse().unwrap()),
             }],
             vsock: Some(VsockLayout {
                 guest_cid: 3,
