@@ -14,9 +14,9 @@ use clap::{Args, Parser, Subcommand};
 /// VMs outlive the command that started them; their records, sockets and
 /// consoles live in the state directory. Exit codes: 0 ok, 1 operation
 /// failed (or a snapshot failed verification), 2 usage error or host not
-/// ready, 3 no such VM or snapshot, 4 conflict (name taken, operation not
-/// allowed in the VM's state, snapshot in use or a diff, state directory
-/// busy).
+/// ready (no uplink, no nftables), 3 no such VM or snapshot, 4 conflict
+/// (name taken, operation not allowed in the VM's state, snapshot in use or
+/// a diff, address, MAC or host port taken, state directory busy).
 #[derive(Debug, Parser)]
 #[command(name = "firehost", version, propagate_version = true)]
 pub struct Cli {
@@ -56,6 +56,84 @@ pub struct GlobalArgs {
         default_value = "firecracker"
     )]
     pub firecracker: PathBuf,
+
+    /// The default network's bridge, created when absent [default: fhbr0].
+    ///
+    /// A network setting, used by run --net and by every command that
+    /// opens the state directory (keep them the same for one state
+    /// directory).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "FIREHOST_BRIDGE",
+        help_heading = "Network settings"
+    )]
+    pub bridge: Option<String>,
+
+    /// The guest subnet; the bridge takes its first address, the guests'
+    /// gateway [default: 172.30.0.0/16].
+    ///
+    /// A network setting, used by run --net and by every command that
+    /// opens the state directory (keep them the same for one state
+    /// directory).
+    #[arg(
+        long,
+        global = true,
+        value_name = "CIDR",
+        env = "FIREHOST_SUBNET",
+        help_heading = "Network settings"
+    )]
+    pub subnet: Option<String>,
+
+    /// Where guest traffic leaves the host, masqueraded: `auto` (the
+    /// interface of the default route), `none` (guests reach only the host
+    /// services allowed and are reached only through published ports) or
+    /// an interface name [default: auto].
+    ///
+    /// A network setting, used by run --net and by every command that
+    /// opens the state directory (keep them the same for one state
+    /// directory).
+    #[arg(
+        long,
+        global = true,
+        value_name = "auto|none|IFNAME",
+        env = "FIREHOST_UPLINK",
+        help_heading = "Network settings"
+    )]
+    pub uplink: Option<String>,
+
+    /// DNS servers for guests, comma-separated or repeated [default: the
+    /// host's from /etc/resolv.conf, without loopback addresses].
+    ///
+    /// A network setting, used by run --net and by every command that
+    /// opens the state directory (keep them the same for one state
+    /// directory).
+    #[arg(
+        long,
+        global = true,
+        value_name = "IP,IP",
+        value_delimiter = ',',
+        env = "FIREHOST_DNS",
+        help_heading = "Network settings"
+    )]
+    pub dns: Option<Vec<String>>,
+
+    /// A host service guests may connect to at the gateway address (TCP
+    /// unless /udp), comma-separated or repeated [default: none].
+    ///
+    /// A network setting, used by run --net and by every command that
+    /// opens the state directory (keep them the same for one state
+    /// directory).
+    #[arg(
+        long = "host-service",
+        global = true,
+        value_name = "PORT[/udp]",
+        value_delimiter = ',',
+        env = "FIREHOST_HOST_SERVICES",
+        help_heading = "Network settings"
+    )]
+    pub host_services: Vec<String>,
 }
 
 /// The subcommands.
@@ -97,6 +175,12 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Print the last lines of a VM's serial console.
     Console(ConsoleArgs),
+    /// The default network: list the VMs on it, publish and unpublish
+    /// their ports [default: ls].
+    ///
+    /// The network settings (--bridge, --subnet, --uplink, --dns,
+    /// --host-service) say what the network looks like.
+    Net(NetArgs),
     /// Check that this host can run VMs, and say how to fix what is missing.
     ///
     /// Exits 2 if any check fails.
@@ -114,6 +198,7 @@ pub enum Command {
 
 /// `run`'s options.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("network").multiple(true)))]
 pub struct RunArgs {
     /// Guest kernel image (an uncompressed ELF vmlinux on Intel and AMD).
     #[arg(long, value_name = "PATH")]
@@ -143,6 +228,29 @@ pub struct RunArgs {
     /// Create and configure the VM, but do not boot it.
     #[arg(long)]
     pub no_start: bool,
+    /// Attach the VM to the default network: a TAP on the bridge, an
+    /// address from the subnet, NAT through the uplink (needs root or
+    /// `CAP_NET_ADMIN`). Implied by --ip, --mac, --publish and --peer-group.
+    #[arg(long, group = "network")]
+    pub net: bool,
+    /// The guest's address [default: the lowest free one in the subnet].
+    #[arg(long, value_name = "IP", group = "network")]
+    pub ip: Option<String>,
+    /// The guest NIC's MAC [default: derived from the VM's name].
+    #[arg(long, value_name = "MAC", group = "network")]
+    pub mac: Option<String>,
+    /// Forward host port HOST to guest port GUEST (TCP unless /udp);
+    /// repeatable.
+    #[arg(long, value_name = "HOST:GUEST[/udp]", group = "network")]
+    pub publish: Vec<String>,
+    /// Let the VM and the other members of this group reach each other;
+    /// repeatable. A VM in no group reaches no other VM.
+    #[arg(long, value_name = "NAME", group = "network")]
+    pub peer_group: Vec<String>,
+    /// Don't append the kernel's ip= argument to the boot arguments (the
+    /// guest then configures eth0 itself).
+    #[arg(long, requires = "network")]
+    pub no_ip_arg: bool,
 }
 
 /// A command that takes just a VM name.
@@ -287,6 +395,40 @@ pub enum SnapshotsCommand {
     Merge(MergeArgs),
 }
 
+/// `net`: a group of subcommands over the default network.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// What to do with the network [default: ls].
+    #[command(subcommand)]
+    pub command: Option<NetCommand>,
+}
+
+/// The subcommands of `net`.
+#[derive(Debug, Subcommand)]
+pub enum NetCommand {
+    /// List the VMs on the default network with their addresses, MACs,
+    /// TAPs and published ports.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Forward a host port to a VM on the network, now (the mapping stays
+    /// until unpublished or the VM is removed).
+    ///
+    /// Refused (exit 4) if another VM publishes the host port.
+    Publish(PortArgs),
+    /// Stop forwarding a host port to a VM (not an error if it was not).
+    Unpublish(PortArgs),
+}
+
+/// `net publish` and `net unpublish`'s arguments.
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// The VM's name.
+    pub name: String,
+    /// The host port and the guest port (TCP unless /udp).
+    #[arg(value_name = "HOST:GUEST[/udp]")]
+    pub mapping: String,
+}
+
 /// A command that takes just a snapshot name.
 #[derive(Debug, Args)]
 pub struct SnapshotNameArg {
@@ -380,5 +522,41 @@ mod tests {
                 }))
             })
         ));
+    }
+
+    #[test]
+    fn network_lists_take_commas_and_repetition() {
+        let a = Cli::try_parse_from([
+            "firehost",
+            "--dns",
+            "1.1.1.1,9.9.9.9",
+            "net",
+            "--host-service",
+            "53/udp,8125/udp",
+            "--host-service",
+            "22",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.global.dns,
+            Some(vec!["1.1.1.1".to_owned(), "9.9.9.9".to_owned()])
+        );
+        assert_eq!(a.global.host_services, ["53/udp", "8125/udp", "22"]);
+        assert!(matches!(a.command, Command::Net(NetArgs { command: None })));
+    }
+
+    #[test]
+    fn no_ip_arg_needs_a_network_flag() {
+        let run = ["firehost", "run", "--kernel", "k", "--rootfs", "r"];
+        let alone = [&run[..], &["--no-ip-arg"]].concat();
+        assert!(Cli::try_parse_from(alone).is_err());
+        for flag in [
+            &["--net"][..],
+            &["--ip", "172.30.0.9"],
+            &["--publish", "80:80"],
+        ] {
+            let args = [&run[..], &["--no-ip-arg"], flag].concat();
+            assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+        }
     }
 }

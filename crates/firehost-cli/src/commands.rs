@@ -7,15 +7,24 @@
 //! process to release the directory; then it works through the
 //! [`VmProvider`] trait only. The `snapshots` group works on the
 //! manager's [`SnapshotStore`] instead (bundles are not VMs), on the
-//! blocking pool, while the manager keeps the state directory locked.
+//! blocking pool, while the manager keeps the state directory locked; the
+//! `net` group on the manager's default network.
+//!
+//! The network settings (`--bridge`, `--subnet`, `--uplink`, `--dns`,
+//! `--host-service`) go into every manager's [`NetworkConfig`], parsed by
+//! the library's own types: a manager that opens the state directory
+//! reconciles the network of the live VMs with them.
 
 use std::io::Write;
+use std::str::FromStr;
 use std::time::Duration;
 
 use firehost::doctor::{DoctorConfig, run_checks};
 use firehost::manager::{
     ConsoleTarget, RestoreMemory, RestoreOptions, SnapshotOptions, StopOptions,
 };
+use firehost::net::firewall::PortMapping;
+use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
 use firehost::snapshot::store::GcOptions;
 use firehost::snapshot::{BundleError, SnapshotName, SnapshotStore, StoreError, VerifyOptions};
 use firehost::vmm::LogLevel;
@@ -23,15 +32,16 @@ use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmStat
 use serde::Serialize;
 
 use crate::args::{
-    Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, RestoreArgs,
-    RmArgs, RunArgs, SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs,
-    UffdMode, VerifyArgs,
+    Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, NetArgs,
+    NetCommand, PortArgs, RestoreArgs, RmArgs, RunArgs, SnapshotArgs, SnapshotNameArg,
+    SnapshotsArgs, SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
 };
-use crate::exit::{CliError, Exit};
+use crate::exit::{CliError, Exit, ValueError};
 use crate::human;
 use crate::json::{
-    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, RemovedJson, SnapshotDetailsJson,
-    SnapshotJson, SnapshotListJson, SnapshotRemovedJson, VerifyErrorJson, VerifyJson, VmJson,
+    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, RemovedJson,
+    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, VerifyErrorJson,
+    VerifyJson, VmJson,
 };
 
 /// How long a command waits for another `firehost` process to release the
@@ -100,6 +110,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Clone(args) => clone(&manager, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
+        Command::Net(args) => net(&manager, args, out).await,
         Command::Doctor | Command::Quickstart(_) => unreachable!("handled above"),
     }?;
     Ok(Exit::Success)
@@ -110,7 +121,79 @@ async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
     config.console = ConsoleTarget::File;
     config.vmm_log = Some(LogLevel::Info);
     config.timeouts.lock = LOCK_TIMEOUT;
+    config.network = network_config(global)?;
     Ok(Manager::open(config).await?)
+}
+
+/// Stage two for the network settings: the library's defaults, with what
+/// the command line (or the environment) says parsed by the library's own
+/// types.
+pub fn network_config(global: &GlobalArgs) -> Result<NetworkConfig, CliError> {
+    let mut config = NetworkConfig::default();
+    if let Some(bridge) = &global.bridge {
+        config.bridge = parse("--bridge", bridge)?;
+    }
+    if let Some(subnet) = &global.subnet {
+        config.subnet = parse("--subnet", subnet)?;
+    }
+    if let Some(uplink) = &global.uplink {
+        config.uplink = match uplink.as_str() {
+            "auto" => Uplink::Auto,
+            "none" => Uplink::None,
+            name => Uplink::Interface(parse("--uplink", name)?),
+        };
+    }
+    if let Some(dns) = &global.dns {
+        config.dns = Some(parse_all("--dns", dns)?);
+    }
+    config.host_services = parse_all("--host-service", &global.host_services)?;
+    Ok(config)
+}
+
+/// Stage two for one option value.
+fn parse<T>(option: &'static str, value: &str) -> Result<T, CliError>
+where
+    T: FromStr,
+    T::Err: Into<ValueError>,
+{
+    value.parse().map_err(|e: T::Err| CliError::InvalidValue {
+        option,
+        value: value.to_owned(),
+        source: e.into(),
+    })
+}
+
+/// Stage two for each value of a repeated option.
+fn parse_all<T>(option: &'static str, values: &[String]) -> Result<Vec<T>, CliError>
+where
+    T: FromStr,
+    T::Err: Into<ValueError>,
+{
+    values.iter().map(|v| parse(option, v)).collect()
+}
+
+/// Stage two for `run`'s network flags: `None` unless one of them asks
+/// for a network.
+fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
+    let wanted = args.net
+        || args.ip.is_some()
+        || args.mac.is_some()
+        || !args.publish.is_empty()
+        || !args.peer_group.is_empty();
+    if !wanted {
+        return Ok(None);
+    }
+    Ok(Some(NetSpec {
+        ip: args.ip.as_deref().map(|ip| parse("--ip", ip)).transpose()?,
+        mac: args
+            .mac
+            .as_deref()
+            .map(|mac| parse("--mac", mac))
+            .transpose()?,
+        publish: parse_all("--publish", &args.publish)?,
+        peer_groups: parse_all("--peer-group", &args.peer_group)?,
+        kernel_ip_arg: !args.no_ip_arg,
+    }))
 }
 
 /// Stage two for a VM name.
@@ -145,6 +228,7 @@ async fn run(provider: &dyn VmProvider, args: RunArgs, out: Out) -> Result<(), C
         Some(name) => vm_id(name)?,
         None => generated_name(),
     };
+    let net = net_spec(&args)?;
     let spec = VmSpec {
         kernel: Some(args.kernel),
         initrd: args.initrd,
@@ -153,6 +237,7 @@ async fn run(provider: &dyn VmProvider, args: RunArgs, out: Out) -> Result<(), C
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
         boot_args: args.boot_args,
+        net,
         ..VmSpec::default()
     };
     let mut vm = provider.create(&id, spec).await?;
@@ -464,6 +549,37 @@ async fn snapshots_verify(
             })
         }
     }
+}
+
+/// The `net` group: the manager's default network (not part of the
+/// [`VmProvider`] trait).
+async fn net(manager: &Manager, args: NetArgs, out: Out) -> Result<(), CliError> {
+    match args.command.unwrap_or(NetCommand::Ls) {
+        NetCommand::Ls => {
+            let network = &manager.config().network;
+            let list = NetListJson::new(
+                network.bridge.to_string(),
+                network.subnet.to_string(),
+                &manager.network_attachments().await,
+            );
+            out.emit(&list, human::net_table)
+        }
+        NetCommand::Publish(PortArgs { name, mapping }) => {
+            let (id, mapping) = (vm_id(&name)?, port_mapping(&mapping)?);
+            let vm = manager.publish(&id, mapping).await?;
+            out.emit(&VmJson::from(&vm), human::published_line)
+        }
+        NetCommand::Unpublish(PortArgs { name, mapping }) => {
+            let (id, mapping) = (vm_id(&name)?, port_mapping(&mapping)?);
+            let vm = manager.unpublish(&id, mapping).await?;
+            out.emit(&VmJson::from(&vm), human::published_line)
+        }
+    }
+}
+
+/// Stage two for a `net publish` or `net unpublish` mapping.
+fn port_mapping(text: &str) -> Result<PortMapping, CliError> {
+    parse("port mapping", text)
 }
 
 /// The doctor configuration for this command line: `--firecracker`, the

@@ -10,6 +10,11 @@ use std::error::Error;
 use std::io::Write;
 use std::process::ExitCode;
 
+use firehost::net::IfNameError;
+use firehost::net::firewall::{FirewallError, PortSyntaxError};
+use firehost::net::host::{NetError, PeerGroupError};
+use firehost::net::ipam::IpamError;
+use firehost::net::nft::NftError;
 use firehost::snapshot::{BundleError, StoreError};
 use firehost::{ManagerError, VmError, VmIdError};
 
@@ -24,9 +29,11 @@ pub enum Exit {
     /// snapshot bundle is incomplete or damaged (`snapshots verify` found
     /// it bad, or a restore did).
     Failed = 1,
-    /// 2: the command line is wrong (unknown flag, invalid name, a VM spec
-    /// the library refuses), or the host is not ready (`doctor` found a
-    /// failure, `quickstart` misses something).
+    /// 2: the command line is wrong (unknown flag, invalid name or network
+    /// setting, a VM spec the library refuses, an address outside the
+    /// subnet), or the host is not ready (`doctor` found a failure,
+    /// `quickstart` misses something, the network has no uplink or
+    /// nftables is missing).
     Usage = 2,
     /// 3: no VM or snapshot has that name.
     NotFound = 3,
@@ -35,8 +42,10 @@ pub enum Exit {
     /// snapshot is in use (`snapshots rm` while a VM restored from it
     /// exists or a diff builds on it), the snapshot's kind does not allow
     /// the operation (restoring a diff, merging a full snapshot), a diff
-    /// was asked of a VM with no earlier snapshot, or another firehost
-    /// process kept the state directory locked.
+    /// was asked of a VM with no earlier snapshot, the address or MAC asked
+    /// for is held by another VM, a host port is published by another VM
+    /// (or twice), or another firehost process kept the state directory
+    /// locked.
     Conflict = 4,
     /// 130: interrupted by Ctrl-C (quickstart cleans up first).
     Interrupted = 130,
@@ -79,6 +88,17 @@ pub enum CliError {
         /// The rule it breaks.
         source: VmIdError,
     },
+    /// An option's value does not parse (the cause is the library's own
+    /// parser, so the CLI and the library say the same).
+    #[error("invalid {option} {value:?}")]
+    InvalidValue {
+        /// The option, e.g. "--publish".
+        option: &'static str,
+        /// The value as given (one element of a list).
+        value: String,
+        /// Why.
+        source: ValueError,
+    },
     /// Some doctor checks failed (the report is on stdout).
     #[error("{failed} host check(s) failed")]
     ChecksFailed {
@@ -116,6 +136,27 @@ pub enum CliError {
     Output(#[source] std::io::Error),
 }
 
+/// Why an option's value does not parse: the error of the library type (or
+/// the std one, for addresses) it was parsed into.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// Not an IPv4 address.
+    #[error(transparent)]
+    Ip(#[from] std::net::AddrParseError),
+    /// Not a subnet or MAC address.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// Not a port mapping or host service.
+    #[error(transparent)]
+    Port(#[from] PortSyntaxError),
+    /// Not an interface name.
+    #[error(transparent)]
+    IfName(#[from] IfNameError),
+    /// Not a peer group name.
+    #[error(transparent)]
+    PeerGroup(#[from] PeerGroupError),
+}
+
 impl CliError {
     /// The one mapping from errors to exit codes.
     pub fn exit(&self) -> Exit {
@@ -128,17 +169,19 @@ impl CliError {
                 | VmError::SnapshotIsDiff { .. }
                 | VmError::NoParentSnapshot { .. } => Exit::Conflict,
                 VmError::SnapshotBundle { source, .. } => store_exit(source),
+                VmError::Network { source, .. } => net_exit(source),
                 VmError::InvalidSpec { .. } | VmError::SocketPathTooLong { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
             CliError::Manager(e) => match e {
                 ManagerError::Locked { .. } => Exit::Conflict,
-                ManagerError::StateDirTooLong { .. } => Exit::Usage,
+                ManagerError::StateDirTooLong { .. } | ManagerError::Network { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
             CliError::Store(e) => store_exit(e),
             CliError::BadSnapshot { .. } => Exit::Failed,
             CliError::InvalidName { .. }
+            | CliError::InvalidValue { .. }
             | CliError::ChecksFailed { .. }
             | CliError::NotReady { .. }
             | CliError::Unsupported { .. } => Exit::Usage,
@@ -158,6 +201,27 @@ pub fn store_exit(e: &StoreError) -> Exit {
         | StoreError::Leased { .. }
         | StoreError::HasChildren { .. }
         | StoreError::NotDiff { .. } => Exit::Conflict,
+        _ => Exit::Failed,
+    }
+}
+
+/// The exit code of a network error: an address, MAC or host port that is
+/// taken (or a port published twice) is a conflict, 4; an address or MAC
+/// the allocator refuses (outside the subnet, reserved, multicast) is a
+/// refused spec, 2; no uplink or no nftables means the host is not ready,
+/// 2; anything else (netlink, TAP, a rejected transaction) 1.
+pub fn net_exit(e: &NetError) -> Exit {
+    match e {
+        NetError::Ipam(IpamError::IpTaken { .. } | IpamError::MacTaken { .. })
+        | NetError::PortInUse { .. }
+        | NetError::PortTwice { .. } => Exit::Conflict,
+        NetError::Ipam(
+            IpamError::OutOfSubnet { .. }
+            | IpamError::Reserved { .. }
+            | IpamError::MacNotUnicast { .. },
+        )
+        | NetError::UplinkMissing { .. }
+        | NetError::Firewall(FirewallError::Nft(NftError::Missing { .. })) => Exit::Usage,
         _ => Exit::Failed,
     }
 }
@@ -375,6 +439,92 @@ mod tests {
                     }),
                 },
                 Exit::Failed,
+            ),
+        ];
+        for (err, exit) in cases {
+            assert_eq!(err.exit(), exit, "{err}");
+        }
+    }
+
+    #[test]
+    fn network_errors_follow_the_documented_table() {
+        let id: firehost::VmId = "a".parse().unwrap();
+        let holder: firehost::VmId = "b".parse().unwrap();
+        let subnet: firehost::net::ipam::Subnet = "172.30.0.0/16".parse().unwrap();
+        let ip = std::net::Ipv4Addr::new(172, 30, 0, 9);
+        let tcp = firehost::net::firewall::Proto::Tcp;
+        let net = |source| {
+            CliError::Vm(VmError::Network {
+                id: id.clone(),
+                source: Box::new(source),
+            })
+        };
+        let cases = [
+            (
+                net(NetError::Ipam(IpamError::IpTaken {
+                    ip,
+                    holder: holder.clone(),
+                })),
+                Exit::Conflict,
+            ),
+            (
+                net(NetError::Ipam(IpamError::MacTaken {
+                    mac: "06:00:ac:1e:00:02".parse().unwrap(),
+                    holder: holder.clone(),
+                })),
+                Exit::Conflict,
+            ),
+            (
+                net(NetError::PortInUse {
+                    proto: tcp,
+                    port: 8080,
+                    holder,
+                }),
+                Exit::Conflict,
+            ),
+            (
+                net(NetError::PortTwice {
+                    proto: tcp,
+                    port: 8080,
+                }),
+                Exit::Conflict,
+            ),
+            (
+                net(NetError::Ipam(IpamError::OutOfSubnet {
+                    ip: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                    subnet,
+                })),
+                Exit::Usage,
+            ),
+            (
+                net(NetError::UplinkMissing {
+                    detail: "no default route".into(),
+                }),
+                Exit::Usage,
+            ),
+            (
+                net(NetError::Firewall(FirewallError::Nft(NftError::Missing {
+                    detail: "not found".into(),
+                }))),
+                Exit::Usage,
+            ),
+            (
+                net(NetError::Firewall(FirewallError::Nft(NftError::Rejected {
+                    message: "no".into(),
+                }))),
+                Exit::Failed,
+            ),
+            (net(NetError::NotAttached { vm: id.clone() }), Exit::Failed),
+            (
+                CliError::InvalidValue {
+                    option: "--publish",
+                    value: "0:80".into(),
+                    source: "0:80"
+                        .parse::<firehost::net::firewall::PortMapping>()
+                        .unwrap_err()
+                        .into(),
+                },
+                Exit::Usage,
             ),
         ];
         for (err, exit) in cases {

@@ -4,9 +4,9 @@
 use std::fmt::Write;
 
 use crate::json::{
-    BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ListJson, QuickstartJson,
-    RemovedJson, SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson,
-    VerifyJson, VmJson,
+    BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ListJson, NetListJson,
+    QuickstartJson, RemovedJson, SnapshotDetailsJson, SnapshotJson, SnapshotListJson,
+    SnapshotRemovedJson, VerifyJson, VmJson,
 };
 
 /// `inspect` and `run`: one `key: value` line per field.
@@ -29,12 +29,26 @@ pub fn vm_record(vm: &VmJson) -> String {
             },
         ),
         ("boot args", vm.boot_args.clone()),
+    ];
+    if let Some(net) = &vm.net {
+        rows.extend([
+            ("ip", format!("{}/{}", net.ip, net.prefix_len)),
+            ("gateway", net.gateway.clone()),
+            ("mac", net.mac.clone()),
+            ("tap", net.tap.clone()),
+            ("published", list_or_dash(&net.published)),
+        ]);
+        if !net.peer_groups.is_empty() {
+            rows.push(("peer groups", net.peer_groups.join(", ")));
+        }
+    }
+    rows.extend([
         ("api socket", vm.api_socket.clone()),
         ("dir", vm.dir.clone()),
         ("console", vm.console_file.clone().unwrap_or_else(none)),
         ("vmm log", vm.log_file.clone().unwrap_or_else(none)),
         ("created", utc(vm.created_at_ms)),
-    ];
+    ]);
     if let Some(exit) = &vm.exit {
         rows.push(("exit", exit_text(exit)));
     }
@@ -82,6 +96,51 @@ pub fn vm_table(list: &ListJson) -> String {
         })
         .collect();
     table(&["NAME", "STATE", "PID", "VCPUS", "MEM"], &rows)
+}
+
+/// `net ls`: the network on one line, then a table of its VMs.
+pub fn net_table(list: &NetListJson) -> String {
+    let rows: Vec<Vec<String>> = list
+        .vms
+        .iter()
+        .map(|vm| {
+            vec![
+                vm.name.clone(),
+                vm.ip.clone(),
+                vm.mac.clone(),
+                vm.tap.clone(),
+                list_or_dash(&vm.published),
+            ]
+        })
+        .collect();
+    let mut out = format!("bridge {}, subnet {}\n", list.bridge, list.subnet);
+    out.push_str(&table(&["NAME", "IP", "MAC", "TAP", "PUBLISHED"], &rows));
+    out
+}
+
+/// `net publish` and `net unpublish`: what the VM publishes now.
+pub fn published_line(vm: &VmJson) -> String {
+    match &vm.net {
+        Some(net) if net.published.is_empty() => {
+            format!("{} ({}): no published ports\n", vm.name, net.ip)
+        }
+        Some(net) => format!(
+            "{} ({}): published {}\n",
+            vm.name,
+            net.ip,
+            net.published.join(", ")
+        ),
+        None => format!("{}: no network\n", vm.name),
+    }
+}
+
+/// `a, b, c`, or `-` for none.
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// Left-aligned columns two spaces apart, no trailing blanks.
@@ -497,6 +556,82 @@ mod tests {
         assert_eq!(utc_compact(0), "1970-01-01T00:00:00Z");
     }
 
+    fn networked_vm() -> VmJson {
+        VmJson {
+            name: "web".into(),
+            state: "running",
+            pid: Some(7),
+            api_socket: "/s/vms/web/api.sock".into(),
+            dir: "/s/vms/web".into(),
+            console_file: None,
+            log_file: None,
+            vcpus: 1,
+            mem_mib: 128,
+            smt: false,
+            kernel: "/k".into(),
+            initrd: None,
+            rootfs: None,
+            rootfs_read_only: false,
+            boot_args: "console=ttyS0".into(),
+            created_at_ms: 0,
+            exit: None,
+            console_tail: None,
+            net: Some(crate::json::NetJson {
+                ip: "172.30.0.2".into(),
+                prefix_len: 16,
+                gateway: "172.30.0.1".into(),
+                mac: "06:00:ac:1e:00:02".into(),
+                tap: "fh-web-0".into(),
+                dns: vec!["1.1.1.1".into()],
+                published: vec!["8080:80/tcp".into(), "5353:53/udp".into()],
+                peer_groups: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn vm_record_shows_the_network_rows() {
+        let text = vm_record(&networked_vm());
+        for row in [
+            "ip:         172.30.0.2/16\n",
+            "gateway:    172.30.0.1\n",
+            "mac:        06:00:ac:1e:00:02\n",
+            "tap:        fh-web-0\n",
+            "published:  8080:80/tcp, 5353:53/udp\n",
+        ] {
+            assert!(text.contains(row), "{row:?} in\n{text}");
+        }
+        assert!(!text.contains("peer groups"), "{text}");
+        let mut plain = networked_vm();
+        plain.net = None;
+        assert!(!vm_record(&plain).contains("gateway"));
+    }
+
+    #[test]
+    fn net_table_lists_the_vms_under_the_network() {
+        let list = NetListJson {
+            bridge: "fhbr0".into(),
+            subnet: "172.30.0.0/16".into(),
+            vms: vec![crate::json::NetVmJson {
+                name: "web".into(),
+                ip: "172.30.0.2".into(),
+                mac: "06:00:ac:1e:00:02".into(),
+                tap: "fh-web-0".into(),
+                published: Vec::new(),
+            }],
+        };
+        assert_eq!(
+            net_table(&list),
+            "bridge fhbr0, subnet 172.30.0.0/16\n\
+             NAME  IP          MAC                TAP       PUBLISHED\n\
+             web   172.30.0.2  06:00:ac:1e:00:02  fh-web-0  -\n"
+        );
+        assert_eq!(
+            published_line(&networked_vm()),
+            "web (172.30.0.2): published 8080:80/tcp, 5353:53/udp\n"
+        );
+    }
+
     #[test]
     fn table_columns_align() {
         let vm = |name: &str, pid| VmJson {
@@ -518,6 +653,7 @@ mod tests {
             created_at_ms: 0,
             exit: None,
             console_tail: None,
+            net: None,
         };
         let table = vm_table(&ListJson {
             vms: vec![vm("a", Some(12345)), vm("longer-name", None)],

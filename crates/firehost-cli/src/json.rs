@@ -21,8 +21,9 @@
 //!
 //! # The VM object ([`VmJson`])
 //!
-//! Printed by `run`, `inspect`, `pause`, `resume` and `stop`, and as each
-//! element of `ls`'s `vms`:
+//! Printed by `run`, `inspect`, `pause`, `resume`, `stop`, `restore`,
+//! `net publish` and `net unpublish`, and as each element of `ls`'s and
+//! `clone`'s `vms`:
 //!
 //! | field | type | meaning |
 //! | --- | --- | --- |
@@ -44,6 +45,15 @@
 //! | `created_at_ms` | integer | creation time |
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |
 //! | `console_tail` | array of strings or null | for `failed` VMs: the last console lines when the VMM died |
+//! | `net` | object or null | the VM's place on the default network ([`NetJson`], below); null for a VM without a network |
+//!
+//! `net` is `{"ip": string, "prefix_len": integer, "gateway": string,
+//! "mac": string, "tap": string, "dns": [string…], "published":
+//! [string…], "peer_groups": [string…]}`: the guest's address and the
+//! subnet's prefix length, its default gateway (the bridge), its NIC's
+//! MAC (`06:00:ac:1e:00:02`), the TAP on the host, its DNS servers, the
+//! host ports forwarded to it as `HOST:GUEST/PROTO` (`8080:80/tcp`) in the
+//! order they were published, and its peer groups.
 //!
 //! # Per command
 //!
@@ -62,6 +72,8 @@
 //! | `snapshots rm` | [`SnapshotRemovedJson`]: `{"name": string, "removed": true}` |
 //! | `snapshots gc` | [`GcJson`], below |
 //! | `snapshots merge` | the bundle object of the new full snapshot (its `leases` are empty) |
+//! | `net ls` (or plain `net`) | [`NetListJson`]: `{"bridge": string, "subnet": string, "vms": [{"name", "ip", "mac", "tap": string, "published": [string…]}…]}`, the VMs on the default network sorted by name; `bridge` and `subnet` are the network settings the command ran with |
+//! | `net publish`, `net unpublish` | the VM object, after the change (its `net.published` says what is forwarded now) |
 //! | `doctor` | [`DoctorJson`]: `{"ok": boolean, "checks": [check…]}` |
 //! | `quickstart` | [`QuickstartJson`], below |
 //!
@@ -143,6 +155,7 @@
 use std::path::Path;
 
 use firehost::doctor::{Check, CheckStatus};
+use firehost::net::host::VmNet;
 use firehost::snapshot::store::{GcReport, Listing, SnapshotDetails};
 use firehost::snapshot::{BundleError, SnapshotInfo, SnapshotKind, StoreError, WorkingSet};
 use firehost::{ExitReason, ResolvedSpec, VmId, VmInfo, VmState};
@@ -187,6 +200,49 @@ pub struct VmJson {
     pub exit: Option<ExitJson>,
     /// The console when the VMM died, for failed VMs.
     pub console_tail: Option<Vec<String>>,
+    /// The VM's place on the default network, if it has one.
+    pub net: Option<NetJson>,
+}
+
+/// A VM's place on the default network. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetJson {
+    /// The guest's address.
+    pub ip: String,
+    /// The subnet's prefix length.
+    pub prefix_len: u8,
+    /// The guest's default gateway (the bridge).
+    pub gateway: String,
+    /// The guest NIC's MAC.
+    pub mac: String,
+    /// The TAP on the host.
+    pub tap: String,
+    /// DNS servers for the guest.
+    pub dns: Vec<String>,
+    /// Host ports forwarded to the guest, `HOST:GUEST/PROTO`.
+    pub published: Vec<String>,
+    /// Peer groups.
+    pub peer_groups: Vec<String>,
+}
+
+/// Each item's text.
+fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+impl From<&VmNet> for NetJson {
+    fn from(net: &VmNet) -> Self {
+        NetJson {
+            ip: net.ip.to_string(),
+            prefix_len: net.prefix_len,
+            gateway: net.gateway.to_string(),
+            mac: net.mac.to_string(),
+            tap: net.tap.to_string(),
+            dns: strings(&net.dns),
+            published: strings(&net.published),
+            peer_groups: strings(&net.peer_groups),
+        }
+    }
 }
 
 /// How a VMM ended: an exit code, a signal, or neither when unknown.
@@ -257,6 +313,7 @@ impl From<&VmInfo> for VmJson {
             created_at_ms: vm.created_at_ms,
             exit,
             console_tail,
+            net: vm.net.as_ref().map(NetJson::from),
         }
     }
 }
@@ -266,6 +323,54 @@ impl From<&VmInfo> for VmJson {
 pub struct ListJson {
     /// Every VM, sorted by name.
     pub vms: Vec<VmJson>,
+}
+
+/// `net ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetListJson {
+    /// The bridge the TAPs join.
+    pub bridge: String,
+    /// The guest subnet.
+    pub subnet: String,
+    /// The VMs on the network, sorted by name.
+    pub vms: Vec<NetVmJson>,
+}
+
+impl NetListJson {
+    /// The network of `bridge` and `subnet` with these VMs on it.
+    pub fn new(bridge: String, subnet: String, attachments: &[(VmId, VmNet)]) -> Self {
+        let mut vms: Vec<NetVmJson> = attachments
+            .iter()
+            .map(|(id, net)| NetVmJson {
+                name: id.to_string(),
+                ip: net.ip.to_string(),
+                mac: net.mac.to_string(),
+                tap: net.tap.to_string(),
+                published: strings(&net.published),
+            })
+            .collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        NetListJson {
+            bridge,
+            subnet,
+            vms,
+        }
+    }
+}
+
+/// One VM in `net ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetVmJson {
+    /// Its name.
+    pub name: String,
+    /// The guest's address.
+    pub ip: String,
+    /// The guest NIC's MAC.
+    pub mac: String,
+    /// The TAP on the host.
+    pub tap: String,
+    /// Host ports forwarded to it, `HOST:GUEST/PROTO`.
+    pub published: Vec<String>,
 }
 
 /// `rm`.

@@ -2,8 +2,9 @@
 //!
 //! It runs Firecracker microVMs from a shell: create and start them, list
 //! and inspect them, pause, resume, snapshot, restore, clone, stop and
-//! remove them, manage their snapshot bundles (`snapshots`), read their
-//! console, check the host (`doctor`) and try everything at once
+//! remove them, manage their snapshot bundles (`snapshots`), put them on
+//! the default network and publish their ports (`run --net`, `net`), read
+//! their console, check the host (`doctor`) and try everything at once
 //! (`quickstart`). VMs outlive the command that started them: each command
 //! opens the state directory, does its one thing and exits.
 //!

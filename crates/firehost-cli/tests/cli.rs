@@ -1079,3 +1079,161 @@ fn clone_with_uffd_populate_makes_independent_clones() {
         2,
     );
 }
+
+// --- network -------------------------------------------------------------------
+//
+// Only what needs no root and no network device: the flags, the `net` JSON
+// shapes and the refusals. Attaching VMs is tested in the library's
+// network-namespace tests.
+
+#[test]
+fn net_ls_json_on_an_empty_state_dir_shows_the_default_network() {
+    let env = TestEnv::new();
+    let out = env.run(&["--json", "net", "ls"]);
+    assert_success(&out, &["net", "ls"]);
+    assert_eq!(
+        stdout(&out),
+        "{\"bridge\":\"fhbr0\",\"subnet\":\"172.30.0.0/16\",\"vms\":[]}\n"
+    );
+    assert_shape(
+        &parse_json(&out),
+        &[
+            ("bridge", &[Ty::Str]),
+            ("subnet", &[Ty::Str]),
+            ("vms", &[Ty::Arr]),
+        ],
+    );
+    let plain = env.run(&["net"]);
+    assert_success(&plain, &["net"]);
+    assert_eq!(
+        stdout(&plain),
+        "bridge fhbr0, subnet 172.30.0.0/16\nNAME  IP  MAC  TAP  PUBLISHED\n"
+    );
+}
+
+#[test]
+fn network_settings_come_from_flags_or_the_environment() {
+    let env = TestEnv::new();
+    let flags = env.json(&[
+        "net",
+        "ls",
+        "--bridge",
+        "fhtest0",
+        "--subnet",
+        "10.77.0.0/24",
+    ]);
+    assert_eq!(
+        (&flags["bridge"], &flags["subnet"]),
+        (&"fhtest0".into(), &"10.77.0.0/24".into())
+    );
+    let out = env
+        .command(&["--json", "net", "ls"])
+        .env("FIREHOST_BRIDGE", "fhenv0")
+        .env("FIREHOST_SUBNET", "10.78.0.0/16")
+        .env("FIREHOST_UPLINK", "none")
+        .env("FIREHOST_DNS", "1.1.1.1,9.9.9.9")
+        .env("FIREHOST_HOST_SERVICES", "53/udp,8125/udp")
+        .output()
+        .unwrap();
+    assert_success(&out, &["net", "ls"]);
+    let env_list = parse_json(&out);
+    assert_eq!(
+        (&env_list["bridge"], &env_list["subnet"]),
+        (&"fhenv0".into(), &"10.78.0.0/16".into())
+    );
+}
+
+#[test]
+fn bad_network_settings_exit_2_with_the_librarys_message() {
+    let env = TestEnv::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--subnet", "bogus"], "not an IPv4 CIDR"),
+        (&["--subnet", "10.0.0.1/24"], "host bits set"),
+        (&["--subnet", "10.0.0.0/31"], "out of range"),
+        (&["--bridge", "br:0"], "interface name"),
+        (&["--uplink", "a-name-too-long-x"], "interface name"),
+        (&["--dns", "1.1.1.1,nope"], "invalid --dns \"nope\""),
+        (&["--host-service", "53/udp,0"], "PORT[/tcp|/udp]"),
+        (&["--host-service", "53/sctp"], "PORT[/tcp|/udp]"),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["ls"];
+        args.extend_from_slice(flags);
+        let line = assert_error(&env.run(&args), 2);
+        assert!(line.contains(expected), "{flags:?}: {line}");
+        let mut run = env.run_args();
+        run.extend(["--name".into(), "never".into()]);
+        run.extend(flags.iter().map(|f| f.to_string()));
+        let run: Vec<&str> = run.iter().map(String::as_str).collect();
+        assert_error(&env.run(&run), 2);
+    }
+    assert!(env.vm_dirs().is_empty(), "{:?}", env.vm_dirs());
+}
+
+#[test]
+fn bad_run_network_flags_exit_2_before_anything_is_created() {
+    let env = TestEnv::new();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--publish", "0:80"],
+            "invalid --publish \"0:80\": \"0:80\" is not HOST:GUEST[/tcp|/udp] with ports 1-65535",
+        ),
+        (&["--publish", "8080"], "is not HOST:GUEST"),
+        (&["--publish", "8080:80/icmp"], "is not HOST:GUEST"),
+        (
+            &["--ip", "300.1.1.1"],
+            "invalid --ip \"300.1.1.1\": invalid IPv4 address syntax",
+        ),
+        (
+            &["--mac", "zz"],
+            "invalid --mac \"zz\": \"zz\" is not a MAC address",
+        ),
+        (&["--peer-group", "Web"], "peer group \"Web\""),
+        (&["--no-ip-arg"], "--net"),
+        (
+            &["--subnet", "bogus", "--net"],
+            "invalid --subnet \"bogus\"",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = env.run_args();
+        args.extend(["--name".into(), "netless".into()]);
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = env.run(&args);
+        let line = assert_error(&out, 2);
+        assert!(line.contains(expected), "{flags:?}: {line}");
+        assert!(stdout(&out).is_empty());
+        assert!(env.vm_dirs().is_empty(), "{flags:?}: {:?}", env.vm_dirs());
+    }
+}
+
+#[test]
+fn inspect_json_of_a_vm_without_a_network_has_net_null() {
+    let env = TestEnv::new();
+    let (_vm, created) = env.start_vm("no-net", &["--no-start"]);
+    assert!(created["net"].is_null(), "{created}");
+    let vm = env.json(&["inspect", "no-net"]);
+    assert_vm_shape(&vm);
+    assert!(vm.as_object().unwrap().contains_key("net"), "{vm}");
+    assert!(vm["net"].is_null(), "{vm}");
+    let text = stdout(&env.run(&["inspect", "no-net"]));
+    assert!(!text.contains("gateway"), "{text}");
+}
+
+#[test]
+fn net_publish_on_a_vm_without_a_network_is_refused() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("no-net-pub", &["--no-start"]);
+    for verb in ["publish", "unpublish"] {
+        let out = env.run(&["--json", "net", verb, "no-net-pub", "8080:80"]);
+        let line = assert_error(&out, 1);
+        assert!(line.contains("VM no-net-pub has no network"), "{line}");
+        assert!(stdout(&out).is_empty());
+    }
+    let line = assert_error(&env.run(&["net", "publish", "no-net-pub", "0:80"]), 2);
+    assert!(line.contains("invalid port mapping \"0:80\""), "{line}");
+    assert_error(&env.run(&["net", "publish", "ghost", "8080:80"]), 3);
+    assert!(env.json(&["inspect", "no-net-pub"])["net"].is_null());
+    assert!(env.json(&["net"])["vms"].as_array().unwrap().is_empty());
+}

@@ -87,6 +87,11 @@ impl TestEnv {
             "FIREHOST_JAILER",
             "FIREHOST_KERNEL",
             "FIREHOST_ROOTFS",
+            "FIREHOST_BRIDGE",
+            "FIREHOST_SUBNET",
+            "FIREHOST_UPLINK",
+            "FIREHOST_DNS",
+            "FIREHOST_HOST_SERVICES",
         ] {
             cmd.env_remove(var);
         }
@@ -271,12 +276,28 @@ pub fn assert_vm_shape(vm: &Value) {
             ("created_at_ms", &[Int]),
             ("exit", &[Obj, Null]),
             ("console_tail", &[Arr, Null]),
+            ("net", &[Obj, Null]),
         ],
     );
     if vm["exit"].is_object() {
         assert_shape(
             &vm["exit"],
             &[("code", &[Int, Null]), ("signal", &[Int, Null])],
+        );
+    }
+    if vm["net"].is_object() {
+        assert_shape(
+            &vm["net"],
+            &[
+                ("ip", &[Str]),
+                ("prefix_len", &[Int]),
+                ("gateway", &[Str]),
+                ("mac", &[Str]),
+                ("tap", &[Str]),
+                ("dns", &[Arr]),
+                ("published", &[Arr]),
+                ("peer_groups", &[Arr]),
+            ],
         );
     }
 }
