@@ -12,7 +12,7 @@
 //! | `jailer` | likewise for the jailer | never (warns) |
 //! | `host_kernel` | the running kernel's version | below [`MIN_HOST_KERNEL`] (warns below [`RECOMMENDED_HOST_KERNEL`]) |
 //! | `tun` | `/dev/net/tun` opens read-write | never (warns: only VM networking needs it) |
-//! | `nft` | the nftables tool is on `PATH` | never (warns) |
+//! | `nft` | `libnftables` loads (the default network's firewall needs it) and the `nft` tool is on `PATH` | never (warns) |
 //! | `cgroup` | the cgroup layout (v2, v1 or hybrid) | never (information; warns if none is mounted) |
 //! | `userfaultfd` | restore with a page server is possible | never (warns) |
 //! | `state_dir` | the state directory exists (created 0700 if missing) and is writable | not creatable or not writable |
@@ -479,15 +479,31 @@ pub fn check_tun(path: &Path) -> Check {
     }
 }
 
-/// The `nft` tool, to inspect and debug firehost's nftables rules.
+/// nftables: `libnftables`, which the default network's firewall runs its
+/// transactions through, and the `nft` tool to inspect the rules by hand.
+/// Only VMs with a network need them, so this never fails.
 pub fn check_nft() -> Check {
     const NAME: &str = "nft";
+    const FIX: &str = "install nftables (apt install nftables / dnf install nftables)";
+    if let Err(e) = crate::net::nft::Nftables::open() {
+        return Check::warn(
+            NAME,
+            format!("{e}: VMs without a network work, VMs with one cannot be created"),
+            FIX,
+        );
+    }
     match find_binary(Path::new("nft")) {
-        Some(path) => Check::ok(NAME, format!("{}", path.display())),
+        Some(path) => Check::ok(
+            NAME,
+            format!("{} loads; {}", crate::net::nft::LIBRARY, path.display()),
+        ),
         None => Check::warn(
             NAME,
-            "nft not found on PATH: firewall rules can't be inspected by hand",
-            "install nftables (apt install nftables / dnf install nftables)",
+            format!(
+                "{} loads, but nft is not on PATH: firewall rules can't be inspected by hand",
+                crate::net::nft::LIBRARY
+            ),
+            FIX,
         ),
     }
 }

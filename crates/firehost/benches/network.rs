@@ -1,0 +1,223 @@
+//! Benchmarks of per-VM network setup and teardown (issue 3), each reported
+//! as a ratio against a baseline measured in the same run (see
+//! BENCHMARKS.md):
+//!
+//! 1. Ours vs shell-outs. Ours: [`HostNetwork::attach`] then
+//!    [`HostNetwork::detach`] of one VM: address and MAC allocation, a TAP by
+//!    `TUNSETIFF`, attached to the bridge, brought up and labelled over
+//!    netlink, and the VM's firewall elements added in one nftables
+//!    transaction through libnftables; then all of it undone. Baseline: the
+//!    same kernel work done the way shell scripts do it, one process each:
+//!    `ip tuntap add … mode tap vnet_hdr user 0`, `ip link set … master fhbr0
+//!    up`, `ip link set … alias …`, `nft add element …` (taps and bindings in
+//!    one `nft` call), and for teardown `nft delete element …` and `ip link
+//!    del …`: six processes per VM. Both run against the same bridge and
+//!    the same firehost tables.
+//! 2. Scaling: ours with 1 other VM on the network vs with 499 others (the
+//!    500th VM). One VM stays attached throughout so that the bridge and the
+//!    tables exist in both cases and neither measures their setup.
+//!
+//! Everything happens in a network namespace of the benchmark's own (the
+//! thread unshares it), so the host's network is untouched; the namespace
+//! and all its devices vanish when the run ends.
+//!
+//! Run: `cargo bench -p firehost --bench network`. Needs root, `ip`, `nft`
+//! and libnftables; `BENCH_ITERS` scales the iteration counts.
+
+// Statistics over small, non-negative sample counts.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use firehost::VmId;
+use firehost::net::host::{HostNetwork, NetSpec, NetworkConfig, Uplink};
+use firehost::net::tap::tap_name_for_vm;
+use firehost::net::{IfName, Netlink};
+
+fn iters(default: usize) -> usize {
+    let scale: f64 = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((default as f64) * scale).max(3.0) as usize
+}
+
+/// Median and 90th percentile of `samples`.
+fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// A (setup, teardown) series.
+type Cycles = [(Duration, Duration)];
+
+/// The median of one part of a series, in seconds.
+fn median(cycles: &Cycles, part: fn(&(Duration, Duration)) -> Duration) -> f64 {
+    stats(cycles.iter().map(part).collect()).0.as_secs_f64()
+}
+
+/// Prints setup, teardown and their sum for one series.
+fn report(label: &str, cycles: &Cycles) {
+    let show = |part: fn(&(Duration, Duration)) -> Duration| {
+        let (med, p90) = stats(cycles.iter().map(part).collect());
+        format!("{:8.3} / {:8.3} ms", ms(med), ms(p90))
+    };
+    println!("  {label}");
+    println!("    setup    {}", show(|c| c.0));
+    println!("    teardown {}", show(|c| c.1));
+    println!("    both     {}", show(|c| c.0 + c.1));
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("network bench: skipped (needs root to make a network namespace)");
+        return;
+    }
+    for tool in ["ip", "nft"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            eprintln!("network bench: skipped ({tool} is not installed: it is the baseline)");
+            return;
+        }
+    }
+    let thread = std::thread::spawn(|| {
+        // SAFETY: only this thread's namespace changes; no memory is passed.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(bench());
+    });
+    thread.join().unwrap();
+}
+
+async fn bench() {
+    let state = tempfile::tempdir().unwrap();
+    let nl = Netlink::connect().unwrap();
+    // An uplink (one end of a veth pair), so that the NAT and forwarding
+    // rules are the real ones.
+    nl.handle()
+        .link()
+        .add(rtnetlink::LinkVeth::new("up0", "up0peer").build())
+        .execute()
+        .await
+        .unwrap();
+    let config = NetworkConfig {
+        uplink: Uplink::Interface(IfName::new("up0").unwrap()),
+        dns: Some(vec![]),
+        ..NetworkConfig::default()
+    };
+    let net = HostNetwork::new(config, state.path()).unwrap();
+    let spec = NetSpec::default();
+    let vm = |i: usize| VmId::new(format!("vm-{i}")).unwrap();
+    // Holds the network up for the whole run.
+    net.attach(&VmId::new("anchor").unwrap(), &spec)
+        .await
+        .unwrap();
+
+    // (setup, teardown) of one VM.
+    let cycle = |id: VmId| {
+        let (net, spec) = (&net, &spec);
+        async move {
+            let t = Instant::now();
+            net.attach(&id, spec).await.unwrap();
+            let setup = t.elapsed();
+            let t = Instant::now();
+            net.detach(&id).await.unwrap();
+            (setup, t.elapsed())
+        }
+    };
+
+    // Warm up both paths.
+    for i in 0..5 {
+        cycle(vm(100_000 + i)).await;
+    }
+    let shell_vm = VmId::new("shell").unwrap();
+    let shell_cycle = || {
+        let tap = tap_name_for_vm(&shell_vm, 0, 0);
+        let tap = tap.as_str();
+        let t = Instant::now();
+        run(
+            "ip",
+            &[
+                "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr", "user", "0",
+            ],
+        );
+        run("ip", &["link", "set", tap, "master", "fhbr0", "up"]);
+        run("ip", &["link", "set", tap, "alias", "firehost:bench:shell"]);
+        let add = format!(
+            "add element bridge firehost taps {{ \"{tap}\" }}; add element bridge firehost bindings {{ \"{tap}\" . 06:00:00:00:ff:01 . 172.30.255.1 }}"
+        );
+        run("nft", &[add.as_str()]);
+        let setup = t.elapsed();
+        let t = Instant::now();
+        let del = format!(
+            "delete element bridge firehost taps {{ \"{tap}\" }}; delete element bridge firehost bindings {{ \"{tap}\" . 06:00:00:00:ff:01 . 172.30.255.1 }}"
+        );
+        run("nft", &[del.as_str()]);
+        run("ip", &["link", "del", tap]);
+        (setup, t.elapsed())
+    };
+    shell_cycle();
+
+    // 1. Ours vs shell-outs, interleaved so drift hits both.
+    let rounds = iters(100);
+    let (mut ours, mut shell) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        ours.push(cycle(vm(i)).await);
+        shell.push(shell_cycle());
+    }
+    println!("network setup and teardown per VM ({rounds} rounds, interleaved; median / p90)");
+    report("firehost (netlink + libnftables)", &ours);
+    report("ip/nft shell-outs (6 processes)", &shell);
+    println!(
+        "  speed-up: setup {:.1}x, teardown {:.1}x, both {:.1}x",
+        median(&shell, |c| c.0) / median(&ours, |c| c.0),
+        median(&shell, |c| c.1) / median(&ours, |c| c.1),
+        median(&shell, |c| c.0 + c.1) / median(&ours, |c| c.0 + c.1),
+    );
+
+    // 2. Scaling: the same cycle with 1 and with 499 other VMs attached.
+    let samples = iters(200);
+    let mut first = Vec::new();
+    for i in 0..samples {
+        first.push(cycle(vm(200_000 + i)).await);
+    }
+    for i in 0..498 {
+        net.attach(&vm(300_000 + i), &spec).await.unwrap();
+    }
+    assert_eq!(net.attached().await.len(), 499);
+    let mut last = Vec::new();
+    for i in 0..samples {
+        last.push(cycle(vm(400_000 + i)).await);
+    }
+    println!("scaling ({samples} cycles each; median / p90)");
+    report("with 1 VM on the network", &first);
+    report("with 499 VMs (the 500th)", &last);
+    println!(
+        "  500th / 1st: setup {:.2}x, teardown {:.2}x, both {:.2}x",
+        median(&last, |c| c.0) / median(&first, |c| c.0),
+        median(&last, |c| c.1) / median(&first, |c| c.1),
+        median(&last, |c| c.0 + c.1) / median(&first, |c| c.0 + c.1),
+    );
+}
