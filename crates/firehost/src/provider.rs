@@ -22,7 +22,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -30,9 +30,13 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use crate::VmId;
+use crate::manager::restore_net_spec;
 use crate::manager::{Manager, RestoreOptions, SnapshotOptions, StopOptions, VmError, VmInfo};
+use crate::net::host::{NetError, NetSpec, NetworkConfig, VmNet, check_ports};
+use crate::net::ipam::Allocator;
+use crate::net::tap::tap_name_for_vm;
 use crate::snapshot::{
-    MANIFEST_FORMAT, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
+    MANIFEST_FORMAT, NetworkLayout, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
 };
 use crate::spec::{HostDefaults, VmSpec};
 use crate::state::{ExitReason, Operation, VmState};
@@ -142,6 +146,58 @@ pub struct InMemoryProvider {
     snapshots: StdMutex<HashMap<SnapshotName, SnapshotInfo>>,
     /// Each VM's latest snapshot: the parent of its next diff.
     last_snapshot: StdMutex<HashMap<VmId, SnapshotName>>,
+    /// The default network, without devices.
+    net: StdMutex<InMemoryNet>,
+}
+
+/// The in-memory provider's default network: the manager's allocator and
+/// port rules on [`NetworkConfig::default`]'s subnet, and TAP names as the
+/// manager derives them, but no device, rule or DNS server.
+#[derive(Debug)]
+struct InMemoryNet {
+    config: NetworkConfig,
+    allocator: Allocator,
+    attached: BTreeMap<VmId, VmNet>,
+}
+
+impl InMemoryNet {
+    fn new() -> Self {
+        let config = NetworkConfig::default();
+        let allocator = Allocator::new(config.subnet, config.gateway)
+            .expect("the default network config is valid");
+        InMemoryNet {
+            config,
+            allocator,
+            attached: BTreeMap::new(),
+        }
+    }
+
+    fn attach(&mut self, vm: &VmId, spec: &NetSpec) -> Result<VmNet, VmError> {
+        let network = |source| VmError::Network {
+            id: vm.clone(),
+            source: Box::new(source),
+        };
+        check_ports(&self.attached, vm, &spec.publish).map_err(network)?;
+        let lease = self
+            .allocator
+            .allocate_requested(vm, spec.ip, spec.mac)
+            .map_err(|e| network(NetError::Ipam(e)))?;
+        let net = VmNet::new(
+            &self.config,
+            self.allocator.gateway(),
+            lease,
+            tap_name_for_vm(vm, 0, 0),
+            Vec::new(),
+            spec,
+        );
+        self.attached.insert(vm.clone(), net.clone());
+        Ok(net)
+    }
+
+    fn detach(&mut self, vm: &VmId) {
+        self.attached.remove(vm);
+        self.allocator.release(vm);
+    }
 }
 
 impl InMemoryProvider {
@@ -153,7 +209,12 @@ impl InMemoryProvider {
             vms: StdMutex::new(HashMap::new()),
             snapshots: StdMutex::new(HashMap::new()),
             last_snapshot: StdMutex::new(HashMap::new()),
+            net: StdMutex::new(InMemoryNet::new()),
         }
+    }
+
+    fn network(&self) -> std::sync::MutexGuard<'_, InMemoryNet> {
+        self.net.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks a live VM failed with `exit`, as when its VMM dies.
@@ -241,9 +302,19 @@ impl VmProvider for InMemoryProvider {
                 });
             }
         };
+        let net = match &spec.net {
+            Some(net_spec) => match self.network().attach(id, net_spec) {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    self.registry().remove(id);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
-            net: None,
+            net,
             id: id.clone(),
             state: VmState::Created,
             pid: None,
@@ -278,17 +349,21 @@ impl VmProvider for InMemoryProvider {
     }
 
     async fn stop(&self, id: &VmId, _options: StopOptions) -> Result<VmInfo, VmError> {
-        self.transition(id, Operation::Stop, |vm| {
-            // What a guest that honours Ctrl-Alt-Del, or a VMM that honours
-            // SIGTERM, ends with.
-            let exit = if vm.state == VmState::Running && vm.spec.graceful_shutdown {
-                ExitReason::Code(0)
-            } else {
-                ExitReason::Signal(15)
-            };
-            vm.state = VmState::Stopped { exit };
-        })
-        .await
+        let stopped = self
+            .transition(id, Operation::Stop, |vm| {
+                // What a guest that honours Ctrl-Alt-Del, or a VMM that honours
+                // SIGTERM, ends with.
+                let exit = if vm.state == VmState::Running && vm.spec.graceful_shutdown {
+                    ExitReason::Code(0)
+                } else {
+                    ExitReason::Signal(15)
+                };
+                vm.state = VmState::Stopped { exit };
+            })
+            .await?;
+        // As the manager: a stopped VM's network is released.
+        self.network().detach(id);
+        Ok(stopped)
     }
 
     async fn snapshot(
@@ -328,7 +403,7 @@ impl VmProvider for InMemoryProvider {
                 parent: if options.diff { parent } else { None },
                 firecracker_version: "in-memory".to_owned(),
                 spec: vm.spec.clone(),
-                network: Vec::new(),
+                network: vm.net.iter().map(NetworkLayout::from).collect(),
                 vsock: None,
                 vmstate_bytes: 0,
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
@@ -373,13 +448,21 @@ impl VmProvider for InMemoryProvider {
         if vms.contains_key(id) {
             return Err(VmError::AlreadyExists { id: id.clone() });
         }
+        let net_spec = restore_net_spec(&taken.manifest).map_err(|e| VmError::Network {
+            id: id.clone(),
+            source: Box::new(NetError::Ipam(e)),
+        })?;
+        let net = match net_spec {
+            Some(spec) => Some(self.network().attach(id, &spec)?),
+            None => None,
+        };
         self.last_snapshot
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), snapshot.clone());
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
-            net: None,
+            net,
             id: id.clone(),
             state: if options.resume {
                 VmState::Running
@@ -400,6 +483,7 @@ impl VmProvider for InMemoryProvider {
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
         let mut guard = self.locked(id, Operation::Destroy).await?;
         *guard = None;
+        self.network().detach(id);
         self.registry().remove(id);
         Ok(())
     }

@@ -218,3 +218,14 @@ async fn in_memory_crash_marks_a_live_vm_failed() {
     assert!(matches!(info.state, VmState::Failed { .. }));
     provider.destroy(&vm).await.unwrap();
 }
+
+#[tokio::test]
+async fn in_memory_provider_passes_the_network_conformance_suite() {
+    let host = TestHost::new();
+    let provider = InMemoryProvider::new(HostDefaults {
+        kernel: Some(host.kernel.clone()),
+        rootfs: Some(host.rootfs.clone()),
+        ..HostDefaults::default()
+    });
+    common::net_conformance::net_conformance(&provider).await;
+}

@@ -374,6 +374,13 @@ fn refused_network_requests_are_typed_and_change_nothing() {
         // One guest address: .1 is the gateway, .2 the only guest, .3 broadcast.
         config.network.subnet = "172.30.0.0/30".parse().unwrap();
         let manager = Manager::open(config).await.unwrap();
+        // Refused before the network exists: it is not even set up.
+        let mut outside = net_spec();
+        outside.net.as_mut().unwrap().ip = Some(Ipv4Addr::new(10, 1, 2, 3));
+        let err = manager.create(&id("first"), outside).await.unwrap_err();
+        assert!(matches!(err, VmError::Network { .. }), "{err:?}");
+        assert_eq!(residue(&nl).await, nothing());
+
         let mut spec = net_spec();
         spec.net.as_mut().unwrap().publish = vec!["8080:80".parse().unwrap()];
         let first = net_of(&manager.create(&id("first"), spec).await.unwrap());
@@ -545,6 +552,20 @@ fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
         }
         manager.stop(&clone, StopOptions::default()).await.unwrap();
         manager.destroy(&clone).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}
+
+#[test]
+fn the_manager_passes_the_network_conformance_suite() {
+    const T: &str = "the_manager_passes_the_network_conformance_suite";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        common::net_conformance::net_conformance(&manager).await;
         assert_eq!(residue(&nl).await, nothing());
     });
 }

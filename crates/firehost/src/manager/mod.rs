@@ -44,6 +44,7 @@ use tokio::sync::Mutex;
 pub use config::{ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Timeouts, find_binary};
 pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, VmError};
 pub use ops::{SnapshotOptions, StopOptions};
+pub(crate) use restore::restore_net_spec;
 pub use restore::{RestoreMemory, RestoreOptions};
 
 use crate::VmId;

@@ -330,17 +330,7 @@ pub(super) async fn snapshot(
             parent: parent.clone(),
             firecracker_version: version.firecracker_version,
             spec: vm.record.spec.clone(),
-            network: vm
-                .record
-                .net
-                .iter()
-                .map(|net| NetworkLayout {
-                    iface_id: net.iface_id.clone(),
-                    guest_mac: Some(net.mac.to_string()),
-                    host_dev_name: net.tap.to_string(),
-                    guest_ip: Some(net.ip),
-                })
-                .collect(),
+            network: vm.record.net.iter().map(NetworkLayout::from).collect(),
             vsock: None,
             created_at_ms: now_ms(),
         };

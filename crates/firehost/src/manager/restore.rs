@@ -272,21 +272,36 @@ async fn attach_network(
     manifest: &crate::snapshot::SnapshotManifest,
     undo: &mut UndoStack,
 ) -> Result<Option<VmNet>, VmError> {
-    let Some(layout) = manifest.network.iter().find(|n| n.guest_ip.is_some()) else {
-        return Ok(None);
-    };
     let network = |source| VmError::Network {
         id: id.clone(),
         source: Box::new(source),
     };
-    let mac = match &layout.guest_mac {
-        Some(mac) => Some(
-            mac.parse::<MacAddr>()
-                .map_err(|e| network(NetError::Ipam(e)))?,
-        ),
-        None => None,
+    let Some(spec) = restore_net_spec(manifest).map_err(|e| network(NetError::Ipam(e)))? else {
+        return Ok(None);
     };
-    let spec = NetSpec {
+    let net = shared.net.attach(id, &spec).await.map_err(network)?;
+    undo.push(UndoStep::DetachNetwork {
+        net: shared.net.clone(),
+        vm: id.clone(),
+    });
+    Ok(Some(net))
+}
+
+/// What a VM restored from `manifest` asks of the default network: the
+/// source's address and MAC, which the guest keeps, and its peer groups;
+/// `None` if the source VM had no default-network NIC.
+pub(crate) fn restore_net_spec(
+    manifest: &crate::snapshot::SnapshotManifest,
+) -> Result<Option<NetSpec>, crate::net::ipam::IpamError> {
+    let Some(layout) = manifest.network.iter().find(|n| n.guest_ip.is_some()) else {
+        return Ok(None);
+    };
+    let mac = layout
+        .guest_mac
+        .as_deref()
+        .map(str::parse::<MacAddr>)
+        .transpose()?;
+    Ok(Some(NetSpec {
         ip: layout.guest_ip,
         mac,
         // Published ports belong to the source VM; a restored VM publishes
@@ -299,13 +314,7 @@ async fn attach_network(
             .map(|n| n.peer_groups.clone())
             .unwrap_or_default(),
         kernel_ip_arg: false,
-    };
-    let net = shared.net.attach(id, &spec).await.map_err(network)?;
-    undo.push(UndoStep::DetachNetwork {
-        net: shared.net.clone(),
-        vm: id.clone(),
-    });
-    Ok(Some(net))
+    }))
 }
 
 /// Binds the page server for a restore in the VM's directory.

@@ -262,6 +262,28 @@ pub struct VmNet {
 }
 
 impl VmNet {
+    /// The network of a VM given `lease` and `tap`, as `spec` asked.
+    pub(crate) fn new(
+        config: &NetworkConfig,
+        gateway: Ipv4Addr,
+        lease: Lease,
+        tap: IfName,
+        dns: Vec<Ipv4Addr>,
+        spec: &NetSpec,
+    ) -> VmNet {
+        VmNet {
+            ip: lease.ip,
+            prefix_len: config.subnet.prefix_len(),
+            gateway,
+            mac: lease.mac,
+            tap,
+            iface_id: DEFAULT_IFACE_ID.to_owned(),
+            dns,
+            published: spec.publish.clone(),
+            peer_groups: spec.peer_groups.clone(),
+        }
+    }
+
     /// What the guest needs to configure its NIC.
     pub fn guest_net(&self) -> super::ipam::GuestNet {
         super::ipam::GuestNet {
@@ -469,26 +491,33 @@ impl HostNetwork {
     /// [`reconcile`](Self::reconcile) deletes.
     pub async fn attach(&self, vm: &VmId, spec: &NetSpec) -> Result<VmNet, NetError> {
         let mut inner = self.inner.lock().await;
+        // Refusals first: a request that cannot be met touches nothing.
         check_ports(&inner.attached, vm, &spec.publish)?;
+        let lease = inner.allocator.allocate_requested(vm, spec.ip, spec.mac)?;
         let mut fresh_setup = false;
         if inner.live.is_none() {
-            self.set_up(&mut inner).await?;
+            if let Err(e) = self.set_up(&mut inner).await {
+                inner.allocator.release(vm);
+                return Err(e);
+            }
             fresh_setup = true;
         }
-        let result = self.attach_locked(&mut inner, vm, spec).await;
+        let result = self.attach_locked(&mut inner, vm, lease, spec).await;
         if result.is_err() && fresh_setup && inner.attached.is_empty() {
             self.tear_down(&mut inner).await;
         }
         result
     }
 
+    /// The device and firewall steps of an attach; releases `lease` on
+    /// failure.
     async fn attach_locked(
         &self,
         inner: &mut Inner,
         vm: &VmId,
+        lease: Lease,
         spec: &NetSpec,
     ) -> Result<VmNet, NetError> {
-        let Lease { ip, mac } = inner.allocator.allocate_requested(vm, spec.ip, spec.mac)?;
         let live = inner.live.as_ref().expect("set up by the caller");
         let created = self.create_tap(live, vm).await;
         let tap = match created {
@@ -498,17 +527,14 @@ impl HostNetwork {
                 return Err(e);
             }
         };
-        let net = VmNet {
-            ip,
-            prefix_len: self.config.subnet.prefix_len(),
-            gateway: self.gateway,
-            mac,
-            tap: tap.name.clone(),
-            iface_id: DEFAULT_IFACE_ID.to_owned(),
-            dns: self.dns(),
-            published: spec.publish.clone(),
-            peer_groups: spec.peer_groups.clone(),
-        };
+        let net = VmNet::new(
+            &self.config,
+            self.gateway,
+            lease,
+            tap.name.clone(),
+            self.dns(),
+            spec,
+        );
         let peers = peer_pairs(&inner.attached, &net);
         if let Err(e) = live.firewall.add_port(&net.port(), &peers) {
             if let Err(undo) = Tap::delete(&live.nl, &tap.name).await {
@@ -878,7 +904,7 @@ impl HostNetwork {
 
 /// Refuses host ports that `vm` would publish twice or that another VM
 /// already publishes.
-fn check_ports(
+pub(crate) fn check_ports(
     attached: &BTreeMap<VmId, VmNet>,
     vm: &VmId,
     publish: &[PortMapping],

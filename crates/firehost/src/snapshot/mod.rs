@@ -163,6 +163,17 @@ pub struct NetworkLayout {
     pub guest_ip: Option<std::net::Ipv4Addr>,
 }
 
+impl From<&crate::net::host::VmNet> for NetworkLayout {
+    fn from(net: &crate::net::host::VmNet) -> Self {
+        NetworkLayout {
+            iface_id: net.iface_id.clone(),
+            guest_mac: Some(net.mac.to_string()),
+            host_dev_name: net.tap.to_string(),
+            guest_ip: Some(net.ip),
+        }
+    }
+}
+
 /// The source VM's vsock device.
 ///
 /// Filled in by the vsock feature; absent until then.

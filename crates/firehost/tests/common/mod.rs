@@ -60,6 +60,7 @@ pub fn fake_firecracker_path() -> PathBuf {
     fake
 }
 
+pub mod net_conformance;
 pub mod netns;
 
 /// Says that a test skipped and why, straight to stderr: libtest captures
