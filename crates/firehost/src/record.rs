@@ -209,6 +209,7 @@ mod tests {
                 track_dirty_pages: false,
                 graceful_shutdown: true,
                 net: None,
+                extra_nics: vec![],
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),

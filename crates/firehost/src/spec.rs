@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::IfName;
 use crate::net::host::NetSpec;
+use crate::net::ipam::MacAddr;
 
 /// Firecracker's upper limit on vCPUs.
 pub const MAX_VCPUS: u8 = 32;
@@ -70,6 +72,37 @@ pub struct VmSpec {
     /// A NIC on the manager's default network (see [`crate::net::host`]).
     /// `None`: the VM has no network.
     pub net: Option<NetSpec>,
+    /// NICs on TAPs the operator manages, after the default network's
+    /// `eth0`, in order.
+    pub extra_nics: Vec<NicSpec>,
+}
+
+/// A NIC on a TAP that the operator manages: firehost hands it to
+/// Firecracker and nothing more (no address, bridge, rules or cleanup; a
+/// VM restored from a snapshot uses the same TAP again).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::spec::NicSpec;
+///
+/// let nic = NicSpec {
+///     iface_id: "eth1".into(),
+///     tap: "mytap0".parse().unwrap(),
+///     guest_mac: Some("06:00:00:00:00:09".parse().unwrap()),
+/// };
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// Firecracker's interface id: ASCII letters, digits and `_`, at most
+    /// 64; `eth0` belongs to the default network when the VM has one.
+    pub iface_id: String,
+    /// The host TAP, which must exist when the VM is created.
+    pub tap: IfName,
+    /// The guest's MAC; Firecracker picks one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<MacAddr>,
 }
 
 /// A drive besides the root filesystem.
@@ -157,6 +190,9 @@ pub struct ResolvedSpec {
     /// The default-network NIC asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<NetSpec>,
+    /// Operator-managed NICs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_nics: Vec<NicSpec>,
 }
 
 /// Which file of a spec a [`SpecError`] is about.
@@ -258,6 +294,22 @@ pub enum SpecError {
         /// The id.
         id: String,
     },
+    /// A NIC id is empty, longer than 64 bytes, or has a character outside
+    /// `[A-Za-z0-9_]`.
+    #[error("network interface id {id:?} must be 1-64 ASCII letters, digits or '_'")]
+    BadNicId {
+        /// The id.
+        id: String,
+    },
+    /// Two NICs with one interface id or one TAP (`eth0` is the default
+    /// network's when the VM has one).
+    #[error("network interface {what} {value:?} is used twice")]
+    DuplicateNic {
+        /// `"id"` or `"TAP"`.
+        what: &'static str,
+        /// The id or TAP name.
+        value: String,
+    },
 }
 
 impl VmSpec {
@@ -305,6 +357,8 @@ impl VmSpec {
             seen.push(drive.id.clone());
         }
 
+        check_nics(self.net.is_some(), &self.extra_nics)?;
+
         let kernel = self
             .kernel
             .as_ref()
@@ -348,8 +402,43 @@ impl VmSpec {
             track_dirty_pages: self.track_dirty_pages.unwrap_or(defaults.track_dirty_pages),
             graceful_shutdown: self.graceful_shutdown.unwrap_or(defaults.graceful_shutdown),
             net: self.net.clone(),
+            extra_nics: self.extra_nics.clone(),
         })
     }
+}
+
+/// Interface ids are valid and unique (with the default network's `eth0`
+/// when `default_net`), and no TAP is used twice.
+fn check_nics(default_net: bool, nics: &[NicSpec]) -> Result<(), SpecError> {
+    let mut ids: Vec<&str> = Vec::new();
+    if default_net {
+        ids.push(crate::net::host::DEFAULT_IFACE_ID);
+    }
+    let mut taps: Vec<&IfName> = Vec::new();
+    for nic in nics {
+        let id = nic.iface_id.as_str();
+        let valid = !id.is_empty()
+            && id.len() <= MAX_DRIVE_ID_LEN
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(SpecError::BadNicId { id: id.to_owned() });
+        }
+        if ids.contains(&id) {
+            return Err(SpecError::DuplicateNic {
+                what: "id",
+                value: id.to_owned(),
+            });
+        }
+        if taps.contains(&&nic.tap) {
+            return Err(SpecError::DuplicateNic {
+                what: "TAP",
+                value: nic.tap.to_string(),
+            });
+        }
+        ids.push(id);
+        taps.push(&nic.tap);
+    }
+    Ok(())
 }
 
 fn check_drive_id(id: &str) -> Result<(), SpecError> {
@@ -393,6 +482,14 @@ fn resolve_file(role: FileRole, path: &Path) -> Result<PathBuf, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nic(id: &str, tap: &str) -> NicSpec {
+        NicSpec {
+            iface_id: id.into(),
+            tap: tap.parse().unwrap(),
+            guest_mac: None,
+        }
+    }
 
     struct Files {
         dir: tempfile::TempDir,
@@ -504,6 +601,31 @@ mod tests {
                         SpecError::SmtOddVcpus { vcpus: 3 } | SpecError::SmtUnsupported
                     )
                 },
+            ),
+            (
+                "bad nic id",
+                VmSpec {
+                    extra_nics: vec![nic("eth-1", "t1")],
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::BadNicId { .. }),
+            ),
+            (
+                "nic id eth0 beside the default network",
+                VmSpec {
+                    net: Some(NetSpec::default()),
+                    extra_nics: vec![nic("eth0", "t1")],
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::DuplicateNic { what: "id", .. }),
+            ),
+            (
+                "two nics on one tap",
+                VmSpec {
+                    extra_nics: vec![nic("eth1", "t1"), nic("eth2", "t1")],
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::DuplicateNic { what: "TAP", .. }),
             ),
             (
                 "zero memory",

@@ -569,3 +569,77 @@ fn the_manager_passes_the_network_conformance_suite() {
         assert_eq!(residue(&nl).await, nothing());
     });
 }
+
+#[test]
+fn extra_nics_on_operator_taps_reach_firecracker_and_are_left_alone() {
+    const T: &str = "extra_nics_on_operator_taps_reach_firecracker_and_are_left_alone";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let theirs = ifname("optap1");
+        firehost::net::tap::create_persistent_tap(&theirs, Default::default()).unwrap();
+        let manager = Manager::open(h.config()).await.unwrap();
+        let vm = id("multi");
+        let mac: MacAddr = "06:00:00:00:00:42".parse().unwrap();
+        let spec = VmSpec {
+            extra_nics: vec![firehost::spec::NicSpec {
+                iface_id: "eth1".into(),
+                tap: theirs.clone(),
+                guest_mac: Some(mac),
+            }],
+            ..net_spec()
+        };
+        let info = manager.run(&vm, spec).await.unwrap();
+        let api = manager
+            .api(&vm)
+            .await
+            .unwrap()
+            .expect("a live VM has an API");
+        let ifaces = api
+            .get_export_vm_config()
+            .await
+            .unwrap()
+            .network_interfaces
+            .unwrap_or_default();
+        let ids: Vec<&str> = ifaces.iter().map(|i| i.iface_id.as_str()).collect();
+        assert_eq!(ids, vec!["eth0", "eth1"]);
+        assert_eq!(ifaces[1].host_dev_name, "optap1");
+        assert_eq!(ifaces[1].guest_mac.as_deref(), Some("06:00:00:00:00:42"));
+        // The operator's TAP joins no bridge and gets no rules.
+        let state = LinkState::from_message(&nl.link(&theirs).await.unwrap().unwrap());
+        assert_eq!(state.controller, None);
+        let taps = Nftables::open()
+            .unwrap()
+            .list("list set bridge firehost taps")
+            .unwrap()
+            .to_string();
+        assert!(!taps.contains("optap1"), "{taps}");
+
+        let snap: firehost::snapshot::SnapshotName = "multi-snap".parse().unwrap();
+        let taken = manager
+            .snapshot(&vm, &snap, Default::default())
+            .await
+            .unwrap();
+        let layout: Vec<(&str, Option<Ipv4Addr>)> = taken
+            .manifest
+            .network
+            .iter()
+            .map(|n| (n.host_dev_name.as_str(), n.guest_ip))
+            .collect();
+        assert_eq!(
+            layout,
+            vec![
+                (net_of(&info).tap.as_str(), Some(net_of(&info).ip)),
+                ("optap1", None)
+            ]
+        );
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
+        assert!(
+            nl.link(&theirs).await.unwrap().is_some(),
+            "the operator's TAP stays"
+        );
+    });
+}

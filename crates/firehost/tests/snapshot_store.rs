@@ -69,6 +69,7 @@ fn spec() -> ResolvedSpec {
         track_dirty_pages: true,
         graceful_shutdown: true,
         net: None,
+        extra_nics: vec![],
     }
 }
 

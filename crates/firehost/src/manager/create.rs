@@ -113,6 +113,15 @@ async fn configure(
             .await
             .map_err(|e| ("attach the network interface", e))?;
     }
+    for nic in &spec.extra_nics {
+        let iface = NetworkInterface {
+            guest_mac: nic.guest_mac.map(|m| m.to_string()),
+            ..NetworkInterface::new(&nic.iface_id, nic.tap.as_str())
+        };
+        api.put_guest_network_interface_by_id(&iface)
+            .await
+            .map_err(|e| ("attach an extra network interface", e))?;
+    }
     Ok(())
 }
 

@@ -330,7 +330,13 @@ pub(super) async fn snapshot(
             parent: parent.clone(),
             firecracker_version: version.firecracker_version,
             spec: vm.record.spec.clone(),
-            network: vm.record.net.iter().map(NetworkLayout::from).collect(),
+            network: vm
+                .record
+                .net
+                .iter()
+                .map(NetworkLayout::from)
+                .chain(vm.record.spec.extra_nics.iter().map(NetworkLayout::from))
+                .collect(),
             vsock: None,
             created_at_ms: now_ms(),
         };

@@ -174,6 +174,17 @@ impl From<&crate::net::host::VmNet> for NetworkLayout {
     }
 }
 
+impl From<&crate::spec::NicSpec> for NetworkLayout {
+    fn from(nic: &crate::spec::NicSpec) -> Self {
+        NetworkLayout {
+            iface_id: nic.iface_id.clone(),
+            guest_mac: nic.guest_mac.map(|m| m.to_string()),
+            host_dev_name: nic.tap.to_string(),
+            guest_ip: None,
+        }
+    }
+}
+
 /// The source VM's vsock device.
 ///
 /// Filled in by the vsock feature; absent until then.
@@ -875,6 +886,7 @@ mod tests {
             track_dirty_pages: true,
             graceful_shutdown: true,
             net: None,
+            extra_nics: vec![],
         }
     }
 
