@@ -1,18 +1,24 @@
-//! Guest networking: addresses, TAP devices and the bridge.
+//! Guest networking: addresses, TAP devices, the bridge and the firewall.
 //!
 //! A VM on the default network has a TAP device on the host, attached to a
 //! bridge that holds the gateway address of the guest subnet; inside the
 //! guest, the NIC gets an address from that subnet and a MAC the host chose.
-//! Everything here talks to the kernel directly (netlink, ioctls): no shell,
-//! no `ip` process per VM.
+//! Everything here talks to the kernel directly (netlink, ioctls, nftables
+//! transactions through libnftables): no shell, no process per VM.
 //!
-//! - [`ipam`]: which address and MAC each VM gets, persisted so a restarted
-//!   manager never hands out an address a live VM holds; the kernel `ip=`
-//!   boot argument.
+//! - [`host`]: the default network as a manager runs it — setup with the
+//!   first VM, attach and detach as transactions, reconciliation after a
+//!   restart. Start here.
+//! - [`ipam`]: which address and MAC each VM gets; the kernel `ip=` boot
+//!   argument.
 //! - [`tap`]: persistent TAP devices (TUNSETIFF), attached to the bridge and
 //!   brought up over netlink, and deleted over netlink.
 //! - [`bridge`]: the bridge with the gateway address, created when absent
 //!   and removed only by whoever created it.
+//! - [`firewall`]: the `firehost` nftables tables — NAT, isolation,
+//!   anti-spoofing, host services, published ports — and the per-VM
+//!   elements; [`nft`] runs them as atomic transactions.
+//! - [`sysctl`]: IPv4 forwarding on the bridge and the uplink.
 //! - [`IfName`] and [`Netlink`]: the interface name rules and the rtnetlink
 //!   connection the other modules share.
 //!
