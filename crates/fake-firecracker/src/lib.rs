@@ -96,6 +96,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod view;
 pub mod vmm;
+pub mod vsock;
 
 use args::{Command, RunArgs};
 use fault::Faults;

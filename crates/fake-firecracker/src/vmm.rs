@@ -351,7 +351,8 @@ pub struct Vmm {
     resources: Resources,
     /// Logger and metrics.
     pub telemetry: Telemetry,
-    vsock_listener: Option<UnixListener>,
+    /// The stand-in guest's agent, once the guest has booted.
+    agent: Option<crate::vsock::Agent>,
     /// The connection to the `Uffd` page server, never closed (as Firecracker).
     uffd: Option<UnixStream>,
     /// The vCPUs and their memory, once booted or restored.
@@ -373,7 +374,7 @@ impl Vmm {
             boot_path: false,
             resources: Resources::default(),
             telemetry,
-            vsock_listener: None,
+            agent: None,
             uffd: None,
             guest: None,
             taps: std::collections::HashMap::new(),
@@ -514,7 +515,7 @@ impl Vmm {
                 self.boot_path = true;
                 match bind_vsock(&cfg.uds_path) {
                     Ok(listener) => {
-                        self.vsock_listener = Some(listener);
+                        crate::vsock::serve(listener, cfg.uds_path.clone());
                         res.vsock = Some(cfg);
                         Ok(Reply::Empty)
                     }
@@ -860,6 +861,7 @@ impl Vmm {
             self.console(),
         ));
         self.state = VmState::Running;
+        self.start_guest_agent(&boot_args);
         self.telemetry.log(
             Level::Info,
             "main",
@@ -994,6 +996,13 @@ impl Vmm {
                     if let Some(g) = &self.guest {
                         g.resume();
                     }
+                    let boot_args = self
+                        .resources
+                        .boot_source
+                        .as_ref()
+                        .and_then(|b| b.boot_args.clone())
+                        .unwrap_or_default();
+                    self.start_guest_agent(&boot_args);
                     outcome.effects.push(Effect::Booted {
                         console: self.console(),
                         lines: console::resume_lines(),
@@ -1053,6 +1062,16 @@ impl Vmm {
                 .as_mut()
                 .ok_or("Failed to get snapshot state from file: Unknown Vsock Device.")?;
             vsock.uds_path = o.uds_path.clone();
+        }
+        if let Some(vsock) = &resources.vsock {
+            // Firecracker binds the (overridden) socket while it restores
+            // the device: its directory must exist by then.
+            let listener = UnixListener::bind(&vsock.uds_path).map_err(|e| {
+                format!(
+                    "Failed to restore devices: Vsock: Error binding to the host-side Unix socket: {e}"
+                )
+            })?;
+            crate::vsock::serve(listener, vsock.uds_path.clone());
         }
         let (backend_type, backend_path) = match (&params.mem_backend, &params.mem_file_path) {
             (Some(b), _) => (b.backend_type, b.backend_path.clone()),
@@ -1134,6 +1153,24 @@ impl Vmm {
             entropy: r.entropy.as_ref().map(EntropyView::from),
             pmem: &r.pmem,
             memory_hotplug: r.memory_hotplug.as_ref(),
+        }
+    }
+}
+
+impl Vmm {
+    /// Starts the stand-in guest's agent when the VM has a vsock device
+    /// and `FAKE_FC_AGENT` names one (see [`crate::vsock`]).
+    fn start_guest_agent(&mut self, boot_args: &str) {
+        let Some(vsock) = &self.resources.vsock else {
+            return;
+        };
+        match crate::vsock::start_agent(&vsock.uds_path, boot_args) {
+            Ok(agent) => self.agent = agent,
+            Err(e) => self.telemetry.log(
+                Level::Error,
+                "fc_vmm",
+                &format!("fake guest: cannot start the agent: {e}"),
+            ),
         }
     }
 }

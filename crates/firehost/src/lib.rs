@@ -17,7 +17,12 @@
 //!   re-attach and reaping after a restart.
 //! - [`VmProvider`]: the trait services code against, implemented by
 //!   [`Manager`] and by [`InMemoryProvider`] for their tests.
+//! - [`net`]: the default network (addresses, TAPs, bridge, firewall).
+//! - [`vsock`] and [`agent`]: the host↔guest channel and the guest agent's
+//!   client (run commands, move files, wait until ready).
+//! - [`snapshot`]: bundles, the store and the userfaultfd page server.
 
+pub mod agent;
 pub mod api;
 pub mod console;
 pub mod id;
@@ -26,6 +31,7 @@ pub mod record;
 pub mod spec;
 pub mod state;
 pub mod vmm;
+pub mod vsock;
 
 pub use id::{VmId, VmIdError};
 pub use spec::{DriveSpec, HostDefaults, ResolvedSpec, SpecError, VmSpec};

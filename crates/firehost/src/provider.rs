@@ -31,12 +31,15 @@ use tokio::sync::Mutex;
 
 use crate::VmId;
 use crate::manager::restore_net_spec;
-use crate::manager::{Manager, RestoreOptions, SnapshotOptions, StopOptions, VmError, VmInfo};
+use crate::manager::{
+    Manager, RestoreOptions, SnapshotOptions, StopOptions, VmError, VmInfo, VsockInfo,
+};
 use crate::net::host::{NetError, NetSpec, NetworkConfig, VmNet, check_ports};
 use crate::net::ipam::Allocator;
 use crate::net::tap::tap_name_for_vm;
 use crate::snapshot::{
     MANIFEST_FORMAT, NetworkLayout, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
+    VsockLayout,
 };
 use crate::spec::{HostDefaults, VmSpec};
 use crate::state::{ExitReason, Operation, VmState};
@@ -314,6 +317,10 @@ impl VmProvider for InMemoryProvider {
         };
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
+            vsock: spec.vsock.as_ref().map(|v| VsockInfo {
+                uds_path: dir.join(crate::vsock::SOCKET_FILE),
+                guest_cid: v.guest_cid,
+            }),
             net,
             id: id.clone(),
             state: VmState::Created,
@@ -404,7 +411,11 @@ impl VmProvider for InMemoryProvider {
                 firecracker_version: "in-memory".to_owned(),
                 spec: vm.spec.clone(),
                 network: vm.net.iter().map(NetworkLayout::from).collect(),
-                vsock: None,
+                vsock: vm.vsock.as_ref().map(|v| VsockLayout {
+                    guest_cid: v.guest_cid,
+                    uds_path: v.uds_path.clone(),
+                    agent_token: None,
+                }),
                 vmstate_bytes: 0,
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
                 files: Vec::new(),
@@ -462,6 +473,10 @@ impl VmProvider for InMemoryProvider {
             .insert(id.clone(), snapshot.clone());
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
+            vsock: taken.manifest.vsock.as_ref().map(|v| VsockInfo {
+                uds_path: dir.join(crate::vsock::SOCKET_FILE),
+                guest_cid: v.guest_cid,
+            }),
             net,
             id: id.clone(),
             state: if options.resume {

@@ -71,6 +71,21 @@ pub struct VmRecord {
     /// The VM's place on the default network: address, MAC, TAP, ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::net::host::VmNet>,
+    /// The VM's vsock device and its agent's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VmVsock>,
+}
+
+/// A VM's vsock device as recorded (the record file is private: the token
+/// is in it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmVsock {
+    /// The device's unix socket.
+    pub uds_path: PathBuf,
+    /// The guest CID.
+    pub guest_cid: u32,
+    /// The token the guest's agent checks (printed as `***` by `Debug`).
+    pub token: firehost_proto::Token,
 }
 
 /// How far a write must have reached before it returns.
@@ -210,6 +225,7 @@ mod tests {
                 graceful_shutdown: true,
                 net: None,
                 extra_nics: vec![],
+                vsock: None,
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),
@@ -222,6 +238,11 @@ mod tests {
             restored_from: None,
             last_snapshot: None,
             page_server_attached: false,
+            vsock: Some(VmVsock {
+                uds_path: "/x/vsock.sock".into(),
+                guest_cid: 3,
+                token: firehost_proto::Token("t".into()),
+            }),
             net: Some(crate::net::host::VmNet {
                 ip: "172.30.0.2".parse().unwrap(),
                 prefix_len: 16,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::net::IfName;
 use crate::net::host::NetSpec;
 use crate::net::ipam::MacAddr;
+use crate::vsock::VsockSpec;
 
 /// Firecracker's upper limit on vCPUs.
 pub const MAX_VCPUS: u8 = 32;
@@ -75,6 +76,10 @@ pub struct VmSpec {
     /// NICs on TAPs the operator manages, after the default network's
     /// `eth0`, in order.
     pub extra_nics: Vec<NicSpec>,
+    /// A vsock device (the channel to the guest agent; see
+    /// [`crate::agent`]). Its socket lives in the VM's directory, and the
+    /// guest gets the agent's token on its kernel command line.
+    pub vsock: Option<VsockSpec>,
 }
 
 /// A NIC on a TAP that the operator manages: firehost hands it to
@@ -193,6 +198,9 @@ pub struct ResolvedSpec {
     /// Operator-managed NICs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_nics: Vec<NicSpec>,
+    /// The vsock device asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockSpec>,
 }
 
 /// Which file of a spec a [`SpecError`] is about.
@@ -294,6 +302,12 @@ pub enum SpecError {
         /// The id.
         id: String,
     },
+    /// The vsock guest CID is reserved (0 to 2).
+    #[error("vsock guest CID {cid} is reserved; use 3 or more")]
+    VsockCid {
+        /// The CID given.
+        cid: u32,
+    },
     /// A NIC id is empty, longer than 64 bytes, or has a character outside
     /// `[A-Za-z0-9_]`.
     #[error("network interface id {id:?} must be 1-64 ASCII letters, digits or '_'")]
@@ -358,6 +372,13 @@ impl VmSpec {
         }
 
         check_nics(self.net.is_some(), &self.extra_nics)?;
+        if let Some(vsock) = &self.vsock
+            && vsock.guest_cid < 3
+        {
+            return Err(SpecError::VsockCid {
+                cid: vsock.guest_cid,
+            });
+        }
 
         let kernel = self
             .kernel
@@ -403,6 +424,7 @@ impl VmSpec {
             graceful_shutdown: self.graceful_shutdown.unwrap_or(defaults.graceful_shutdown),
             net: self.net.clone(),
             extra_nics: self.extra_nics.clone(),
+            vsock: self.vsock.clone(),
         })
     }
 }

@@ -70,6 +70,7 @@ fn spec() -> ResolvedSpec {
         graceful_shutdown: true,
         net: None,
         extra_nics: vec![],
+        vsock: None,
     }
 }
 

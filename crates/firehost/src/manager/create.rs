@@ -9,8 +9,11 @@ use crate::VmId;
 use crate::api::ApiClient;
 use crate::api::models::{
     ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration, NetworkInterface,
+    Vsock,
 };
+use crate::manager::error::MAX_SOCKET_PATH_BYTES;
 use crate::net::host::VmNet;
+use crate::record::VmVsock;
 use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec, VmSpec};
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
@@ -64,15 +67,24 @@ async fn build(
     };
     let mut launched = Launched::spawn(shared, id, spec, net, undo).await?;
     let outcome = async {
+        launched.vm.record.vsock = match &launched.vm.record.spec.vsock {
+            Some(vsock) => Some(vsock_of(&launched.vm, vsock.guest_cid)?),
+            None => None,
+        };
         let api = launched.connect(shared).await?;
         let record = &launched.vm.record;
-        configure(&api, &record.spec, record.net.as_ref())
-            .await
-            .map_err(|(op, source)| VmError::Api {
-                id: id.clone(),
-                op,
-                source,
-            })?;
+        configure(
+            &api,
+            &record.spec,
+            record.net.as_ref(),
+            record.vsock.as_ref(),
+        )
+        .await
+        .map_err(|(op, source)| VmError::Api {
+            id: id.clone(),
+            op,
+            source,
+        })?;
         if then_start {
             api.create_sync_action(&InstanceActionInfo {
                 action_type: ActionType::InstanceStart,
@@ -96,11 +108,12 @@ async fn configure(
     api: &ApiClient,
     spec: &ResolvedSpec,
     net: Option<&VmNet>,
+    vsock: Option<&VmVsock>,
 ) -> Result<(), (&'static str, crate::api::ApiError)> {
     api.put_machine_configuration(&machine_config(spec))
         .await
         .map_err(|e| ("configure the machine", e))?;
-    api.put_guest_boot_source(&boot_source(spec, net))
+    api.put_guest_boot_source(&boot_source(spec, net, vsock))
         .await
         .map_err(|e| ("configure the boot source", e))?;
     for drive in drives(spec) {
@@ -122,7 +135,40 @@ async fn configure(
             .await
             .map_err(|e| ("attach an extra network interface", e))?;
     }
+    if let Some(vsock) = vsock {
+        api.put_guest_vsock(&Vsock::new(vsock.guest_cid, &vsock.uds_path))
+            .await
+            .map_err(|e| ("attach the vsock device", e))?;
+    }
     Ok(())
+}
+
+/// The VM's vsock device: its socket in the VM's directory and a fresh
+/// agent token.
+fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
+    let id = &vm.record.id;
+    let uds_path = vm.dir.join(crate::vsock::SOCKET_FILE);
+    // Guest-initiated connections land on `<uds>_<port>`: leave room for
+    // the longest port.
+    let len = uds_path.as_os_str().len() + "_4294967295".len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(VmError::SocketPathTooLong {
+            id: id.clone(),
+            path: uds_path,
+            len,
+        });
+    }
+    let token = crate::agent::new_token().map_err(|source| VmError::Io {
+        id: id.clone(),
+        op: "make an agent token from",
+        path: "getrandom".into(),
+        source,
+    })?;
+    Ok(VmVsock {
+        uds_path,
+        guest_cid,
+        token,
+    })
 }
 
 /// The NIC of the default network: the TAP on the host, the MAC the host
@@ -142,16 +188,31 @@ pub(crate) fn machine_config(spec: &ResolvedSpec) -> MachineConfiguration {
     }
 }
 
-/// The boot source; with a network whose spec asks for it, the kernel's
-/// `ip=` argument is appended so the guest configures `eth0` by itself.
-pub(crate) fn boot_source(spec: &ResolvedSpec, net: Option<&VmNet>) -> BootSource {
+/// The boot source. With a network whose spec asks for it, the kernel's
+/// `ip=` argument is appended so the guest configures `eth0` by itself;
+/// with a vsock device, the agent's token (`firehost.token=`).
+pub(crate) fn boot_source(
+    spec: &ResolvedSpec,
+    net: Option<&VmNet>,
+    vsock: Option<&VmVsock>,
+) -> BootSource {
     let mut boot_args = spec.boot_args.clone();
-    let wants_ip_arg = spec.net.as_ref().is_some_and(|n| n.kernel_ip_arg);
-    if let Some(net) = net.filter(|_| wants_ip_arg) {
+    let mut append = |arg: &str| {
         if !boot_args.is_empty() {
             boot_args.push(' ');
         }
-        boot_args.push_str(&net.guest_net().kernel_ip_arg(None, "eth0"));
+        boot_args.push_str(arg);
+    };
+    let wants_ip_arg = spec.net.as_ref().is_some_and(|n| n.kernel_ip_arg);
+    if let Some(net) = net.filter(|_| wants_ip_arg) {
+        append(&net.guest_net().kernel_ip_arg(None, "eth0"));
+    }
+    if let Some(vsock) = vsock {
+        append(&format!(
+            "{}={}",
+            firehost_proto::TOKEN_BOOT_ARG,
+            vsock.token.0
+        ));
     }
     BootSource {
         initrd_path: spec.initrd.clone(),

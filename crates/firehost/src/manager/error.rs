@@ -198,6 +198,12 @@ pub enum VmError {
         #[source]
         source: Box<crate::net::host::NetError>,
     },
+    /// The VM has no vsock device, so no agent can be reached.
+    #[error("VM {id} has no vsock device (the agent needs one: set VmSpec::vsock)")]
+    NoVsock {
+        /// The id.
+        id: VmId,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {

@@ -181,6 +181,7 @@ impl Launched {
                 last_snapshot: None,
                 page_server_attached: false,
                 net,
+                vsock: None,
             },
             dir,
             process: Some(process.clone()),

@@ -48,6 +48,7 @@ pub(crate) use restore::restore_net_spec;
 pub use restore::{RestoreMemory, RestoreOptions};
 
 use crate::VmId;
+use crate::agent::AgentClient;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
 use crate::net::firewall::PortMapping;
@@ -82,6 +83,19 @@ pub struct VmInfo {
     /// The VM's place on the default network, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::net::host::VmNet>,
+    /// The VM's vsock device, if it has one (the agent's token is not
+    /// part of the info).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockInfo>,
+}
+
+/// A VM's vsock device, as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VsockInfo {
+    /// The device's unix socket (see [`crate::vsock`]).
+    pub uds_path: PathBuf,
+    /// The guest CID.
+    pub guest_cid: u32,
 }
 
 /// Runs many Firecracker VMs on one host. See the [module docs](self).
@@ -190,6 +204,10 @@ impl Vm {
             spec: self.record.spec.clone(),
             created_at_ms: self.record.created_at_ms,
             net: self.record.net.clone(),
+            vsock: self.record.vsock.as_ref().map(|v| VsockInfo {
+                uds_path: v.uds_path.clone(),
+                guest_cid: v.guest_cid,
+            }),
         }
     }
 
@@ -486,6 +504,28 @@ impl Manager {
         ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// A client for the VM's guest agent (the VM needs a vsock device:
+    /// [`VmSpec::vsock`](crate::VmSpec::vsock)). Calls connect when made:
+    /// use [`AgentClient::wait_ready`](crate::agent::AgentClient::wait_ready)
+    /// after a start or restore.
+    pub async fn agent(&self, id: &VmId) -> Result<AgentClient, VmError> {
+        let slot = self.shared.slot(id)?;
+        let guard = slot.vm.lock().await;
+        let vm = guard
+            .as_ref()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        let vsock = vm
+            .record
+            .vsock
+            .as_ref()
+            .ok_or_else(|| VmError::NoVsock { id: id.clone() })?;
+        Ok(AgentClient::new(
+            &vsock.uds_path,
+            firehost_proto::DEFAULT_PORT,
+            vsock.token.clone(),
+        ))
     }
 
     /// The VMs on the default network now, with their addresses, MACs,

@@ -17,7 +17,7 @@ use crate::net::host::NetError;
 use crate::record::Durability;
 use crate::snapshot::{
     Bundle, BundleError, MANIFEST_FILE, MEMORY_FILE, ManifestDraft, NetworkLayout, PendingBundle,
-    SnapshotInfo, SnapshotKind, SnapshotName, VMSTATE_FILE,
+    SnapshotInfo, SnapshotKind, SnapshotName, VMSTATE_FILE, VsockLayout,
 };
 use crate::state::{ExitReason, Operation, VmState};
 use crate::undo::{UndoStack, UndoStep, remove_dir_if_present};
@@ -337,7 +337,11 @@ pub(super) async fn snapshot(
                 .map(NetworkLayout::from)
                 .chain(vm.record.spec.extra_nics.iter().map(NetworkLayout::from))
                 .collect(),
-            vsock: None,
+            vsock: vm.record.vsock.as_ref().map(|v| VsockLayout {
+                guest_cid: v.guest_cid,
+                uds_path: v.uds_path.clone(),
+                agent_token: Some(v.token.clone()),
+            }),
             created_at_ms: now_ms(),
         };
         // Sizes and checksums are computed on the blocking pool.

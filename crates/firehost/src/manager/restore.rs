@@ -50,10 +50,13 @@ use std::sync::Arc;
 use super::launch::{Launched, Reservation};
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
-use crate::api::models::{MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams};
+use crate::api::models::{
+    MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams, VsockOverride,
+};
 use crate::manager::error::MAX_SOCKET_PATH_BYTES;
 use crate::net::host::{NetError, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
+use crate::record::VmVsock;
 use crate::snapshot::uffd::{PageServer, PageServerOptions, ServeMode};
 use crate::snapshot::{
     MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions, WorkingSet,
@@ -198,6 +201,19 @@ async fn build(
         })
         .collect();
     let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), net, undo).await?;
+    // A socket of its own in the new VM's directory (which exists by now:
+    // Firecracker binds the socket while it loads); the guest keeps the
+    // agent token it booted with.
+    launched.vm.record.vsock = manifest.vsock.as_ref().and_then(|layout| {
+        Some(VmVsock {
+            uds_path: launched.vm.dir.join(crate::vsock::SOCKET_FILE),
+            guest_cid: layout.guest_cid,
+            token: layout.agent_token.clone()?,
+        })
+    });
+    let vsock_override = manifest.vsock.as_ref().map(|_| VsockOverride {
+        uds_path: launched.vm.dir.join(crate::vsock::SOCKET_FILE),
+    });
     launched.vm.record.restored_from = Some(snapshot.clone());
     launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {
@@ -233,6 +249,7 @@ async fn build(
         load.resume_vm = Some(options.resume);
         load.clock_realtime = options.clock_realtime.then_some(true);
         load.network_overrides = (!overrides.is_empty()).then_some(overrides);
+        load.vsock_override = vsock_override;
         api.load_snapshot(&load)
             .await
             .map_err(api_err("load the snapshot"))?;

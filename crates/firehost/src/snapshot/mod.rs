@@ -187,7 +187,8 @@ impl From<&crate::spec::NicSpec> for NetworkLayout {
 
 /// The source VM's vsock device.
 ///
-/// Filled in by the vsock feature; absent until then.
+/// A restore gives the new VM a socket of its own and keeps the token: the
+/// agent in the restored guest holds the one it read at boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockLayout {
     /// The guest CID, which lives on in the vmstate.
@@ -195,6 +196,11 @@ pub struct VsockLayout {
     /// The source VM's unix socket; a restore overrides it
     /// (`vsock_override`).
     pub uds_path: PathBuf,
+    /// The agent token the guest booted with (the bundle directory is
+    /// private to the state directory's owner, like the guest memory that
+    /// holds the same token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_token: Option<firehost_proto::Token>,
 }
 
 /// One file of a bundle as recorded by [`Bundle::seal`].
@@ -887,6 +893,7 @@ mod tests {
             graceful_shutdown: true,
             net: None,
             extra_nics: vec![],
+            vsock: None,
         }
     }
 
@@ -907,6 +914,7 @@ mod tests {
             vsock: Some(VsockLayout {
                 guest_cid: 3,
                 uds_path: "/run/v.sock".into(),
+                agent_token: Some(firehost_proto::Token("t0ken".into())),
             }),
             created_at_ms: 7,
         }
