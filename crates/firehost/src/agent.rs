@@ -25,10 +25,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use firehost_proto::{
-    AgentMessage, CHUNK, ClientMessage, ErrorCode, FrameError, FrameKind, PROTOCOL_VERSION,
+use firehost_proto::{AgentMessage, CHUNK, ClientMessage, FrameError, FrameKind, PROTOCOL_VERSION};
+pub use firehost_proto::{
+    DEFAULT_PORT, ErrorCode, ExecRequest, FileKind, FileStat, Secret, Token, WriteFileRequest,
 };
-pub use firehost_proto::{ExecRequest, FileKind, FileStat, Secret, Token, WriteFileRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 

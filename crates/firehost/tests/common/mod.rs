@@ -60,6 +60,14 @@ pub fn fake_firecracker_path() -> PathBuf {
     fake
 }
 
+/// `target/<profile>/firehost-agent`, if it was built (`cargo test
+/// --workspace` builds it).
+pub fn agent_path() -> Option<PathBuf> {
+    let fake = fake_firecracker_path();
+    let agent = fake.with_file_name("firehost-agent");
+    agent.exists().then_some(agent)
+}
+
 pub mod net_conformance;
 pub mod netns;
 
