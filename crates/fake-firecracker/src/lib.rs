@@ -34,6 +34,17 @@
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` just after answering `InstanceStart` |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | pages a restored guest reads on its first resume (default `all`) |
+//! | `FAKE_FC_AGENT=PATH` | the guest runs this `firehost-agent` behind its vsock device (see below) |
+//!
+//! # Vsock and the guest agent
+//!
+//! `PUT /vsock` binds the device's unix socket and serves Firecracker's
+//! hybrid-vsock handshake on it (`CONNECT <port>\n` → `OK <n>\n`, then a
+//! relay; a close when nothing listens). Guest port `P` is whatever listens
+//! on `<uds_path>.guest/P`. With `FAKE_FC_AGENT`, the guest starts that
+//! agent when it boots or resumes from a snapshot, listening on port 10000
+//! with the token from the kernel command line (`firehost.token=`), so the
+//! whole exec path runs without a VM. See [`vsock`].
 //!
 //! # Guest memory and snapshots
 //!
