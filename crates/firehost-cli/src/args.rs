@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 /// VMs outlive the command that started them; their records, sockets and
 /// consoles live in the state directory. Exit codes: 0 ok, 1 operation
 /// failed (or a snapshot failed verification), 2 usage error or host not
-/// ready (no uplink, no nftables), 3 no such VM or snapshot, 4 conflict
-/// (name taken, operation not allowed in the VM's state, snapshot in use or
-/// a diff, address, MAC or host port taken, state directory busy).
+/// ready (no uplink, no nftables, no e2fsprogs; an image source refused),
+/// 3 no such VM or snapshot, 4 conflict (name taken, operation not allowed
+/// in the VM's state, snapshot in use or a diff, address, MAC or host port
+/// taken, state directory busy, image output exists).
 #[derive(Debug, Parser)]
 #[command(name = "firehost", version, propagate_version = true)]
 pub struct Cli {
@@ -194,6 +195,10 @@ pub enum Command {
     /// removes it, leaving nothing behind. Running a command inside the VM
     /// needs the guest agent, which comes in a later release.
     Quickstart(QuickstartArgs),
+    /// Build guest images with the firehost agent in them: an ext4 root
+    /// filesystem from a directory or a tar (build), or a minimal
+    /// initramfs (initramfs).
+    Image(ImageArgs),
 }
 
 /// `run`'s options.
@@ -486,6 +491,90 @@ pub struct QuickstartArgs {
     pub rootfs: Option<PathBuf>,
 }
 
+/// `image`: a group of subcommands that build guest images.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// What to build.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// The subcommands of `image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an ext4 root filesystem image from a directory or a tar, with
+    /// the agent injected.
+    ///
+    /// A directory is read, never changed; a tar (plain or gzip'd, as
+    /// `docker export` writes) is unpacked into a private directory beside
+    /// FILE, and refused if an entry would land outside it. The agent goes
+    /// to /sbin/init (replacing what is there; the output says what) or,
+    /// with --agent-beside-init, to /sbin/firehost-agent. Needs
+    /// e2fsprogs (mkfs.ext4, debugfs, tune2fs); no root and no loop
+    /// mount, but only root keeps a tar's file owners. On failure, no
+    /// FILE is written.
+    Build(ImageBuildArgs),
+    /// Write a gzip'd initramfs: the agent as /init, a static busybox with
+    /// its common applets in /bin, /dev/console and /dev/null.
+    ///
+    /// Boot it with `run --initrd FILE`: the kernel runs its /init whatever
+    /// root drive is attached. Both binaries must be statically linked. To get a static busybox on Debian or
+    /// Ubuntu: `apt-get download busybox-static && dpkg-deb -x
+    /// busybox-static_*.deb bb`, then use bb/bin/busybox.
+    Initramfs(InitramfsArgs),
+}
+
+/// `image build`'s options.
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// The root filesystem: a directory, or a tar archive (plain or
+    /// gzip'd).
+    #[arg(long, value_name = "DIR|TAR")]
+    pub from: PathBuf,
+    /// The image file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The image size in MiB [default: the content's size × 1.25 + 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub size_mib: Option<u64>,
+    /// The agent binary [default: firehost-agent next to this program,
+    /// else in PATH].
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+    /// Put the agent at /sbin/init, replacing the image's init: the kernel
+    /// starts it as PID 1 (the default).
+    #[arg(long)]
+    pub agent_as_init: bool,
+    /// Put the agent at /sbin/firehost-agent and leave the image's init
+    /// alone (which must then start the agent).
+    #[arg(long, conflicts_with = "agent_as_init")]
+    pub agent_beside_init: bool,
+    /// Set the ext4 read-only feature: the guest mounts the image
+    /// read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `image initramfs`'s options.
+#[derive(Debug, Args)]
+pub struct InitramfsArgs {
+    /// The agent binary, which becomes /init (statically linked).
+    #[arg(long, value_name = "PATH")]
+    pub agent: PathBuf,
+    /// A statically linked busybox (see above for where to get one).
+    #[arg(long, value_name = "PATH")]
+    pub busybox: PathBuf,
+    /// The gzip'd cpio file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +632,25 @@ mod tests {
         );
         assert_eq!(a.global.host_services, ["53/udp", "8125/udp", "22"]);
         assert!(matches!(a.command, Command::Net(NetArgs { command: None })));
+    }
+
+    #[test]
+    fn image_build_takes_one_agent_placement() {
+        let build = ["firehost", "image", "build", "--from", "d", "--out", "o"];
+        let both = [&build[..], &["--agent-as-init", "--agent-beside-init"]].concat();
+        assert!(Cli::try_parse_from(both).is_err());
+        let beside = [&build[..], &["--agent-beside-init", "--size-mib", "100"]].concat();
+        let parsed = Cli::try_parse_from(beside).unwrap();
+        let Command::Image(ImageArgs {
+            command: ImageCommand::Build(args),
+        }) = parsed.command
+        else {
+            panic!("not image build");
+        };
+        assert!(args.agent_beside_init && !args.agent_as_init);
+        assert_eq!(args.size_mib, Some(100));
+        let zero = [&build[..], &["--size-mib", "0"]].concat();
+        assert!(Cli::try_parse_from(zero).is_err());
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub struct Out {
 }
 
 impl Out {
+    /// Whether the output is JSON (`--json`).
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     /// Prints `value` as one JSON line, or as the text `human` renders.
     pub fn emit<T: Serialize>(&self, value: &T, human: fn(&T) -> String) -> Result<(), CliError> {
         let mut text = if self.json {
@@ -84,6 +89,10 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
     match cli.command {
         Command::Doctor => return doctor(global, out).await,
         Command::Quickstart(args) => return crate::quickstart::run(global, args, out).await,
+        Command::Image(args) => {
+            crate::image::run(args, out).await?;
+            return Ok(Exit::Success);
+        }
         _ => {}
     }
     let manager = open_manager(global).await?;
@@ -111,7 +120,9 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
         Command::Net(args) => net(&manager, args, out).await,
-        Command::Doctor | Command::Quickstart(_) => unreachable!("handled above"),
+        Command::Doctor | Command::Quickstart(_) | Command::Image(_) => {
+            unreachable!("handled above")
+        }
     }?;
     Ok(Exit::Success)
 }
@@ -448,9 +459,9 @@ async fn console(provider: &dyn VmProvider, args: ConsoleArgs, out: Out) -> Resu
     out.emit(&console, human::console)
 }
 
-/// Runs a snapshot store call on the blocking pool (the store's methods do
-/// file I/O and hashing), passing a panic on.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs a snapshot store call (or an image build) on the blocking pool
+/// (they do file I/O, hashing, run tools), passing a panic on.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

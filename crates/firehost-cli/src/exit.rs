@@ -10,6 +10,7 @@ use std::error::Error;
 use std::io::Write;
 use std::process::ExitCode;
 
+use firehost::image::ImageError;
 use firehost::net::IfNameError;
 use firehost::net::firewall::{FirewallError, PortSyntaxError};
 use firehost::net::host::{NetError, PeerGroupError};
@@ -27,13 +28,15 @@ pub enum Exit {
     /// 1: the operation failed: Firecracker refused a request, the VMM
     /// exited or did not answer in time, a file could not be written, a
     /// snapshot bundle is incomplete or damaged (`snapshots verify` found
-    /// it bad, or a restore did).
+    /// it bad, or a restore did), `mkfs.ext4` or `debugfs` failed.
     Failed = 1,
     /// 2: the command line is wrong (unknown flag, invalid name or network
     /// setting, a VM spec the library refuses, an address outside the
-    /// subnet), or the host is not ready (`doctor` found a failure,
-    /// `quickstart` misses something, the network has no uplink or
-    /// nftables is missing).
+    /// subnet, an image source, archive entry, agent or busybox binary
+    /// refused, an image size too small for its content), or the host is
+    /// not ready (`doctor` found a failure, `quickstart` misses something,
+    /// the network has no uplink or nftables is missing, e2fsprogs is not
+    /// installed).
     Usage = 2,
     /// 3: no VM or snapshot has that name.
     NotFound = 3,
@@ -44,8 +47,8 @@ pub enum Exit {
     /// the operation (restoring a diff, merging a full snapshot), a diff
     /// was asked of a VM with no earlier snapshot, the address or MAC asked
     /// for is held by another VM, a host port is published by another VM
-    /// (or twice), or another firehost process kept the state directory
-    /// locked.
+    /// (or twice), another firehost process kept the state directory
+    /// locked, or an image's output file exists (without `--force`).
     Conflict = 4,
     /// 130: interrupted by Ctrl-C (quickstart cleans up first).
     Interrupted = 130,
@@ -69,6 +72,9 @@ pub enum CliError {
     /// A snapshot store operation failed (its message names the snapshot).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An image could not be built.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// `snapshots verify` found the snapshot or a parent bad (the report
     /// is on stdout).
     #[error("snapshot {name} failed verification")]
@@ -179,6 +185,7 @@ impl CliError {
                 _ => Exit::Failed,
             },
             CliError::Store(e) => store_exit(e),
+            CliError::Image(e) => image_exit(e),
             CliError::BadSnapshot { .. } => Exit::Failed,
             CliError::InvalidName { .. }
             | CliError::InvalidValue { .. }
@@ -202,6 +209,32 @@ pub fn store_exit(e: &StoreError) -> Exit {
         | StoreError::HasChildren { .. }
         | StoreError::NotDiff { .. } => Exit::Conflict,
         _ => Exit::Failed,
+    }
+}
+
+/// The exit code of an image build error: an existing output is a
+/// conflict, 4; a tool that failed or a file that could not be written is
+/// a failure, 1; anything else (a missing tool, a refused source, entry or
+/// binary, a size too small) is bad input or an unready host, 2.
+pub fn image_exit(e: &ImageError) -> Exit {
+    match e {
+        ImageError::OutputExists { .. } => Exit::Conflict,
+        ImageError::ToolFailed { .. } | ImageError::Inject { .. } | ImageError::Io { .. } => {
+            Exit::Failed
+        }
+        ImageError::ToolMissing { .. }
+        | ImageError::Source { .. }
+        | ImageError::UnknownSource { .. }
+        | ImageError::BadTar { .. }
+        | ImageError::UnsafeEntry { .. }
+        | ImageError::UnsupportedEntry { .. }
+        | ImageError::DeviceNeedsRoot { .. }
+        | ImageError::TooSmall { .. }
+        | ImageError::OutputInSource { .. }
+        | ImageError::AgentNotFound { .. }
+        | ImageError::BadInput { .. }
+        | ImageError::NotStatic { .. }
+        | ImageError::AgentTarget { .. } => Exit::Usage,
     }
 }
 
@@ -528,6 +561,55 @@ mod tests {
             ),
         ];
         for (err, exit) in cases {
+            assert_eq!(err.exit(), exit, "{err}");
+        }
+    }
+
+    #[test]
+    fn image_errors_follow_the_documented_table() {
+        let cases = [
+            (
+                ImageError::OutputExists { path: "/o".into() },
+                Exit::Conflict,
+            ),
+            (
+                ImageError::ToolMissing {
+                    tool: "mkfs.ext4",
+                    package: "e2fsprogs",
+                },
+                Exit::Usage,
+            ),
+            (
+                ImageError::UnsafeEntry {
+                    entry: "../x".into(),
+                    reason: firehost::image::UnsafeReason::ParentDir,
+                },
+                Exit::Usage,
+            ),
+            (
+                ImageError::TooSmall {
+                    size_mib: 1,
+                    needed_mib: 70,
+                },
+                Exit::Usage,
+            ),
+            (
+                ImageError::Inject {
+                    detail: "no".into(),
+                },
+                Exit::Failed,
+            ),
+            (
+                ImageError::Io {
+                    op: "write",
+                    path: "/o".into(),
+                    source: std::io::Error::from_raw_os_error(28),
+                },
+                Exit::Failed,
+            ),
+        ];
+        for (err, exit) in cases {
+            let err = CliError::Image(err);
             assert_eq!(err.exit(), exit, "{err}");
         }
     }

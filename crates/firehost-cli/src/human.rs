@@ -4,9 +4,9 @@
 use std::fmt::Write;
 
 use crate::json::{
-    BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ListJson, NetListJson,
-    QuickstartJson, RemovedJson, SnapshotDetailsJson, SnapshotJson, SnapshotListJson,
-    SnapshotRemovedJson, VerifyJson, VmJson,
+    BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ImageJson, InitramfsJson,
+    ListJson, NetListJson, QuickstartJson, RemovedJson, SnapshotDetailsJson, SnapshotJson,
+    SnapshotListJson, SnapshotRemovedJson, VerifyJson, VmJson,
 };
 
 /// `inspect` and `run`: one `key: value` line per field.
@@ -485,6 +485,44 @@ pub fn quickstart(q: &QuickstartJson) -> String {
         "(running a command inside the VM needs the guest agent, coming in a later release)"
     );
     out
+}
+
+/// `image build`: what was written, where the agent went and what it
+/// replaced.
+pub fn image_built(i: &ImageJson) -> String {
+    let mut out = format!(
+        "wrote {} ({} MiB ext4{}, {} files) in {:.1} s\n",
+        i.out,
+        i.size_mib,
+        if i.read_only { ", read-only" } else { "" },
+        i.files,
+        i.elapsed_ms / 1000.0
+    );
+    match &i.replaced {
+        Some(what) => {
+            let _ = writeln!(out, "agent at {}, replacing {what}", i.agent);
+        }
+        None => {
+            let _ = writeln!(out, "agent at {}", i.agent);
+        }
+    }
+    if !i.owners_kept {
+        let _ = writeln!(
+            out,
+            "note: unpacked without root, so every file belongs to your user in the image; run as root to keep the archive's owners"
+        );
+    }
+    out
+}
+
+/// `image initramfs`: what was written.
+pub fn initramfs_built(i: &InitramfsJson) -> String {
+    format!(
+        "wrote {} ({} entries, {})\n",
+        i.out,
+        i.entries,
+        size(i.bytes)
+    )
 }
 
 fn exit_text(exit: &ExitJson) -> String {

@@ -76,6 +76,8 @@
 //! | `net publish`, `net unpublish` | the VM object, after the change (its `net.published` says what is forwarded now) |
 //! | `doctor` | [`DoctorJson`]: `{"ok": boolean, "checks": [check…]}` |
 //! | `quickstart` | [`QuickstartJson`], below |
+//! | `image build` | [`ImageJson`], below |
+//! | `image initramfs` | [`InitramfsJson`]: `{"out": string, "entries": integer, "bytes": integer}`: the file written, its cpio entries (the trailer not counted) and its size in bytes (compressed) |
 //!
 //! # The snapshot bundle object ([`BundleJson`])
 //!
@@ -151,10 +153,24 @@
 //! `{"create_ms", "start_ms": float, "first_output_ms": float or null,
 //! "stop_ms", "destroy_ms", "total_ms": float}` and `state_dir` (the
 //! temporary one) no longer exists.
+//!
+//! # `image build` ([`ImageJson`])
+//!
+//! | field | type | meaning |
+//! | --- | --- | --- |
+//! | `out` | string | the image file written |
+//! | `size_mib` | integer | its size, as given by `--size-mib` or computed from the content |
+//! | `files` | integer | entries in the image besides its root directory (files, directories, links, device nodes; each hard link counts), the agent included |
+//! | `agent` | string | the agent's path in the image: `/sbin/init` or `/sbin/firehost-agent` |
+//! | `replaced` | string or null | what the agent replaced at that path (`a symbolic link to /lib/systemd/systemd`, `a file`, `a special file`); null if nothing was there |
+//! | `read_only` | boolean | the ext4 `read-only` feature is set |
+//! | `owners_kept` | boolean | files keep their owners from the source; false when a tar was unpacked by a non-root user (its files then belong to that user) |
+//! | `elapsed_ms` | float | how long the build took |
 
 use std::path::Path;
 
 use firehost::doctor::{Check, CheckStatus};
+use firehost::image::{InitramfsReport, RootfsReport};
 use firehost::net::host::VmNet;
 use firehost::snapshot::store::{GcReport, Listing, SnapshotDetails};
 use firehost::snapshot::{BundleError, SnapshotInfo, SnapshotKind, StoreError, WorkingSet};
@@ -889,6 +905,63 @@ pub struct QuickstartJson {
     pub timings_ms: Option<TimingsJson>,
     /// The console's last lines.
     pub console_tail: Vec<String>,
+}
+
+/// `image build`. See the [module docs](self).
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageJson {
+    /// The image file.
+    pub out: String,
+    /// Its size in MiB.
+    pub size_mib: u64,
+    /// Entries besides the root directory.
+    pub files: u64,
+    /// The agent's path in the image.
+    pub agent: String,
+    /// What the agent replaced, if anything.
+    pub replaced: Option<String>,
+    /// The ext4 read-only feature is set.
+    pub read_only: bool,
+    /// Files keep the source's owners.
+    pub owners_kept: bool,
+    /// How long the build took.
+    pub elapsed_ms: f64,
+}
+
+impl From<&RootfsReport> for ImageJson {
+    fn from(r: &RootfsReport) -> Self {
+        ImageJson {
+            out: path(&r.out),
+            size_mib: r.size_mib,
+            files: r.files,
+            agent: r.agent.to_owned(),
+            replaced: r.replaced.as_ref().map(ToString::to_string),
+            read_only: r.read_only,
+            owners_kept: r.owners_kept,
+            elapsed_ms: ms(r.elapsed),
+        }
+    }
+}
+
+/// `image initramfs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitramfsJson {
+    /// The file written.
+    pub out: String,
+    /// Its cpio entries, the trailer not counted.
+    pub entries: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+impl From<&InitramfsReport> for InitramfsJson {
+    fn from(r: &InitramfsReport) -> Self {
+        InitramfsJson {
+            out: path(&r.out),
+            entries: r.entries,
+            bytes: r.bytes,
+        }
+    }
 }
 
 /// Milliseconds of `d`, to 0.01 ms.

@@ -4,8 +4,9 @@
 //! and inspect them, pause, resume, snapshot, restore, clone, stop and
 //! remove them, manage their snapshot bundles (`snapshots`), put them on
 //! the default network and publish their ports (`run --net`, `net`), read
-//! their console, check the host (`doctor`) and try everything at once
-//! (`quickstart`). VMs outlive the command that started them: each command
+//! their console, check the host (`doctor`), try everything at once
+//! (`quickstart`) and build guest images with the agent in them (`image`,
+//! in [`image`]). VMs outlive the command that started them: each command
 //! opens the state directory, does its one thing and exits.
 //!
 //! The binary stays thin, in the order a command flows:
@@ -25,6 +26,7 @@ mod args;
 mod commands;
 mod exit;
 mod human;
+mod image;
 mod json;
 mod quickstart;
 

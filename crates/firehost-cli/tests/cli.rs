@@ -1237,3 +1237,214 @@ fn net_publish_on_a_vm_without_a_network_is_refused() {
     assert!(env.json(&["inspect", "no-net-pub"])["net"].is_null());
     assert!(env.json(&["net"])["vms"].as_array().unwrap().is_empty());
 }
+
+// --- image ------------------------------------------------------------------
+
+/// Whether e2fsprogs is installed where `image build` looks; says why a
+/// test skips if not.
+fn e2fsprogs_or_skip(test: &str) -> bool {
+    let found = |tool: &str| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(tool).is_file())
+    };
+    if ["mkfs.ext4", "debugfs", "tune2fs"].into_iter().all(found) {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test}: e2fsprogs not installed (apt-get install e2fsprogs)"
+    );
+    false
+}
+
+/// A source tree and an agent script in the test's directory; returns
+/// (tree, agent).
+fn image_inputs(env: &TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::create_dir_all(tree.join("sbin")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), b"guest\n").unwrap();
+    std::fs::write(tree.join("etc/blob"), vec![7u8; 3 << 20]).unwrap();
+    std::os::unix::fs::symlink("/lib/systemd/systemd", tree.join("sbin/init")).unwrap();
+    let agent = env.path("agent");
+    std::fs::write(&agent, b"#!/bin/sh\necho agent\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (tree, agent)
+}
+
+#[test]
+fn image_build_json_describes_the_image() {
+    if !e2fsprogs_or_skip("image_build_json_describes_the_image") {
+        return;
+    }
+    let env = TestEnv::new();
+    let (tree, agent) = image_inputs(&env);
+    let out = env.path("built.ext4");
+    let image = env.json(&[
+        "image",
+        "build",
+        "--from",
+        tree.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--agent",
+        agent.to_str().unwrap(),
+        "--read-only",
+    ]);
+    assert_shape(
+        &image,
+        &[
+            ("out", &[Ty::Str]),
+            ("size_mib", &[Ty::Int]),
+            ("files", &[Ty::Int]),
+            ("agent", &[Ty::Str]),
+            ("replaced", &[Ty::Str, Ty::Null]),
+            ("read_only", &[Ty::Bool]),
+            ("owners_kept", &[Ty::Bool]),
+            ("elapsed_ms", &[Ty::Num]),
+        ],
+    );
+    assert_eq!(image["out"], out.to_str().unwrap());
+    assert_eq!(image["agent"], "/sbin/init");
+    assert_eq!(image["replaced"], "a symbolic link to /lib/systemd/systemd");
+    assert_eq!(image["read_only"], true);
+    // etc, hostname, blob, sbin, init.
+    assert_eq!(image["files"], 5);
+    let size_mib = image["size_mib"].as_u64().unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), size_mib << 20);
+    assert!(env.state_dir.metadata().is_err(), "no state directory made");
+
+    // Text output says where the agent went and what it replaced.
+    let text = stdout(&env.run(&[
+        "image",
+        "build",
+        "--from",
+        tree.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--agent",
+        agent.to_str().unwrap(),
+        "--agent-beside-init",
+        "--force",
+    ]));
+    assert!(text.contains("agent at /sbin/firehost-agent\n"), "{text}");
+}
+
+#[test]
+fn image_build_refusals_have_their_exit_codes_and_leave_no_file() {
+    if !e2fsprogs_or_skip("image_build_refusals_have_their_exit_codes_and_leave_no_file") {
+        return;
+    }
+    let env = TestEnv::new();
+    let (tree, agent) = image_inputs(&env);
+    let mut evil = tar::Header::new_old();
+    evil.set_size(0);
+    evil.as_old_mut().name[..7].copy_from_slice(b"../evil");
+    evil.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&evil, &[][..]).unwrap();
+    let evil_tar = env.path("evil.tar");
+    std::fs::write(&evil_tar, builder.into_inner().unwrap()).unwrap();
+    let existing = env.path("existing.ext4");
+    std::fs::write(&existing, b"precious").unwrap();
+    let (tree, agent, evil_tar, existing) = (
+        tree.to_str().unwrap(),
+        agent.to_str().unwrap(),
+        evil_tar.to_str().unwrap(),
+        existing.to_str().unwrap(),
+    );
+    let new = env.path("new.ext4");
+    let new = new.to_str().unwrap();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &["--from", tree, "--out", existing, "--agent", agent],
+            4,
+            "exists already",
+        ),
+        (
+            &["--from", evil_tar, "--out", new, "--agent", agent],
+            2,
+            "tar entry \"../evil\" is refused: its path contains `..`",
+        ),
+        (
+            &["--from", tree, "--out", new, "--agent", "/no/such/agent"],
+            2,
+            "agent binary \"/no/such/agent\" is not a readable regular file",
+        ),
+        (
+            &[
+                "--from",
+                tree,
+                "--out",
+                new,
+                "--agent",
+                agent,
+                "--size-mib",
+                "2",
+            ],
+            2,
+            "2 MiB is too small",
+        ),
+        (
+            &[
+                "--from",
+                tree,
+                "--out",
+                new,
+                "--agent-as-init",
+                "--agent-beside-init",
+            ],
+            2,
+            "cannot be used with",
+        ),
+    ];
+    for (flags, code, expected) in cases {
+        let args = [&["--json", "image", "build"][..], flags].concat();
+        let out = env.run(&args);
+        let line = assert_error(&out, code);
+        assert!(line.contains(expected), "{flags:?}: {line}");
+        assert!(stdout(&out).is_empty());
+        assert!(!std::path::Path::new(new).exists(), "{flags:?}");
+    }
+    assert_eq!(std::fs::read(existing).unwrap(), b"precious");
+}
+
+#[test]
+fn image_initramfs_json_counts_entries_and_bytes() {
+    let env = TestEnv::new();
+    let (_, agent) = image_inputs(&env);
+    let busybox = env.path("busybox");
+    std::fs::write(&busybox, b"#!/bin/sh\necho busybox\n").unwrap();
+    let out = env.path("initramfs.cpio.gz");
+    let args = [
+        "image",
+        "initramfs",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--busybox",
+        busybox.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let report = env.json(&args);
+    assert_shape(
+        &report,
+        &[
+            ("out", &[Ty::Str]),
+            ("entries", &[Ty::Int]),
+            ("bytes", &[Ty::Int]),
+        ],
+    );
+    // 8 directories, 2 device nodes, init, busybox, 16 applet links.
+    assert_eq!(report["entries"], 28);
+    assert_eq!(
+        report["bytes"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
+    let line = assert_error(&env.run(&args), 4);
+    assert!(line.contains("--force"), "{line}");
+}

@@ -45,6 +45,7 @@ pub mod provider;
 
 pub use provider::{InMemoryProvider, VmProvider};
 pub mod doctor;
+pub mod image;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
