@@ -58,6 +58,11 @@ pub struct GlobalArgs {
     )]
     pub firecracker: PathBuf,
 
+    /// An environment variable for the VMMs this command starts (they
+    /// inherit nothing else); repeatable.
+    #[arg(long, global = true, value_name = "KEY=VALUE")]
+    pub vmm_env: Vec<String>,
+
     /// The default network's bridge, created when absent [default: fhbr0].
     ///
     /// A network setting, used by run --net and by every command that
@@ -199,6 +204,16 @@ pub enum Command {
     /// filesystem from a directory or a tar (build), or a minimal
     /// initramfs (initramfs).
     Image(ImageArgs),
+    /// Run a command in a VM through its guest agent and pass its exit
+    /// code through (a signal N gives 128+N, a timeout 124).
+    ///
+    /// The VM needs a vsock device (run --vsock) and the agent in its
+    /// image (image build). Output streams as it comes.
+    Exec(ExecArgs),
+    /// Copy a file into or out of a VM through its guest agent:
+    /// `cp FILE NAME:/path` or `cp NAME:/path FILE` (`-` for stdin or
+    /// stdout). Files written into the VM are replaced atomically.
+    Cp(CpArgs),
 }
 
 /// `run`'s options.
@@ -256,6 +271,70 @@ pub struct RunArgs {
     /// guest then configures eth0 itself).
     #[arg(long, requires = "network")]
     pub no_ip_arg: bool,
+    /// Give the VM a vsock device, the channel to the guest agent (exec,
+    /// cp); its token goes on the kernel command line. Implied by
+    /// --guest-cid and --wait-ready.
+    #[arg(long)]
+    pub vsock: bool,
+    /// The vsock device's guest CID [default: 3].
+    #[arg(long, value_name = "CID")]
+    pub guest_cid: Option<u32>,
+    /// Wait until the guest agent answers, at most SECS seconds [default:
+    /// 30]; a VM whose agent does not answer in time is removed again.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "30", conflicts_with = "no_start")]
+    pub wait_ready: Option<u64>,
+}
+
+/// `exec`'s options.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Forward this command's stdin to the process (else it reads
+    /// /dev/null).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Run the process on a terminal (stdout and stderr merged); with a
+    /// terminal here, it is put in raw mode while the process runs.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable; repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the guest [default: /].
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as UID, or UID:GID [default: the agent's user].
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Kill the process after this many seconds (exit code 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout_s: Option<u64>,
+    /// How long to wait for the guest agent to answer [default: 10].
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub ready_timeout_s: u64,
+    /// The VM's name.
+    pub name: String,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `cp`'s options: exactly one side is `NAME:PATH`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// The source: a local path, `-` for stdin, or NAME:PATH in a VM.
+    pub src: String,
+    /// The destination: a local path, `-` for stdout, or NAME:PATH in a VM.
+    pub dst: String,
+    /// Permission bits of a file written into a VM, in octal [default:
+    /// the local file's, or 644 from stdin].
+    #[arg(long, value_name = "OCTAL")]
+    pub mode: Option<String>,
+    /// Create missing parent directories in the VM.
+    #[arg(short, long)]
+    pub parents: bool,
+    /// How long to wait for the guest agent to answer [default: 10].
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub ready_timeout_s: u64,
 }
 
 /// A command that takes just a VM name.

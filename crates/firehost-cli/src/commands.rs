@@ -28,6 +28,7 @@ use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
 use firehost::snapshot::store::GcOptions;
 use firehost::snapshot::{BundleError, SnapshotName, SnapshotStore, StoreError, VerifyOptions};
 use firehost::vmm::LogLevel;
+use firehost::vsock::VsockSpec;
 use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
 use serde::Serialize;
 
@@ -57,6 +58,11 @@ pub struct Out {
 }
 
 impl Out {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     /// Whether the output is JSON (`--json`).
     pub fn is_json(&self) -> bool {
         self.json
@@ -98,7 +104,9 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
     let manager = open_manager(global).await?;
     let provider: &dyn VmProvider = &manager;
     match cli.command {
-        Command::Run(args) => run(provider, args, out).await,
+        Command::Run(args) => run(&manager, args, out).await,
+        Command::Exec(args) => return crate::exec::exec(&manager, args, out).await,
+        Command::Cp(args) => crate::exec::cp(&manager, args, out).await,
         Command::Ls => ls(provider, out).await,
         Command::Inspect(NameArg { name }) => {
             let vm = provider.get(&vm_id(&name)?).await?;
@@ -133,6 +141,18 @@ async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
     config.vmm_log = Some(LogLevel::Info);
     config.timeouts.lock = LOCK_TIMEOUT;
     config.network = network_config(global)?;
+    for pair in &global.vmm_env {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                config.vmm_env.push((key.into(), value.into()));
+            }
+            _ => {
+                return Err(CliError::Unsupported {
+                    what: format!("--vmm-env {pair:?} is not KEY=VALUE"),
+                });
+            }
+        }
+    }
     Ok(Manager::open(config).await?)
 }
 
@@ -234,7 +254,8 @@ fn generated_name() -> VmId {
     VmId::new(format!("vm-{n:08x}")).expect("generated names are valid")
 }
 
-async fn run(provider: &dyn VmProvider, args: RunArgs, out: Out) -> Result<(), CliError> {
+async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError> {
+    let provider: &dyn VmProvider = manager;
     let id = match &args.name {
         Some(name) => vm_id(name)?,
         None => generated_name(),
@@ -249,6 +270,11 @@ async fn run(provider: &dyn VmProvider, args: RunArgs, out: Out) -> Result<(), C
         mem_mib: args.mem_mib,
         boot_args: args.boot_args,
         net,
+        vsock: (args.vsock || args.guest_cid.is_some() || args.wait_ready.is_some()).then(|| {
+            VsockSpec {
+                guest_cid: args.guest_cid.unwrap_or(firehost::vsock::DEFAULT_GUEST_CID),
+            }
+        }),
         ..VmSpec::default()
     };
     let mut vm = provider.create(&id, spec).await?;
@@ -261,6 +287,20 @@ async fn run(provider: &dyn VmProvider, args: RunArgs, out: Out) -> Result<(), C
                 return Err(e.into());
             }
         };
+    }
+    if let Some(secs) = args.wait_ready {
+        let ready = async {
+            manager
+                .agent(&id)
+                .await?
+                .wait_ready(Duration::from_secs(secs))
+                .await?;
+            Ok::<(), CliError>(())
+        };
+        if let Err(e) = ready.await {
+            let _ = remove(provider, &id, FORCE_GRACE).await;
+            return Err(e);
+        }
     }
     out.emit(&VmJson::from(&vm), human::vm_record)
 }

@@ -21,15 +21,14 @@ use firehost::{ManagerError, VmError, VmIdError};
 
 /// The exit codes of `firehost`. Scripts may rely on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Exit {
     /// 0: done (also when stdout was closed early).
-    Success = 0,
+    Success,
     /// 1: the operation failed: Firecracker refused a request, the VMM
     /// exited or did not answer in time, a file could not be written, a
     /// snapshot bundle is incomplete or damaged (`snapshots verify` found
     /// it bad, or a restore did), `mkfs.ext4` or `debugfs` failed.
-    Failed = 1,
+    Failed,
     /// 2: the command line is wrong (unknown flag, invalid name or network
     /// setting, a VM spec the library refuses, an address outside the
     /// subnet, an image source, archive entry, agent or busybox binary
@@ -37,9 +36,9 @@ pub enum Exit {
     /// not ready (`doctor` found a failure, `quickstart` misses something,
     /// the network has no uplink or nftables is missing, e2fsprogs is not
     /// installed).
-    Usage = 2,
+    Usage,
     /// 3: no VM or snapshot has that name.
-    NotFound = 3,
+    NotFound,
     /// 4: conflict: the VM or snapshot name is taken, the VM's state does
     /// not allow the operation (`rm` of a running VM without `-f`), the
     /// snapshot is in use (`snapshots rm` while a VM restored from it
@@ -49,14 +48,35 @@ pub enum Exit {
     /// for is held by another VM, a host port is published by another VM
     /// (or twice), another firehost process kept the state directory
     /// locked, or an image's output file exists (without `--force`).
-    Conflict = 4,
+    Conflict,
     /// 130: interrupted by Ctrl-C (quickstart cleans up first).
-    Interrupted = 130,
+    Interrupted,
+    /// `exec`: the guest process's own exit code, or 128 + the signal that
+    /// ended it, or 124 when its timeout killed it (as `timeout(1)` does).
+    /// These overlap the codes above: a script that must tell a failed
+    /// `exec` from a process's own failure reads stderr, or uses the
+    /// library.
+    Process(u8),
+}
+
+impl Exit {
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::NotFound => 3,
+            Exit::Conflict => 4,
+            Exit::Interrupted => 130,
+            Exit::Process(code) => code,
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
+        ExitCode::from(exit.code())
     }
 }
 
@@ -123,6 +143,19 @@ pub enum CliError {
         /// What and why.
         what: String,
     },
+    /// A call to the guest agent failed (not ready, refused, broken off).
+    #[error(transparent)]
+    Agent(#[from] firehost::agent::AgentError),
+    /// A local file of `cp` could not be read or written.
+    #[error("cannot {op} {path:?}")]
+    LocalFile {
+        /// What was done.
+        op: &'static str,
+        /// The path as given.
+        path: String,
+        /// The errno.
+        source: std::io::Error,
+    },
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -176,7 +209,9 @@ impl CliError {
                 | VmError::NoParentSnapshot { .. } => Exit::Conflict,
                 VmError::SnapshotBundle { source, .. } => store_exit(source),
                 VmError::Network { source, .. } => net_exit(source),
-                VmError::InvalidSpec { .. } | VmError::SocketPathTooLong { .. } => Exit::Usage,
+                VmError::InvalidSpec { .. }
+                | VmError::SocketPathTooLong { .. }
+                | VmError::NoVsock { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
             CliError::Manager(e) => match e {
@@ -193,6 +228,7 @@ impl CliError {
             | CliError::NotReady { .. }
             | CliError::Unsupported { .. } => Exit::Usage,
             CliError::Interrupted => Exit::Interrupted,
+            CliError::Agent(_) | CliError::LocalFile { .. } => Exit::Failed,
             CliError::TempDir { .. } | CliError::Runtime(_) | CliError::Output(_) => Exit::Failed,
         }
     }

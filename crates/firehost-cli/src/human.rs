@@ -30,6 +30,12 @@ pub fn vm_record(vm: &VmJson) -> String {
         ),
         ("boot args", vm.boot_args.clone()),
     ];
+    if let Some(vsock) = &vm.vsock {
+        rows.push((
+            "vsock",
+            format!("{} (guest CID {})", vsock.uds_path, vsock.guest_cid),
+        ));
+    }
     if let Some(net) = &vm.net {
         rows.extend([
             ("ip", format!("{}/{}", net.ip, net.prefix_len)),
@@ -614,6 +620,7 @@ mod tests {
             created_at_ms: 0,
             exit: None,
             console_tail: None,
+            vsock: None,
             net: Some(crate::json::NetJson {
                 ip: "172.30.0.2".into(),
                 prefix_len: 16,
@@ -692,6 +699,7 @@ mod tests {
             exit: None,
             console_tail: None,
             net: None,
+            vsock: None,
         };
         let table = vm_table(&ListJson {
             vms: vec![vm("a", Some(12345)), vm("longer-name", None)],

@@ -46,6 +46,7 @@
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |
 //! | `console_tail` | array of strings or null | for `failed` VMs: the last console lines when the VMM died |
 //! | `net` | object or null | the VM's place on the default network ([`NetJson`], below); null for a VM without a network |
+//! | `vsock` | object or null | the VM's vsock device, `{"uds_path": string, "guest_cid": integer}` ([`VsockJson`]); null without one (the agent's token is never printed) |
 //!
 //! `net` is `{"ip": string, "prefix_len": integer, "gateway": string,
 //! "mac": string, "tap": string, "dns": [string…], "published":
@@ -77,6 +78,8 @@
 //! | `doctor` | [`DoctorJson`]: `{"ok": boolean, "checks": [check…]}` |
 //! | `quickstart` | [`QuickstartJson`], below |
 //! | `image build` | [`ImageJson`], below |
+//! | `exec` | nothing: the process's own stdout and stderr stream through, and its exit code is the command's; `--json` is refused |
+//! | `cp` | [`CopiedJson`](crate::exec::CopiedJson): `{"name", "direction": "to_vm" \| "from_vm", "vm_path", "local_path": string, "bytes": integer}`; nothing when copying to stdout (`-`) |
 //! | `image initramfs` | [`InitramfsJson`]: `{"out": string, "entries": integer, "bytes": integer}`: the file written, its cpio entries (the trailer not counted) and its size in bytes (compressed) |
 //!
 //! # The snapshot bundle object ([`BundleJson`])
@@ -218,6 +221,17 @@ pub struct VmJson {
     pub console_tail: Option<Vec<String>>,
     /// The VM's place on the default network, if it has one.
     pub net: Option<NetJson>,
+    /// The VM's vsock device, if it has one.
+    pub vsock: Option<VsockJson>,
+}
+
+/// A VM's vsock device: `{"uds_path": string, "guest_cid": integer}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VsockJson {
+    /// The device's unix socket (hybrid vsock: `CONNECT <port>`).
+    pub uds_path: String,
+    /// The guest CID.
+    pub guest_cid: u32,
 }
 
 /// A VM's place on the default network. See the [module docs](self).
@@ -330,6 +344,10 @@ impl From<&VmInfo> for VmJson {
             exit,
             console_tail,
             net: vm.net.as_ref().map(NetJson::from),
+            vsock: vm.vsock.as_ref().map(|v| VsockJson {
+                uds_path: path(&v.uds_path),
+                guest_cid: v.guest_cid,
+            }),
         }
     }
 }

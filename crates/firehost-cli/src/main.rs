@@ -6,7 +6,8 @@
 //! the default network and publish their ports (`run --net`, `net`), read
 //! their console, check the host (`doctor`), try everything at once
 //! (`quickstart`) and build guest images with the agent in them (`image`,
-//! in [`image`]). VMs outlive the command that started them: each command
+//! in [`image`]), and run commands and copy files through the guest agent
+//! (`exec`, `cp`, in [`exec`]). VMs outlive the command that started them: each command
 //! opens the state directory, does its one thing and exits.
 //!
 //! The binary stays thin, in the order a command flows:
@@ -24,6 +25,7 @@
 mod app;
 mod args;
 mod commands;
+mod exec;
 mod exit;
 mod human;
 mod image;

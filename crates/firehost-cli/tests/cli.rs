@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::Duration;
 
 use common::{
@@ -1447,4 +1448,124 @@ fn image_initramfs_json_counts_entries_and_bytes() {
     );
     let line = assert_error(&env.run(&args), 4);
     assert!(line.contains("--force"), "{line}");
+}
+
+/// `firehost-agent`, built beside `firehost`, or `None` (after saying why).
+fn agent_or_skip(test: &str) -> Option<String> {
+    let agent = common::firehost_bin().with_file_name("firehost-agent");
+    if agent.is_file() {
+        Some(agent.display().to_string())
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: {test}: firehost-agent is not built (run cargo test --workspace)"
+        );
+        None
+    }
+}
+
+#[test]
+fn exec_streams_output_and_passes_the_exit_code_through() {
+    let Some(agent) = agent_or_skip("exec_streams_output_and_passes_the_exit_code_through") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let agent_env = format!("FAKE_FC_AGENT={agent}");
+    let (_guard, vm) = env.start_vm("ex", &["--vmm-env", &agent_env, "--wait-ready", "10"]);
+    assert_eq!(vm["vsock"]["guest_cid"], 3);
+    assert!(
+        vm["vsock"]["uds_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("vsock.sock")
+    );
+    assert!(
+        !vm.to_string().contains("firehost.token"),
+        "the token never prints"
+    );
+
+    let out = env.run(&[
+        "exec",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(out.stderr, b"err\n");
+
+    let mut child = env
+        .command(&["exec", "-i", "ex", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"through stdin");
+
+    let out = env.run(&["exec", "--timeout-s", "1", "ex", "--", "sleep", "100"]);
+    assert_eq!(out.status.code(), Some(124));
+    let out = env.run(&["exec", "ex", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+}
+
+#[test]
+fn cp_copies_files_into_and_out_of_a_vm() {
+    let Some(agent) = agent_or_skip("cp_copies_files_into_and_out_of_a_vm") else {
+        return;
+    };
+    let env = TestEnv::new();
+    let agent_env = format!("FAKE_FC_AGENT={agent}");
+    let (_guard, _) = env.start_vm("cpvm", &["--vmm-env", &agent_env, "--wait-ready", "10"]);
+    let local = env.path("local.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| i.to_le_bytes()[1]).collect();
+    std::fs::write(&local, &data).unwrap();
+    // The fake's guest shares this host's filesystem: "in the VM" is a
+    // path in the test's directory.
+    let in_vm = env.path("in-vm/copy.bin");
+    let target = format!("cpvm:{}", in_vm.display());
+    let copied = env.json(&["cp", "--parents", local.to_str().unwrap(), &target]);
+    assert_eq!(copied["bytes"], data.len());
+    assert_eq!(copied["direction"], "to_vm");
+    assert_eq!(std::fs::read(&in_vm).unwrap(), data);
+
+    let back = env.path("back.bin");
+    let fetched = env.json(&["cp", &target, back.to_str().unwrap()]);
+    assert_eq!(fetched["direction"], "from_vm");
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    let out = env.run(&["cp", &target, "-"]);
+    assert_eq!(out.stdout, data);
+
+    let missing = format!("cpvm:{}", env.path("nope").display());
+    let line = assert_error(&env.run(&["cp", &missing, back.to_str().unwrap()]), 1);
+    assert!(
+        line.contains("NotFound") || line.contains("not found") || line.contains("No such"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        data,
+        "a failed copy leaves the old file"
+    );
+}
+
+#[test]
+fn exec_on_a_vm_without_vsock_is_a_usage_error() {
+    let env = TestEnv::new();
+    let (_guard, vm) = env.start_vm("novsock", &[]);
+    assert!(vm["vsock"].is_null());
+    let line = assert_error(&env.run(&["exec", "novsock", "--", "true"]), 2);
+    assert!(line.contains("vsock"), "{line}");
+    let line = assert_error(&env.run(&["--json", "exec", "novsock", "--", "true"]), 2);
+    assert!(line.contains("--json"), "{line}");
 }

@@ -277,6 +277,7 @@ pub fn assert_vm_shape(vm: &Value) {
             ("exit", &[Obj, Null]),
             ("console_tail", &[Arr, Null]),
             ("net", &[Obj, Null]),
+            ("vsock", &[Obj, Null]),
         ],
     );
     if vm["exit"].is_object() {
