@@ -267,6 +267,9 @@ fn finish(
         .map_err(fail("sync the directory of"))
 }
 
+/// How much of a file `read` asks for at once.
+const READ_BUFFER: usize = 1 << 20;
+
 /// Serves `ReadFile`: `FileInfo`, then `Data` frames, then `Eof`.
 pub async fn read(path: &str, w: &mut Writer) -> Result<(), RequestError> {
     let p = absolute(path)?;
@@ -285,7 +288,10 @@ pub async fn read(path: &str, w: &mut Writer) -> Result<(), RequestError> {
         });
     }
     send(w, &AgentMessage::FileInfo(file_stat(path.to_owned(), &md))).await?;
-    let mut buf = vec![0u8; CHUNK];
+    // Each read of a tokio file is a hop to the blocking pool: read in
+    // large pieces and cut them into frames, or the hops, not the disk or
+    // the connection, set the pace.
+    let mut buf = vec![0u8; READ_BUFFER];
     loop {
         let n = file
             .read(&mut buf)
@@ -294,7 +300,9 @@ pub async fn read(path: &str, w: &mut Writer) -> Result<(), RequestError> {
         if n == 0 {
             break;
         }
-        send_frame(w, FrameKind::Data, &buf[..n]).await?;
+        for chunk in buf[..n].chunks(CHUNK) {
+            send_frame(w, FrameKind::Data, chunk).await?;
+        }
     }
     send_frame(w, FrameKind::Eof, &[]).await
 }
