@@ -190,7 +190,10 @@ pub async fn write(
             .await
             .map_err(|e| RequestError::fs("create the directories of", &req.path, e))?;
     }
-    let (mut file, temp) = create_temp(&dir, &name, &req.path).await?;
+    let (file, temp) = create_temp(&dir, &name, &req.path).await?;
+    // Frames are 64 KiB and each tokio file write is a hop to the blocking
+    // pool: gather them into large writes.
+    let mut file = tokio::io::BufWriter::with_capacity(READ_BUFFER, file);
     let mut bytes = 0u64;
     loop {
         let frame = read_frame(r).await?.ok_or(RequestError::Closed {
@@ -213,6 +216,10 @@ pub async fn write(
     }
     // tokio's File writes in the background: flush collects the last
     // write's error, which into_std would drop.
+    file.flush()
+        .await
+        .map_err(|e| RequestError::fs("write", &req.path, e))?;
+    let mut file = file.into_inner();
     file.flush()
         .await
         .map_err(|e| RequestError::fs("write", &req.path, e))?;
@@ -267,7 +274,7 @@ fn finish(
         .map_err(fail("sync the directory of"))
 }
 
-/// How much of a file `read` asks for at once.
+/// How much of a file `read` asks for, and `write` gathers, at once.
 const READ_BUFFER: usize = 1 << 20;
 
 /// Serves `ReadFile`: `FileInfo`, then `Data` frames, then `Eof`.
