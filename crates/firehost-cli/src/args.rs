@@ -197,8 +197,9 @@ pub enum Command {
     /// KVM access, a guest kernel or rootfs), lists what and how to supply
     /// it and exits 2. Otherwise creates and starts a VM in a temporary
     /// state directory, prints the timings and the console, then stops and
-    /// removes it, leaving nothing behind. Running a command inside the VM
-    /// needs the guest agent, which comes in a later release.
+    /// removes it, leaving nothing behind. To run commands inside a VM,
+    /// give it an image with the agent (image build) and a vsock device
+    /// (run --vsock), then use exec.
     Quickstart(QuickstartArgs),
     /// Build guest images with the firehost agent in them: an ext4 root
     /// filesystem from a directory or a tar (build), or a minimal

@@ -488,7 +488,7 @@ pub fn quickstart(q: &QuickstartJson) -> String {
     let _ = writeln!(out, "cleaned up: {} removed", q.state_dir);
     let _ = writeln!(
         out,
-        "(running a command inside the VM needs the guest agent, coming in a later release)"
+        "(to run commands in a VM: an image with the agent (firehost image build), run --vsock, then firehost exec)"
     );
     out
 }

@@ -12,9 +12,10 @@
 //!    cut short).
 //! 3. Print the timings and the console's last lines.
 //!
-//! Running a command inside the VM needs the guest agent, which comes in a
-//! later release. Downloading Firecracker or guest images is not done here
-//! either: the missing list says where to get them.
+//! It boots whatever kernel and rootfs it finds and does not run commands
+//! in the guest (that needs an image with the agent: `image build`, `run
+//! --vsock`, `exec`). Downloading Firecracker or guest images is not done
+//! here either: the missing list says where to get them.
 //!
 //! The VM's console goes to the in-memory ring ([`ConsoleTarget::Ring`]):
 //! the VM never outlives this process, so the wait for output is

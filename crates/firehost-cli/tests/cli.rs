@@ -480,7 +480,7 @@ fn help_and_version_exit_0() {
         assert_success(&out, args);
     }
     let help = stdout(&env.run(&["quickstart", "--help"]));
-    assert!(help.contains("guest agent"), "{help}");
+    assert!(help.contains("image with the agent"), "{help}");
 }
 
 #[test]

@@ -32,8 +32,8 @@
 //!   with that same MAC and IP, so only one VM restored from it can be on
 //!   the network at a time, and not while the source VM is (the restore
 //!   fails with an address-taken error). Clones that must run side by side
-//!   need the guest to take a new MAC and IP after it resumes (the agent's
-//!   job, in a later release) or a network namespace each (see Firecracker's
+//!   need the guest to take a new MAC and IP after it resumes (run through
+//!   the agent, for instance) or a network namespace each (see Firecracker's
 //!   `network-for-clones` document); either way, drop ARP/neighbour caches
 //!   and TCP connections.
 //! - **Time.** The guest clock stops while the snapshot sits on disk; ask
@@ -42,8 +42,9 @@
 //! - **Host-specific ids.** `/etc/machine-id`, hostnames, and anything
 //!   derived from them should be regenerated.
 //!
-//! With the guest agent (a later firehost release), these steps run in the
-//! guest on every restore; until then they are the image's job.
+//! These steps are the guest's: the image's own scripts, or commands the
+//! host runs through the agent ([`crate::agent`]) after the restore. The
+//! agent does not run them by itself.
 
 use std::sync::Arc;
 
