@@ -8,7 +8,8 @@
 //! 1. [`boot`] (once, before anything else): mount `/proc`, `/sys`,
 //!    `/dev` (devtmpfs), `/dev/pts`, and tmpfs on `/run` and `/tmp`, each
 //!    only where the directory exists and nothing is mounted yet (the
-//!    kernel may have mounted devtmpfs itself); write `/etc/resolv.conf`
+//!    kernel may have mounted devtmpfs itself), and the tmpfs ones only on
+//!    empty directories (never hiding files); write `/etc/resolv.conf`
 //!    from the DNS servers the kernel's `ip=` autoconfiguration found
 //!    ([`resolv_conf_from_pnp`]), when the file is writable; bring up `lo`
 //!    (nothing else does without `ip=`); let Ctrl-Alt-Del send `SIGINT`
@@ -227,10 +228,21 @@ fn mount_if_missing(m: &Mount) {
     if !target.is_dir() || mounted().contains(m.target) {
         return;
     }
+    // A tmpfs over a directory that holds files would hide them (an image
+    // may ship /run or /tmp contents): only empty ones get one.
+    if m.fstype == "tmpfs" && !is_empty_dir(target) {
+        info!("not mounting tmpfs on {}: it is not empty", m.target);
+        return;
+    }
     match rustix::mount::mount(m.source, m.target, m.fstype, m.flags, m.data) {
         Ok(()) => info!("mounted {} on {}", m.fstype, m.target),
         Err(e) => warning!("cannot mount {} on {}: {e}", m.fstype, m.target),
     }
+}
+
+/// Whether `dir` has no entries (an unreadable one counts as not empty).
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 fn write_resolv_conf() {
