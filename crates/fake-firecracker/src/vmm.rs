@@ -1121,6 +1121,13 @@ impl Vmm {
             self.console(),
             self.options.guest_touch,
         ));
+        // Firecracker keeps the metadata service's configuration in a
+        // snapshot, not its data store (docs/snapshotting): a restored VM
+        // with a configuration has an empty store.
+        resources.mmds = resources
+            .mmds_config
+            .as_ref()
+            .map(|_| serde_json::Value::Object(serde_json::Map::new()));
         resources.serial = self.resources.serial.take();
         self.resources = resources;
         Ok(())

@@ -414,6 +414,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         clock_realtime: args.clock_realtime,
         verify_memory: args.verify_memory,
         memory,
+        mmds: None,
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&snapshot, &id, options).await?;

@@ -37,6 +37,7 @@ pub use id::{VmId, VmIdError};
 pub use spec::{DriveSpec, HostDefaults, ResolvedSpec, SpecError, VmSpec};
 pub use state::{ExitReason, Operation, TransitionError, VmState};
 pub mod manager;
+pub mod mmds;
 pub mod snapshot;
 mod undo;
 

@@ -226,6 +226,7 @@ mod tests {
                 net: None,
                 extra_nics: vec![],
                 vsock: None,
+                mmds: None,
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),

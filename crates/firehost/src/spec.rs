@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::mmds::MmdsSpec;
 use crate::net::IfName;
 use crate::net::host::NetSpec;
 use crate::net::ipam::MacAddr;
@@ -80,6 +81,9 @@ pub struct VmSpec {
     /// [`crate::agent`]). Its socket lives in the VM's directory, and the
     /// guest gets the agent's token on its kernel command line.
     pub vsock: Option<VsockSpec>,
+    /// Metadata for the guest at `169.254.169.254` (needs `net`; see
+    /// [`crate::mmds`]).
+    pub mmds: Option<MmdsSpec>,
 }
 
 /// A NIC on a TAP that the operator manages: firehost hands it to
@@ -201,6 +205,9 @@ pub struct ResolvedSpec {
     /// The vsock device asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockSpec>,
+    /// The metadata service asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmds: Option<MmdsSpec>,
 }
 
 /// Which file of a spec a [`SpecError`] is about.
@@ -302,6 +309,13 @@ pub enum SpecError {
         /// The id.
         id: String,
     },
+    /// Metadata was asked for a VM without the default network (the
+    /// service answers on its `eth0`).
+    #[error("the metadata service (mmds) needs the default network (net)")]
+    MmdsNeedsNetwork,
+    /// The metadata is not a JSON object.
+    #[error("mmds data must be a JSON object")]
+    MmdsNotAnObject,
     /// The vsock guest CID is reserved (0 to 2).
     #[error("vsock guest CID {cid} is reserved; use 3 or more")]
     VsockCid {
@@ -372,6 +386,14 @@ impl VmSpec {
         }
 
         check_nics(self.net.is_some(), &self.extra_nics)?;
+        if let Some(mmds) = &self.mmds {
+            if self.net.is_none() {
+                return Err(SpecError::MmdsNeedsNetwork);
+            }
+            if !(mmds.data.is_object() || mmds.data.is_null()) {
+                return Err(SpecError::MmdsNotAnObject);
+            }
+        }
         if let Some(vsock) = &self.vsock
             && vsock.guest_cid < 3
         {
@@ -425,6 +447,7 @@ impl VmSpec {
             net: self.net.clone(),
             extra_nics: self.extra_nics.clone(),
             vsock: self.vsock.clone(),
+            mmds: self.mmds.clone(),
         })
     }
 }
@@ -623,6 +646,26 @@ mod tests {
                         SpecError::SmtOddVcpus { vcpus: 3 } | SpecError::SmtUnsupported
                     )
                 },
+            ),
+            (
+                "metadata without a network",
+                VmSpec {
+                    mmds: Some(crate::mmds::MmdsSpec::default()),
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::MmdsNeedsNetwork),
+            ),
+            (
+                "metadata that is not an object",
+                VmSpec {
+                    net: Some(NetSpec::default()),
+                    mmds: Some(crate::mmds::MmdsSpec {
+                        data: serde_json::json!([1, 2]),
+                        ..Default::default()
+                    }),
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::MmdsNotAnObject),
             ),
             (
                 "bad nic id",

@@ -647,3 +647,64 @@ fn extra_nics_on_operator_taps_reach_firecracker_and_are_left_alone() {
         );
     });
 }
+
+#[test]
+fn metadata_carries_the_vms_identity_and_is_refreshed_on_restore() {
+    const T: &str = "metadata_carries_the_vms_identity_and_is_refreshed_on_restore";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let source = id("meta");
+        let spec = VmSpec {
+            mmds: Some(firehost::mmds::MmdsSpec {
+                data: serde_json::json!({"job": {"id": 42}}),
+                ..Default::default()
+            }),
+            ..net_spec()
+        };
+        let info = manager.run(&source, spec).await.unwrap();
+        let api = manager
+            .api(&source)
+            .await
+            .unwrap()
+            .expect("a live VM has an API");
+        let data = api.get_mmds().await.unwrap();
+        assert_eq!(data["job"]["id"], 42);
+        assert_eq!(data["firehost"]["vm"], "meta");
+        assert_eq!(data["firehost"]["ip"], net_of(&info).ip.to_string());
+        assert!(data["firehost"]["restored_from"].is_null());
+
+        let snap: firehost::snapshot::SnapshotName = "meta-snap".parse().unwrap();
+        manager
+            .snapshot(&source, &snap, Default::default())
+            .await
+            .unwrap();
+        manager.stop(&source, StopOptions::default()).await.unwrap();
+        manager.destroy(&source).await.unwrap();
+
+        let clone = id("meta-clone");
+        let options = firehost::manager::RestoreOptions {
+            mmds: Some(serde_json::json!({"job": {"id": 43}})),
+            ..Default::default()
+        };
+        let restored = manager.restore(&snap, &clone, options).await.unwrap();
+        assert!(restored.state.is_live());
+        let api = manager
+            .api(&clone)
+            .await
+            .unwrap()
+            .expect("a live VM has an API");
+        let data = api.get_mmds().await.unwrap();
+        assert_eq!(data["job"]["id"], 43, "this clone's own data");
+        assert_eq!(data["firehost"]["vm"], "meta-clone");
+        assert_eq!(data["firehost"]["restored_from"], "meta-snap");
+        let state = api.describe_instance().await.unwrap().state;
+        assert_eq!(state, firehost::api::models::InstanceState::Running);
+        manager.stop(&clone, StopOptions::default()).await.unwrap();
+        manager.destroy(&clone).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}

@@ -71,6 +71,7 @@ fn spec() -> ResolvedSpec {
         net: None,
         extra_nics: vec![],
         vsock: None,
+        mmds: None,
     }
 }
 

@@ -8,8 +8,8 @@ use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::ApiClient;
 use crate::api::models::{
-    ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration, NetworkInterface,
-    Vsock,
+    ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration, MmdsConfig,
+    NetworkInterface, Vsock,
 };
 use crate::manager::error::MAX_SOCKET_PATH_BYTES;
 use crate::net::host::VmNet;
@@ -73,18 +73,13 @@ async fn build(
         };
         let api = launched.connect(shared).await?;
         let record = &launched.vm.record;
-        configure(
-            &api,
-            &record.spec,
-            record.net.as_ref(),
-            record.vsock.as_ref(),
-        )
-        .await
-        .map_err(|(op, source)| VmError::Api {
-            id: id.clone(),
-            op,
-            source,
-        })?;
+        configure(&api, record)
+            .await
+            .map_err(|(op, source)| VmError::Api {
+                id: id.clone(),
+                op,
+                source,
+            })?;
         if then_start {
             api.create_sync_action(&InstanceActionInfo {
                 action_type: ActionType::InstanceStart,
@@ -106,10 +101,9 @@ async fn build(
 /// The configuration requests, in the order Firecracker's docs use.
 async fn configure(
     api: &ApiClient,
-    spec: &ResolvedSpec,
-    net: Option<&VmNet>,
-    vsock: Option<&VmVsock>,
+    record: &crate::record::VmRecord,
 ) -> Result<(), (&'static str, crate::api::ApiError)> {
+    let (spec, net, vsock) = (&record.spec, record.net.as_ref(), record.vsock.as_ref());
     api.put_machine_configuration(&machine_config(spec))
         .await
         .map_err(|e| ("configure the machine", e))?;
@@ -139,6 +133,19 @@ async fn configure(
         api.put_guest_vsock(&Vsock::new(vsock.guest_cid, &vsock.uds_path))
             .await
             .map_err(|e| ("attach the vsock device", e))?;
+    }
+    if let (Some(mmds), Some(net)) = (&spec.mmds, net) {
+        let config = MmdsConfig {
+            version: Some(mmds.version),
+            ..MmdsConfig::new([net.iface_id.as_str()])
+        };
+        api.put_mmds_config(&config)
+            .await
+            .map_err(|e| ("configure the metadata service", e))?;
+        let identity = crate::mmds::identity(&record.id, Some(net), None);
+        api.put_mmds(&crate::mmds::contents(&mmds.data, identity))
+            .await
+            .map_err(|e| ("write the metadata", e))?;
     }
     Ok(())
 }

@@ -80,6 +80,10 @@ pub struct RestoreOptions {
     pub verify_memory: bool,
     /// Where guest memory comes from.
     pub memory: RestoreMemory,
+    /// The metadata for this VM when the snapshot's VM had a metadata
+    /// service (`None`: the snapshot VM's spec's data). Either way the
+    /// `"firehost"` identity is this VM's (see [`crate::mmds`]).
+    pub mmds: Option<serde_json::Value>,
 }
 
 /// Where a restored guest's memory comes from.
@@ -120,6 +124,7 @@ impl Default for RestoreOptions {
             clock_realtime: false,
             verify_memory: false,
             memory: RestoreMemory::File,
+            mmds: None,
         }
     }
 }
@@ -247,7 +252,11 @@ async fn build(
             }
         };
         let mut load = SnapshotLoadParams::new(bundle.join(VMSTATE_FILE), memory);
-        load.resume_vm = Some(options.resume);
+        // Firecracker restores the metadata service's configuration but not
+        // its data store: with metadata, the guest stays paused until the
+        // data (with this VM's identity) is back.
+        let mmds = manifest.spec.mmds.as_ref();
+        load.resume_vm = Some(options.resume && mmds.is_none());
         load.clock_realtime = options.clock_realtime.then_some(true);
         load.network_overrides = (!overrides.is_empty()).then_some(overrides);
         load.vsock_override = vsock_override;
@@ -264,6 +273,21 @@ async fn build(
                     id: id.clone(),
                     source: Box::new(source),
                 })?;
+        }
+        if let Some(mmds) = mmds {
+            let record = &launched.vm.record;
+            let identity = crate::mmds::identity(&record.id, record.net.as_ref(), Some(snapshot));
+            let data = options.mmds.as_ref().unwrap_or(&mmds.data);
+            api.put_mmds(&crate::mmds::contents(data, identity))
+                .await
+                .map_err(api_err("write the metadata"))?;
+            if options.resume {
+                api.patch_vm(&crate::api::models::Vm {
+                    state: crate::api::models::VmState::Resumed,
+                })
+                .await
+                .map_err(api_err("resume the guest"))?;
+            }
         }
         launched.vm.record.state = if options.resume {
             VmState::Running

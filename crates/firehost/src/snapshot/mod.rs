@@ -894,6 +894,7 @@ mod tests {
             net: None,
             extra_nics: vec![],
             vsock: None,
+            mmds: None,
         }
     }
 

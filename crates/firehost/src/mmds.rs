@@ -1,0 +1,117 @@
+//! The metadata service (MMDS): what a VM's guest reads at
+//! `169.254.169.254`, and how it is refreshed for clones.
+//!
+//! A VM whose spec has [`MmdsSpec`] (it needs the default network: the
+//! service answers on the guest's `eth0`) gets `PUT /mmds/config` and
+//! `PUT /mmds` at create. firehost adds one key to the caller's data,
+//! `"firehost"`, with the VM's identity as the host sees it
+//! ([`identity`]): its id, address, gateway, MAC, DNS servers and the
+//! snapshot it was restored from. A guest (or the image's boot scripts)
+//! reads it to learn who it is, which matters after a clone: Firecracker
+//! keeps the MMDS configuration in a snapshot but not the data store, so a
+//! restore writes the data again, with the clone's own identity, before the
+//! guest resumes.
+//!
+//! Every process in the guest can read the MMDS: put no secrets in it (the
+//! agent's token is never there).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::VmId;
+use crate::net::host::VmNet;
+use crate::snapshot::SnapshotName;
+
+pub use firehost_api::MmdsVersion;
+
+/// What a VM spec asks of the metadata service.
+///
+/// # Examples
+///
+/// ```
+/// use firehost::mmds::MmdsSpec;
+///
+/// let spec = MmdsSpec {
+///     data: serde_json::json!({"job": {"id": 42}}),
+///     ..MmdsSpec::default()
+/// };
+/// assert!(spec.data.is_object());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmdsSpec {
+    /// The protocol: V2 (session tokens, the default: safer against
+    /// request forgery from the guest) or V1.
+    #[serde(default = "v2")]
+    pub version: MmdsVersion,
+    /// The caller's metadata: a JSON object (`null` means `{}`).
+    #[serde(default = "empty_object")]
+    pub data: Value,
+}
+
+fn v2() -> MmdsVersion {
+    MmdsVersion::V2
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+impl Default for MmdsSpec {
+    fn default() -> Self {
+        MmdsSpec {
+            version: MmdsVersion::V2,
+            data: empty_object(),
+        }
+    }
+}
+
+/// The `"firehost"` object firehost adds to a VM's metadata.
+pub fn identity(vm: &VmId, net: Option<&VmNet>, restored_from: Option<&SnapshotName>) -> Value {
+    json!({
+        "vm": vm.as_str(),
+        "ip": net.map(|n| n.ip.to_string()),
+        "prefix_len": net.map(|n| n.prefix_len),
+        "gateway": net.map(|n| n.gateway.to_string()),
+        "mac": net.map(|n| n.mac.to_string()),
+        "dns": net.map(|n| n.dns.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        "restored_from": restored_from.map(SnapshotName::as_str),
+    })
+}
+
+/// The caller's `data` with the `"firehost"` key set to `identity`
+/// (replacing one the caller put there).
+pub fn contents(data: &Value, identity: Value) -> firehost_api::MmdsContentsObject {
+    let mut map = match data {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    map.insert("firehost".to_owned(), identity);
+    firehost_api::MmdsContentsObject(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_key_is_added_and_wins() {
+        let vm = VmId::new("clone-1").unwrap();
+        let snap: SnapshotName = "base".parse().unwrap();
+        let data = json!({"job": 7, "firehost": "caller's"});
+        let c = contents(&data, identity(&vm, None, Some(&snap)));
+        assert_eq!(c.0["job"], 7);
+        assert_eq!(c.0["firehost"]["vm"], "clone-1");
+        assert_eq!(c.0["firehost"]["restored_from"], "base");
+        assert!(c.0["firehost"]["ip"].is_null());
+        let c = contents(&Value::Null, identity(&vm, None, None));
+        assert_eq!(c.0.len(), 1);
+    }
+
+    #[test]
+    fn specs_default_to_v2_and_an_empty_object() {
+        let spec: MmdsSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec, MmdsSpec::default());
+        assert!(serde_json::from_str::<MmdsSpec>(r#"{"nope": 1}"#).is_err());
+    }
+}
