@@ -160,6 +160,23 @@ pub enum FrameError {
 ///
 /// Not cancel safe: dropped midway, part of a frame has been consumed.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, FrameError> {
+    let mut payload = Vec::new();
+    Ok(read_frame_into(r, &mut payload)
+        .await?
+        .map(|kind| Frame { kind, payload }))
+}
+
+/// Reads one frame's payload into `payload` (replacing its contents, and
+/// reusing its allocation: a stream of frames costs no allocation per
+/// frame) and returns its kind; `Ok(None)` at a clean end of stream.
+///
+/// # Cancel safety
+///
+/// Not cancel safe, like [`read_frame`].
+pub async fn read_frame_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    payload: &mut Vec<u8>,
+) -> Result<Option<FrameKind>, FrameError> {
     let mut header = [0u8; 5];
     let mut filled = 0;
     while filled < header.len() {
@@ -179,15 +196,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     if len > MAX_PAYLOAD {
         return Err(FrameError::TooLarge { len: len as u64 });
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await.map_err(|e| {
+    payload.resize(len, 0);
+    r.read_exact(payload).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             FrameError::Truncated
         } else {
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(Frame { kind, payload }))
+    Ok(Some(kind))
 }
 
 /// Writes one frame (not flushed).

@@ -339,19 +339,23 @@ impl AgentClient {
             other => return Err(unexpected(&other)),
         };
         let mut copied = 0u64;
+        // One buffer for every frame: no allocation per 64 KiB.
+        let mut payload = Vec::with_capacity(CHUNK);
         loop {
-            let frame = firehost_proto::read_frame(&mut r)
+            let kind = firehost_proto::read_frame_into(&mut r, &mut payload)
                 .await?
                 .ok_or(AgentError::Closed("the end of the file"))?;
-            match frame.kind {
+            match kind {
                 FrameKind::Data => {
-                    sink.write_all(&frame.payload)
-                        .await
-                        .map_err(AgentError::Io)?;
-                    copied += frame.payload.len() as u64;
+                    sink.write_all(&payload).await.map_err(AgentError::Io)?;
+                    copied += payload.len() as u64;
                 }
                 FrameKind::Eof => break,
                 FrameKind::Control => {
+                    let frame = firehost_proto::Frame {
+                        kind,
+                        payload: std::mem::take(&mut payload),
+                    };
                     return Err(match firehost_proto::decode::<AgentMessage>(&frame)? {
                         AgentMessage::Error { code, message } => {
                             AgentError::Refused { code, message }
