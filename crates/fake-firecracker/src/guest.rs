@@ -262,6 +262,10 @@ impl Guest {
         s.running = true;
         if self.touch != GuestTouch::None {
             s.resumes_wanted += 1;
+            // The vCPU thread has work now, even before it wakes: a pause
+            // that comes first must not find it "parked" and let a snapshot
+            // miss this resume's writes.
+            s.parked = false;
         } else {
             let _ = self
                 .shared
