@@ -284,6 +284,11 @@ pub struct RunArgs {
     /// 30]; a VM whose agent does not answer in time is removed again.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "30", conflicts_with = "no_start")]
     pub wait_ready: Option<u64>,
+    /// Serve this JSON object to the guest as metadata (MMDS, at
+    /// 169.254.169.254, version 2), with the VM's identity added under
+    /// "firehost". Needs --net (or a flag that implies it).
+    #[arg(long, value_name = "FILE")]
+    pub mmds: Option<PathBuf>,
 }
 
 /// `exec`'s options.
@@ -410,6 +415,11 @@ pub struct RestoreArgs {
     /// long as the VM, i.e. the library in a long-running service.
     #[arg(long, value_name = "MODE")]
     pub uffd: Option<UffdMode>,
+    /// Metadata for the restored VM, a JSON object [default: the
+    /// snapshot's VM's]; its identity under "firehost" is always its own.
+    /// Only for snapshots of VMs that had metadata.
+    #[arg(long, value_name = "FILE")]
+    pub mmds: Option<PathBuf>,
 }
 
 /// A `--uffd` mode.

@@ -227,6 +227,20 @@ fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
     }))
 }
 
+/// A `--mmds` file: one JSON object.
+fn read_json_object(path: &std::path::Path) -> Result<serde_json::Value, CliError> {
+    let bad = |why: String| CliError::Unsupported {
+        what: format!("--mmds {}: {why}", path.display()),
+    };
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("not a JSON object".into()));
+    }
+    Ok(value)
+}
+
 /// Stage two for a VM name.
 pub fn vm_id(name: &str) -> Result<VmId, CliError> {
     VmId::new(name).map_err(|source| CliError::InvalidName {
@@ -270,6 +284,16 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
         mem_mib: args.mem_mib,
         boot_args: args.boot_args,
         net,
+        mmds: args
+            .mmds
+            .as_deref()
+            .map(|path| {
+                read_json_object(path).map(|data| firehost::mmds::MmdsSpec {
+                    data,
+                    ..Default::default()
+                })
+            })
+            .transpose()?,
         vsock: (args.vsock || args.guest_cid.is_some() || args.wait_ready.is_some()).then(|| {
             VsockSpec {
                 guest_cid: args.guest_cid.unwrap_or(firehost::vsock::DEFAULT_GUEST_CID),
@@ -414,7 +438,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         clock_realtime: args.clock_realtime,
         verify_memory: args.verify_memory,
         memory,
-        mmds: None,
+        mmds: args.mmds.as_deref().map(read_json_object).transpose()?,
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&snapshot, &id, options).await?;

@@ -1569,3 +1569,31 @@ fn exec_on_a_vm_without_vsock_is_a_usage_error() {
     let line = assert_error(&env.run(&["--json", "exec", "novsock", "--", "true"]), 2);
     assert!(line.contains("--json"), "{line}");
 }
+
+#[test]
+fn run_mmds_needs_a_network_and_a_json_object() {
+    let env = TestEnv::new();
+    let data = env.path("meta.json");
+    std::fs::write(&data, br#"{"job": 1}"#).unwrap();
+    let mut args = env.run_args();
+    args.extend([
+        "--name".into(),
+        "meta".into(),
+        "--mmds".into(),
+        data.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let line = assert_error(&env.run(&args), 2);
+    assert!(line.contains("network"), "{line}");
+
+    std::fs::write(&data, b"[1, 2]").unwrap();
+    let line = assert_error(&env.run(&args), 2);
+    assert!(line.contains("not a JSON object"), "{line}");
+    std::fs::write(&data, b"{nope").unwrap();
+    let line = assert_error(&env.run(&args), 2);
+    assert!(line.contains("not JSON"), "{line}");
+    assert!(
+        env.json(&["ls"])["vms"].as_array().unwrap().is_empty(),
+        "nothing was created"
+    );
+}
