@@ -254,9 +254,7 @@ impl Firewall {
         for port in ports {
             add_port_elements(&mut script, "add", port);
         }
-        for (a, b) in peers {
-            peer_elements(&mut script, "add", a, b);
-        }
+        add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
         Ok(())
     }
@@ -277,9 +275,7 @@ impl Firewall {
     ) -> Result<(), FirewallError> {
         let mut script = String::new();
         add_port_elements(&mut script, "add", port);
-        for (a, b) in peers {
-            peer_elements(&mut script, "add", a, b);
-        }
+        add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
         Ok(())
     }
@@ -295,13 +291,9 @@ impl Firewall {
         // nftables 1.0.6 has no `destroy element`: adding first makes the
         // delete always find its element, in the same atomic transaction.
         let mut script = String::new();
-        add_port_elements(&mut script, "add", port);
-        for (a, b) in peers {
-            peer_elements(&mut script, "add", a, b);
-        }
-        add_port_elements(&mut script, "delete", port);
-        for (a, b) in peers {
-            peer_elements(&mut script, "delete", a, b);
+        for verb in ["add", "delete"] {
+            add_port_elements(&mut script, verb, port);
+            add_peer_elements(&mut script, verb, peers);
         }
         self.nft.run(&script)?;
         Ok(())
@@ -493,6 +485,13 @@ fn published_element(s: &mut String, verb: &str, ip: Ipv4Addr, m: PortMapping) {
         "{verb} element ip {TABLE} published {{ {} . {} : {ip} . {} }}",
         m.proto, m.host_port, m.guest_port
     );
+}
+
+/// `verb` the two directions of each peer pair.
+fn add_peer_elements(s: &mut String, verb: &str, peers: &[(IfName, IfName)]) {
+    for (a, b) in peers {
+        peer_elements(s, verb, a, b);
+    }
 }
 
 /// `verb` the two directions of a peer pair.

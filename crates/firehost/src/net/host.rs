@@ -535,7 +535,7 @@ impl HostNetwork {
             self.dns(),
             spec,
         );
-        let peers = peer_pairs(&inner.attached, &net);
+        let peers = peer_pairs(inner.attached.values(), &net);
         if let Err(e) = live.firewall.add_port(&net.port(), &peers) {
             if let Err(undo) = Tap::delete(&live.nl, &tap.name).await {
                 tracing::warn!(vm = %vm, tap = %tap.name, error = %undo, "cannot delete TAP after a failed attach");
@@ -556,12 +556,7 @@ impl HostNetwork {
             return Ok(());
         };
         if let Some(live) = &inner.live {
-            let peers: Vec<_> = inner
-                .attached
-                .iter()
-                .filter(|(other, n)| *other != vm && n.shares_group_with(&net))
-                .map(|(_, n)| (net.tap.clone(), n.tap.clone()))
-                .collect();
+            let peers = peer_pairs(inner.attached.values(), &net);
             live.firewall.remove_port(&net.port(), &peers)?;
             Tap::delete(&live.nl, &net.tap).await?;
         }
@@ -776,14 +771,11 @@ impl HostNetwork {
             }
             let ports: Vec<GuestPort> = inner.attached.values().map(VmNet::port).collect();
             let nets: Vec<&VmNet> = inner.attached.values().collect();
-            let mut peers = Vec::new();
-            for (i, a) in nets.iter().enumerate() {
-                for b in &nets[i + 1..] {
-                    if a.shares_group_with(b) {
-                        peers.push((a.tap.clone(), b.tap.clone()));
-                    }
-                }
-            }
+            let peers: Vec<_> = nets
+                .iter()
+                .enumerate()
+                .flat_map(|(i, a)| peer_pairs(nets[i + 1..].iter().copied(), a))
+                .collect();
             firewall.install(&ports, &peers)?;
             Ok::<(), NetError>(())
         };
@@ -935,12 +927,15 @@ pub(crate) fn check_ports(
     Ok(())
 }
 
-/// The peer pairs a new VM brings: one with each attached VM it shares a
-/// group with.
-fn peer_pairs(attached: &BTreeMap<VmId, VmNet>, net: &VmNet) -> Vec<(IfName, IfName)> {
-    attached
-        .values()
-        .filter(|other| net.shares_group_with(other))
+/// The peer pairs of `net` among `others`: one with each VM it shares a
+/// group with (itself excluded, if it is among them).
+fn peer_pairs<'a>(
+    others: impl IntoIterator<Item = &'a VmNet>,
+    net: &VmNet,
+) -> Vec<(IfName, IfName)> {
+    others
+        .into_iter()
+        .filter(|other| other.tap != net.tap && net.shares_group_with(other))
         .map(|other| (net.tap.clone(), other.tap.clone()))
         .collect()
 }
@@ -1064,11 +1059,14 @@ mod tests {
         attached.insert(VmId::new("b").unwrap(), net("tb", &["g2"], &[]));
         attached.insert(VmId::new("c").unwrap(), net("tc", &[], &[]));
         let new = net("tn", &["g2", "g1"], &[]);
-        let mut pairs = peer_pairs(&attached, &new);
+        let mut pairs = peer_pairs(attached.values(), &new);
         pairs.sort();
         let n = |s: &str| IfName::new(s).unwrap();
         assert_eq!(pairs, vec![(n("tn"), n("ta")), (n("tn"), n("tb"))]);
-        assert!(peer_pairs(&attached, &net("tz", &[], &[])).is_empty());
+        assert!(peer_pairs(attached.values(), &net("tz", &[], &[])).is_empty());
+        // A VM is never its own peer.
+        let a = &attached[&VmId::new("a").unwrap()];
+        assert!(peer_pairs(attached.values(), a).is_empty());
     }
 
     #[test]
