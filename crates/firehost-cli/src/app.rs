@@ -14,6 +14,17 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return exit::clap_exit(e),
     };
+    if let crate::args::Command::PageServer = cli.command {
+        // Its own runtime, its own reporting: its stdout belongs to the
+        // manager that started it, its stderr to the VM's log.
+        return match firehost::snapshot::uffd::run_helper() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("firehost page-server: {}", exit::chain_text(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -215,7 +215,14 @@ pub enum Command {
     /// `cp FILE NAME:/path` or `cp NAME:/path FILE` (`-` for stdin or
     /// stdout). Files written into the VM are replaced atomically.
     Cp(CpArgs),
+    /// Internal: the page-server helper that `restore --uffd` and `clone
+    /// --uffd` start for each VM. It reads its orders on stdin.
+    #[command(hide = true)]
+    PageServer,
 }
+
+/// The arguments that make this binary a page-server helper.
+pub const PAGE_SERVER_ARGS: [&str; 1] = ["page-server"];
 
 /// `run`'s options.
 #[derive(Debug, Args)]
@@ -409,10 +416,11 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub verify_memory: bool,
     /// Serve guest memory from a userfaultfd page server instead of letting
-    /// Firecracker map the memory file. The CLI supports `populate` (the
-    /// command returns once every page is in and the VM no longer needs
-    /// it); `on-demand` and `prefetch` need a page server that lives as
-    /// long as the VM, i.e. the library in a long-running service.
+    /// Firecracker map the memory file. The server is a helper process
+    /// that lives as long as the VM (or, with `populate`, until every page
+    /// is in), so the VM outlives this command. An `on-demand` restore
+    /// records the pages the guest touches; `prefetch` copies those first
+    /// on the next restore.
     #[arg(long, value_name = "MODE")]
     pub uffd: Option<UffdMode>,
     /// Metadata for the restored VM, a JSON object [default: the
@@ -444,8 +452,9 @@ pub struct CloneArgs {
     /// Name prefix: the clones are PREFIX-0 .. PREFIX-(N-1).
     #[arg(long)]
     pub prefix: String,
-    /// Serve the clones' memory from page servers (`populate` only; see
-    /// `restore --uffd`). The clones share the bundle's page cache.
+    /// Serve the clones' memory from page servers (see `restore --uffd`),
+    /// one helper process per clone. The clones share the bundle's page
+    /// cache.
     #[arg(long, value_name = "MODE")]
     pub uffd: Option<UffdMode>,
 }

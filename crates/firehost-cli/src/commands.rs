@@ -26,6 +26,7 @@ use firehost::manager::{
 use firehost::net::firewall::PortMapping;
 use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
 use firehost::snapshot::store::GcOptions;
+use firehost::snapshot::uffd::PageServerProgram;
 use firehost::snapshot::{BundleError, SnapshotName, SnapshotStore, StoreError, VerifyOptions};
 use firehost::vmm::LogLevel;
 use firehost::vsock::VsockSpec;
@@ -128,7 +129,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
         Command::Net(args) => net(&manager, args, out).await,
-        Command::Doctor | Command::Quickstart(_) | Command::Image(_) => {
+        Command::Doctor | Command::Quickstart(_) | Command::Image(_) | Command::PageServer => {
             unreachable!("handled above")
         }
     }?;
@@ -141,6 +142,11 @@ async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
     config.vmm_log = Some(LogLevel::Info);
     config.timeouts.lock = LOCK_TIMEOUT;
     config.network = network_config(global)?;
+    // Restored VMs must outlive this short-lived command: their page
+    // servers run in helper processes (this same binary).
+    config.page_server_program = std::env::current_exe()
+        .ok()
+        .map(|exe| PageServerProgram::new(exe, crate::args::PAGE_SERVER_ARGS));
     for pair in &global.vmm_env {
         match pair.split_once('=') {
             Some((key, value)) if !key.is_empty() => {
@@ -407,32 +413,20 @@ fn snapshot_name(text: &str) -> Result<SnapshotName, CliError> {
     })
 }
 
-/// How long `restore --uffd populate` waits for all of guest memory.
-pub const POPULATE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The memory backend for `--uffd`: only `populate` lets a VM outlive this
-/// process.
-fn restore_memory(uffd: Option<UffdMode>) -> Result<RestoreMemory, CliError> {
+/// The memory backend for `--uffd`.
+fn restore_memory(uffd: Option<UffdMode>) -> RestoreMemory {
     match uffd {
-        None => Ok(RestoreMemory::File),
-        Some(UffdMode::Populate) => Ok(RestoreMemory::Populate),
-        Some(mode @ (UffdMode::OnDemand | UffdMode::Prefetch)) => Err(CliError::Unsupported {
-            what: format!(
-                "--uffd {}: the page server would end with this command and take the VM with it; use populate, or the library in a long-running service",
-                if mode == UffdMode::OnDemand {
-                    "on-demand"
-                } else {
-                    "prefetch"
-                }
-            ),
-        }),
+        None => RestoreMemory::File,
+        Some(UffdMode::OnDemand) => RestoreMemory::OnDemand,
+        Some(UffdMode::Populate) => RestoreMemory::Populate,
+        Some(UffdMode::Prefetch) => RestoreMemory::Prefetch,
     }
 }
 
 async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), CliError> {
     let snapshot = snapshot_name(&args.snapshot)?;
     let id = vm_id(&args.name)?;
-    let memory = restore_memory(args.uffd)?;
+    let memory = restore_memory(args.uffd);
     let options = RestoreOptions {
         resume: !args.paused,
         clock_realtime: args.clock_realtime,
@@ -442,12 +436,6 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&snapshot, &id, options).await?;
-    // The VM must not depend on this short-lived process: wait until the
-    // page server has copied everything and detached.
-    if let Err(e) = manager.wait_memory_detached(&id, POPULATE_TIMEOUT).await {
-        let _ = remove(provider, &id, FORCE_GRACE).await;
-        return Err(e.into());
-    }
     out.emit(&VmJson::from(&info), human::vm_record)
 }
 
@@ -458,15 +446,12 @@ async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliEr
         .map(|i| vm_id(&format!("{}-{i}", args.prefix)))
         .collect::<Result<Vec<_>, _>>()?;
     let options = RestoreOptions {
-        memory: restore_memory(args.uffd)?,
+        memory: restore_memory(args.uffd),
         ..RestoreOptions::default()
     };
-    let restores = ids.iter().map(|id| async {
-        let info = provider.restore(&snapshot, id, options.clone()).await?;
-        // As for restore: no clone may depend on this short-lived process.
-        manager.wait_memory_detached(id, POPULATE_TIMEOUT).await?;
-        Ok::<_, VmError>(info)
-    });
+    let restores = ids
+        .iter()
+        .map(|id| async { provider.restore(&snapshot, id, options.clone()).await });
     let results = futures_join_all(restores).await;
     if let Some(first_error) = results.iter().position(Result::is_err) {
         // All or nothing: remove the clones that did come up.

@@ -62,18 +62,33 @@ pub struct VmRecord {
     /// parent of its next diff snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<crate::snapshot::SnapshotName>,
-    /// The VM's memory is served by a page server of the manager that
-    /// restored it. Such a VM cannot outlive that manager: one that re-opens
-    /// the state directory kills it rather than leave it hanging on its next
-    /// missing page.
+    /// The VM's memory is served by a page server. An in-process one ends
+    /// with the manager that restored the VM, so a manager that re-opens
+    /// the state directory kills such a VM rather than leave it hanging on
+    /// its next missing page; one in a helper process
+    /// ([`page_server_helper`](Self::page_server_helper)) keeps the VM
+    /// alive as long as the helper lives (or once it has detached).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub page_server_attached: bool,
+    /// The helper process serving the VM's memory, if it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_server_helper: Option<HelperProcess>,
     /// The VM's place on the default network: address, MAC, TAP, ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::net::host::VmNet>,
     /// The VM's vsock device and its agent's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VmVsock>,
+}
+
+/// A page-server helper process, as recorded: with the start time, the pid
+/// names that process and no later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperProcess {
+    /// The process id.
+    pub pid: i32,
+    /// Its start time (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
 }
 
 /// A VM's vsock device as recorded (the record file is private: the token
@@ -239,6 +254,7 @@ mod tests {
             restored_from: None,
             last_snapshot: None,
             page_server_attached: false,
+            page_server_helper: None,
             vsock: Some(VmVsock {
                 uds_path: "/x/vsock.sock".into(),
                 guest_cid: 3,

@@ -436,3 +436,206 @@ async fn populated_vm_survives_its_manager() {
     assert_eq!((info.state, info.pid), (VmState::Running, Some(pid)));
     assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Running);
 }
+
+// --- page servers in helper processes ---------------------------------------
+
+/// A manager whose page servers run in `firehost-page-server` helpers.
+fn helper_config(host: &TestHost) -> firehost::ManagerConfig {
+    let mut config = host.config();
+    config.page_server_program = Some(firehost::snapshot::uffd::PageServerProgram::new(
+        env!("CARGO_BIN_EXE_firehost-page-server"),
+        std::iter::empty::<&str>(),
+    ));
+    config
+}
+
+/// As [`with_snapshot`], with page servers in helpers.
+async fn with_helper_snapshot(host: &TestHost) -> (Manager, SnapshotName) {
+    let manager = Manager::open(helper_config(host)).await.unwrap();
+    let source = id("source");
+    manager.run(&source, host.spec()).await.unwrap();
+    let name: SnapshotName = "base".parse().unwrap();
+    manager
+        .snapshot(&source, &name, SnapshotOptions::default())
+        .await
+        .unwrap();
+    (manager, name)
+}
+
+fn helper_of(dir: &std::path::Path) -> Option<firehost::record::HelperProcess> {
+    firehost::record::VmRecord::read(dir)
+        .unwrap()
+        .page_server_helper
+}
+
+/// Waits (with a deadline) for a helper that is expected to exit.
+async fn gone(helper: firehost::record::HelperProcess) {
+    let process = firehost::vmm::VmmProcess::attach(helper.pid, helper.start_time).unwrap();
+    if let Some(process) = process {
+        within("the helper to exit", LONG, process.wait()).await;
+    }
+}
+
+#[tokio::test]
+async fn helper_served_vm_survives_its_manager_and_records_a_working_set() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let vm = id("helped");
+    let (info, snap) = {
+        let (manager, snap) = with_helper_snapshot(&host).await;
+        let options = RestoreOptions {
+            memory: RestoreMemory::OnDemand,
+            ..RestoreOptions::default()
+        };
+        let info = within("the restore", LONG, manager.restore(&snap, &vm, options))
+            .await
+            .unwrap();
+        (info, snap)
+    };
+    let helper = helper_of(&info.dir).expect("the helper is recorded");
+    assert!(common::process_alive(helper.pid));
+    // A new manager keeps the VM: its memory server lives on.
+    let manager = Manager::open(helper_config(&host)).await.unwrap();
+    let again = manager.get(&vm).await.unwrap();
+    assert_eq!((again.state, again.pid), (VmState::Running, info.pid));
+    assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Running);
+    // When the VM ends, so does its helper, leaving the working set behind.
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
+    gone(helper).await;
+    assert_eq!(helper_of(&info.dir), None);
+    let bundle = manager.snapshots_dir().join(snap.as_str());
+    let set = firehost::snapshot::WorkingSet::read(&bundle)
+        .unwrap()
+        .expect("the helper stored the working set");
+    assert!(!set.pages.is_empty());
+    manager.destroy(&vm).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_populating_helper_detaches_and_exits_and_the_vm_stands_alone() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let vm = id("populated");
+    let (manager, snap) = with_helper_snapshot(&host).await;
+    let options = RestoreOptions {
+        memory: RestoreMemory::Populate,
+        ..RestoreOptions::default()
+    };
+    let info = manager.restore(&snap, &vm, options).await.unwrap();
+    let helper = helper_of(&info.dir).expect("the helper is recorded");
+    manager.wait_memory_detached(&vm, LONG).await.unwrap();
+    gone(helper).await;
+    assert!(
+        info.dir
+            .join(firehost::snapshot::uffd::DETACHED_MARKER)
+            .exists()
+    );
+    assert_eq!(helper_of(&info.dir), None);
+    drop(manager);
+    let manager = Manager::open(helper_config(&host)).await.unwrap();
+    assert_eq!(manager.get(&vm).await.unwrap().state, VmState::Running);
+    assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Running);
+}
+
+#[tokio::test]
+async fn a_vm_whose_helper_detached_unseen_is_kept_by_the_next_manager() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let vm = id("populated");
+    let info = {
+        let (manager, snap) = with_helper_snapshot(&host).await;
+        let options = RestoreOptions {
+            memory: RestoreMemory::Populate,
+            ..RestoreOptions::default()
+        };
+        manager.restore(&snap, &vm, options).await.unwrap()
+    };
+    // The manager went away without waiting; the helper detaches alone.
+    let helper = helper_of(&info.dir).expect("the helper is recorded");
+    gone(helper).await;
+    let manager = Manager::open(helper_config(&host)).await.unwrap();
+    let again = manager.get(&vm).await.unwrap();
+    assert_eq!((again.state, again.pid), (VmState::Running, info.pid));
+    assert_eq!(helper_of(&info.dir), None);
+}
+
+#[tokio::test]
+async fn a_vm_whose_helper_was_killed_is_killed_by_the_next_manager() {
+    use firehost::manager::RestoreMemory;
+    let host = TestHost::new();
+    let vm = id("orphaned");
+    let info = {
+        let (manager, snap) = with_helper_snapshot(&host).await;
+        let options = RestoreOptions {
+            memory: RestoreMemory::OnDemand,
+            ..RestoreOptions::default()
+        };
+        manager.restore(&snap, &vm, options).await.unwrap()
+    };
+    let helper = helper_of(&info.dir).expect("the helper is recorded");
+    // SIGKILL: the helper can neither fence nor kill; the VM would hang on
+    // its next missing page.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(helper.pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    gone(helper).await;
+    let manager = Manager::open(helper_config(&host)).await.unwrap();
+    let state = manager.get(&vm).await.unwrap().state;
+    assert!(matches!(state, VmState::Failed { .. }), "{state:?}");
+    assert!(!common::process_alive(info.pid.unwrap()));
+}
+
+#[tokio::test]
+async fn a_helper_that_cannot_start_or_fails_leaves_nothing() {
+    use firehost::manager::RestoreMemory;
+    use firehost::snapshot::uffd::{PageServerError, PageServerProgram};
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    drop(manager);
+    let cases: [(&str, PageServerProgram); 3] = [
+        (
+            "missing",
+            PageServerProgram::new(host.dir.path().join("no-such-helper"), [""; 0]),
+        ),
+        // Exits at once without a word.
+        ("silent", PageServerProgram::new("/bin/true", [""; 0])),
+        // Says why on stderr, which the error carries.
+        (
+            "loud",
+            PageServerProgram::new("/bin/sh", ["-c", "echo no memory for you >&2; exit 3"]),
+        ),
+    ];
+    for (name, program) in cases {
+        let mut config = host.config();
+        config.page_server_program = Some(program);
+        let manager = Manager::open(config).await.unwrap();
+        let vm = id(name);
+        let options = RestoreOptions {
+            memory: RestoreMemory::OnDemand,
+            ..RestoreOptions::default()
+        };
+        let err = manager.restore(&snap, &vm, options).await.unwrap_err();
+        let VmError::PageServer { source, .. } = &err else {
+            panic!("{name}: {err:?}");
+        };
+        match (name, source.as_ref()) {
+            ("missing", PageServerError::HelperSpawn { .. }) => {}
+            ("silent", PageServerError::Helper { message }) => {
+                // Before or after reading its request: either way, said so.
+                assert!(message.contains("helper exited without"), "{message}");
+            }
+            ("loud", PageServerError::Helper { message }) => {
+                assert!(
+                    message.contains("it logged: no memory for you"),
+                    "{message}"
+                );
+            }
+            _ => panic!("{name}: {err:?}"),
+        }
+        assert!(!host.vm_dirs().contains(&name.to_owned()), "{name}");
+        assert!(host.vmm_pids(&vm).is_empty(), "{name}");
+        assert!(manager.get(&vm).await.is_err());
+    }
+}

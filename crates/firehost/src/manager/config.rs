@@ -104,6 +104,11 @@ pub struct ManagerConfig {
     /// The default network: bridge, subnet, uplink, DNS, allowed host
     /// services. Nothing on the host changes until a VM asks for a network.
     pub network: NetworkConfig,
+    /// Run each restore's userfaultfd page server in a helper process of
+    /// its own (see [`crate::snapshot::uffd::PageServerProgram`]) instead
+    /// of in this process, so restored VMs outlive this process. `None`
+    /// (the default): in this process.
+    pub page_server_program: Option<crate::snapshot::uffd::PageServerProgram>,
 }
 
 impl ManagerConfig {
@@ -124,6 +129,7 @@ impl ManagerConfig {
             vmm_env: Vec::new(),
             timeouts: Timeouts::default(),
             network: NetworkConfig::default(),
+            page_server_program: None,
         }
     }
 }

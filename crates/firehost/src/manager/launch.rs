@@ -180,6 +180,7 @@ impl Launched {
                 restored_from: None,
                 last_snapshot: None,
                 page_server_attached: false,
+                page_server_helper: None,
                 net,
                 vsock: None,
             },

@@ -30,6 +30,7 @@ mod create;
 mod error;
 mod launch;
 mod lock;
+mod memory_server;
 mod ops;
 mod reattach;
 mod restore;
@@ -168,8 +169,8 @@ struct Vm {
     api: Option<Arc<ApiClient>>,
     ring: ConsoleRing,
     /// The userfaultfd page server of a VM restored with one, until it is
-    /// retired after the VMM ends.
-    page_server: Option<crate::snapshot::uffd::PageServer>,
+    /// retired after the VMM ends (or it detached).
+    page_server: Option<memory_server::MemoryServer>,
 }
 
 impl Slot {
@@ -396,7 +397,7 @@ impl Manager {
         let vm = guard
             .as_mut()
             .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
-        let Some(server) = &vm.page_server else {
+        let Some(server) = &mut vm.page_server else {
             return Ok(());
         };
         server

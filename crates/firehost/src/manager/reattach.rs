@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
+use super::memory_server::MemoryServer;
 use super::{ManagerError, Shared, Slot, Vm, remove_file_if_present, watch_for_crash};
 use crate::VmId;
 use crate::api::ApiClient;
@@ -139,8 +140,22 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
         (Some(pid), Some(start)) => VmmProcess::attach(pid, start).ok().flatten(),
         _ => None,
     };
+    // A VM whose memory a helper serves lives on with it; so does one whose
+    // helper detached before it exited. An in-process server died with the
+    // manager that ran it.
+    let mut memory_whole = !record.page_server_attached;
+    if let (true, Some(helper)) = (record.page_server_attached, &record.page_server_helper) {
+        if let Some(server) = MemoryServer::adopt(helper, &vm.dir) {
+            vm.page_server = Some(server);
+            memory_whole = true;
+        } else if MemoryServer::detached_before(&vm.dir) {
+            record.page_server_attached = false;
+            record.page_server_helper = None;
+            memory_whole = true;
+        }
+    }
     let new_state = match process {
-        Some(process) if record.page_server_attached => {
+        Some(process) if !memory_whole => {
             tracing::warn!(vm = %record.id, "VM's memory was served by a page server that is gone; killing it");
             kill(&process).await;
             let _ = remove_file_if_present(&record.api_socket);
@@ -172,9 +187,19 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
             failed(&vm, ExitReason::Unknown, console_lines).await
         }
     };
-    if new_state != record.state || record.page_server_attached {
+    if !new_state.is_live() {
+        // Its helper ends with the VMM; make sure it has.
+        if let Some(server) = vm.page_server.take() {
+            server.retire(&record.id, None).await;
+        }
+    }
+    let server_gone = record.page_server_attached && vm.page_server.is_none();
+    if new_state != record.state || server_gone || record != vm.record {
         record.state = new_state;
-        record.page_server_attached = false;
+        if server_gone {
+            record.page_server_attached = false;
+            record.page_server_helper = None;
+        }
         vm.record = record;
         if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot update the record during recovery");

@@ -49,6 +49,7 @@
 use std::sync::Arc;
 
 use super::launch::{Launched, Reservation};
+use super::memory_server::{MemoryServer, PAGE_SERVER_SOCKET};
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::models::{
@@ -58,9 +59,8 @@ use crate::manager::error::MAX_SOCKET_PATH_BYTES;
 use crate::net::host::{NetError, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
 use crate::record::VmVsock;
-use crate::snapshot::uffd::{PageServer, PageServerOptions, ServeMode};
 use crate::snapshot::{
-    MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions, WorkingSet,
+    MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions,
 };
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
@@ -88,11 +88,15 @@ pub struct RestoreOptions {
 
 /// Where a restored guest's memory comes from.
 ///
-/// With a page server the VM depends on the manager process until the
-/// server detaches (`Populate` does once every page is in; the others never
-/// do): if the manager goes away first, the guest hangs or faults on its
-/// next missing page. Prefer `File` or `Populate` for VMs that must outlive
-/// the manager.
+/// With a page server in the manager's process (the default) the VM
+/// depends on that process until the server detaches (`Populate` does once
+/// every page is in; the others never do): if the manager goes away first,
+/// the server fences the VM's memory, so the guest faults on its next
+/// missing page (or, on kernels that cannot fence, the VMM is killed), and
+/// a manager that re-opens the state directory kills such VMs. Set
+/// [`ManagerConfig::page_server_program`](super::ManagerConfig::page_server_program)
+/// to run each server in a helper process that lives as long as its VM
+/// instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RestoreMemory {
     /// Firecracker maps the bundle's memory file privately and faults pages
@@ -111,11 +115,6 @@ pub enum RestoreMemory {
     /// working set yet).
     Prefetch,
 }
-
-/// The page server's socket in the VM's directory.
-pub(crate) const PAGE_SERVER_SOCKET: &str = "uffd.sock";
-/// Pages a page server records, at most (1 GiB of 4 KiB pages).
-const RECORD_LIMIT_PAGES: usize = 1 << 18;
 
 impl Default for RestoreOptions {
     fn default() -> Self {
@@ -244,10 +243,11 @@ async fn build(
                 MemoryBackend::new(MemoryBackendType::File, bundle.join(MEMORY_FILE))
             }
             mode => {
-                let server = start_page_server(&launched.vm, &bundle, mode).await?;
-                let socket = server.socket_path().to_owned();
-                launched.vm.page_server = Some(server);
+                let server = start_page_server(shared, &launched.vm, &bundle, mode).await?;
+                let socket = server.socket();
                 launched.vm.record.page_server_attached = true;
+                launched.vm.record.page_server_helper = server.helper_process();
+                launched.vm.page_server = Some(server);
                 MemoryBackend::new(MemoryBackendType::Uffd, socket)
             }
         };
@@ -263,7 +263,7 @@ async fn build(
         api.load_snapshot(&load)
             .await
             .map_err(api_err("load the snapshot"))?;
-        if let Some(server) = &launched.vm.page_server {
+        if let Some(server) = &mut launched.vm.page_server {
             // Firecracker has connected by the time the load answers; a
             // server that failed the hand-over fails the restore.
             server
@@ -297,6 +297,11 @@ async fn build(
         Ok(api)
     }
     .await;
+    if outcome.is_err()
+        && let Some(server) = launched.vm.page_server.take()
+    {
+        server.abort().await;
+    }
     launched.commit(outcome).await
 }
 
@@ -359,12 +364,15 @@ pub(crate) fn restore_net_spec(
     }))
 }
 
-/// Binds the page server for a restore in the VM's directory.
+/// Starts the page server for a restore, with its socket in the VM's
+/// directory: in this process, or in a helper when the configuration names
+/// one.
 async fn start_page_server(
+    shared: &Shared,
     vm: &Vm,
     bundle: &std::path::Path,
     mode: RestoreMemory,
-) -> Result<PageServer, VmError> {
+) -> Result<MemoryServer, VmError> {
     let id = vm.record.id.clone();
     let socket = vm.dir.join(PAGE_SERVER_SOCKET);
     let len = socket.as_os_str().len();
@@ -375,59 +383,38 @@ async fn start_page_server(
             len,
         });
     }
-    let bundle = bundle.to_owned();
-    let bound = tokio::task::spawn_blocking(move || {
-        let working_set = match mode {
-            RestoreMemory::Prefetch => WorkingSet::read(&bundle).ok().flatten(),
-            _ => None,
-        };
-        let options = match (mode, working_set) {
-            (RestoreMemory::Populate, _) => PageServerOptions::new(ServeMode::Populate),
-            (RestoreMemory::Prefetch, Some(set)) => {
-                PageServerOptions::new(ServeMode::Prefetch(set))
-            }
-            _ => PageServerOptions::new(ServeMode::OnDemand).record(RECORD_LIMIT_PAGES),
-        };
-        PageServer::bind(&socket, &bundle.join(MEMORY_FILE), options)
-    })
+    let vmm = vm
+        .process
+        .as_ref()
+        .expect("a restore starts its page server after spawning the VMM");
+    MemoryServer::start(
+        shared.config.page_server_program.as_ref(),
+        &vm.dir,
+        bundle,
+        mode,
+        vmm,
+        shared.config.timeouts.request,
+    )
     .await
-    .expect("binding a page server does not panic");
-    bound.map_err(|source| VmError::PageServer {
+    .map_err(|source| VmError::PageServer {
         id,
         source: Box::new(source),
     })
 }
 
-/// Stops a VM's page server (its VMM must be gone) and, if it recorded a
-/// working set and the bundle has none, stores it there for the next
-/// `Prefetch` restore. Best effort: a VM's end never fails for a hint.
+/// Ends a VM's page server once its VMM is gone (or the server detached).
+/// An in-process server's recorded working set goes into the bundle the VM
+/// was restored from, if that has none yet; a helper stores its own.
 pub(super) async fn retire_page_server(vm: &mut Vm, snapshots_dir: &std::path::Path) {
     let Some(server) = vm.page_server.take() else {
         return;
     };
     vm.record.page_server_attached = false;
-    let report = match server.shutdown().await {
-        Ok(report) => report,
-        Err(e) => {
-            tracing::warn!(vm = %vm.record.id, error = %e, "page server ended with an error");
-            return;
-        }
-    };
-    let (Some(set), Some(name)) = (report.working_set, vm.record.restored_from.clone()) else {
-        return;
-    };
-    if set.pages.is_empty() {
-        return;
-    }
-    let bundle = snapshots_dir.join(name.as_str());
-    let stored = tokio::task::spawn_blocking(move || match WorkingSet::read(&bundle) {
-        Ok(None) => set.write(&bundle).map(|()| true),
-        Ok(Some(_)) => Ok(false),
-        Err(e) => Err(e),
-    })
-    .await
-    .expect("working-set writes do not panic");
-    if let Err(e) = stored {
-        tracing::warn!(vm = %vm.record.id, error = %e, "cannot store the recorded working set");
-    }
+    vm.record.page_server_helper = None;
+    let bundle = vm
+        .record
+        .restored_from
+        .as_ref()
+        .map(|name| snapshots_dir.join(name.as_str()));
+    server.retire(&vm.record.id, bundle.as_deref()).await;
 }

@@ -102,6 +102,17 @@ impl VmmProcess {
         // A manager re-opened inside the process that spawned the VMM (tests,
         // or a service that restarts its manager) can still reap it.
         let is_child = parent_of(pid) == Some(std::process::id());
+        if is_zombie(pid) {
+            // It has exited; only its parent's wait is missing. Ours, if we
+            // are the parent: reap it rather than leave it.
+            if is_child {
+                let _ = rustix::process::waitid(
+                    WaitId::PidFd(pidfd.as_fd()),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+                );
+            }
+            return Ok(None);
+        }
         Ok(Some(Self::watch(pid, start_time, pidfd, is_child)))
     }
 
@@ -238,6 +249,18 @@ pub(crate) fn read_start_time(pid: i32) -> Result<u64, ProcessError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(err)?;
     parse_stat_field(&stat, 22)
         .ok_or_else(|| err(std::io::Error::other("malformed /proc/<pid>/stat")))
+}
+
+/// Whether the process has exited but not been reaped (state `Z`, or `X`
+/// while it is being reaped).
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X"))
 }
 
 fn parent_of(pid: i32) -> Option<u32> {

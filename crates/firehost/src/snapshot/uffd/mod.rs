@@ -119,6 +119,7 @@
 //! # Ok(()) }
 //! ```
 
+mod helper;
 mod memory;
 mod serve;
 pub mod sys;
@@ -136,6 +137,10 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use helper::{DETACHED_MARKER, HelperMode, HelperRequest, PageServerProgram, run_helper};
+pub(crate) use helper::{
+    Helper, detached_marker as helper_detached_marker, left_unfenced, store_working_set,
+};
 pub use memory::GuestRegionMapping;
 
 use serve::{Counters, Recorder, Server, Shared};
@@ -558,6 +563,21 @@ pub enum PageServerError {
     /// [`PageServer::wait_detached`] on a server not in populate mode.
     #[error("the page server is not in populate mode and never detaches")]
     NotPopulating,
+    /// The page-server helper program cannot be started.
+    #[error("cannot start the page-server helper {}", program.display())]
+    HelperSpawn {
+        /// The program.
+        program: PathBuf,
+        /// The cause.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The page-server helper failed, or the conversation with it did.
+    #[error("page-server helper: {message}")]
+    Helper {
+        /// What went wrong, in the helper's words or ours.
+        message: String,
+    },
 }
 
 /// A page server for one restore. See the [module docs](self).
@@ -814,6 +834,17 @@ impl PageServer {
             p if done(&p) => Ok(p),
             p => Err(ended(waited_for, &p)),
         }
+    }
+
+    /// Stops the server now, from synchronous code (a `Drop`), and returns
+    /// how it ended; like [`shutdown`](Self::shutdown) but blocking for at
+    /// most one chunk of background work.
+    pub(crate) fn stop_blocking(mut self) -> PageServerPhase {
+        self.signal_stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.phase()
     }
 
     fn signal_stop(&self) {
