@@ -26,6 +26,7 @@ pub mod agent;
 pub mod api;
 pub mod console;
 pub mod id;
+pub mod jail;
 pub mod net;
 pub mod record;
 pub mod spec;
