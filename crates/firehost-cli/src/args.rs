@@ -125,6 +125,61 @@ pub struct GlobalArgs {
     )]
     pub dns: Option<Vec<String>>,
 
+    /// The jailer binary, for jailed VMs (run --jail, or --jail-all).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "FIREHOST_JAILER",
+        default_value = "jailer",
+        help_heading = "Jail settings"
+    )]
+    pub jailer: PathBuf,
+
+    /// Where jails are made: <DIR>/<firecracker binary name>/<VM>/root.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "FIREHOST_CHROOT_BASE",
+        default_value = firehost::jail::DEFAULT_CHROOT_BASE,
+        help_heading = "Jail settings"
+    )]
+    pub chroot_base: PathBuf,
+
+    /// Jail every VM this command creates or restores, as if each had
+    /// --jail (a host default: set `FIREHOST_JAIL_ALL=1` in production).
+    #[arg(
+        long,
+        global = true,
+        env = "FIREHOST_JAIL_ALL",
+        value_parser = clap::builder::FalseyValueParser::new(),
+        help_heading = "Jail settings"
+    )]
+    pub jail_all: bool,
+
+    /// The uids (and gids) given to jailed VMs, one per live VM: START-END,
+    /// END excluded [default: 900000-901000].
+    #[arg(
+        long,
+        global = true,
+        value_name = "START-END",
+        env = "FIREHOST_JAIL_UIDS",
+        help_heading = "Jail settings"
+    )]
+    pub jail_uids: Option<String>,
+
+    /// The cgroup version for jailed VMs' limits [default: the one whose
+    /// hierarchy has the controllers the limits need].
+    #[arg(
+        long,
+        global = true,
+        value_name = "1|2",
+        env = "FIREHOST_CGROUP_VERSION",
+        help_heading = "Jail settings"
+    )]
+    pub cgroup_version: Option<String>,
+
     /// A host service guests may connect to at the gateway address (TCP
     /// unless /udp), comma-separated or repeated [default: none].
     ///
@@ -149,7 +204,7 @@ pub enum Command {
     ///
     /// Either the VM ends up running (or created, with --no-start) or
     /// nothing is left behind: a VM whose start fails is removed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List VMs.
     #[command(visible_alias = "list")]
     Ls,
@@ -296,6 +351,32 @@ pub struct RunArgs {
     /// "firehost". Needs --net (or a flag that implies it).
     #[arg(long, value_name = "FILE")]
     pub mmds: Option<PathBuf>,
+
+    /// Run the VM through Firecracker's jailer: its own chroot, uid and
+    /// cgroups (see the jail settings). The limits below imply it.
+    #[arg(long, help_heading = "Jail")]
+    pub jail: bool,
+    /// Run as this uid instead of one from --jail-uids.
+    #[arg(long, value_name = "UID", help_heading = "Jail")]
+    pub uid: Option<u32>,
+    /// Run as this gid [default: the uid].
+    #[arg(long, value_name = "GID", help_heading = "Jail")]
+    pub gid: Option<u32>,
+    /// Host CPUs the VMM may use (cpuset), e.g. 2-3.
+    #[arg(long, value_name = "LIST", help_heading = "Jail")]
+    pub cpus: Option<String>,
+    /// CPU time, percent of one CPU (150 = one and a half).
+    #[arg(long, value_name = "PERCENT", help_heading = "Jail")]
+    pub cpu_quota: Option<u32>,
+    /// Relative CPU weight, 1-10000 [default: the parent's].
+    #[arg(long, value_name = "WEIGHT", help_heading = "Jail")]
+    pub cpu_weight: Option<u32>,
+    /// Memory limit of the VMM, guest memory included, in MiB.
+    #[arg(long, value_name = "MIB", help_heading = "Jail")]
+    pub memory_max: Option<u64>,
+    /// Most threads in the VMM's cgroup.
+    #[arg(long, value_name = "N", help_heading = "Jail")]
+    pub pids_max: Option<u64>,
 }
 
 /// `exec`'s options.

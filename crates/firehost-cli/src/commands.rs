@@ -105,7 +105,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
     let manager = open_manager(global).await?;
     let provider: &dyn VmProvider = &manager;
     match cli.command {
-        Command::Run(args) => run(&manager, args, out).await,
+        Command::Run(args) => run(&manager, *args, out).await,
         Command::Exec(args) => return crate::exec::exec(&manager, args, out).await,
         Command::Cp(args) => crate::exec::cp(&manager, args, out).await,
         Command::Ls => ls(provider, out).await,
@@ -142,6 +142,7 @@ async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
     config.vmm_log = Some(LogLevel::Info);
     config.timeouts.lock = LOCK_TIMEOUT;
     config.network = network_config(global)?;
+    config.jail = Some(jail_config(global)?);
     // Restored VMs must outlive this short-lived command: their page
     // servers run in helper processes (this same binary).
     config.page_server_program = std::env::current_exe()
@@ -160,6 +161,47 @@ async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
         }
     }
     Ok(Manager::open(config).await?)
+}
+
+/// The jail `run` asks for: with --jail or any limit.
+fn jail_spec(args: &RunArgs) -> Option<firehost::jail::JailSpec> {
+    let spec = firehost::jail::JailSpec {
+        uid: args.uid,
+        gid: args.gid,
+        cpus: args.cpus.clone(),
+        cpu_quota_percent: args.cpu_quota,
+        cpu_weight: args.cpu_weight,
+        memory_max_mib: args.memory_max,
+        pids_max: args.pids_max,
+        fsize_max_bytes: None,
+    };
+    (args.jail || spec != firehost::jail::JailSpec::default()).then_some(spec)
+}
+
+/// Stage two for the jail settings.
+fn jail_config(global: &GlobalArgs) -> Result<firehost::jail::JailConfig, CliError> {
+    let mut config = firehost::jail::JailConfig {
+        jailer: global.jailer.clone(),
+        chroot_base: global.chroot_base.clone(),
+        always: global.jail_all,
+        ..Default::default()
+    };
+    if let Some(range) = &global.jail_uids {
+        let parsed = range
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+            .filter(|(a, b)| 0 < *a && a < b);
+        let (start, end) = parsed.ok_or_else(|| CliError::Unsupported {
+            what: format!("--jail-uids {range:?} is not START-END with 0 < START < END"),
+        })?;
+        config.uid_range = start..end;
+    }
+    if let Some(version) = &global.cgroup_version {
+        config.cgroup_version = Some(version.parse().map_err(|what| CliError::Unsupported {
+            what: format!("--cgroup-version: {what}"),
+        })?);
+    }
+    Ok(config)
 }
 
 /// Stage two for the network settings: the library's defaults, with what
@@ -281,6 +323,7 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
         None => generated_name(),
     };
     let net = net_spec(&args)?;
+    let jail = jail_spec(&args);
     let spec = VmSpec {
         kernel: Some(args.kernel),
         initrd: args.initrd,
@@ -300,6 +343,7 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
                 })
             })
             .transpose()?,
+        jail,
         vsock: (args.vsock || args.guest_cid.is_some() || args.wait_ready.is_some()).then(|| {
             VsockSpec {
                 guest_cid: args.guest_cid.unwrap_or(firehost::vsock::DEFAULT_GUEST_CID),

@@ -209,6 +209,7 @@ impl CliError {
                 | VmError::NoParentSnapshot { .. } => Exit::Conflict,
                 VmError::SnapshotBundle { source, .. } => store_exit(source),
                 VmError::Network { source, .. } => net_exit(source),
+                VmError::Jail { source, .. } => jail_exit(source),
                 VmError::InvalidSpec { .. }
                 | VmError::SocketPathTooLong { .. }
                 | VmError::NoVsock { .. } => Exit::Usage,
@@ -271,6 +272,27 @@ pub fn image_exit(e: &ImageError) -> Exit {
         | ImageError::BadInput { .. }
         | ImageError::NotStatic { .. }
         | ImageError::AgentTarget { .. } => Exit::Usage,
+    }
+}
+
+/// The exit code of a jail error: a uid or jail that is taken is a
+/// conflict, 4; a setting or binary the host lacks is a usage error, 2;
+/// anything else 1.
+pub fn jail_exit(e: &firehost::jail::JailError) -> Exit {
+    use firehost::jail::JailError;
+    match e {
+        JailError::UidsExhausted { .. }
+        | JailError::UidTaken { .. }
+        | JailError::JailExists { .. } => Exit::Conflict,
+        JailError::NotConfigured
+        | JailError::JailerNotFound { .. }
+        | JailError::ChrootBase { .. }
+        | JailError::InvalidSpec { .. }
+        | JailError::InvalidId { .. }
+        | JailError::ParentCgroup { .. }
+        | JailError::ControllerMissing { .. }
+        | JailError::SnapshotLayout { .. } => Exit::Usage,
+        _ => Exit::Failed,
     }
 }
 

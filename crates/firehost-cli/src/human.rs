@@ -30,6 +30,15 @@ pub fn vm_record(vm: &VmJson) -> String {
         ),
         ("boot args", vm.boot_args.clone()),
     ];
+    if let Some(jail) = &vm.jail {
+        rows.push((
+            "jail",
+            format!("{} (uid {}, gid {})", jail.chroot, jail.uid, jail.gid),
+        ));
+        if !jail.cgroups.is_empty() {
+            rows.push(("cgroups", jail.cgroups.join(", ")));
+        }
+    }
     if let Some(vsock) = &vm.vsock {
         rows.push((
             "vsock",
@@ -621,6 +630,7 @@ mod tests {
             exit: None,
             console_tail: None,
             vsock: None,
+            jail: None,
             net: Some(crate::json::NetJson {
                 ip: "172.30.0.2".into(),
                 prefix_len: 16,
@@ -700,6 +710,7 @@ mod tests {
             console_tail: None,
             net: None,
             vsock: None,
+            jail: None,
         };
         let table = vm_table(&ListJson {
             vms: vec![vm("a", Some(12345)), vm("longer-name", None)],

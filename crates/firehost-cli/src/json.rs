@@ -46,6 +46,7 @@
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |
 //! | `console_tail` | array of strings or null | for `failed` VMs: the last console lines when the VMM died |
 //! | `net` | object or null | the VM's place on the default network ([`NetJson`], below); null for a VM without a network |
+//! | `jail` | object or null | the VM's jail, `{"chroot": string, "uid": integer, "gid": integer, "cgroups": [string]}` ([`JailJson`]); null for an unjailed VM |
 //! | `vsock` | object or null | the VM's vsock device, `{"uds_path": string, "guest_cid": integer}` ([`VsockJson`]); null without one (the agent's token is never printed) |
 //!
 //! `net` is `{"ip": string, "prefix_len": integer, "gateway": string,
@@ -223,6 +224,21 @@ pub struct VmJson {
     pub net: Option<NetJson>,
     /// The VM's vsock device, if it has one.
     pub vsock: Option<VsockJson>,
+    /// The VM's jail, if it runs in one.
+    pub jail: Option<JailJson>,
+}
+
+/// A VM's jail: where its chroot is, whom it runs as, its cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JailJson {
+    /// The chroot directory (`<base>/<exec name>/<id>/root`).
+    pub chroot: String,
+    /// The uid Firecracker runs as.
+    pub uid: u32,
+    /// The gid Firecracker runs as.
+    pub gid: u32,
+    /// The cgroup directories holding its limits (empty without limits).
+    pub cgroups: Vec<String>,
 }
 
 /// A VM's vsock device: `{"uds_path": string, "guest_cid": integer}`.
@@ -328,10 +344,13 @@ impl From<&VmInfo> for VmJson {
             api_socket: path(&vm.api_socket),
             dir: path(&vm.dir),
             console_file: vm.console_file.as_deref().map(path),
-            log_file: Some(vm.dir.join(VMM_LOG_FILE))
-                .filter(|p| p.is_file())
-                .as_deref()
-                .map(path),
+            log_file: Some(match &vm.jail {
+                Some(jail) => jail.chroot.join(VMM_LOG_FILE),
+                None => vm.dir.join(VMM_LOG_FILE),
+            })
+            .filter(|p| p.is_file())
+            .as_deref()
+            .map(path),
             vcpus: vm.spec.vcpus,
             mem_mib: vm.spec.mem_mib,
             smt: vm.spec.smt,
@@ -347,6 +366,12 @@ impl From<&VmInfo> for VmJson {
             vsock: vm.vsock.as_ref().map(|v| VsockJson {
                 uds_path: path(&v.uds_path),
                 guest_cid: v.guest_cid,
+            }),
+            jail: vm.jail.as_ref().map(|j| JailJson {
+                chroot: path(&j.chroot),
+                uid: j.uid,
+                gid: j.gid,
+                cgroups: j.cgroups.iter().map(|c| path(c)).collect(),
             }),
         }
     }

@@ -1599,3 +1599,61 @@ fn run_mmds_needs_a_network_and_a_json_object() {
         "nothing was created"
     );
 }
+
+// --- jail ------------------------------------------------------------------------
+//
+// What needs no jailer: the refusals, which come before anything is
+// made. A jailed run with the real jailer is tested in the library's
+// tests/jail.rs.
+
+#[test]
+fn a_jailed_run_without_a_jailer_exits_2_and_leaves_nothing() {
+    let env = TestEnv::new();
+    let base = env.path("jails");
+    std::fs::create_dir(&base).unwrap();
+    let mut args = env.run_args();
+    args.extend(
+        [
+            "--name",
+            "jailed",
+            "--jail",
+            "--jailer",
+            "/nonexistent/jailer",
+            "--chroot-base",
+        ]
+        .map(String::from),
+    );
+    args.push(base.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let line = assert_error(&env.run(&args), 2);
+    assert!(line.contains("jailer"), "{line}");
+    assert!(env.vm_dirs().is_empty());
+    assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
+}
+
+#[test]
+fn jail_limits_and_settings_are_checked_before_anything_is_made() {
+    let env = TestEnv::new();
+    for (flags, wanted) in [
+        (&["--cpu-weight", "0"][..], "cpu_weight"),
+        (&["--cpus", "two"][..], "cpus"),
+        (&["--uid", "0"][..], "root"),
+        (&["--jail", "--jail-uids", "9-3"][..], "--jail-uids"),
+        (&["--jail", "--cgroup-version", "3"][..], "cgroup version"),
+    ] {
+        let mut args = env.run_args();
+        args.extend(["--name".to_owned(), "limited".to_owned()]);
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = assert_error(&env.run(&args), 2);
+        assert!(line.contains(wanted), "{flags:?}: {line}");
+        assert!(env.vm_dirs().is_empty(), "{flags:?}");
+    }
+}
+
+#[test]
+fn an_unjailed_vm_has_jail_null_in_its_json() {
+    let env = TestEnv::new();
+    let (_vm, vm) = env.start_vm("free", &[]);
+    assert!(vm["jail"].is_null(), "{vm}");
+}

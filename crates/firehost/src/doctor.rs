@@ -335,6 +335,19 @@ pub fn check_jailer(jailer: Option<&Path>, firecracker: &Path) -> Check {
             ),
         );
     };
+    // The jailer copies Firecracker into a chroot without its libraries.
+    if let Some(fc) = find_binary(firecracker)
+        && is_dynamic_elf(&fc) == Some(true)
+    {
+        return Check::warn(
+            NAME,
+            format!(
+                "{} is dynamically linked: it cannot run in the jailer's chroot",
+                fc.display()
+            ),
+            "use a statically linked Firecracker (the release binaries are) for jailed VMs",
+        );
+    }
     match binary_version(&path, "Jailer") {
         Ok(version) => versioned(NAME, &path, version),
         Err(why) => Check::warn(
@@ -343,6 +356,31 @@ pub fn check_jailer(jailer: Option<&Path>, firecracker: &Path) -> Check {
             "check that the file is the jailer of the Firecracker release you use",
         ),
     }
+}
+
+/// Whether `path` is a 64-bit little-endian ELF with an interpreter
+/// (`PT_INTERP`), i.e. dynamically linked; `None` if it is not such an ELF.
+pub fn is_dynamic_elf(path: &Path) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut header = [0u8; 64];
+    file.read_exact(&mut header).ok()?;
+    // ELF magic, 64-bit, little-endian.
+    if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return None;
+    }
+    let phoff = u64::from_le_bytes(header[0x20..0x28].try_into().ok()?);
+    let phentsize = u64::from(u16::from_le_bytes(header[0x36..0x38].try_into().ok()?));
+    let phnum = u16::from_le_bytes(header[0x38..0x3a].try_into().ok()?);
+    for i in 0..u64::from(phnum) {
+        let mut p_type = [0u8; 4];
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(phoff + i * phentsize)).ok()?;
+        file.read_exact(&mut p_type).ok()?;
+        if u32::from_le_bytes(p_type) == PT_INTERP {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 fn versioned(name: &'static str, path: &Path, version: Version) -> Check {
@@ -688,6 +726,34 @@ mod tests {
 
     /// (major, minor, patch) as the tests expect it.
     type Triple = Option<(u32, u32, u32)>;
+
+    #[test]
+    fn dynamic_and_static_elves_are_told_apart() {
+        // This test binary is dynamically linked; the halt kernel is a
+        // static ELF with no interpreter; a text file is no ELF at all.
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(is_dynamic_elf(&me), Some(true));
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k");
+        std::fs::write(&kernel, fake_elf()).unwrap();
+        assert_eq!(is_dynamic_elf(&kernel), Some(false));
+        let text = dir.path().join("t");
+        std::fs::write(&text, b"#!/bin/sh\n").unwrap();
+        assert_eq!(is_dynamic_elf(&text), None);
+    }
+
+    /// A minimal ELF64 header with one `PT_LOAD` program header.
+    fn fake_elf() -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
+        elf
+    }
 
     #[test]
     fn version_lines_are_found_among_other_output() {

@@ -317,6 +317,7 @@ impl VmProvider for InMemoryProvider {
         };
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
+            jail: None,
             vsock: spec.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,
@@ -416,6 +417,7 @@ impl VmProvider for InMemoryProvider {
                     uds_path: v.uds_path.clone(),
                     agent_token: None,
                 }),
+                source_chroot: None,
                 vmstate_bytes: 0,
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
                 files: Vec::new(),
@@ -473,6 +475,7 @@ impl VmProvider for InMemoryProvider {
             .insert(id.clone(), snapshot.clone());
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
+            jail: None,
             vsock: taken.manifest.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,

@@ -79,6 +79,31 @@ pub struct VmRecord {
     /// The VM's vsock device and its agent's token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VmVsock>,
+    /// The VM's jail, if it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::jail::VmJail>,
+}
+
+impl VmRecord {
+    /// The path Firecracker sees for `host`: the same path, or for a
+    /// jailed VM its place inside the chroot (`host` must be inside it).
+    pub fn vmm_path(&self, host: &Path) -> PathBuf {
+        match &self.jail {
+            Some(jail) => jail
+                .root()
+                .jail_path(host)
+                .unwrap_or_else(|| host.to_owned()),
+            None => host.to_owned(),
+        }
+    }
+
+    /// The host path of `inside`, a path as Firecracker sees it.
+    pub fn host_path(&self, inside: &Path) -> PathBuf {
+        match &self.jail {
+            Some(jail) => jail.root().host_path(inside),
+            None => inside.to_owned(),
+        }
+    }
 }
 
 /// A page-server helper process, as recorded: with the start time, the pid
@@ -242,6 +267,7 @@ mod tests {
                 extra_nics: vec![],
                 vsock: None,
                 mmds: None,
+                jail: None,
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),
@@ -255,6 +281,7 @@ mod tests {
             last_snapshot: None,
             page_server_attached: false,
             page_server_helper: None,
+            jail: None,
             vsock: Some(VmVsock {
                 uds_path: "/x/vsock.sock".into(),
                 guest_cid: 3,

@@ -84,6 +84,12 @@ pub struct VmSpec {
     /// Metadata for the guest at `169.254.169.254` (needs `net`; see
     /// [`crate::mmds`]).
     pub mmds: Option<MmdsSpec>,
+    /// Run the VMM through Firecracker's jailer, with these limits (see
+    /// [`crate::jail`]; the manager needs a [`JailConfig`]). A manager
+    /// whose configuration jails every VM uses the default when `None`.
+    ///
+    /// [`JailConfig`]: crate::jail::JailConfig
+    pub jail: Option<crate::jail::JailSpec>,
 }
 
 /// A NIC on a TAP that the operator manages: firehost hands it to
@@ -208,6 +214,10 @@ pub struct ResolvedSpec {
     /// The metadata service asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mmds: Option<MmdsSpec>,
+    /// The jail asked for (the manager's configuration may jail a VM
+    /// whose spec did not ask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::jail::JailSpec>,
 }
 
 /// Which file of a spec a [`SpecError`] is about.
@@ -237,6 +247,9 @@ impl std::fmt::Display for FileRole {
 /// Why a spec was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// The jail's limits are out of range.
+    #[error("invalid jail")]
+    Jail(#[source] crate::jail::JailError),
     /// Neither the spec nor the host defaults name a kernel.
     #[error("no kernel: set one in the VM spec or in the host defaults")]
     MissingKernel,
@@ -402,6 +415,9 @@ impl VmSpec {
             });
         }
 
+        if let Some(jail) = &self.jail {
+            jail.validate().map_err(SpecError::Jail)?;
+        }
         let kernel = self
             .kernel
             .as_ref()
@@ -448,6 +464,7 @@ impl VmSpec {
             extra_nics: self.extra_nics.clone(),
             vsock: self.vsock.clone(),
             mmds: self.mmds.clone(),
+            jail: self.jail.clone(),
         })
     }
 }

@@ -30,6 +30,20 @@ pub(crate) enum UndoStep {
         /// The VM.
         vm: VmId,
     },
+    /// Remove a jail: its cgroups and its directory under the chroot base.
+    RemoveJail {
+        /// The chroot base.
+        base: PathBuf,
+        /// The jail.
+        jail: crate::jail::VmJail,
+    },
+    /// Free a jailed VM's uid.
+    ReleaseUid {
+        /// The allocator.
+        uids: std::sync::Arc<std::sync::Mutex<crate::jail::uid::UidAllocator>>,
+        /// The VM.
+        vm: VmId,
+    },
     /// Drop a VM's lease on a snapshot bundle.
     ReleaseLease {
         /// The store holding the bundle.
@@ -76,6 +90,19 @@ impl UndoStack {
                     if let Ok(Err(e)) = result {
                         tracing::warn!(error = %e, "undo: cannot release a snapshot lease");
                     }
+                }
+                UndoStep::RemoveJail { base, jail } => {
+                    let shown = jail.jail_dir().to_owned();
+                    let result = tokio::task::spawn_blocking(move || {
+                        crate::jail::stage::remove_jail(&base, &jail)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = result {
+                        tracing::warn!(jail = ?shown, error = %e, "undo: cannot remove the jail");
+                    }
+                }
+                UndoStep::ReleaseUid { uids, vm } => {
+                    uids.lock().expect("uid lock").release(&vm);
                 }
                 UndoStep::DetachNetwork { net, vm } => {
                     if let Err(e) = net.detach(&vm).await {

@@ -607,6 +607,9 @@ fn extra_nics_on_operator_taps_reach_firecracker_and_are_left_alone() {
             .unwrap()
             .network_interfaces
             .unwrap_or_default();
+        // Firecracker lists them in no particular order.
+        let mut ifaces = ifaces;
+        ifaces.sort_by(|a, b| a.iface_id.cmp(&b.iface_id));
         let ids: Vec<&str> = ifaces.iter().map(|i| i.iface_id.as_str()).collect();
         assert_eq!(ids, vec!["eth0", "eth1"]);
         assert_eq!(ifaces[1].host_dev_name, "optap1");
@@ -706,5 +709,53 @@ fn metadata_carries_the_vms_identity_and_is_refreshed_on_restore() {
         manager.stop(&clone, StopOptions::default()).await.unwrap();
         manager.destroy(&clone).await.unwrap();
         assert_eq!(residue(&nl).await, nothing());
+    });
+}
+
+#[test]
+fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
+    const T: &str = "a_jailed_vm_gets_a_tap_its_own_uid_owns";
+    let jailer = std::env::var_os("FIREHOST_JAILER").map(std::path::PathBuf::from);
+    let Some(jailer) = jailer.filter(|_| !common::backend().is_fake()) else {
+        common::skip(T, "needs FIREHOST_FIRECRACKER (static) and FIREHOST_JAILER");
+        return;
+    };
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let base = h.host.dir.path().join("jails");
+        std::fs::create_dir(&base).unwrap();
+        let mut config = h.config();
+        config.jail = Some(firehost::jail::JailConfig {
+            jailer,
+            chroot_base: base.clone(),
+            uid_range: 930_000..930_010,
+            ..firehost::jail::JailConfig::default()
+        });
+        let manager = Manager::open(config).await.unwrap();
+        let vm = id("jailed-net");
+        let mut spec = net_spec();
+        spec.jail = Some(firehost::jail::JailSpec::default());
+        let info = manager.run(&vm, spec).await.unwrap();
+        let jail = info.jail.clone().expect("jailed");
+        let net = net_of(&info);
+        // The jailed Firecracker (its uid, not root) could open the TAP:
+        // the VMM has it, and the TAP belongs to that uid.
+        let link = nl.link(&net.tap).await.unwrap().expect("the TAP exists");
+        let tun = TunInfo::from_message(&link).unwrap();
+        assert_eq!(tun.owner, Some(jail.uid));
+        let api = manager.api(&vm).await.unwrap().unwrap();
+        let config = api.get_export_vm_config().await.unwrap();
+        let ifaces = config.network_interfaces.unwrap_or_default();
+        assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+        let left: Vec<_> = std::fs::read_dir(base.join("firecracker"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
     });
 }

@@ -72,6 +72,7 @@ fn spec() -> ResolvedSpec {
         extra_nics: vec![],
         vsock: None,
         mmds: None,
+        jail: None,
     }
 }
 
@@ -113,6 +114,7 @@ fn make(
             spec: spec(),
             network: vec![],
             vsock: None,
+            source_chroot: None,
             created_at_ms,
         },
     )

@@ -92,6 +92,10 @@ impl TestEnv {
             "FIREHOST_UPLINK",
             "FIREHOST_DNS",
             "FIREHOST_HOST_SERVICES",
+            "FIREHOST_CHROOT_BASE",
+            "FIREHOST_JAIL_ALL",
+            "FIREHOST_JAIL_UIDS",
+            "FIREHOST_CGROUP_VERSION",
         ] {
             cmd.env_remove(var);
         }
@@ -278,8 +282,20 @@ pub fn assert_vm_shape(vm: &Value) {
             ("console_tail", &[Arr, Null]),
             ("net", &[Obj, Null]),
             ("vsock", &[Obj, Null]),
+            ("jail", &[Obj, Null]),
         ],
     );
+    if vm["jail"].is_object() {
+        assert_shape(
+            &vm["jail"],
+            &[
+                ("chroot", &[Str]),
+                ("uid", &[Int]),
+                ("gid", &[Int]),
+                ("cgroups", &[Arr]),
+            ],
+        );
+    }
     if vm["exit"].is_object() {
         assert_shape(
             &vm["exit"],

@@ -286,6 +286,20 @@ const V1_CONTROLLERS: &[&str] = &[
     "rdma",
 ];
 
+impl CgroupMounts {
+    /// The cgroups named `parent/jail_id` that exist in any hierarchy: for
+    /// reaping a jail whose record was never written.
+    pub fn existing_dirs(&self, parent: &Path, jail_id: &str) -> Vec<PathBuf> {
+        self.v1
+            .iter()
+            .map(|(mount, _)| mount.clone())
+            .chain(self.v2.clone())
+            .map(|root| root.join(parent).join(jail_id))
+            .filter(|dir| dir.is_dir())
+            .collect()
+    }
+}
+
 /// Reads the cgroup mounts out of a `/proc/<pid>/mountinfo` text.
 pub fn parse_mountinfo(text: &str) -> CgroupMounts {
     let mut mounts = CgroupMounts::default();

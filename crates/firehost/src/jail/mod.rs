@@ -44,7 +44,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::{CgroupLimits, CgroupVersion};
+pub use cgroup::{CgroupLimits, CgroupMounts, CgroupVersion};
 pub use command::JailerCommand;
 
 /// Where jails go when the configuration does not say.
@@ -268,6 +268,9 @@ impl Chroot {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JailError {
+    /// A VM asked for a jail, and the manager has no jail configuration.
+    #[error("the manager has no jail configuration (ManagerConfig::jail)")]
+    NotConfigured,
     /// The `jailer` binary is not there.
     #[error("jailer binary {} not found (set FIREHOST_JAILER or --jailer)", path.display())]
     JailerNotFound {
@@ -313,6 +316,18 @@ pub enum JailError {
     JailExists {
         /// The jail directory.
         path: PathBuf,
+    },
+    /// A snapshot taken jailed restores only into a jail, and one taken
+    /// unjailed only outside one: the drive paths in its vmstate are the
+    /// ones Firecracker saw.
+    #[error("snapshot {name} was taken {taken}, so it cannot be restored {restored}")]
+    SnapshotLayout {
+        /// The snapshot.
+        name: String,
+        /// "in a jail" or "outside a jail".
+        taken: &'static str,
+        /// The other.
+        restored: &'static str,
     },
     /// Every uid of the range is in use by a live VM.
     #[error("no free uid in {start}..{end}: {start}..{end} are all in use by live VMs")]

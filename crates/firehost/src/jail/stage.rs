@@ -155,6 +155,32 @@ fn copy_extents(source: &File, target: &File, len: u64) -> std::io::Result<()> {
     target.set_len(len)
 }
 
+/// Moves a file a jailed VM wrote out of its chroot to `dst` (a rename on
+/// one filesystem, else an extent copy), owned by us, mode 0600.
+pub fn move_out(src: &Path, dst: &Path) -> Result<(), JailError> {
+    let me = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    match std::fs::rename(src, dst) {
+        Ok(()) => {
+            rustix::fs::chown(
+                dst,
+                Some(rustix::fs::Uid::from_raw(me.0)),
+                Some(rustix::fs::Gid::from_raw(me.1)),
+            )
+            .map_err(|e| stage_err("chown", dst)(e.into()))?;
+            std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o600))
+                .map_err(stage_err("chmod", dst))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_private(src, dst, me.0, me.1)?;
+            std::fs::remove_file(src).map_err(stage_err("remove", src))
+        }
+        Err(e) => Err(stage_err("move", src)(e)),
+    }
+}
+
 /// Creates an empty file owned by `uid:gid`, mode 0600 (Firecracker's log
 /// and metrics files: it opens them without creating them).
 pub fn create_owned_file(path: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
@@ -215,6 +241,13 @@ pub fn remove_jail_dir(base: &Path, jail_dir: &Path) -> Result<(), JailError> {
             source,
         }),
     }
+}
+
+/// Removes everything a jail made: its cgroups, then its directory.
+pub fn remove_jail(base: &Path, jail: &super::VmJail) -> Result<(), JailError> {
+    let cgroups = super::cgroup::remove_dirs(&jail.cgroups);
+    remove_jail_dir(base, jail.jail_dir())?;
+    cgroups
 }
 
 /// The jail directories under `base/<exec name>`: for a manager to reap

@@ -80,6 +80,14 @@ impl UidAllocator {
         }
     }
 
+    /// The uid `vm` holds, if any.
+    pub fn held_by(&self, vm: &VmId) -> Option<u32> {
+        self.holders
+            .iter()
+            .find(|(_, holders)| holders.contains(vm))
+            .map(|(uid, _)| *uid)
+    }
+
     /// Frees whatever `vm` holds.
     pub fn release(&mut self, vm: &VmId) {
         self.holders.retain(|_, holders| {

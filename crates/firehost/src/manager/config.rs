@@ -109,6 +109,12 @@ pub struct ManagerConfig {
     /// of in this process, so restored VMs outlive this process. `None`
     /// (the default): in this process.
     pub page_server_program: Option<crate::snapshot::uffd::PageServerProgram>,
+    /// Jail VMs with Firecracker's jailer (see [`crate::jail`]): those
+    /// whose spec asks, or all with [`JailConfig::always`]. `None`: a spec
+    /// asking for a jail is refused.
+    ///
+    /// [`JailConfig::always`]: crate::jail::JailConfig::always
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 impl ManagerConfig {
@@ -130,6 +136,7 @@ impl ManagerConfig {
             timeouts: Timeouts::default(),
             network: NetworkConfig::default(),
             page_server_program: None,
+            jail: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Create as a transaction: every side effect goes on an undo stack as it
 //! happens, and any failure unwinds the stack before the error is returned.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::launch::{Launched, Reservation};
@@ -49,9 +50,10 @@ async fn build(
         })?;
     let net = match &spec.net {
         Some(net_spec) => {
+            let owner = super::jailed::tap_owner(shared, id, &spec, undo)?;
             let net = shared
                 .net
-                .attach(id, net_spec)
+                .attach_owned(id, net_spec, owner)
                 .await
                 .map_err(|source| VmError::Network {
                     id: id.clone(),
@@ -65,7 +67,7 @@ async fn build(
         }
         None => None,
     };
-    let mut launched = Launched::spawn(shared, id, spec, net, undo).await?;
+    let mut launched = Launched::spawn(shared, id, spec, net, None, undo).await?;
     let outcome = async {
         launched.vm.record.vsock = match &launched.vm.record.spec.vsock {
             Some(vsock) => Some(vsock_of(&launched.vm, vsock.guest_cid)?),
@@ -103,7 +105,13 @@ async fn configure(
     api: &ApiClient,
     record: &crate::record::VmRecord,
 ) -> Result<(), (&'static str, crate::api::ApiError)> {
-    let (spec, net, vsock) = (&record.spec, record.net.as_ref(), record.vsock.as_ref());
+    // What Firecracker sees: inside a jail, files are at their places in
+    // the chroot.
+    let spec = &match record.jail {
+        Some(_) => super::jailed::vmm_spec(&record.spec),
+        None => record.spec.clone(),
+    };
+    let (net, vsock) = (record.net.as_ref(), record.vsock.as_ref());
     api.put_machine_configuration(&machine_config(spec))
         .await
         .map_err(|e| ("configure the machine", e))?;
@@ -130,9 +138,12 @@ async fn configure(
             .map_err(|e| ("attach an extra network interface", e))?;
     }
     if let Some(vsock) = vsock {
-        api.put_guest_vsock(&Vsock::new(vsock.guest_cid, &vsock.uds_path))
-            .await
-            .map_err(|e| ("attach the vsock device", e))?;
+        api.put_guest_vsock(&Vsock::new(
+            vsock.guest_cid,
+            record.vmm_path(&vsock.uds_path),
+        ))
+        .await
+        .map_err(|e| ("attach the vsock device", e))?;
     }
     if let (Some(mmds), Some(net)) = (&spec.mmds, net) {
         let config = MmdsConfig {
@@ -154,7 +165,12 @@ async fn configure(
 /// agent token.
 fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
     let id = &vm.record.id;
-    let uds_path = vm.dir.join(crate::vsock::SOCKET_FILE);
+    let uds_path = match &vm.record.jail {
+        Some(_) => vm
+            .record
+            .host_path(Path::new(super::jailed::layout::VSOCK_SOCKET)),
+        None => vm.dir.join(crate::vsock::SOCKET_FILE),
+    };
     // Guest-initiated connections land on `<uds>_<port>`: leave room for
     // the longest port.
     let len = uds_path.as_os_str().len() + "_4294967295".len();

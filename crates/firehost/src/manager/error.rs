@@ -198,6 +198,16 @@ pub enum VmError {
         #[source]
         source: Box<crate::net::host::NetError>,
     },
+    /// The VM's jail cannot be made (or a jail was asked of a manager
+    /// without a jail configuration); nothing was left behind.
+    #[error("VM {id}: jail")]
+    Jail {
+        /// The id.
+        id: VmId,
+        /// Why.
+        #[source]
+        source: Box<crate::jail::JailError>,
+    },
     /// The VM has no vsock device, so no agent can be reached.
     #[error("VM {id} has no vsock device (the agent needs one: set VmSpec::vsock)")]
     NoVsock {

@@ -6,7 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Shared, Slot, Vm, VmError, VmInfo, now_ms, watch_for_crash};
+use super::{Shared, Slot, Vm, VmError, VmInfo, jailed, now_ms, watch_for_crash};
 use crate::VmId;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
@@ -89,21 +89,25 @@ impl Launched {
     /// Makes the VM's directory and spawns its VMM, pushing both on `undo`,
     /// and starts writing the first record (which holds `net`, already
     /// attached by the caller).
+    ///
+    /// `drives_from` is the chroot of a jailed snapshot's source VM: a
+    /// restored VM's writable drives are copied from the copies in there
+    /// while they exist.
     pub(super) async fn spawn(
         shared: &Shared,
         id: &VmId,
         spec: ResolvedSpec,
         net: Option<VmNet>,
+        drives_from: Option<&Path>,
         undo: &mut UndoStack,
     ) -> Result<Launched, VmError> {
         let config = &shared.config;
         let dir = shared.vm_dir(id);
-        let api_socket = dir.join(API_SOCKET);
-        let socket_len = api_socket.as_os_str().len();
+        let socket_len = dir.join(API_SOCKET).as_os_str().len();
         if socket_len > MAX_SOCKET_PATH_BYTES {
             return Err(VmError::SocketPathTooLong {
                 id: id.clone(),
-                path: api_socket,
+                path: dir.join(API_SOCKET),
                 len: socket_len,
             });
         }
@@ -131,6 +135,24 @@ impl Launched {
             .map_err(io("create directory", &dir))?;
         undo.push(UndoStep::RemoveDir(dir.clone()));
 
+        let jail = super::jailed::prepare(shared, id, &spec, drives_from, undo).await?;
+        // The socket on the host; Firecracker may see it elsewhere.
+        let api_socket = match &jail {
+            Some(prepared) => prepared
+                .jail
+                .root()
+                .host_path(Path::new(jailed::layout::API_SOCKET)),
+            None => dir.join(API_SOCKET),
+        };
+        let socket_len = api_socket.as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH_BYTES {
+            return Err(VmError::SocketPathTooLong {
+                id: id.clone(),
+                path: api_socket,
+                len: socket_len,
+            });
+        }
+
         let mut command = VmmCommand::new(&shared.firecracker, &api_socket, id.clone());
         command.seccomp = config.seccomp.clone();
         command.boot_timer = config.boot_timer;
@@ -157,6 +179,20 @@ impl Launched {
             create_private_file(&path).map_err(io("create", &path))?;
             command.metrics_path = Some(path);
         }
+        if let Some(prepared) = &jail {
+            // Inside the chroot, where staging put (and owns) them.
+            use jailed::layout;
+            command.api_socket = layout::API_SOCKET.into();
+            command.log_path = command.log_path.as_ref().map(|_| layout::LOG.into());
+            command.metrics_path = command
+                .metrics_path
+                .as_ref()
+                .map(|_| layout::METRICS.into());
+            if let SeccompPolicy::Filter(_) = command.seccomp {
+                command.seccomp = SeccompPolicy::Filter(layout::SECCOMP.into());
+            }
+            command.jailer = Some(prepared.jailer.clone());
+        }
 
         let ring = ConsoleRing::new(config.console_lines);
         let process = command.spawn(&ring).map_err(|source| VmError::Spawn {
@@ -164,6 +200,15 @@ impl Launched {
             source,
         })?;
         undo.push(UndoStep::KillProcess(process.clone()));
+        let process = match &jail {
+            Some(prepared) if prepared.jailer.new_pid_ns => {
+                let firecracker =
+                    jailed::follow_into_pid_ns(shared, id, &prepared.jail, &process).await?;
+                undo.push(UndoStep::KillProcess(firecracker.clone()));
+                firecracker
+            }
+            _ => process,
+        };
 
         let vm = Vm {
             record: VmRecord {
@@ -183,6 +228,7 @@ impl Launched {
                 page_server_helper: None,
                 net,
                 vsock: None,
+                jail: jail.map(|prepared| prepared.jail),
             },
             dir,
             process: Some(process.clone()),

@@ -34,17 +34,20 @@ pub(super) enum MemoryServer {
 }
 
 impl MemoryServer {
-    /// Starts a page server for `vmm`, restored from `bundle`, with its
-    /// socket in `dir`.
+    /// Starts a page server for `vmm`, restored from `bundle`, listening
+    /// on `socket` (owned by `owner`, a jailed VMM's uid and gid), with a
+    /// helper's log in `dir`.
+    #[allow(clippy::too_many_arguments)] // one call site, each argument distinct
     pub(super) async fn start(
         program: Option<&PageServerProgram>,
         dir: &Path,
+        socket: PathBuf,
         bundle: &Path,
         mode: RestoreMemory,
         vmm: &VmmProcess,
         timeout: Duration,
+        owner: Option<(u32, u32)>,
     ) -> Result<MemoryServer, PageServerError> {
-        let socket = dir.join(PAGE_SERVER_SOCKET);
         let mode = match mode {
             RestoreMemory::Populate => HelperMode::Populate,
             RestoreMemory::Prefetch => HelperMode::Prefetch,
@@ -59,13 +62,15 @@ impl MemoryServer {
                 vmm_pid: vmm.pid(),
                 vmm_start_time: vmm.start_time(),
                 handshake_timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                socket_owner: owner,
             };
             let helper = Helper::start(program, &request, &dir.join(HELPER_LOG), timeout).await?;
             return Ok(MemoryServer::Helper(helper));
         }
         let bundle = bundle.to_owned();
         let server = tokio::task::spawn_blocking(move || {
-            let options = mode.options(&bundle, RECORD_LIMIT_PAGES);
+            let mut options = mode.options(&bundle, RECORD_LIMIT_PAGES);
+            options.socket_owner = owner;
             PageServer::bind(&socket, &bundle.join(MEMORY_FILE), options)
         })
         .await
@@ -76,17 +81,25 @@ impl MemoryServer {
         }))
     }
 
-    /// Finds the helper an earlier manager recorded for a VM whose
-    /// directory is `dir`; `None` if it is gone.
-    pub(super) fn adopt(helper: &HelperProcess, dir: &Path) -> Option<MemoryServer> {
-        Helper::adopt(helper.pid, helper.start_time, dir.join(PAGE_SERVER_SOCKET))
-            .map(MemoryServer::Helper)
+    /// Finds the helper an earlier manager recorded, listening on
+    /// `socket`; `None` if it is gone.
+    pub(super) fn adopt(helper: &HelperProcess, socket: PathBuf) -> Option<MemoryServer> {
+        Helper::adopt(helper.pid, helper.start_time, socket).map(MemoryServer::Helper)
     }
 
-    /// Whether a recorded helper detached before it exited (so its VM is
-    /// whole without it).
-    pub(super) fn detached_before(dir: &Path) -> bool {
-        crate::snapshot::uffd::helper_detached_marker(&dir.join(PAGE_SERVER_SOCKET)).exists()
+    /// Whether the helper of `socket` detached before it exited (so its VM
+    /// is whole without it).
+    pub(super) fn detached_before(socket: &Path) -> bool {
+        crate::snapshot::uffd::helper_detached_marker(socket).exists()
+    }
+
+    /// Where the page server of the VM recorded in `record` listens, on
+    /// the host: in its directory, or inside its jail.
+    pub(super) fn socket_of(record: &crate::record::VmRecord, dir: &Path) -> PathBuf {
+        match &record.jail {
+            Some(_) => record.host_path(Path::new(super::jailed::layout::PAGE_SERVER_SOCKET)),
+            None => dir.join(PAGE_SERVER_SOCKET),
+        }
     }
 
     /// The socket to hand Firecracker.

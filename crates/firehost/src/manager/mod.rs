@@ -28,6 +28,7 @@
 mod config;
 mod create;
 mod error;
+mod jailed;
 mod launch;
 mod lock;
 mod memory_server;
@@ -88,6 +89,9 @@ pub struct VmInfo {
     /// part of the info).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockInfo>,
+    /// The VM's jail: chroot, uid and gid, cgroups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::jail::VmJail>,
 }
 
 /// A VM's vsock device, as callers see it.
@@ -141,6 +145,8 @@ struct Shared {
     /// The registry. A std mutex: it is held only to look up, insert or
     /// remove a slot, never across an `.await`.
     vms: StdMutex<HashMap<VmId, Arc<Slot>>>,
+    /// The uids of live jailed VMs.
+    uids: Arc<StdMutex<crate::jail::uid::UidAllocator>>,
     /// Dropped with the manager: background watchers see the channel close
     /// and stop, so a dropped manager never writes into a state directory
     /// whose lock it no longer holds.
@@ -209,6 +215,7 @@ impl Vm {
                 uds_path: v.uds_path.clone(),
                 guest_cid: v.guest_cid,
             }),
+            jail: self.record.jail.clone(),
         }
     }
 
@@ -266,6 +273,7 @@ impl Manager {
             find_binary(&config.firecracker).unwrap_or_else(|| config.firecracker.clone());
         let net = HostNetwork::new(config.network.clone(), &state_dir)
             .map_err(|source| ManagerError::Network { source })?;
+        let config_jail = config.jail.clone();
         let shared = Arc::new(Shared {
             config,
             firecracker,
@@ -273,6 +281,7 @@ impl Manager {
             snapshots_dir,
             net: Arc::new(net),
             vms: StdMutex::new(HashMap::new()),
+            uids: Arc::new(StdMutex::new(uid_allocator(&config_jail))),
             alive: tokio::sync::watch::Sender::new(()),
             _lock: lock,
         });
@@ -641,6 +650,7 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
     let mut alive = shared.alive.subscribe();
     let tail_lines = shared.config.console_lines;
     let snapshots_dir = shared.snapshots_dir.clone();
+    let uids = shared.uids.clone();
     tokio::spawn(async move {
         let exit = tokio::select! {
             exit = process.wait() => exit,
@@ -659,12 +669,21 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
         vm.process = None;
         vm.api = None;
         restore::retire_page_server(vm, &snapshots_dir).await;
+        if let Some(jail) = &vm.record.jail {
+            jailed::release_on_stop(&uids, &vm.record.id, jail);
+        }
         let _ = remove_file_if_present(&vm.record.api_socket);
         if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot record the VM's failure");
         }
         slot.publish(Some(vm));
     });
+}
+
+fn uid_allocator(jail: &Option<crate::jail::JailConfig>) -> crate::jail::uid::UidAllocator {
+    let defaults = crate::jail::JailConfig::default();
+    let jail = jail.as_ref().unwrap_or(&defaults);
+    crate::jail::uid::UidAllocator::new(jail.uid_range.clone(), jail.share_uids)
 }
 
 fn create_private_dir_all(path: &Path) -> Result<(), ManagerError> {

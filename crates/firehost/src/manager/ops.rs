@@ -160,6 +160,9 @@ pub(super) async fn stop(
     vm.process = None;
     vm.api = None;
     super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
+    if let Some(jail) = &vm.record.jail {
+        super::jailed::release_on_stop(&shared.uids, &id, jail);
+    }
     // A stopped VMM cannot run again: its address, TAP and rules go now
     // (the record keeps what they were).
     if vm.record.net.is_some() {
@@ -304,17 +307,38 @@ pub(super) async fn snapshot(
             .await
             .map_err(api_err("pause before the snapshot"))?;
         }
+        // A jailed Firecracker writes inside its chroot; the files move to
+        // the bundle after.
+        let staging =
+            match &vm.record.jail {
+                Some(jail) => Some(super::jailed::snapshot_staging(jail).await.map_err(
+                    |source| VmError::Jail {
+                        id: id.clone(),
+                        source: Box::new(source),
+                    },
+                )?),
+                None => None,
+            };
+        let target = staging.as_ref().unwrap_or(&bundle);
         api.create_snapshot(&SnapshotCreateParams {
             snapshot_type: Some(if options.diff {
                 SnapshotType::Diff
             } else {
                 SnapshotType::Full
             }),
-            snapshot_path: bundle.join(VMSTATE_FILE),
-            mem_file_path: bundle.join(MEMORY_FILE),
+            snapshot_path: vm.record.vmm_path(&target.join(VMSTATE_FILE)),
+            mem_file_path: vm.record.vmm_path(&target.join(MEMORY_FILE)),
         })
         .await
         .map_err(api_err("create the snapshot"))?;
+        if let Some(staging) = &staging {
+            super::jailed::collect_snapshot(staging, &bundle)
+                .await
+                .map_err(|source| VmError::Jail {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })?;
+        }
         let version = api
             .get_firecracker_version()
             .await
@@ -342,6 +366,7 @@ pub(super) async fn snapshot(
                 uds_path: v.uds_path.clone(),
                 agent_token: Some(v.token.clone()),
             }),
+            source_chroot: vm.record.jail.as_ref().map(|j| j.chroot.clone()),
             created_at_ms: now_ms(),
         };
         // Sizes and checksums are computed on the blocking pool.
@@ -469,6 +494,11 @@ async fn remove(
                 id: id.clone(),
                 source: Box::new(source),
             })?;
+    }
+    // The jail goes before the directory: were it to fail, the record
+    // still says where it is, and a retried destroy finds it.
+    if let Some(jail) = &vm.record.jail {
+        super::jailed::remove(shared, id, jail).await?;
     }
     let dir = vm.dir.clone();
     tokio::task::spawn_blocking(move || remove_dir_if_present(&dir))

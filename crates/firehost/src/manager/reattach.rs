@@ -47,6 +47,7 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
         source,
     })?;
     let mut live_nets = Vec::new();
+    let mut known_jails = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
         let Some(id) = entry.file_name().to_str().and_then(|n| VmId::new(n).ok()) else {
@@ -56,6 +57,14 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
         match VmRecord::read(&dir) {
             Ok(record) if record.committed && record.id == id => {
                 let vm = adopt(record, dir, shared.config.console_lines).await;
+                if let Some(jail) = &vm.record.jail {
+                    known_jails.push(jail.jail_dir().to_owned());
+                    if vm.process.is_some() {
+                        shared.uids.lock().expect("uid lock").hold(jail.uid, &id);
+                    } else if let Err(e) = crate::jail::cgroup::remove_dirs(&jail.cgroups) {
+                        tracing::warn!(vm = %id, error = %e, "cannot remove a dead VM's cgroups");
+                    }
+                }
                 if let Some(net) = &vm.record.net
                     && vm.process.is_some()
                 {
@@ -72,6 +81,11 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
             Ok(record) => {
                 tracing::info!(vm = %id, "reaping a VM whose create never completed");
                 kill_recorded(record.pid, record.start_time).await;
+                if let Some(jail) = &record.jail
+                    && let Err(e) = super::jailed::remove_owned(jail, &shared.vms_dir)
+                {
+                    tracing::warn!(vm = %id, error = %e, "cannot remove the jail of a VM never made");
+                }
                 reap_dir(&dir).await;
             }
             Err(e) => {
@@ -80,6 +94,7 @@ pub(super) async fn recover(shared: &Arc<Shared>) -> Result<(), ManagerError> {
             }
         }
     }
+    super::jailed::reap_orphans(shared, &known_jails).await;
     // Only now, with every dead VMM killed: the network keeps the live VMs'
     // TAPs, addresses and rules, and drops everything else of ours.
     shared.net.reconcile(live_nets).await;
@@ -145,10 +160,11 @@ async fn adopt(mut record: VmRecord, dir: std::path::PathBuf, console_lines: usi
     // manager that ran it.
     let mut memory_whole = !record.page_server_attached;
     if let (true, Some(helper)) = (record.page_server_attached, &record.page_server_helper) {
-        if let Some(server) = MemoryServer::adopt(helper, &vm.dir) {
+        let socket = MemoryServer::socket_of(&record, &vm.dir);
+        if let Some(server) = MemoryServer::adopt(helper, socket.clone()) {
             vm.page_server = Some(server);
             memory_whole = true;
-        } else if MemoryServer::detached_before(&vm.dir) {
+        } else if MemoryServer::detached_before(&socket) {
             record.page_server_attached = false;
             record.page_server_helper = None;
             memory_whole = true;

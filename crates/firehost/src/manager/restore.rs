@@ -49,7 +49,7 @@
 use std::sync::Arc;
 
 use super::launch::{Launched, Reservation};
-use super::memory_server::{MemoryServer, PAGE_SERVER_SOCKET};
+use super::memory_server::MemoryServer;
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::models::{
@@ -197,6 +197,10 @@ async fn build(
         });
     }
     let bundle = shared.snapshots_dir.join(snapshot.as_str());
+    check_jail_layout(shared, snapshot, &manifest).map_err(|source| VmError::Jail {
+        id: id.clone(),
+        source: Box::new(source),
+    })?;
     let net = attach_network(shared, id, &manifest, undo).await?;
     let overrides: Vec<NetworkOverride> = net
         .iter()
@@ -205,20 +209,47 @@ async fn build(
             host_dev_name: net.tap.to_string(),
         })
         .collect();
-    let mut launched = Launched::spawn(shared, id, manifest.spec.clone(), net, undo).await?;
-    // A socket of its own in the new VM's directory (which exists by now:
-    // Firecracker binds the socket while it loads); the guest keeps the
-    // agent token it booted with.
+    let mut launched = Launched::spawn(
+        shared,
+        id,
+        manifest.spec.clone(),
+        net,
+        manifest.source_chroot.as_deref(),
+        undo,
+    )
+    .await?;
+    // A socket of its own in the new VM's directory or jail (which exists
+    // by now: Firecracker binds the socket while it loads); the guest
+    // keeps the agent token it booted with.
+    let vsock_path = match &launched.vm.record.jail {
+        Some(_) => launched
+            .vm
+            .record
+            .host_path(std::path::Path::new(super::jailed::layout::VSOCK_SOCKET)),
+        None => launched.vm.dir.join(crate::vsock::SOCKET_FILE),
+    };
     launched.vm.record.vsock = manifest.vsock.as_ref().and_then(|layout| {
         Some(VmVsock {
-            uds_path: launched.vm.dir.join(crate::vsock::SOCKET_FILE),
+            uds_path: vsock_path.clone(),
             guest_cid: layout.guest_cid,
             token: layout.agent_token.clone()?,
         })
     });
     let vsock_override = manifest.vsock.as_ref().map(|_| VsockOverride {
-        uds_path: launched.vm.dir.join(crate::vsock::SOCKET_FILE),
+        uds_path: launched.vm.record.vmm_path(&vsock_path),
     });
+    // A jailed Firecracker reads the bundle's files from inside its jail.
+    let staged = match &launched.vm.record.jail {
+        Some(jail) => Some(
+            super::jailed::stage_restore(jail, &bundle, options.memory == RestoreMemory::File)
+                .await
+                .map_err(|source| VmError::Jail {
+                    id: id.clone(),
+                    source: Box::new(source),
+                })?,
+        ),
+        None => None,
+    };
     launched.vm.record.restored_from = Some(snapshot.clone());
     launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {
@@ -239,19 +270,27 @@ async fn build(
             });
         }
         let memory = match options.memory {
-            RestoreMemory::File => {
-                MemoryBackend::new(MemoryBackendType::File, bundle.join(MEMORY_FILE))
-            }
+            RestoreMemory::File => MemoryBackend::new(
+                MemoryBackendType::File,
+                staged
+                    .as_ref()
+                    .and_then(|(_, memory)| memory.clone())
+                    .unwrap_or_else(|| bundle.join(MEMORY_FILE)),
+            ),
             mode => {
                 let server = start_page_server(shared, &launched.vm, &bundle, mode).await?;
-                let socket = server.socket();
+                let socket = launched.vm.record.vmm_path(&server.socket());
                 launched.vm.record.page_server_attached = true;
                 launched.vm.record.page_server_helper = server.helper_process();
                 launched.vm.page_server = Some(server);
                 MemoryBackend::new(MemoryBackendType::Uffd, socket)
             }
         };
-        let mut load = SnapshotLoadParams::new(bundle.join(VMSTATE_FILE), memory);
+        let vmstate = staged
+            .as_ref()
+            .map(|(vmstate, _)| vmstate.clone())
+            .unwrap_or_else(|| bundle.join(VMSTATE_FILE));
+        let mut load = SnapshotLoadParams::new(vmstate, memory);
         // Firecracker restores the metadata service's configuration but not
         // its data store: with metadata, the guest stays paused until the
         // data (with this VM's identity) is back.
@@ -305,6 +344,27 @@ async fn build(
     launched.commit(outcome).await
 }
 
+/// A snapshot's vmstate names its drives by the paths its Firecracker saw:
+/// places in a jail for a jailed source, host paths otherwise. So a jailed
+/// snapshot restores only into a jail, and an unjailed one only outside.
+fn check_jail_layout(
+    shared: &Shared,
+    snapshot: &SnapshotName,
+    manifest: &crate::snapshot::SnapshotManifest,
+) -> Result<(), crate::jail::JailError> {
+    let jailed = super::jailed::jail_spec_of(&manifest.spec, shared.config.jail.as_ref()).is_some();
+    let taken_jailed = manifest.source_chroot.is_some();
+    if jailed == taken_jailed {
+        return Ok(());
+    }
+    let place = |j: bool| if j { "in a jail" } else { "outside a jail" };
+    Err(crate::jail::JailError::SnapshotLayout {
+        name: snapshot.to_string(),
+        taken: place(taken_jailed),
+        restored: place(jailed),
+    })
+}
+
 /// Puts the restored VM on the default network when the snapshot's VM was:
 /// a new TAP (passed to Firecracker as a `network_overrides` entry), with
 /// the address and MAC the guest keeps in its memory. Those must be free:
@@ -326,7 +386,12 @@ async fn attach_network(
     let Some(spec) = restore_net_spec(manifest).map_err(|e| network(NetError::Ipam(e)))? else {
         return Ok(None);
     };
-    let net = shared.net.attach(id, &spec).await.map_err(network)?;
+    let owner = super::jailed::tap_owner(shared, id, &manifest.spec, undo)?;
+    let net = shared
+        .net
+        .attach_owned(id, &spec, owner)
+        .await
+        .map_err(network)?;
     undo.push(UndoStep::DetachNetwork {
         net: shared.net.clone(),
         vm: id.clone(),
@@ -374,7 +439,7 @@ async fn start_page_server(
     mode: RestoreMemory,
 ) -> Result<MemoryServer, VmError> {
     let id = vm.record.id.clone();
-    let socket = vm.dir.join(PAGE_SERVER_SOCKET);
+    let socket = MemoryServer::socket_of(&vm.record, &vm.dir);
     let len = socket.as_os_str().len();
     if len > MAX_SOCKET_PATH_BYTES {
         return Err(VmError::SocketPathTooLong {
@@ -390,10 +455,12 @@ async fn start_page_server(
     MemoryServer::start(
         shared.config.page_server_program.as_ref(),
         &vm.dir,
+        socket,
         bundle,
         mode,
         vmm,
         shared.config.timeouts.request,
+        vm.record.jail.as_ref().map(|j| (j.uid, j.gid)),
     )
     .await
     .map_err(|source| VmError::PageServer {

@@ -490,6 +490,22 @@ impl HostNetwork {
     /// does). A crash midway leaves at most a TAP, which the next
     /// [`reconcile`](Self::reconcile) deletes.
     pub async fn attach(&self, vm: &VmId, spec: &NetSpec) -> Result<VmNet, NetError> {
+        self.attach_owned(vm, spec, self.config.tap_owner).await
+    }
+
+    /// Like [`attach`](Self::attach), with the TAP owned by `owner`
+    /// instead of the configured owner: a jailed VMM runs as a uid of its
+    /// own and can only open a TAP that uid owns.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`attach`](Self::attach).
+    pub async fn attach_owned(
+        &self,
+        vm: &VmId,
+        spec: &NetSpec,
+        owner: TapOwner,
+    ) -> Result<VmNet, NetError> {
         let mut inner = self.inner.lock().await;
         // Refusals first: a request that cannot be met touches nothing.
         check_ports(&inner.attached, vm, &spec.publish)?;
@@ -502,7 +518,7 @@ impl HostNetwork {
             }
             fresh_setup = true;
         }
-        let result = self.attach_locked(&mut inner, vm, lease, spec).await;
+        let result = self.attach_locked(&mut inner, vm, lease, spec, owner).await;
         if result.is_err() && fresh_setup && inner.attached.is_empty() {
             self.tear_down(&mut inner).await;
         }
@@ -517,9 +533,10 @@ impl HostNetwork {
         vm: &VmId,
         lease: Lease,
         spec: &NetSpec,
+        owner: TapOwner,
     ) -> Result<VmNet, NetError> {
         let live = inner.live.as_ref().expect("set up by the caller");
-        let created = self.create_tap(live, vm).await;
+        let created = self.create_tap(live, vm, owner).await;
         let tap = match created {
             Ok(tap) => tap,
             Err(e) => {
@@ -816,11 +833,11 @@ impl HostNetwork {
     }
 
     /// Creates the VM's TAP on the bridge and labels it as ours.
-    async fn create_tap(&self, live: &Live, vm: &VmId) -> Result<Tap, NetError> {
+    async fn create_tap(&self, live: &Live, vm: &VmId, owner: TapOwner) -> Result<Tap, NetError> {
         let mut tried = Vec::new();
         for attempt in 0..TAP_NAME_ATTEMPTS {
             let name = tap_name_for_vm(vm, 0, attempt);
-            match Tap::create(&live.nl, &name, self.config.tap_owner, live.bridge.name()).await {
+            match Tap::create(&live.nl, &name, owner, live.bridge.name()).await {
                 Ok(tap) => {
                     let alias = self.alias(vm);
                     let msg = rtnetlink::LinkUnspec::new_with_index(tap.index)

@@ -247,6 +247,10 @@ pub struct SnapshotManifest {
     /// The vsock device. Filled in by the vsock feature; absent until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockLayout>,
+    /// The source VM's chroot, if it was jailed: its drives were the copies
+    /// in there, which a restore copies again while they exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_chroot: Option<PathBuf>,
     /// Size of the vmstate file in bytes.
     pub vmstate_bytes: u64,
     /// Size of the memory file in bytes (its logical size for a diff).
@@ -278,6 +282,8 @@ pub struct ManifestDraft {
     pub network: Vec<NetworkLayout>,
     /// The vsock device (absent until the vsock feature fills it).
     pub vsock: Option<VsockLayout>,
+    /// The source VM's chroot, if it was jailed.
+    pub source_chroot: Option<PathBuf>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }
@@ -733,6 +739,7 @@ impl Bundle {
             spec: draft.spec,
             network: draft.network,
             vsock: draft.vsock,
+            source_chroot: draft.source_chroot,
             vmstate_bytes: files[0].size_bytes,
             memory_bytes: files[1].size_bytes,
             files,
@@ -895,6 +902,7 @@ mod tests {
             extra_nics: vec![],
             vsock: None,
             mmds: None,
+            jail: None,
         }
     }
 
@@ -917,6 +925,7 @@ mod tests {
                 uds_path: "/run/v.sock".into(),
                 agent_token: Some(firehost_proto::Token("t0ken".into())),
             }),
+            source_chroot: None,
             created_at_ms: 7,
         }
     }

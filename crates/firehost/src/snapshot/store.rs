@@ -606,6 +606,7 @@ impl SnapshotStore {
                 spec: from.spec.clone(),
                 network: from.network.clone(),
                 vsock: from.vsock.clone(),
+                source_chroot: from.source_chroot.clone(),
                 created_at_ms: now_ms(),
             },
         )?;

@@ -345,6 +345,29 @@ pub fn find_by_api_socket(socket: &std::path::Path) -> Vec<i32> {
     scan_api_sockets(|arg| arg == wanted)
 }
 
+/// Pids of processes whose root directory is `root` or under it: the
+/// VMMs of a jail, whose `--api-sock` is relative to it.
+pub fn find_rooted_in(root: &std::path::Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    // A jailed process pivoted into its chroot in a mount namespace of its
+    // own, where `readlink /proc/<pid>/root` says `/`; the directory it
+    // names is still the chroot, so compare inodes.
+    let Ok(wanted) = std::fs::metadata(root).map(|m| (m.dev(), m.ino())) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/root"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == wanted)
+        })
+        .collect()
+}
+
 /// Pids of processes started with an `--api-sock` anywhere under `dir`:
 /// every VMM of a state directory, for sweeping a throwaway one.
 pub fn find_under(dir: &std::path::Path) -> Vec<i32> {

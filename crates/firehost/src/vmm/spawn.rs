@@ -75,6 +75,10 @@ pub struct VmmCommand {
     pub env: Vec<(OsString, OsString)>,
     /// Where stdout and stderr go.
     pub console: ConsoleMode,
+    /// Start Firecracker through this jailer. The paths above are then as
+    /// Firecracker sees them inside the chroot, `binary` is the jailer's
+    /// `--exec-file`, and the open-file limit is the jailer's to set.
+    pub jailer: Option<crate::jail::JailerCommand>,
 }
 
 /// Why a VMM could not be started.
@@ -119,6 +123,7 @@ impl VmmCommand {
             nofile_limit: DEFAULT_NOFILE_LIMIT,
             env: Vec::new(),
             console: ConsoleMode::Ring,
+            jailer: None,
         }
     }
 
@@ -133,12 +138,27 @@ impl VmmCommand {
     /// assert_eq!(cmd.args(), ["--api-sock", "/run/vm/api.sock", "--id", "vm1"]);
     /// ```
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--api-sock".into(),
-            self.api_socket.clone().into(),
-            "--id".into(),
-            self.id.firecracker_id().into(),
-        ];
+        match &self.jailer {
+            Some(jailer) => jailer.args(&self.firecracker_args(false)),
+            None => self.firecracker_args(true),
+        }
+    }
+
+    /// The program to execute: the jailer, or Firecracker itself.
+    pub fn program(&self) -> &Path {
+        match &self.jailer {
+            Some(jailer) => &jailer.jailer,
+            None => &self.binary,
+        }
+    }
+
+    /// Firecracker's own arguments; `--id` only when it is started
+    /// directly (the jailer passes its own).
+    fn firecracker_args(&self, with_id: bool) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--api-sock".into(), self.api_socket.clone().into()];
+        if with_id {
+            args.extend(["--id".into(), self.id.firecracker_id().into()]);
+        }
         if let Some(path) = &self.log_path {
             args.extend(["--log-path".into(), path.clone().into()]);
         }
@@ -167,7 +187,7 @@ impl VmmCommand {
     /// The child runs in a process group of its own, so a terminal's Ctrl-C
     /// aimed at the manager does not reach the VMs.
     pub fn spawn(&self, ring: &ConsoleRing) -> Result<VmmProcess, SpawnError> {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = Command::new(self.program());
         cmd.args(self.args())
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -192,7 +212,7 @@ impl VmmCommand {
         // faster.
         cmd.process_group(0);
         let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
-            binary: self.binary.clone(),
+            binary: self.program().to_owned(),
             source,
         })?;
         let pid = i32::try_from(child.id()).expect("pids fit in i32");
@@ -200,7 +220,12 @@ impl VmmCommand {
         // than before it (which would need fork): the window is the first
         // microseconds of Firecracker's start-up, long before its API or any
         // guest can open files.
-        let limited = set_nofile_limit(pid, self.nofile_limit);
+        let limited = match self.jailer {
+            // The jailer sets its own (`--resource-limit no-file`) just
+            // before it execs Firecracker, which would undo ours.
+            Some(_) => Ok(()),
+            None => set_nofile_limit(pid, self.nofile_limit),
+        };
         let process = match limited
             .map_err(SpawnError::from)
             .and_then(|()| VmmProcess::watch_child(pid).map_err(SpawnError::from))

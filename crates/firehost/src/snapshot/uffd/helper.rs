@@ -125,6 +125,9 @@ pub struct HelperRequest {
     pub vmm_start_time: u64,
     /// How long Firecracker has to connect and send its handshake.
     pub handshake_timeout_ms: u64,
+    /// The uid and gid to give the socket (a jailed Firecracker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_owner: Option<(u32, u32)>,
 }
 
 impl HelperMode {
@@ -224,10 +227,11 @@ async fn serve(request: &HelperRequest, out: &mut impl Write) -> Result<(), Page
     let vmm = VmmProcess::attach(request.vmm_pid, request.vmm_start_time)
         .map_err(|e| helper_failed(format!("cannot watch the VMM: {e}")))?
         .ok_or_else(|| helper_failed(format!("VMM {} is not running", request.vmm_pid)))?;
-    let options = request
+    let mut options = request
         .mode
         .options(&request.bundle, request.record_limit)
         .handshake_timeout(Duration::from_millis(request.handshake_timeout_ms));
+    options.socket_owner = request.socket_owner;
     let populate = options.mode == ServeMode::Populate;
     let server = PageServer::bind(
         request.socket.clone(),

@@ -178,6 +178,9 @@ pub struct PageServerOptions {
     pub handshake_timeout: Duration,
     /// Bytes copied per chunk of background work, between reads of events.
     pub chunk_bytes: u64,
+    /// Give the socket to this uid and gid (still mode 0600): for a
+    /// Firecracker that runs as them in a jail.
+    pub socket_owner: Option<(u32, u32)>,
 }
 
 impl PageServerOptions {
@@ -189,6 +192,7 @@ impl PageServerOptions {
             record_limit: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            socket_owner: None,
         }
     }
 
@@ -201,6 +205,13 @@ impl PageServerOptions {
     /// Sets the background chunk size (at least one page is copied).
     pub fn chunk_bytes(mut self, bytes: u64) -> PageServerOptions {
         self.chunk_bytes = bytes;
+        self
+    }
+
+    /// Gives the socket to `uid:gid` (see
+    /// [`socket_owner`](Self::socket_owner)).
+    pub fn socket_owner(mut self, uid: u32, gid: u32) -> PageServerOptions {
+        self.socket_owner = Some((uid, gid));
         self
     }
 
@@ -633,6 +644,15 @@ impl PageServer {
         let listener = UnixListener::bind(&socket_path).map_err(bind_err)?;
         let secured =
             std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+                .and_then(|()| match options.socket_owner {
+                    Some((uid, gid)) => rustix::fs::chown(
+                        &socket_path,
+                        Some(rustix::fs::Uid::from_raw(uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                    )
+                    .map_err(std::io::Error::from),
+                    None => Ok(()),
+                })
                 .and_then(|()| listener.set_nonblocking(true));
         if let Err(e) = secured {
             let _ = std::fs::remove_file(&socket_path);

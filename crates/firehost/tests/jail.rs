@@ -1,0 +1,503 @@
+//! Jailed VMs.
+//!
+//! The refusals (no jail configuration, a missing jailer, a missing chroot
+//! base, a cgroup controller the host lacks, bad limits) happen before
+//! anything is spawned, so they run everywhere. The jailed lifecycle needs
+//! the real `jailer` and a statically linked Firecracker
+//! (`FIREHOST_FIRECRACKER` and `FIREHOST_JAILER`, or `jailer` on `PATH`),
+//! and root; without them it skips, saying so.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{TestHost, id, within};
+use firehost::jail::{CgroupVersion, JailConfig, JailError, JailSpec};
+use firehost::manager::StopOptions;
+use firehost::{Manager, ManagerConfig, VmError, VmSpec, VmState};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A test host plus a chroot base of its own, cleaned up (with any
+/// process still rooted in one of its jails) when dropped.
+struct JailHost {
+    host: TestHost,
+    base: PathBuf,
+}
+
+impl JailHost {
+    fn new() -> JailHost {
+        let host = TestHost::new();
+        let base = host.dir.path().join("jails");
+        std::fs::create_dir(&base).unwrap();
+        JailHost { host, base }
+    }
+
+    fn config(&self, jailer: &Path) -> ManagerConfig {
+        let mut config = self.host.config();
+        config.jail = Some(JailConfig {
+            jailer: jailer.to_owned(),
+            chroot_base: self.base.clone(),
+            // Each test its own uids: tests run in parallel, and the
+            // allocator only knows its own manager's VMs.
+            uid_range: unique_uids(),
+            parent_cgroup: PathBuf::from(parent_cgroup()),
+            ..JailConfig::default()
+        });
+        config
+    }
+
+    /// Everything left under the chroot base, as relative paths.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        walk(&self.base)
+            .into_iter()
+            .map(|p| p.strip_prefix(&self.base).unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for JailHost {
+    fn drop(&mut self) {
+        for jail in walk(&self.base).into_iter().filter(|p| p.ends_with("root")) {
+            for pid in firehost::vmm::process::find_rooted_in(&jail) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        // The per-test parent cgroups: empty once their VMs' cgroups are
+        // gone (a test still running keeps its own, which rmdir refuses).
+        if let Ok(mounts) = firehost::jail::CgroupMounts::read() {
+            for dir in mounts.existing_dirs(Path::new(""), &parent_cgroup()) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// The parent cgroup of this test process's VMs.
+fn parent_cgroup() -> String {
+    format!("firehost-test-{}", std::process::id())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            out.push(path.clone());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&path));
+            }
+        }
+    }
+    out
+}
+
+fn unique_uids() -> std::ops::Range<u32> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let block = NEXT.fetch_add(1, Ordering::Relaxed);
+    let start = 910_000 + (std::process::id() % 1000) * 100 + block * 10;
+    start..start + 10
+}
+
+fn jailed() -> VmSpec {
+    VmSpec {
+        jail: Some(JailSpec::default()),
+        ..VmSpec::default()
+    }
+}
+
+/// The real jailer, if this run has one (and a real Firecracker).
+fn real_jailer(test: &str) -> Option<PathBuf> {
+    if common::backend().is_fake() {
+        common::skip(
+            test,
+            "needs a real, static Firecracker (FIREHOST_FIRECRACKER)",
+        );
+        return None;
+    }
+    let jailer = std::env::var_os("FIREHOST_JAILER")
+        .map(PathBuf::from)
+        .or_else(|| firehost::manager::find_binary(Path::new("jailer")));
+    if jailer.is_none() {
+        common::skip(test, "needs the jailer (FIREHOST_JAILER or PATH)");
+    }
+    jailer
+}
+
+/// Asserts a create failed with a jail error and left nothing behind.
+async fn refused(jail: &JailHost, manager: &Manager, name: &str, spec: VmSpec) -> JailError {
+    let vm = id(name);
+    let err = manager.create(&vm, spec).await.unwrap_err();
+    assert!(manager.get(&vm).await.is_err(), "{name} is registered");
+    assert!(
+        !jail.host.vm_dirs().contains(&name.to_owned()),
+        "{name} dir left"
+    );
+    assert_eq!(jail.leftovers(), Vec::<PathBuf>::new(), "{name}");
+    match err {
+        VmError::Jail { source, .. } => *source,
+        VmError::InvalidSpec { source, .. } => match source {
+            firehost::spec::SpecError::Jail(e) => e,
+            other => panic!("{name}: {other:?}"),
+        },
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_jail_is_refused_cleanly_when_it_cannot_be_made() {
+    let jail = JailHost::new();
+    // Any executable passes for a jailer here: every case fails first.
+    let stand_in = Path::new("/bin/true");
+
+    let unconfigured = jail.host.manager().await;
+    let e = refused(&jail, &unconfigured, "no-config", jailed()).await;
+    assert!(matches!(e, JailError::NotConfigured), "{e:?}");
+    drop(unconfigured);
+
+    let manager = Manager::open(jail.config(&jail.base.join("no-jailer")))
+        .await
+        .unwrap();
+    let e = refused(&jail, &manager, "no-jailer", jailed()).await;
+    assert!(matches!(e, JailError::JailerNotFound { .. }), "{e:?}");
+    drop(manager);
+
+    let mut config = jail.config(stand_in);
+    config.jail.as_mut().unwrap().chroot_base = jail.base.join("missing");
+    let manager = Manager::open(config).await.unwrap();
+    let e = refused(&jail, &manager, "no-base", jailed()).await;
+    assert!(matches!(e, JailError::ChrootBase { .. }), "{e:?}");
+    drop(manager);
+
+    let manager = Manager::open(jail.config(stand_in)).await.unwrap();
+    let bad_limits = VmSpec {
+        jail: Some(JailSpec {
+            cpu_weight: Some(0),
+            ..JailSpec::default()
+        }),
+        ..VmSpec::default()
+    };
+    let e = refused(&jail, &manager, "bad-limits", bad_limits).await;
+    assert!(
+        matches!(
+            e,
+            JailError::InvalidSpec {
+                field: "cpu_weight",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let root = VmSpec {
+        jail: Some(JailSpec {
+            uid: Some(0),
+            ..JailSpec::default()
+        }),
+        ..VmSpec::default()
+    };
+    let e = refused(&jail, &manager, "as-root", root).await;
+    assert!(matches!(e, JailError::InvalidSpec { .. }), "{e:?}");
+    drop(manager);
+
+    // A version whose hierarchy lacks the controller: on a host with v1
+    // controllers, v2 usually has none, and vice versa.
+    let mounts = firehost::jail::CgroupMounts::read().unwrap();
+    let lacking = [CgroupVersion::V2, CgroupVersion::V1]
+        .into_iter()
+        .find(|v| {
+            mounts
+                .choose(
+                    Some(*v),
+                    &firehost::jail::CgroupLimits {
+                        pids_max: Some(10),
+                        ..Default::default()
+                    },
+                )
+                .is_err()
+        });
+    if let Some(version) = lacking {
+        let mut config = jail.config(stand_in);
+        config.jail.as_mut().unwrap().cgroup_version = Some(version);
+        let manager = Manager::open(config).await.unwrap();
+        let limited = VmSpec {
+            jail: Some(JailSpec {
+                pids_max: Some(10),
+                ..JailSpec::default()
+            }),
+            ..VmSpec::default()
+        };
+        let e = refused(&jail, &manager, "no-controller", limited).await;
+        assert!(
+            matches!(&e, JailError::ControllerMissing { controller, .. } if controller == "pids"),
+            "{e:?}"
+        );
+    } else {
+        common::skip(
+            "a_jail_is_refused_cleanly_when_it_cannot_be_made (controller case)",
+            "both cgroup versions have the pids controller here",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_jailed_vm_runs_as_its_uid_in_its_chroot_within_its_limits_and_leaves_nothing() {
+    let Some(jailer) = real_jailer("a_jailed_vm_runs_as_its_uid…") else {
+        return;
+    };
+    let jail = JailHost::new();
+    let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+    let vm = id("jailed-vm");
+    let spec = VmSpec {
+        jail: Some(JailSpec {
+            memory_max_mib: Some(512),
+            pids_max: Some(64),
+            cpu_quota_percent: Some(50),
+            ..JailSpec::default()
+        }),
+        ..VmSpec::default()
+    };
+    let info = within("the jailed create", LONG, manager.run(&vm, spec))
+        .await
+        .unwrap();
+    assert_eq!(info.state, VmState::Running);
+    let record = info.jail.clone().expect("the info shows the jail");
+    let pid = info.pid.unwrap();
+
+    // Firecracker itself, as the jail's uid and gid, rooted in the chroot.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("Uid:"), [record.uid; 4]);
+    assert_eq!(ids("Gid:"), [record.gid; 4]);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert!(comm.starts_with("firecracker"), "{comm}");
+    let root = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let chroot = std::fs::metadata(&record.chroot).unwrap();
+    assert_eq!((root.dev(), root.ino()), (chroot.dev(), chroot.ino()));
+    assert!(record.chroot.starts_with(&jail.base));
+    // The API socket the manager uses is the one inside the chroot.
+    assert!(info.api_socket.starts_with(&record.chroot));
+
+    // The limits, on the VMM's own cgroup(s).
+    assert!(!record.cgroups.is_empty());
+    let pid_text = pid.to_string();
+    let mut seen = Vec::new();
+    for dir in &record.cgroups {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|l| l == pid_text), "{dir:?}: {procs}");
+        for (file, value) in [
+            ("memory.max", "536870912"),
+            ("memory.limit_in_bytes", "536870912"),
+            ("pids.max", "64"),
+            ("cpu.max", "50000 100000"),
+            ("cpu.cfs_quota_us", "50000"),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                assert_eq!(text.trim(), value, "{dir:?}/{file}");
+                seen.push(file);
+            }
+        }
+    }
+    assert_eq!(seen.len(), 3, "memory, pids and cpu limits: {seen:?}");
+
+    // The lifecycle works on the real VMM.
+    manager.pause(&vm).await.unwrap();
+    manager.resume(&vm).await.unwrap();
+    let stopped = manager
+        .stop(
+            &vm,
+            StopOptions {
+                grace: Some(Duration::from_secs(1)),
+                ..StopOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(stopped.state, VmState::Stopped { .. }));
+    assert!(!common::process_alive(pid));
+    for dir in &record.cgroups {
+        assert!(!dir.exists(), "{dir:?} outlived the VMM");
+    }
+    manager.destroy(&vm).await.unwrap();
+    // Only the jailer's shared per-binary directory may remain, empty.
+    for left in jail.leftovers() {
+        assert_eq!(left.components().count(), 1, "{left:?} left behind");
+    }
+}
+
+#[tokio::test]
+async fn uids_are_one_per_live_vm_and_a_restarted_manager_keeps_them() {
+    let Some(jailer) = real_jailer("uids_are_one_per_live_vm…") else {
+        return;
+    };
+    let jail = JailHost::new();
+    let mut config = jail.config(&jailer);
+    let range = config.jail.as_ref().unwrap().uid_range.clone();
+    config.jail.as_mut().unwrap().uid_range = range.start..range.start + 1;
+    let manager = Manager::open(config.clone()).await.unwrap();
+    let first = within("a jailed create", LONG, manager.run(&id("first"), jailed()))
+        .await
+        .unwrap();
+    assert_eq!(first.jail.as_ref().unwrap().uid, range.start);
+    // The range holds one uid: the second VM is refused and leaves nothing.
+    let err = manager.run(&id("second"), jailed()).await.unwrap_err();
+    assert!(
+        matches!(&err, VmError::Jail { source, .. } if matches!(**source, JailError::UidsExhausted { .. })),
+        "{err:?}"
+    );
+    assert!(!jail.host.vm_dirs().contains(&"second".to_owned()));
+    let jails: Vec<_> = jail
+        .leftovers()
+        .into_iter()
+        .filter(|p| p.components().count() == 2)
+        .collect();
+    assert_eq!(jails.len(), 1, "{jails:?}");
+
+    // A new manager finds the jailed VM, still holding its uid.
+    drop(manager);
+    let manager = Manager::open(config).await.unwrap();
+    assert_eq!(
+        manager.get(&id("first")).await.unwrap().state,
+        VmState::Running
+    );
+    let err = manager.run(&id("second"), jailed()).await.unwrap_err();
+    assert!(matches!(err, VmError::Jail { .. }), "{err:?}");
+    // Once the first is gone, its uid is free.
+    manager
+        .stop(&id("first"), StopOptions::default())
+        .await
+        .unwrap();
+    let second = within(
+        "a jailed create",
+        LONG,
+        manager.run(&id("second"), jailed()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.jail.as_ref().unwrap().uid, range.start);
+    manager.destroy(&id("first")).await.unwrap();
+    manager
+        .stop(&id("second"), StopOptions::default())
+        .await
+        .unwrap();
+    manager.destroy(&id("second")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_jailed_snapshot_lands_in_the_store_and_restores_into_jails_with_both_backends() {
+    use firehost::manager::{RestoreMemory, RestoreOptions, SnapshotOptions};
+    let Some(jailer) = real_jailer("a_jailed_snapshot_lands_in_the_store…") else {
+        return;
+    };
+    let jail = JailHost::new();
+    let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+    let source = id("jsrc");
+    within("a jailed create", LONG, manager.run(&source, jailed()))
+        .await
+        .unwrap();
+    let snap = "jsnap".parse().unwrap();
+    let taken = manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+    // In the store, ours and private, not in the jail.
+    assert!(taken.dir.starts_with(manager.snapshots_dir()));
+    for file in ["vmstate", "memory"] {
+        let meta = std::fs::metadata(taken.dir.join(file)).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "{file}");
+    }
+    assert!(taken.manifest.source_chroot.is_some());
+    let source_chroot = manager.get(&source).await.unwrap().jail.unwrap().chroot;
+    assert!(!source_chroot.join("snapshot").exists());
+
+    // Two restores at once, one per memory backend, each in its own jail.
+    let (by_file, by_uffd) = (id("jfile"), id("juffd"));
+    let uffd = RestoreOptions {
+        memory: RestoreMemory::OnDemand,
+        ..RestoreOptions::default()
+    };
+    let (a, b) = tokio::join!(
+        manager.restore(&snap, &by_file, RestoreOptions::default()),
+        manager.restore(&snap, &by_uffd, uffd),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for info in [&a, &b] {
+        assert_eq!(info.state, VmState::Running);
+        let api = manager.api(&info.id).await.unwrap().unwrap();
+        let state = api.describe_instance().await.unwrap().state;
+        assert_eq!(state, firehost::api::models::InstanceState::Running);
+        let jail = info.jail.as_ref().unwrap();
+        assert_ne!(jail.chroot, source_chroot);
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", info.pid.unwrap())).unwrap();
+        assert!(status.contains(&format!("Uid:\t{}", jail.uid)), "{status}");
+    }
+    assert_ne!(a.jail.as_ref().unwrap().uid, b.jail.as_ref().unwrap().uid);
+
+    for vm in [&source, &by_file, &by_uffd] {
+        manager.stop(vm, StopOptions::default()).await.unwrap();
+        manager.destroy(vm).await.unwrap();
+    }
+    for left in jail.leftovers() {
+        assert_eq!(left.components().count(), 1, "{left:?} left behind");
+    }
+
+    // A jailed snapshot needs a manager that can jail.
+    drop(manager);
+    let unjailed = Manager::open(jail.host.config()).await.unwrap();
+    let err = unjailed
+        .restore(&snap, &id("outside"), RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VmError::Jail { source, .. } if matches!(**source, JailError::NotConfigured)),
+        "{err:?}"
+    );
+    assert!(!jail.host.vm_dirs().contains(&"outside".to_owned()));
+    drop(unjailed);
+}
+
+#[tokio::test]
+async fn an_unjailed_snapshot_is_not_restored_into_a_jail() {
+    use firehost::manager::{RestoreOptions, SnapshotOptions};
+    let jail = JailHost::new();
+    let snap = "plain".parse().unwrap();
+    {
+        let manager = jail.host.manager().await;
+        let source = id("plain-src");
+        manager.run(&source, VmSpec::default()).await.unwrap();
+        manager
+            .snapshot(&source, &snap, SnapshotOptions::default())
+            .await
+            .unwrap();
+    }
+    // A manager that jails every VM: the vmstate's drive paths are host
+    // paths, which a jail does not have.
+    let mut config = jail.config(Path::new("/bin/true"));
+    config.jail.as_mut().unwrap().always = true;
+    let manager = Manager::open(config).await.unwrap();
+    let err = manager
+        .restore(&snap, &id("into-jail"), RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VmError::Jail { source, .. } if matches!(**source, JailError::SnapshotLayout { .. })),
+        "{err:?}"
+    );
+    assert!(!jail.host.vm_dirs().contains(&"into-jail".to_owned()));
+    assert_eq!(jail.leftovers(), Vec::<PathBuf>::new());
+    // The bundle is not leased by the failed restore.
+    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+}
