@@ -98,68 +98,95 @@ async fn running(manager: &Manager, vm: &VmId) {
     assert_eq!(state, firehost::api::models::InstanceState::Running);
 }
 
-/// Median create → running and destroy times of `n` VMs made one by one.
-async fn lifecycle(
-    manager: &Manager,
-    jail: Option<JailSpec>,
-    n: usize,
-    tag: &str,
-) -> (Duration, Duration) {
-    let (mut create, mut destroy) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let vm = VmId::new(format!("{tag}-{i}")).unwrap();
-        let t = Instant::now();
-        manager.run(&vm, spec(jail.clone())).await.unwrap();
-        running(manager, &vm).await;
-        create.push(t.elapsed());
-        let t = Instant::now();
-        manager
-            .stop(
-                &vm,
-                StopOptions {
-                    grace: Some(Duration::ZERO),
-                    ..StopOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-        manager.destroy(&vm).await.unwrap();
-        destroy.push(t.elapsed());
-    }
-    (median(&mut create), median(&mut destroy))
+/// One VM's create → running and destroy times.
+async fn lifecycle(manager: &Manager, jail: Option<JailSpec>, name: &str) -> (Duration, Duration) {
+    let vm = VmId::new(name).unwrap();
+    let t = Instant::now();
+    manager.run(&vm, spec(jail)).await.unwrap();
+    running(manager, &vm).await;
+    let create = t.elapsed();
+    let t = Instant::now();
+    manager
+        .stop(
+            &vm,
+            StopOptions {
+                grace: Some(Duration::ZERO),
+                ..StopOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    manager.destroy(&vm).await.unwrap();
+    (create, t.elapsed())
 }
 
 async fn bench_create(manager: &Manager) {
     let n = iterations(30);
-    // Warm the page cache and the jailer's first cgroup directories.
-    lifecycle(manager, Some(JailSpec::default()), 2, "warm").await;
-    let (plain, plain_destroy) = lifecycle(manager, None, n, "plain").await;
-    let (jailed, jailed_destroy) = lifecycle(manager, Some(JailSpec::default()), n, "jailed").await;
-    let limits = JailSpec {
-        memory_max_mib: Some(512),
-        pids_max: Some(64),
-        cpu_quota_percent: Some(100),
-        ..JailSpec::default()
-    };
-    let (limited, limited_destroy) = lifecycle(manager, Some(limits), n, "limited").await;
-    println!("## create → running, jailed vs unjailed ({n} VMs each, real Firecracker)\n");
+    let variants: [(&str, Option<JailSpec>); 6] = [
+        ("unjailed", None),
+        ("jailed, no limits", Some(JailSpec::default())),
+        (
+            "jailed + memory, pids and cpu limits",
+            Some(JailSpec {
+                memory_max_mib: Some(512),
+                pids_max: Some(64),
+                cpu_quota_percent: Some(100),
+                ..JailSpec::default()
+            }),
+        ),
+        // Each limit alone, to see which one costs.
+        (
+            "jailed + memory limit only",
+            Some(JailSpec {
+                memory_max_mib: Some(512),
+                ..JailSpec::default()
+            }),
+        ),
+        (
+            "jailed + pids limit only",
+            Some(JailSpec {
+                pids_max: Some(64),
+                ..JailSpec::default()
+            }),
+        ),
+        (
+            "jailed + cpu limit only",
+            Some(JailSpec {
+                cpu_quota_percent: Some(100),
+                ..JailSpec::default()
+            }),
+        ),
+    ];
+    // Warm the page cache and the jailer's parent cgroups.
+    for (i, (_, jail)) in variants.iter().enumerate() {
+        lifecycle(manager, jail.clone(), &format!("warm-{i}")).await;
+    }
+    // Interleaved, so drift in the machine's load hits every variant alike.
+    let mut samples = vec![(Vec::new(), Vec::new()); variants.len()];
+    for round in 0..n {
+        for (i, (_, jail)) in variants.iter().enumerate() {
+            let (c, d) = lifecycle(manager, jail.clone(), &format!("v{i}-{round}")).await;
+            samples[i].0.push(c);
+            samples[i].1.push(d);
+        }
+    }
+    let medians: Vec<(Duration, Duration)> = samples
+        .iter_mut()
+        .map(|(c, d)| (median(c), median(d)))
+        .collect();
+    let plain = medians[0].0;
+    println!(
+        "## create → running, jailed vs unjailed ({n} rounds, interleaved, real Firecracker)\n"
+    );
     println!("| VM | create → running | added by the jail | ratio | destroy |");
     println!("|---|---|---|---|---|");
-    println!(
-        "| unjailed | {} | – | 1.00× | {} |",
-        ms(plain),
-        ms(plain_destroy)
-    );
-    for (name, t, d) in [
-        ("jailed", jailed, jailed_destroy),
-        ("jailed + cgroup limits", limited, limited_destroy),
-    ] {
+    for ((name, _), (t, d)) in variants.iter().zip(&medians) {
         println!(
             "| {name} | {} | {} | {:.2}× | {} |",
-            ms(t),
+            ms(*t),
             ms(t.saturating_sub(plain)),
             t.as_secs_f64() / plain.as_secs_f64(),
-            ms(d)
+            ms(*d)
         );
     }
     println!();
