@@ -250,7 +250,10 @@ async fn a_jailed_vm_runs_as_its_uid_in_its_chroot_within_its_limits_and_leaves_
         return;
     };
     let jail = JailHost::new();
-    let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+    let mut config = jail.config(&jailer);
+    config.vmm_log = Some(firehost::vmm::LogLevel::Info);
+    config.vmm_metrics = true;
+    let manager = Manager::open(config).await.unwrap();
     let vm = id("jailed-vm");
     let spec = VmSpec {
         jail: Some(JailSpec {
@@ -287,8 +290,16 @@ async fn a_jailed_vm_runs_as_its_uid_in_its_chroot_within_its_limits_and_leaves_
     let chroot = std::fs::metadata(&record.chroot).unwrap();
     assert_eq!((root.dev(), root.ino()), (chroot.dev(), chroot.ino()));
     assert!(record.chroot.starts_with(&jail.base));
-    // The API socket the manager uses is the one inside the chroot.
+    // The API socket the manager uses is the one inside the chroot, and
+    // so are Firecracker's log and metrics, which it writes as its uid.
     assert!(info.api_socket.starts_with(&record.chroot));
+    for file in ["firecracker.log", "metrics.json"] {
+        let meta = std::fs::metadata(record.chroot.join(file)).unwrap();
+        assert_eq!(meta.uid(), record.uid, "{file}");
+        assert!(!info.dir.join(file).exists(), "{file} in the VM directory");
+    }
+    let log = std::fs::read_to_string(record.chroot.join("firecracker.log")).unwrap();
+    assert!(!log.is_empty(), "Firecracker logged nothing");
 
     // The limits, on the VMM's own cgroup(s).
     assert!(!record.cgroups.is_empty());

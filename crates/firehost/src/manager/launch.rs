@@ -167,29 +167,34 @@ impl Launched {
             ConsoleTarget::File => ConsoleMode::File(dir.join(CONSOLE_FILE)),
         };
         // Firecracker opens its log and metrics paths without O_CREAT (they
-        // are usually FIFOs), so plain files must exist first.
+        // are usually FIFOs), so plain files must exist first: in the VM's
+        // directory, or inside the jail, where staging made them (owned by
+        // the VM's uid).
         if let Some(level) = config.vmm_log {
-            let path = dir.join(VMM_LOG_FILE);
-            create_private_file(&path).map_err(io("create", &path))?;
-            command.log_path = Some(path);
             command.log_level = Some(level);
+            command.log_path = Some(match &jail {
+                Some(_) => jailed::layout::LOG.into(),
+                None => {
+                    let path = dir.join(VMM_LOG_FILE);
+                    create_private_file(&path).map_err(io("create", &path))?;
+                    path
+                }
+            });
         }
         if config.vmm_metrics {
-            let path = dir.join(METRICS_FILE);
-            create_private_file(&path).map_err(io("create", &path))?;
-            command.metrics_path = Some(path);
+            command.metrics_path = Some(match &jail {
+                Some(_) => jailed::layout::METRICS.into(),
+                None => {
+                    let path = dir.join(METRICS_FILE);
+                    create_private_file(&path).map_err(io("create", &path))?;
+                    path
+                }
+            });
         }
         if let Some(prepared) = &jail {
-            // Inside the chroot, where staging put (and owns) them.
-            use jailed::layout;
-            command.api_socket = layout::API_SOCKET.into();
-            command.log_path = command.log_path.as_ref().map(|_| layout::LOG.into());
-            command.metrics_path = command
-                .metrics_path
-                .as_ref()
-                .map(|_| layout::METRICS.into());
+            command.api_socket = jailed::layout::API_SOCKET.into();
             if let SeccompPolicy::Filter(_) = command.seccomp {
-                command.seccomp = SeccompPolicy::Filter(layout::SECCOMP.into());
+                command.seccomp = SeccompPolicy::Filter(jailed::layout::SECCOMP.into());
             }
             command.jailer = Some(prepared.jailer.clone());
         }
