@@ -334,6 +334,11 @@ pub struct RunArgs {
     /// guest then configures eth0 itself).
     #[arg(long, requires = "network")]
     pub no_ip_arg: bool,
+    /// Put the VM's TAP in a network namespace of its own, bridged to the
+    /// default network through a veth pair; Firecracker runs in it and
+    /// sees no host interface. Implies --net; needs a jailed VM.
+    #[arg(long, group = "network")]
+    pub netns: bool,
     /// Give the VM a vsock device, the channel to the guest agent (exec,
     /// cp); its token goes on the kernel command line. Implied by
     /// --guest-cid and --wait-ready.

@@ -258,7 +258,8 @@ fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
         || args.ip.is_some()
         || args.mac.is_some()
         || !args.publish.is_empty()
-        || !args.peer_group.is_empty();
+        || !args.peer_group.is_empty()
+        || args.netns;
     if !wanted {
         return Ok(None);
     }
@@ -272,6 +273,7 @@ fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
         publish: parse_all("--publish", &args.publish)?,
         peer_groups: parse_all("--peer-group", &args.peer_group)?,
         kernel_ip_arg: !args.no_ip_arg,
+        netns: args.netns,
     }))
 }
 

@@ -50,7 +50,13 @@ pub fn vm_record(vm: &VmJson) -> String {
             ("ip", format!("{}/{}", net.ip, net.prefix_len)),
             ("gateway", net.gateway.clone()),
             ("mac", net.mac.clone()),
-            ("tap", net.tap.clone()),
+            (
+                "tap",
+                match &net.netns {
+                    Some(ns) => format!("{} (in the VM's namespace {ns})", net.tap),
+                    None => net.tap.clone(),
+                },
+            ),
             ("published", list_or_dash(&net.published)),
         ]);
         if !net.peer_groups.is_empty() {
@@ -640,6 +646,7 @@ mod tests {
                 dns: vec!["1.1.1.1".into()],
                 published: vec!["8080:80/tcp".into(), "5353:53/udp".into()],
                 peer_groups: Vec::new(),
+                netns: None,
             }),
         }
     }

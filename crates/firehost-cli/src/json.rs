@@ -51,11 +51,13 @@
 //!
 //! `net` is `{"ip": string, "prefix_len": integer, "gateway": string,
 //! "mac": string, "tap": string, "dns": [string…], "published":
-//! [string…], "peer_groups": [string…]}`: the guest's address and the
-//! subnet's prefix length, its default gateway (the bridge), its NIC's
-//! MAC (`06:00:ac:1e:00:02`), the TAP on the host, its DNS servers, the
-//! host ports forwarded to it as `HOST:GUEST/PROTO` (`8080:80/tcp`) in the
-//! order they were published, and its peer groups.
+//! [string…], "peer_groups": [string…], "netns": string or null}`: the
+//! guest's address and the subnet's prefix length, its default gateway
+//! (the bridge), its NIC's MAC (`06:00:ac:1e:00:02`), its TAP, its DNS
+//! servers, the host ports forwarded to it as `HOST:GUEST/PROTO`
+//! (`8080:80/tcp`) in the order they were published, its peer groups, and
+//! with `run --netns` the VM's own network namespace (its pinned file; the
+//! TAP is in there).
 //!
 //! # Per command
 //!
@@ -269,6 +271,8 @@ pub struct NetJson {
     pub published: Vec<String>,
     /// Peer groups.
     pub peer_groups: Vec<String>,
+    /// The VM's own network namespace file, if it has one.
+    pub netns: Option<String>,
 }
 
 /// Each item's text.
@@ -287,6 +291,7 @@ impl From<&VmNet> for NetJson {
             dns: strings(&net.dns),
             published: strings(&net.published),
             peer_groups: strings(&net.peer_groups),
+            netns: net.netns.as_ref().map(|ns| path(&ns.path)),
         }
     }
 }

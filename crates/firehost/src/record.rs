@@ -297,6 +297,7 @@ mod tests {
                 dns: vec!["1.1.1.1".parse().unwrap()],
                 published: vec!["8080:80".parse().unwrap()],
                 peer_groups: vec!["g".parse().unwrap()],
+                netns: None,
             }),
         }
     }

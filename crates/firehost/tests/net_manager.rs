@@ -759,3 +759,188 @@ fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
         assert!(left.is_empty(), "{left:?}");
     });
 }
+
+/// The names of the links inside the namespace pinned at `path`.
+async fn links_inside(path: &std::path::Path) -> Vec<String> {
+    let ns = firehost::net::netns::open(path).unwrap();
+    let mut names = firehost::net::netns::links_in(&ns).await.unwrap();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_namespaced_vm_has_its_tap_in_its_own_namespace_bridged_through_a_veth() {
+    const T: &str = "a_namespaced_vm_has_its_tap_in_its_own_namespace_bridged_through_a_veth";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let state = h.host.state_dir();
+        std::fs::create_dir_all(&state).unwrap();
+        let network = firehost::net::host::HostNetwork::new(h.config().network, &state).unwrap();
+        let vm = id("ns-vm");
+        let spec = NetSpec {
+            netns: true,
+            ..NetSpec::default()
+        };
+        let owner = firehost::net::tap::TapOwner {
+            uid: Some(4242),
+            gid: Some(4242),
+        };
+        let net = network.attach_owned(&vm, &spec, owner).await.unwrap();
+        let netns = net.netns.clone().expect("a namespace of its own");
+        assert!(netns.path.starts_with(&state));
+
+        // Inside: the TAP (still owned by the VM's uid), the veth's inner
+        // end and a bridge holding both, all up.
+        let fp = format!("fp{}", &net.tap.as_str()[2..]);
+        assert_eq!(links_inside(&netns.path).await, {
+            let mut want = vec![
+                net.tap.to_string(),
+                fp.clone(),
+                "br0".to_owned(),
+                "lo".to_owned(),
+            ];
+            want.sort();
+            want
+        });
+        let ns = firehost::net::netns::open(&netns.path).unwrap();
+        let inside = firehost::net::netns::netlink_in(&ns).unwrap();
+        let br0 = inside.link(&ifname("br0")).await.unwrap().unwrap();
+        for port in [net.tap.clone(), ifname(&fp)] {
+            let link = inside.link(&port).await.unwrap().unwrap();
+            let state = LinkState::from_message(&link);
+            assert_eq!(state.controller, Some(br0.header.index), "{port}");
+            assert!(state.up, "{port}");
+        }
+        let tap = inside.link(&net.tap).await.unwrap().unwrap();
+        assert_eq!(TunInfo::from_message(&tap).unwrap().owner, Some(4242));
+
+        // Outside: no TAP, the veth's host end on the host bridge, and the
+        // firewall binding the guest's MAC and address to that port.
+        assert!(nl.link(&net.tap).await.unwrap().is_none());
+        let host_end = nl.link(&netns.host_port).await.unwrap().unwrap();
+        let bridge = nl.link(&ifname("fhbr0")).await.unwrap().unwrap();
+        let host_state = LinkState::from_message(&host_end);
+        assert_eq!(host_state.controller, Some(bridge.header.index));
+        assert!(host_state.up);
+        assert_eq!(net.host_port(), &netns.host_port);
+        let bindings = Nftables::open()
+            .unwrap()
+            .list("list set bridge firehost bindings")
+            .unwrap()
+            .to_string();
+        assert!(
+            bindings.contains(netns.host_port.as_str()) && !bindings.contains(net.tap.as_str()),
+            "{bindings}"
+        );
+
+        // A restarted network keeps a live VM's namespace and removes a
+        // dead one's.
+        let again = firehost::net::host::HostNetwork::new(h.config().network, &state).unwrap();
+        again.reconcile(vec![(vm.clone(), net.clone())]).await;
+        assert!(netns.path.exists());
+        assert!(nl.link(&netns.host_port).await.unwrap().is_some());
+        again.reconcile(vec![]).await;
+        assert!(!netns.path.exists());
+        assert!(nl.link(&netns.host_port).await.unwrap().is_none());
+        assert_eq!(residue(&nl).await, nothing());
+
+        // And detach takes everything away.
+        let network = firehost::net::host::HostNetwork::new(h.config().network, &state).unwrap();
+        let net = network.attach_owned(&vm, &spec, owner).await.unwrap();
+        let path = net.netns.clone().unwrap().path;
+        network.detach(&vm).await.unwrap();
+        assert!(!path.exists());
+        assert_eq!(residue(&nl).await, nothing());
+        assert_eq!(
+            std::fs::read_dir(state.join("netns")).unwrap().count(),
+            0,
+            "namespace files left"
+        );
+    });
+}
+
+#[test]
+fn a_namespace_needs_a_jail() {
+    const T: &str = "a_namespace_needs_a_jail";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let mut spec = net_spec();
+        spec.net.as_mut().unwrap().netns = true;
+        let err = manager.run(&id("no-jail"), spec).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VmError::InvalidSpec {
+                    source: firehost::spec::SpecError::NetnsNeedsJail,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(residue(&nl).await, nothing());
+        assert!(h.host.vm_dirs().is_empty());
+    });
+}
+
+#[test]
+fn a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
+    const T: &str = "a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing";
+    let jailer = std::env::var_os("FIREHOST_JAILER").map(std::path::PathBuf::from);
+    let Some(jailer) = jailer.filter(|_| !common::backend().is_fake()) else {
+        common::skip(T, "needs FIREHOST_FIRECRACKER (static) and FIREHOST_JAILER");
+        return;
+    };
+    in_netns(T, |nl| async move {
+        use std::os::unix::fs::MetadataExt;
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let base = h.host.dir.path().join("jails");
+        std::fs::create_dir(&base).unwrap();
+        let mut config = h.config();
+        config.jail = Some(firehost::jail::JailConfig {
+            jailer,
+            chroot_base: base.clone(),
+            uid_range: 930_020..930_030,
+            ..firehost::jail::JailConfig::default()
+        });
+        let manager = Manager::open(config).await.unwrap();
+        let vm = id("ns-jailed");
+        let mut spec = net_spec();
+        spec.jail = Some(firehost::jail::JailSpec::default());
+        spec.net.as_mut().unwrap().netns = true;
+        let info = manager.run(&vm, spec).await.unwrap();
+        let net = net_of(&info);
+        let netns = net.netns.clone().expect("a namespace of its own");
+        // Firecracker runs in the VM's namespace, and has its TAP there.
+        let pid = info.pid.unwrap();
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+        let pinned = std::fs::metadata(&netns.path).unwrap();
+        assert_eq!(theirs.ino(), pinned.ino());
+        let api = manager.api(&vm).await.unwrap().unwrap();
+        let config = api.get_export_vm_config().await.unwrap();
+        let ifaces = config.network_interfaces.unwrap_or_default();
+        assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+        let tap = {
+            let ns = firehost::net::netns::open(&netns.path).unwrap();
+            let inside = firehost::net::netns::netlink_in(&ns).unwrap();
+            inside.link(&net.tap).await.unwrap().unwrap()
+        };
+        assert_eq!(
+            TunInfo::from_message(&tap).unwrap().owner,
+            Some(info.jail.unwrap().uid)
+        );
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+        assert!(!netns.path.exists());
+    });
+}

@@ -314,6 +314,7 @@ pub fn assert_vm_shape(vm: &Value) {
                 ("dns", &[Arr]),
                 ("published", &[Arr]),
                 ("peer_groups", &[Arr]),
+                ("netns", &[Str, Null]),
             ],
         );
     }

@@ -48,6 +48,14 @@ async fn build(
             id: id.clone(),
             source,
         })?;
+    if spec.net.as_ref().is_some_and(|n| n.netns)
+        && super::jailed::jail_spec_of(&spec, shared.config.jail.as_ref()).is_none()
+    {
+        return Err(VmError::InvalidSpec {
+            id: id.clone(),
+            source: crate::spec::SpecError::NetnsNeedsJail,
+        });
+    }
     let net = match &spec.net {
         Some(net_spec) => {
             let owner = super::jailed::tap_owner(shared, id, &spec, undo)?;

@@ -90,6 +90,7 @@ pub(super) async fn prepare(
     id: &VmId,
     spec: &ResolvedSpec,
     drives_from: Option<&Path>,
+    netns: Option<&Path>,
     undo: &mut UndoStack,
 ) -> Result<Option<PreparedJail>, VmError> {
     let config = shared.config.jail.as_ref();
@@ -121,6 +122,7 @@ pub(super) async fn prepare(
     jailer.cgroups = limits.properties(version);
     jailer.parent_cgroup = Some(config.parent_cgroup.clone());
     jailer.new_pid_ns = config.new_pid_ns;
+    jailer.netns = netns.map(Path::to_owned);
     jailer.resource_limits = vec![ResourceLimit::OpenFiles(shared.config.nofile_limit)];
     if let Some(bytes) = jail_spec.fsize_max_bytes {
         jailer.resource_limits.push(ResourceLimit::FileSize(bytes));

@@ -135,7 +135,11 @@ impl Launched {
             .map_err(io("create directory", &dir))?;
         undo.push(UndoStep::RemoveDir(dir.clone()));
 
-        let jail = super::jailed::prepare(shared, id, &spec, drives_from, undo).await?;
+        let netns = net
+            .as_ref()
+            .and_then(|n| n.netns.as_ref())
+            .map(|ns| ns.path.as_path());
+        let jail = super::jailed::prepare(shared, id, &spec, drives_from, netns, undo).await?;
         // The socket on the host; Firecracker may see it elsewhere.
         let api_socket = match &jail {
             Some(prepared) => prepared

@@ -426,6 +426,9 @@ pub(crate) fn restore_net_spec(
             .map(|n| n.peer_groups.clone())
             .unwrap_or_default(),
         kernel_ip_arg: false,
+        // The guest does not notice where its TAP lives: the restored VM
+        // gets a namespace when the snapshot's VM had one.
+        netns: manifest.spec.net.as_ref().is_some_and(|n| n.netns),
     }))
 }
 

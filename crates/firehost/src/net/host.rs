@@ -56,6 +56,8 @@ const TAP_NAME_ATTEMPTS: u32 = 8;
 
 /// The state file, beside `vms/` and `snapshots/`.
 const STATE_FILE: &str = "network.json";
+/// Where VMs' own network namespaces are pinned, in the state directory.
+const NETNS_DIR: &str = "netns";
 
 /// Where guest traffic leaves the host.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -217,6 +219,11 @@ pub struct NetSpec {
     /// On by default.
     #[serde(default = "yes")]
     pub kernel_ip_arg: bool,
+    /// A network namespace of the VM's own, holding its TAP and joined to
+    /// the bridge by a veth pair (see [`super::netns`]). Needs a jailed
+    /// VM: the jailer makes Firecracker join it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub netns: bool,
 }
 
 fn yes() -> bool {
@@ -231,6 +238,7 @@ impl Default for NetSpec {
             publish: Vec::new(),
             peer_groups: Vec::new(),
             kernel_ip_arg: true,
+            netns: false,
         }
     }
 }
@@ -259,6 +267,9 @@ pub struct VmNet {
     /// Peer groups.
     #[serde(default)]
     pub peer_groups: Vec<PeerGroup>,
+    /// The VM's own network namespace, holding the TAP, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<super::netns::VmNetns>,
 }
 
 impl VmNet {
@@ -281,6 +292,7 @@ impl VmNet {
             dns,
             published: spec.publish.clone(),
             peer_groups: spec.peer_groups.clone(),
+            netns: None,
         }
     }
 
@@ -295,9 +307,18 @@ impl VmNet {
         }
     }
 
+    /// The VM's port on the host's bridge: its TAP, or in a namespace of
+    /// its own the host end of its veth pair.
+    pub fn host_port(&self) -> &IfName {
+        match &self.netns {
+            Some(ns) => &ns.host_port,
+            None => &self.tap,
+        }
+    }
+
     fn port(&self) -> GuestPort {
         GuestPort {
-            tap: self.tap.clone(),
+            tap: self.host_port().clone(),
             mac: self.mac,
             ip: self.ip,
             published: self.published.clone(),
@@ -536,26 +557,26 @@ impl HostNetwork {
         owner: TapOwner,
     ) -> Result<VmNet, NetError> {
         let live = inner.live.as_ref().expect("set up by the caller");
-        let created = self.create_tap(live, vm, owner).await;
-        let tap = match created {
-            Ok(tap) => tap,
+        let created = if spec.netns {
+            self.create_namespaced_tap(live, vm, owner).await
+        } else {
+            self.create_tap(live, vm, owner)
+                .await
+                .map(|tap| (tap.name, None))
+        };
+        let (tap, netns) = match created {
+            Ok(made) => made,
             Err(e) => {
                 inner.allocator.release(vm);
                 return Err(e);
             }
         };
-        let net = VmNet::new(
-            &self.config,
-            self.gateway,
-            lease,
-            tap.name.clone(),
-            self.dns(),
-            spec,
-        );
+        let mut net = VmNet::new(&self.config, self.gateway, lease, tap, self.dns(), spec);
+        net.netns = netns;
         let peers = peer_pairs(inner.attached.values(), &net);
         if let Err(e) = live.firewall.add_port(&net.port(), &peers) {
-            if let Err(undo) = Tap::delete(&live.nl, &tap.name).await {
-                tracing::warn!(vm = %vm, tap = %tap.name, error = %undo, "cannot delete TAP after a failed attach");
+            if let Err(undo) = self.delete_devices(live, &net).await {
+                tracing::warn!(vm = %vm, tap = %net.tap, error = %undo, "cannot delete TAP after a failed attach");
             }
             inner.allocator.release(vm);
             return Err(e.into());
@@ -575,7 +596,7 @@ impl HostNetwork {
         if let Some(live) = &inner.live {
             let peers = peer_pairs(inner.attached.values(), &net);
             live.firewall.remove_port(&net.port(), &peers)?;
-            Tap::delete(&live.nl, &net.tap).await?;
+            self.delete_devices(live, &net).await?;
         }
         inner.attached.remove(vm);
         inner.allocator.release(vm);
@@ -687,14 +708,20 @@ impl HostNetwork {
             }
         }
         if let Some(live) = &inner.live {
-            let keep: BTreeSet<IfName> = inner.attached.values().map(|n| n.tap.clone()).collect();
+            // A namespaced VM's TAP is in its namespace; its veth's host end
+            // is what carries our label here.
+            let keep: BTreeSet<IfName> = inner
+                .attached
+                .values()
+                .map(|n| n.host_port().clone())
+                .collect();
             match self.own_taps(&live.nl).await {
                 Ok(taps) => {
                     for (tap, vm) in taps {
                         if !keep.contains(&tap) {
-                            tracing::info!(tap = %tap, vm = %vm, "deleting the TAP of a VM that is gone");
-                            if let Err(e) = Tap::delete(&live.nl, &tap).await {
-                                tracing::warn!(tap = %tap, error = %e, "cannot delete a leftover TAP");
+                            tracing::info!(link = %tap, vm = %vm, "deleting the TAP (or veth) of a VM that is gone");
+                            if let Err(e) = super::netns::delete_link(&live.nl, &tap).await {
+                                tracing::warn!(link = %tap, error = %e, "cannot delete a leftover link");
                             }
                         }
                     }
@@ -702,6 +729,7 @@ impl HostNetwork {
                 Err(e) => tracing::warn!(error = %e, "cannot list TAPs"),
             }
         }
+        self.remove_stale_namespaces(&inner.attached);
         if inner.attached.is_empty() && inner.live.is_some() {
             self.tear_down(&mut inner).await;
         }
@@ -832,6 +860,107 @@ impl HostNetwork {
         }
     }
 
+    /// Deletes a VM's TAP, or its namespace with the TAP in it.
+    async fn delete_devices(&self, live: &Live, net: &VmNet) -> Result<(), NetError> {
+        match &net.netns {
+            Some(netns) => super::netns::unplumb(&live.nl, netns, &net.tap).await,
+            None => Tap::delete(&live.nl, &net.tap)
+                .await
+                .map(drop)
+                .map_err(Into::into),
+        }
+    }
+
+    /// Unpins the namespaces of VMs that are not attached (their TAPs and
+    /// bridges go with them).
+    fn remove_stale_namespaces(&self, attached: &BTreeMap<VmId, VmNet>) {
+        let Ok(entries) = std::fs::read_dir(self.netns_dir()) else {
+            return;
+        };
+        let keep: BTreeSet<PathBuf> = attached
+            .values()
+            .filter_map(|n| n.netns.as_ref().map(|ns| ns.path.clone()))
+            .collect();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !keep.contains(&path) {
+                tracing::info!(netns = ?path, "removing the network namespace of a VM that is gone");
+                if let Err(e) = super::netns::remove(&path) {
+                    tracing::warn!(netns = ?path, error = %e, "cannot remove a leftover namespace");
+                }
+            }
+        }
+    }
+
+    /// Where VMs' namespaces are pinned.
+    fn netns_dir(&self) -> PathBuf {
+        self.state_file
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(NETNS_DIR)
+    }
+
+    /// Creates the VM's TAP in a namespace of its own, joined to the
+    /// bridge by a veth pair whose host end is labelled as ours.
+    async fn create_namespaced_tap(
+        &self,
+        live: &Live,
+        vm: &VmId,
+        owner: TapOwner,
+    ) -> Result<(IfName, Option<super::netns::VmNetns>), NetError> {
+        let dir = self.netns_dir();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| NetError::Io {
+                    op: "create",
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let path = dir.join(vm.as_str());
+        let mut tried = Vec::new();
+        for attempt in 0..TAP_NAME_ATTEMPTS {
+            let tap = tap_name_for_vm(vm, 0, attempt);
+            match super::tap::create_persistent_tap(&tap, owner) {
+                Ok(()) => {}
+                Err(TapError::NameTaken { .. }) => {
+                    tried.push(tap);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let suffix = &tap.as_str()[super::tap::TAP_PREFIX.len()..];
+            let host_port = IfName::new(format!("fv{suffix}")).expect("as long as the TAP's");
+            let inner_port = IfName::new(format!("fp{suffix}")).expect("as long as the TAP's");
+            let plumbed = super::netns::plumb(
+                &live.nl,
+                live.bridge.name(),
+                &tap,
+                &path,
+                &host_port,
+                &inner_port,
+                &self.alias(vm),
+            )
+            .await;
+            return match plumbed {
+                Ok(netns) => Ok((tap, Some(netns))),
+                Err(e) => {
+                    // Still in our namespace if it was never moved.
+                    let _ = Tap::delete(&live.nl, &tap).await;
+                    Err(e)
+                }
+            };
+        }
+        Err(NetError::TapNamesTaken {
+            vm: vm.clone(),
+            tried,
+        })
+    }
+
     /// Creates the VM's TAP on the bridge and labels it as ours.
     async fn create_tap(&self, live: &Live, vm: &VmId, owner: TapOwner) -> Result<Tap, NetError> {
         let mut tried = Vec::new();
@@ -883,7 +1012,11 @@ impl HostNetwork {
             })?;
         let mut taps = Vec::new();
         for link in links {
-            if LinkState::from_message(&link).kind.as_deref() != Some("tun") {
+            // TAPs, and the host ends of namespaced VMs' veth pairs.
+            if !matches!(
+                LinkState::from_message(&link).kind.as_deref(),
+                Some("tun" | "veth")
+            ) {
                 continue;
             }
             let (mut name, mut vm) = (None, None);
@@ -1066,6 +1199,7 @@ mod tests {
             dns: vec![],
             published: published.iter().map(|p| p.parse().unwrap()).collect(),
             peer_groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+            netns: None,
         }
     }
 

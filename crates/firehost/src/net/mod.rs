@@ -40,6 +40,7 @@ pub mod bridge;
 pub mod firewall;
 pub mod host;
 pub mod ipam;
+pub mod netns;
 pub mod nft;
 pub mod sysctl;
 pub mod tap;

@@ -1,0 +1,279 @@
+//! A network namespace of its own for a VM on the default network.
+//!
+//! Asked for with [`NetSpec::netns`](super::host::NetSpec::netns) (and a
+//! jail: the jailer's `--netns` makes Firecracker join it). The namespace
+//! holds only the VM's TAP, a bridge and one end of a veth pair; the other
+//! end is a port of the host's bridge, where the firewall binds the VM's
+//! MAC and address to it exactly as it binds an unnamespaced VM's TAP. The
+//! guest sees the same network either way; the VMM process sees nothing of
+//! the host's interfaces.
+//!
+//! ```text
+//!   host:  fhbr0 ── fv<id> ═══ veth ═══ fp<id> ── br0 ── fh<id> (TAP) ── Firecracker
+//!                                        └──── the VM's namespace ────┘
+//! ```
+//!
+//! The namespace is pinned by a bind mount of its `nsfs` file at a path in
+//! the state directory (like `ip netns add` does under `/run/netns`), so
+//! it outlives the thread that made it and a manager restart. Removing
+//! that mount (and the VMM exiting) ends it, and the kernel deletes the
+//! devices inside.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::host::NetError;
+use super::{IfName, Netlink};
+
+/// The name of the bridge inside each VM's namespace.
+pub const INNER_BRIDGE: &str = "br0";
+
+/// A VM's namespace as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNetns {
+    /// The bind-mounted namespace file (`--netns` for the jailer).
+    pub path: PathBuf,
+    /// The veth end on the host's bridge: the VM's port there.
+    pub host_port: IfName,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {
+    let path = path.to_owned();
+    move |source| NetError::Io { op, path, source }
+}
+
+fn nl_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    move |source| NetError::Netlink { op, source }
+}
+
+/// Makes a new network namespace pinned at `path` (which must not exist),
+/// and returns a descriptor of it.
+pub fn create(path: &Path) -> Result<OwnedFd, NetError> {
+    let owned = path.to_owned();
+    // `unshare(CLONE_NEWNET)` moves only the calling thread: a thread of
+    // its own does it and is gone afterwards.
+    let made = std::thread::spawn(move || -> std::io::Result<OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&owned)?;
+        // SAFETY: only the network namespace is unshared, never the file
+        // table, so no descriptor changes meaning for any thread.
+        let pinned =
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+                .map_err(std::io::Error::from)
+                .and_then(|()| {
+                    rustix::mount::mount_bind("/proc/thread-self/ns/net", &owned)
+                        .map_err(std::io::Error::from)
+                });
+        if let Err(e) = pinned {
+            let _ = std::fs::remove_file(&owned);
+            return Err(e);
+        }
+        std::fs::File::open(&owned).map(OwnedFd::from)
+    })
+    .join()
+    .expect("making a namespace does not panic");
+    made.map_err(io_err("create the network namespace", path))
+}
+
+/// Opens the namespace pinned at `path`.
+pub fn open(path: &Path) -> Result<OwnedFd, NetError> {
+    std::fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(io_err("open the network namespace", path))
+}
+
+/// Unpins the namespace at `path` and removes the file; one that is gone
+/// already is fine. The namespace ends once no process is in it.
+pub fn remove(path: &Path) -> Result<(), NetError> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(io_err("unmount the network namespace", path)(e.into())),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove the network namespace file", path)(e)),
+    }
+}
+
+/// A netlink connection inside the namespace `ns`.
+pub fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
+    let ns = ns
+        .try_clone()
+        .map_err(io_err("duplicate", Path::new("netns")))?;
+    let runtime = tokio::runtime::Handle::current();
+    // The socket belongs to the namespace of the thread that opens it.
+    std::thread::spawn(move || {
+        let _entered = runtime.enter();
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+        Netlink::connect()
+    })
+    .join()
+    .expect("connecting does not panic")
+    .map_err(io_err("open a netlink socket in", Path::new("netns")))
+}
+
+/// Moves the link `name` (seen by `nl`) into the namespace `ns`.
+async fn move_link(nl: &Netlink, name: &IfName, ns: &OwnedFd) -> Result<(), NetError> {
+    let index = index_of(nl, name).await?;
+    let msg = rtnetlink::LinkUnspec::new_with_index(index)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    nl.handle()
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(nl_err("move a link into the VM's namespace"))
+}
+
+async fn index_of(nl: &Netlink, name: &IfName) -> Result<u32, NetError> {
+    nl.link(name)
+        .await
+        .map_err(nl_err("look up a link"))?
+        .map(|l| l.header.index)
+        .ok_or_else(|| NetError::Io {
+            op: "find the link",
+            path: PathBuf::from(name.as_str()),
+            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+        })
+}
+
+async fn up_on(nl: &Netlink, name: &IfName, controller: Option<u32>) -> Result<(), NetError> {
+    let index = index_of(nl, name).await?;
+    let mut msg = rtnetlink::LinkUnspec::new_with_index(index).up();
+    if let Some(controller) = controller {
+        msg = msg.controller(controller);
+    }
+    nl.handle()
+        .link()
+        .set(msg.build())
+        .execute()
+        .await
+        .map_err(nl_err("set a link up"))
+}
+
+/// Puts `tap` (a persistent TAP in the host's namespace, not on any
+/// bridge) into a new namespace pinned at `path`, joined to the host's
+/// `bridge` through the veth pair `host_port`/`inner_port`, labelled
+/// `alias` on the host side. All or nothing.
+pub async fn plumb(
+    nl: &Netlink,
+    bridge: &IfName,
+    tap: &IfName,
+    path: &Path,
+    host_port: &IfName,
+    inner_port: &IfName,
+    alias: &str,
+) -> Result<VmNetns, NetError> {
+    let ns = create(path)?;
+    let steps = async {
+        nl.handle()
+            .link()
+            .add(rtnetlink::LinkVeth::new(host_port.as_str(), inner_port.as_str()).build())
+            .execute()
+            .await
+            .map_err(nl_err("create the veth pair"))?;
+        let host_index = index_of(nl, host_port).await?;
+        let label = rtnetlink::LinkUnspec::new_with_index(host_index)
+            .alias(alias.to_owned())
+            .build();
+        nl.handle()
+            .link()
+            .set(label)
+            .execute()
+            .await
+            .map_err(nl_err("label the veth"))?;
+        move_link(nl, inner_port, &ns).await?;
+        move_link(nl, tap, &ns).await?;
+        let bridge_index = index_of(nl, bridge).await?;
+        up_on(nl, host_port, Some(bridge_index)).await?;
+
+        let inside = netlink_in(&ns)?;
+        inside
+            .handle()
+            .link()
+            .add(rtnetlink::LinkBridge::new(INNER_BRIDGE).up().build())
+            .execute()
+            .await
+            .map_err(nl_err("create the VM namespace's bridge"))?;
+        let inner_bridge = index_of(&inside, &IfName::new(INNER_BRIDGE).expect("valid")).await?;
+        up_on(&inside, tap, Some(inner_bridge)).await?;
+        up_on(&inside, inner_port, Some(inner_bridge)).await?;
+        up_on(&inside, &IfName::new("lo").expect("valid"), None).await?;
+        Ok::<_, NetError>(())
+    };
+    match steps.await {
+        Ok(()) => Ok(VmNetns {
+            path: path.to_owned(),
+            host_port: host_port.clone(),
+        }),
+        Err(e) => {
+            // Whatever was made: the host end (which takes its peer), the
+            // TAP if it was not moved yet (the caller deletes it), and the
+            // namespace with anything moved into it.
+            let _ = delete_link(nl, host_port).await;
+            let _ = remove(path);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a VM's namespace plumbing: the veth pair, the TAP and bridge
+/// inside, the namespace. Parts already gone are fine.
+pub async fn unplumb(nl: &Netlink, netns: &VmNetns, tap: &IfName) -> Result<(), NetError> {
+    delete_link(nl, &netns.host_port).await?;
+    if let Ok(ns) = open(&netns.path) {
+        // Persistent TAPs would be deleted with the namespace anyway; say
+        // so explicitly rather than rely on it.
+        if let Ok(inside) = netlink_in(&ns) {
+            let _ = delete_link(&inside, tap).await;
+        }
+    }
+    remove(&netns.path)
+}
+
+/// Deletes the link `name`, if there is one (a veth's peer goes with it).
+pub async fn delete_link(nl: &Netlink, name: &IfName) -> Result<(), NetError> {
+    let Some(link) = nl.link(name).await.map_err(nl_err("look up a link"))? else {
+        return Ok(());
+    };
+    match nl.handle().link().del(link.header.index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if super::errno(&e) == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(nl_err("delete a link")(e)),
+    }
+}
+
+/// The links inside namespace `ns`, by name (for tests and inspection).
+pub async fn links_in(ns: &OwnedFd) -> Result<Vec<String>, NetError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let inside = netlink_in(ns)?;
+    let links: Vec<_> = inside
+        .handle()
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list links"))?;
+    Ok(links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+        })
+        .collect())
+}
