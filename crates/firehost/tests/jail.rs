@@ -512,3 +512,63 @@ async fn an_unjailed_snapshot_is_not_restored_into_a_jail() {
     // The bundle is not leased by the failed restore.
     assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
 }
+
+#[test]
+fn a_chroot_base_on_a_read_only_filesystem_is_refused_and_leaves_nothing() {
+    const T: &str = "a_chroot_base_on_a_read_only_filesystem_is_refused_and_leaves_nothing";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return common::skip(T, "needs root to mount a read-only filesystem");
+    }
+    let jail = JailHost::new();
+    let config = jail.config(Path::new("/bin/true"));
+    let state_vms = jail.host.state_dir().join("vms");
+    let base = jail.base.clone();
+    // The read-only mount exists only in this thread's own mount
+    // namespace: the host's mount table is never touched.
+    let outcome = std::thread::spawn(move || -> Result<Option<JailError>, String> {
+        use rustix::mount::{MountFlags, MountPropagationFlags};
+        use rustix::thread::UnshareFlags;
+        // SAFETY: the file table is not unshared, so no descriptor changes
+        // meaning; CLONE_FS makes the mount namespace this thread's alone.
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::FS | UnshareFlags::NEWNS) }
+            .map_err(|e| format!("unshare: {e}"))?;
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        )
+        .map_err(|e| format!("make / private: {e}"))?;
+        rustix::mount::mount("none", &base, "tmpfs", MountFlags::RDONLY, None)
+            .map_err(|e| format!("mount a read-only tmpfs: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Ok(runtime.block_on(async move {
+            let manager = Manager::open(config).await.unwrap();
+            let vm = id("ro-base");
+            let err = manager.create(&vm, jailed()).await.unwrap_err();
+            assert!(manager.get(&vm).await.is_err());
+            match err {
+                VmError::Jail { source, .. } => Some(*source),
+                other => panic!("{other:?}"),
+            }
+        }))
+    })
+    .join()
+    .unwrap();
+    let err = match outcome {
+        Ok(err) => err.unwrap(),
+        Err(why) => return common::skip(T, &why),
+    };
+    assert!(
+        matches!(&err, JailError::Stage { source, .. } if source.raw_os_error() == Some(libc::EROFS)),
+        "{err:?}"
+    );
+    // Nothing in the state directory, nothing under the (real) base.
+    let dirs: Vec<_> = std::fs::read_dir(&state_vms)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "{dirs:?}");
+    assert_eq!(jail.leftovers(), Vec::<PathBuf>::new());
+}
