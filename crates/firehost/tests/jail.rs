@@ -572,3 +572,46 @@ fn a_chroot_base_on_a_read_only_filesystem_is_refused_and_leaves_nothing() {
     assert!(dirs.is_empty(), "{dirs:?}");
     assert_eq!(jail.leftovers(), Vec::<PathBuf>::new());
 }
+
+#[tokio::test]
+async fn a_jailer_that_forks_is_followed_to_firecracker() {
+    let Some(jailer) = real_jailer("a_jailer_that_forks_is_followed_to_firecracker") else {
+        return;
+    };
+    for (name, new_pid_ns, daemonize) in [("pidns", true, false), ("daemon", false, true)] {
+        let jail = JailHost::new();
+        let mut config = jail.config(&jailer);
+        let settings = config.jail.as_mut().unwrap();
+        settings.new_pid_ns = new_pid_ns;
+        settings.daemonize = daemonize;
+        let manager = Manager::open(config.clone()).await.unwrap();
+        let vm = id(name);
+        let info = within("a forking jailed create", LONG, manager.run(&vm, jailed()))
+            .await
+            .unwrap();
+        let pid = info.pid.unwrap();
+        // The pid the manager watches is Firecracker's, in the jail.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert!(comm.starts_with("firecracker"), "{name}: {comm}");
+        let root = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+        let chroot = std::fs::metadata(&info.jail.as_ref().unwrap().chroot).unwrap();
+        assert_eq!(root.ino(), chroot.ino(), "{name}");
+        manager.pause(&vm).await.unwrap();
+        manager.resume(&vm).await.unwrap();
+        // A new manager finds it too.
+        drop(manager);
+        let manager = Manager::open(config).await.unwrap();
+        let again = manager.get(&vm).await.unwrap();
+        assert_eq!(
+            (again.state, again.pid),
+            (VmState::Running, Some(pid)),
+            "{name}"
+        );
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        assert!(!common::process_alive(pid), "{name}");
+        manager.destroy(&vm).await.unwrap();
+        for left in jail.leftovers() {
+            assert_eq!(left.components().count(), 1, "{name}: {left:?} left behind");
+        }
+    }
+}

@@ -65,6 +65,8 @@ pub struct JailerCommand {
     pub resource_limits: Vec<ResourceLimit>,
     /// `--new-pid-ns`.
     pub new_pid_ns: bool,
+    /// `--daemonize`.
+    pub daemonize: bool,
 }
 
 impl JailerCommand {
@@ -90,6 +92,7 @@ impl JailerCommand {
             netns: None,
             resource_limits: Vec::new(),
             new_pid_ns: false,
+            daemonize: false,
         }
     }
 
@@ -157,6 +160,9 @@ impl JailerCommand {
         for limit in &self.resource_limits {
             args.extend(["--resource-limit".into(), limit.arg().into()]);
         }
+        if self.daemonize {
+            args.push("--daemonize".into());
+        }
         if self.new_pid_ns {
             args.push("--new-pid-ns".into());
         }
@@ -214,6 +220,7 @@ mod tests {
             ResourceLimit::FileSize(1 << 30),
         ];
         c.new_pid_ns = true;
+        c.daemonize = true;
         let args = strings(c.args(&["--api-sock".into(), "/api.sock".into()]));
         assert_eq!(
             args,
@@ -242,6 +249,7 @@ mod tests {
                 "no-file=4096",
                 "--resource-limit",
                 "fsize=1073741824",
+                "--daemonize",
                 "--new-pid-ns",
                 "--",
                 "--api-sock",

@@ -29,14 +29,16 @@
 //! - [`uid`] hands each live VM a uid of its own from a range.
 //! - [`command`] builds the jailer's command line.
 //!
-//! The jailer runs without `--daemonize`, so the process the manager spawns
-//! execs into Firecracker and keeps its pid (and start time): stop, kill,
-//! exit watching and re-attaching work on it as on an unjailed VMM. With
-//! `--new-pid-ns` the jailer forks instead; the pid file it writes in the
-//! chroot names Firecracker, and [`command::read_pid_file`] reads it.
+//! By default the jailer runs without `--daemonize` or `--new-pid-ns`, so
+//! the process the manager spawns execs into Firecracker and keeps its pid
+//! (and start time): stop, kill, exit watching and re-attaching work on it
+//! as on an unjailed VMM, and its console reaches the manager. With either
+//! flag the jailer forks instead; the pid file it writes in the chroot
+//! names Firecracker, and [`pidfile::PidFileWatch`] finds it.
 
 pub mod cgroup;
 pub mod command;
+pub mod pidfile;
 pub mod stage;
 pub mod uid;
 
@@ -81,6 +83,10 @@ pub struct JailConfig {
     pub parent_cgroup: PathBuf,
     /// `--new-pid-ns`: Firecracker runs as PID 1 of a PID namespace.
     pub new_pid_ns: bool,
+    /// `--daemonize`: the jailer detaches Firecracker (a new session, its
+    /// stdio on `/dev/null`). Its console output is then lost: only its
+    /// log file remains. Off by default.
+    pub daemonize: bool,
 }
 
 impl Default for JailConfig {
@@ -95,6 +101,7 @@ impl Default for JailConfig {
             cgroup_version: None,
             parent_cgroup: PathBuf::from(DEFAULT_PARENT_CGROUP),
             new_pid_ns: false,
+            daemonize: false,
         }
     }
 }
@@ -377,6 +384,12 @@ pub enum JailError {
     PidFile {
         /// The file.
         path: PathBuf,
+    },
+    /// The jailer exited with an error before Firecracker started.
+    #[error("the jailer failed ({exit}); its stderr is in the VM's console")]
+    JailerFailed {
+        /// How it exited.
+        exit: String,
     },
     /// Removing the jail failed.
     #[error("cannot remove {}", path.display())]

@@ -122,6 +122,7 @@ pub(super) async fn prepare(
     jailer.cgroups = limits.properties(version);
     jailer.parent_cgroup = Some(config.parent_cgroup.clone());
     jailer.new_pid_ns = config.new_pid_ns;
+    jailer.daemonize = config.daemonize;
     jailer.netns = netns.map(Path::to_owned);
     jailer.resource_limits = vec![ResourceLimit::OpenFiles(shared.config.nofile_limit)];
     if let Some(bytes) = jail_spec.fsize_max_bytes {
@@ -204,31 +205,67 @@ pub(super) fn tap_owner(
     })
 }
 
-/// With `--new-pid-ns` the jailer forks Firecracker into a new PID
-/// namespace, writes its pid into the chroot and exits: waits for that,
-/// and returns Firecracker's process.
-pub(super) async fn follow_into_pid_ns(
+/// Whether the jailer forks (so Firecracker's pid is in the pid file).
+pub(super) fn forks(jailer: &JailerCommand) -> bool {
+    jailer.new_pid_ns || jailer.daemonize
+}
+
+/// A watch for the pid file of a jailer that forks; made before the spawn.
+pub(super) fn watch_pid_file(
     shared: &Shared,
     id: &VmId,
     jail: &VmJail,
+) -> Result<crate::jail::pidfile::PidFileWatch, VmError> {
+    let pid_file = crate::jail::command::pid_file(&jail.chroot, &shared.firecracker);
+    crate::jail::pidfile::PidFileWatch::new(&jail.chroot, pid_file).map_err(|source| {
+        VmError::Jail {
+            id: id.clone(),
+            source: Box::new(source),
+        }
+    })
+}
+
+/// With `--new-pid-ns` or `--daemonize` the jailer forks, writes
+/// Firecracker's pid into the chroot and exits: waits for the pid (failing
+/// at once if the jailer exits with an error) and returns Firecracker's
+/// process.
+pub(super) async fn follow_pid_file(
+    shared: &Shared,
+    id: &VmId,
+    watch: &crate::jail::pidfile::PidFileWatch,
     jailer: &crate::vmm::VmmProcess,
 ) -> Result<crate::vmm::VmmProcess, VmError> {
     let err = |source: JailError| VmError::Jail {
         id: id.clone(),
         source: Box::new(source),
     };
-    let pid_file = crate::jail::command::pid_file(&jail.chroot, &shared.firecracker);
-    let waited = jailer.wait_timeout(shared.config.timeouts.api_socket).await;
-    let pid = match waited {
-        Some(crate::state::ExitReason::Code(0)) => {
-            crate::jail::command::read_pid_file(&pid_file).map_err(err)?
+    let timeout = shared.config.timeouts.api_socket;
+    let failed = async {
+        match jailer.wait().await {
+            // The forking parent's exit says nothing yet.
+            crate::state::ExitReason::Code(0) => std::future::pending().await,
+            other => other,
         }
-        _ => return Err(err(JailError::PidFile { path: pid_file })),
     };
-    let start_time = crate::vmm::process::read_start_time(pid).ok();
-    start_time
-        .and_then(|start| crate::vmm::VmmProcess::attach(pid, start).ok().flatten())
-        .ok_or_else(|| err(JailError::PidFile { path: pid_file }))
+    let pid = tokio::select! {
+        pid = watch.wait(timeout) => pid.map_err(err)?,
+        exit = failed => {
+            return Err(err(JailError::JailerFailed { exit: exit.to_string() }));
+        }
+    };
+    // The forking jailer exits once the pid is written: wait, so that it
+    // is reaped now rather than left a zombie.
+    if jailer.wait_timeout(timeout).await.is_none() {
+        tracing::warn!(vm = %id, pid = jailer.pid(), "the jailer did not exit after forking");
+    }
+    let attached = crate::vmm::process::read_start_time(pid)
+        .ok()
+        .and_then(|start| crate::vmm::VmmProcess::attach(pid, start).ok().flatten());
+    attached.ok_or_else(|| {
+        err(JailError::JailerFailed {
+            exit: format!("Firecracker (pid {pid}) exited at once"),
+        })
+    })
 }
 
 /// Creates `<base>/<exec>/<id>` (which must not exist: it would be another

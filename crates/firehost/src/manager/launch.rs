@@ -204,19 +204,24 @@ impl Launched {
         }
 
         let ring = ConsoleRing::new(config.console_lines);
+        let pid_watch = match &jail {
+            Some(prepared) if jailed::forks(&prepared.jailer) => {
+                Some(jailed::watch_pid_file(shared, id, &prepared.jail)?)
+            }
+            _ => None,
+        };
         let process = command.spawn(&ring).map_err(|source| VmError::Spawn {
             id: id.clone(),
             source,
         })?;
         undo.push(UndoStep::KillProcess(process.clone()));
-        let process = match &jail {
-            Some(prepared) if prepared.jailer.new_pid_ns => {
-                let firecracker =
-                    jailed::follow_into_pid_ns(shared, id, &prepared.jail, &process).await?;
+        let process = match &pid_watch {
+            Some(watch) => {
+                let firecracker = jailed::follow_pid_file(shared, id, watch, &process).await?;
                 undo.push(UndoStep::KillProcess(firecracker.clone()));
                 firecracker
             }
-            _ => process,
+            None => process,
         };
 
         let vm = Vm {
