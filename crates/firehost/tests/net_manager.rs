@@ -712,12 +712,44 @@ fn metadata_carries_the_vms_identity_and_is_refreshed_on_restore() {
     });
 }
 
+/// The real jailer, when this run has it and a real (static) Firecracker.
+fn real_jailer(test: &str) -> Option<std::path::PathBuf> {
+    let jailer = std::env::var_os("FIREHOST_JAILER").map(std::path::PathBuf::from);
+    let found = jailer.filter(|_| !common::backend().is_fake());
+    if found.is_none() {
+        common::skip(
+            test,
+            "needs FIREHOST_FIRECRACKER (static) and FIREHOST_JAILER",
+        );
+    }
+    found
+}
+
+impl NetHost {
+    /// The configuration, jailing with `jailer` under a chroot base of its
+    /// own (returned) and uids from `first_uid`.
+    fn jail_config(
+        &self,
+        jailer: std::path::PathBuf,
+        first_uid: u32,
+    ) -> (ManagerConfig, std::path::PathBuf) {
+        let base = self.host.dir.path().join("jails");
+        std::fs::create_dir(&base).unwrap();
+        let mut config = self.config();
+        config.jail = Some(firehost::jail::JailConfig {
+            jailer,
+            chroot_base: base.clone(),
+            uid_range: first_uid..first_uid + 10,
+            ..firehost::jail::JailConfig::default()
+        });
+        (config, base)
+    }
+}
+
 #[test]
 fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
     const T: &str = "a_jailed_vm_gets_a_tap_its_own_uid_owns";
-    let jailer = std::env::var_os("FIREHOST_JAILER").map(std::path::PathBuf::from);
-    let Some(jailer) = jailer.filter(|_| !common::backend().is_fake()) else {
-        common::skip(T, "needs FIREHOST_FIRECRACKER (static) and FIREHOST_JAILER");
+    let Some(jailer) = real_jailer(T) else {
         return;
     };
     in_netns(T, |nl| async move {
@@ -725,15 +757,7 @@ fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
             return;
         }
         let h = NetHost::new(&nl).await;
-        let base = h.host.dir.path().join("jails");
-        std::fs::create_dir(&base).unwrap();
-        let mut config = h.config();
-        config.jail = Some(firehost::jail::JailConfig {
-            jailer,
-            chroot_base: base.clone(),
-            uid_range: 930_000..930_010,
-            ..firehost::jail::JailConfig::default()
-        });
+        let (config, base) = h.jail_config(jailer, 930_000);
         let manager = Manager::open(config).await.unwrap();
         let vm = id("jailed-net");
         let mut spec = net_spec();
@@ -892,9 +916,7 @@ fn a_namespace_needs_a_jail() {
 #[test]
 fn a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
     const T: &str = "a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing";
-    let jailer = std::env::var_os("FIREHOST_JAILER").map(std::path::PathBuf::from);
-    let Some(jailer) = jailer.filter(|_| !common::backend().is_fake()) else {
-        common::skip(T, "needs FIREHOST_FIRECRACKER (static) and FIREHOST_JAILER");
+    let Some(jailer) = real_jailer(T) else {
         return;
     };
     in_netns(T, |nl| async move {
@@ -903,15 +925,7 @@ fn a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
             return;
         }
         let h = NetHost::new(&nl).await;
-        let base = h.host.dir.path().join("jails");
-        std::fs::create_dir(&base).unwrap();
-        let mut config = h.config();
-        config.jail = Some(firehost::jail::JailConfig {
-            jailer,
-            chroot_base: base.clone(),
-            uid_range: 930_020..930_030,
-            ..firehost::jail::JailConfig::default()
-        });
+        let (config, _base) = h.jail_config(jailer, 930_020);
         let manager = Manager::open(config).await.unwrap();
         let vm = id("ns-jailed");
         let mut spec = net_spec();
