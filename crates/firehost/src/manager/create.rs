@@ -1,7 +1,6 @@
 //! Create as a transaction: every side effect goes on an undo stack as it
 //! happens, and any failure unwinds the stack before the error is returned.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::launch::{Launched, Reservation};
@@ -173,12 +172,8 @@ async fn configure(
 /// agent token.
 fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
     let id = &vm.record.id;
-    let uds_path = match &vm.record.jail {
-        Some(_) => vm
-            .record
-            .host_path(Path::new(super::jailed::layout::VSOCK_SOCKET)),
-        None => vm.dir.join(crate::vsock::SOCKET_FILE),
-    };
+    let uds_path =
+        super::jailed::socket_path(vm.record.jail.as_ref(), &vm.dir, crate::vsock::SOCKET_FILE);
     // Guest-initiated connections land on `<uds>_<port>`: leave room for
     // the longest port.
     let len = uds_path.as_os_str().len() + "_4294967295".len();

@@ -18,14 +18,10 @@ use crate::spec::{DriveSpec, ResolvedSpec};
 use crate::undo::{UndoStack, UndoStep};
 use crate::vmm::SeccompPolicy;
 
-/// Where a jailed VM's files are, as Firecracker sees them.
+/// Where a jailed VM's files are, as Firecracker sees them. Sockets are
+/// not listed: they keep the names they have in an unjailed VM's
+/// directory, at the root of the jail (see [`socket_path`]).
 pub(crate) mod layout {
-    /// The API socket.
-    pub const API_SOCKET: &str = "/api.sock";
-    /// The vsock device's socket.
-    pub const VSOCK_SOCKET: &str = "/vsock.sock";
-    /// The page server's socket of a restore.
-    pub const PAGE_SERVER_SOCKET: &str = "/uffd.sock";
     /// Firecracker's log.
     pub const LOG: &str = "/firecracker.log";
     /// Firecracker's metrics.
@@ -47,6 +43,15 @@ pub(crate) mod layout {
     pub const RESTORE: &str = "/restore";
     /// The marker naming the state directory that owns a jail.
     pub const OWNER_FILE: &str = "firehost.owner";
+}
+
+/// Where the socket `name` of a VM lives on the host: in its directory, or
+/// for a jailed VM at the root of its chroot (`/name` to Firecracker).
+pub(super) fn socket_path(jail: Option<&VmJail>, dir: &Path, name: &str) -> PathBuf {
+    match jail {
+        Some(jail) => jail.chroot.join(name),
+        None => dir.join(name),
+    }
 }
 
 /// The jail of a VM being made, ready for the jailer.

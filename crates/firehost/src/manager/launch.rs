@@ -141,13 +141,11 @@ impl Launched {
             .map(|ns| ns.path.as_path());
         let jail = super::jailed::prepare(shared, id, &spec, drives_from, netns, undo).await?;
         // The socket on the host; Firecracker may see it elsewhere.
-        let api_socket = match &jail {
-            Some(prepared) => prepared
-                .jail
-                .root()
-                .host_path(Path::new(jailed::layout::API_SOCKET)),
-            None => dir.join(API_SOCKET),
-        };
+        let api_socket = jailed::socket_path(
+            jail.as_ref().map(|prepared| &prepared.jail),
+            &dir,
+            API_SOCKET,
+        );
         let socket_len = api_socket.as_os_str().len();
         if socket_len > MAX_SOCKET_PATH_BYTES {
             return Err(VmError::SocketPathTooLong {
@@ -196,7 +194,11 @@ impl Launched {
             });
         }
         if let Some(prepared) = &jail {
-            command.api_socket = jailed::layout::API_SOCKET.into();
+            command.api_socket = prepared
+                .jail
+                .root()
+                .jail_path(&api_socket)
+                .expect("the API socket is in the chroot");
             if let SeccompPolicy::Filter(_) = command.seccomp {
                 command.seccomp = SeccompPolicy::Filter(jailed::layout::SECCOMP.into());
             }

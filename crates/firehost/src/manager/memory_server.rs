@@ -96,10 +96,7 @@ impl MemoryServer {
     /// Where the page server of the VM recorded in `record` listens, on
     /// the host: in its directory, or inside its jail.
     pub(super) fn socket_of(record: &crate::record::VmRecord, dir: &Path) -> PathBuf {
-        match &record.jail {
-            Some(_) => record.host_path(Path::new(super::jailed::layout::PAGE_SERVER_SOCKET)),
-            None => dir.join(PAGE_SERVER_SOCKET),
-        }
+        super::jailed::socket_path(record.jail.as_ref(), dir, PAGE_SERVER_SOCKET)
     }
 
     /// The socket to hand Firecracker.

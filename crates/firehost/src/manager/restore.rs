@@ -221,13 +221,11 @@ async fn build(
     // A socket of its own in the new VM's directory or jail (which exists
     // by now: Firecracker binds the socket while it loads); the guest
     // keeps the agent token it booted with.
-    let vsock_path = match &launched.vm.record.jail {
-        Some(_) => launched
-            .vm
-            .record
-            .host_path(std::path::Path::new(super::jailed::layout::VSOCK_SOCKET)),
-        None => launched.vm.dir.join(crate::vsock::SOCKET_FILE),
-    };
+    let vsock_path = super::jailed::socket_path(
+        launched.vm.record.jail.as_ref(),
+        &launched.vm.dir,
+        crate::vsock::SOCKET_FILE,
+    );
     launched.vm.record.vsock = manifest.vsock.as_ref().and_then(|layout| {
         Some(VmVsock {
             uds_path: vsock_path.clone(),
