@@ -135,24 +135,47 @@ fn copy_extents(source: &File, target: &File, len: u64) -> std::io::Result<()> {
         let hole = rustix::fs::seek(source, SeekFrom::Hole(data))
             .map_err(std::io::Error::from)?
             .min(len);
-        let mut at = data;
-        while at < hole {
-            let mut from = at;
-            let mut to = at;
-            let chunk = usize::try_from(hole - at)
-                .unwrap_or(usize::MAX)
-                .min(1 << 30);
-            let copied =
-                rustix::fs::copy_file_range(source, Some(&mut from), target, Some(&mut to), chunk)
-                    .map_err(std::io::Error::from)?;
-            if copied == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-            at += copied as u64;
-        }
+        copy_range(source, target, data, hole)?;
         offset = hole;
     }
     target.set_len(len)
+}
+
+/// Copies bytes `start..end` of `source` to the same offsets in `target`:
+/// in the kernel with `copy_file_range`, or through a buffer where the
+/// kernel refuses (across filesystems of different types it answers
+/// `EXDEV`).
+fn copy_range(source: &File, target: &File, start: u64, end: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut at = start;
+    while at < end {
+        let (mut from, mut to) = (at, at);
+        let chunk = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+        match rustix::fs::copy_file_range(source, Some(&mut from), target, Some(&mut to), chunk) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            Ok(copied) => at += copied as u64,
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL,
+            ) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    while at < end {
+        let want = usize::try_from(end - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let got = source.read_at(&mut buf[..want], at)?;
+        if got == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        target.write_all_at(&buf[..got], at)?;
+        at += got as u64;
+    }
+    Ok(())
 }
 
 /// Moves a file a jailed VM wrote out of its chroot to `dst` (a rename on
@@ -331,6 +354,39 @@ mod tests {
         assert_eq!(std::fs::read(&copied).unwrap(), b"kernel");
         let src_meta = std::fs::metadata(&src).unwrap();
         assert_eq!((src_meta.uid(), src_meta.mode() & 0o777), (0, 0o600));
+    }
+
+    #[test]
+    fn moving_out_of_a_jail_works_within_and_across_filesystems() {
+        let dst_dir = tempfile::tempdir().unwrap();
+        // /dev/shm is a tmpfs on most hosts: a move from there crosses
+        // filesystems and must copy; one within the temp directory renames.
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        let same = tempfile::tempdir().unwrap();
+        for (i, src_dir) in [Some(same.path()), shm.as_ref().map(|d| d.path())]
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let src = src_dir.join("memory");
+            let data = sparse_file(&src);
+            std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+            rustix::fs::chown(
+                &src,
+                Some(rustix::fs::Uid::from_raw(4242)),
+                Some(rustix::fs::Gid::from_raw(4242)),
+            )
+            .unwrap();
+            let dst = dst_dir.path().join(format!("memory-{i}"));
+            move_out(&src, &dst).unwrap();
+            assert!(!src.exists(), "{src:?} is left");
+            let meta = std::fs::metadata(&dst).unwrap();
+            let me = rustix::process::getuid().as_raw();
+            assert_eq!((meta.uid(), meta.mode() & 0o777), (me, 0o600));
+            let moved = std::fs::read(&dst).unwrap();
+            assert_eq!(moved.len(), 64 << 20);
+            assert_eq!(&moved[32 << 20..(32 << 20) + 8192], &data[..]);
+        }
     }
 
     #[test]
