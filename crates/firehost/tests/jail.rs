@@ -615,3 +615,39 @@ async fn a_jailer_that_forks_is_followed_to_firecracker() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_forking_jailer_that_fails_is_reported_and_leaves_nothing() {
+    let Some(jailer) = real_jailer("a_forking_jailer_that_fails_is_reported…") else {
+        return;
+    };
+    let jail = JailHost::new();
+    let mut config = jail.config(&jailer);
+    config.jail.as_mut().unwrap().daemonize = true;
+    let manager = Manager::open(config).await.unwrap();
+    // A CPU the host does not have: the jailer cannot write the cpuset,
+    // and exits with an error before it forks.
+    let spec = VmSpec {
+        jail: Some(JailSpec {
+            cpus: Some("4095".into()),
+            ..JailSpec::default()
+        }),
+        ..VmSpec::default()
+    };
+    let vm = id("bad-cpuset");
+    let err = within("a failing jailed create", LONG, manager.run(&vm, spec))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VmError::Jail { source, .. } if matches!(**source, JailError::JailerFailed { .. })),
+        "{err:?}"
+    );
+    assert!(manager.get(&vm).await.is_err());
+    assert!(!jail.host.vm_dirs().contains(&"bad-cpuset".to_owned()));
+    for left in jail.leftovers() {
+        assert_eq!(left.components().count(), 1, "{left:?} left behind");
+    }
+    let mounts = firehost::jail::CgroupMounts::read().unwrap();
+    let cgroups = mounts.existing_dirs(Path::new(&parent_cgroup()), "bad-cpuset");
+    assert!(cgroups.is_empty(), "{cgroups:?}");
+}
