@@ -129,7 +129,7 @@ impl VmProvider for Manager {
         Manager::get(self, id).await
     }
     async fn list(&self) -> Vec<VmInfo> {
-        Manager::list(self)
+        Manager::list(self).await
     }
     async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError> {
         Manager::console_tail(self, id, lines).await
@@ -318,6 +318,8 @@ impl VmProvider for InMemoryProvider {
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
             jail: None,
+            busy: false,
+            interrupted_snapshot: None,
             vsock: spec.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,
@@ -476,6 +478,8 @@ impl VmProvider for InMemoryProvider {
         let dir = self.root.join("vms").join(id.as_str());
         let info = VmInfo {
             jail: None,
+            busy: false,
+            interrupted_snapshot: None,
             vsock: taken.manifest.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,

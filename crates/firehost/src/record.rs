@@ -82,6 +82,31 @@ pub struct VmRecord {
     /// The VM's jail, if it runs in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<crate::jail::VmJail>,
+    /// A snapshot under way: written (durably) before the VM is paused for
+    /// it and cleared after, so that a manager that finds it set knows the
+    /// one that took the snapshot died midway, and recovers (see
+    /// [`PendingSnapshot`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_snapshot: Option<PendingSnapshot>,
+    /// A stop was asked for: a VMM found gone afterwards was stopped, not
+    /// crashed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_requested: bool,
+}
+
+/// A snapshot that a manager started and may not have finished.
+///
+/// A manager that finds this in a live VM's record waits until the VMM
+/// answers again (Firecracker's API is busy while it writes the memory
+/// file), resumes the guest if the snapshot paused it, and keeps the
+/// bundle only if it was sealed (its manifest written last); an unsealed
+/// bundle is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSnapshot {
+    /// The bundle being written.
+    pub name: crate::snapshot::SnapshotName,
+    /// The VM was running and the snapshot paused it: recovery resumes it.
+    pub paused_vm: bool,
 }
 
 impl VmRecord {
@@ -207,6 +232,42 @@ impl VmRecord {
     }
 }
 
+/// What can still be learnt from a record that cannot be read as a
+/// [`VmRecord`] (corrupt, or from a newer format): each field is taken only
+/// if it is present and well-formed on its own. A manager uses it to leave
+/// the VM's process and network alone, and to stop them on an explicit
+/// removal; it never acts on anything else in such a record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Salvaged {
+    /// The VMM's pid and start time, if both were readable.
+    pub process: Option<(i32, u64)>,
+    /// The VM's network attachment.
+    pub net: Option<crate::net::host::VmNet>,
+    /// The VM's jail.
+    pub jail: Option<crate::jail::VmJail>,
+}
+
+impl Salvaged {
+    /// Picks the fields out of the record in `dir`, if it is JSON at all.
+    pub fn read(dir: &Path) -> Salvaged {
+        let Ok(bytes) = std::fs::read(dir.join(RECORD_FILE)) else {
+            return Salvaged::default();
+        };
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&bytes) else {
+            return Salvaged::default();
+        };
+        let field = |name: &str| fields.get(name).cloned();
+        let typed = |name: &str| field(name).filter(|v| !v.is_null());
+        let pid = typed("pid").and_then(|v| serde_json::from_value::<i32>(v).ok());
+        let start = typed("start_time").and_then(|v| serde_json::from_value::<u64>(v).ok());
+        Salvaged {
+            process: pid.zip(start).filter(|(pid, _)| *pid > 0),
+            net: typed("net").and_then(|v| serde_json::from_value(v).ok()),
+            jail: typed("jail").and_then(|v| serde_json::from_value(v).ok()),
+        }
+    }
+}
+
 /// Replaces `path` with `bytes` so that readers and crashes see the old or
 /// the new content, never a mix. The file is created 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), RecordError> {
@@ -282,6 +343,8 @@ mod tests {
             page_server_attached: false,
             page_server_helper: None,
             jail: None,
+            pending_snapshot: None,
+            stop_requested: false,
             vsock: Some(VmVsock {
                 uds_path: "/x/vsock.sock".into(),
                 guest_cid: 3,
@@ -351,6 +414,51 @@ mod tests {
             VmRecord::read(dir.path()),
             Err(RecordError::UnknownFormat { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn fields_added_within_the_same_format_are_tolerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(sample("vm1")).unwrap();
+        value["added_by_a_newer_firehost"] = serde_json::json!({"x": [1, 2]});
+        std::fs::write(
+            dir.path().join(RECORD_FILE),
+            serde_json::to_vec(&value).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), sample("vm1"));
+    }
+
+    #[test]
+    fn salvage_takes_what_is_well_formed_from_an_unreadable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(sample("vm1")).unwrap();
+        value["format"] = 99.into();
+        value["spec"] = "changed beyond recognition".into();
+        std::fs::write(
+            dir.path().join(RECORD_FILE),
+            serde_json::to_vec(&value).unwrap(),
+        )
+        .unwrap();
+        assert!(VmRecord::read(dir.path()).is_err());
+        let salvaged = Salvaged::read(dir.path());
+        assert_eq!(salvaged.process, Some((42, 7)));
+        assert_eq!(salvaged.net, sample("vm1").net);
+        assert_eq!(salvaged.jail, None);
+
+        // A pid without a start time names no process for certain.
+        value["start_time"] = serde_json::Value::Null;
+        std::fs::write(
+            dir.path().join(RECORD_FILE),
+            serde_json::to_vec(&value).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Salvaged::read(dir.path()).process, None);
+
+        for garbage in [&b"{not json"[..], b"[1,2]", b""] {
+            std::fs::write(dir.path().join(RECORD_FILE), garbage).unwrap();
+            assert_eq!(Salvaged::read(dir.path()), Salvaged::default());
+        }
     }
 
     #[test]

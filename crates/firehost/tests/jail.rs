@@ -25,6 +25,10 @@ const LONG: Duration = Duration::from_secs(30);
 struct JailHost {
     host: TestHost,
     base: PathBuf,
+    /// Each test its own uids: tests run in parallel, and the allocator
+    /// only knows its own manager's VMs. One range per test: the state
+    /// directory records it.
+    uids: std::ops::Range<u32>,
 }
 
 impl JailHost {
@@ -32,7 +36,11 @@ impl JailHost {
         let host = TestHost::new();
         let base = host.dir.path().join("jails");
         std::fs::create_dir(&base).unwrap();
-        JailHost { host, base }
+        JailHost {
+            host,
+            base,
+            uids: unique_uids(),
+        }
     }
 
     fn config(&self, jailer: &Path) -> ManagerConfig {
@@ -40,9 +48,7 @@ impl JailHost {
         config.jail = Some(JailConfig {
             jailer: jailer.to_owned(),
             chroot_base: self.base.clone(),
-            // Each test its own uids: tests run in parallel, and the
-            // allocator only knows its own manager's VMs.
-            uid_range: unique_uids(),
+            uid_range: self.uids.clone(),
             parent_cgroup: PathBuf::from(parent_cgroup()),
             ..JailConfig::default()
         });
@@ -169,12 +175,16 @@ async fn a_jail_is_refused_cleanly_when_it_cannot_be_made() {
 
     let mut config = jail.config(stand_in);
     config.jail.as_mut().unwrap().chroot_base = jail.base.join("missing");
+    // An explicit change of the recorded jail settings (no VM runs).
+    config.settings = firehost::manager::SettingsPolicy::Change;
     let manager = Manager::open(config).await.unwrap();
     let e = refused(&jail, &manager, "no-base", jailed()).await;
     assert!(matches!(e, JailError::ChrootBase { .. }), "{e:?}");
     drop(manager);
 
-    let manager = Manager::open(jail.config(stand_in)).await.unwrap();
+    let mut config = jail.config(stand_in);
+    config.settings = firehost::manager::SettingsPolicy::Change;
+    let manager = Manager::open(config).await.unwrap();
     let bad_limits = VmSpec {
         jail: Some(JailSpec {
             cpu_weight: Some(0),
@@ -223,6 +233,7 @@ async fn a_jail_is_refused_cleanly_when_it_cannot_be_made() {
     if let Some(version) = lacking {
         let mut config = jail.config(stand_in);
         config.jail.as_mut().unwrap().cgroup_version = Some(version);
+        config.settings = firehost::manager::SettingsPolicy::Change;
         let manager = Manager::open(config).await.unwrap();
         let limited = VmSpec {
             jail: Some(JailSpec {

@@ -337,7 +337,7 @@ async fn destroy_of_a_created_vm_kills_its_vmm_and_removes_its_directory() {
     manager.destroy(&vm).await.unwrap();
     assert!(!process_alive(info.pid.unwrap()));
     assert!(!info.dir.exists());
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
     assert!(matches!(
         manager.get(&vm).await,
         Err(VmError::NotFound { .. })
@@ -455,7 +455,7 @@ async fn concurrent_creates_of_one_id_yield_one_vm_and_one_error() {
     let err = results.into_iter().find_map(Result::err).unwrap();
     assert!(matches!(err, VmError::AlreadyExists { .. }), "{err:?}");
     assert_eq!(host.vm_dirs(), ["race"]);
-    assert_eq!(manager.list().len(), 1);
+    assert_eq!(manager.list().await.len(), 1);
     assert_eq!(host.vmm_pids(&vm).len(), 1);
 }
 
@@ -471,7 +471,7 @@ async fn many_vms_run_side_by_side() {
     for result in futures_join_all(runs).await {
         assert_eq!(result.unwrap().state, VmState::Running);
     }
-    let listed: Vec<_> = manager.list().into_iter().map(|i| i.id).collect();
+    let listed: Vec<_> = manager.list().await.into_iter().map(|i| i.id).collect();
     assert_eq!(listed, ids);
     for vm in &ids {
         manager.stop(vm, StopOptions::default()).await.unwrap();

@@ -11,6 +11,8 @@
 
 mod common;
 
+use firehost::manager::SettingsPolicy;
+
 use std::net::Ipv4Addr;
 
 use common::TestHost;
@@ -447,6 +449,8 @@ fn a_missing_uplink_is_a_clear_error_with_no_residue() {
         for uplink in [Uplink::Auto, Uplink::Interface(ifname("nosuch0"))] {
             let mut config = host.config();
             config.network.uplink = uplink;
+            // One state directory, other settings each time: explicit.
+            config.settings = SettingsPolicy::Change;
             let manager = Manager::open(config).await.unwrap();
             let err = manager.create(&id("vm"), net_spec()).await.unwrap_err();
             let VmError::Network { source, .. } = err else {
@@ -464,6 +468,7 @@ fn a_missing_uplink_is_a_clear_error_with_no_residue() {
         // Uplink::None: guests without a way out, and no NAT rule.
         let mut config = host.config();
         config.network.uplink = Uplink::None;
+        config.settings = SettingsPolicy::Change;
         let manager = Manager::open(config).await.unwrap();
         manager.create(&id("vm"), net_spec()).await.unwrap();
         let ruleset = Nftables::open()
@@ -863,10 +868,10 @@ fn a_namespaced_vm_has_its_tap_in_its_own_namespace_bridged_through_a_veth() {
         // A restarted network keeps a live VM's namespace and removes a
         // dead one's.
         let again = firehost::net::host::HostNetwork::new(h.config().network, &state).unwrap();
-        again.reconcile(vec![(vm.clone(), net.clone())]).await;
+        again.reconcile(vec![(vm.clone(), net.clone())], &[]).await;
         assert!(netns.path.exists());
         assert!(nl.link(&netns.host_port).await.unwrap().is_some());
-        again.reconcile(vec![]).await;
+        again.reconcile(vec![], &[]).await;
         assert!(!netns.path.exists());
         assert!(nl.link(&netns.host_port).await.unwrap().is_none());
         assert_eq!(residue(&nl).await, nothing());

@@ -2,12 +2,14 @@
 //! re-attaches to live VMs, reaps dead ones and half-created ones, and
 //! refuses to share the directory.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use common::{TestHost, id, process_alive, within};
 use firehost::api::models::InstanceState;
+use firehost::manager::Recovery;
 use firehost::manager::StopOptions;
 use firehost::record::{RECORD_FILE, VmRecord};
 use firehost::{ExitReason, Manager, ManagerError, VmState};
@@ -53,10 +55,10 @@ async fn restarted_manager_reattaches_to_live_vms() {
         manager.run(&paused, host.spec()).await.unwrap();
         manager.pause(&paused).await.unwrap();
         manager.create(&created, host.spec()).await.unwrap();
-        manager.list()
+        manager.list().await
     };
     let manager = host.manager().await;
-    let after = manager.list();
+    let after = manager.list().await;
     assert_eq!(after, before, "the VMs and their pids are the same");
     assert_eq!(manager.get(&running).await.unwrap().state, VmState::Running);
     assert_eq!(manager.get(&paused).await.unwrap().state, VmState::Paused);
@@ -142,7 +144,7 @@ async fn vm_that_died_while_no_manager_ran_is_marked_failed_and_its_socket_reape
 }
 
 #[tokio::test]
-async fn vmm_whose_api_is_dead_is_killed_and_the_vm_marked_failed() {
+async fn a_vmm_whose_api_does_not_answer_is_kept_and_reported_busy() {
     let host = TestHost::new();
     let vm = id("mute");
     let info = {
@@ -152,9 +154,57 @@ async fn vmm_whose_api_is_dead_is_killed_and_the_vm_marked_failed() {
     // The socket file disappears: the process lives but can't be reached.
     std::fs::remove_file(&info.api_socket).unwrap();
     let manager = host.manager().await;
-    let state = manager.get(&vm).await.unwrap().state;
-    assert!(matches!(state, VmState::Failed { .. }), "{state:?}");
+    let seen = manager.get(&vm).await.unwrap();
+    assert!(seen.busy, "{seen:?}");
+    assert_eq!(seen.state, VmState::Created, "the recorded state");
+    assert_eq!(seen.pid, info.pid);
+    assert!(
+        process_alive(info.pid.unwrap()),
+        "never killed for not answering"
+    );
+    let refused = manager.start(&vm).await.unwrap_err();
+    assert!(
+        matches!(refused, firehost::VmError::Busy { .. }),
+        "{refused:?}"
+    );
+    assert!(process_alive(info.pid.unwrap()));
+    // An explicit stop needs no answer from the VMM.
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
     assert!(!process_alive(info.pid.unwrap()));
+    manager.destroy(&vm).await.unwrap();
+    assert!(host.vm_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_vmm_is_busy_until_it_answers_and_then_usable() {
+    fake_only!("slow answers are injected");
+    let host = TestHost::new();
+    let vm = id("slow");
+    // Every `GET /` takes 1.5 s: longer than the probe's 500 ms.
+    let config = host.config_with_faults(&[("FAKE_FC_DELAY_MS", "GET /=1500")]);
+    let pid = {
+        let manager = Manager::open(config.clone()).await.unwrap();
+        manager.run(&vm, host.spec()).await.unwrap().pid.unwrap()
+    };
+    let manager = Manager::open(config.clone()).await.unwrap();
+    let listed = manager.list().await;
+    assert_eq!(listed[0].state, VmState::Running, "listing asks no VMM");
+    assert!(!listed[0].busy);
+    let first = manager.get(&vm).await.unwrap();
+    assert!(first.busy && first.state == VmState::Running, "{first:?}");
+    let refused = manager.pause(&vm).await.unwrap_err();
+    assert!(matches!(refused, firehost::VmError::Busy { pid: p, .. } if p == pid));
+    assert!(process_alive(pid));
+    drop(manager);
+
+    // A manager that gives it long enough finds it well.
+    let mut patient = config;
+    patient.timeouts.probe = Duration::from_secs(5);
+    let manager = Manager::open(patient).await.unwrap();
+    let info = manager.pause(&vm).await.unwrap();
+    assert_eq!(info.state, VmState::Paused);
+    assert!(!info.busy);
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
 }
 
 #[tokio::test]
@@ -172,7 +222,7 @@ async fn half_created_vm_is_reaped_entirely() {
     record.write(&info.dir).unwrap();
 
     let manager = host.manager().await;
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
     assert!(host.vm_dirs().is_empty());
     assert!(!process_alive(info.pid.unwrap()));
 }
@@ -189,7 +239,7 @@ async fn directory_without_record_is_reaped_with_its_vmm() {
     // first record: the VMM is found by its --api-sock argument.
     std::fs::remove_file(info.dir.join(RECORD_FILE)).unwrap();
     let manager = host.manager().await;
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
     assert!(host.vm_dirs().is_empty());
     assert!(!process_alive(info.pid.unwrap()));
 }
@@ -245,4 +295,229 @@ async fn adopted_vm_that_crashes_later_is_marked_failed() {
         "{:?}",
         info.state
     );
+}
+
+/// Opens a manager on `host` with `recovery`.
+async fn open_with(host: &TestHost, recovery: Recovery) -> Manager {
+    let mut config = host.config();
+    config.recovery = recovery;
+    Manager::open(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_lazy_manager_loads_a_vm_when_it_is_named_and_all_when_listing() {
+    let host = TestHost::new();
+    let names = ["a", "b", "c"].map(id);
+    {
+        let manager = host.manager().await;
+        for vm in &names {
+            manager.run(vm, host.spec()).await.unwrap();
+        }
+    }
+    let manager = open_with(&host, Recovery::Lazy).await;
+    // Not loaded yet: not followable either.
+    assert!(manager.subscribe(&names[1]).is_err());
+    assert_eq!(
+        manager.get(&names[1]).await.unwrap().state,
+        VmState::Running
+    );
+    assert!(manager.subscribe(&names[1]).is_ok());
+    manager.pause(&names[2]).await.unwrap();
+    let listed: Vec<_> = manager
+        .list()
+        .await
+        .into_iter()
+        .map(|i| (i.id, i.state))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (names[0].clone(), VmState::Running),
+            (names[1].clone(), VmState::Running),
+            (names[2].clone(), VmState::Paused),
+        ]
+    );
+    // A name taken on disk is taken, loaded or not.
+    let fresh = open_with(&host, Recovery::Lazy);
+    drop(manager);
+    let manager = fresh.await;
+    let taken = manager.create(&names[0], host.spec()).await.unwrap_err();
+    assert!(
+        matches!(taken, firehost::VmError::AlreadyExists { .. }),
+        "{taken:?}"
+    );
+    for vm in &names {
+        manager.stop(vm, StopOptions::default()).await.unwrap();
+        manager.destroy(vm).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_manager_reports_a_dead_vm_without_cleaning_it_up() {
+    let host = TestHost::new();
+    let vm = id("gone");
+    let info = {
+        let manager = host.manager().await;
+        manager.run(&vm, host.spec()).await.unwrap()
+    };
+    let record_before = std::fs::read(info.dir.join(RECORD_FILE)).unwrap();
+    let pid = info.pid.unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    within("the VMM to die", LONG, async {
+        while process_alive(pid) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let manager = open_with(&host, Recovery::ReadOnly).await;
+    let seen = manager.get(&vm).await.unwrap();
+    assert!(matches!(seen.state, VmState::Failed { .. }), "{seen:?}");
+    assert_eq!(
+        std::fs::read(info.dir.join(RECORD_FILE)).unwrap(),
+        record_before,
+        "a read-only manager rewrites nothing"
+    );
+    assert!(info.api_socket.exists(), "nor removes anything");
+    drop(manager);
+    // The next manager that may change things cleans up.
+    let manager = host.manager().await;
+    assert!(matches!(
+        manager.get(&vm).await.unwrap().state,
+        VmState::Failed { .. }
+    ));
+    assert!(!info.api_socket.exists());
+}
+
+#[tokio::test]
+async fn a_create_cut_short_is_reaped_by_the_next_lazy_manager_through_its_intent() {
+    let host = TestHost::new();
+    let vm = id("cut");
+    let info = {
+        let manager = host.manager().await;
+        manager.create(&vm, host.spec()).await.unwrap()
+    };
+    // Rewind to the middle of the create, as a killed manager leaves it:
+    // the record not committed, the intent still there.
+    let mut record = VmRecord::read(&info.dir).unwrap();
+    record.committed = false;
+    record.write(&info.dir).unwrap();
+    let intents = host.state_dir().join("intents");
+    std::fs::write(intents.join("cut"), "create").unwrap();
+
+    // A read-only manager neither shows nor touches it.
+    let manager = open_with(&host, Recovery::ReadOnly).await;
+    assert!(manager.list().await.is_empty());
+    assert!(process_alive(info.pid.unwrap()));
+    drop(manager);
+
+    // A lazy one settles the intent at open, without listing anything.
+    let _manager = open_with(&host, Recovery::Lazy).await;
+    assert!(!process_alive(info.pid.unwrap()));
+    assert!(host.vm_dirs().is_empty());
+    assert_eq!(std::fs::read_dir(&intents).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn an_interrupted_snapshot_is_settled_resumed_and_its_unsealed_bundle_removed() {
+    let host = TestHost::new();
+    let vm = id("snapping");
+    let info = {
+        let manager = host.manager().await;
+        manager.run(&vm, host.spec()).await.unwrap()
+    };
+    // As a manager killed between pausing the VM and sealing the bundle
+    // leaves it: the guest paused, a bundle without a manifest, the
+    // record and the intent saying so.
+    let api = firehost::api::ApiClient::new(&info.api_socket);
+    api.patch_vm(&firehost::api::models::Vm {
+        state: firehost::api::models::VmState::Paused,
+    })
+    .await
+    .unwrap();
+    let bundle = host.state_dir().join("snapshots/half");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(bundle.join("vmstate"), b"partial").unwrap();
+    let mut record = VmRecord::read(&info.dir).unwrap();
+    record.pending_snapshot = Some(firehost::record::PendingSnapshot {
+        name: "half".parse().unwrap(),
+        paused_vm: true,
+    });
+    record.write(&info.dir).unwrap();
+    std::fs::write(host.state_dir().join("intents/snapping"), "snapshot").unwrap();
+
+    let manager = open_with(&host, Recovery::Lazy).await;
+    let mut changes = manager.subscribe(&vm).unwrap();
+    let settled = within(
+        "the snapshot to be settled",
+        LONG,
+        changes.wait_for(|i| matches!(i, Some(i) if i.interrupted_snapshot.is_none())),
+    )
+    .await
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert_eq!(settled.state, VmState::Running, "resumed");
+    assert_eq!(
+        api.describe_instance().await.unwrap().state,
+        InstanceState::Running
+    );
+    assert!(!bundle.exists(), "the unsealed bundle is gone");
+    assert!(
+        VmRecord::read(&info.dir)
+            .unwrap()
+            .pending_snapshot
+            .is_none()
+    );
+    assert!(!host.state_dir().join("intents/snapping").exists());
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupted_destroy_is_finished_by_the_next_manager() {
+    let host = TestHost::new();
+    let vm = id("half-gone");
+    let info = {
+        let manager = host.manager().await;
+        manager.create(&vm, host.spec()).await.unwrap()
+    };
+    std::fs::write(host.state_dir().join("intents/half-gone"), "destroy").unwrap();
+    let manager = open_with(&host, Recovery::Lazy).await;
+    assert!(!process_alive(info.pid.unwrap()));
+    assert!(host.vm_dirs().is_empty());
+    assert!(matches!(
+        manager.get(&vm).await,
+        Err(firehost::VmError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_vmm_gone_during_a_stop_is_recorded_stopped_not_failed() {
+    let host = TestHost::new();
+    let vm = id("stopping");
+    let info = {
+        let manager = host.manager().await;
+        manager.run(&vm, host.spec()).await.unwrap()
+    };
+    let mut record = VmRecord::read(&info.dir).unwrap();
+    record.stop_requested = true;
+    record.write(&info.dir).unwrap();
+    let pid = info.pid.unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    within("the VMM to exit", LONG, async {
+        while process_alive(pid) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let manager = host.manager().await;
+    let state = manager.get(&vm).await.unwrap().state;
+    assert!(matches!(state, VmState::Stopped { .. }), "{state:?}");
 }

@@ -104,7 +104,7 @@ async fn restoring_a_missing_snapshot_fails_and_leaves_nothing() {
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
     assert!(host.vm_dirs().is_empty());
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn restore_into_a_taken_name_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::AlreadyExists { .. }), "{err:?}");
-    assert_eq!(manager.list().len(), 1);
+    assert_eq!(manager.list().await.len(), 1);
 }
 
 #[tokio::test]

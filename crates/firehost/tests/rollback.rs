@@ -17,7 +17,7 @@ async fn assert_no_trace(host: &TestHost, manager: &Manager, vm: &firehost::VmId
         "left VMMs: {:?}",
         host.vmm_pids(vm)
     );
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
     assert!(matches!(
         manager.get(vm).await,
         Err(VmError::NotFound { .. })
@@ -234,7 +234,7 @@ async fn socket_path_over_the_unix_limit_is_refused() {
     let vm = id("long-path");
     let err = manager.create(&vm, host.spec()).await.unwrap_err();
     assert!(matches!(err, VmError::SocketPathTooLong { .. }), "{err:?}");
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
 }
 
 #[tokio::test]
@@ -270,5 +270,5 @@ async fn dropping_a_create_midway_still_leaves_no_trace() {
         },
     )
     .await;
-    assert!(manager.list().is_empty());
+    assert!(manager.list().await.is_empty());
 }

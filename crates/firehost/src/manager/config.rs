@@ -44,6 +44,10 @@ pub struct Timeouts {
     /// Opening: how long to wait for another manager to release the state
     /// directory. Zero fails at once.
     pub lock: Duration,
+    /// How long a VMM adopted from an earlier manager gets to answer its
+    /// first request (`GET /`). A VMM that is alive but does not answer in
+    /// time is reported busy (it may be writing a snapshot), never killed.
+    pub probe: Duration,
 }
 
 impl Default for Timeouts {
@@ -54,8 +58,35 @@ impl Default for Timeouts {
             stop_grace: Duration::from_secs(10),
             after_kill: Duration::from_secs(10),
             lock: Duration::ZERO,
+            probe: Duration::from_millis(500),
         }
     }
+}
+
+/// How much a manager does when it opens a state directory that VMs
+/// already live in (see [`Manager`](super::Manager)'s recovery section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// Read every VM's record at open: re-attach to the live VMs (pid,
+    /// start time and pidfd; no API round trip), reap what dead ones and
+    /// half-made ones left, reconcile the network. The choice of a
+    /// long-lived service: it pays once, at open, in proportion to the
+    /// number of VMs.
+    #[default]
+    Full,
+    /// Read nothing at open. A VM is loaded (and reaped if it died) the
+    /// first time it is named; every VM is loaded, and what dead ones left
+    /// reaped, on the first [`list`](super::Manager::list) or the first
+    /// operation that needs the whole host (the network, jail uids). The
+    /// choice of short-lived processes that touch one VM (the CLI): their
+    /// cost does not grow with the number of VMs.
+    Lazy,
+    /// Like [`Lazy`](Self::Lazy), but loading never changes anything: no
+    /// process is killed, no record rewritten, nothing reaped, the network
+    /// not reconciled. A VM that died is reported failed without being
+    /// cleaned up. For commands that only look (`ls`, `inspect`).
+    /// Explicit operations still act.
+    ReadOnly,
 }
 
 /// A manager's configuration: where state lives, which binary to run, the
@@ -115,6 +146,33 @@ pub struct ManagerConfig {
     ///
     /// [`JailConfig::always`]: crate::jail::JailConfig::always
     pub jail: Option<crate::jail::JailConfig>,
+    /// What opening the state directory does to the VMs already in it.
+    pub recovery: Recovery,
+    /// What to do when the host settings recorded in the state directory
+    /// (network and jail: see [`crate::manager::settings`]) differ from
+    /// `network` and `jail`.
+    pub settings: SettingsPolicy,
+}
+
+/// What [`Manager::open`](super::Manager::open) does with host settings
+/// that differ from the ones recorded in the state directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SettingsPolicy {
+    /// Refuse to open ([`ManagerError::SettingsDiffer`]): VMs live on the
+    /// recorded network, and a manager with another subnet or bridge would
+    /// rewrite it under them.
+    ///
+    /// [`ManagerError::SettingsDiffer`]: super::ManagerError::SettingsDiffer
+    #[default]
+    Require,
+    /// Use the recorded settings in place of the configuration's.
+    Adopt,
+    /// Record the configuration's settings in place of the old ones;
+    /// refused ([`ManagerError::SettingsInUse`]) while a live VM depends on
+    /// a setting that changes.
+    ///
+    /// [`ManagerError::SettingsInUse`]: super::ManagerError::SettingsInUse
+    Change,
 }
 
 impl ManagerConfig {
@@ -137,6 +195,8 @@ impl ManagerConfig {
             network: NetworkConfig::default(),
             page_server_program: None,
             jail: None,
+            recovery: Recovery::default(),
+            settings: SettingsPolicy::default(),
         }
     }
 }

@@ -26,14 +26,23 @@ pub(super) async fn create(
     spec: VmSpec,
     then_start: bool,
 ) -> Result<VmInfo, VmError> {
+    shared.check_free(&id).await?;
     let reservation = Reservation::take(&shared, &id)?;
+    if let Err(e) =
+        super::ops::begin_intent(&shared.intents_dir, &id, super::intent::Intent::Create)
+    {
+        shared.lock_registry().remove(&id);
+        return Err(e);
+    }
     let mut undo = UndoStack::default();
     let result = build(&shared, &id, spec, then_start, &mut undo).await;
-    reservation.settle(&shared, &id, result, undo).await
+    let settled = reservation.settle(&shared, &id, result, undo).await;
+    super::intent::end(&shared.intents_dir, &id);
+    settled
 }
 
 async fn build(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: &VmId,
     spec: VmSpec,
     then_start: bool,
@@ -55,6 +64,7 @@ async fn build(
             source: crate::spec::SpecError::NetnsNeedsJail,
         });
     }
+    shared.prepare_for(&spec).await;
     let net = match &spec.net {
         Some(net_spec) => {
             let owner = super::jailed::tap_owner(shared, id, &spec, undo)?;

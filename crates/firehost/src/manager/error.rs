@@ -214,11 +214,73 @@ pub enum VmError {
         /// The id.
         id: VmId,
     },
+    /// The VM's record cannot be read: the VM is quarantined. Its process
+    /// and files are left alone; [`Manager::remove_unreadable`] removes it.
+    ///
+    /// [`Manager::remove_unreadable`]: super::Manager::remove_unreadable
+    #[error(
+        "VM {id} is left alone because its record is unreadable ({reason}); `rm -f` removes it"
+    )]
+    Unreadable {
+        /// The VM.
+        id: VmId,
+        /// Why.
+        reason: UnreadableReason,
+    },
+    /// [`Manager::remove_unreadable`] was asked to remove a VM whose record
+    /// is readable: [`Manager::destroy`] removes it.
+    ///
+    /// [`Manager::remove_unreadable`]: super::Manager::remove_unreadable
+    /// [`Manager::destroy`]: super::Manager::destroy
+    #[error("VM {id}'s record is readable: destroy it instead")]
+    NotUnreadable {
+        /// The VM.
+        id: VmId,
+    },
+    /// The VMM is alive (verified by pid, start time and pidfd) but its
+    /// API did not answer in time: it may be busy writing a snapshot. It is
+    /// never killed for that; try again later.
+    #[error(
+        "VM {id}: the VMM (pid {pid}) is alive but busy: its API did not answer within {waited:?}; try again later"
+    )]
+    Busy {
+        /// The VM.
+        id: VmId,
+        /// The VMM's pid.
+        pid: i32,
+        /// How long it was given.
+        waited: std::time::Duration,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {
         /// The snapshot's name.
         name: String,
+    },
+}
+
+/// Why a VM's record cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnreadableReason {
+    /// It is not a record this build can parse (corrupt, truncated, edited).
+    #[error("malformed record: {detail}")]
+    Malformed {
+        /// The parser's words.
+        detail: String,
+    },
+    /// A newer firehost wrote it.
+    #[error("record format {found} is newer than this build's {supported}")]
+    NewerFormat {
+        /// Its format.
+        found: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
+    /// It cannot be read at all.
+    #[error("cannot read the record: {detail}")]
+    Io {
+        /// The errno, in words.
+        detail: String,
     },
 }
 
@@ -269,4 +331,48 @@ pub enum ManagerError {
         #[source]
         source: crate::net::host::NetError,
     },
+    /// The recorded host settings cannot be read or written.
+    #[error("host settings")]
+    Settings {
+        /// Why.
+        #[source]
+        source: super::settings::SettingsError,
+    },
+    /// The configuration's host settings differ from the ones the state
+    /// directory's VMs run with ([`SettingsPolicy::Require`]).
+    ///
+    /// [`SettingsPolicy::Require`]: super::SettingsPolicy::Require
+    #[error(
+        "host settings differ from the ones recorded in {state_dir:?}: {}; use the recorded ones, or change them explicitly",
+        show_all(differences)
+    )]
+    SettingsDiffer {
+        /// The state directory.
+        state_dir: PathBuf,
+        /// Each differing setting, with both values.
+        differences: Vec<super::settings::SettingDifference>,
+    },
+    /// A change of host settings was refused: live VMs depend on them
+    /// ([`SettingsPolicy::Change`]).
+    ///
+    /// [`SettingsPolicy::Change`]: super::SettingsPolicy::Change
+    #[error(
+        "cannot change {}: live VMs depend on it ({})",
+        show_all(differences),
+        vms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    SettingsInUse {
+        /// The settings that would change.
+        differences: Vec<super::settings::SettingDifference>,
+        /// The live VMs that depend on them.
+        vms: Vec<VmId>,
+    },
+}
+
+fn show_all(differences: &[super::settings::SettingDifference]) -> String {
+    differences
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

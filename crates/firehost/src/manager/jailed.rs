@@ -430,8 +430,10 @@ pub(super) fn remove_owned(jail: &VmJail, vms_dir: &Path) -> Result<(), JailErro
 /// Removes the jails under the configured chroot base that this state
 /// directory made (their owner marker says so) and no VM record knows: a
 /// create that crashed before its first record. Any process still rooted
-/// in such a jail is killed first; its cgroups are found by name.
-pub(super) async fn reap_orphans(shared: &Shared, known: &[PathBuf]) {
+/// in such a jail is killed first; its cgroups are found by name. The jails
+/// of the VMs in `spared` (quarantined: their records cannot be read) are
+/// left alone.
+pub(super) async fn reap_orphans(shared: &Shared, known: &[PathBuf], spared: &[VmId]) {
     let Some(config) = &shared.config.jail else {
         return;
     };
@@ -449,7 +451,12 @@ pub(super) async fn reap_orphans(shared: &Shared, known: &[PathBuf]) {
     let ours = shared.vms_dir.as_os_str().as_encoded_bytes().to_vec();
     for jail_dir in stage::jail_dirs(&config.chroot_base, &exec_name) {
         let owner = std::fs::read(jail_dir.join(layout::OWNER_FILE)).unwrap_or_default();
-        if owner != ours || known.contains(&jail_dir) {
+        let is_spared = jail_dir.file_name().is_some_and(|name| {
+            spared
+                .iter()
+                .any(|id| name == std::ffi::OsStr::new(&id.firecracker_id()))
+        });
+        if owner != ours || known.contains(&jail_dir) || is_spared {
             continue;
         }
         let chroot = jail_dir.join("root");

@@ -245,12 +245,16 @@ impl Launched {
                 net,
                 vsock: None,
                 jail: jail.map(|prepared| prepared.jail),
+                pending_snapshot: None,
+                stop_requested: false,
             },
             dir,
             process: Some(process.clone()),
             api: None,
             ring,
             page_server: None,
+            verified: true,
+            busy: false,
         };
         // Recorded before anything else can fail, so that a manager crash
         // from here on leaves a record the next manager can reap by pid (a

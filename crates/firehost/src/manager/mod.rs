@@ -17,6 +17,9 @@
 //!         metrics.json     with ManagerConfig::vmm_metrics
 //!         uffd.sock        a restore's page server, until Firecracker connects
 //!     snapshots/<name>/    snapshot bundles (see [`crate::snapshot`])
+//!     intents/<id>         an operation under way on VM <id> (see [`intent`])
+//!     settings.json        the host settings the VMs run with (see [`settings`])
+//!     network.json         what the default network set up on the host
 //! ```
 //!
 //! Dropping a `Manager` leaves its VMs running: they can be picked up by
@@ -28,13 +31,17 @@
 mod config;
 mod create;
 mod error;
+mod intent;
 mod jailed;
 mod launch;
 mod lock;
 mod memory_server;
 mod ops;
-mod reattach;
+mod quarantine;
+mod recovery;
 mod restore;
+pub mod settings;
+mod verify;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,9 +50,13 @@ use std::sync::{Arc, Mutex as StdMutex};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-pub use config::{ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Timeouts, find_binary};
-pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, VmError};
+pub use config::{
+    ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Recovery, SettingsPolicy, Timeouts,
+    find_binary,
+};
+pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
 pub use ops::{SnapshotOptions, StopOptions};
+pub use quarantine::UnreadableVm;
 pub(crate) use restore::restore_net_spec;
 pub use restore::{RestoreMemory, RestoreOptions};
 
@@ -92,6 +103,17 @@ pub struct VmInfo {
     /// The VM's jail: chroot, uid and gid, cgroups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jail: Option<crate::jail::VmJail>,
+    /// The VMM is alive (its pid, start time and pidfd say so) but did not
+    /// answer the manager's last request in time: it may be writing a
+    /// snapshot. `state` is the recorded one until it answers; operations
+    /// fail with [`VmError::Busy`] meanwhile. It is never killed for this.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
+    /// A snapshot that a manager began and did not finish (it crashed or
+    /// was killed): the next manager to reach the VMM resumes the guest if
+    /// the snapshot paused it, and keeps the bundle only if it was sealed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_snapshot: Option<SnapshotName>,
 }
 
 /// A VM's vsock device, as callers see it.
@@ -140,6 +162,8 @@ struct Shared {
     firecracker: PathBuf,
     vms_dir: PathBuf,
     snapshots_dir: PathBuf,
+    /// Operations under way (see [`intent`]).
+    intents_dir: PathBuf,
     /// The default network (set up with its first VM).
     net: Arc<HostNetwork>,
     /// The registry. A std mutex: it is held only to look up, insert or
@@ -147,11 +171,16 @@ struct Shared {
     vms: StdMutex<HashMap<VmId, Arc<Slot>>>,
     /// The uids of live jailed VMs.
     uids: Arc<StdMutex<crate::jail::uid::UidAllocator>>,
+    /// VMs whose records cannot be read: left alone, listed apart.
+    quarantine: StdMutex<std::collections::BTreeMap<VmId, quarantine::Quarantined>>,
+    /// How far the state directory has been loaded (see [`recovery`]).
+    /// Held while loading, so that a VM is loaded once.
+    loaded: Mutex<recovery::Progress>,
     /// Dropped with the manager: background watchers see the channel close
     /// and stop, so a dropped manager never writes into a state directory
     /// whose lock it no longer holds.
     alive: tokio::sync::watch::Sender<()>,
-    _lock: StateLock,
+    _lock: Arc<StateLock>,
 }
 
 /// One VM's place in the registry.
@@ -177,6 +206,12 @@ struct Vm {
     /// The userfaultfd page server of a VM restored with one, until it is
     /// retired after the VMM ends (or it detached).
     page_server: Option<memory_server::MemoryServer>,
+    /// The VMM's API has answered this manager, so `record.state` is
+    /// Firecracker's. False for a VMM adopted from an earlier manager until
+    /// its first answer (see [`verify`]).
+    verified: bool,
+    /// The last attempt to reach an adopted VMM's API timed out.
+    busy: bool,
 }
 
 impl Slot {
@@ -216,6 +251,12 @@ impl Vm {
                 guest_cid: v.guest_cid,
             }),
             jail: self.record.jail.clone(),
+            busy: self.busy,
+            interrupted_snapshot: self
+                .record
+                .pending_snapshot
+                .as_ref()
+                .map(|p| p.name.clone()),
         }
     }
 
@@ -249,43 +290,68 @@ impl Vm {
 }
 
 impl Manager {
-    /// Opens (creating if needed) the state directory, takes its lock, and
-    /// re-attaches to or reaps the VMs recorded there.
+    /// Opens (creating if needed) the state directory, takes its lock,
+    /// checks the host settings recorded there (see [`settings`]) and,
+    /// with [`Recovery::Full`], re-attaches to or reaps the VMs recorded
+    /// there (see [`recovery`]).
     ///
     /// Fails with [`ManagerError::Locked`] if another manager uses the
-    /// directory (after waiting up to `config.timeouts.lock`).
+    /// directory (after waiting up to `config.timeouts.lock`), and with
+    /// [`ManagerError::SettingsDiffer`] or [`ManagerError::SettingsInUse`]
+    /// per [`ManagerConfig::settings`].
     ///
     /// # Cancel safety
     ///
     /// Not cancel safe: dropped midway, some dead VMs may be left unreaped
     /// until the next open (which finishes the job).
-    pub async fn open(config: ManagerConfig) -> Result<Manager, ManagerError> {
+    pub async fn open(mut config: ManagerConfig) -> Result<Manager, ManagerError> {
         let state_dir = config.state_dir.clone();
         create_private_dir_all(&state_dir)?;
-        let lock = StateLock::acquire(&state_dir, config.timeouts.lock).await?;
-        let vms_dir = state_dir.join("vms");
-        let snapshots_dir = state_dir.join("snapshots");
-        create_private_dir_all(&vms_dir)?;
-        create_private_dir_all(&snapshots_dir)?;
-        // A missing binary is reported per create (as a spawn error), so
-        // that a host without Firecracker can still list and clean up.
-        let firecracker =
-            find_binary(&config.firecracker).unwrap_or_else(|| config.firecracker.clone());
-        let net = HostNetwork::new(config.network.clone(), &state_dir)
-            .map_err(|source| ManagerError::Network { source })?;
-        let config_jail = config.jail.clone();
-        let shared = Arc::new(Shared {
-            config,
-            firecracker,
-            vms_dir,
-            snapshots_dir,
-            net: Arc::new(net),
-            vms: StdMutex::new(HashMap::new()),
-            uids: Arc::new(StdMutex::new(uid_allocator(&config_jail))),
-            alive: tokio::sync::watch::Sender::new(()),
-            _lock: lock,
-        });
-        reattach::recover(&shared).await?;
+        let lock = Arc::new(StateLock::acquire(&state_dir, config.timeouts.lock).await?);
+        create_private_dir_all(&state_dir.join("vms"))?;
+        create_private_dir_all(&state_dir.join("snapshots"))?;
+        create_private_dir_all(&state_dir.join(intent::INTENTS_DIR))?;
+        let settings_err = |source| ManagerError::Settings { source };
+        let recorded = settings::HostSettings::read(&state_dir).map_err(settings_err)?;
+        let requested = settings::HostSettings::of(&config);
+        if let Some(recorded) = &recorded {
+            let differences = recorded.differences(&requested);
+            match config.settings {
+                _ if differences.is_empty() => {}
+                SettingsPolicy::Require => {
+                    return Err(ManagerError::SettingsDiffer {
+                        state_dir,
+                        differences,
+                    });
+                }
+                SettingsPolicy::Adopt => recorded.apply_to(&mut config),
+                SettingsPolicy::Change => {
+                    // Look (and only look) at the VMs, with the settings
+                    // they run with: a refused change changes nothing.
+                    let mut current = config.clone();
+                    recorded.apply_to(&mut current);
+                    current.recovery = Recovery::ReadOnly;
+                    let shared = Shared::new(current, lock.clone())?;
+                    recovery::load_all(&shared).await;
+                    let vms = shared.depending_on(&differences);
+                    if !vms.is_empty() {
+                        return Err(ManagerError::SettingsInUse { differences, vms });
+                    }
+                }
+            }
+        }
+        if let Some(next) =
+            settings::HostSettings::merged(recorded.as_ref(), &requested, config.settings)
+        {
+            next.write(&state_dir).map_err(settings_err)?;
+        }
+        let shared = Shared::new(config, lock)?;
+        if shared.config.recovery != Recovery::ReadOnly {
+            recovery::settle_intents(&shared).await;
+        }
+        if shared.config.recovery == Recovery::Full {
+            recovery::load_all(&shared).await;
+        }
         Ok(Manager { shared })
     }
 
@@ -339,6 +405,10 @@ impl Manager {
 
     /// Follows a VM's info: the receiver sees every change of state (a
     /// crash included) and `None` once the VM is destroyed.
+    ///
+    /// With [`Recovery::Lazy`] or [`Recovery::ReadOnly`], a VM is known
+    /// once an async call has named it (or listed all): call
+    /// [`get`](Self::get) first.
     ///
     /// # Examples
     ///
@@ -401,7 +471,7 @@ impl Manager {
         id: &VmId,
         timeout: std::time::Duration,
     ) -> Result<(), VmError> {
-        let slot = self.shared.slot(id)?;
+        let slot = self.shared.find(id).await?;
         let mut guard = slot.vm.lock().await;
         let vm = guard
             .as_mut()
@@ -521,7 +591,7 @@ impl Manager {
     /// use [`AgentClient::wait_ready`](crate::agent::AgentClient::wait_ready)
     /// after a start or restore.
     pub async fn agent(&self, id: &VmId) -> Result<AgentClient, VmError> {
-        let slot = self.shared.slot(id)?;
+        let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
         let vm = guard
             .as_ref()
@@ -541,7 +611,18 @@ impl Manager {
     /// The VMs on the default network now, with their addresses, MACs,
     /// TAPs and published ports, in id order.
     pub async fn network_attachments(&self) -> Vec<(VmId, VmNet)> {
-        self.shared.net.attached().await
+        if self.shared.config.recovery == Recovery::ReadOnly {
+            // As the records say: a read-only manager does not take over
+            // the network.
+            return self
+                .list()
+                .await
+                .into_iter()
+                .filter(|vm| vm.pid.is_some())
+                .filter_map(|vm| vm.net.map(|net| (vm.id, net)))
+                .collect();
+        }
+        self.shared.network().await.attached().await
     }
 
     /// Removes a VM that is created, stopped or failed, with its directory,
@@ -559,25 +640,79 @@ impl Manager {
 
     /// One VM's info. Waits for an operation in progress on that VM.
     ///
+    /// A VMM adopted from an earlier manager is asked for its state the
+    /// first time (so a pause made behind the manager's back shows); if it
+    /// does not answer within [`Timeouts::probe`], the info has
+    /// [`VmInfo::busy`] set and the recorded state. A VM whose record
+    /// cannot be read is a [`VmError::Unreadable`] (see
+    /// [`unreadable`](Self::unreadable)).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe.
     pub async fn get(&self, id: &VmId) -> Result<VmInfo, VmError> {
-        let slot = self.shared.slot(id)?;
-        let guard = slot.vm.lock().await;
-        guard
-            .as_ref()
-            .map(Vm::info)
-            .ok_or_else(|| VmError::NotFound { id: id.clone() })
+        let slot = self.shared.find(id).await?;
+        let mut guard = slot.vm.lock().await;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        match verify::verify(&self.shared.verifier(), vm).await {
+            Ok(()) | Err(VmError::Busy { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        slot.publish(Some(vm));
+        Ok(vm.info())
     }
 
     /// Every VM, sorted by id. Never waits for operations in progress: a VM
-    /// that is being created is not listed yet.
-    pub fn list(&self) -> Vec<VmInfo> {
+    /// that is being created is not listed yet. The states are the recorded
+    /// ones (no VMM is asked); VMs whose record cannot be read are listed
+    /// by [`unreadable`](Self::unreadable) instead.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a VM loaded before the future is dropped stays loaded.
+    pub async fn list(&self) -> Vec<VmInfo> {
+        recovery::load_all(&self.shared).await;
         let slots: Vec<Arc<Slot>> = self.shared.lock_registry().values().cloned().collect();
         let mut infos: Vec<VmInfo> = slots.iter().filter_map(|s| s.info()).collect();
         infos.sort_by(|a, b| a.id.cmp(&b.id));
         infos
+    }
+
+    /// The VMs whose records cannot be read (corrupt, or written by a newer
+    /// firehost), sorted by id. They are quarantined: their VMMs and files
+    /// are left alone, every operation on them fails with
+    /// [`VmError::Unreadable`], and only
+    /// [`remove_unreadable`](Self::remove_unreadable) removes them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn unreadable(&self) -> Vec<UnreadableVm> {
+        recovery::load_all(&self.shared).await;
+        self.shared
+            .lock_quarantine()
+            .values()
+            .map(|q| q.info.clone())
+            .collect()
+    }
+
+    /// Removes a quarantined VM (see [`unreadable`](Self::unreadable)):
+    /// stops its VMM as far as it can be verified (the pid and start time
+    /// the record still holds, or the process serving the VM's API
+    /// socket), then removes its network, jail and directory as far as the
+    /// record still says where they are. Returns whether a VMM was
+    /// stopped. Fails with [`VmError::NotFound`] for a VM that is not
+    /// quarantined.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes even if this future is dropped.
+    pub async fn remove_unreadable(&self, id: &VmId) -> Result<bool, VmError> {
+        let task = tokio::spawn(quarantine::remove(self.shared.clone(), id.clone()));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// The last `lines` lines of the VM's console and VMM stderr.
@@ -586,7 +721,7 @@ impl Manager {
     ///
     /// Cancel safe.
     pub async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError> {
-        let slot = self.shared.slot(id)?;
+        let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
         match guard.as_ref() {
             Some(vm) => Ok(vm.console_tail(lines).await),
@@ -597,7 +732,7 @@ impl Manager {
     /// The VM's console ring, to follow or wait for output. Empty for VMs
     /// whose console goes straight to a file.
     pub async fn console(&self, id: &VmId) -> Result<ConsoleRing, VmError> {
-        let slot = self.shared.slot(id)?;
+        let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
         match guard.as_ref() {
             Some(vm) => Ok(vm.ring.clone()),
@@ -609,7 +744,7 @@ impl Manager {
     /// wrap (balloon, MMDS, rate-limiter updates…). `None` once the VMM is
     /// gone. Requests made this way do not update the manager's state.
     pub async fn api(&self, id: &VmId) -> Result<Option<Arc<ApiClient>>, VmError> {
-        let slot = self.shared.slot(id)?;
+        let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
         match guard.as_ref() {
             Some(vm) => Ok(vm.api.clone()),
@@ -619,6 +754,57 @@ impl Manager {
 }
 
 impl Shared {
+    fn new(config: ManagerConfig, lock: Arc<StateLock>) -> Result<Arc<Shared>, ManagerError> {
+        let vms_dir = config.state_dir.join("vms");
+        let snapshots_dir = config.state_dir.join("snapshots");
+        // A missing binary is reported per create (as a spawn error), so
+        // that a host without Firecracker can still list and clean up.
+        let firecracker =
+            find_binary(&config.firecracker).unwrap_or_else(|| config.firecracker.clone());
+        let net = HostNetwork::new(config.network.clone(), &config.state_dir)
+            .map_err(|source| ManagerError::Network { source })?;
+        let uids = uid_allocator(&config.jail);
+        Ok(Arc::new(Shared {
+            intents_dir: config.state_dir.join(intent::INTENTS_DIR),
+            config,
+            firecracker,
+            vms_dir,
+            snapshots_dir,
+            net: Arc::new(net),
+            vms: StdMutex::new(HashMap::new()),
+            uids: Arc::new(StdMutex::new(uids)),
+            quarantine: StdMutex::new(Default::default()),
+            loaded: Mutex::new(recovery::Progress::default()),
+            alive: tokio::sync::watch::Sender::new(()),
+            _lock: lock,
+        }))
+    }
+
+    /// The live VMs that depend on a setting in `differences`, in id order.
+    fn depending_on(&self, differences: &[settings::SettingDifference]) -> Vec<VmId> {
+        use settings::SettingGroup;
+        let network = differences.iter().any(|d| d.group == SettingGroup::Network);
+        let jail = differences.iter().any(|d| d.group == SettingGroup::Jail);
+        let slots: Vec<Arc<Slot>> = self.lock_registry().values().cloned().collect();
+        let mut vms: Vec<VmId> = slots
+            .iter()
+            .filter_map(|slot| slot.info())
+            .filter(|info| info.state.is_live())
+            .filter(|info| (network && info.net.is_some()) || (jail && info.jail.is_some()))
+            .map(|info| info.id)
+            .collect();
+        vms.extend(self.lock_quarantine().keys().cloned());
+        vms.sort();
+        vms.dedup();
+        vms
+    }
+
+    fn lock_quarantine(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<VmId, quarantine::Quarantined>> {
+        self.quarantine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Arc<Slot>>> {
         // The registry map stays consistent through a panic (single
         // insert/remove calls), so a poisoned lock is still usable.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
+use super::intent::Intent;
 use super::{Shared, Vm, VmError, VmInfo, now_ms, remove_file_if_present};
 use crate::VmId;
 use crate::api::models::{
@@ -14,7 +15,7 @@ use crate::api::models::{
 };
 use crate::net::firewall::PortMapping;
 use crate::net::host::NetError;
-use crate::record::Durability;
+use crate::record::{Durability, PendingSnapshot};
 use crate::snapshot::{
     Bundle, BundleError, MANIFEST_FILE, MEMORY_FILE, ManifestDraft, NetworkLayout, PendingBundle,
     SnapshotInfo, SnapshotKind, SnapshotName, VMSTATE_FILE, VsockLayout,
@@ -56,17 +57,30 @@ impl Default for SnapshotOptions {
     }
 }
 
-/// Takes the VM's lock and checks that `op` is allowed in its state.
+/// Takes the VM's lock, makes sure an adopted VMM has answered (see
+/// [`super::verify`]), and checks that `op` is allowed in its state. A busy
+/// VMM refuses every operation but a stop, which needs no answer from it,
+/// and the destroy of a created VM.
 async fn locked(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: &VmId,
     op: Operation,
 ) -> Result<tokio::sync::OwnedMutexGuard<Option<Vm>>, VmError> {
-    let slot = shared.slot(id)?;
-    let guard = slot.vm.clone().lock_owned().await;
+    let slot = shared.find(id).await?;
+    let mut guard = slot.vm.clone().lock_owned().await;
     let vm = guard
-        .as_ref()
+        .as_mut()
         .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+    match super::verify::verify(&shared.verifier(), vm).await {
+        Ok(()) => slot.publish(Some(vm)),
+        Err(VmError::Busy { .. }) if matches!(op, Operation::Stop | Operation::Destroy) => {
+            slot.publish(Some(vm));
+        }
+        Err(e) => {
+            slot.publish(Some(vm));
+            return Err(e);
+        }
+    }
     vm.record
         .state
         .check(op)
@@ -86,7 +100,7 @@ fn api_of(vm: &Vm, op: Operation) -> Result<Arc<crate::api::ApiClient>, VmError>
 
 /// Sends a request that changes state, then records the new state.
 async fn transition(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: &VmId,
     op: Operation,
     what: &'static str,
@@ -128,7 +142,7 @@ async fn transition(
     Ok(vm.info())
 }
 
-pub(super) async fn start(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError> {
+pub(super) async fn start(shared: &Arc<Shared>, id: &VmId) -> Result<VmInfo, VmError> {
     transition(
         shared,
         id,
@@ -139,11 +153,11 @@ pub(super) async fn start(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError>
     .await
 }
 
-pub(super) async fn pause(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError> {
+pub(super) async fn pause(shared: &Arc<Shared>, id: &VmId) -> Result<VmInfo, VmError> {
     transition(shared, id, Operation::Pause, "pause", VmState::Paused).await
 }
 
-pub(super) async fn resume(shared: &Shared, id: &VmId) -> Result<VmInfo, VmError> {
+pub(super) async fn resume(shared: &Arc<Shared>, id: &VmId) -> Result<VmInfo, VmError> {
     transition(shared, id, Operation::Resume, "resume", VmState::Running).await
 }
 
@@ -155,7 +169,19 @@ pub(super) async fn stop(
     let mut guard = locked(&shared, &id, Operation::Stop).await?;
     let vm = guard.as_mut().expect("checked by locked()");
     let grace = options.grace.unwrap_or(shared.config.timeouts.stop_grace);
-    let exit = end_vmm(vm, &options, grace, shared.config.timeouts.after_kill).await?;
+    // Said before the first signal: a manager that dies during the stop
+    // leaves a record from which the next one tells a stop from a crash.
+    vm.record.stop_requested = true;
+    vm.persist(Durability::Cached).await?;
+    let ended = end_vmm(vm, &options, grace, shared.config.timeouts.after_kill).await;
+    vm.record.stop_requested = false;
+    let exit = match ended {
+        Ok(exit) => exit,
+        Err(e) => {
+            let _ = vm.persist(Durability::Cached).await;
+            return Err(e);
+        }
+    };
     vm.record.state = VmState::Stopped { exit };
     vm.process = None;
     vm.api = None;
@@ -167,7 +193,8 @@ pub(super) async fn stop(
     // (the record keeps what they were).
     if vm.record.net.is_some() {
         shared
-            .net
+            .network()
+            .await
             .detach(&id)
             .await
             .map_err(|source| VmError::Network {
@@ -299,6 +326,25 @@ pub(super) async fn snapshot(
     };
 
     let was_running = vm.record.state == VmState::Running;
+    // Said before the pause: a manager that dies from here on leaves a
+    // record from which the next one resumes the guest and settles the
+    // bundle (see `super::verify`).
+    vm.record.pending_snapshot = Some(PendingSnapshot {
+        name: name.clone(),
+        paused_vm: was_running,
+    });
+    let begun = begin_intent(&shared.intents_dir, &id, Intent::Snapshot);
+    let persisted = match begun {
+        Ok(()) => vm.persist(Durability::Cached).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = persisted {
+        drop(pending);
+        undo.unwind().await;
+        vm.record.pending_snapshot = None;
+        super::intent::end(&shared.intents_dir, &id);
+        return Err(e);
+    }
     let taken = async {
         if was_running {
             api.patch_vm(&VmPatch {
@@ -392,12 +438,15 @@ pub(super) async fn snapshot(
         if let Err(e) = resumed {
             undo.unwind().await;
             vm.record.state = VmState::Paused;
+            vm.record.pending_snapshot = None;
             let _ = vm.persist(Durability::Cached).await;
+            super::intent::end(&shared.intents_dir, &id);
             shared.slot(&id)?.publish(Some(vm));
             return Err(taken.err().unwrap_or(e));
         }
     }
     drop(pending);
+    vm.record.pending_snapshot = None;
     match taken {
         Ok(manifest) => {
             undo.commit();
@@ -408,6 +457,7 @@ pub(super) async fn snapshot(
                 vm.record.state.clone()
             };
             vm.persist(Durability::Cached).await?;
+            super::intent::end(&shared.intents_dir, &id);
             shared.slot(&id)?.publish(Some(vm));
             Ok(SnapshotInfo {
                 name,
@@ -417,6 +467,9 @@ pub(super) async fn snapshot(
         }
         Err(e) => {
             undo.unwind().await;
+            if vm.persist(Durability::Cached).await.is_ok() {
+                super::intent::end(&shared.intents_dir, &id);
+            }
             Err(e)
         }
     }
@@ -429,7 +482,7 @@ pub(super) async fn publish(
     mapping: PortMapping,
     add: bool,
 ) -> Result<VmInfo, VmError> {
-    let slot = shared.slot(&id)?;
+    let slot = shared.find(&id).await?;
     let mut guard = slot.vm.lock().await;
     let vm = guard
         .as_mut()
@@ -441,10 +494,11 @@ pub(super) async fn publish(
     if vm.record.net.is_none() {
         return Err(network(NetError::NotAttached { vm: id.clone() }));
     }
+    let host_network = shared.network().await;
     let net = if add {
-        shared.net.publish(&id, mapping).await
+        host_network.publish(&id, mapping).await
     } else {
-        shared.net.unpublish(&id, mapping).await
+        host_network.unpublish(&id, mapping).await
     }
     .map_err(network)?;
     vm.record.net = Some(net);
@@ -455,11 +509,33 @@ pub(super) async fn publish(
 
 pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
     let guard = locked(&shared, &id, Operation::Destroy).await?;
-    remove(&shared, &id, guard).await
+    let intents = &shared.intents_dir;
+    begin_intent(intents, &id, Intent::Destroy)?;
+    let removed = remove(&shared, &id, guard).await;
+    if removed.is_ok() {
+        super::intent::end(intents, &id);
+    }
+    removed
 }
 
-async fn remove(
-    shared: &Shared,
+/// [`super::intent::begin`], as a [`VmError`].
+pub(super) fn begin_intent(
+    intents_dir: &std::path::Path,
+    id: &VmId,
+    intent: Intent,
+) -> Result<(), VmError> {
+    super::intent::begin(intents_dir, id, intent).map_err(|source| VmError::Io {
+        id: id.clone(),
+        op: "record the operation under way in",
+        path: intents_dir.to_owned(),
+        source,
+    })
+}
+
+/// Removes the VM held by `guard` and everything it owns (it must be
+/// created, stopped or failed).
+pub(super) async fn remove(
+    shared: &Arc<Shared>,
     id: &VmId,
     mut guard: tokio::sync::OwnedMutexGuard<Option<Vm>>,
 ) -> Result<(), VmError> {
@@ -487,7 +563,8 @@ async fn remove(
     // The VMM is gone, so nothing holds the TAP any more.
     if vm.record.net.is_some() {
         shared
-            .net
+            .network()
+            .await
             .detach(id)
             .await
             .map_err(|source| VmError::Network {

@@ -134,14 +134,23 @@ pub(super) async fn restore(
     id: VmId,
     options: RestoreOptions,
 ) -> Result<VmInfo, VmError> {
+    shared.check_free(&id).await?;
     let reservation = Reservation::take(&shared, &id)?;
+    if let Err(e) =
+        super::ops::begin_intent(&shared.intents_dir, &id, super::intent::Intent::Restore)
+    {
+        shared.lock_registry().remove(&id);
+        return Err(e);
+    }
     let mut undo = UndoStack::default();
     let result = build(&shared, &snapshot, &id, &options, &mut undo).await;
-    reservation.settle(&shared, &id, result, undo).await
+    let settled = reservation.settle(&shared, &id, result, undo).await;
+    super::intent::end(&shared.intents_dir, &id);
+    settled
 }
 
 async fn build(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snapshot: &SnapshotName,
     id: &VmId,
     options: &RestoreOptions,
@@ -201,6 +210,7 @@ async fn build(
         id: id.clone(),
         source: Box::new(source),
     })?;
+    shared.prepare_for(&manifest.spec).await;
     let net = attach_network(shared, id, &manifest, undo).await?;
     let overrides: Vec<NetworkOverride> = net
         .iter()

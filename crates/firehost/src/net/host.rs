@@ -336,6 +336,16 @@ impl VmNet {
 /// attach leaves nothing behind.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The network's state file cannot be read: firehost will not guess
+    /// what it set up on the host, so it changes nothing until the file is
+    /// fixed or removed.
+    #[error("the network state file {path:?} is unreadable ({detail}); fix or remove it")]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
     /// nftables is missing or refused a transaction.
     #[error(transparent)]
     Firewall(#[from] FirewallError),
@@ -433,6 +443,9 @@ struct Inner {
     allocator: Allocator,
     attached: BTreeMap<VmId, VmNet>,
     footprint: Footprint,
+    /// Why the state file could not be read, if it could not: then nothing
+    /// on the host is touched.
+    unreadable: Option<String>,
 }
 
 /// One manager's default network. See the [module docs](self).
@@ -466,7 +479,10 @@ impl HostNetwork {
         let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
         let hash = blake3::hash(canonical.as_os_str().as_encoded_bytes());
         let state_file = state_dir.join(STATE_FILE);
-        let footprint = read_footprint(&state_file);
+        let (footprint, unreadable) = match read_footprint(&state_file) {
+            Ok(footprint) => (footprint, None),
+            Err(detail) => (Footprint::default(), Some(detail)),
+        };
         Ok(HostNetwork {
             config,
             gateway,
@@ -477,6 +493,7 @@ impl HostNetwork {
                 allocator,
                 attached: BTreeMap::new(),
                 footprint,
+                unreadable,
             }),
         })
     }
@@ -528,6 +545,7 @@ impl HostNetwork {
         owner: TapOwner,
     ) -> Result<VmNet, NetError> {
         let mut inner = self.inner.lock().await;
+        self.check_state_file(&inner)?;
         // Refusals first: a request that cannot be met touches nothing.
         check_ports(&inner.attached, vm, &spec.publish)?;
         let lease = inner.allocator.allocate_requested(vm, spec.ip, spec.mac)?;
@@ -606,6 +624,30 @@ impl HostNetwork {
         Ok(())
     }
 
+    /// Deletes what this state directory's network may still hold for `vm`
+    /// although no record says what it is (the VM's record was unreadable):
+    /// links labelled with its id and its pinned namespace. Call it after
+    /// [`detach`](Self::detach), once the VM's VMM is gone.
+    pub async fn remove_leftovers(&self, vm: &VmId) -> Result<(), NetError> {
+        let inner = self.inner.lock().await;
+        self.check_state_file(&inner)?;
+        let namespace = self.netns_dir().join(vm.as_str());
+        if namespace.exists() {
+            super::netns::remove(&namespace)?;
+        }
+        let nl = Netlink::connect().map_err(|source| NetError::Io {
+            op: "open a netlink socket for",
+            path: PathBuf::from("NETLINK_ROUTE"),
+            source,
+        })?;
+        for (link, owner) in self.own_taps(&nl).await? {
+            if owner == vm.as_str() {
+                super::netns::delete_link(&nl, &link).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forwards another host port to a running VM.
     pub async fn publish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
         let mut inner = self.inner.lock().await;
@@ -649,12 +691,30 @@ impl HostNetwork {
         Ok(net.clone())
     }
 
+    /// Fails if the state file could not be read.
+    fn check_state_file(&self, inner: &Inner) -> Result<(), NetError> {
+        match &inner.unreadable {
+            Some(detail) => Err(NetError::StateFile {
+                path: self.state_file.clone(),
+                detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Takes the live VMs' networks from their records and makes the host
-    /// match: see the [module docs](self). Errors are logged, not
+    /// match: see the [module docs](self). The links and namespaces of the
+    /// VMs in `spared` (whose records cannot be read, so whose networks
+    /// may be unknown) are kept whatever they are. Errors are logged, not
     /// returned: a manager must open even when the network cannot be fixed
-    /// (the next attach tries again).
-    pub async fn reconcile(&self, live_vms: Vec<(VmId, VmNet)>) {
+    /// (the next attach tries again). With an unreadable state file,
+    /// nothing is touched.
+    pub async fn reconcile(&self, live_vms: Vec<(VmId, VmNet)>, spared: &[VmId]) {
         let mut inner = self.inner.lock().await;
+        if let Err(e) = self.check_state_file(&inner) {
+            tracing::error!(error = %e, "not reconciling the network");
+            return;
+        }
         let leases = live_vms
             .iter()
             .map(|(id, net)| {
@@ -718,7 +778,7 @@ impl HostNetwork {
             match self.own_taps(&live.nl).await {
                 Ok(taps) => {
                     for (tap, vm) in taps {
-                        if !keep.contains(&tap) {
+                        if !keep.contains(&tap) && !spared.iter().any(|s| s.as_str() == vm) {
                             tracing::info!(link = %tap, vm = %vm, "deleting the TAP (or veth) of a VM that is gone");
                             if let Err(e) = super::netns::delete_link(&live.nl, &tap).await {
                                 tracing::warn!(link = %tap, error = %e, "cannot delete a leftover link");
@@ -729,8 +789,8 @@ impl HostNetwork {
                 Err(e) => tracing::warn!(error = %e, "cannot list TAPs"),
             }
         }
-        self.remove_stale_namespaces(&inner.attached);
-        if inner.attached.is_empty() && inner.live.is_some() {
+        self.remove_stale_namespaces(&inner.attached, spared);
+        if inner.attached.is_empty() && inner.live.is_some() && spared.is_empty() {
             self.tear_down(&mut inner).await;
         }
     }
@@ -873,7 +933,7 @@ impl HostNetwork {
 
     /// Unpins the namespaces of VMs that are not attached (their TAPs and
     /// bridges go with them).
-    fn remove_stale_namespaces(&self, attached: &BTreeMap<VmId, VmNet>) {
+    fn remove_stale_namespaces(&self, attached: &BTreeMap<VmId, VmNet>, spared: &[VmId]) {
         let Ok(entries) = std::fs::read_dir(self.netns_dir()) else {
             return;
         };
@@ -883,7 +943,10 @@ impl HostNetwork {
             .collect();
         for entry in entries.flatten() {
             let path = entry.path();
-            if !keep.contains(&path) {
+            let is_spared = spared
+                .iter()
+                .any(|s| entry.file_name() == std::ffi::OsStr::new(s.as_str()));
+            if !keep.contains(&path) && !is_spared {
                 tracing::info!(netns = ?path, "removing the network namespace of a VM that is gone");
                 if let Err(e) = super::netns::remove(&path) {
                     tracing::warn!(netns = ?path, error = %e, "cannot remove a leftover namespace");
@@ -1138,11 +1201,14 @@ fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn read_footprint(path: &Path) -> Footprint {
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+/// The footprint in `path`: none if there is no file; an error (in words)
+/// if there is one that cannot be read.
+fn read_footprint(path: &Path) -> Result<Footprint, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Footprint::default()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn write_footprint(path: &Path, footprint: &Footprint) -> Result<(), NetError> {
@@ -1159,10 +1225,12 @@ fn write_footprint(path: &Path, footprint: &Footprint) -> Result<(), NetError> {
             _ => Ok(()),
         };
     }
-    let tmp = path.with_extension("json.tmp");
-    let json = serde_json::to_vec_pretty(footprint).expect("serialisable");
-    std::fs::write(&tmp, json).map_err(io("write"))?;
-    std::fs::rename(&tmp, path).map_err(io("replace"))
+    let json = serde_json::to_vec_pretty(footprint).map_err(|e| io("serialise")(e.into()))?;
+    crate::record::write_atomic(path, &json, crate::record::Durability::Synced).map_err(|e| match e
+    {
+        crate::record::RecordError::Io { op, path, source } => NetError::Io { op, path, source },
+        other => io("write")(std::io::Error::other(other.to_string())),
+    })
 }
 
 #[cfg(test)]

@@ -139,6 +139,7 @@ impl TestHost {
             // VMMs: a spawn in flight briefly shares the fd table (and so
             // the flock) of a manager being dropped. Wait it out.
             lock: Duration::from_secs(5),
+            probe: Duration::from_millis(500),
         };
         config
     }
