@@ -65,9 +65,9 @@ pub struct GlobalArgs {
 
     /// The default network's bridge, created when absent [default: fhbr0].
     ///
-    /// A network setting, used by run --net and by every command that
-    /// opens the state directory (keep them the same for one state
-    /// directory).
+    /// A network setting: recorded in the state directory by the first
+    /// command that opens it; a later command that asks for another value
+    /// is refused (exit 2): change it with `settings set`.
     #[arg(
         long,
         global = true,
@@ -80,9 +80,9 @@ pub struct GlobalArgs {
     /// The guest subnet; the bridge takes its first address, the guests'
     /// gateway [default: 172.30.0.0/16].
     ///
-    /// A network setting, used by run --net and by every command that
-    /// opens the state directory (keep them the same for one state
-    /// directory).
+    /// A network setting: recorded in the state directory by the first
+    /// command that opens it; a later command that asks for another value
+    /// is refused (exit 2): change it with `settings set`.
     #[arg(
         long,
         global = true,
@@ -97,9 +97,9 @@ pub struct GlobalArgs {
     /// services allowed and are reached only through published ports) or
     /// an interface name [default: auto].
     ///
-    /// A network setting, used by run --net and by every command that
-    /// opens the state directory (keep them the same for one state
-    /// directory).
+    /// A network setting: recorded in the state directory by the first
+    /// command that opens it; a later command that asks for another value
+    /// is refused (exit 2): change it with `settings set`.
     #[arg(
         long,
         global = true,
@@ -112,9 +112,9 @@ pub struct GlobalArgs {
     /// DNS servers for guests, comma-separated or repeated [default: the
     /// host's from /etc/resolv.conf, without loopback addresses].
     ///
-    /// A network setting, used by run --net and by every command that
-    /// opens the state directory (keep them the same for one state
-    /// directory).
+    /// A network setting: recorded in the state directory by the first
+    /// command that opens it; a later command that asks for another value
+    /// is refused (exit 2): change it with `settings set`.
     #[arg(
         long,
         global = true,
@@ -136,16 +136,18 @@ pub struct GlobalArgs {
     )]
     pub jailer: PathBuf,
 
-    /// Where jails are made: <DIR>/<firecracker binary name>/<VM>/root.
+    /// Where jails are made: <DIR>/<firecracker binary name>/<VM>/root
+    /// [default: /srv/jailer].
+    ///
+    /// A jail setting, recorded in the state directory on first use.
     #[arg(
         long,
         global = true,
         value_name = "DIR",
         env = "FIREHOST_CHROOT_BASE",
-        default_value = firehost::jail::DEFAULT_CHROOT_BASE,
         help_heading = "Jail settings"
     )]
-    pub chroot_base: PathBuf,
+    pub chroot_base: Option<PathBuf>,
 
     /// Jail every VM this command creates or restores, as if each had
     /// --jail (a host default: set `FIREHOST_JAIL_ALL=1` in production).
@@ -183,9 +185,9 @@ pub struct GlobalArgs {
     /// A host service guests may connect to at the gateway address (TCP
     /// unless /udp), comma-separated or repeated [default: none].
     ///
-    /// A network setting, used by run --net and by every command that
-    /// opens the state directory (keep them the same for one state
-    /// directory).
+    /// A network setting: recorded in the state directory by the first
+    /// command that opens it; a later command that asks for another value
+    /// is refused (exit 2): change it with `settings set`.
     #[arg(
         long = "host-service",
         global = true,
@@ -195,6 +197,27 @@ pub struct GlobalArgs {
         help_heading = "Network settings"
     )]
     pub host_services: Vec<String>,
+}
+
+/// `settings`.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// What to do [default: show].
+    #[command(subcommand)]
+    pub command: Option<SettingsCommand>,
+}
+
+/// `settings` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    /// Print the recorded settings.
+    Show,
+    /// Record the network and jail settings given on this command line
+    /// (--subnet, --bridge, --uplink, --dns, --host-service,
+    /// --chroot-base, --jail-uids, --cgroup-version) in place of the
+    /// recorded ones. Refused (exit 4) while a live VM depends on a
+    /// setting that changes.
+    Set,
 }
 
 /// The subcommands.
@@ -231,6 +254,10 @@ pub enum Command {
     /// All or nothing: if any restore fails, the clones already made are
     /// removed again.
     Clone(CloneArgs),
+    /// Show the host settings recorded in the state directory, or change
+    /// them (`settings set` with the new network or jail settings):
+    /// refused while a live VM depends on a setting that changes.
+    Settings(SettingsArgs),
     /// Manage snapshot bundles: list, inspect, verify, remove, collect
     /// garbage, merge diffs [default: ls].
     Snapshots(SnapshotsArgs),

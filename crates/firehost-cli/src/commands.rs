@@ -20,8 +20,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use firehost::doctor::{DoctorConfig, run_checks};
+use firehost::manager::settings::HostSettings;
 use firehost::manager::{
-    ConsoleTarget, RestoreMemory, RestoreOptions, SnapshotOptions, StopOptions,
+    ConsoleTarget, Recovery, RestoreMemory, RestoreOptions, SettingsPolicy, SnapshotOptions,
+    StopOptions,
 };
 use firehost::net::firewall::PortMapping;
 use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
@@ -35,15 +37,15 @@ use serde::Serialize;
 
 use crate::args::{
     Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, NetArgs,
-    NetCommand, PortArgs, RestoreArgs, RmArgs, RunArgs, SnapshotArgs, SnapshotNameArg,
-    SnapshotsArgs, SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
+    NetCommand, PortArgs, RestoreArgs, RmArgs, RunArgs, SettingsArgs, SettingsCommand,
+    SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
 };
 use crate::exit::{CliError, Exit, ValueError};
 use crate::human;
 use crate::json::{
-    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, RemovedJson,
-    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, VerifyErrorJson,
-    VerifyJson, VmJson,
+    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, RemovedJson, SettingsJson,
+    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, UnreadableVmJson,
+    VerifyErrorJson, VerifyJson, VmJson,
 };
 
 /// How long a command waits for another `firehost` process to release the
@@ -102,17 +104,17 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         }
         _ => {}
     }
-    let manager = open_manager(global).await?;
+    if let Command::Settings(args) = cli.command {
+        return settings(global, args, out).await;
+    }
+    let manager = open_manager(global, recovery_for(&cli.command)).await?;
     let provider: &dyn VmProvider = &manager;
     match cli.command {
         Command::Run(args) => run(&manager, *args, out).await,
         Command::Exec(args) => return crate::exec::exec(&manager, args, out).await,
         Command::Cp(args) => crate::exec::cp(&manager, args, out).await,
-        Command::Ls => ls(provider, out).await,
-        Command::Inspect(NameArg { name }) => {
-            let vm = provider.get(&vm_id(&name)?).await?;
-            out.emit(&VmJson::from(&vm), human::vm_record)
-        }
+        Command::Ls => ls(&manager, out).await,
+        Command::Inspect(NameArg { name }) => inspect(&manager, &name, out).await,
         Command::Pause(NameArg { name }) => {
             let vm = provider.pause(&vm_id(&name)?).await?;
             out.emit(&VmJson::from(&vm), human::vm_state_line)
@@ -122,27 +124,63 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
             out.emit(&VmJson::from(&vm), human::vm_state_line)
         }
         Command::Stop(args) => stop(provider, args, out).await,
-        Command::Rm(args) => rm(provider, args, out).await,
+        Command::Rm(args) => rm(&manager, args, out).await,
         Command::Snapshot(args) => snapshot(provider, args, out).await,
         Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(&manager, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
         Command::Net(args) => net(&manager, args, out).await,
-        Command::Doctor | Command::Quickstart(_) | Command::Image(_) | Command::PageServer => {
+        Command::Doctor
+        | Command::Quickstart(_)
+        | Command::Image(_)
+        | Command::PageServer
+        | Command::Settings(_) => {
             unreachable!("handled above")
         }
     }?;
     Ok(Exit::Success)
 }
 
-async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
+/// How much recovery a command's manager does: commands that only look
+/// change nothing; the others load only what they touch (see
+/// [`Recovery`]), so their cost does not grow with the number of VMs.
+fn recovery_for(command: &Command) -> Recovery {
+    match command {
+        Command::Ls | Command::Inspect(_) | Command::Console(_) => Recovery::ReadOnly,
+        Command::Net(NetArgs { command: None })
+        | Command::Net(NetArgs {
+            command: Some(NetCommand::Ls),
+        }) => Recovery::ReadOnly,
+        _ => Recovery::Lazy,
+    }
+}
+
+/// The manager configuration of this command line: the host settings
+/// recorded in the state directory, with what the command line (or the
+/// environment) says on top. A value that differs from the recorded one
+/// makes opening fail (exit 2), unless `policy` says otherwise.
+fn manager_config(
+    global: &GlobalArgs,
+    recovery: Recovery,
+    policy: SettingsPolicy,
+) -> Result<ManagerConfig, CliError> {
     let mut config = ManagerConfig::new(&global.state_dir, &global.firecracker);
     config.console = ConsoleTarget::File;
     config.vmm_log = Some(LogLevel::Info);
     config.timeouts.lock = LOCK_TIMEOUT;
-    config.network = network_config(global)?;
-    config.jail = Some(jail_config(global)?);
+    config.recovery = recovery;
+    config.settings = policy;
+    config.jail = Some(firehost::jail::JailConfig::default());
+    let recorded = HostSettings::read(&global.state_dir)
+        .map_err(|source| CliError::Manager(firehost::ManagerError::Settings { source }))?;
+    if let Some(recorded) = &recorded {
+        recorded.apply_to(&mut config);
+    }
+    apply_network_flags(global, &mut config.network)?;
+    if let Some(jail) = config.jail.as_mut() {
+        apply_jail_flags(global, jail)?;
+    }
     // Restored VMs must outlive this short-lived command: their page
     // servers run in helper processes (this same binary).
     config.page_server_program = std::env::current_exe()
@@ -160,7 +198,40 @@ async fn open_manager(global: &GlobalArgs) -> Result<Manager, CliError> {
             }
         }
     }
+    Ok(config)
+}
+
+async fn open_manager(global: &GlobalArgs, recovery: Recovery) -> Result<Manager, CliError> {
+    let config = manager_config(global, recovery, SettingsPolicy::Require)?;
     Ok(Manager::open(config).await?)
+}
+
+/// `settings` and `settings set`.
+async fn settings(global: &GlobalArgs, args: SettingsArgs, out: Out) -> Result<Exit, CliError> {
+    let policy = match args.command.unwrap_or(SettingsCommand::Show) {
+        SettingsCommand::Show => SettingsPolicy::Require,
+        SettingsCommand::Set => SettingsPolicy::Change,
+    };
+    let config = manager_config(global, Recovery::Lazy, policy)?;
+    let manager = Manager::open(config).await?;
+    let recorded = HostSettings::read(&global.state_dir)
+        .map_err(|source| CliError::Manager(firehost::ManagerError::Settings { source }))?
+        .unwrap_or_else(|| HostSettings::of(manager.config()));
+    let mut network = serde_json::to_value(&recorded.network).unwrap_or_default();
+    // As the options spell them: `53/udp`.
+    network["host_services"] = recorded
+        .network
+        .host_services
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let json = SettingsJson {
+        state_dir: global.state_dir.display().to_string(),
+        network,
+        jail: serde_json::to_value(&recorded.jail).unwrap_or_default(),
+    };
+    out.emit(&json, human::settings)?;
+    Ok(Exit::Success)
 }
 
 /// The jail `run` asks for: with --jail or any limit.
@@ -178,14 +249,16 @@ fn jail_spec(args: &RunArgs) -> Option<firehost::jail::JailSpec> {
     (args.jail || spec != firehost::jail::JailSpec::default()).then_some(spec)
 }
 
-/// Stage two for the jail settings.
-fn jail_config(global: &GlobalArgs) -> Result<firehost::jail::JailConfig, CliError> {
-    let mut config = firehost::jail::JailConfig {
-        jailer: global.jailer.clone(),
-        chroot_base: global.chroot_base.clone(),
-        always: global.jail_all,
-        ..Default::default()
-    };
+/// Stage two for the jail settings: the flags given go into `config`.
+fn apply_jail_flags(
+    global: &GlobalArgs,
+    config: &mut firehost::jail::JailConfig,
+) -> Result<(), CliError> {
+    config.jailer = global.jailer.clone();
+    config.always = global.jail_all;
+    if let Some(base) = &global.chroot_base {
+        config.chroot_base = base.clone();
+    }
     if let Some(range) = &global.jail_uids {
         let parsed = range
             .split_once('-')
@@ -201,14 +274,16 @@ fn jail_config(global: &GlobalArgs) -> Result<firehost::jail::JailConfig, CliErr
             what: format!("--cgroup-version: {what}"),
         })?);
     }
-    Ok(config)
+    Ok(())
 }
 
-/// Stage two for the network settings: the library's defaults, with what
-/// the command line (or the environment) says parsed by the library's own
-/// types.
-pub fn network_config(global: &GlobalArgs) -> Result<NetworkConfig, CliError> {
-    let mut config = NetworkConfig::default();
+/// Stage two for the network settings: what the command line (or the
+/// environment) says, parsed by the library's own types, goes into
+/// `config`.
+pub fn apply_network_flags(
+    global: &GlobalArgs,
+    config: &mut NetworkConfig,
+) -> Result<(), CliError> {
     if let Some(bridge) = &global.bridge {
         config.bridge = parse("--bridge", bridge)?;
     }
@@ -225,8 +300,11 @@ pub fn network_config(global: &GlobalArgs) -> Result<NetworkConfig, CliError> {
     if let Some(dns) = &global.dns {
         config.dns = Some(parse_all("--dns", dns)?);
     }
-    config.host_services = parse_all("--host-service", &global.host_services)?;
-    Ok(config)
+    // Not given is not "none": the recorded services stay.
+    if !global.host_services.is_empty() {
+        config.host_services = parse_all("--host-service", &global.host_services)?;
+    }
+    Ok(())
 }
 
 /// Stage two for one option value.
@@ -381,12 +459,31 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
     out.emit(&VmJson::from(&vm), human::vm_record)
 }
 
-async fn ls(provider: &dyn VmProvider, out: Out) -> Result<(), CliError> {
-    let vms = provider.list().await;
+async fn ls(manager: &Manager, out: Out) -> Result<(), CliError> {
+    let vms = manager.list().await;
+    let unreadable = manager.unreadable().await;
     let list = ListJson {
         vms: vms.iter().map(VmJson::from).collect(),
+        unreadable: unreadable.iter().map(UnreadableVmJson::from).collect(),
     };
     out.emit(&list, human::vm_table)
+}
+
+/// `inspect`: the VM object, or the unreadable VM object for a VM whose
+/// record cannot be read.
+async fn inspect(manager: &Manager, name: &str, out: Out) -> Result<(), CliError> {
+    let id = vm_id(name)?;
+    match manager.get(&id).await {
+        Ok(vm) => out.emit(&VmJson::from(&vm), human::vm_record),
+        Err(VmError::Unreadable { .. }) => {
+            let quarantined = manager.unreadable().await;
+            match quarantined.iter().find(|vm| vm.id == id) {
+                Some(vm) => out.emit(&UnreadableVmJson::from(vm), human::unreadable_vm),
+                None => Err(VmError::NotFound { id }.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn stop(provider: &dyn VmProvider, args: StopArgs, out: Out) -> Result<(), CliError> {
@@ -398,12 +495,16 @@ async fn stop(provider: &dyn VmProvider, args: StopArgs, out: Out) -> Result<(),
     out.emit(&VmJson::from(&vm), human::vm_state_line)
 }
 
-async fn rm(provider: &dyn VmProvider, args: RmArgs, out: Out) -> Result<(), CliError> {
+async fn rm(manager: &Manager, args: RmArgs, out: Out) -> Result<(), CliError> {
     let id = vm_id(&args.name)?;
     let stopped = if args.force {
-        remove(provider, &id, FORCE_GRACE).await?
+        match remove(manager, &id, FORCE_GRACE).await {
+            // Quarantined: only an explicit rm -f removes it.
+            Err(VmError::Unreadable { .. }) => manager.remove_unreadable(&id).await?,
+            other => other?,
+        }
     } else {
-        provider.destroy(&id).await?;
+        manager.destroy(&id).await?;
         false
     };
     let removed = RemovedJson {
@@ -513,7 +614,11 @@ async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliEr
         .iter()
         .map(|r| VmJson::from(r.as_ref().expect("all succeeded")))
         .collect();
-    out.emit(&ListJson { vms }, human::vm_table)
+    let list = ListJson {
+        vms,
+        unreadable: Vec::new(),
+    };
+    out.emit(&list, human::vm_table)
 }
 
 /// Polls every future to completion, concurrently, in one task.

@@ -203,6 +203,9 @@ impl CliError {
             CliError::Vm(e) => match e {
                 VmError::NotFound { .. } => Exit::NotFound,
                 VmError::AlreadyExists { .. }
+                | VmError::Unreadable { .. }
+                | VmError::NotUnreadable { .. }
+                | VmError::Busy { .. }
                 | VmError::Transition { .. }
                 | VmError::SnapshotExists { .. }
                 | VmError::SnapshotIsDiff { .. }
@@ -216,8 +219,10 @@ impl CliError {
                 _ => Exit::Failed,
             },
             CliError::Manager(e) => match e {
-                ManagerError::Locked { .. } => Exit::Conflict,
-                ManagerError::StateDirTooLong { .. } | ManagerError::Network { .. } => Exit::Usage,
+                ManagerError::Locked { .. } | ManagerError::SettingsInUse { .. } => Exit::Conflict,
+                ManagerError::StateDirTooLong { .. }
+                | ManagerError::Network { .. }
+                | ManagerError::SettingsDiffer { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
             CliError::Store(e) => store_exit(e),

@@ -30,6 +30,18 @@ pub fn vm_record(vm: &VmJson) -> String {
         ),
         ("boot args", vm.boot_args.clone()),
     ];
+    if vm.busy {
+        rows.push((
+            "busy",
+            "the VMM is alive but did not answer in time; try again later".to_owned(),
+        ));
+    }
+    if let Some(name) = &vm.interrupted_snapshot {
+        rows.push((
+            "interrupted",
+            format!("snapshot {name}: settled once the VMM answers"),
+        ));
+    }
     if let Some(jail) = &vm.jail {
         rows.push((
             "jail",
@@ -107,16 +119,60 @@ pub fn vm_table(list: &ListJson) -> String {
         .vms
         .iter()
         .map(|vm| {
+            let mut state = vm.state.to_owned();
+            if vm.busy {
+                state.push_str(" (busy)");
+            }
+            if vm.interrupted_snapshot.is_some() {
+                state.push_str(" (snapshot interrupted)");
+            }
             vec![
                 vm.name.clone(),
-                vm.state.to_owned(),
+                state,
                 vm.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 vm.vcpus.to_string(),
                 format!("{}M", vm.mem_mib),
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "PID", "VCPUS", "MEM"], &rows)
+    let mut out = table(&["NAME", "STATE", "PID", "VCPUS", "MEM"], &rows);
+    for vm in &list.unreadable {
+        out.push_str(&format!(
+            "{} is unreadable (pid {}): {}; `firehost rm -f {}` removes it\n",
+            vm.name,
+            vm.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            vm.reason,
+            vm.name
+        ));
+    }
+    out
+}
+
+/// `inspect` of a quarantined VM.
+pub fn unreadable_vm(vm: &crate::json::UnreadableVmJson) -> String {
+    format!(
+        "name:    {}\nstate:   unreadable\nreason:  {}\npid:     {}\ndir:     {}\nIts VMM and files are left alone; `firehost rm -f {}` stops and removes it.\n",
+        vm.name,
+        vm.reason,
+        vm.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        vm.dir,
+        vm.name
+    )
+}
+
+/// `settings`.
+pub fn settings(settings: &crate::json::SettingsJson) -> String {
+    let mut out = format!("state directory {}\n", settings.state_dir);
+    let mut field = |group: &str, value: &serde_json::Value| {
+        if let Some(object) = value.as_object() {
+            for (key, value) in object {
+                out.push_str(&format!("{group}.{key}: {value}\n"));
+            }
+        }
+    };
+    field("network", &settings.network);
+    field("jail", &settings.jail);
+    out
 }
 
 /// `net ls`: the network on one line, then a table of its VMs.
@@ -637,6 +693,8 @@ mod tests {
             console_tail: None,
             vsock: None,
             jail: None,
+            busy: false,
+            interrupted_snapshot: None,
             net: Some(crate::json::NetJson {
                 ip: "172.30.0.2".into(),
                 prefix_len: 16,
@@ -718,9 +776,12 @@ mod tests {
             net: None,
             vsock: None,
             jail: None,
+            busy: false,
+            interrupted_snapshot: None,
         };
         let table = vm_table(&ListJson {
             vms: vec![vm("a", Some(12345)), vm("longer-name", None)],
+            unreadable: vec![],
         });
         assert_eq!(
             table,

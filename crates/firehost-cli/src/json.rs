@@ -48,6 +48,19 @@
 //! | `net` | object or null | the VM's place on the default network ([`NetJson`], below); null for a VM without a network |
 //! | `jail` | object or null | the VM's jail, `{"chroot": string, "uid": integer, "gid": integer, "cgroups": [string]}` ([`JailJson`]); null for an unjailed VM |
 //! | `vsock` | object or null | the VM's vsock device, `{"uds_path": string, "guest_cid": integer}` ([`VsockJson`]); null without one (the agent's token is never printed) |
+//! | `busy` | boolean | the VMM is alive but did not answer in time (it may be writing a snapshot): `state` is the recorded one; operations other than `stop` and `rm -f` exit 4 until it answers. It is never killed for this |
+//! | `interrupted_snapshot` | string or null | a snapshot a killed `firehost` left under way: the next command that reaches the VMM resumes the guest (if the snapshot paused it) and keeps the bundle only if it was sealed |
+//!
+//! # The unreadable VM object ([`UnreadableVmJson`])
+//!
+//! A VM whose record cannot be read (corrupt, or written by a newer
+//! firehost) is quarantined: its VMM and files are left alone, every
+//! command but `rm -f` refuses it (exit 4), and `rm -f` stops its VMM
+//! (as far as it can be verified) and removes it. `ls` lists such VMs in
+//! `unreadable`, and `inspect` prints this object for one:
+//! `{"name": string, "state": "unreadable", "reason": string, "pid":
+//! integer or null, "dir": string}`; `pid` is the VMM found for it, if
+//! any.
 //!
 //! `net` is `{"ip": string, "prefix_len": integer, "gateway": string,
 //! "mac": string, "tap": string, "dns": [string…], "published":
@@ -64,7 +77,9 @@
 //! | command | object |
 //! | --- | --- |
 //! | `run`, `inspect`, `pause`, `resume`, `stop` | the VM object, after the operation |
-//! | `ls` | `{"vms": [VM object…]}`, sorted by name |
+//! | `ls` | `{"vms": [VM object…], "unreadable": [unreadable VM object…]}`, each sorted by name |
+//! | `inspect` of a quarantined VM | the unreadable VM object |
+//! | `settings`, `settings set` | [`SettingsJson`]: the host settings recorded in the state directory (after the change) |
 //! | `rm` | [`RemovedJson`]: `{"name": string, "removed": true, "stopped": boolean}`; `stopped` is true when `-f` had to stop the VM first |
 //! | `snapshot` | [`SnapshotJson`]: `{"name", "vm", "dir", "firecracker_version": string, "vmstate_bytes", "memory_bytes", "created_at_ms": integer, "vm_state": string}`; `vm_state` is the VM's state afterwards |
 //! | `console` | [`ConsoleJson`]: `{"name": string, "lines": [string…]}`, oldest first; VMM stderr lines start with `[vmm] ` |
@@ -228,6 +243,52 @@ pub struct VmJson {
     pub vsock: Option<VsockJson>,
     /// The VM's jail, if it runs in one.
     pub jail: Option<JailJson>,
+    /// The VMM is alive but did not answer in time.
+    pub busy: bool,
+    /// A snapshot a killed command left under way.
+    pub interrupted_snapshot: Option<String>,
+}
+
+/// A quarantined VM: its record cannot be read. See the [module
+/// docs](self).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadableVmJson {
+    /// Its name.
+    pub name: String,
+    /// Always `unreadable`.
+    pub state: &'static str,
+    /// Why its record cannot be read.
+    pub reason: String,
+    /// The VMM found for it, if any.
+    pub pid: Option<i32>,
+    /// Its directory.
+    pub dir: String,
+}
+
+impl From<&firehost::manager::UnreadableVm> for UnreadableVmJson {
+    fn from(vm: &firehost::manager::UnreadableVm) -> Self {
+        UnreadableVmJson {
+            name: vm.id.to_string(),
+            state: "unreadable",
+            reason: vm.reason.to_string(),
+            pid: vm.pid,
+            dir: path(&vm.dir),
+        }
+    }
+}
+
+/// `settings`: the host settings recorded in the state directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsJson {
+    /// The state directory.
+    pub state_dir: String,
+    /// `{"bridge", "subnet": string, "gateway": string or null, "uplink":
+    /// string, "dns": [string…] or null, "host_services": [string…]}`.
+    pub network: serde_json::Value,
+    /// `{"chroot_base": string, "uid_range": [integer, integer],
+    /// "cgroup_version": string or null}`, or null before jails were
+    /// used.
+    pub jail: serde_json::Value,
 }
 
 /// A VM's jail: where its chroot is, whom it runs as, its cgroups.
@@ -378,6 +439,8 @@ impl From<&VmInfo> for VmJson {
                 gid: j.gid,
                 cgroups: j.cgroups.iter().map(|c| path(c)).collect(),
             }),
+            busy: vm.busy,
+            interrupted_snapshot: vm.interrupted_snapshot.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -387,6 +450,8 @@ impl From<&VmInfo> for VmJson {
 pub struct ListJson {
     /// Every VM, sorted by name.
     pub vms: Vec<VmJson>,
+    /// The quarantined VMs, sorted by name.
+    pub unreadable: Vec<UnreadableVmJson>,
 }
 
 /// `net ls`.

@@ -69,13 +69,13 @@ fn run_without_a_name_generates_one_and_no_start_leaves_it_created() {
 fn ls_json_lists_every_vm_sorted_by_name() {
     let env = TestEnv::new();
     let empty = env.json(&["ls"]);
-    assert_shape(&empty, &[("vms", &[Ty::Arr])]);
+    assert_shape(&empty, &[("vms", &[Ty::Arr]), ("unreadable", &[Ty::Arr])]);
     assert!(empty["vms"].as_array().unwrap().is_empty());
 
     let (_b, _) = env.start_vm("b-vm", &[]);
     let (_a, _) = env.start_vm("a-vm", &["--no-start"]);
     let list = env.json(&["ls"]);
-    assert_shape(&list, &[("vms", &[Ty::Arr])]);
+    assert_shape(&list, &[("vms", &[Ty::Arr]), ("unreadable", &[Ty::Arr])]);
     assert_eq!(names(&list), ["a-vm", "b-vm"]);
     for vm in list["vms"].as_array().unwrap() {
         assert_vm_shape(vm);
@@ -1116,6 +1116,7 @@ fn net_ls_json_on_an_empty_state_dir_shows_the_default_network() {
 
 #[test]
 fn network_settings_come_from_flags_or_the_environment() {
+    // Recorded by the first command: from its flags...
     let env = TestEnv::new();
     let flags = env.json(&[
         "net",
@@ -1129,6 +1130,15 @@ fn network_settings_come_from_flags_or_the_environment() {
         (&flags["bridge"], &flags["subnet"]),
         (&"fhtest0".into(), &"10.77.0.0/24".into())
     );
+    // ...and used by the next ones without them.
+    let again = env.json(&["net", "ls"]);
+    assert_eq!(
+        (&again["bridge"], &again["subnet"]),
+        (&"fhtest0".into(), &"10.77.0.0/24".into())
+    );
+
+    // Or from the environment.
+    let env = TestEnv::new();
     let out = env
         .command(&["--json", "net", "ls"])
         .env("FIREHOST_BRIDGE", "fhenv0")
@@ -1144,6 +1154,51 @@ fn network_settings_come_from_flags_or_the_environment() {
         (&env_list["bridge"], &env_list["subnet"]),
         (&"fhenv0".into(), &"10.78.0.0/16".into())
     );
+    let settings = env.json(&["settings"]);
+    assert_eq!(settings["network"]["uplink"], "none");
+    assert_eq!(
+        settings["network"]["dns"],
+        serde_json::json!(["1.1.1.1", "9.9.9.9"])
+    );
+    assert_eq!(
+        settings["network"]["host_services"],
+        serde_json::json!(["53/udp", "8125/udp"])
+    );
+}
+
+#[test]
+fn a_command_with_other_network_settings_is_refused_and_changes_nothing() {
+    let env = TestEnv::new();
+    let (_guard, vm) = env.start_vm("keep", &[]);
+    assert_eq!(vm["state"], "running");
+    let recorded = std::fs::read(env.state_dir.join("settings.json")).unwrap();
+
+    // A stray FIREHOST_SUBNET in one shell, on a read-only command.
+    let out = env
+        .command(&["ls"])
+        .env("FIREHOST_SUBNET", "10.9.0.0/16")
+        .output()
+        .unwrap();
+    let line = assert_error(&out, 2);
+    assert!(
+        line.contains("subnet is 172.30.0.0/16 here, not 10.9.0.0/16"),
+        "{line}"
+    );
+    // A flag on a command that changes things.
+    let line = assert_error(&env.run(&["stop", "keep", "--bridge", "other0"]), 2);
+    assert!(line.contains("bridge is fhbr0 here, not other0"), "{line}");
+    assert_eq!(
+        std::fs::read(env.state_dir.join("settings.json")).unwrap(),
+        recorded
+    );
+    assert_eq!(env.json(&["inspect", "keep"])["state"], "running");
+
+    // Changing them is explicit (allowed here: no live VM is on the
+    // network), and later commands follow.
+    let set = env.json(&["settings", "set", "--subnet", "10.9.0.0/16"]);
+    assert_eq!(set["network"]["subnet"], "10.9.0.0/16");
+    assert_eq!(env.json(&["net", "ls"])["subnet"], "10.9.0.0/16");
+    assert_eq!(env.json(&["ls"])["vms"].as_array().unwrap().len(), 1);
 }
 
 #[test]

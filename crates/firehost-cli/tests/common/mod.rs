@@ -283,6 +283,8 @@ pub fn assert_vm_shape(vm: &Value) {
             ("net", &[Obj, Null]),
             ("vsock", &[Obj, Null]),
             ("jail", &[Obj, Null]),
+            ("busy", &[Bool]),
+            ("interrupted_snapshot", &[Str, Null]),
         ],
     );
     if vm["jail"].is_object() {
