@@ -10,6 +10,7 @@
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` right after answering `InstanceStart` (a guest crash) |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` (the VM keeps running) |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | which pages a restored guest reads on its first resume (default `all`; see [`crate::guest`]) |
+//! | `FAKE_FC_REQUEST_LOG=PATH` | append `METHOD PATH` to this file as each request arrives, before any delay (how a test knows what a client waits on) |
 //!
 //! Paths match exactly (query strings are not part of the path). A variable that is
 //! set but cannot be parsed is an error at start-up, so a typo never silently
@@ -79,6 +80,8 @@ pub struct Faults {
     pub ignore_ctrl_alt_del: bool,
     /// `FAKE_FC_GUEST_TOUCH`.
     pub guest_touch: GuestTouch,
+    /// `FAKE_FC_REQUEST_LOG`.
+    pub request_log: Option<std::path::PathBuf>,
 }
 
 /// A fault variable that is set but malformed.
@@ -183,6 +186,10 @@ impl Faults {
             exit_on_start: number(vars, "FAKE_FC_EXIT_ON_START")?,
             ignore_ctrl_alt_del: flag(vars.get("FAKE_FC_IGNORE_CTRL_ALT_DEL")),
             guest_touch,
+            request_log: vars
+                .get("FAKE_FC_REQUEST_LOG")
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
         })
     }
 
@@ -197,6 +204,26 @@ impl Faults {
             .iter()
             .find(|(m, _)| m.matches(method, path))
             .map(|(_, d)| *d)
+    }
+
+    /// Appends `METHOD PATH` to the `FAKE_FC_REQUEST_LOG` file, if set, as the
+    /// request arrives (before any delay): how a test knows that a client is
+    /// waiting on a given request. One `write(2)` per line, in append mode, so
+    /// that the VMMs of several VMs can share one log.
+    pub fn note_arrival(&self, method: &str, path: &str) {
+        use std::io::Write;
+        let Some(log) = &self.request_log else {
+            return;
+        };
+        let line = format!("{method} {path}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("fake-firecracker: cannot append to {}: {e}", log.display());
+        }
     }
 
     /// Whether request number `n` (1-based) must crash the process.

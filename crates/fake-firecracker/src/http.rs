@@ -9,8 +9,10 @@
 //! - methods other than GET/PUT/PATCH/DELETE, and bodies over
 //!   `--http-api-max-payload-size`, get micro-http's own 400 with its (not quite
 //!   JSON) `{ "error": "..." }` body;
-//! - requests are executed one at a time, as Firecracker's single VMM thread does,
-//!   but any number of connections can be open and each can carry many requests.
+//! - requests are executed one at a time, as Firecracker's single API thread does
+//!   (an injected delay holds up every other request, as a long snapshot write
+//!   does in Firecracker), but any number of connections can be open and each
+//!   can carry many requests.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,8 @@ pub struct ApiServer {
     faults: Faults,
     max_payload_bytes: usize,
     requests: AtomicU64,
+    /// Held from a request's arrival to its answer: one request at a time.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl ApiServer {
@@ -48,6 +52,7 @@ impl ApiServer {
             faults,
             max_payload_bytes,
             requests: AtomicU64::new(0),
+            serial: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -67,7 +72,16 @@ impl ApiServer {
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let server = Arc::clone(&server);
-                    async move { Ok::<_, Infallible>(server.handle(req).await) }
+                    // A request runs to the end even if its client goes
+                    // away, as in Firecracker: a snapshot whose client was
+                    // killed is still written (and holds up the API).
+                    let handled = tokio::spawn(async move { server.handle(req).await });
+                    async move {
+                        Ok::<_, Infallible>(match handled.await {
+                            Ok(response) => response,
+                            Err(_) => micro_http_error("Internal error."),
+                        })
+                    }
                 });
                 let _ = http1::Builder::new()
                     .keep_alive(true)
@@ -80,6 +94,7 @@ impl ApiServer {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let _one_at_a_time = self.serial.lock().await;
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
         if self.faults.crashes_at(n) {
             // FAKE_FC_CRASH_AFTER_REQUESTS: die before answering, like a crashed VMM.
@@ -109,6 +124,7 @@ impl ApiServer {
         };
         let body = (!body.is_empty()).then_some(body);
 
+        self.faults.note_arrival(&method_text, &path);
         if let Some(delay) = self.faults.delay_for(&method_text, &path) {
             tokio::time::sleep(delay).await;
         }

@@ -35,6 +35,7 @@
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | pages a restored guest reads on its first resume (default `all`) |
 //! | `FAKE_FC_AGENT=PATH` | the guest runs this `firehost-agent` behind its vsock device (see below) |
+//! | `FAKE_FC_REQUEST_LOG=PATH` | append `METHOD PATH` to this file as each request arrives |
 //!
 //! # Vsock and the guest agent
 //!

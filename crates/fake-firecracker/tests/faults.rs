@@ -114,3 +114,48 @@ fn malformed_fault_settings_are_refused_at_start() {
     assert_eq!(f.wait_exit().code(), Some(1));
     assert!(f.stderr().contains("FAKE_FC_DELAY_MS"));
 }
+
+#[test]
+fn a_slow_request_holds_up_every_other_one_and_arrivals_are_logged() {
+    fake_only!("FAKE_FC_DELAY_MS and FAKE_FC_REQUEST_LOG");
+    // Firecracker answers one request at a time: while it writes a
+    // snapshot, a `GET /` on another connection waits.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_owned();
+    let f = Fake::spawn_with(
+        &[],
+        &[
+            ("FAKE_FC_DELAY_MS", "PUT /machine-config=1000"),
+            ("FAKE_FC_REQUEST_LOG", &log_path),
+        ],
+    );
+    f.wait_socket();
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut slow = f.client();
+    let slow_done = done.clone();
+    let slow = std::thread::spawn(move || {
+        slow.expect_204(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":128}"#,
+        );
+        slow_done.lock().unwrap().push("slow");
+    });
+    // Wait (bounded) until the slow request has arrived.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_micros(200);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("PUT /machine-config\n")
+    {
+        assert!(Instant::now() < deadline, "the slow request never arrived");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    assert_eq!(f.client().get("/").status, 200);
+    done.lock().unwrap().push("get");
+    slow.join().unwrap();
+    assert_eq!(*done.lock().unwrap(), ["slow", "get"]);
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(logged, "PUT /machine-config\nGET /\n");
+}

@@ -431,17 +431,13 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
         }),
         ..VmSpec::default()
     };
-    let mut vm = provider.create(&id, spec).await?;
-    if !args.no_start {
-        vm = match provider.start(&id).await {
-            Ok(vm) => vm,
-            Err(e) => {
-                // run either leaves a VM that runs or nothing.
-                let _ = remove(provider, &id, FORCE_GRACE).await;
-                return Err(e.into());
-            }
-        };
-    }
+    // One transaction: a run that fails, or is killed, before the guest
+    // started leaves nothing (the next command reaps what a kill left).
+    let vm = if args.no_start {
+        provider.create(&id, spec).await?
+    } else {
+        provider.run(&id, spec).await?
+    };
     if let Some(secs) = args.wait_ready {
         let ready = async {
             manager

@@ -368,12 +368,19 @@ pub(super) async fn settle_intents(shared: &Arc<Shared>) {
                 }
             }
             (Some(Intent::Snapshot), Ok(slot)) => {
-                let pending =
-                    slot.vm.lock().await.as_ref().is_some_and(|vm| {
-                        vm.record.pending_snapshot.is_some() && vm.process.is_some()
-                    });
-                if pending {
-                    // Settled (and the intent ended) once the VMM answers.
+                let mut guard = slot.vm.lock().await;
+                let Some(vm) = guard.as_mut() else { continue };
+                if vm.record.pending_snapshot.is_some() && vm.process.is_some() {
+                    // One try now (a short-lived manager may not live to
+                    // see the background one); verify ends the intent once
+                    // the VMM answers. A busy VMM is left for later.
+                    let outcome = super::verify::verify(&shared.verifier(), vm).await;
+                    slot.publish(Some(vm));
+                    if let Err(e) = outcome
+                        && !matches!(e, VmError::Busy { .. })
+                    {
+                        tracing::error!(vm = %id, error = %e, "cannot settle an interrupted snapshot");
+                    }
                     continue;
                 }
             }
