@@ -220,15 +220,23 @@ impl VmRecord {
         struct Format {
             format: u32,
         }
-        if let Ok(f) = serde_json::from_slice::<Format>(&bytes)
-            && f.format > RECORD_FORMAT
-        {
-            return Err(RecordError::UnknownFormat {
+        // One parse in the common case; the format alone is looked at only
+        // to tell a newer record from a damaged one.
+        let newer = |format: u32| format > RECORD_FORMAT;
+        match serde_json::from_slice::<VmRecord>(&bytes) {
+            Ok(record) if newer(record.format) => Err(RecordError::UnknownFormat {
                 path,
-                found: f.format,
-            });
+                found: record.format,
+            }),
+            Ok(record) => Ok(record),
+            Err(source) => match serde_json::from_slice::<Format>(&bytes) {
+                Ok(f) if newer(f.format) => Err(RecordError::UnknownFormat {
+                    path,
+                    found: f.format,
+                }),
+                _ => Err(RecordError::Malformed { path, source }),
+            },
         }
-        serde_json::from_slice(&bytes).map_err(|source| RecordError::Malformed { path, source })
     }
 }
 

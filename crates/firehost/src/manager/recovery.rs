@@ -49,6 +49,7 @@ use crate::net::host::HostNetwork;
 use crate::record::{Durability, RecordError, VmRecord};
 use crate::state::{ExitReason, VmState};
 use crate::undo::remove_dir_if_present;
+use crate::vmm::process::FoundProcess;
 use crate::vmm::{VmmProcess, find_by_api_socket};
 
 /// How far a manager has loaded its state directory.
@@ -157,6 +158,7 @@ impl Shared {
                 return;
             }
         };
+        let mut unknown = Vec::new();
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(id) = entry.file_name().to_str().and_then(|n| VmId::new(n).ok()) else {
@@ -164,7 +166,30 @@ impl Shared {
                 continue;
             };
             if self.known(&id).is_none() {
-                self.load(&id, dir).await;
+                unknown.push((id, dir));
+            }
+        }
+        // The records and the processes they name are read on the blocking
+        // pool, in batches rather than one trip per VM, placed as each batch
+        // comes back.
+        let chunk = READ_BATCH;
+        let mut readers = Vec::new();
+        while !unknown.is_empty() {
+            let rest = unknown.split_off(chunk.min(unknown.len()));
+            let batch = std::mem::replace(&mut unknown, rest);
+            readers.push(tokio::task::spawn_blocking(move || {
+                batch
+                    .into_iter()
+                    .map(|(id, dir)| read_vm(id, dir))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        for reader in readers {
+            let read = reader
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            for found in read {
+                self.place(found).await;
             }
         }
         if !self.read_only() {
@@ -224,12 +249,23 @@ impl Shared {
     /// Loads one VM directory into the registry or the quarantine, or
     /// reaps it.
     async fn load(self: &Arc<Self>, id: &VmId, dir: PathBuf) {
-        let record = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || VmRecord::read(&dir))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        };
+        let id = id.clone();
+        let found = tokio::task::spawn_blocking(move || read_vm(id, dir))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.place(found).await;
+    }
+
+    /// Puts a VM read from its directory in the registry or the
+    /// quarantine, or reaps it.
+    async fn place(self: &Arc<Self>, found: ReadVm) {
+        let ReadVm {
+            id,
+            dir,
+            record,
+            process,
+        } = found;
+        let id = &id;
         match record {
             Ok(record) if record.id != *id => {
                 let reason = super::UnreadableReason::Malformed {
@@ -238,7 +274,7 @@ impl Shared {
                 self.quarantine(id, dir, reason).await;
             }
             Ok(record) if record.committed => {
-                let vm = adopt(self, record, dir).await;
+                let vm = adopt(self, record, dir, process).await;
                 self.install(vm);
             }
             Ok(record) => {
@@ -308,7 +344,10 @@ impl Shared {
         if let Ok(mut guard) = slot.vm.clone().try_lock_owned() {
             *guard = Some(vm);
         }
-        if let Some(process) = process {
+        // A read-only manager writes nothing, a failure record included.
+        if let Some(process) = process
+            && !self.read_only()
+        {
             watch_for_crash(self, slot.clone(), process);
         }
         if interrupted && !self.read_only() {
@@ -413,10 +452,46 @@ pub(super) async fn kill(process: &VmmProcess) {
     }
 }
 
+/// How many VM directories one blocking task reads when many are loaded:
+/// small enough that the first are placed while the rest are read.
+const READ_BATCH: usize = 64;
+
+/// A VM directory as read from disk: its record, and the process the
+/// record names if that still runs.
+struct ReadVm {
+    id: VmId,
+    dir: PathBuf,
+    record: Result<VmRecord, RecordError>,
+    process: Option<FoundProcess>,
+}
+
+/// Reads `dir`'s record and finds its VMM (blocking).
+fn read_vm(id: VmId, dir: PathBuf) -> ReadVm {
+    let record = VmRecord::read(&dir);
+    let process = match &record {
+        Ok(r) if r.committed && r.state.is_live() => match (r.pid, r.start_time) {
+            (Some(pid), Some(start)) => FoundProcess::find(pid, start).ok().flatten(),
+            _ => None,
+        },
+        _ => None,
+    };
+    ReadVm {
+        id,
+        dir,
+        record,
+        process,
+    }
+}
+
 /// Builds the live view of a recorded VM: re-attached to its VMM if the
-/// recorded process still runs (no API round trip), else marked failed and
-/// cleaned up (unless the manager is read-only).
-async fn adopt(shared: &Shared, mut record: VmRecord, dir: PathBuf) -> Vm {
+/// recorded process still runs (`found`; no API round trip), else marked
+/// failed and cleaned up (unless the manager is read-only).
+async fn adopt(
+    shared: &Shared,
+    mut record: VmRecord,
+    dir: PathBuf,
+    found: Option<FoundProcess>,
+) -> Vm {
     let read_only = shared.read_only();
     let mut vm = Vm {
         record: record.clone(),
@@ -431,10 +506,7 @@ async fn adopt(shared: &Shared, mut record: VmRecord, dir: PathBuf) -> Vm {
     if !record.state.is_live() {
         return vm;
     }
-    let process = match (record.pid, record.start_time) {
-        (Some(pid), Some(start)) => VmmProcess::attach(pid, start).ok().flatten(),
-        _ => None,
-    };
+    let process = found.map(FoundProcess::watch);
     // A VM whose memory a helper serves lives on with it; so does one whose
     // helper detached before it exited. An in-process server died with the
     // manager that ran it.

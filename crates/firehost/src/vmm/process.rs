@@ -81,39 +81,11 @@ impl VmmProcess {
 
     /// Finds a process by pid and start time, as recorded by an earlier
     /// manager. Returns `None` when no such process lives (it exited, or the
-    /// pid now belongs to another process).
+    /// pid now belongs to another process). Must be called from within a
+    /// tokio runtime; [`FoundProcess::find`] is the part that may run on the
+    /// blocking pool.
     pub fn attach(pid: i32, start_time: u64) -> Result<Option<Self>, ProcessError> {
-        // Open the pidfd first and check the start time second: if they
-        // match, the pidfd refers to the recorded process and can't be
-        // fooled by pid reuse afterwards.
-        let Some(pidfd) = open_pidfd(pid)? else {
-            return Ok(None);
-        };
-        match read_start_time(pid) {
-            Ok(t) if t == start_time => {}
-            Ok(_) => return Ok(None),
-            Err(ProcessError::StartTime { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        }
-        // A manager re-opened inside the process that spawned the VMM (tests,
-        // or a service that restarts its manager) can still reap it.
-        let is_child = parent_of(pid) == Some(std::process::id());
-        if is_zombie(pid) {
-            // It has exited; only its parent's wait is missing. Ours, if we
-            // are the parent: reap it rather than leave it.
-            if is_child {
-                let _ = rustix::process::waitid(
-                    WaitId::PidFd(pidfd.as_fd()),
-                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-                );
-            }
-            return Ok(None);
-        }
-        Ok(Some(Self::watch(pid, start_time, pidfd, is_child)))
+        Ok(FoundProcess::find(pid, start_time)?.map(FoundProcess::watch))
     }
 
     fn watch(pid: i32, start_time: u64, pidfd: OwnedFd, reap: bool) -> Self {
@@ -245,27 +217,95 @@ fn libc_esrch() -> i32 {
 
 /// Reads field 22 (starttime) of `/proc/<pid>/stat`.
 pub(crate) fn read_start_time(pid: i32) -> Result<u64, ProcessError> {
-    let err = |source| ProcessError::StartTime { pid, source };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(err)?;
-    parse_stat_field(&stat, 22)
-        .ok_or_else(|| err(std::io::Error::other("malformed /proc/<pid>/stat")))
+    read_stat(pid).map(|stat| stat.start_time)
 }
 
-/// Whether the process has exited but not been reaped (state `Z`, or `X`
-/// while it is being reaped).
-fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
+/// A process found by pid and start time and held by a pidfd, not yet
+/// watched: the half of [`VmmProcess::attach`] that makes only blocking
+/// system calls, so that many can be found on the blocking pool at once.
+#[derive(Debug)]
+pub struct FoundProcess {
+    pid: i32,
+    start_time: u64,
+    pidfd: OwnedFd,
+    is_child: bool,
+}
+
+impl FoundProcess {
+    /// The process with this pid and start time, if it still runs.
+    pub fn find(pid: i32, start_time: u64) -> Result<Option<FoundProcess>, ProcessError> {
+        // Open the pidfd first and check the start time second: if they
+        // match, the pidfd refers to the recorded process and can't be
+        // fooled by pid reuse afterwards.
+        let Some(pidfd) = open_pidfd(pid)? else {
+            return Ok(None);
+        };
+        // One read of /proc/<pid>/stat says who it is, whose child and
+        // whether it has exited: re-attaching many VMs reads it once each.
+        let stat = match read_stat(pid) {
+            Ok(stat) if stat.start_time == start_time => stat,
+            Ok(_) => return Ok(None),
+            Err(ProcessError::StartTime { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // A manager re-opened inside the process that spawned the VMM (tests,
+        // or a service that restarts its manager) can still reap it.
+        let is_child = stat.parent == Some(std::process::id());
+        if stat.exited {
+            // It has exited; only its parent's wait is missing. Ours, if we
+            // are the parent: reap it rather than leave it.
+            if is_child {
+                let _ = rustix::process::waitid(
+                    WaitId::PidFd(pidfd.as_fd()),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+                );
+            }
+            return Ok(None);
+        }
+        Ok(Some(FoundProcess {
+            pid,
+            start_time,
+            pidfd,
+            is_child,
+        }))
+    }
+
+    /// Starts watching it. Must be called from within a tokio runtime.
+    pub fn watch(self) -> VmmProcess {
+        VmmProcess::watch(self.pid, self.start_time, self.pidfd, self.is_child)
+    }
+}
+
+/// What [`FoundProcess::find`] needs of `/proc/<pid>/stat`.
+struct ProcStat {
+    start_time: u64,
+    parent: Option<u32>,
+    /// Exited but not reaped (state `Z`, or `X` while it is being reaped).
+    exited: bool,
+}
+
+fn read_stat(pid: i32) -> Result<ProcStat, ProcessError> {
+    use std::io::Read;
+    let err = |source| ProcessError::StartTime { pid, source };
+    // The line is a few hundred bytes: one buffer, no size probe.
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).map_err(err)?;
+    let mut buf = Vec::with_capacity(1024);
+    file.read_to_end(&mut buf).map_err(err)?;
+    let stat = String::from_utf8_lossy(&buf);
+    let start_time = parse_stat_field(&stat, 22)
+        .ok_or_else(|| err(std::io::Error::other("malformed /proc/<pid>/stat")))?;
     let state = stat
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next());
-    matches!(state, Some("Z" | "X"))
-}
-
-fn parent_of(pid: i32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_field(&stat, 4).and_then(|p| u32::try_from(p).ok())
+    Ok(ProcStat {
+        start_time,
+        parent: parse_stat_field(&stat, 4).and_then(|p| u32::try_from(p).ok()),
+        exited: matches!(state, Some("Z" | "X")),
+    })
 }
 
 /// Field `n` (1-based, as in proc(5)) of a stat line. The command name
