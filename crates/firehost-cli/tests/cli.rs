@@ -1116,7 +1116,7 @@ fn net_ls_json_on_an_empty_state_dir_shows_the_default_network() {
 
 #[test]
 fn network_settings_come_from_flags_or_the_environment() {
-    // Recorded by the first command: from its flags...
+    // A read-only command uses its flags and records nothing...
     let env = TestEnv::new();
     let flags = env.json(&[
         "net",
@@ -1130,7 +1130,13 @@ fn network_settings_come_from_flags_or_the_environment() {
         (&flags["bridge"], &flags["subnet"]),
         (&"fhtest0".into(), &"10.77.0.0/24".into())
     );
-    // ...and used by the next ones without them.
+    assert!(!env.state_dir.join("settings.json").exists());
+    // ...the first command that may change things records them...
+    let (_vm, _) = env.start_vm(
+        "first",
+        &["--bridge", "fhtest0", "--subnet", "10.77.0.0/24"],
+    );
+    // ...and the next ones use them without the flags.
     let again = env.json(&["net", "ls"]);
     assert_eq!(
         (&again["bridge"], &again["subnet"]),
@@ -1140,7 +1146,7 @@ fn network_settings_come_from_flags_or_the_environment() {
     // Or from the environment.
     let env = TestEnv::new();
     let out = env
-        .command(&["--json", "net", "ls"])
+        .command(&["--json", "settings"])
         .env("FIREHOST_BRIDGE", "fhenv0")
         .env("FIREHOST_SUBNET", "10.78.0.0/16")
         .env("FIREHOST_UPLINK", "none")
@@ -1148,10 +1154,13 @@ fn network_settings_come_from_flags_or_the_environment() {
         .env("FIREHOST_HOST_SERVICES", "53/udp,8125/udp")
         .output()
         .unwrap();
-    assert_success(&out, &["net", "ls"]);
-    let env_list = parse_json(&out);
+    assert_success(&out, &["settings"]);
+    let from_env = parse_json(&out);
     assert_eq!(
-        (&env_list["bridge"], &env_list["subnet"]),
+        (
+            &from_env["network"]["bridge"],
+            &from_env["network"]["subnet"]
+        ),
         (&"fhenv0".into(), &"10.78.0.0/16".into())
     );
     let settings = env.json(&["settings"]);

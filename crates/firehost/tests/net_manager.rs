@@ -11,13 +11,11 @@
 
 mod common;
 
-use firehost::manager::SettingsPolicy;
-
 use std::net::Ipv4Addr;
 
 use common::TestHost;
-use common::netns::{GuestNs, add_address, ifname, in_netns, link_up};
-use firehost::manager::{Manager, ManagerConfig, StopOptions, VmError};
+use common::netns::{GuestNs, add_address, ifname, in_netns, link_up, nft_or_skip};
+use firehost::manager::{Manager, ManagerConfig, SettingsPolicy, StopOptions, VmError};
 use firehost::net::host::{NetError, NetSpec, Uplink, VmNet};
 use firehost::net::ipam::{IpamError, MacAddr};
 use firehost::net::nft::Nftables;
@@ -64,17 +62,6 @@ impl NetHost {
         config.network.uplink = Uplink::Interface(ifname("up0"));
         config.network.dns = Some(vec![Ipv4Addr::new(198, 51, 100, 53)]);
         config
-    }
-}
-
-/// Whether nftables can be used here; says why not.
-fn nft_or_skip(test: &str) -> bool {
-    match Nftables::open() {
-        Ok(_) => true,
-        Err(e) => {
-            common::skip(test, &e.to_string());
-            false
-        }
     }
 }
 

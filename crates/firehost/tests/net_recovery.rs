@@ -10,7 +10,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::netns::{addresses, ifname, in_netns};
+use common::netns::{addresses, ifname, in_netns, nft_or_skip};
 use common::{TestHost, process_alive};
 use firehost::manager::{Manager, ManagerConfig, ManagerError, SettingsPolicy, StopOptions};
 use firehost::net::host::{NetError, NetSpec, Uplink};
@@ -35,16 +35,6 @@ fn config(host: &TestHost) -> ManagerConfig {
     config.network.uplink = Uplink::None;
     config.network.dns = Some(vec![Ipv4Addr::new(198, 51, 100, 53)]);
     config
-}
-
-fn nft_or_skip(test: &str) -> bool {
-    match Nftables::open() {
-        Ok(_) => true,
-        Err(e) => {
-            common::skip(test, &e.to_string());
-            false
-        }
-    }
 }
 
 /// The firehost ruleset, as text.

@@ -110,17 +110,7 @@ async fn vm_that_died_while_no_manager_ran_is_marked_failed_and_its_socket_reape
         manager.run(&vm, host.spec()).await.unwrap()
     };
     let pid = info.pid.unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    within("the VMM to die", LONG, async {
-        while process_alive(pid) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    signal_and_wait(pid, rustix::process::Signal::KILL).await;
 
     let manager = host.manager().await;
     let failed = manager.get(&vm).await.unwrap();
@@ -297,6 +287,17 @@ async fn adopted_vm_that_crashes_later_is_marked_failed() {
     );
 }
 
+/// Sends `signal` to the VMM `pid` and waits until it is gone.
+async fn signal_and_wait(pid: i32, signal: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), signal).unwrap();
+    within("the VMM to exit", LONG, async {
+        while process_alive(pid) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
 /// Opens a manager on `host` with `recovery`.
 async fn open_with(host: &TestHost, recovery: Recovery) -> Manager {
     let mut config = host.config();
@@ -362,17 +363,7 @@ async fn a_read_only_manager_reports_a_dead_vm_without_cleaning_it_up() {
     };
     let record_before = std::fs::read(info.dir.join(RECORD_FILE)).unwrap();
     let pid = info.pid.unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    within("the VMM to die", LONG, async {
-        while process_alive(pid) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    signal_and_wait(pid, rustix::process::Signal::KILL).await;
     let manager = open_with(&host, Recovery::ReadOnly).await;
     let seen = manager.get(&vm).await.unwrap();
     assert!(matches!(seen.state, VmState::Failed { .. }), "{seen:?}");
@@ -506,17 +497,7 @@ async fn a_vmm_gone_during_a_stop_is_recorded_stopped_not_failed() {
     record.stop_requested = true;
     record.write(&info.dir).unwrap();
     let pid = info.pid.unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    within("the VMM to exit", LONG, async {
-        while process_alive(pid) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    signal_and_wait(pid, rustix::process::Signal::TERM).await;
     let manager = host.manager().await;
     let state = manager.get(&vm).await.unwrap().state;
     assert!(matches!(state, VmState::Stopped { .. }), "{state:?}");

@@ -251,7 +251,8 @@ impl Vm {
                 guest_cid: v.guest_cid,
             }),
             jail: self.record.jail.clone(),
-            busy: self.busy,
+            // Only a VMM that is still there can be busy.
+            busy: self.busy && self.process.is_some(),
             interrupted_snapshot: self
                 .record
                 .pending_snapshot
@@ -340,8 +341,11 @@ impl Manager {
                 }
             }
         }
-        if let Some(next) =
-            settings::HostSettings::merged(recorded.as_ref(), &requested, config.settings)
+        // A read-only manager records nothing: the first one that may
+        // change things does.
+        let next = settings::HostSettings::merged(recorded.as_ref(), &requested, config.settings);
+        if let Some(next) = next
+            && config.recovery != Recovery::ReadOnly
         {
             next.write(&state_dir).map_err(settings_err)?;
         }
@@ -703,8 +707,8 @@ impl Manager {
     /// the record still holds, or the process serving the VM's API
     /// socket), then removes its network, jail and directory as far as the
     /// record still says where they are. Returns whether a VMM was
-    /// stopped. Fails with [`VmError::NotFound`] for a VM that is not
-    /// quarantined.
+    /// stopped. Fails with [`VmError::NotUnreadable`] for a VM whose record
+    /// is readable, and [`VmError::NotFound`] for no VM at all.
     ///
     /// # Cancel safety
     ///

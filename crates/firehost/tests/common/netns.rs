@@ -107,6 +107,17 @@ where
 }
 
 /// The interface name `s`, which must be valid.
+/// Whether nftables can be used here; says why not (as a skip of `test`).
+pub fn nft_or_skip(test: &str) -> bool {
+    match firehost::net::nft::Nftables::open() {
+        Ok(_) => true,
+        Err(e) => {
+            super::skip(test, &e.to_string());
+            false
+        }
+    }
+}
+
 pub fn ifname(s: &str) -> IfName {
     IfName::new(s).unwrap()
 }
