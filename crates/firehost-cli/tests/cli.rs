@@ -1196,6 +1196,14 @@ fn a_command_with_other_network_settings_is_refused_and_changes_nothing() {
     // A flag on a command that changes things.
     let line = assert_error(&env.run(&["stop", "keep", "--bridge", "other0"]), 2);
     assert!(line.contains("bridge is fhbr0 here, not other0"), "{line}");
+    // The jail settings too.
+    let line = assert_error(&env.run(&["ls", "--chroot-base", "/elsewhere"]), 2);
+    assert!(
+        line.contains("chroot-base is /srv/jailer here, not /elsewhere"),
+        "{line}"
+    );
+    let line = assert_error(&env.run(&["ls", "--jail-uids", "5000-6000"]), 2);
+    assert!(line.contains("jail-uids is 900000-901000 here"), "{line}");
     assert_eq!(
         std::fs::read(env.state_dir.join("settings.json")).unwrap(),
         recorded

@@ -57,12 +57,17 @@ impl Interrupted {
     }
 
     /// Waits until the command is waiting on `step`, then kills it.
-    fn kill_at(mut self, step: &str) {
-        let line = format!("{step}\n");
-        wait_until(&format!("{step} to arrive"), LONG, || {
+    fn kill_at(self, step: &str) {
+        self.kill_at_nth(step, 1);
+    }
+
+    /// Waits until the command is waiting on the `nth` request of `step`,
+    /// then kills it.
+    fn kill_at_nth(mut self, step: &str, nth: usize) {
+        wait_until(&format!("{step} #{nth} to arrive"), LONG, || {
             std::fs::read_to_string(&self.log)
                 .ok()
-                .filter(|log| log.contains(&line))
+                .filter(|log| log.lines().filter(|l| *l == step).count() >= nth)
         });
         self.child.kill().unwrap();
         let status = self.child.wait().unwrap();
@@ -186,16 +191,16 @@ fn a_stop_killed_midway_leaves_the_vm_stopped_not_failed() {
     assert!(env.vm_dirs().is_empty());
 }
 
-/// A snapshot cut short at `step`, with the VMM busy writing it: the VM is
-/// reported busy (never killed), then resumed, and the unsealed bundle
-/// removed.
-fn a_snapshot_killed_at(step: &str) {
+/// A snapshot cut short at the `nth` request of `step`, with the VMM busy
+/// with it: the VM is reported busy (never killed), then resumed, and the
+/// bundle kept if it was `sealed` before the kill, removed if not.
+fn a_snapshot_killed_at(step: &str, nth: usize, sealed: bool) {
     let env = TestEnv::new();
     let slow = slow_at(&env, step);
     let (_guard, vm) = env.start_vm("src", &strs(&slow));
     let pid = pid_of(&vm);
     let killed = Interrupted::start_plain(&env, &["snapshot", "src", "snap"]);
-    killed.kill_at(step);
+    killed.kill_at_nth(step, nth);
 
     // At once: the VMM is busy with the step.
     let seen = env.json(&["inspect", "src"]);
@@ -218,24 +223,50 @@ fn a_snapshot_killed_at(step: &str) {
     assert_eq!(settled["state"], "running", "{step}: resumed: {settled}");
     assert_eq!(settled["interrupted_snapshot"], Value::Null, "{step}");
     assert_eq!(settled["pid"], pid, "{step}");
-    assert!(!env.state_dir.join("snapshots/snap").exists(), "{step}");
     assert!(intents(&env).is_empty(), "{step}: {:?}", intents(&env));
     let snapshots = env.json(&["snapshots"]);
     assert_eq!(snapshots["incomplete"], serde_json::json!([]), "{step}");
+    let names: Vec<&Value> = snapshots["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["name"])
+        .collect();
+    if sealed {
+        assert_eq!(names, ["snap"], "{step}: a sealed bundle is kept");
+        let verified = env.json(&["snapshots", "verify", "snap"]);
+        assert_eq!(verified["ok"], true, "{step}: {verified}");
+    } else {
+        assert!(names.is_empty(), "{step}: {names:?}");
+        assert!(!env.state_dir.join("snapshots/snap").exists(), "{step}");
+    }
 
-    // And the VM works as before: a snapshot of the same name now succeeds.
-    let taken = env.json(&["snapshot", "src", "snap"]);
+    // And the VM works as before.
+    let taken = env.json(&["snapshot", "src", "again"]);
     assert_eq!(taken["vm_state"], "running");
 }
 
 #[test]
 fn a_snapshot_killed_while_the_vm_pauses_leaves_it_running() {
-    a_snapshot_killed_at("PATCH /vm");
+    a_snapshot_killed_at("PATCH /vm", 1, false);
 }
 
 #[test]
 fn a_snapshot_killed_while_firecracker_writes_it_leaves_the_vm_running() {
-    a_snapshot_killed_at("PUT /snapshot/create");
+    a_snapshot_killed_at("PUT /snapshot/create", 1, false);
+}
+
+#[test]
+fn a_snapshot_killed_before_it_is_sealed_is_discarded() {
+    // The version is asked for after Firecracker wrote the files and
+    // before the manifest seals them.
+    a_snapshot_killed_at("GET /version", 1, false);
+}
+
+#[test]
+fn a_snapshot_killed_while_the_vm_resumes_keeps_the_sealed_bundle() {
+    // The second PATCH /vm is the resume after the seal.
+    a_snapshot_killed_at("PATCH /vm", 2, true);
 }
 
 #[test]
