@@ -129,7 +129,10 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(&manager, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
-        Command::Snapshots(args) => return snapshots(manager.snapshot_store(), args, out).await,
+        Command::Snapshots(args) => {
+            let in_progress = manager.snapshots_in_progress().await;
+            return snapshots(manager.snapshot_store(), in_progress, args, out).await;
+        }
         Command::Net(args) => net(&manager, args, out).await,
         Command::Doctor
         | Command::Quickstart(_)
@@ -666,7 +669,14 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 }
 
 /// The `snapshots` group.
-async fn snapshots(store: SnapshotStore, args: SnapshotsArgs, out: Out) -> Result<Exit, CliError> {
+/// The `snapshots` group; `in_progress` are the bundles that snapshots cut
+/// short may still be written into (gc leaves them alone).
+async fn snapshots(
+    store: SnapshotStore,
+    in_progress: Vec<SnapshotName>,
+    args: SnapshotsArgs,
+    out: Out,
+) -> Result<Exit, CliError> {
     match args.command.unwrap_or(SnapshotsCommand::Ls) {
         SnapshotsCommand::Ls => snapshots_ls(store, out).await?,
         SnapshotsCommand::Inspect(SnapshotNameArg { name }) => {
@@ -687,6 +697,7 @@ async fn snapshots(store: SnapshotStore, args: SnapshotsArgs, out: Out) -> Resul
         SnapshotsCommand::Gc(GcArgs { older_than_s }) => {
             let options = GcOptions {
                 remove_unused_older_than: older_than_s.map(Duration::from_secs),
+                keep: in_progress,
             };
             let report = blocking(move || store.gc(&options)).await?;
             out.emit(&GcJson::from(&report), human::gc)?;

@@ -210,6 +210,10 @@ fn a_snapshot_killed_at(step: &str, nth: usize, sealed: bool) {
     let line = assert_error(&env.run(&["pause", "src"]), 4);
     assert!(line.contains("busy"), "{step}: {line}");
     assert!(alive(pid), "{step}: a busy VMM is never killed");
+    // Nor is the bundle it may be writing collected as a crash leftover.
+    let gc = env.json(&["snapshots", "gc"]);
+    assert_eq!(gc["incomplete"], serde_json::json!([]), "{step}: {gc}");
+    assert!(env.state_dir.join("snapshots/snap").is_dir(), "{step}");
 
     // Once it answers, the next command that may change things settles
     // the interrupted snapshot (a read-only one only reports it).

@@ -556,6 +556,7 @@ fn gc_removes_old_unused_bundles_only_when_asked() {
         .store
         .gc(&GcOptions {
             remove_unused_older_than: Some(Duration::from_secs(3600)),
+            ..GcOptions::default()
         })
         .unwrap();
     let mut unused = report.unused;

@@ -684,6 +684,27 @@ impl Manager {
         infos
     }
 
+    /// The bundles that snapshots cut short by an earlier manager's death
+    /// may still be written into: a VMM busy with one goes on writing it.
+    /// They stay until the snapshot is settled (see [`recovery`]); pass
+    /// them to [`GcOptions::keep`](crate::snapshot::store::GcOptions::keep).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn snapshots_in_progress(&self) -> Vec<SnapshotName> {
+        let mut names = Vec::new();
+        for (id, _) in intent::pending(&self.shared.intents_dir) {
+            let Ok(slot) = self.shared.find(&id).await else {
+                continue;
+            };
+            if let Some(pending) = slot.info().and_then(|i| i.interrupted_snapshot) {
+                names.push(pending);
+            }
+        }
+        names
+    }
+
     /// The VMs whose records cannot be read (corrupt, or written by a newer
     /// firehost), sorted by id. They are quarantined: their VMMs and files
     /// are left alone, every operation on them fails with

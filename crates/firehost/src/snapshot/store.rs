@@ -151,6 +151,13 @@ pub struct GcOptions {
     /// VM leases and no other bundle names as its parent. `None` (the
     /// default) keeps every complete bundle.
     pub remove_unused_older_than: Option<Duration>,
+    /// Bundles left alone whatever their state: those that a snapshot cut
+    /// short by a manager's death may still be written into by a busy VMM
+    /// (see [`Manager::snapshots_in_progress`]); the manager that settles
+    /// the snapshot keeps or removes them.
+    ///
+    /// [`Manager::snapshots_in_progress`]: crate::Manager::snapshots_in_progress
+    pub keep: Vec<SnapshotName>,
 }
 
 /// What [`SnapshotStore::gc`] removed.
@@ -473,6 +480,7 @@ impl SnapshotStore {
             }
         }
         names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.retain(|name| !options.keep.contains(name));
         for name in names {
             let dir = self.bundle_dir(&name);
             match Bundle::open(&dir) {
