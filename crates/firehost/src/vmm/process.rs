@@ -166,12 +166,11 @@ impl VmmProcess {
 }
 
 async fn wait_exit(pidfd: &Arc<OwnedFd>, reap: bool) -> ExitReason {
-    let Ok(dup) = pidfd.try_clone() else {
-        return ExitReason::Unknown;
-    };
-    // SAFETY: `dup` is an open pidfd that the AsyncFd owns from here on, so
-    // it stays open and names the same file description for its lifetime.
-    let registered = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) };
+    // SAFETY: the AsyncFd owns a reference to the pidfd, so the descriptor
+    // stays open, naming the same pidfd, for as long as it is registered;
+    // nothing closes an `OwnedFd` while a reference to it lives.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(pidfd.clone(), tokio::io::Interest::READABLE) };
     let Ok(async_fd) = registered else {
         return ExitReason::Unknown;
     };
@@ -209,6 +208,12 @@ fn open_pidfd(pid: i32) -> Result<Option<OwnedFd>, ProcessError> {
             source: e.into(),
         }),
     }
+}
+
+/// This process's pid, asked of the kernel once.
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 fn libc_esrch() -> i32 {
@@ -254,7 +259,7 @@ impl FoundProcess {
         };
         // A manager re-opened inside the process that spawned the VMM (tests,
         // or a service that restarts its manager) can still reap it.
-        let is_child = stat.parent == Some(std::process::id());
+        let is_child = stat.parent == Some(own_pid());
         if stat.exited {
             // It has exited; only its parent's wait is missing. Ours, if we
             // are the parent: reap it rather than leave it.
@@ -291,11 +296,23 @@ struct ProcStat {
 fn read_stat(pid: i32) -> Result<ProcStat, ProcessError> {
     use std::io::Read;
     let err = |source| ProcessError::StartTime { pid, source };
-    // The line is a few hundred bytes: one buffer, no size probe.
+    // The line is a few hundred bytes: read it into a buffer on the stack,
+    // without the size probes (statx, lseek) of `read_to_end`.
     let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).map_err(err)?;
-    let mut buf = Vec::with_capacity(1024);
-    file.read_to_end(&mut buf).map_err(err)?;
-    let stat = String::from_utf8_lossy(&buf);
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while let Some(rest) = buf.get_mut(len..).filter(|rest| !rest.is_empty()) {
+        match file.read(rest).map_err(err)? {
+            0 => break,
+            n => len += n,
+        }
+        // The kernel hands the whole line over at once; it ends with a
+        // newline, so no read is needed to learn that nothing follows.
+        if buf.get(len.wrapping_sub(1)) == Some(&b'\n') {
+            break;
+        }
+    }
+    let stat = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
     let start_time = parse_stat_field(&stat, 22)
         .ok_or_else(|| err(std::io::Error::other("malformed /proc/<pid>/stat")))?;
     let state = stat
