@@ -141,17 +141,11 @@ fn a_slow_request_holds_up_every_other_one_and_arrivals_are_logged() {
         );
         slow_done.lock().unwrap().push("slow");
     });
-    // Wait (bounded) until the slow request has arrived.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut pause = Duration::from_micros(200);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap()
-        .contains("PUT /machine-config\n")
-    {
-        assert!(Instant::now() < deadline, "the slow request never arrived");
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
+    common::poll("the slow request to arrive", || {
+        std::fs::read_to_string(&log_path)
+            .ok()
+            .filter(|log| log.contains("PUT /machine-config\n"))
+    });
     assert_eq!(f.client().get("/").status, 200);
     done.lock().unwrap().push("get");
     slow.join().unwrap();

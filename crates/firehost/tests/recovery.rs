@@ -200,16 +200,7 @@ async fn a_slow_vmm_is_busy_until_it_answers_and_then_usable() {
 #[tokio::test]
 async fn half_created_vm_is_reaped_entirely() {
     let host = TestHost::new();
-    let vm = id("half");
-    let info = {
-        let manager = host.manager().await;
-        manager.create(&vm, host.spec()).await.unwrap()
-    };
-    // Rewind the record to before the create committed, as if the manager
-    // had crashed in the middle of it.
-    let mut record = VmRecord::read(&info.dir).unwrap();
-    record.committed = false;
-    record.write(&info.dir).unwrap();
+    let info = created_uncommitted(&host, "half").await;
 
     let manager = host.manager().await;
     assert!(manager.list().await.is_empty());
@@ -285,6 +276,19 @@ async fn adopted_vm_that_crashes_later_is_marked_failed() {
         "{:?}",
         info.state
     );
+}
+
+/// A VM created, then its record rewound to before the create committed,
+/// as if the manager had crashed in the middle of it.
+async fn created_uncommitted(host: &TestHost, name: &str) -> firehost::VmInfo {
+    let info = {
+        let manager = host.manager().await;
+        manager.create(&id(name), host.spec()).await.unwrap()
+    };
+    let mut record = VmRecord::read(&info.dir).unwrap();
+    record.committed = false;
+    record.write(&info.dir).unwrap();
+    info
 }
 
 /// Sends `signal` to the VMM `pid` and waits until it is gone.
@@ -386,16 +390,8 @@ async fn a_read_only_manager_reports_a_dead_vm_without_cleaning_it_up() {
 #[tokio::test]
 async fn a_create_cut_short_is_reaped_by_the_next_lazy_manager_through_its_intent() {
     let host = TestHost::new();
-    let vm = id("cut");
-    let info = {
-        let manager = host.manager().await;
-        manager.create(&vm, host.spec()).await.unwrap()
-    };
-    // Rewind to the middle of the create, as a killed manager leaves it:
-    // the record not committed, the intent still there.
-    let mut record = VmRecord::read(&info.dir).unwrap();
-    record.committed = false;
-    record.write(&info.dir).unwrap();
+    // As a killed manager leaves it: the intent still there too.
+    let info = created_uncommitted(&host, "cut").await;
     let intents = host.state_dir().join("intents");
     std::fs::write(intents.join("cut"), "create").unwrap();
 
