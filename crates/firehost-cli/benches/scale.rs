@@ -150,6 +150,7 @@ struct Step {
     open_full: Duration,
     open_lazy: Duration,
     long_lived: Duration,
+    long_lived_control: Duration,
 }
 
 fn measure(
@@ -159,7 +160,8 @@ fn measure(
     vms: usize,
     extra: &mut usize,
 ) -> Step {
-    let control = repeat(21, || control.cli(&["inspect", "alone"]));
+    let control_host = control;
+    let control = repeat(21, || control_host.cli(&["inspect", "alone"]));
     let inspect = repeat(21, || host.cli(&["inspect", "v1"]));
     let ls = repeat(21, || host.cli(&["ls"]));
     let run = repeat(11, || {
@@ -187,26 +189,35 @@ fn measure(
         .enable_all()
         .build()
         .unwrap();
-    let long_lived = fresh.block_on(async {
+    // Interleaved with the same round on the control's manager (one running
+    // VM, nothing else), so that the machine's drift hits both alike.
+    let (long_lived, long_lived_control) = fresh.block_on(async {
         let manager = Manager::open(host.config(Recovery::Full)).await.unwrap();
-        let live: VmId = "live".parse().unwrap();
-        for _ in 0..10 {
-            manager.get(&live).await.unwrap();
-            manager.pause(&live).await.unwrap();
-            manager.resume(&live).await.unwrap();
-        }
-        let mut samples = Vec::new();
-        for _ in 0..51 {
+        let alone = Manager::open(control_host.config(Recovery::Full))
+            .await
+            .unwrap();
+        let (live, runner): (VmId, VmId) = ("live".parse().unwrap(), "runner".parse().unwrap());
+        let round = |manager: Manager, vm: VmId| async move {
             let start = Instant::now();
-            manager.get(&live).await.unwrap();
-            manager.pause(&live).await.unwrap();
-            manager.resume(&live).await.unwrap();
-            samples.push(start.elapsed());
+            manager.get(&vm).await.unwrap();
+            manager.pause(&vm).await.unwrap();
+            manager.resume(&vm).await.unwrap();
+            start.elapsed()
+        };
+        for _ in 0..10 {
+            round(manager.clone(), live.clone()).await;
+            round(alone.clone(), runner.clone()).await;
         }
-        median(samples)
+        let (mut samples, mut control_samples) = (Vec::new(), Vec::new());
+        for _ in 0..51 {
+            samples.push(round(manager.clone(), live.clone()).await);
+            control_samples.push(round(alone.clone(), runner.clone()).await);
+        }
+        (median(samples), median(control_samples))
     });
     Step {
         vms,
+        long_lived_control,
         control,
         inspect,
         ls,
@@ -231,6 +242,21 @@ fn main() {
     let host = Host::new();
     let control = Host::new();
     control.create("alone");
+    let (kernel, rootfs) = (
+        control.kernel.display().to_string(),
+        control.rootfs.display().to_string(),
+    );
+    control.cli(&[
+        "run",
+        "--name",
+        "runner",
+        "--mem-mib",
+        "16",
+        "--kernel",
+        &kernel,
+        "--rootfs",
+        &rootfs,
+    ]);
     // One VM runs (it is paused and resumed); the rest are created.
     let (kernel, rootfs) = (
         host.kernel.display().to_string(),
@@ -270,13 +296,13 @@ fn main() {
     }
     let base = steps[0];
     println!(
-        "| VMs on the host | control: inspect, 1-VM state dir | inspect | ls | run --no-start | pause + resume | open, Full | open, Lazy | long-lived get + pause + resume |"
+        "| VMs on the host | control: inspect, 1-VM state dir | inspect | ls | run --no-start | pause + resume | open, Full | open, Lazy | long-lived get + pause + resume | the same, control manager | long-lived / control |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &steps {
         let cell = |d: Duration, b: Duration| format!("{:.2} ms ({:.2}×)", ms(d), ms(d) / ms(b));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2}× |",
             s.vms,
             cell(s.control, base.control),
             cell(s.inspect, base.inspect),
@@ -286,6 +312,8 @@ fn main() {
             cell(s.open_full, base.open_full),
             cell(s.open_lazy, base.open_lazy),
             cell(s.long_lived, base.long_lived),
+            cell(s.long_lived_control, base.long_lived_control),
+            ms(s.long_lived) / ms(s.long_lived_control),
         );
     }
 }

@@ -498,3 +498,38 @@ async fn a_vmm_gone_during_a_stop_is_recorded_stopped_not_failed() {
     let state = manager.get(&vm).await.unwrap().state;
     assert!(matches!(state, VmState::Stopped { .. }), "{state:?}");
 }
+
+#[tokio::test]
+async fn a_read_only_manager_lists_live_vms_and_holds_one_only_when_it_is_used() {
+    let host = TestHost::new();
+    let (a, b) = (id("a"), id("b"));
+    let (pid_a, pid_b) = {
+        let manager = host.manager().await;
+        let a_info = manager.run(&a, host.spec()).await.unwrap();
+        let b_info = manager.run(&b, host.spec()).await.unwrap();
+        (a_info.pid.unwrap(), b_info.pid.unwrap())
+    };
+    let manager = open_with(&host, Recovery::ReadOnly).await;
+    let listed: Vec<_> = manager
+        .list()
+        .await
+        .into_iter()
+        .map(|i| (i.id, i.state, i.pid))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (a.clone(), VmState::Running, Some(pid_a)),
+            (b.clone(), VmState::Running, Some(pid_b)),
+        ]
+    );
+    // Used: held, asked, and operable like any other.
+    assert_eq!(manager.pause(&a).await.unwrap().state, VmState::Paused);
+    // One that dies between the listing and its use is found gone.
+    signal_and_wait(pid_b, rustix::process::Signal::KILL).await;
+    let gone = manager.get(&b).await.unwrap();
+    assert!(matches!(gone.state, VmState::Failed { .. }), "{gone:?}");
+    assert_eq!(gone.pid, None);
+    manager.stop(&a, StopOptions::default()).await.unwrap();
+    assert!(!process_alive(pid_a));
+}

@@ -255,6 +255,7 @@ impl Launched {
             page_server: None,
             verified: true,
             busy: false,
+            seen: None,
         };
         // Recorded before anything else can fail, so that a manager crash
         // from here on leaves a record the next manager can reap by pid (a

@@ -212,6 +212,9 @@ struct Vm {
     verified: bool,
     /// The last attempt to reach an adopted VMM's API timed out.
     busy: bool,
+    /// A VMM that a read-only load saw running (pid, start time) without
+    /// holding it: it is attached (a pidfd opened) when the VM is used.
+    seen: Option<(i32, u64)>,
 }
 
 impl Slot {
@@ -236,7 +239,11 @@ impl Vm {
         VmInfo {
             id: self.record.id.clone(),
             state: self.record.state.clone(),
-            pid: self.process.as_ref().map(VmmProcess::pid),
+            pid: self
+                .process
+                .as_ref()
+                .map(VmmProcess::pid)
+                .or(self.seen.map(|(pid, _)| pid)),
             api_socket: self.record.api_socket.clone(),
             dir: self.dir.clone(),
             console_file: match &self.record.console {
@@ -252,7 +259,7 @@ impl Vm {
             }),
             jail: self.record.jail.clone(),
             // Only a VMM that is still there can be busy.
-            busy: self.busy && self.process.is_some(),
+            busy: self.busy && (self.process.is_some() || self.seen.is_some()),
             interrupted_snapshot: self
                 .record
                 .pending_snapshot

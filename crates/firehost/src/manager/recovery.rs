@@ -178,6 +178,7 @@ impl Shared {
             .map(<[(VmId, PathBuf)]>::to_vec)
             .collect();
         let mut in_flight = std::collections::VecDeque::new();
+        let look_only = self.read_only();
         loop {
             while in_flight.len() < READERS
                 && let Some(batch) = batches.pop_front()
@@ -185,7 +186,7 @@ impl Shared {
                 in_flight.push_back(tokio::task::spawn_blocking(move || {
                     batch
                         .into_iter()
-                        .map(|(id, dir)| read_vm(id, dir))
+                        .map(|(id, dir)| read_vm(id, dir, look_only))
                         .collect::<Vec<_>>()
                 }));
             }
@@ -256,8 +257,8 @@ impl Shared {
     /// Loads one VM directory into the registry or the quarantine, or
     /// reaps it.
     async fn load(self: &Arc<Self>, id: &VmId, dir: PathBuf) {
-        let id = id.clone();
-        let found = tokio::task::spawn_blocking(move || read_vm(id, dir))
+        let (id, look_only) = (id.clone(), self.read_only());
+        let found = tokio::task::spawn_blocking(move || read_vm(id, dir, look_only))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         self.place(found).await;
@@ -271,6 +272,7 @@ impl Shared {
             dir,
             record,
             process,
+            seen,
         } = found;
         let id = &id;
         match record {
@@ -281,7 +283,7 @@ impl Shared {
                 self.quarantine(id, dir, reason).await;
             }
             Ok(record) if record.committed => {
-                let vm = adopt(self, record, dir, process).await;
+                let vm = adopt(self, record, dir, process, seen).await;
                 self.install(vm);
             }
             Ok(record) => {
@@ -474,23 +476,32 @@ struct ReadVm {
     dir: PathBuf,
     record: Result<VmRecord, RecordError>,
     process: Option<FoundProcess>,
+    /// A VMM seen running by a read-only load (pid, start time).
+    seen: Option<(i32, u64)>,
 }
 
-/// Reads `dir`'s record and finds its VMM (blocking).
-fn read_vm(id: VmId, dir: PathBuf) -> ReadVm {
+/// Reads `dir`'s record and finds its VMM (blocking). With `look_only`,
+/// the VMM is only seen running (one `/proc` read), not held.
+fn read_vm(id: VmId, dir: PathBuf, look_only: bool) -> ReadVm {
     let record = VmRecord::read(&dir);
-    let process = match &record {
-        Ok(r) if r.committed && r.state.is_live() => match (r.pid, r.start_time) {
-            (Some(pid), Some(start)) => FoundProcess::find(pid, start).ok().flatten(),
-            _ => None,
-        },
-        _ => None,
-    };
+    let (mut process, mut seen) = (None, None);
+    if let Ok(r) = &record
+        && r.committed
+        && r.state.is_live()
+        && let (Some(pid), Some(start)) = (r.pid, r.start_time)
+    {
+        if look_only {
+            seen = FoundProcess::is_running(pid, start).then_some((pid, start));
+        } else {
+            process = FoundProcess::find(pid, start).ok().flatten();
+        }
+    }
     ReadVm {
         id,
         dir,
         record,
         process,
+        seen,
     }
 }
 
@@ -502,6 +513,7 @@ async fn adopt(
     mut record: VmRecord,
     dir: PathBuf,
     found: Option<FoundProcess>,
+    seen: Option<(i32, u64)>,
 ) -> Vm {
     let read_only = shared.read_only();
     let mut vm = Vm {
@@ -513,6 +525,7 @@ async fn adopt(
         page_server: None,
         verified: true,
         busy: false,
+        seen: None,
     };
     if !record.state.is_live() {
         return vm;
@@ -546,6 +559,16 @@ async fn adopt(
                 shared.config.timeouts.request,
             )));
             vm.process = Some(process);
+            vm.verified = false;
+            record.state.clone()
+        }
+        // Seen running by a read-only load: held once the VM is used.
+        None if seen.is_some() => {
+            vm.api = Some(Arc::new(ApiClient::with_timeout(
+                &record.api_socket,
+                shared.config.timeouts.request,
+            )));
+            vm.seen = seen;
             vm.verified = false;
             record.state.clone()
         }

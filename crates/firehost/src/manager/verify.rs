@@ -30,8 +30,9 @@ use crate::api::ApiClient;
 use crate::api::models::{InstanceState, Vm as VmPatch, VmState as ApiVmState};
 use crate::record::Durability;
 use crate::snapshot::MANIFEST_FILE;
-use crate::state::VmState;
+use crate::state::{ExitReason, VmState};
 use crate::undo::remove_dir_if_present;
+use crate::vmm::VmmProcess;
 
 /// What verifying needs of the manager, without holding it (a background
 /// task must not keep a dropped manager's state directory locked).
@@ -47,6 +48,18 @@ pub(super) struct Verifier {
 /// Asks an adopted VMM for its state once; see the [module docs](self).
 /// Returns at once for VMs whose VMM has answered this manager already.
 pub(super) async fn verify(verifier: &Verifier, vm: &mut Vm) -> Result<(), VmError> {
+    if let Some((pid, start_time)) = vm.seen.take() {
+        // Seen running by a read-only load: hold it now that it is used.
+        vm.process = VmmProcess::attach(pid, start_time).ok().flatten();
+        if vm.process.is_none() {
+            // Gone since: as a load would have found it (nothing recorded).
+            vm.api = None;
+            vm.record.state = VmState::Failed {
+                exit: ExitReason::Unknown,
+                console_tail: Vec::new(),
+            };
+        }
+    }
     let Some(process) = vm.process.clone() else {
         return Ok(());
     };

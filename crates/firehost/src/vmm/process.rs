@@ -279,6 +279,13 @@ impl FoundProcess {
         }))
     }
 
+    /// Whether the process with this pid and start time still runs, without
+    /// holding it (no pidfd): for a look that acts on nothing, where a pid
+    /// reused a moment later does no harm.
+    pub fn is_running(pid: i32, start_time: u64) -> bool {
+        read_stat(pid).is_ok_and(|stat| stat.start_time == start_time && !stat.exited)
+    }
+
     /// Starts watching it. Must be called from within a tokio runtime.
     pub fn watch(self) -> VmmProcess {
         VmmProcess::watch(self.pid, self.start_time, self.pidfd, self.is_child)
