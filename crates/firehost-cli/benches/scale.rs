@@ -4,20 +4,20 @@
 //!
 //! The VMs are fake-firecracker VMMs, created and not started (a started
 //! fake gives its guest real memory: 1,000 of them would not fit). They
-//! are added in steps; at each step every measure is taken, and the ratio
-//! is against the same measure at the first step (one VM), in the same
-//! run:
+//! are added in steps of 1, 10, 100 and 1,000. At each step every measure
+//! is taken alternately with the same measure on a control state directory
+//! that holds one VM (and one running) throughout; the ratio is the
+//! measure's cost relative to the control's, against the same at the first
+//! step, so the machine's drift (1,000 more processes, this 2-vCPU
+//! machine's noise) cancels out. The measures:
 //!
-//! - `firehost inspect v1`, `firehost ls`, `firehost run --no-start` of one
-//!   more VM, and a `pause` + `resume` of the one running VM, each a whole
+//! - `firehost inspect`, `firehost ls`, `firehost run --no-start` of one
+//!   more VM, and a `pause` + `resume` of the running VM, each a whole
 //!   process, wall time;
-//! - the control: `firehost inspect` on a second state directory that holds
-//!   one VM throughout, which says how much of any growth is the machine's
-//!   (1,000 more processes) rather than firehost's;
 //! - `Manager::open` of the library with `Recovery::Full` (what a service
 //!   pays once) and `Recovery::Lazy`;
-//! - a `get` + `pause` + `resume` of one VM in a long-lived manager opened
-//!   with every VM in it.
+//! - a `get` + `pause` + `resume` of the running VM in a long-lived manager
+//!   opened with every VM in it.
 //!
 //! Run: `cargo build --release -p fake-firecracker && cargo bench -p
 //! firehost-cli --bench scale`. `BENCH_SCALE_MAX` caps the VM count
@@ -138,19 +138,33 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// One step's figures.
+/// One step's figures: each measure on the host, and the same on the
+/// control (a state directory with one VM), taken alternately.
 #[derive(Clone, Copy)]
 struct Step {
     vms: usize,
-    control: Duration,
-    inspect: Duration,
-    ls: Duration,
-    run: Duration,
-    pause_resume: Duration,
+    inspect: (Duration, Duration),
+    ls: (Duration, Duration),
+    run: (Duration, Duration),
+    pause_resume: (Duration, Duration),
     open_full: Duration,
     open_lazy: Duration,
-    long_lived: Duration,
-    long_lived_control: Duration,
+    long_lived: (Duration, Duration),
+}
+
+/// Medians of `n` rounds of `a` and of `b`, run alternately so that the
+/// machine's drift hits both alike.
+fn paired(
+    n: usize,
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+) -> (Duration, Duration) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        xs.push(a());
+        ys.push(b());
+    }
+    (median(xs), median(ys))
 }
 
 fn measure(
@@ -160,17 +174,29 @@ fn measure(
     vms: usize,
     extra: &mut usize,
 ) -> Step {
-    let control_host = control;
-    let control = repeat(21, || control_host.cli(&["inspect", "alone"]));
-    let inspect = repeat(21, || host.cli(&["inspect", "v1"]));
-    let ls = repeat(21, || host.cli(&["ls"]));
-    let run = repeat(11, || {
-        *extra += 1;
-        host.create(&format!("x{extra}"))
-    });
-    let pause_resume = repeat(11, || {
-        host.cli(&["pause", "live"]) + host.cli(&["resume", "live"])
-    });
+    let inspect = paired(
+        21,
+        || host.cli(&["inspect", "v1"]),
+        || control.cli(&["inspect", "alone"]),
+    );
+    let ls = paired(21, || host.cli(&["ls"]), || control.cli(&["ls"]));
+    let mut control_extra = *extra;
+    let run = paired(
+        11,
+        || {
+            *extra += 1;
+            host.create(&format!("x{extra}"))
+        },
+        || {
+            control_extra += 1;
+            control.create(&format!("x{control_extra}"))
+        },
+    );
+    let pause_resume = paired(
+        11,
+        || host.cli(&["pause", "live"]) + host.cli(&["resume", "live"]),
+        || control.cli(&["pause", "runner"]) + control.cli(&["resume", "runner"]),
+    );
     let open = |recovery| {
         repeat(5, || {
             rt.block_on(async {
@@ -191,11 +217,9 @@ fn measure(
         .unwrap();
     // Interleaved with the same round on the control's manager (one running
     // VM, nothing else), so that the machine's drift hits both alike.
-    let (long_lived, long_lived_control) = fresh.block_on(async {
+    let long_lived = fresh.block_on(async {
         let manager = Manager::open(host.config(Recovery::Full)).await.unwrap();
-        let alone = Manager::open(control_host.config(Recovery::Full))
-            .await
-            .unwrap();
+        let alone = Manager::open(control.config(Recovery::Full)).await.unwrap();
         let (live, runner): (VmId, VmId) = ("live".parse().unwrap(), "runner".parse().unwrap());
         let round = |manager: Manager, vm: VmId| async move {
             let start = Instant::now();
@@ -217,8 +241,6 @@ fn measure(
     });
     Step {
         vms,
-        long_lived_control,
-        control,
         inspect,
         ls,
         run,
@@ -295,25 +317,31 @@ fn main() {
         steps.push(measure(&host, &control, &rt, vms, &mut extra));
     }
     let base = steps[0];
+    // A measure's cost with N VMs against one VM, each relative to the
+    // control taken alongside it.
+    let ratio = |(h, c): (Duration, Duration), (bh, bc): (Duration, Duration)| {
+        (ms(h) / ms(c)) / (ms(bh) / ms(bc))
+    };
+    let pair = |(h, c): (Duration, Duration)| format!("{:.2} ms ({:.2} ms)", ms(h), ms(c));
     println!(
-        "| VMs on the host | control: inspect, 1-VM state dir | inspect | ls | run --no-start | pause + resume | open, Full | open, Lazy | long-lived get + pause + resume | the same, control manager | long-lived / control |"
+        "| VMs on the host | inspect (control) | ratio | ls (control) | run --no-start (control) | ratio | pause + resume (control) | ratio | open, Full | open, Lazy | long-lived get + pause + resume (control) | ratio |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in &steps {
-        let cell = |d: Duration, b: Duration| format!("{:.2} ms ({:.2}×)", ms(d), ms(d) / ms(b));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2}× |",
+            "| {} | {} | {:.2}× | {} | {} | {:.2}× | {} | {:.2}× | {:.2} ms | {:.2} ms | {} | {:.2}× |",
             s.vms,
-            cell(s.control, base.control),
-            cell(s.inspect, base.inspect),
-            cell(s.ls, base.ls),
-            cell(s.run, base.run),
-            cell(s.pause_resume, base.pause_resume),
-            cell(s.open_full, base.open_full),
-            cell(s.open_lazy, base.open_lazy),
-            cell(s.long_lived, base.long_lived),
-            cell(s.long_lived_control, base.long_lived_control),
-            ms(s.long_lived) / ms(s.long_lived_control),
+            pair(s.inspect),
+            ratio(s.inspect, base.inspect),
+            pair(s.ls),
+            pair(s.run),
+            ratio(s.run, base.run),
+            pair(s.pause_resume),
+            ratio(s.pause_resume, base.pause_resume),
+            ms(s.open_full),
+            ms(s.open_lazy),
+            pair(s.long_lived),
+            ratio(s.long_lived, base.long_lived),
         );
     }
 }

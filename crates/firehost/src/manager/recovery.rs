@@ -30,7 +30,11 @@
 //! are live (see [`crate::net::host`]) — once per manager.
 //!
 //! How much of this happens at open is [`Recovery`]: everything, nothing
-//! until a VM is named (then that VM), or nothing that changes the host.
+//! until a VM is named (then that VM), or nothing that changes the host. A
+//! read-only load only *sees* a VMM running (its `/proc/<pid>/stat` names
+//! the recorded start time and is not a zombie's) and holds it by a pidfd
+//! once the VM is used (see [`super::verify`]): listing a thousand VMs then
+//! costs a record read and a `/proc` read each.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
