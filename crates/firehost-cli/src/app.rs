@@ -33,10 +33,8 @@ pub fn main() -> ExitCode {
         Err(e) => return exit::finish(Err(CliError::Runtime(e))),
     };
     let result = runtime.block_on(crate::commands::dispatch(cli));
-    // The command is done and its output written. Shutting the runtime
-    // down would drop a watcher task and close a pidfd per VM the command
-    // loaded, one by one; the process exit that follows releases them (and
-    // the state directory's lock) all at once.
-    std::mem::forget(runtime);
+    // Dropped, not leaked: its shutdown waits for writes still under way on
+    // the blocking pool (a guest's last stderr bytes in `exec`).
+    drop(runtime);
     exit::finish(result)
 }
