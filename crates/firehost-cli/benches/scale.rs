@@ -88,19 +88,25 @@ impl Host {
         took
     }
 
+    /// `firehost run --no-start` of VM `name`.
     fn create(&self, name: &str) -> Duration {
+        self.launch(name, &["--no-start"])
+    }
+
+    /// `firehost run` of VM `name` with a small guest (it runs, so it can
+    /// be paused and resumed).
+    fn start(&self, name: &str) -> Duration {
+        self.launch(name, &["--mem-mib", "16"])
+    }
+
+    fn launch(&self, name: &str, extra: &[&str]) -> Duration {
         let (kernel, rootfs) = (self.kernel.display(), self.rootfs.display());
         let (kernel, rootfs) = (kernel.to_string(), rootfs.to_string());
-        self.cli(&[
-            "run",
-            "--no-start",
-            "--name",
-            name,
-            "--kernel",
-            &kernel,
-            "--rootfs",
-            &rootfs,
-        ])
+        let mut args = vec![
+            "run", "--name", name, "--kernel", &kernel, "--rootfs", &rootfs,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
     }
 
     fn config(&self, recovery: Recovery) -> ManagerConfig {
@@ -264,37 +270,9 @@ fn main() {
     let host = Host::new();
     let control = Host::new();
     control.create("alone");
-    let (kernel, rootfs) = (
-        control.kernel.display().to_string(),
-        control.rootfs.display().to_string(),
-    );
-    control.cli(&[
-        "run",
-        "--name",
-        "runner",
-        "--mem-mib",
-        "16",
-        "--kernel",
-        &kernel,
-        "--rootfs",
-        &rootfs,
-    ]);
+    control.start("runner");
     // One VM runs (it is paused and resumed); the rest are created.
-    let (kernel, rootfs) = (
-        host.kernel.display().to_string(),
-        host.rootfs.display().to_string(),
-    );
-    host.cli(&[
-        "run",
-        "--name",
-        "live",
-        "--mem-mib",
-        "16",
-        "--kernel",
-        &kernel,
-        "--rootfs",
-        &rootfs,
-    ]);
+    host.start("live");
     let mut made = 0;
     let mut extra = 0;
     let mut steps: Vec<Step> = Vec::new();

@@ -74,34 +74,13 @@ struct Residue {
 }
 
 async fn residue(nl: &Netlink) -> Residue {
-    use futures_util::TryStreamExt;
-    let links: Vec<_> = nl
-        .handle()
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .unwrap();
-    let mut taps = Vec::new();
-    let mut bridge = false;
-    for link in &links {
-        let state = LinkState::from_message(link);
-        let name = link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-            .unwrap();
-        if state.kind.as_deref() == Some("tun") {
-            taps.push(name.clone());
-        }
-        if name == "fhbr0" {
-            bridge = true;
-        }
-    }
+    let links = common::netns::links(nl).await;
+    let taps = links
+        .iter()
+        .filter(|(_, kind)| kind.as_deref() == Some("tun"))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let bridge = links.iter().any(|(name, _)| name == "fhbr0");
     let nft = Nftables::open().unwrap();
     let tables = nft
         .list("list tables")

@@ -15,7 +15,7 @@ use common::{TestHost, process_alive};
 use firehost::manager::{Manager, ManagerConfig, ManagerError, SettingsPolicy, StopOptions};
 use firehost::net::host::{NetError, NetSpec, Uplink};
 use firehost::net::nft::Nftables;
-use firehost::net::{LinkState, Netlink};
+use firehost::net::Netlink;
 use firehost::record::RECORD_FILE;
 use firehost::{VmError, VmId, VmSpec};
 
@@ -48,24 +48,11 @@ fn ruleset() -> String {
 
 /// The TAPs in the namespace.
 async fn taps(nl: &Netlink) -> Vec<String> {
-    use futures_util::TryStreamExt;
-    let links: Vec<_> = nl
-        .handle()
-        .link()
-        .get()
-        .execute()
-        .try_collect()
+    let mut names: Vec<String> = common::netns::links(nl)
         .await
-        .unwrap();
-    let mut names: Vec<String> = links
-        .iter()
-        .filter(|link| LinkState::from_message(link).kind.as_deref() == Some("tun"))
-        .filter_map(|link| {
-            link.attributes.iter().find_map(|a| match a {
-                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-        })
+        .into_iter()
+        .filter(|(_, kind)| kind.as_deref() == Some("tun"))
+        .map(|(name, _)| name)
         .collect();
     names.sort();
     names

@@ -107,6 +107,29 @@ where
 }
 
 /// The interface name `s`, which must be valid.
+/// Every link in the calling thread's namespace: its name and its kind
+/// (`tun`, `veth`, `bridge`…; `None` for a plain device).
+pub async fn links(nl: &Netlink) -> Vec<(String, Option<String>)> {
+    let links: Vec<_> = nl
+        .handle()
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .unwrap();
+    links
+        .iter()
+        .filter_map(|link| {
+            let name = link.attributes.iter().find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })?;
+            Some((name, firehost::net::LinkState::from_message(link).kind))
+        })
+        .collect()
+}
+
 /// Whether nftables can be used here; says why not (as a skip of `test`).
 pub fn nft_or_skip(test: &str) -> bool {
     match firehost::net::nft::Nftables::open() {
