@@ -13,9 +13,9 @@ use std::net::Ipv4Addr;
 use common::netns::{addresses, ifname, in_netns, nft_or_skip};
 use common::{TestHost, process_alive};
 use firehost::manager::{Manager, ManagerConfig, ManagerError, SettingsPolicy, StopOptions};
+use firehost::net::Netlink;
 use firehost::net::host::{NetError, NetSpec, Uplink};
 use firehost::net::nft::Nftables;
-use firehost::net::Netlink;
 use firehost::record::RECORD_FILE;
 use firehost::{VmError, VmId, VmSpec};
 

@@ -463,5 +463,20 @@ mod tests {
             HostSettings::read(dir.path()),
             Err(SettingsError::NewerFormat { found: 7, .. })
         ));
+        // Well-formed JSON, but an uplink no interface can be named.
+        let mut bad = serde_json::to_value(HostSettings::of(&config())).unwrap();
+        bad["network"]["uplink"] = "not an interface!".into();
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            serde_json::to_vec(&bad).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            HostSettings::read(dir.path()),
+            Err(SettingsError::InvalidValue {
+                setting: "uplink",
+                ..
+            })
+        ));
     }
 }
