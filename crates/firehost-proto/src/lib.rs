@@ -130,7 +130,8 @@ pub struct Frame {
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The header announces more than [`MAX_PAYLOAD`] bytes.
+    /// The header announces (or a caller tried to send) more than
+    /// [`MAX_PAYLOAD`] bytes.
     #[error("frame of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     TooLarge {
         /// The announced length.
@@ -209,17 +210,22 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
 
 /// Writes one frame (not flushed).
 ///
-/// # Panics
-///
-/// If `payload` is longer than [`MAX_PAYLOAD`] (a bug in the caller:
-/// streams are sent in [`CHUNK`]s).
+/// A `payload` longer than [`MAX_PAYLOAD`] is refused with
+/// [`FrameError::TooLarge`] before anything is written, so the stream stays
+/// usable (streams are sent in [`CHUNK`]s; control messages are small
+/// unless a caller puts megabytes of argv or env into one).
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: FrameKind,
     payload: &[u8],
 ) -> Result<(), FrameError> {
-    assert!(payload.len() <= MAX_PAYLOAD, "frame payload too large");
-    let len = u32::try_from(payload.len()).expect("MAX_PAYLOAD fits in u32");
+    let too_large = || FrameError::TooLarge {
+        len: payload.len() as u64,
+    };
+    if payload.len() > MAX_PAYLOAD {
+        return Err(too_large());
+    }
+    let len = u32::try_from(payload.len()).map_err(|_| too_large())?;
     let mut header = [0u8; 5];
     header[..4].copy_from_slice(&len.to_le_bytes());
     header[4] = kind as u8;
@@ -572,6 +578,27 @@ mod tests {
             let f = read_frame(&mut r).await.unwrap().unwrap();
             assert_eq!(f.kind, FrameKind::Eof);
             assert!(read_frame(&mut r).await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn an_oversized_payload_is_refused_before_anything_is_written() {
+        rt().block_on(async {
+            let mut sink = Vec::new();
+            let big = vec![0u8; MAX_PAYLOAD + 1];
+            let err = write_frame(&mut sink, FrameKind::Data, &big)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, FrameError::TooLarge { len } if len == big.len() as u64),
+                "{err:?}"
+            );
+            assert!(sink.is_empty(), "{} bytes were written", sink.len());
+            let huge =
+                ClientMessage::Exec(ExecRequest::new(["sh", "-c", &"x".repeat(MAX_PAYLOAD)]));
+            let err = send(&mut sink, &huge).await.unwrap_err();
+            assert!(matches!(err, FrameError::TooLarge { .. }), "{err:?}");
+            assert!(sink.is_empty());
         });
     }
 

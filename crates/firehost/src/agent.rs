@@ -64,13 +64,27 @@ pub enum AgentError {
     /// The agent did not become ready in time.
     #[error("the agent was not ready after {0:?}")]
     NotReady(Duration),
+    /// The request does not fit in one protocol frame: argv and env
+    /// together are limited to [`firehost_proto::MAX_PAYLOAD`] bytes as
+    /// JSON. Nothing was sent. Pass large inputs through stdin
+    /// ([`AgentClient::output`]) or a file ([`AgentClient::write_file`]).
+    #[error(
+        "the request is {len} bytes, over the agent protocol's {max}-byte limit; \
+         pass large inputs through stdin or a file"
+    )]
+    RequestTooLarge {
+        /// Its size as JSON.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A local stream (a file being sent or received) failed.
     #[error("local I/O failed")]
     Io(#[source] std::io::Error),
 }
 
 /// How a process in the guest ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExitStatus {
     /// Its exit code, if it exited.
     pub code: Option<i32>,
@@ -87,15 +101,52 @@ impl ExitStatus {
     }
 }
 
-/// Everything a finished process wrote, and how it ended.
+/// Everything a finished process wrote (up to the client's output limit,
+/// [`AgentClient::with_output_limit`]), and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Output {
-    /// Its stdout (with a tty: everything).
+    /// Its stdout (with a tty: everything), at most the output limit.
     pub stdout: Vec<u8>,
-    /// Its stderr.
+    /// Its stderr, at most the output limit.
     pub stderr: Vec<u8>,
     /// How it ended.
     pub status: ExitStatus,
+    /// Bytes of stdout read past the limit and dropped (the newest ones:
+    /// `stdout` keeps the first bytes).
+    pub stdout_dropped: u64,
+    /// Bytes of stderr read past the limit and dropped.
+    pub stderr_dropped: u64,
+}
+
+impl Output {
+    /// An output with nothing dropped.
+    pub fn new(stdout: Vec<u8>, stderr: Vec<u8>, status: ExitStatus) -> Self {
+        Output {
+            stdout,
+            stderr,
+            status,
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+        }
+    }
+
+    /// Whether either stream was cut at the output limit.
+    pub fn truncated(&self) -> bool {
+        self.stdout_dropped > 0 || self.stderr_dropped > 0
+    }
+}
+
+/// How much of each stream [`AgentClient::output`] keeps unless told
+/// otherwise: 16 MiB. A guest is untrusted; without a bound it could make
+/// the host buffer output until it runs out of memory.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
+
+/// Appends `bytes` to `kept` up to `limit`, counting the rest in `dropped`.
+fn keep_up_to(kept: &mut Vec<u8>, dropped: &mut u64, limit: usize, bytes: &[u8]) {
+    let room = limit.saturating_sub(kept.len()).min(bytes.len());
+    kept.extend_from_slice(&bytes[..room]);
+    *dropped += (bytes.len() - room) as u64;
 }
 
 /// What an exec session delivers.
@@ -127,6 +178,7 @@ pub struct AgentClient {
     port: u32,
     token: Token,
     connect_timeout: Duration,
+    output_limit: usize,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -150,12 +202,28 @@ impl AgentClient {
             port,
             token,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
         }
     }
 
     /// How long each call waits for the agent to accept.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many bytes of each stream [`AgentClient::output`] keeps
+    /// (default [`DEFAULT_OUTPUT_LIMIT`]). Past it the output is still read,
+    /// so the process runs to its end, but dropped and counted in
+    /// [`Output::stdout_dropped`] / [`Output::stderr_dropped`].
+    ///
+    /// ```
+    /// # use firehost::agent::{AgentClient, Token};
+    /// let agent = AgentClient::new("/tmp/v.sock", 52, Token("t".into()))
+    ///     .with_output_limit(1 << 20);
+    /// ```
+    pub fn with_output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
         self
     }
 
@@ -182,6 +250,14 @@ impl AgentClient {
 
     /// A session with `request` sent.
     async fn request(&self, request: &ClientMessage) -> Result<(Reader, Writer), AgentError> {
+        // Checked before connecting, so a refused request costs nothing.
+        let len = serde_json::to_vec(request).map_err(FrameError::from)?.len();
+        if len > firehost_proto::MAX_PAYLOAD {
+            return Err(AgentError::RequestTooLarge {
+                len,
+                max: firehost_proto::MAX_PAYLOAD,
+            });
+        }
         let (r, mut w) = self.session(self.connect_timeout).await?;
         firehost_proto::send(&mut w, request).await?;
         Ok((r, w))
@@ -255,7 +331,9 @@ impl AgentClient {
     }
 
     /// Runs a process to its end, feeding it `stdin` (if given) while
-    /// collecting its output.
+    /// collecting its output: at most the output limit of each stream
+    /// ([`AgentClient::with_output_limit`]); the rest is read and dropped,
+    /// and counted in the [`Output`].
     pub async fn output(
         &self,
         mut request: ExecRequest,
@@ -272,18 +350,20 @@ impl AgentClient {
             // would end the session and kill the process.
             Ok::<ExecInput, AgentError>(input)
         };
+        let limit = self.output_limit;
         let collect = async {
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            let mut out = Output::new(Vec::new(), Vec::new(), ExitStatus::default());
             loop {
                 match output.next().await? {
-                    Some(ExecEvent::Stdout(b)) => stdout.extend_from_slice(&b),
-                    Some(ExecEvent::Stderr(b)) => stderr.extend_from_slice(&b),
+                    Some(ExecEvent::Stdout(b)) => {
+                        keep_up_to(&mut out.stdout, &mut out.stdout_dropped, limit, &b)
+                    }
+                    Some(ExecEvent::Stderr(b)) => {
+                        keep_up_to(&mut out.stderr, &mut out.stderr_dropped, limit, &b)
+                    }
                     Some(ExecEvent::Exited(status)) => {
-                        return Ok::<Output, AgentError>(Output {
-                            stdout,
-                            stderr,
-                            status,
-                        });
+                        out.status = status;
+                        return Ok::<Output, AgentError>(out);
                     }
                     None => return Err(AgentError::Closed("the process exited")),
                 }

@@ -366,3 +366,69 @@ async fn a_restored_vm_has_its_own_socket_and_the_same_agent_token() {
         .unwrap();
     assert_eq!(out.stdout, b"clone\n");
 }
+
+#[tokio::test]
+async fn an_exec_request_over_the_frame_limit_is_refused_not_a_panic() {
+    let host = TestHost::new();
+    let Some(manager) = manager_with_agent(
+        &host,
+        "an_exec_request_over_the_frame_limit_is_refused_not_a_panic",
+    )
+    .await
+    else {
+        return;
+    };
+    let agent = ready_vm(&manager, "big-argv").await;
+    // `python -c <user code>` with 2 MiB of code: one argument.
+    let code = "x".repeat(2 << 20);
+    let err = agent
+        .output(ExecRequest::new(["sh", "-c", &code]), None)
+        .await
+        .unwrap_err();
+    match err {
+        AgentError::RequestTooLarge { len, max } => {
+            assert!(
+                len > code.len() && max == firehost_proto::MAX_PAYLOAD,
+                "{len} {max}"
+            );
+        }
+        other => panic!("expected RequestTooLarge, got {other:?}"),
+    }
+    // Nothing broke: the next call works.
+    let out = agent.output(sh("echo ok"), None).await.unwrap();
+    assert_eq!(out.stdout, b"ok\n");
+}
+
+#[tokio::test]
+async fn output_keeps_at_most_the_limit_and_counts_what_it_dropped() {
+    let host = TestHost::new();
+    let Some(manager) = manager_with_agent(
+        &host,
+        "output_keeps_at_most_the_limit_and_counts_what_it_dropped",
+    )
+    .await
+    else {
+        return;
+    };
+    let agent = ready_vm(&manager, "flood")
+        .await
+        .with_output_limit(64 << 10);
+    // 1 MiB on stdout, 100 bytes on stderr.
+    let out = agent
+        .output(
+            sh("head -c 1048576 /dev/zero; head -c 100 /dev/zero >&2; exit 3"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.len(), 64 << 10);
+    assert_eq!(out.stdout_dropped, (1 << 20) - (64 << 10));
+    assert_eq!((out.stderr.len(), out.stderr_dropped), (100, 0));
+    assert!(out.truncated());
+    // The process still ran to its end and its status is reported.
+    assert_eq!(out.status.code, Some(3));
+
+    let out = agent.output(sh("echo small"), None).await.unwrap();
+    assert!(!out.truncated());
+    assert_eq!(out.stdout, b"small\n");
+}
