@@ -48,12 +48,26 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if level == Level::Debug && !VERBOSE.load(Ordering::Relaxed) {
         return;
     }
-    // One `writeln!` on the locked handle keeps concurrent lines whole.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "firehost-agent: {}: {args}",
-        level.as_str()
-    );
+    let _ = write_line(&mut std::io::stderr(), level, args);
+}
+
+/// Formats the whole line first and hands it to `out` in one `write` call.
+///
+/// PID 1 and the server are two processes sharing one stderr, so a lock
+/// cannot keep their lines apart; `writeln!` would issue one `write(2)` per
+/// formatted piece and the pieces of two lines would interleave. One
+/// `write(2)` of at most `PIPE_BUF` bytes is atomic on a pipe, and a tty
+/// writes it whole too. Longer lines are cut there, so that stays true.
+fn write_line(out: &mut impl Write, level: Level, args: fmt::Arguments<'_>) -> std::io::Result<()> {
+    /// `PIPE_BUF` on Linux.
+    const ATOMIC_WRITE: usize = 4096;
+    let mut line = format!("firehost-agent: {}: {args}", level.as_str()).into_bytes();
+    line.truncate(ATOMIC_WRITE - 1);
+    line.push(b'\n');
+    // `write`, not `write_all`: a second call would be a second write(2)
+    // that another process could come between. A short write to stderr
+    // loses the tail of a log line, which is acceptable.
+    out.write(&line).map(drop)
 }
 
 macro_rules! debug {
@@ -69,3 +83,52 @@ macro_rules! error {
     ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) };
 }
 pub(crate) use {debug, error, info, warning};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records each `write` call separately.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<u8>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_is_one_write_call() {
+        let mut out = Calls::default();
+        let pid = 108;
+        write_line(
+            &mut out,
+            Level::Debug,
+            format_args!("exec `{}` (pid {pid})", "sh"),
+        )
+        .unwrap();
+        assert_eq!(
+            out.0,
+            [b"firehost-agent: debug: exec `sh` (pid 108)\n".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_long_line_is_cut_to_one_atomic_write() {
+        let mut out = Calls::default();
+        write_line(
+            &mut out,
+            Level::Info,
+            format_args!("{}", "x".repeat(10_000)),
+        )
+        .unwrap();
+        assert_eq!(out.0.len(), 1);
+        assert_eq!(out.0[0].len(), 4096);
+        assert_eq!(out.0[0].last(), Some(&b'\n'));
+    }
+}

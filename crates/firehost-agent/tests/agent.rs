@@ -1156,7 +1156,8 @@ async fn as_pid_1_it_serves_reaps_orphans_and_ends_the_vm_on_sigterm() {
             .expect("true(1)");
         cmd.args(["--init", init]);
         let mut agent = Agent::launch(cmd, dir);
-        assert!(agent.log().contains("PID 1: the server runs as pid"));
+        // PID 1 says this while the server starts: it may come after "ready".
+        agent.wait_for_line("PID 1: the server runs as pid", EXIT_TIMEOUT);
         agent.wait_for_line(&format!("PID 1: started {init}"), EXIT_TIMEOUT);
         agent.wait_for_line("PID 1: init", EXIT_TIMEOUT);
 
@@ -1177,6 +1178,8 @@ async fn as_pid_1_it_serves_reaps_orphans_and_ends_the_vm_on_sigterm() {
         wait_gone(unshare_pid).await;
         drop(client);
         agent.child.take().unwrap().wait().unwrap();
+        // The whole log: the reader thread ends at the pipe's end of file.
+        agent.log_thread.take().unwrap().join().unwrap();
         let log = agent.log();
         assert!(log.contains("SIGTERM: stopping"), "{log}");
         assert!(log.contains("the server exited"), "{log}");
