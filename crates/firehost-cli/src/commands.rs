@@ -44,8 +44,8 @@ use crate::exit::{CliError, Exit, ValueError};
 use crate::human;
 use crate::json::{
     BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, RemovedJson, SettingsJson,
-    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, UnreadableVmJson,
-    VerifyErrorJson, VerifyJson, VmJson,
+    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, StopJson,
+    UnreadableVmJson, VerifyErrorJson, VerifyJson, VmJson,
 };
 
 /// How long a command waits for another `firehost` process to release the
@@ -490,25 +490,32 @@ async fn stop(provider: &dyn VmProvider, args: StopArgs, out: Out) -> Result<(),
         grace: args.timeout_s.map(Duration::from_secs),
         ..StopOptions::default()
     };
-    let vm = provider.stop(&vm_id(&args.name)?, options).await?;
-    out.emit(&VmJson::from(&vm), human::vm_state_line)
+    let outcome = provider.stop(&vm_id(&args.name)?, options).await?;
+    let json = StopJson {
+        vm: VmJson::from(&outcome.info),
+        stopped: outcome.stopped,
+    };
+    out.emit(&json, human::stopped)
 }
 
 async fn rm(manager: &Manager, args: RmArgs, out: Out) -> Result<(), CliError> {
     let id = vm_id(&args.name)?;
-    let stopped = if args.force {
+    let (removed, stopped) = if args.force {
         match remove(manager, &id, FORCE_GRACE).await {
+            Ok(stopped) => (true, stopped),
             // Quarantined: only an explicit rm -f removes it.
-            Err(VmError::Unreadable { .. }) => manager.remove_unreadable(&id).await?,
-            other => other?,
+            Err(VmError::Unreadable { .. }) => (true, manager.remove_unreadable(&id).await?),
+            // Like `docker rm -f`: removing what is not there is done.
+            Err(VmError::NotFound { .. }) => (false, false),
+            Err(e) => return Err(e.into()),
         }
     } else {
         manager.destroy(&id).await?;
-        false
+        (true, false)
     };
     let removed = RemovedJson {
         name: id.to_string(),
-        removed: true,
+        removed,
         stopped,
     };
     out.emit(&removed, human::removed)
@@ -522,21 +529,17 @@ pub async fn remove(
     grace: Duration,
 ) -> Result<bool, VmError> {
     let vm = provider.get(id).await?;
-    let live = matches!(vm.state, VmState::Running | VmState::Paused);
-    if live {
+    let mut stopped = false;
+    if matches!(vm.state, VmState::Running | VmState::Paused) {
         let options = StopOptions {
             graceful: Some(false),
             grace: Some(grace),
         };
-        match provider.stop(id, options).await {
-            Ok(_) => {}
-            // It died on its own in between: it can be destroyed as it is.
-            Err(VmError::Transition { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        // A VM that died on its own in between is not stopped again.
+        stopped = provider.stop(id, options).await?.stopped;
     }
     provider.destroy(id).await?;
-    Ok(live)
+    Ok(stopped)
 }
 
 async fn snapshot(provider: &dyn VmProvider, args: SnapshotArgs, out: Out) -> Result<(), CliError> {

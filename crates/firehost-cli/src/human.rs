@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::json::{
     BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ImageJson, InitramfsJson,
     ListJson, NetListJson, QuickstartJson, RemovedJson, SnapshotDetailsJson, SnapshotJson,
-    SnapshotListJson, SnapshotRemovedJson, VerifyJson, VmJson,
+    SnapshotListJson, SnapshotRemovedJson, StopJson, VerifyJson, VmJson,
 };
 
 /// `inspect` and `run`: one `key: value` line per field.
@@ -110,6 +110,15 @@ pub fn vm_state_line(vm: &VmJson) -> String {
     match &vm.exit {
         Some(exit) => format!("{}: {} ({})\n", vm.name, vm.state, exit_text(exit)),
         None => format!("{}: {}\n", vm.name, vm.state),
+    }
+}
+
+/// `stop`: the state line, or that there was nothing to stop.
+pub fn stopped(s: &StopJson) -> String {
+    if s.stopped {
+        vm_state_line(&s.vm)
+    } else {
+        format!("{}: already {}\n", s.vm.name, s.vm.state)
     }
 }
 
@@ -250,7 +259,9 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `rm`.
 pub fn removed(r: &RemovedJson) -> String {
-    if r.stopped {
+    if !r.removed {
+        format!("{}: not there\n", r.name)
+    } else if r.stopped {
         format!("{}: stopped and removed\n", r.name)
     } else {
         format!("{}: removed\n", r.name)

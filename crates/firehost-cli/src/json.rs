@@ -502,12 +502,24 @@ pub struct NetVmJson {
     pub published: Vec<String>,
 }
 
+/// `stop`: the VM object, plus whether this command stopped it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopJson {
+    /// The VM object's fields.
+    #[serde(flatten)]
+    pub vm: VmJson,
+    /// True if this command ended the VMM; false if the VM had already
+    /// stopped or failed (which is not an error).
+    pub stopped: bool,
+}
+
 /// `rm`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RemovedJson {
     /// The VM's name.
     pub name: String,
-    /// Always true: a VM that could not be removed is an error.
+    /// True if this command removed it. False only with `-f`, when there
+    /// was no such VM (without `-f` that is an error).
     pub removed: bool,
     /// `-f` stopped the VM first.
     pub stopped: bool,

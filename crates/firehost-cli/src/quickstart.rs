@@ -259,10 +259,7 @@ async fn clean_up(manager: &Manager, id: &VmId, timings: &mut Timings) -> Result
             graceful: None,
             grace: Some(STOP_GRACE),
         };
-        match manager.stop(id, options).await {
-            Ok(_) | Err(VmError::Transition { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        manager.stop(id, options).await?;
     }
     timings.stop = at.elapsed();
     let at = Instant::now();

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{
     TestEnv, Ty, assert_error, assert_shape, assert_success, assert_vm_shape, kvm_usable,
-    parse_json, stdout, wait_until,
+    parse_json, process_alive, stdout, wait_until,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn names(list: &Value) -> Vec<&str> {
     list["vms"]
@@ -109,11 +109,81 @@ fn stop_json_shows_a_stopped_vm_with_its_exit() {
     let env = TestEnv::new();
     let (_vm, _) = env.start_vm("golden-stop", &[]);
     let stopped = env.json(&["stop", "golden-stop", "--timeout-s", "5"]);
-    assert_vm_shape(&stopped);
+    assert_stop_shape(&stopped);
     assert_eq!(stopped["state"], "stopped");
     assert!(stopped["pid"].is_null());
     assert!(stopped["exit"].is_object(), "{stopped}");
     assert!(stopped["console_tail"].is_null());
+    assert_eq!(stopped["stopped"], true);
+
+    // Stopping it again is what cleanup scripts do: it succeeds and says so.
+    let again = env.json(&["stop", "golden-stop"]);
+    assert_stop_shape(&again);
+    assert_eq!(
+        (&again["state"], &again["stopped"]),
+        (&json!("stopped"), &json!(false))
+    );
+    assert_eq!(again["exit"], stopped["exit"], "the recorded exit is kept");
+    let out = env.run(&["stop", "golden-stop"]);
+    assert_success(&out, &["stop"]);
+    assert_eq!(stdout(&out), "golden-stop: already stopped\n");
+}
+
+/// A `stop` object: the VM object plus `stopped`.
+fn assert_stop_shape(v: &Value) {
+    assert!(v["stopped"].is_boolean(), "{v}");
+    let mut vm = v.clone();
+    vm.as_object_mut().unwrap().remove("stopped");
+    assert_vm_shape(&vm);
+}
+
+#[test]
+fn stop_of_a_failed_vm_succeeds_and_keeps_it_failed() {
+    let env = TestEnv::new();
+    let (_vm, vm) = env.start_vm("crashed", &[]);
+    let pid = i32::try_from(vm["pid"].as_i64().unwrap()).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    wait_until("the VMM to die", Duration::from_secs(10), || {
+        (!process_alive(pid)).then_some(())
+    });
+    let stopped = env.json(&["stop", "crashed"]);
+    assert_stop_shape(&stopped);
+    assert_eq!(
+        (&stopped["state"], &stopped["stopped"]),
+        (&json!("failed"), &json!(false))
+    );
+    // Nothing else changed: it can still be removed, and is then gone.
+    let removed = env.json(&["rm", "crashed"]);
+    assert_eq!(removed["removed"], true);
+}
+
+#[test]
+fn rm_force_of_a_vm_that_is_not_there_succeeds_and_rm_without_it_does_not() {
+    let env = TestEnv::new();
+    let removed = env.json(&["rm", "-f", "never-was"]);
+    assert_shape(
+        &removed,
+        &[
+            ("name", &[Ty::Str]),
+            ("removed", &[Ty::Bool]),
+            ("stopped", &[Ty::Bool]),
+        ],
+    );
+    assert_eq!(
+        (&removed["removed"], &removed["stopped"]),
+        (&json!(false), &json!(false))
+    );
+    let out = env.run(&["rm", "-f", "never-was"]);
+    assert_success(&out, &["rm"]);
+    assert_eq!(stdout(&out), "never-was: not there\n");
+    let message = assert_error(&env.run(&["rm", "never-was"]), 3);
+    assert!(message.contains("never-was"), "{message}");
+    // Stop is no different from other commands for a VM that never was.
+    assert_error(&env.run(&["stop", "never-was"]), 3);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-use common::{TestEnv, assert_error, assert_success, wait_until};
+use common::{TestEnv, assert_error, assert_success, process_alive, wait_until};
 use serde_json::Value;
 
 /// How long the interrupted step keeps the VMM busy.
@@ -88,18 +88,6 @@ fn pid_of(vm: &Value) -> i32 {
     i32::try_from(vm["pid"].as_i64().expect("a VM with a VMM")).expect("a pid")
 }
 
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next()),
-            Some("Z" | "X")
-        ),
-        Err(_) => false,
-    }
-}
-
 /// Runs `firehost --json inspect name` until the VMM answers again.
 fn inspect_when_answering(env: &TestEnv, name: &str) -> Value {
     wait_until("the VMM to answer again", LONG, || {
@@ -145,7 +133,10 @@ fn a_run_killed_at(step: &str) {
         .map(|v| &v["name"])
         .collect();
     assert_eq!(names, ["bystander"], "{step}: a half-made VM is no VM");
-    assert!(alive(orphan), "{step}: read-only commands change nothing");
+    assert!(
+        process_alive(orphan),
+        "{step}: read-only commands change nothing"
+    );
 
     // The next command that may change things settles the create.
     let _next = {
@@ -153,7 +144,7 @@ fn a_run_killed_at(step: &str) {
         assert_eq!(vm["state"], "running");
         guard
     };
-    assert!(!alive(orphan), "{step}: the orphan VMM is reaped");
+    assert!(!process_alive(orphan), "{step}: the orphan VMM is reaped");
     assert!(!env.state_dir.join("vms/cut").exists(), "{step}");
     assert!(intents(&env).is_empty(), "{step}: {:?}", intents(&env));
     let bystander = env.json(&["inspect", "bystander"]);
@@ -183,7 +174,7 @@ fn a_stop_killed_midway_leaves_the_vm_stopped_not_failed() {
     let killed = Interrupted::start_plain(&env, &["stop", "halting"]);
     killed.kill_at("PUT /actions");
     wait_until("the guest to shut down", LONG, || {
-        (!alive(pid)).then_some(())
+        (!process_alive(pid)).then_some(())
     });
     let vm = env.json(&["inspect", "halting"]);
     assert_eq!(vm["state"], "stopped", "{vm}");
@@ -209,7 +200,7 @@ fn a_snapshot_killed_at(step: &str, nth: usize, sealed: bool) {
     assert_eq!(seen["pid"], pid, "{step}");
     let line = assert_error(&env.run(&["pause", "src"]), 4);
     assert!(line.contains("busy"), "{step}: {line}");
-    assert!(alive(pid), "{step}: a busy VMM is never killed");
+    assert!(process_alive(pid), "{step}: a busy VMM is never killed");
     // Nor is the bundle it may be writing collected as a crash leftover.
     let gc = env.json(&["snapshots", "gc"]);
     assert_eq!(gc["incomplete"], serde_json::json!([]), "{step}: {gc}");
@@ -287,7 +278,7 @@ fn a_restore_killed_while_the_snapshot_loads_leaves_nothing() {
     let orphan = vmm_of(&env, "copy").expect("the VMM outlived the command");
 
     let (_after, _) = env.start_vm("after", &[]);
-    assert!(!alive(orphan), "the half-restored VMM is reaped");
+    assert!(!process_alive(orphan), "the half-restored VMM is reaped");
     assert!(!env.state_dir.join("vms/copy").exists());
     // The bundle no longer counts the dead restore as a user.
     let bundle = &env.json(&["snapshots"])["snapshots"][0];
@@ -322,11 +313,11 @@ fn an_unreadable_record_is_shown_refused_and_removed_only_by_rm_f() {
         let line = assert_error(&env.run(refused), 4);
         assert!(line.contains("unreadable"), "{refused:?}: {line}");
     }
-    assert!(alive(pid), "nothing acted on it");
+    assert!(process_alive(pid), "nothing acted on it");
     assert!(record.exists());
 
     let removed = env.json(&["rm", "-f", "odd"]);
     assert_eq!(removed["stopped"], true);
-    assert!(!alive(pid));
+    assert!(!process_alive(pid));
     assert!(env.vm_dirs().is_empty());
 }

@@ -42,7 +42,9 @@ pub mod mmds;
 pub mod snapshot;
 mod undo;
 
-pub use manager::{Manager, ManagerConfig, ManagerError, StopOptions, VmError, VmInfo};
+pub use manager::{
+    Manager, ManagerConfig, ManagerError, StopOptions, StopOutcome, VmError, VmInfo,
+};
 pub mod provider;
 
 pub use provider::{InMemoryProvider, VmProvider};

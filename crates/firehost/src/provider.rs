@@ -32,7 +32,7 @@ use tokio::sync::Mutex;
 use crate::VmId;
 use crate::manager::restore_net_spec;
 use crate::manager::{
-    Manager, RestoreOptions, SnapshotOptions, StopOptions, VmError, VmInfo, VsockInfo,
+    Manager, RestoreOptions, SnapshotOptions, StopOptions, StopOutcome, VmError, VmInfo, VsockInfo,
 };
 use crate::net::host::{NetError, NetSpec, NetworkConfig, VmNet, check_ports};
 use crate::net::ipam::Allocator;
@@ -60,8 +60,10 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
     async fn pause(&self, id: &VmId) -> Result<VmInfo, VmError>;
     /// Resumes the vCPUs.
     async fn resume(&self, id: &VmId) -> Result<VmInfo, VmError>;
-    /// Stops the VM, gracefully then certainly.
-    async fn stop(&self, id: &VmId, options: StopOptions) -> Result<VmInfo, VmError>;
+    /// Stops the VM, gracefully then certainly. Stopping a VM that has
+    /// already stopped or failed succeeds with
+    /// [`StopOutcome::stopped`] false.
+    async fn stop(&self, id: &VmId, options: StopOptions) -> Result<StopOutcome, VmError>;
     /// Takes a full snapshot named `name`.
     async fn snapshot(
         &self,
@@ -103,7 +105,7 @@ impl VmProvider for Manager {
     async fn resume(&self, id: &VmId) -> Result<VmInfo, VmError> {
         Manager::resume(self, id).await
     }
-    async fn stop(&self, id: &VmId, options: StopOptions) -> Result<VmInfo, VmError> {
+    async fn stop(&self, id: &VmId, options: StopOptions) -> Result<StopOutcome, VmError> {
         Manager::stop(self, id, options).await
     }
     async fn snapshot(
@@ -358,7 +360,22 @@ impl VmProvider for InMemoryProvider {
             .await
     }
 
-    async fn stop(&self, id: &VmId, _options: StopOptions) -> Result<VmInfo, VmError> {
+    async fn stop(&self, id: &VmId, _options: StopOptions) -> Result<StopOutcome, VmError> {
+        {
+            let guard = self.slot(id)?.lock_owned().await;
+            let vm = guard
+                .as_ref()
+                .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+            if !vm.state.is_live() {
+                let info = vm.clone();
+                drop(guard);
+                self.network().detach(id);
+                return Ok(StopOutcome {
+                    info,
+                    stopped: false,
+                });
+            }
+        }
         let stopped = self
             .transition(id, Operation::Stop, |vm| {
                 // What a guest that honours Ctrl-Alt-Del, or a VMM that honours
@@ -373,7 +390,10 @@ impl VmProvider for InMemoryProvider {
             .await?;
         // As the manager: a stopped VM's network is released.
         self.network().detach(id);
-        Ok(stopped)
+        Ok(StopOutcome {
+            info: stopped,
+            stopped: true,
+        })
     }
 
     async fn snapshot(

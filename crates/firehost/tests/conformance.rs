@@ -154,12 +154,13 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     provider.destroy(&clone).await.unwrap();
 
     let stopped = provider.stop(&vm, StopOptions::default()).await.unwrap();
-    assert!(matches!(stopped.state, VmState::Stopped { .. }));
+    assert!(stopped.stopped);
+    assert!(matches!(stopped.info.state, VmState::Stopped { .. }));
     expect_refused(provider.start(&vm).await.map(drop), Operation::Start);
-    expect_refused(
-        provider.stop(&vm, StopOptions::default()).await.map(drop),
-        Operation::Stop,
-    );
+    // Stopping a stopped VM succeeds, says so and changes nothing.
+    let again = provider.stop(&vm, StopOptions::default()).await.unwrap();
+    assert!(!again.stopped);
+    assert_eq!(again.info, stopped.info);
     assert_eq!(provider.list().await.len(), 1);
     assert!(provider.console_tail(&vm, 10).await.is_ok());
 

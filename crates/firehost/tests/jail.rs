@@ -347,7 +347,7 @@ async fn a_jailed_vm_runs_as_its_uid_in_its_chroot_within_its_limits_and_leaves_
         )
         .await
         .unwrap();
-    assert!(matches!(stopped.state, VmState::Stopped { .. }));
+    assert!(matches!(stopped.info.state, VmState::Stopped { .. }));
     assert!(!common::process_alive(pid));
     for dir in &record.cgroups {
         assert!(!dir.exists(), "{dir:?} outlived the VMM");

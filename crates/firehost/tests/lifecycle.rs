@@ -96,8 +96,9 @@ async fn stop_ends_the_vmm_and_removes_its_socket() {
     let stopped = within("stop", LONG, manager.stop(&vm, StopOptions::default()))
         .await
         .unwrap();
-    let VmState::Stopped { exit } = &stopped.state else {
-        panic!("not stopped: {:?}", stopped.state);
+    assert!(stopped.stopped);
+    let VmState::Stopped { exit } = &stopped.info.state else {
+        panic!("not stopped: {:?}", stopped.info.state);
     };
     // The fake's guest honours Ctrl-Alt-Del (exit 0); the real halt-loop
     // guest does not, so SIGTERM ends that VMM.
@@ -107,7 +108,7 @@ async fn stop_ends_the_vmm_and_removes_its_socket() {
         ExitReason::Signal(15)
     };
     assert_eq!(*exit, expected);
-    assert_eq!(stopped.pid, None);
+    assert_eq!(stopped.info.pid, None);
     assert!(!process_alive(pid));
     assert!(!info.api_socket.exists());
     assert!(manager.api(&vm).await.unwrap().is_none());
@@ -125,7 +126,7 @@ async fn stop_without_graceful_signals_the_vmm() {
     };
     let stopped = manager.stop(&vm, options).await.unwrap();
     assert_eq!(
-        stopped.state,
+        stopped.info.state,
         VmState::Stopped {
             exit: ExitReason::Signal(15)
         }
@@ -162,7 +163,7 @@ async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
         .await
         .unwrap();
     assert_eq!(
-        stopped.state,
+        stopped.info.state,
         VmState::Stopped {
             exit: ExitReason::Signal(9)
         }
@@ -317,8 +318,11 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
     manager.stop(&vm, StopOptions::default()).await.unwrap();
     let r = manager.start(&vm).await;
     assert_refused(&manager, &vm, Operation::Start, r.map(drop)).await;
-    let r = manager.stop(&vm, StopOptions::default()).await;
-    assert_refused(&manager, &vm, Operation::Stop, r.map(drop)).await;
+    // Stopping it again succeeds, says so and changes nothing.
+    let before = manager.get(&vm).await.unwrap();
+    let again = manager.stop(&vm, StopOptions::default()).await.unwrap();
+    assert!(!again.stopped);
+    assert_eq!(again.info, before);
 
     // Destroyed: gone.
     manager.destroy(&vm).await.unwrap();

@@ -256,6 +256,20 @@ pub fn assert_shape(v: &Value, fields: &[(&str, &[Ty])]) {
     }
 }
 
+/// Whether `pid` is a live process: a zombie (an exited VMM its slow
+/// reaper has not collected yet) is not.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}
+
 /// The documented VM object.
 pub fn assert_vm_shape(vm: &Value) {
     use Ty::*;

@@ -55,7 +55,7 @@ pub use config::{
     find_binary,
 };
 pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
-pub use ops::{SnapshotOptions, StopOptions};
+pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use quarantine::UnreadableVm;
 pub(crate) use restore::restore_net_spec;
 pub use restore::{RestoreMemory, RestoreOptions};
@@ -535,11 +535,16 @@ impl Manager {
     /// then SIGTERM, then SIGKILL, each step given [`StopOptions::grace`]
     /// to take effect. The exit is observed through the pidfd.
     ///
+    /// Stopping a VM that has already stopped or failed succeeds with
+    /// [`StopOutcome::stopped`] false and its state unchanged (a failed VM's
+    /// network is released then), so cleanup code can stop whatever it
+    /// finds. A VM that does not exist is still [`VmError::NotFound`].
+    ///
     /// # Cancel safety
     ///
     /// Runs in its own task: once called, the stop completes even if this
     /// future is dropped.
-    pub async fn stop(&self, id: &VmId, options: StopOptions) -> Result<VmInfo, VmError> {
+    pub async fn stop(&self, id: &VmId, options: StopOptions) -> Result<StopOutcome, VmError> {
         let task = tokio::spawn(ops::stop(self.shared.clone(), id.clone(), options));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))

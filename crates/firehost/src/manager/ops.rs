@@ -36,6 +36,18 @@ pub struct StopOptions {
     pub grace: Option<Duration>,
 }
 
+/// What [`Manager::stop`](super::Manager::stop) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StopOutcome {
+    /// The VM after the call.
+    pub info: VmInfo,
+    /// Whether this call ended the VMM. `false` when the VM had already
+    /// stopped or failed: the call then only released what it still held
+    /// (a failed VM keeps its network until it is stopped or destroyed).
+    pub stopped: bool,
+}
+
 /// How [`Manager::snapshot`](super::Manager::snapshot) proceeds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotOptions {
@@ -66,6 +78,25 @@ async fn locked(
     id: &VmId,
     op: Operation,
 ) -> Result<tokio::sync::OwnedMutexGuard<Option<Vm>>, VmError> {
+    let guard = found(shared, id, op).await?;
+    let vm = guard.as_ref().expect("checked by found()");
+    vm.record
+        .state
+        .check(op)
+        .map_err(|refused| VmError::Transition {
+            id: id.clone(),
+            refused,
+        })?;
+    Ok(guard)
+}
+
+/// The VM's lock, once it is known to exist and its VMM has been verified
+/// (for `op`); its state is not checked.
+async fn found(
+    shared: &Arc<Shared>,
+    id: &VmId,
+    op: Operation,
+) -> Result<tokio::sync::OwnedMutexGuard<Option<Vm>>, VmError> {
     let slot = shared.find(id).await?;
     let mut guard = slot.vm.clone().lock_owned().await;
     let vm = guard
@@ -81,13 +112,6 @@ async fn locked(
         }
         Err(e) => return Err(e),
     }
-    vm.record
-        .state
-        .check(op)
-        .map_err(|refused| VmError::Transition {
-            id: id.clone(),
-            refused,
-        })?;
     Ok(guard)
 }
 
@@ -165,9 +189,19 @@ pub(super) async fn stop(
     shared: Arc<Shared>,
     id: VmId,
     options: StopOptions,
-) -> Result<VmInfo, VmError> {
-    let mut guard = locked(&shared, &id, Operation::Stop).await?;
-    let vm = guard.as_mut().expect("checked by locked()");
+) -> Result<StopOutcome, VmError> {
+    let mut guard = found(&shared, &id, Operation::Stop).await?;
+    let vm = guard.as_mut().expect("checked by found()");
+    if !vm.record.state.is_live() {
+        // Cleanup paths stop whatever they find: stopping what is not
+        // running succeeds and says so, as `docker stop` does.
+        release_network(&shared, vm).await?;
+        shared.slot(&id)?.publish(Some(vm));
+        return Ok(StopOutcome {
+            info: vm.info(),
+            stopped: false,
+        });
+    }
     let grace = options.grace.unwrap_or(shared.config.timeouts.stop_grace);
     // Said before the first signal: a manager that dies during the stop
     // leaves a record from which the next one tells a stop from a crash.
@@ -189,23 +223,33 @@ pub(super) async fn stop(
     if let Some(jail) = &vm.record.jail {
         super::jailed::release_on_stop(&shared.uids, &id, jail);
     }
-    // A stopped VMM cannot run again: its address, TAP and rules go now
-    // (the record keeps what they were).
-    if vm.record.net.is_some() {
-        shared
-            .network()
-            .await
-            .detach(&id)
-            .await
-            .map_err(|source| VmError::Network {
-                id: id.clone(),
-                source: Box::new(source),
-            })?;
-    }
+    release_network(&shared, vm).await?;
     let _ = remove_file_if_present(&vm.record.api_socket);
     vm.persist(Durability::Synced).await?;
     shared.slot(&id)?.publish(Some(vm));
-    Ok(vm.info())
+    Ok(StopOutcome {
+        info: vm.info(),
+        stopped: true,
+    })
+}
+
+/// A VMM that ended cannot run again: its address, TAP and rules go (the
+/// record keeps what they were). Detaching what is already detached is a
+/// no-op.
+async fn release_network(shared: &Arc<Shared>, vm: &Vm) -> Result<(), VmError> {
+    if vm.record.net.is_none() {
+        return Ok(());
+    }
+    let id = &vm.record.id;
+    shared
+        .network()
+        .await
+        .detach(id)
+        .await
+        .map_err(|source| VmError::Network {
+            id: id.clone(),
+            source: Box::new(source),
+        })
 }
 
 /// Graceful, then certain: Ctrl-Alt-Del (if wanted and possible), SIGTERM,
