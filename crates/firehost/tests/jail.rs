@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -173,14 +173,35 @@ async fn a_jail_is_refused_cleanly_when_it_cannot_be_made() {
     assert!(matches!(e, JailError::JailerNotFound { .. }), "{e:?}");
     drop(manager);
 
-    let mut config = jail.config(stand_in);
-    config.jail.as_mut().unwrap().chroot_base = jail.base.join("missing");
-    // An explicit change of the recorded jail settings (no VM runs).
-    config.settings = firehost::manager::SettingsPolicy::Change;
-    let manager = Manager::open(config).await.unwrap();
-    let e = refused(&jail, &manager, "no-base", jailed()).await;
-    assert!(matches!(e, JailError::ChrootBase { .. }), "{e:?}");
-    drop(manager);
+    // A base that other users could change (the jailer works in it as
+    // root), and one that is a file. (A missing one is created: unit tests
+    // in jail/base.rs.)
+    let open_base = jail.host.dir.path().join("open-base");
+    std::fs::create_dir(&open_base).unwrap();
+    std::fs::set_permissions(&open_base, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file_base = jail.host.dir.path().join("file-base");
+    std::fs::write(&file_base, "").unwrap();
+    for (base, name) in [(&open_base, "open-base"), (&file_base, "file-base")] {
+        let mut config = jail.config(stand_in);
+        config.jail.as_mut().unwrap().chroot_base = base.clone();
+        // An explicit change of the recorded jail settings (no VM runs).
+        config.settings = firehost::manager::SettingsPolicy::Change;
+        let manager = Manager::open(config).await.unwrap();
+        let e = refused(&jail, &manager, name, jailed()).await;
+        match name {
+            "open-base" => assert!(
+                matches!(&e, JailError::UnsafeChrootBase { why, .. } if why.contains("777")),
+                "{e:?}"
+            ),
+            _ => assert!(matches!(e, JailError::ChrootBase { .. }), "{e:?}"),
+        }
+        drop(manager);
+    }
+    assert_eq!(
+        std::fs::metadata(&open_base).unwrap().permissions().mode() & 0o777,
+        0o777,
+        "a refused base is left as it was"
+    );
 
     let mut config = jail.config(stand_in);
     config.settings = firehost::manager::SettingsPolicy::Change;
@@ -549,8 +570,16 @@ fn a_chroot_base_on_a_read_only_filesystem_is_refused_and_leaves_nothing() {
             MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
         )
         .map_err(|e| format!("make / private: {e}"))?;
-        rustix::mount::mount("none", &base, "tmpfs", MountFlags::RDONLY, None)
-            .map_err(|e| format!("mount a read-only tmpfs: {e}"))?;
+        // Mode 0755: a tmpfs root is 1777 by default, which the base check
+        // would refuse before the read-only filesystem is reached.
+        rustix::mount::mount(
+            "none",
+            &base,
+            "tmpfs",
+            MountFlags::RDONLY,
+            Some(c"mode=0755"),
+        )
+        .map_err(|e| format!("mount a read-only tmpfs: {e}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

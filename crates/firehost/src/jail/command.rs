@@ -125,6 +125,7 @@ impl JailerCommand {
         if !self.chroot_base.is_dir() {
             return Err(JailError::ChrootBase {
                 path: self.chroot_base.clone(),
+                why: "it is not a directory".into(),
             });
         }
         Ok(())

@@ -27,6 +27,8 @@
 //!   asked, turns them into the jailer's `--cgroup` arguments, and removes
 //!   the cgroups afterwards.
 //! - [`uid`] hands each live VM a uid of its own from a range.
+//! - [`base`] creates a missing chroot base and refuses one that a user
+//!   other than root could change.
 //! - [`command`] builds the jailer's command line.
 //!
 //! By default the jailer runs without `--daemonize` or `--new-pid-ns`, so
@@ -36,6 +38,7 @@
 //! flag the jailer forks instead; the pid file it writes in the chroot
 //! names Firecracker, and [`pidfile::PidFileWatch`] finds it.
 
+pub mod base;
 pub mod cgroup;
 pub mod command;
 pub mod pidfile;
@@ -284,11 +287,23 @@ pub enum JailError {
         /// What was looked for.
         path: PathBuf,
     },
-    /// The chroot base is missing or not a directory.
-    #[error("chroot base {} is not a directory", path.display())]
+    /// The chroot base cannot be used or made: not an absolute path, not
+    /// a directory, or it cannot be created.
+    #[error("chroot base {}: {why}", path.display())]
     ChrootBase {
         /// The path.
         path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The chroot base, or a directory on its path, could be changed by a
+    /// user other than root (see [`base::ensure_chroot_base`]).
+    #[error("chroot base: {} is unsafe: {why}", path.display())]
+    UnsafeChrootBase {
+        /// The directory at fault.
+        path: PathBuf,
+        /// What is wrong, with the fix.
+        why: String,
     },
     /// A jail spec value is out of range.
     #[error("jail {field}: {why}")]

@@ -112,6 +112,7 @@ pub(super) async fn prepare(
             path: config.jailer.clone(),
         })
     })?;
+    crate::jail::base::ensure_chroot_base(&config.chroot_base).map_err(err)?;
     let jail_id = id.firecracker_id();
     let chroot =
         crate::jail::chroot_dir(&config.chroot_base, &shared.firecracker, &jail_id).map_err(err)?;
