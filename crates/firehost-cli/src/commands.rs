@@ -809,6 +809,13 @@ fn port_mapping(text: &str) -> Result<PortMapping, CliError> {
 pub fn doctor_config(global: &GlobalArgs, state_dir: &std::path::Path) -> DoctorConfig {
     let mut config = DoctorConfig::from_env(state_dir);
     config.firecracker = global.firecracker.clone();
+    if let Some(base) = &global.chroot_base {
+        config.chroot_base = Some(base.clone());
+    }
+    // The agent `image build` would take: beside this program, else PATH.
+    let exe = std::env::current_exe().ok();
+    config.agent =
+        firehost::image::find_agent(exe.as_deref().and_then(std::path::Path::parent)).ok();
     config
 }
 

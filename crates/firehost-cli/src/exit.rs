@@ -276,6 +276,7 @@ pub fn image_exit(e: &ImageError) -> Exit {
         | ImageError::AgentNotFound { .. }
         | ImageError::BadInput { .. }
         | ImageError::NotStatic { .. }
+        | ImageError::AgentNeedsLoader { .. }
         | ImageError::AgentTarget { .. } => Exit::Usage,
     }
 }
@@ -292,6 +293,7 @@ pub fn jail_exit(e: &firehost::jail::JailError) -> Exit {
         JailError::NotConfigured
         | JailError::JailerNotFound { .. }
         | JailError::ChrootBase { .. }
+        | JailError::UnsafeChrootBase { .. }
         | JailError::InvalidSpec { .. }
         | JailError::InvalidId { .. }
         | JailError::ParentCgroup { .. }

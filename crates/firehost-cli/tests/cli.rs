@@ -278,6 +278,8 @@ fn doctor_json_lists_every_check() {
             "kvm",
             "firecracker",
             "jailer",
+            "chroot_base",
+            "agent",
             "host_kernel",
             "tun",
             "nft",
@@ -290,6 +292,16 @@ fn doctor_json_lists_every_check() {
     assert_eq!(
         firecracker["status"], "ok",
         "the fake reports v1.16.1: {firecracker}"
+    );
+    // The agent cargo builds beside the CLI is static.
+    let agent = &checks[4];
+    assert_eq!(agent["status"], "ok", "{agent}");
+    assert!(
+        agent["detail"]
+            .as_str()
+            .unwrap()
+            .contains("statically linked"),
+        "{agent}"
     );
     let ok = report["ok"].as_bool().unwrap();
     assert_eq!(out.status.code(), Some(if ok { 0 } else { 2 }));

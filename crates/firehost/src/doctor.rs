@@ -10,6 +10,8 @@
 //! | `kvm` | `/dev/kvm` exists and opens read-write | missing or not accessible |
 //! | `firecracker` | the binary is found and `--version` answers | not found, does not answer (warns on a version other than [`TESTED_FIRECRACKER`]) |
 //! | `jailer` | likewise for the jailer | never (warns) |
+//! | `chroot_base` | the jailer's chroot base is safe (root-owned, writable by no one else), or can be created so | never (warns) |
+//! | `agent` | the guest agent for `image build` is found and statically linked (a guest image may have no loader for it) | never (warns) |
 //! | `host_kernel` | the running kernel's version | below [`MIN_HOST_KERNEL`] (warns below [`RECOMMENDED_HOST_KERNEL`]) |
 //! | `tun` | `/dev/net/tun` opens read-write | never (warns: only VM networking needs it) |
 //! | `nft` | `libnftables` loads (the default network's firewall needs it) and the `nft` tool is on `PATH` | never (warns) |
@@ -70,6 +72,11 @@ pub struct DoctorConfig {
     pub jailer: Option<PathBuf>,
     /// The state directory a manager would use.
     pub state_dir: PathBuf,
+    /// The jailer's chroot base; `None` skips the check (no jails).
+    pub chroot_base: Option<PathBuf>,
+    /// The guest agent `image build` would put into images; `None` looks
+    /// for `firehost-agent` in `PATH`.
+    pub agent: Option<PathBuf>,
 }
 
 impl DoctorConfig {
@@ -83,6 +90,8 @@ impl DoctorConfig {
                 .map_or_else(|| PathBuf::from("firecracker"), PathBuf::from),
             jailer: non_empty(JAILER_ENV).map(PathBuf::from),
             state_dir: state_dir.into(),
+            chroot_base: Some(PathBuf::from(crate::jail::DEFAULT_CHROOT_BASE)),
+            agent: None,
         }
     }
 }
@@ -161,6 +170,8 @@ pub fn run_checks(config: &DoctorConfig) -> Vec<Check> {
         check_kvm(Path::new("/dev/kvm")),
         firecracker,
         jailer,
+        check_chroot_base(config.chroot_base.as_deref()),
+        check_agent(config.agent.as_deref()),
         check_host_kernel(),
         check_tun(Path::new("/dev/net/tun")),
         check_nft(),
@@ -337,7 +348,7 @@ pub fn check_jailer(jailer: Option<&Path>, firecracker: &Path) -> Check {
     };
     // The jailer copies Firecracker into a chroot without its libraries.
     if let Some(fc) = find_binary(firecracker)
-        && is_dynamic_elf(&fc) == Some(true)
+        && matches!(crate::elf::file_interpreter(&fc), Ok(Some(_)))
     {
         return Check::warn(
             NAME,
@@ -358,29 +369,65 @@ pub fn check_jailer(jailer: Option<&Path>, firecracker: &Path) -> Check {
     }
 }
 
-/// Whether `path` is a 64-bit little-endian ELF with an interpreter
-/// (`PT_INTERP`), i.e. dynamically linked; `None` if it is not such an ELF.
-pub fn is_dynamic_elf(path: &Path) -> Option<bool> {
-    const PT_INTERP: u32 = 3;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut header = [0u8; 64];
-    file.read_exact(&mut header).ok()?;
-    // ELF magic, 64-bit, little-endian.
-    if &header[..4] != b"\x7fELF" || header[4] != 2 || header[5] != 1 {
-        return None;
+/// The jailer's chroot base: usable, or missing and creatable (the first
+/// jailed VM creates it), or unsafe (warns: jailed VMs are refused).
+pub fn check_chroot_base(base: Option<&Path>) -> Check {
+    const NAME: &str = "chroot_base";
+    let Some(base) = base else {
+        return Check::ok(NAME, "no chroot base configured (VMs run unjailed)");
+    };
+    match crate::jail::base::check_chroot_base(base) {
+        Ok(None) => Check::ok(NAME, format!("{} is root-owned and safe", base.display())),
+        Ok(Some(_)) => Check::ok(
+            NAME,
+            format!(
+                "{} does not exist yet; the first jailed VM creates it (root, 0755)",
+                base.display()
+            ),
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            e.to_string(),
+            "give the chroot base to root alone (chown root:root, chmod 0755), or choose \
+             another with --chroot-base",
+        ),
     }
-    let phoff = u64::from_le_bytes(header[0x20..0x28].try_into().ok()?);
-    let phentsize = u64::from(u16::from_le_bytes(header[0x36..0x38].try_into().ok()?));
-    let phnum = u16::from_le_bytes(header[0x38..0x3a].try_into().ok()?);
-    for i in 0..u64::from(phnum) {
-        let mut p_type = [0u8; 4];
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(phoff + i * phentsize)).ok()?;
-        file.read_exact(&mut p_type).ok()?;
-        if u32::from_le_bytes(p_type) == PT_INTERP {
-            return Some(true);
-        }
+}
+
+/// The guest agent `image build` would use: found, and statically linked.
+/// A dynamically linked agent put into a tree without its loader cannot
+/// start as the guest's init.
+pub fn check_agent(agent: Option<&Path>) -> Check {
+    const NAME: &str = "agent";
+    let found = match agent {
+        Some(path) => path.is_file().then(|| path.to_owned()),
+        None => find_binary(Path::new(crate::image::AGENT_BINARY)),
+    };
+    let Some(path) = found else {
+        return Check::warn(
+            NAME,
+            "firehost-agent not found: image build needs it (--agent)",
+            "build it with `cargo build --release -p firehost-agent` (it is linked statically)",
+        );
+    };
+    match crate::elf::file_interpreter(&path) {
+        Ok(None) => Check::ok(NAME, format!("{} is statically linked", path.display())),
+        Ok(Some(loader)) => Check::warn(
+            NAME,
+            format!(
+                "{} is dynamically linked (it needs {loader}): it cannot start as init in an \
+                 image without that loader",
+                path.display()
+            ),
+            "rebuild it without FIREHOST_AGENT_DYNAMIC (`cargo build --release -p \
+             firehost-agent` links it statically), or only use images that have the loader",
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("{}: {e}", path.display()),
+            "give a readable agent binary (--agent)",
+        ),
     }
-    Some(false)
 }
 
 fn versioned(name: &'static str, path: &Path, version: Version) -> Check {
@@ -728,18 +775,35 @@ mod tests {
     type Triple = Option<(u32, u32, u32)>;
 
     #[test]
-    fn dynamic_and_static_elves_are_told_apart() {
-        // This test binary is dynamically linked; the halt kernel is a
-        // static ELF with no interpreter; a text file is no ELF at all.
+    fn a_dynamic_agent_warns_and_a_static_one_is_ok() {
+        // This test binary is dynamically linked; the fake ELF is static.
         let me = std::env::current_exe().unwrap();
-        assert_eq!(is_dynamic_elf(&me), Some(true));
+        let check = check_agent(Some(&me));
+        assert_eq!(check.status, CheckStatus::Warn, "{check:?}");
+        assert!(check.detail.contains("dynamically linked"), "{check:?}");
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("k");
-        std::fs::write(&kernel, fake_elf()).unwrap();
-        assert_eq!(is_dynamic_elf(&kernel), Some(false));
-        let text = dir.path().join("t");
-        std::fs::write(&text, b"#!/bin/sh\n").unwrap();
-        assert_eq!(is_dynamic_elf(&text), None);
+        let agent = dir.path().join("firehost-agent");
+        std::fs::write(&agent, fake_elf()).unwrap();
+        let check = check_agent(Some(&agent));
+        assert_eq!(check.status, CheckStatus::Ok, "{check:?}");
+        let missing = check_agent(Some(&dir.path().join("missing")));
+        assert_eq!(missing.status, CheckStatus::Warn);
+    }
+
+    #[test]
+    fn a_chroot_base_others_can_write_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("jails");
+        let check = check_chroot_base(Some(&base));
+        assert_eq!(check.status, CheckStatus::Ok, "{check:?}");
+        assert!(check.detail.contains("does not exist yet"), "{check:?}");
+        assert!(!base.exists(), "doctor creates nothing");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let check = check_chroot_base(Some(&base));
+        assert_eq!(check.status, CheckStatus::Warn, "{check:?}");
+        assert_eq!(check_chroot_base(None).status, CheckStatus::Ok);
     }
 
     /// A minimal ELF64 header with one `PT_LOAD` program header.

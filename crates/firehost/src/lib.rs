@@ -25,6 +25,7 @@
 pub mod agent;
 pub mod api;
 pub mod console;
+pub mod elf;
 pub mod id;
 pub mod jail;
 pub mod net;

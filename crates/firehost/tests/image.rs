@@ -860,3 +860,53 @@ fn the_initramfs_refuses_a_dynamic_busybox_and_an_existing_output() {
         ["busybox", "firehost-agent", "initramfs.cpio.gz"]
     );
 }
+
+/// A dynamically linked ELF agent (its program interpreter named), built
+/// by hand: 64-bit little-endian, one `PT_INTERP` program header.
+fn dynamic_elf(interpreter: &str) -> Vec<u8> {
+    let mut elf = vec![0u8; 0x40 + 0x38];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[5] = 1;
+    elf[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+    elf[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
+    elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+    elf[0x40..0x44].copy_from_slice(&3u32.to_le_bytes());
+    let offset = elf.len() as u64;
+    let segment = format!("{interpreter}\0");
+    elf[0x48..0x50].copy_from_slice(&offset.to_le_bytes());
+    elf[0x60..0x68].copy_from_slice(&(segment.len() as u64).to_le_bytes());
+    elf.extend_from_slice(segment.as_bytes());
+    elf
+}
+
+#[test]
+fn a_dynamic_agent_without_its_loader_in_the_tree_is_refused() {
+    if !e2fsprogs("a_dynamic_agent_without_its_loader_in_the_tree_is_refused") {
+        return;
+    }
+    let fx = Fixture::new();
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    std::fs::write(&fx.agent, dynamic_elf(loader)).unwrap();
+    let src = fx.path("src");
+    source_tree(&src);
+    let before = fx.listing();
+    let err = build_rootfs(&fx.options(&src, "rootfs.ext4"), &|_| {}).unwrap_err();
+    match &err {
+        ImageError::AgentNeedsLoader { interpreter, .. } => assert_eq!(interpreter, loader),
+        other => panic!("{other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("cargo build --release -p firehost-agent"),
+        "the fix is in the message: {message}"
+    );
+    assert_eq!(fx.listing(), before, "nothing written");
+
+    // A tree that has the loader (behind a merged-/usr style absolute
+    // link, as Debian's) can start it.
+    std::fs::create_dir_all(src.join("usr/lib64")).unwrap();
+    std::fs::write(src.join("usr/lib64/ld-linux-x86-64.so.2"), b"loader").unwrap();
+    std::os::unix::fs::symlink("/usr/lib64", src.join("lib64")).unwrap();
+    build_rootfs(&fx.options(&src, "rootfs.ext4"), &|_| {}).unwrap();
+}

@@ -189,6 +189,17 @@ pub enum ImageError {
         /// The directories looked in before `PATH`.
         searched: Vec<PathBuf>,
     },
+    /// The agent is dynamically linked and the tree has no loader for it:
+    /// as the guest's init it could not start, and the guest would panic.
+    #[error(
+        "the agent {path:?} is dynamically linked (it asks for {interpreter:?}) and the image has no {interpreter}: it could not start in the guest. Use the static agent that `cargo build --release -p firehost-agent` makes (unset FIREHOST_AGENT_DYNAMIC), or a tree with that loader and the C library"
+    )]
+    AgentNeedsLoader {
+        /// The agent binary given.
+        path: PathBuf,
+        /// Its ELF interpreter, as a path in the image.
+        interpreter: String,
+    },
     /// An input file (the agent, busybox) is missing or not a file.
     #[error("the {what} {path:?} is not a readable regular file: {fix}")]
     BadInput {

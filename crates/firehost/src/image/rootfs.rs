@@ -315,6 +315,7 @@ pub fn build_rootfs(
 
     let content = measure(&root)?;
     let target = resolve_target(&root, options.placement)?;
+    check_agent_can_start(&root, &options.agent)?;
     let content_bytes = content.bytes + round_up(agent_bytes);
     let needed_mib = estimate_size_mib(content_bytes);
     let size_mib = options.size_mib.unwrap_or(needed_mib);
@@ -568,6 +569,49 @@ fn resolve_target(root: &Path, placement: AgentPlacement) -> Result<Target, Imag
         name,
         replaced,
     })
+}
+
+/// Refuses a dynamically linked agent whose loader is not in the tree at
+/// `root`: the guest kernel could not start it.
+fn check_agent_can_start(root: &Path, agent: &Path) -> Result<(), ImageError> {
+    let interpreter = crate::elf::file_interpreter(agent).map_err(io_err("read", agent))?;
+    let Some(interpreter) = interpreter else {
+        return Ok(());
+    };
+    if is_file_in_tree(root, &interpreter) {
+        return Ok(());
+    }
+    Err(ImageError::AgentNeedsLoader {
+        path: agent.to_owned(),
+        interpreter,
+    })
+}
+
+/// Whether `path` (absolute, as the guest sees it) names a regular file in
+/// the tree at `root`, following symbolic links chroot-style.
+fn is_file_in_tree(root: &Path, path: &str) -> bool {
+    let mut path = PathBuf::from(path);
+    for _ in 0..MAX_LINKS {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let Ok((parts, false)) = resolve_dir(root, &parent.to_string_lossy()) else {
+            return false;
+        };
+        let host = host_path(root, &parts).join(name);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let Ok(target) = std::fs::read_link(&host) else {
+                    return false;
+                };
+                // Relative targets are relative to the link's directory.
+                path = Path::new(&image_path(&parts)).join(target);
+            }
+            Ok(m) => return m.is_file(),
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// An error while resolving, before it knows which path it was for.
