@@ -220,6 +220,31 @@ pub struct ResolvedSpec {
     pub jail: Option<crate::jail::JailSpec>,
 }
 
+#[cfg(test)]
+impl ResolvedSpec {
+    /// A small unjailed spec with made-up paths, for unit tests.
+    pub(crate) fn for_tests() -> ResolvedSpec {
+        ResolvedSpec {
+            kernel: "/k".into(),
+            initrd: None,
+            rootfs: Some("/r".into()),
+            rootfs_read_only: false,
+            vcpus: 1,
+            mem_mib: 128,
+            smt: false,
+            boot_args: "console=ttyS0".into(),
+            extra_drives: vec![],
+            track_dirty_pages: true,
+            graceful_shutdown: true,
+            net: None,
+            extra_nics: vec![],
+            vsock: None,
+            mmds: None,
+            jail: None,
+        }
+    }
+}
+
 /// Which file of a spec a [`SpecError`] is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileRole {

@@ -513,6 +513,80 @@ async fn a_jailed_snapshot_lands_in_the_store_and_restores_into_jails_with_both_
 }
 
 #[tokio::test]
+async fn a_vm_with_a_fixed_uid_restores_and_clones_while_it_runs() {
+    use firehost::manager::{RestoreOptions, SnapshotOptions};
+    let Some(jailer) = real_jailer("a_vm_with_a_fixed_uid_restores_and_clones_while_it_runs")
+    else {
+        return;
+    };
+    let jail = JailHost::new();
+    // A fresh host: no chroot base yet. The first jailed VM makes it.
+    std::fs::remove_dir(&jail.base).unwrap();
+    let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+    let fixed = jail.uids.start + 9;
+    let source = id("fixed");
+    let spec = VmSpec {
+        jail: Some(JailSpec {
+            uid: Some(fixed),
+            ..JailSpec::default()
+        }),
+        ..VmSpec::default()
+    };
+    within("a jailed create", LONG, manager.run(&source, spec))
+        .await
+        .unwrap();
+    let base = std::fs::metadata(&jail.base).unwrap();
+    assert_eq!((base.uid(), base.mode() & 0o7777), (0, 0o755));
+    let snap = "fixed-snap".parse().unwrap();
+    manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+
+    // The source still holds its uid: the restore takes one of its own.
+    let pooled = manager
+        .restore(&snap, &id("pooled"), RestoreOptions::default())
+        .await
+        .unwrap();
+    let pooled_uid = pooled.jail.as_ref().unwrap().uid;
+    assert_ne!(pooled_uid, fixed);
+    // Given ids, one per clone; asking for the source's uid is refused
+    // and leaves nothing.
+    let given = |uid| RestoreOptions {
+        uid: Some(uid),
+        gid: Some(uid),
+        ..RestoreOptions::default()
+    };
+    let clones = vec![
+        (id("given-0"), given(jail.uids.start + 7)),
+        (id("given-1"), given(jail.uids.start + 8)),
+    ];
+    let made = manager.clone_many(&snap, clones).await.unwrap();
+    for (vm, uid) in made.iter().zip([jail.uids.start + 7, jail.uids.start + 8]) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid.unwrap())).unwrap();
+        assert!(status.contains(&format!("Uid:\t{uid}")), "{status}");
+        assert!(status.contains(&format!("Gid:\t{uid}")), "{status}");
+    }
+    let err = manager
+        .restore(&snap, &id("taken"), given(fixed))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VmError::Jail { source, .. } if matches!(**source, JailError::UidTaken { .. })),
+        "{err:?}"
+    );
+    assert!(!jail.host.vm_dirs().contains(&"taken".to_owned()));
+
+    for vm in ["fixed", "pooled", "given-0", "given-1"] {
+        manager.stop(&id(vm), StopOptions::default()).await.unwrap();
+        manager.destroy(&id(vm)).await.unwrap();
+    }
+    for left in jail.leftovers() {
+        assert_eq!(left.components().count(), 1, "{left:?} left behind");
+    }
+}
+
+#[tokio::test]
 async fn an_unjailed_snapshot_is_not_restored_into_a_jail() {
     use firehost::manager::{RestoreOptions, SnapshotOptions};
     let jail = JailHost::new();

@@ -62,6 +62,7 @@ use crate::record::VmVsock;
 use crate::snapshot::{
     MEMORY_FILE, SnapshotKind, SnapshotName, StoreError, VMSTATE_FILE, VerifyOptions,
 };
+use crate::spec::ResolvedSpec;
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
 
@@ -84,6 +85,14 @@ pub struct RestoreOptions {
     /// service (`None`: the snapshot VM's spec's data). Either way the
     /// `"firehost"` identity is this VM's (see [`crate::mmds`]).
     pub mmds: Option<serde_json::Value>,
+    /// For a jailed snapshot: the uid the restored VM runs as. `None`
+    /// takes one from the manager's uid range. The snapshot's own fixed
+    /// uid (its source's [`JailSpec::uid`](crate::jail::JailSpec::uid)) is
+    /// never reused: the source, or another restore, may hold it.
+    pub uid: Option<u32>,
+    /// For a jailed snapshot: the gid. `None`: the jail configuration's
+    /// gid, else the uid.
+    pub gid: Option<u32>,
 }
 
 /// Where a restored guest's memory comes from.
@@ -124,8 +133,35 @@ impl Default for RestoreOptions {
             verify_memory: false,
             memory: RestoreMemory::File,
             mmds: None,
+            uid: None,
+            gid: None,
         }
     }
+}
+
+/// The restored VM's spec: the snapshot's, with the jail ids this restore
+/// asks for (a snapshot of an unjailed VM takes none).
+pub(crate) fn restored_spec(
+    snapshot: &ResolvedSpec,
+    options: &RestoreOptions,
+    jailed: bool,
+) -> Result<ResolvedSpec, crate::jail::JailError> {
+    let mut spec = snapshot.clone();
+    if !jailed {
+        if options.uid.is_some() || options.gid.is_some() {
+            return Err(crate::jail::JailError::InvalidSpec {
+                field: "uid",
+                why: "a uid or gid is only for restoring a jailed snapshot".into(),
+            });
+        }
+        return Ok(spec);
+    }
+    let mut jail = spec.jail.take().unwrap_or_default();
+    jail.uid = options.uid;
+    jail.gid = options.gid;
+    jail.validate()?;
+    spec.jail = Some(jail);
+    Ok(spec)
 }
 
 pub(super) async fn restore(
@@ -206,12 +242,14 @@ async fn build(
         });
     }
     let bundle = shared.snapshots_dir.join(snapshot.as_str());
-    check_jail_layout(shared, snapshot, &manifest).map_err(|source| VmError::Jail {
+    let jail_err = |source| VmError::Jail {
         id: id.clone(),
         source: Box::new(source),
-    })?;
-    shared.prepare_for(&manifest.spec).await;
-    let net = attach_network(shared, id, &manifest, undo).await?;
+    };
+    let jailed = check_jail_layout(shared, snapshot, &manifest).map_err(jail_err)?;
+    let spec = restored_spec(&manifest.spec, options, jailed).map_err(jail_err)?;
+    shared.prepare_for(&spec).await;
+    let net = attach_network(shared, id, &manifest, &spec, undo).await?;
     let overrides: Vec<NetworkOverride> = net
         .iter()
         .map(|net| NetworkOverride {
@@ -222,7 +260,7 @@ async fn build(
     let mut launched = Launched::spawn(
         shared,
         id,
-        manifest.spec.clone(),
+        spec,
         net,
         manifest.source_chroot.as_deref(),
         undo,
@@ -355,15 +393,16 @@ async fn build(
 /// A snapshot's vmstate names its drives by the paths its Firecracker saw:
 /// places in a jail for a jailed source, host paths otherwise. So a jailed
 /// snapshot restores only into a jail, and an unjailed one only outside.
+/// Returns whether the restore is jailed.
 fn check_jail_layout(
     shared: &Shared,
     snapshot: &SnapshotName,
     manifest: &crate::snapshot::SnapshotManifest,
-) -> Result<(), crate::jail::JailError> {
+) -> Result<bool, crate::jail::JailError> {
     let jailed = super::jailed::jail_spec_of(&manifest.spec, shared.config.jail.as_ref()).is_some();
     let taken_jailed = manifest.source_chroot.is_some();
     if jailed == taken_jailed {
-        return Ok(());
+        return Ok(jailed);
     }
     let place = |j: bool| if j { "in a jail" } else { "outside a jail" };
     Err(crate::jail::JailError::SnapshotLayout {
@@ -385,19 +424,20 @@ async fn attach_network(
     shared: &Shared,
     id: &VmId,
     manifest: &crate::snapshot::SnapshotManifest,
+    spec: &ResolvedSpec,
     undo: &mut UndoStack,
 ) -> Result<Option<VmNet>, VmError> {
     let network = |source| VmError::Network {
         id: id.clone(),
         source: Box::new(source),
     };
-    let Some(spec) = restore_net_spec(manifest).map_err(|e| network(NetError::Ipam(e)))? else {
+    let Some(net_spec) = restore_net_spec(manifest).map_err(|e| network(NetError::Ipam(e)))? else {
         return Ok(None);
     };
-    let owner = super::jailed::tap_owner(shared, id, &manifest.spec, undo)?;
+    let owner = super::jailed::tap_owner(shared, id, spec, undo)?;
     let net = shared
         .net
-        .attach_owned(id, &spec, owner)
+        .attach_owned(id, &net_spec, owner)
         .await
         .map_err(network)?;
     undo.push(UndoStep::DetachNetwork {
@@ -495,4 +535,58 @@ pub(super) async fn retire_page_server(vm: &mut Vm, snapshots_dir: &std::path::P
         .as_ref()
         .map(|name| snapshots_dir.join(name.as_str()));
     server.retire(&vm.record.id, bundle.as_deref()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jail::{JailError, JailSpec};
+
+    fn jailed_with_uid(uid: Option<u32>) -> ResolvedSpec {
+        ResolvedSpec {
+            jail: Some(JailSpec {
+                uid,
+                gid: uid,
+                memory_max_mib: Some(256),
+                ..JailSpec::default()
+            }),
+            ..ResolvedSpec::for_tests()
+        }
+    }
+
+    #[test]
+    fn a_restore_never_takes_the_snapshots_fixed_uid() {
+        let snapshot = jailed_with_uid(Some(40_000));
+        let pooled = restored_spec(&snapshot, &RestoreOptions::default(), true).unwrap();
+        let jail = pooled.jail.unwrap();
+        assert_eq!((jail.uid, jail.gid), (None, None), "from the pool");
+        assert_eq!(jail.memory_max_mib, Some(256), "the limits are kept");
+
+        let given = RestoreOptions {
+            uid: Some(40_001),
+            gid: Some(40_002),
+            ..RestoreOptions::default()
+        };
+        let jail = restored_spec(&snapshot, &given, true)
+            .unwrap()
+            .jail
+            .unwrap();
+        assert_eq!((jail.uid, jail.gid), (Some(40_001), Some(40_002)));
+    }
+
+    #[test]
+    fn ids_for_an_unjailed_restore_or_root_are_refused() {
+        let root = RestoreOptions {
+            uid: Some(0),
+            ..RestoreOptions::default()
+        };
+        let err = restored_spec(&jailed_with_uid(None), &root, true).unwrap_err();
+        assert!(matches!(err, JailError::InvalidSpec { .. }), "{err}");
+        let given = RestoreOptions {
+            uid: Some(40_001),
+            ..RestoreOptions::default()
+        };
+        let err = restored_spec(&ResolvedSpec::for_tests(), &given, false).unwrap_err();
+        assert!(matches!(err, JailError::InvalidSpec { .. }), "{err}");
+    }
 }

@@ -886,24 +886,7 @@ mod tests {
     use super::*;
 
     fn spec() -> ResolvedSpec {
-        ResolvedSpec {
-            kernel: "/k".into(),
-            initrd: None,
-            rootfs: Some("/r".into()),
-            rootfs_read_only: false,
-            vcpus: 1,
-            mem_mib: 128,
-            smt: false,
-            boot_args: "console=ttyS0".into(),
-            extra_drives: vec![],
-            track_dirty_pages: true,
-            graceful_shutdown: true,
-            net: None,
-            extra_nics: vec![],
-            vsock: None,
-            mmds: None,
-            jail: None,
-        }
+        ResolvedSpec::for_tests()
     }
 
     fn draft(name: &str) -> ManifestDraft {
