@@ -541,6 +541,14 @@ pub struct RestoreArgs {
     /// Only for snapshots of VMs that had metadata.
     #[arg(long, value_name = "FILE")]
     pub mmds: Option<PathBuf>,
+    /// For a jailed snapshot: run as this uid [default: one from
+    /// --jail-uids; never the snapshot's own, which its source may hold].
+    #[arg(long, value_name = "UID", help_heading = "Jail")]
+    pub uid: Option<u32>,
+    /// For a jailed snapshot: run as this gid [default: the jail's gid,
+    /// else the uid].
+    #[arg(long, value_name = "GID", help_heading = "Jail")]
+    pub gid: Option<u32>,
 }
 
 /// A `--uffd` mode.
@@ -570,6 +578,14 @@ pub struct CloneArgs {
     /// cache.
     #[arg(long, value_name = "MODE")]
     pub uffd: Option<UffdMode>,
+    /// For a jailed snapshot: clone I runs as uid UID+I [default: each
+    /// one from --jail-uids].
+    #[arg(long, value_name = "UID", help_heading = "Jail")]
+    pub uid: Option<u32>,
+    /// For a jailed snapshot: clone I runs as gid GID+I [default: the
+    /// jail's gid, else its uid].
+    #[arg(long, value_name = "GID", help_heading = "Jail")]
+    pub gid: Option<u32>,
 }
 
 /// `snapshots`: a group of subcommands over `<state-dir>/snapshots`.

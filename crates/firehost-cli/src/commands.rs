@@ -582,6 +582,8 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         verify_memory: args.verify_memory,
         memory,
         mmds: args.mmds.as_deref().map(read_json_object).transpose()?,
+        uid: args.uid,
+        gid: args.gid,
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&snapshot, &id, options).await?;
@@ -589,67 +591,36 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
 }
 
 async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliError> {
-    let provider: &dyn VmProvider = manager;
     let snapshot = snapshot_name(&args.snapshot)?;
-    let ids = (0..args.count)
-        .map(|i| vm_id(&format!("{}-{i}", args.prefix)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = RestoreOptions {
-        memory: restore_memory(args.uffd),
-        ..RestoreOptions::default()
-    };
-    let restores = ids
-        .iter()
-        .map(|id| async { provider.restore(&snapshot, id, options.clone()).await });
-    let results = futures_join_all(restores).await;
-    if let Some(first_error) = results.iter().position(Result::is_err) {
-        // All or nothing: remove the clones that did come up.
-        for (id, result) in ids.iter().zip(&results) {
-            if result.is_ok() {
-                let _ = remove(provider, id, FORCE_GRACE).await;
-            }
-        }
-        let mut results = results;
-        return Err(results.swap_remove(first_error).unwrap_err().into());
-    }
-    let vms = results
-        .iter()
-        .map(|r| VmJson::from(r.as_ref().expect("all succeeded")))
-        .collect();
+    let clones = (0..args.count)
+        .map(|i| {
+            let id = vm_id(&format!("{}-{i}", args.prefix))?;
+            let options = RestoreOptions {
+                memory: restore_memory(args.uffd),
+                uid: offset_id("--uid", args.uid, i)?,
+                gid: offset_id("--gid", args.gid, i)?,
+                ..RestoreOptions::default()
+            };
+            Ok((id, options))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let vms = manager.clone_many(&snapshot, clones).await?;
     let list = ListJson {
-        vms,
+        vms: vms.iter().map(VmJson::from).collect(),
         unreadable: Vec::new(),
     };
     out.emit(&list, human::vm_table)
 }
 
-/// Polls every future to completion, concurrently, in one task.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => *output = Some(value),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+/// `base + i`: clone `i`'s uid or gid when `--uid`/`--gid` gives the first.
+fn offset_id(flag: &'static str, base: Option<u32>, i: u16) -> Result<Option<u32>, CliError> {
+    base.map(|base| {
+        base.checked_add(u32::from(i))
+            .ok_or_else(|| CliError::Unsupported {
+                what: format!("{flag} {base} + {i} is past the largest id"),
+            })
     })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future completed"))
-        .collect()
+    .transpose()
 }
 
 async fn console(provider: &dyn VmProvider, args: ConsoleArgs, out: Out) -> Result<(), CliError> {

@@ -635,6 +635,26 @@ fn restore_errors_have_their_exit_codes() {
     );
     assert_error(&env.run(&["restore", "nope", "--name", "fresh"]), 3);
     assert_error(&env.run(&["restore", "../x", "--name", "fresh"]), 2);
+    // A uid is for jailed snapshots only; a clone's last uid must exist.
+    let line = assert_error(
+        &env.run(&["restore", "err-snap", "--name", "fresh", "--uid", "40000"]),
+        2,
+    );
+    assert!(line.contains("jailed snapshot"), "{line}");
+    let line = assert_error(
+        &env.run(&[
+            "clone",
+            "err-snap",
+            "--count",
+            "2",
+            "--prefix",
+            "u",
+            "--uid",
+            "4294967295",
+        ]),
+        2,
+    );
+    assert!(line.contains("--uid"), "{line}");
     assert_eq!(env.vm_dirs(), ["restore-err"]);
 }
 

@@ -30,10 +30,10 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use crate::VmId;
-use crate::manager::restore_net_spec;
 use crate::manager::{
     Manager, RestoreOptions, SnapshotOptions, StopOptions, StopOutcome, VmError, VmInfo, VsockInfo,
 };
+use crate::manager::{restore_net_spec, restored_spec};
 use crate::net::host::{NetError, NetSpec, NetworkConfig, VmNet, check_ports};
 use crate::net::ipam::Allocator;
 use crate::net::tap::tap_name_for_vm;
@@ -86,6 +86,63 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
     async fn list(&self) -> Vec<VmInfo>;
     /// The last `lines` lines of the console.
     async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError>;
+
+    /// Restores `snapshot` into every VM of `clones` at once, each with its
+    /// own options, all or nothing: if one restore fails, the clones that
+    /// did come up are stopped and destroyed, and the first error (in the
+    /// order of `clones`) is returned. On success the infos are in the
+    /// order of `clones`.
+    ///
+    /// # Cancel safety
+    ///
+    /// [`Manager`]'s runs in its own task and completes (or undoes itself)
+    /// even if this future is dropped. This default implementation is not
+    /// cancel safe: dropped midway, it leaves the clones that came up.
+    async fn clone_many(
+        &self,
+        snapshot: &SnapshotName,
+        clones: Vec<(VmId, RestoreOptions)>,
+    ) -> Result<Vec<VmInfo>, VmError> {
+        clone_all(self, snapshot, clones).await
+    }
+}
+
+/// How long each clone of a failed [`VmProvider::clone_many`] gets to
+/// end after SIGTERM before SIGKILL: it was never handed to anyone.
+const UNDO_CLONE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`VmProvider::clone_many`] on any provider.
+pub(crate) async fn clone_all<P: VmProvider + ?Sized>(
+    provider: &P,
+    snapshot: &SnapshotName,
+    clones: Vec<(VmId, RestoreOptions)>,
+) -> Result<Vec<VmInfo>, VmError> {
+    let restores = clones
+        .iter()
+        .map(|(id, options)| provider.restore(snapshot, id, options.clone()));
+    let results = futures_util::future::join_all(restores).await;
+    if !results.iter().any(Result::is_err) {
+        return Ok(results.into_iter().flatten().collect());
+    }
+    // All or nothing. Only the VMs these restores made are removed: a
+    // restore refused because its name was taken made nothing.
+    for ((id, _), result) in clones.iter().zip(&results) {
+        if result.is_ok() {
+            let quick = StopOptions {
+                graceful: Some(false),
+                grace: Some(UNDO_CLONE_GRACE),
+            };
+            let removed = match provider.stop(id, quick).await {
+                Ok(_) => provider.destroy(id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(vm = %id, error = %e, "cannot remove a clone of a failed clone_many");
+            }
+        }
+    }
+    let first_error = results.into_iter().find_map(Result::err);
+    Err(first_error.expect("one restore failed"))
 }
 
 #[async_trait]
@@ -135,6 +192,13 @@ impl VmProvider for Manager {
     }
     async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError> {
         Manager::console_tail(self, id, lines).await
+    }
+    async fn clone_many(
+        &self,
+        snapshot: &SnapshotName,
+        clones: Vec<(VmId, RestoreOptions)>,
+    ) -> Result<Vec<VmInfo>, VmError> {
+        Manager::clone_many(self, snapshot, clones).await
     }
 }
 
@@ -479,6 +543,13 @@ impl VmProvider for InMemoryProvider {
                 name: snapshot.to_string(),
             });
         }
+        let jailed = taken.manifest.spec.jail.is_some();
+        let spec = restored_spec(&taken.manifest.spec, &options, jailed).map_err(|source| {
+            VmError::Jail {
+                id: id.clone(),
+                source: Box::new(source),
+            }
+        })?;
         let mut vms = self.registry();
         if vms.contains_key(id) {
             return Err(VmError::AlreadyExists { id: id.clone() });
@@ -515,7 +586,7 @@ impl VmProvider for InMemoryProvider {
             api_socket: dir.join("api.sock"),
             dir,
             console_file: None,
-            spec: taken.manifest.spec,
+            spec,
             created_at_ms: 0,
         };
         vms.insert(id.clone(), Arc::new(Mutex::new(Some(info.clone()))));

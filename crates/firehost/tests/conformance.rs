@@ -143,6 +143,49 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
             .await,
         Err(VmError::AlreadyExists { .. })
     ));
+    // A uid is for jailed snapshots only, and refused before anything.
+    let with_uid = RestoreOptions {
+        uid: Some(40_000),
+        ..RestoreOptions::default()
+    };
+    let err = provider
+        .restore(&snap, &id("conform-uid"), with_uid)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::Jail { .. }), "{err:?}");
+    assert!(matches!(
+        provider.get(&id("conform-uid")).await,
+        Err(VmError::NotFound { .. })
+    ));
+
+    // Many clones, all or nothing: one name is taken (by `clone`), so the
+    // others are removed again, and `clone` is left as it was.
+    let (m0, m1) = (id("conform-m0"), id("conform-m1"));
+    let many = |names: &[&firehost::VmId]| {
+        names
+            .iter()
+            .map(|n| ((*n).clone(), RestoreOptions::default()))
+            .collect::<Vec<_>>()
+    };
+    let err = provider
+        .clone_many(&snap, many(&[&m0, &clone, &m1]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::AlreadyExists { .. }), "{err:?}");
+    for gone in [&m0, &m1] {
+        assert!(
+            matches!(provider.get(gone).await, Err(VmError::NotFound { .. })),
+            "{gone} was left"
+        );
+    }
+    assert_eq!(provider.get(&clone).await.unwrap().state, VmState::Paused);
+    let made = provider.clone_many(&snap, many(&[&m1, &m0])).await.unwrap();
+    let names: Vec<&firehost::VmId> = made.iter().map(|vm| &vm.id).collect();
+    assert_eq!(names, [&m1, &m0], "in the order asked");
+    for vm in [&m0, &m1] {
+        provider.stop(vm, StopOptions::default()).await.unwrap();
+        provider.destroy(vm).await.unwrap();
+    }
     let unknown = "no-such-snap".parse().unwrap();
     assert!(matches!(
         provider

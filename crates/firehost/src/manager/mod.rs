@@ -57,8 +57,8 @@ pub use config::{
 pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use quarantine::UnreadableVm;
-pub(crate) use restore::restore_net_spec;
 pub use restore::{RestoreMemory, RestoreOptions};
+pub(crate) use restore::{restore_net_spec, restored_spec};
 
 use crate::VmId;
 use crate::agent::AgentClient;
@@ -573,6 +573,42 @@ impl Manager {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
+    /// Restores `snapshot` into every VM of `clones` at once, each with its
+    /// own [`RestoreOptions`] (its own uid, metadata, memory backend), all
+    /// or nothing: if one restore fails, the clones that came up are
+    /// stopped and destroyed, and the first error in the order of `clones`
+    /// is returned. On success the infos are in the order of `clones`.
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: firehost::Manager) -> Result<(), firehost::VmError> {
+    /// use firehost::manager::RestoreOptions;
+    /// let snapshot = "template".parse().unwrap();
+    /// let clones = (0..8)
+    ///     .map(|i| (format!("job-{i}").parse().unwrap(), RestoreOptions::default()))
+    ///     .collect();
+    /// let vms = manager.clone_many(&snapshot, clones).await?;
+    /// assert_eq!(vms.len(), 8);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes, or undoes itself, even if this
+    /// future is dropped.
+    pub async fn clone_many(
+        &self,
+        snapshot: &SnapshotName,
+        clones: Vec<(VmId, RestoreOptions)>,
+    ) -> Result<Vec<VmInfo>, VmError> {
+        let (manager, snapshot) = (self.clone(), snapshot.clone());
+        let task =
+            tokio::spawn(
+                async move { crate::provider::clone_all(&manager, &snapshot, clones).await },
+            );
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
     /// Forwards host port `mapping.host_port` to the VM's guest port, at
     /// runtime (the VM must have a network). The mapping is kept in the
     /// record and removed with the VM.
@@ -778,8 +814,11 @@ impl Manager {
     }
 
     /// The VM's API client, for Firecracker features the manager does not
-    /// wrap (balloon, MMDS, rate-limiter updates…). `None` once the VMM is
-    /// gone. Requests made this way do not update the manager's state.
+    /// wrap (balloon, rate-limiter updates, drive hot-swap…). `None` once
+    /// the VMM is gone. Requests made this way do not update the manager's
+    /// state or the VM's record, so they are lost on restore and re-attach;
+    /// MMDS is wrapped ([`VmSpec::mmds`](crate::VmSpec::mmds),
+    /// [`RestoreOptions::mmds`]).
     pub async fn api(&self, id: &VmId) -> Result<Option<Arc<ApiClient>>, VmError> {
         let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
