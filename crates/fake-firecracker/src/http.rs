@@ -131,6 +131,18 @@ impl ApiServer {
 
         self.log(Level::Info, &describe(method, &path, body.as_deref()));
         if self.faults.should_fail(&method_text, &path) {
+            if method_text == "PUT" && path == "/snapshot/load" {
+                // Every failed load ends Firecracker, an injected one too.
+                let console = lock_vmm(&self.vmm).console();
+                apply(Effect::Exit {
+                    code: 1,
+                    after: std::time::Duration::ZERO,
+                    lines: Vec::new(),
+                    console,
+                })
+                .await;
+                std::mem::forget(_one_at_a_time);
+            }
             return self.fault(StatusCode::BAD_REQUEST, "injected failure");
         }
 
@@ -158,8 +170,15 @@ impl ApiServer {
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
 
+        // A failed snapshot load ends Firecracker: its API thread answers
+        // and serves nothing more while the process exits. Holding the
+        // request lock for good keeps every later request unanswered.
+        let fatal = outcome.effects.iter().any(Effect::ends_the_api);
         for effect in outcome.effects {
             apply(effect).await;
+        }
+        if fatal {
+            std::mem::forget(_one_at_a_time);
         }
         match outcome.result {
             Ok(Reply::Empty) => {
@@ -189,7 +208,7 @@ impl ApiServer {
     }
 
     fn log(&self, level: Level, message: &str) {
-        let mut vmm = self.vmm.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vmm = lock_vmm(&self.vmm);
         vmm.telemetry.log(level, "fc_api", message);
     }
 
@@ -289,4 +308,8 @@ fn micro_http_error(inner: &str) -> Response<Full<Bytes>> {
             "{{ \"error\": \"{inner}\nAll previous unanswered requests will be dropped.\" }}"
         )),
     )
+}
+
+fn lock_vmm(vmm: &Mutex<Vmm>) -> std::sync::MutexGuard<'_, Vmm> {
+    vmm.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -29,7 +29,7 @@
 //! | --- | --- |
 //! | `FAKE_FC_NO_SOCKET=1` | run, but never create the API socket |
 //! | `FAKE_FC_CRASH_AFTER_REQUESTS=N` | abort (SIGABRT) when request N+1 arrives, before answering |
-//! | `FAKE_FC_FAIL="PUT /drives/rootfs,PUT /actions"` | those requests answer 400 `injected failure` |
+//! | `FAKE_FC_FAIL="PUT /drives/rootfs,PUT /actions"` | those requests answer 400 `injected failure` (a failed `PUT /snapshot/load` then ends the process, as every failed load) |
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay matching answers (first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` just after answering `InstanceStart` |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` |
@@ -82,6 +82,9 @@
 //!
 //! # Process behaviour (as Firecracker)
 //!
+//! - A failed `PUT /snapshot/load` is answered, and then nothing more: no later
+//!   request (on that connection or another) gets an answer while the process
+//!   exits 1.
 //! - Exit codes: 0 on guest shutdown, 1 for generic errors (socket in use, failed
 //!   snapshot load, bad `--config-file`), 152 for a bad `--level`, 153 for a bad
 //!   command line; SIGABRT for an invalid `--id` (Firecracker panics, built with

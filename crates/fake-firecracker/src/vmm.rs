@@ -196,6 +196,14 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// An exit with no delay: the VMM dies of this request (a failed
+    /// snapshot load), so its API serves nothing after this answer.
+    pub fn ends_the_api(&self) -> bool {
+        matches!(self, Effect::Exit { after, .. } if after.is_zero())
+    }
+}
+
 /// The answer to one action plus what must happen after it.
 #[derive(Debug)]
 pub struct Outcome {
@@ -400,7 +408,8 @@ impl Vmm {
         }
     }
 
-    fn console(&self) -> Console {
+    /// Where the guest's serial output goes.
+    pub fn console(&self) -> Console {
         match self
             .resources
             .serial

@@ -448,6 +448,20 @@ fn uffd_load_with_no_page_server_answers_the_error_then_exits_1() {
         msg,
         "Load snapshot error: Failed to restore from snapshot: Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: Connection refused (os error 111)"
     );
+    // It stops at once: nothing is answered after the refusal, on this
+    // connection or a new one.
+    let answered = c.try_get("/");
+    assert!(
+        answered.is_none(),
+        "answered after a failed load: {answered:?}"
+    );
+    if let Ok(stream) = std::os::unix::net::UnixStream::connect(f.path("api.sock")) {
+        let answered = Client(stream).try_get("/");
+        assert!(
+            answered.is_none(),
+            "a new connection was answered: {answered:?}"
+        );
+    }
     assert_eq!(f.wait_exit().code(), Some(1));
 }
 
