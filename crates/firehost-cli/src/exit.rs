@@ -215,7 +215,8 @@ impl CliError {
                 VmError::Jail { source, .. } => jail_exit(source),
                 VmError::InvalidSpec { .. }
                 | VmError::SocketPathTooLong { .. }
-                | VmError::NoVsock { .. } => Exit::Usage,
+                | VmError::NoVsock { .. }
+                | VmError::SnapshotDrive { .. } => Exit::Usage,
                 _ => Exit::Failed,
             },
             CliError::Manager(e) => match e {

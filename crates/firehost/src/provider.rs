@@ -504,6 +504,7 @@ impl VmProvider for InMemoryProvider {
                     agent_token: None,
                 }),
                 source_chroot: None,
+                drives: Vec::new(),
                 vmstate_bytes: 0,
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
                 files: Vec::new(),

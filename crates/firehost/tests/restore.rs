@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TestHost, id, within};
 use firehost::api::models::InstanceState;
-use firehost::manager::{RestoreOptions, SnapshotOptions, StopOptions};
+use firehost::manager::{DriveProblem, RestoreOptions, SnapshotOptions, StopOptions};
 use firehost::snapshot::{MANIFEST_FILE, SnapshotManifest, SnapshotName};
 use firehost::{Manager, VmError, VmState};
 
@@ -196,6 +196,100 @@ async fn failed_load_rolls_back_the_restore() {
     assert_eq!(host.vm_dirs(), ["source"]);
     assert!(host.vmm_pids(&vm).is_empty());
     assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+    // The refusing VMM exits (as Firecracker does); the next restore is
+    // not affected by it.
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::Api { .. }), "{err:?}");
+    assert_eq!(host.vm_dirs(), ["source"]);
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let rootfs = host.dir.path().join("own-rootfs.ext4");
+    std::fs::File::create(&rootfs)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let source = id("source");
+    let spec = firehost::VmSpec {
+        rootfs: Some(rootfs.clone()),
+        ..host.spec()
+    };
+    manager.run(&source, spec).await.unwrap();
+    let snap: SnapshotName = "drives".parse().unwrap();
+    let taken = manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(taken.manifest.drives.len(), 1);
+    assert_eq!(taken.manifest.drives[0].size_bytes, 1 << 20);
+    manager.stop(&source, StopOptions::default()).await.unwrap();
+    manager.destroy(&source).await.unwrap();
+    let spawned_before = firehost::vmm::find_under(host.dir.path());
+
+    // Grown: the guest's disk would not match its vmstate.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&rootfs)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let vm = id("restored");
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    match &err {
+        VmError::SnapshotDrive {
+            drive,
+            path,
+            problem: DriveProblem::Resized { recorded, now },
+            ..
+        } => {
+            assert_eq!(
+                (drive.as_str(), path, *recorded, *now),
+                ("rootfs", &rootfs.canonicalize().unwrap(), 1 << 20, 2 << 20)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Gone: the message names the file.
+    std::fs::remove_file(&rootfs).unwrap();
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VmError::SnapshotDrive {
+                problem: DriveProblem::Missing,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("own-rootfs.ext4"), "{err}");
+    // Nothing was spawned or left, and the bundle is not leased.
+    assert_eq!(firehost::vmm::find_under(host.dir.path()), spawned_before);
+    assert!(host.vm_dirs().is_empty(), "{:?}", host.vm_dirs());
+    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+
+    // The kernel is not needed: with the drive back, a restore works
+    // without it.
+    std::fs::File::create(&rootfs)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    std::fs::remove_file(&host.kernel).unwrap();
+    let restored = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(restored.state, VmState::Running);
 }
 
 #[tokio::test]

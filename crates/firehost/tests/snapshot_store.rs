@@ -115,6 +115,7 @@ fn make(
             network: vec![],
             vsock: None,
             source_chroot: None,
+            drives: vec![],
             created_at_ms,
         },
     )

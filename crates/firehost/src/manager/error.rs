@@ -93,6 +93,34 @@ pub enum VmError {
         /// The console and VMM stderr at that moment.
         console_tail: Vec<String>,
     },
+    /// A drive the snapshot's vmstate names is gone or changed: Firecracker
+    /// would reopen it while loading. Checked before anything is spawned.
+    #[error("snapshot {name} needs drive {drive} at {path:?}, which {problem}")]
+    SnapshotDrive {
+        /// The snapshot.
+        name: String,
+        /// The drive id (`rootfs` for the root filesystem).
+        drive: String,
+        /// The file the restore would use.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: DriveProblem,
+    },
+    /// The VMM exited while handling a request instead of answering it.
+    /// `reason` is what it logged last (Firecracker's fault message when it
+    /// logged one).
+    #[error("VM {id}: the VMM exited during {op}: {reason}")]
+    VmmGaveUp {
+        /// The id.
+        id: VmId,
+        /// The step, e.g. "load the snapshot".
+        op: &'static str,
+        /// Its last words, from its log or stderr.
+        reason: String,
+        /// The API error (a closed connection).
+        #[source]
+        source: Box<ApiError>,
+    },
     /// A Firecracker API call failed.
     #[error("VM {id}: {op} failed")]
     Api {
@@ -375,4 +403,38 @@ fn show_all(differences: &[super::settings::SettingDifference]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What is wrong with a drive file a snapshot needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DriveProblem {
+    /// There is no file there.
+    Missing,
+    /// There is something else there (a directory, a device…), or it
+    /// cannot be read: the text says which.
+    Unusable(String),
+    /// Its size changed since the snapshot: the guest's block device would
+    /// not match what the vmstate remembers.
+    Resized {
+        /// Its size when the snapshot was taken.
+        recorded: u64,
+        /// Its size now.
+        now: u64,
+    },
+}
+
+impl std::fmt::Display for DriveProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriveProblem::Missing => f.write_str("is missing"),
+            DriveProblem::Unusable(why) => write!(f, "cannot be used: {why}"),
+            DriveProblem::Resized { recorded, now } => {
+                write!(
+                    f,
+                    "is {now} bytes, not the {recorded} it was at the snapshot"
+                )
+            }
+        }
+    }
 }

@@ -325,6 +325,38 @@ fn make_jail_dir(jail: &VmJail, vms_dir: &Path) -> Result<(), JailError> {
     made
 }
 
+/// The drive files a VMM with `spec` opens, as host paths, with their ids
+/// and whether they are read-only: the spec's own for an unjailed VM; for
+/// a jailed one, the files in its chroot.
+pub(super) fn drive_files(
+    spec: &ResolvedSpec,
+    jail: Option<&VmJail>,
+) -> Vec<(String, PathBuf, bool)> {
+    let mut drives = Vec::new();
+    let at = |id: &str, original: &Path| match jail {
+        Some(jail) => jail.root().host_path(&drive_place(id)),
+        None => original.to_owned(),
+    };
+    if let Some(rootfs) = &spec.rootfs {
+        let id = crate::spec::ROOTFS_DRIVE_ID;
+        drives.push((id.to_owned(), at(id, rootfs), spec.rootfs_read_only));
+    }
+    for drive in &spec.extra_drives {
+        let path = at(&drive.id, &drive.path);
+        drives.push((drive.id.clone(), path, drive.read_only));
+    }
+    drives
+}
+
+/// Where drive `id` is in a chroot, as Firecracker sees it.
+pub(super) fn drive_place(id: &str) -> PathBuf {
+    if id == crate::spec::ROOTFS_DRIVE_ID {
+        PathBuf::from(layout::ROOTFS)
+    } else {
+        Path::new(layout::DRIVES).join(id)
+    }
+}
+
 /// Puts the VM's files at their [`layout`] places in the chroot.
 fn stage_files(
     jail: &VmJail,
@@ -338,11 +370,16 @@ fn stage_files(
     let at = |inside: &str| root.host_path(Path::new(inside));
     let (uid, gid) = (jail.uid, jail.gid);
     let mut report = Vec::new();
-    report.push((
-        "kernel",
-        stage::link_read_only(&spec.kernel, &at(layout::KERNEL), uid, gid)?,
-    ));
-    if let Some(initrd) = &spec.initrd {
+    // A restore (it has a source to take drives from) loads the guest from
+    // memory: its kernel and initrd are not needed, and may be gone.
+    let restore = drives_from.is_some();
+    if !restore {
+        report.push((
+            "kernel",
+            stage::link_read_only(&spec.kernel, &at(layout::KERNEL), uid, gid)?,
+        ));
+    }
+    if let Some(initrd) = spec.initrd.as_ref().filter(|_| !restore) {
         report.push((
             "initrd",
             stage::link_read_only(initrd, &at(layout::INITRD), uid, gid)?,

@@ -54,7 +54,7 @@ pub use config::{
     ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Recovery, SettingsPolicy, Timeouts,
     find_binary,
 };
-pub use error::{MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
+pub use error::{DriveProblem, MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};

@@ -233,6 +233,26 @@ pub(super) async fn stop(
     })
 }
 
+/// Each drive file with its size now (the VM is paused: nothing writes).
+fn drive_layouts(
+    files: Vec<(String, std::path::PathBuf, bool)>,
+) -> Result<Vec<crate::snapshot::DriveLayout>, (std::path::PathBuf, std::io::Error)> {
+    files
+        .into_iter()
+        .map(|(id, path, _read_only)| {
+            let size_bytes = match std::fs::metadata(&path) {
+                Ok(meta) => meta.len(),
+                Err(e) => return Err((path, e)),
+            };
+            Ok(crate::snapshot::DriveLayout {
+                id,
+                path,
+                size_bytes,
+            })
+        })
+        .collect()
+}
+
 /// A VMM that ended cannot run again: its address, TAP and rules go (the
 /// record keeps what they were). Detaching what is already detached is a
 /// no-op.
@@ -435,6 +455,16 @@ pub(super) async fn snapshot(
             .get_firecracker_version()
             .await
             .map_err(api_err("read the Firecracker version"))?;
+        let drive_files = super::jailed::drive_files(&vm.record.spec, vm.record.jail.as_ref());
+        let drives = tokio::task::spawn_blocking(move || drive_layouts(drive_files))
+            .await
+            .expect("stat does not panic")
+            .map_err(|(path, source)| VmError::Io {
+                id: id.clone(),
+                op: "measure the drive",
+                path,
+                source,
+            })?;
         let draft = ManifestDraft {
             name: name.clone(),
             source_vm: id.clone(),
@@ -459,6 +489,7 @@ pub(super) async fn snapshot(
                 agent_token: Some(v.token.clone()),
             }),
             source_chroot: vm.record.jail.as_ref().map(|j| j.chroot.clone()),
+            drives,
             created_at_ms: now_ms(),
         };
         // Sizes and checksums are computed on the blocking pool.

@@ -46,16 +46,18 @@
 //! host runs through the agent ([`crate::agent`]) after the restore. The
 //! agent does not run them by itself.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::launch::{Launched, Reservation};
 use super::memory_server::MemoryServer;
 use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
+use crate::api::ApiError;
 use crate::api::models::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams, VsockOverride,
 };
-use crate::manager::error::MAX_SOCKET_PATH_BYTES;
+use crate::manager::error::{DriveProblem, MAX_SOCKET_PATH_BYTES};
 use crate::net::host::{NetError, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
 use crate::record::VmVsock;
@@ -248,6 +250,7 @@ async fn build(
     };
     let jailed = check_jail_layout(shared, snapshot, &manifest).map_err(jail_err)?;
     let spec = restored_spec(&manifest.spec, options, jailed).map_err(jail_err)?;
+    check_drives(snapshot, &manifest, jailed).await?;
     shared.prepare_for(&spec).await;
     let net = attach_network(shared, id, &manifest, &spec, undo).await?;
     let overrides: Vec<NetworkOverride> = net
@@ -345,9 +348,9 @@ async fn build(
         load.clock_realtime = options.clock_realtime.then_some(true);
         load.network_overrides = (!overrides.is_empty()).then_some(overrides);
         load.vsock_override = vsock_override;
-        api.load_snapshot(&load)
-            .await
-            .map_err(api_err("load the snapshot"))?;
+        if let Err(source) = api.load_snapshot(&load).await {
+            return Err(gave_up_or(&launched.vm, "load the snapshot", source).await);
+        }
         if let Some(server) = &mut launched.vm.page_server {
             // Firecracker has connected by the time the load answers; a
             // server that failed the hand-over fails the restore.
@@ -388,6 +391,131 @@ async fn build(
         server.abort().await;
     }
     launched.commit(outcome).await
+}
+
+/// Checks, before anything is spawned, that every drive the snapshot's
+/// vmstate names is there with the size it had (the kernel and initrd are
+/// not needed: the guest is in memory). For a jailed snapshot the file is
+/// the one the restore will copy: the source's copy while its jail is
+/// there, else the original.
+async fn check_drives(
+    snapshot: &SnapshotName,
+    manifest: &crate::snapshot::SnapshotManifest,
+    jailed: bool,
+) -> Result<(), VmError> {
+    let source_chroot = manifest
+        .source_chroot
+        .as_ref()
+        .filter(|_| jailed)
+        .map(|c| crate::jail::Chroot::new(c.clone()));
+    let needed: Vec<(String, PathBuf, Option<u64>)> =
+        super::jailed::drive_files(&manifest.spec, None)
+            .into_iter()
+            .map(|(id, original, read_only)| {
+                let copy = source_chroot
+                    .as_ref()
+                    .map(|chroot| chroot.host_path(&super::jailed::drive_place(&id)));
+                let path = match copy {
+                    Some(copy) if !read_only && copy.is_file() => copy,
+                    _ => original,
+                };
+                let recorded = manifest
+                    .drives
+                    .iter()
+                    .find(|d| d.id == id)
+                    .map(|d| d.size_bytes);
+                (id, path, recorded)
+            })
+            .collect();
+    let name = snapshot.to_string();
+    tokio::task::spawn_blocking(move || {
+        for (drive, path, recorded) in needed {
+            let problem = match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(DriveProblem::Missing),
+                Err(e) => Some(DriveProblem::Unusable(e.to_string())),
+                Ok(meta) if !meta.is_file() => {
+                    Some(DriveProblem::Unusable("it is not a regular file".into()))
+                }
+                Ok(meta) => match recorded {
+                    Some(recorded) if recorded != meta.len() => Some(DriveProblem::Resized {
+                        recorded,
+                        now: meta.len(),
+                    }),
+                    _ => None,
+                },
+            };
+            if let Some(problem) = problem {
+                return Err(VmError::SnapshotDrive {
+                    name,
+                    drive,
+                    path,
+                    problem,
+                });
+            }
+        }
+        Ok(())
+    })
+    .await
+    .expect("stat does not panic")
+}
+
+/// The error for a request the VMM did not answer: if it closed the
+/// connection (it exits after refusing some requests, a snapshot load
+/// among them, sometimes before its answer is out), what it logged last;
+/// else the API error as it is.
+async fn gave_up_or(vm: &Vm, op: &'static str, source: ApiError) -> VmError {
+    let id = vm.record.id.clone();
+    if !matches!(source, ApiError::Closed { .. }) {
+        return VmError::Api { id, op, source };
+    }
+    match last_words(vm).await {
+        Some(reason) => VmError::VmmGaveUp {
+            id,
+            op,
+            reason,
+            source: Box::new(source),
+        },
+        None => VmError::Api { id, op, source },
+    }
+}
+
+/// Why a VMM gave up, from its log file and its console/stderr: the fault
+/// message of the last error it answered with, else its last `Error:`
+/// line.
+async fn last_words(vm: &Vm) -> Option<String> {
+    const LINES: usize = 50;
+    let log = match &vm.record.jail {
+        Some(jail) => jail.root().host_path(Path::new(super::jailed::layout::LOG)),
+        None => vm.dir.join(super::launch::VMM_LOG_FILE),
+    };
+    let mut lines = tokio::task::spawn_blocking(move || {
+        crate::console::tail_of_file(&log, LINES).unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    lines.extend(vm.console_tail(LINES).await);
+    fault_message(&lines)
+}
+
+/// The reason in Firecracker's log lines, newest first: the message of a
+/// refused request (`Received Error. Status code: … Message: M`), else an
+/// `Error: E` line.
+fn fault_message(lines: &[String]) -> Option<String> {
+    const REFUSED: &str = "Received Error.";
+    const MESSAGE: &str = "Message: ";
+    let refused = lines.iter().rev().find_map(|line| {
+        let at = line.find(REFUSED)?;
+        let rest = &line[at..];
+        rest.find(MESSAGE)
+            .map(|m| rest[m + MESSAGE.len()..].trim().to_owned())
+    });
+    refused.or_else(|| {
+        lines.iter().rev().find_map(|line| {
+            line.trim()
+                .strip_prefix("Error: ")
+                .map(|e| e.trim().to_owned())
+        })
+    })
 }
 
 /// A snapshot's vmstate names its drives by the paths its Firecracker saw:
@@ -588,5 +716,31 @@ mod tests {
         };
         let err = restored_spec(&ResolvedSpec::for_tests(), &given, false).unwrap_err();
         assert!(matches!(err, JailError::InvalidSpec { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::fault_message;
+
+    #[test]
+    fn the_fault_message_of_a_refused_load_is_found_in_firecrackers_log() {
+        let lines: Vec<String> = [
+            "2026-12-04T17:11:10.364 [anonymous-instance:main] KVM_KVMCLOCK_CTRL call failed",
+            "2026-12-04T17:11:10.380 [anonymous-instance:fc_api] Received Error. Status code: 400 Bad Request. Message: Load snapshot error: No such file or directory (os error 2) /tmp/r.ext4",
+            "2026-12-04T17:11:10.380 [anonymous-instance:main] RunWithApiError error: Failed to build MicroVM: Loading snapshot failed..",
+            "Error: RunWithApi(BuildMicroVmError(Restore))",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            fault_message(&lines).as_deref(),
+            Some("Load snapshot error: No such file or directory (os error 2) /tmp/r.ext4")
+        );
+        assert_eq!(
+            fault_message(&lines[3..]).as_deref(),
+            Some("RunWithApi(BuildMicroVmError(Restore))")
+        );
+        assert_eq!(fault_message(&[]), None);
     }
 }

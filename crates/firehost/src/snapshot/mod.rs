@@ -163,6 +163,19 @@ pub struct NetworkLayout {
     pub guest_ip: Option<std::net::Ipv4Addr>,
 }
 
+/// One drive the source VM had attached, as its vmstate names it: a
+/// restore reopens the file, so it must still be there, the same size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveLayout {
+    /// Firecracker's `drive_id` (`rootfs` for the root filesystem).
+    pub id: String,
+    /// The file the source VMM had open (for a jailed source, its copy
+    /// in the chroot).
+    pub path: PathBuf,
+    /// Its size in bytes when the snapshot was taken.
+    pub size_bytes: u64,
+}
+
 impl From<&crate::net::host::VmNet> for NetworkLayout {
     fn from(net: &crate::net::host::VmNet) -> Self {
         NetworkLayout {
@@ -251,6 +264,10 @@ pub struct SnapshotManifest {
     /// in there, which a restore copies again while they exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_chroot: Option<PathBuf>,
+    /// The drives and their sizes (empty in bundles written before they
+    /// were recorded: a restore then checks only that the files exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveLayout>,
     /// Size of the vmstate file in bytes.
     pub vmstate_bytes: u64,
     /// Size of the memory file in bytes (its logical size for a diff).
@@ -284,6 +301,8 @@ pub struct ManifestDraft {
     pub vsock: Option<VsockLayout>,
     /// The source VM's chroot, if it was jailed.
     pub source_chroot: Option<PathBuf>,
+    /// The source VM's drives with their sizes.
+    pub drives: Vec<DriveLayout>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }
@@ -740,6 +759,7 @@ impl Bundle {
             network: draft.network,
             vsock: draft.vsock,
             source_chroot: draft.source_chroot,
+            drives: draft.drives,
             vmstate_bytes: files[0].size_bytes,
             memory_bytes: files[1].size_bytes,
             files,
@@ -909,6 +929,7 @@ mod tests {
                 agent_token: Some(firehost_proto::Token("t0ken".into())),
             }),
             source_chroot: None,
+            drives: vec![],
             created_at_ms: 7,
         }
     }

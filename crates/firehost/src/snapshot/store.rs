@@ -615,6 +615,7 @@ impl SnapshotStore {
                 network: from.network.clone(),
                 vsock: from.vsock.clone(),
                 source_chroot: from.source_chroot.clone(),
+                drives: from.drives.clone(),
                 created_at_ms: now_ms(),
             },
         )?;
