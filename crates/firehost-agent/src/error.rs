@@ -129,7 +129,9 @@ impl RequestError {
                 | FrameError::UnknownKind(_),
             )
             | RequestError::BadRequest { .. } => ErrorCode::BadRequest,
-            RequestError::Frame(FrameError::Io(_) | FrameError::Truncated)
+            // Io, Truncated and whatever a newer protocol crate adds: the
+            // connection, not the request, is at fault.
+            RequestError::Frame(_)
             | RequestError::Closed { .. }
             | RequestError::Io { .. }
             | RequestError::TooManyEntries { .. } => ErrorCode::Io,

@@ -12,12 +12,11 @@ use std::process::ExitCode;
 
 use firehost::image::ImageError;
 use firehost::net::IfNameError;
-use firehost::net::firewall::{FirewallError, PortSyntaxError};
-use firehost::net::host::{NetError, PeerGroupError};
+use firehost::net::firewall::PortSyntaxError;
+use firehost::net::host::PeerGroupError;
 use firehost::net::ipam::IpamError;
-use firehost::net::nft::NftError;
-use firehost::snapshot::{BundleError, StoreError};
-use firehost::{ManagerError, VmError, VmIdError};
+use firehost::snapshot::StoreError;
+use firehost::{ErrorKind, ManagerError, VmError, VmIdError};
 
 /// The exit codes of `firehost`. Scripts may rely on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,34 +199,10 @@ impl CliError {
     /// The one mapping from errors to exit codes.
     pub fn exit(&self) -> Exit {
         match self {
-            CliError::Vm(e) => match e {
-                VmError::NotFound { .. } => Exit::NotFound,
-                VmError::AlreadyExists { .. }
-                | VmError::Unreadable { .. }
-                | VmError::NotUnreadable { .. }
-                | VmError::Busy { .. }
-                | VmError::Transition { .. }
-                | VmError::SnapshotExists { .. }
-                | VmError::SnapshotIsDiff { .. }
-                | VmError::NoParentSnapshot { .. } => Exit::Conflict,
-                VmError::SnapshotBundle { source, .. } => store_exit(source),
-                VmError::Network { source, .. } => net_exit(source),
-                VmError::Jail { source, .. } => jail_exit(source),
-                VmError::InvalidSpec { .. }
-                | VmError::SocketPathTooLong { .. }
-                | VmError::NoVsock { .. }
-                | VmError::SnapshotDrive { .. } => Exit::Usage,
-                _ => Exit::Failed,
-            },
-            CliError::Manager(e) => match e {
-                ManagerError::Locked { .. } | ManagerError::SettingsInUse { .. } => Exit::Conflict,
-                ManagerError::StateDirTooLong { .. }
-                | ManagerError::Network { .. }
-                | ManagerError::SettingsDiffer { .. } => Exit::Usage,
-                _ => Exit::Failed,
-            },
-            CliError::Store(e) => store_exit(e),
-            CliError::Image(e) => image_exit(e),
+            CliError::Vm(e) => e.kind().into(),
+            CliError::Manager(e) => e.kind().into(),
+            CliError::Store(e) => e.kind().into(),
+            CliError::Image(e) => e.kind().into(),
             CliError::BadSnapshot { .. } => Exit::Failed,
             CliError::InvalidName { .. }
             | CliError::InvalidValue { .. }
@@ -241,87 +216,16 @@ impl CliError {
     }
 }
 
-/// The exit code of a snapshot store error: no such snapshot is 3; one
-/// that exists already, is in use, has children or is not a diff (for a
-/// merge) is a conflict, 4; anything else (incomplete, damaged, I/O) 1.
-pub fn store_exit(e: &StoreError) -> Exit {
-    match e {
-        StoreError::Bundle(BundleError::NotFound { .. }) => Exit::NotFound,
-        StoreError::Exists { .. }
-        | StoreError::Leased { .. }
-        | StoreError::HasChildren { .. }
-        | StoreError::NotDiff { .. } => Exit::Conflict,
-        _ => Exit::Failed,
-    }
-}
-
-/// The exit code of an image build error: an existing output is a
-/// conflict, 4; a tool that failed or a file that could not be written is
-/// a failure, 1; anything else (a missing tool, a refused source, entry or
-/// binary, a size too small) is bad input or an unready host, 2.
-pub fn image_exit(e: &ImageError) -> Exit {
-    match e {
-        ImageError::OutputExists { .. } => Exit::Conflict,
-        ImageError::ToolFailed { .. } | ImageError::Inject { .. } | ImageError::Io { .. } => {
-            Exit::Failed
+/// The library classifies its errors ([`firehost::ErrorKind`]); the exit
+/// codes follow: invalid input and an unready host are both 2.
+impl From<ErrorKind> for Exit {
+    fn from(kind: ErrorKind) -> Exit {
+        match kind {
+            ErrorKind::NotFound => Exit::NotFound,
+            ErrorKind::Conflict => Exit::Conflict,
+            ErrorKind::InvalidInput | ErrorKind::HostNotReady => Exit::Usage,
+            _ => Exit::Failed,
         }
-        ImageError::ToolMissing { .. }
-        | ImageError::Source { .. }
-        | ImageError::UnknownSource { .. }
-        | ImageError::BadTar { .. }
-        | ImageError::UnsafeEntry { .. }
-        | ImageError::UnsupportedEntry { .. }
-        | ImageError::DeviceNeedsRoot { .. }
-        | ImageError::TooSmall { .. }
-        | ImageError::OutputInSource { .. }
-        | ImageError::AgentNotFound { .. }
-        | ImageError::BadInput { .. }
-        | ImageError::NotStatic { .. }
-        | ImageError::AgentNeedsLoader { .. }
-        | ImageError::AgentTarget { .. } => Exit::Usage,
-    }
-}
-
-/// The exit code of a jail error: a uid or jail that is taken is a
-/// conflict, 4; a setting or binary the host lacks is a usage error, 2;
-/// anything else 1.
-pub fn jail_exit(e: &firehost::jail::JailError) -> Exit {
-    use firehost::jail::JailError;
-    match e {
-        JailError::UidsExhausted { .. }
-        | JailError::UidTaken { .. }
-        | JailError::JailExists { .. } => Exit::Conflict,
-        JailError::NotConfigured
-        | JailError::JailerNotFound { .. }
-        | JailError::ChrootBase { .. }
-        | JailError::UnsafeChrootBase { .. }
-        | JailError::InvalidSpec { .. }
-        | JailError::InvalidId { .. }
-        | JailError::ParentCgroup { .. }
-        | JailError::ControllerMissing { .. }
-        | JailError::SnapshotLayout { .. } => Exit::Usage,
-        _ => Exit::Failed,
-    }
-}
-
-/// The exit code of a network error: an address, MAC or host port that is
-/// taken (or a port published twice) is a conflict, 4; an address or MAC
-/// the allocator refuses (outside the subnet, reserved, multicast) is a
-/// refused spec, 2; no uplink or no nftables means the host is not ready,
-/// 2; anything else (netlink, TAP, a rejected transaction) 1.
-pub fn net_exit(e: &NetError) -> Exit {
-    match e {
-        NetError::Ipam(IpamError::IpTaken { .. } | IpamError::MacTaken { .. })
-        | NetError::PortInUse { .. }
-        | NetError::PortTwice { .. } => Exit::Conflict,
-        NetError::Ipam(
-            IpamError::OutOfSubnet { .. }
-            | IpamError::Reserved { .. }
-            | IpamError::MacNotUnicast { .. },
-        )
-        | NetError::UplinkMissing { .. }
-        | NetError::Firewall(FirewallError::Nft(NftError::Missing { .. })) => Exit::Usage,
-        _ => Exit::Failed,
     }
 }
 
@@ -403,6 +307,10 @@ fn clap_one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firehost::net::firewall::FirewallError;
+    use firehost::net::host::NetError;
+    use firehost::net::nft::NftError;
+    use firehost::snapshot::BundleError;
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

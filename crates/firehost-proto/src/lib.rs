@@ -129,6 +129,7 @@ pub struct Frame {
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The header announces (or a caller tried to send) more than
     /// [`MAX_PAYLOAD`] bytes.

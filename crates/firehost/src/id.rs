@@ -31,6 +31,7 @@ pub struct VmId(String);
 
 /// Why a string is not a valid [`VmId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VmIdError {
     /// The id is empty.
     #[error("VM id is empty")]

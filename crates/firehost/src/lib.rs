@@ -26,6 +26,7 @@ pub mod agent;
 pub mod api;
 pub mod console;
 pub mod elf;
+pub mod error_kind;
 pub mod id;
 pub mod jail;
 pub mod net;
@@ -35,6 +36,7 @@ pub mod state;
 pub mod vmm;
 pub mod vsock;
 
+pub use error_kind::ErrorKind;
 pub use id::{VmId, VmIdError};
 pub use spec::{DriveSpec, HostDefaults, ResolvedSpec, SpecError, VmSpec};
 pub use state::{ExitReason, Operation, TransitionError, VmState};

@@ -164,6 +164,7 @@ pub enum Durability {
 
 /// A record could not be written or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// File-system failure.
     #[error("cannot {op} record {path:?}")]

@@ -271,6 +271,7 @@ impl std::fmt::Display for FileRole {
 
 /// Why a spec was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpecError {
     /// The jail's limits are out of range.
     #[error("invalid jail")]

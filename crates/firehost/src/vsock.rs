@@ -58,6 +58,7 @@ impl Default for VsockSpec {
 
 /// Why a vsock connection could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VsockError {
     /// Nothing accepted on the guest port before the deadline (the guest is
     /// not up, or nothing listens on the port).

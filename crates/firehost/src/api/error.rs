@@ -8,6 +8,7 @@ use std::time::Duration;
 /// Every variant names the request (`method`, `path`) so a log line or a
 /// CLI message says which call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiError {
     /// The API socket refused the connection.
     #[error("cannot connect to the API socket {socket:?}")]

@@ -86,6 +86,7 @@ pub enum Progress {
 
 /// Why an image could not be built. Each message says how to fix it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImageError {
     /// A tool the build needs is not installed.
     #[error(
@@ -479,6 +480,37 @@ fn make_writable(path: &Path) {
     if let Ok(entries) = std::fs::read_dir(path) {
         for entry in entries.flatten() {
             make_writable(&entry.path());
+        }
+    }
+}
+
+impl ImageError {
+    /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)): an
+    /// existing output is a conflict; a refused source, entry or binary,
+    /// or a size too small, is invalid input; a missing tool or agent means
+    /// the host is not ready; a tool that failed or a file that could not
+    /// be written failed.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self {
+            ImageError::OutputExists { .. } => ErrorKind::Conflict,
+            ImageError::Source { .. }
+            | ImageError::UnknownSource { .. }
+            | ImageError::BadTar { .. }
+            | ImageError::UnsafeEntry { .. }
+            | ImageError::UnsupportedEntry { .. }
+            | ImageError::TooSmall { .. }
+            | ImageError::OutputInSource { .. }
+            | ImageError::BadInput { .. }
+            | ImageError::NotStatic { .. }
+            | ImageError::AgentNeedsLoader { .. }
+            | ImageError::AgentTarget { .. } => ErrorKind::InvalidInput,
+            ImageError::ToolMissing { .. }
+            | ImageError::DeviceNeedsRoot { .. }
+            | ImageError::AgentNotFound { .. } => ErrorKind::HostNotReady,
+            ImageError::ToolFailed { .. } | ImageError::Inject { .. } | ImageError::Io { .. } => {
+                ErrorKind::Failed
+            }
         }
     }
 }

@@ -458,6 +458,33 @@ pub fn chroot_dir(base: &Path, exec_file: &Path, jail_id: &str) -> Result<PathBu
     Ok(base.join(name).join(jail_id).join("root"))
 }
 
+impl JailError {
+    /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)).
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self {
+            JailError::UidsExhausted { .. }
+            | JailError::UidTaken { .. }
+            | JailError::JailExists { .. } => ErrorKind::Conflict,
+            JailError::InvalidSpec { .. }
+            | JailError::InvalidId { .. }
+            | JailError::ParentCgroup { .. }
+            | JailError::SnapshotLayout { .. } => ErrorKind::InvalidInput,
+            JailError::NotConfigured
+            | JailError::JailerNotFound { .. }
+            | JailError::ChrootBase { .. }
+            | JailError::UnsafeChrootBase { .. }
+            | JailError::ControllerMissing { .. } => ErrorKind::HostNotReady,
+            JailError::ExecFileName { .. }
+            | JailError::Mounts { .. }
+            | JailError::Stage { .. }
+            | JailError::PidFile { .. }
+            | JailError::JailerFailed { .. }
+            | JailError::Remove { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use crate::record::RecordError;
 use crate::spec::SpecError;
 use crate::state::TransitionError;
 use crate::vmm::{ProcessError, ReadyError, SpawnError};
-use crate::{Operation, VmId};
+use crate::{ErrorKind, Operation, VmId};
 
 /// The longest path a unix socket address can hold (`sun_path` less the
 /// terminating NUL).
@@ -16,6 +16,7 @@ pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// A VM operation failed. Every variant names the VM.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VmError {
     /// No VM has this id.
     #[error("no VM named {id}")]
@@ -324,6 +325,7 @@ impl VmError {
 
 /// A manager could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManagerError {
     /// Another manager holds the state directory.
     #[error("state directory {state_dir:?} is in use by another manager{}", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
@@ -435,6 +437,58 @@ impl std::fmt::Display for DriveProblem {
                     "is {now} bytes, not the {recorded} it was at the snapshot"
                 )
             }
+        }
+    }
+}
+
+impl VmError {
+    /// The class of this failure (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VmError::NotFound { .. } => ErrorKind::NotFound,
+            VmError::AlreadyExists { .. }
+            | VmError::Unreadable { .. }
+            | VmError::NotUnreadable { .. }
+            | VmError::Busy { .. }
+            | VmError::Transition { .. }
+            | VmError::SnapshotExists { .. }
+            | VmError::SnapshotIsDiff { .. }
+            | VmError::NoParentSnapshot { .. } => ErrorKind::Conflict,
+            VmError::InvalidSpec { .. }
+            | VmError::SocketPathTooLong { .. }
+            | VmError::NoVsock { .. } => ErrorKind::InvalidInput,
+            VmError::SnapshotDrive { .. } => ErrorKind::HostNotReady,
+            VmError::SnapshotBundle { source, .. } => source.kind(),
+            VmError::Network { source, .. } => source.kind(),
+            VmError::Jail { source, .. } => source.kind(),
+            VmError::Io { .. }
+            | VmError::Spawn { .. }
+            | VmError::NotReady { .. }
+            | VmError::VmmGaveUp { .. }
+            | VmError::Api { .. }
+            | VmError::Process { .. }
+            | VmError::StopTimeout { .. }
+            | VmError::Record { .. }
+            | VmError::VmmExited { .. }
+            | VmError::SnapshotVersion { .. }
+            | VmError::PageServer { .. } => ErrorKind::Failed,
+        }
+    }
+}
+
+impl ManagerError {
+    /// The class of this failure (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ManagerError::Locked { .. } | ManagerError::SettingsInUse { .. } => ErrorKind::Conflict,
+            ManagerError::StateDirTooLong { .. } | ManagerError::SettingsDiffer { .. } => {
+                ErrorKind::InvalidInput
+            }
+            ManagerError::Network { source, .. } => match source.kind() {
+                ErrorKind::Failed => ErrorKind::HostNotReady,
+                kind => kind,
+            },
+            ManagerError::Io { .. } | ManagerError::Settings { .. } => ErrorKind::Failed,
         }
     }
 }

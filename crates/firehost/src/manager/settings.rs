@@ -108,6 +108,7 @@ impl std::fmt::Display for SettingDifference {
 
 /// The settings file could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SettingsError {
     /// Reading or writing it failed.
     #[error("cannot {op} {path:?}")]

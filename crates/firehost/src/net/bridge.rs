@@ -19,6 +19,7 @@ use super::{IfName, LinkState, Netlink, errno};
 
 /// Why the bridge could not be set up or removed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BridgeError {
     /// A link of that name exists and is not a bridge.
     #[error("{bridge} exists and is a {kind:?} link, not a bridge")]

@@ -209,6 +209,7 @@ pub struct GuestPort {
 
 /// Why a firewall change failed. A failed change applied nothing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FirewallError {
     /// The transaction failed (or nftables is missing).
     #[error(transparent)]

@@ -335,6 +335,7 @@ impl VmNet {
 /// Why the network could not be set up, attached or detached. A failed
 /// attach leaves nothing behind.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetError {
     /// The network's state file cannot be read: firehost will not guess
     /// what it set up on the host, so it changes nothing until the file is
@@ -1231,6 +1232,38 @@ fn write_footprint(path: &Path, footprint: &Footprint) -> Result<(), NetError> {
         crate::record::RecordError::Io { op, path, source } => NetError::Io { op, path, source },
         other => io("write")(std::io::Error::other(other.to_string())),
     })
+}
+
+impl NetError {
+    /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)): a
+    /// taken address, MAC or port is a conflict; an address or MAC the
+    /// subnet refuses is invalid; no uplink or no nftables means the host
+    /// is not ready; the rest (netlink, TAPs, a rejected transaction)
+    /// failed.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use super::ipam::IpamError;
+        use crate::ErrorKind;
+        match self {
+            NetError::Ipam(IpamError::IpTaken { .. } | IpamError::MacTaken { .. })
+            | NetError::PortInUse { .. }
+            | NetError::PortTwice { .. }
+            | NetError::TapNamesTaken { .. } => ErrorKind::Conflict,
+            NetError::Ipam(
+                IpamError::OutOfSubnet { .. }
+                | IpamError::Reserved { .. }
+                | IpamError::MacNotUnicast { .. }
+                | IpamError::SubnetSyntax { .. }
+                | IpamError::PrefixLen { .. }
+                | IpamError::HostBitsSet { .. }
+                | IpamError::MacSyntax { .. },
+            ) => ErrorKind::InvalidInput,
+            NetError::UplinkMissing { .. } => ErrorKind::HostNotReady,
+            NetError::Firewall(super::firewall::FirewallError::Nft(
+                super::nft::NftError::Missing { .. },
+            )) => ErrorKind::HostNotReady,
+            _ => ErrorKind::Failed,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ pub const MAX_PREFIX_LEN: u8 = 30;
 
 /// Why a subnet, an address or a lease was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IpamError {
     /// The subnet is not written as `a.b.c.d/len`.
     #[error("subnet {text:?} is not an IPv4 CIDR like 172.30.0.0/16")]

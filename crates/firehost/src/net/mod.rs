@@ -74,6 +74,7 @@ pub struct IfName(String);
 
 /// Why a string is not a valid [`IfName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IfNameError {
     /// The name is empty.
     #[error("interface name is empty")]

@@ -31,6 +31,7 @@ const OUTPUT_JSON: c_uint = 1 << 4;
 
 /// Why an nftables command failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NftError {
     /// `libnftables` could not be loaded.
     #[error(

@@ -55,6 +55,7 @@ pub const FIRECRACKER_TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI |
 
 /// Why a TAP device could not be created, attached or deleted.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TapError {
     /// `/dev/net/tun` could not be opened (missing `tun` module, or no
     /// permission: creating a TAP needs `CAP_NET_ADMIN`).

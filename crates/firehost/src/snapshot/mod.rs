@@ -356,6 +356,7 @@ impl WorkingSet {
 
 /// A bundle is missing, incomplete, damaged or unfit for this restore.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BundleError {
     /// The bundle directory does not exist.
     #[error("snapshot bundle {dir:?} does not exist")]
@@ -899,6 +900,28 @@ impl Bundle {
 /// Creates `dir` with mode 0700 (blocking).
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+impl BundleError {
+    /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)): a
+    /// missing bundle is not found; a damaged or incomplete one failed.
+    pub fn kind(&self) -> crate::ErrorKind {
+        match self {
+            BundleError::NotFound { .. } => crate::ErrorKind::NotFound,
+            BundleError::VersionMismatch { .. }
+            | BundleError::Incomplete { .. }
+            | BundleError::Malformed { .. }
+            | BundleError::UnknownFormat { .. }
+            | BundleError::Invalid { .. }
+            | BundleError::MissingFile { .. }
+            | BundleError::SizeMismatch { .. }
+            | BundleError::ChecksumMismatch { .. }
+            | BundleError::MissingParent { .. }
+            | BundleError::ParentLoop { .. }
+            | BundleError::Io { .. }
+            | BundleError::Write { .. } => crate::ErrorKind::Failed,
+        }
+    }
 }
 
 #[cfg(test)]

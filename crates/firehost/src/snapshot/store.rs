@@ -56,6 +56,7 @@ const TRASH_PREFIX: &str = ".trash-";
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A bundle is missing, incomplete or damaged (the bundle error says
     /// which).
@@ -761,4 +762,19 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl StoreError {
+    /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)).
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind;
+        match self {
+            StoreError::Bundle(e) => e.kind(),
+            StoreError::Exists { .. }
+            | StoreError::Leased { .. }
+            | StoreError::HasChildren { .. }
+            | StoreError::NotDiff { .. } => ErrorKind::Conflict,
+            StoreError::Io { .. } => ErrorKind::Failed,
+        }
+    }
 }

@@ -12,6 +12,7 @@ use crate::state::ExitReason;
 
 /// A failure to reach a process.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProcessError {
     /// `pidfd_open` failed for a reason other than the process being gone.
     #[error("cannot open a pidfd for pid {pid}")]

@@ -28,6 +28,7 @@ const MAX_SLEEP: Duration = Duration::from_millis(5);
 
 /// The API socket did not come up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadyError {
     /// The deadline passed first.
     #[error("API socket {socket:?} did not accept connections within {waited:?}")]

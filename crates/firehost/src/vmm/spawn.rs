@@ -83,6 +83,7 @@ pub struct VmmCommand {
 
 /// Why a VMM could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpawnError {
     /// The binary could not be executed.
     #[error("cannot execute {binary:?}")]
