@@ -317,14 +317,53 @@ fn a_failed_create_leaves_no_network_behind() {
             return;
         }
         let h = NetHost::new(&nl).await;
-        let mut config = h.config();
-        config.vmm_env = vec![("FAKE_FC_FAIL".into(), "PUT /network-interfaces/eth0".into())];
-        let manager = Manager::open(config).await.unwrap();
-        let err = manager.create(&id("doomed"), net_spec()).await.unwrap_err();
-        assert!(matches!(err, VmError::Api { .. }), "{err:?}");
-        assert_eq!(residue(&nl).await, nothing());
-        assert!(manager.network_attachments().await.is_empty());
-        drop(manager);
+        // Every create step on the network's side: the default NIC, an
+        // operator's NIC, the metadata service's configuration and data.
+        let theirs = ifname("optap9");
+        firehost::net::tap::create_persistent_tap(&theirs, Default::default()).unwrap();
+        let spec = VmSpec {
+            extra_nics: vec![firehost::spec::NicSpec {
+                iface_id: "eth1".into(),
+                tap: theirs.clone(),
+                guest_mac: None,
+            }],
+            mmds: Some(firehost::mmds::MmdsSpec::default()),
+            ..net_spec()
+        };
+        let steps = [
+            (
+                "PUT /network-interfaces/eth0",
+                "attach the network interface",
+            ),
+            (
+                "PUT /network-interfaces/eth1",
+                "attach an extra network interface",
+            ),
+            ("PUT /mmds/config", "configure the metadata service"),
+            ("PUT /mmds", "write the metadata"),
+        ];
+        for (endpoint, step) in steps {
+            let mut config = h.config();
+            config.vmm_env = vec![("FAKE_FC_FAIL".into(), endpoint.into())];
+            let manager = Manager::open(config).await.unwrap();
+            let err = manager
+                .create(&id("doomed"), spec.clone())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, VmError::Api { op, .. } if *op == step),
+                "{endpoint}: {err:?}"
+            );
+            // Nothing of ours is left; the operator's TAP is.
+            let left = residue(&nl).await;
+            assert_eq!(
+                (left.bridge, left.tables, left.taps),
+                (false, false, vec!["optap9".to_owned()]),
+                "{endpoint}"
+            );
+            assert!(manager.network_attachments().await.is_empty(), "{endpoint}");
+            assert!(h.host.vm_dirs().is_empty(), "{endpoint}");
+        }
 
         // The address went back to the pool.
         let manager = Manager::open(h.config()).await.unwrap();

@@ -68,13 +68,18 @@ async fn failing_config_calls_roll_back_the_whole_create() {
             path: data,
             read_only: true,
         }],
+        vsock: Some(firehost::vsock::VsockSpec::default()),
         ..VmSpec::default()
     };
+    // Every step of create that talks to the VMM (the network's steps are
+    // in net_manager.rs: they need a network namespace). A feature that
+    // adds a step adds it here.
     let cases = [
         ("PUT /machine-config", "configure the machine"),
         ("PUT /boot-source", "configure the boot source"),
         ("PUT /drives/rootfs", "attach a drive"),
         ("PUT /drives/data", "attach a drive"),
+        ("PUT /vsock", "attach the vsock device"),
     ];
     for (endpoint, step) in cases {
         let err = failing(
