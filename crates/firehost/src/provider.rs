@@ -26,8 +26,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
+
+use crate::agent::{AgentError, ExecRequest, Output};
+use crate::net::firewall::PortMapping;
 
 use crate::VmId;
 use crate::manager::{
@@ -86,6 +91,26 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
     async fn list(&self) -> Vec<VmInfo>;
     /// The last `lines` lines of the console.
     async fn console_tail(&self, id: &VmId, lines: usize) -> Result<Vec<String>, VmError>;
+
+    /// Runs `request` in the guest through its agent, to its end, feeding
+    /// it `stdin` (see [`AgentClient::output`](crate::agent::AgentClient::output):
+    /// output past the client's limit is dropped and counted). The VM needs
+    /// a vsock device ([`VmError::NoVsock`]) and a ready agent.
+    async fn exec(
+        &self,
+        id: &VmId,
+        request: ExecRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, VmError>;
+    /// Waits until the VM's agent answers, for at most `timeout`.
+    async fn wait_ready(&self, id: &VmId, timeout: Duration) -> Result<(), VmError>;
+    /// Forwards a host port to the VM (which must have a network), at
+    /// runtime.
+    async fn publish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError>;
+    /// Stops forwarding a host port to the VM; no error if it was not.
+    async fn unpublish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError>;
+    /// Every change of the VM's info from now on (`None` once destroyed).
+    fn subscribe(&self, id: &VmId) -> Result<watch::Receiver<Option<VmInfo>>, VmError>;
 
     /// Restores `snapshot` into every VM of `clones` at once, each with its
     /// own options, all or nothing: if one restore fails, the clones that
@@ -200,14 +225,56 @@ impl VmProvider for Manager {
     ) -> Result<Vec<VmInfo>, VmError> {
         Manager::clone_many(self, snapshot, clones).await
     }
+    async fn exec(
+        &self,
+        id: &VmId,
+        request: ExecRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, VmError> {
+        let agent = Manager::agent(self, id).await?;
+        agent
+            .output(request, stdin)
+            .await
+            .map_err(|source| agent_error(id, source))
+    }
+    async fn wait_ready(&self, id: &VmId, timeout: Duration) -> Result<(), VmError> {
+        let agent = Manager::agent(self, id).await?;
+        agent
+            .wait_ready(timeout)
+            .await
+            .map(drop)
+            .map_err(|source| agent_error(id, source))
+    }
+    async fn publish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError> {
+        Manager::publish(self, id, mapping).await
+    }
+    async fn unpublish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError> {
+        Manager::unpublish(self, id, mapping).await
+    }
+    fn subscribe(&self, id: &VmId) -> Result<watch::Receiver<Option<VmInfo>>, VmError> {
+        Manager::subscribe(self, id)
+    }
 }
+
+fn agent_error(id: &VmId, source: AgentError) -> VmError {
+    VmError::Agent {
+        id: id.clone(),
+        source: Box::new(source),
+    }
+}
+
+/// What an in-memory VM's agent does with a command: the test's stand-in
+/// for the guest. It gets the VM, the request and its stdin, and returns
+/// what the process wrote and how it ended.
+pub type AgentHandler =
+    Arc<dyn Fn(&VmId, &ExecRequest, Option<&[u8]>) -> Output + Send + Sync + 'static>;
 
 /// A [`VmProvider`] that keeps VMs in memory and starts nothing.
 ///
 /// Paths in its [`VmInfo`]s point under a virtual root that is never
 /// created. Use [`crash`](Self::crash) to make a VM fail as if its VMM had
-/// died.
-#[derive(Debug)]
+/// died, and [`with_agent`](Self::with_agent) to give its guests an agent
+/// that runs commands through a callback.
 pub struct InMemoryProvider {
     defaults: HostDefaults,
     root: PathBuf,
@@ -217,6 +284,19 @@ pub struct InMemoryProvider {
     last_snapshot: StdMutex<HashMap<VmId, SnapshotName>>,
     /// The default network, without devices.
     net: StdMutex<InMemoryNet>,
+    /// Each VM's change feed.
+    watchers: StdMutex<HashMap<VmId, watch::Sender<Option<VmInfo>>>>,
+    /// The guests' agent, if the test gave one.
+    agent: Option<AgentHandler>,
+}
+
+impl std::fmt::Debug for InMemoryProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryProvider")
+            .field("defaults", &self.defaults)
+            .field("agent", &self.agent.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The in-memory provider's default network: the manager's allocator and
@@ -279,6 +359,73 @@ impl InMemoryProvider {
             snapshots: StdMutex::new(HashMap::new()),
             last_snapshot: StdMutex::new(HashMap::new()),
             net: StdMutex::new(InMemoryNet::new()),
+            watchers: StdMutex::new(HashMap::new()),
+            agent: None,
+        }
+    }
+
+    /// Gives every guest with a vsock device an agent that answers
+    /// [`VmProvider::exec`] with `handler` while the VM runs (without one,
+    /// agents are never ready, as in a guest without `firehost-agent`).
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use firehost::agent::{ExecRequest, ExitStatus, Output};
+    /// use firehost::{HostDefaults, InMemoryProvider, VmProvider, VmSpec};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let kernel = dir.path().join("vmlinux");
+    /// std::fs::write(&kernel, b"")?;
+    /// let provider = InMemoryProvider::new(HostDefaults::default()).with_agent(|_vm, req, _stdin| {
+    ///     let status = ExitStatus { code: Some(0), ..ExitStatus::default() };
+    ///     Output::new(req.argv.join(" ").into_bytes(), Vec::new(), status)
+    /// });
+    /// let id = "job-1".parse()?;
+    /// let spec = VmSpec {
+    ///     kernel: Some(kernel),
+    ///     vsock: Some(Default::default()),
+    ///     ..VmSpec::default()
+    /// };
+    /// provider.run(&id, spec).await?;
+    /// let out = provider.exec(&id, ExecRequest::new(["echo", "hi"]), None).await?;
+    /// assert_eq!(out.stdout, b"echo hi");
+    /// # Ok(()) }
+    /// ```
+    pub fn with_agent(
+        mut self,
+        handler: impl Fn(&VmId, &ExecRequest, Option<&[u8]>) -> Output + Send + Sync + 'static,
+    ) -> Self {
+        self.agent = Some(Arc::new(handler));
+        self
+    }
+
+    /// Tells the VM's subscribers its new info (`None`: destroyed).
+    fn announce(&self, id: &VmId, info: Option<&VmInfo>) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        match info {
+            Some(info) => {
+                watchers
+                    .entry(id.clone())
+                    .or_insert_with(|| watch::channel(None).0)
+                    .send_replace(Some(info.clone()));
+            }
+            None => {
+                if let Some(sender) = watchers.remove(id) {
+                    sender.send_replace(None);
+                }
+            }
+        }
+    }
+
+    /// The agent of a running VM with a vsock device, or why there is none.
+    async fn agent_of(&self, id: &VmId) -> Result<AgentHandler, VmError> {
+        let vm = self.get(id).await?;
+        if vm.vsock.is_none() {
+            return Err(VmError::NoVsock { id: id.clone() });
+        }
+        match &self.agent {
+            Some(handler) if vm.state == VmState::Running => Ok(handler.clone()),
+            _ => Err(agent_error(id, AgentError::NotReady(Duration::ZERO))),
         }
     }
 
@@ -300,6 +447,7 @@ impl InMemoryProvider {
             };
             vm.pid = None;
         }
+        self.announce(id, Some(vm));
         Ok(vm.clone())
     }
 
@@ -341,6 +489,7 @@ impl InMemoryProvider {
         let mut guard = self.locked(id, op).await?;
         let vm = guard.as_mut().expect("checked by locked()");
         apply(vm);
+        self.announce(id, Some(vm));
         Ok(vm.clone())
     }
 }
@@ -401,6 +550,7 @@ impl VmProvider for InMemoryProvider {
             created_at_ms: 0,
         };
         *guard = Some(info.clone());
+        self.announce(id, Some(&info));
         Ok(info)
     }
 
@@ -481,6 +631,7 @@ impl VmProvider for InMemoryProvider {
         }
         if vm.state == VmState::Running && !options.resume {
             vm.state = VmState::Paused;
+            self.announce(id, Some(vm));
         }
         let info = SnapshotInfo {
             name: name.clone(),
@@ -591,6 +742,8 @@ impl VmProvider for InMemoryProvider {
             created_at_ms: 0,
         };
         vms.insert(id.clone(), Arc::new(Mutex::new(Some(info.clone()))));
+        drop(vms);
+        self.announce(id, Some(&info));
         Ok(info)
     }
 
@@ -599,6 +752,7 @@ impl VmProvider for InMemoryProvider {
         *guard = None;
         self.network().detach(id);
         self.registry().remove(id);
+        self.announce(id, None);
         Ok(())
     }
 
@@ -624,5 +778,89 @@ impl VmProvider for InMemoryProvider {
 
     async fn console_tail(&self, id: &VmId, _lines: usize) -> Result<Vec<String>, VmError> {
         self.get(id).await.map(|_| Vec::new())
+    }
+
+    async fn exec(
+        &self,
+        id: &VmId,
+        request: ExecRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, VmError> {
+        let handler = self.agent_of(id).await?;
+        // As the real client: a request over the frame limit never leaves.
+        let len = serde_json::to_vec(&firehost_proto::ClientMessage::Exec(request.clone()))
+            .map(|json| json.len())
+            .unwrap_or(0);
+        if len > firehost_proto::MAX_PAYLOAD {
+            return Err(agent_error(
+                id,
+                AgentError::RequestTooLarge {
+                    len,
+                    max: firehost_proto::MAX_PAYLOAD,
+                },
+            ));
+        }
+        Ok(handler(id, &request, stdin.as_deref()))
+    }
+
+    async fn wait_ready(&self, id: &VmId, timeout: Duration) -> Result<(), VmError> {
+        match self.agent_of(id).await {
+            Err(VmError::Agent { .. }) => Err(agent_error(id, AgentError::NotReady(timeout))),
+            other => other.map(drop),
+        }
+    }
+
+    async fn publish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError> {
+        self.change_ports(id, mapping, true).await
+    }
+
+    async fn unpublish(&self, id: &VmId, mapping: PortMapping) -> Result<VmInfo, VmError> {
+        self.change_ports(id, mapping, false).await
+    }
+
+    fn subscribe(&self, id: &VmId) -> Result<watch::Receiver<Option<VmInfo>>, VmError> {
+        let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        watchers
+            .get(id)
+            .map(watch::Sender::subscribe)
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })
+    }
+}
+
+impl InMemoryProvider {
+    /// Publishes (`add`) or unpublishes a port of a VM on the network, with
+    /// the manager's checks.
+    async fn change_ports(
+        &self,
+        id: &VmId,
+        mapping: PortMapping,
+        add: bool,
+    ) -> Result<VmInfo, VmError> {
+        let slot = self.slot(id)?;
+        let mut guard = slot.lock().await;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        let network = |source| VmError::Network {
+            id: id.clone(),
+            source: Box::new(source),
+        };
+        let mut net = self.network();
+        if !net.attached.contains_key(id) {
+            return Err(network(NetError::NotAttached { vm: id.clone() }));
+        }
+        if add {
+            check_ports(&net.attached, id, &[mapping]).map_err(network)?;
+        }
+        let attached = net.attached.get_mut(id).expect("checked above");
+        if !add {
+            attached.published.retain(|m| *m != mapping);
+        } else if !attached.published.contains(&mapping) {
+            attached.published.push(mapping);
+        }
+        vm.net = Some(attached.clone());
+        drop(net);
+        self.announce(id, Some(vm));
+        Ok(vm.clone())
     }
 }

@@ -217,8 +217,140 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     // run = create + start.
     let ran = provider.run(&vm, spec).await.unwrap();
     assert_eq!(ran.state, VmState::Running);
+    let changes = provider.subscribe(&vm).unwrap();
+    assert_eq!(
+        changes.borrow().as_ref().map(|i| i.state.clone()),
+        Some(VmState::Running)
+    );
+    // No vsock device, no agent; no network, no ports.
+    let err = provider
+        .exec(&vm, firehost::agent::ExecRequest::new(["true"]), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::NoVsock { .. }), "{err:?}");
+    let err = provider
+        .publish(&vm, "8080:80".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::Network { .. }), "{err:?}");
+    provider.stop(&vm, StopOptions::default()).await.unwrap();
+    assert!(matches!(
+        changes.borrow().as_ref().map(|i| i.state.clone()),
+        Some(VmState::Stopped { .. })
+    ));
+    provider.destroy(&vm).await.unwrap();
+    assert!(changes.borrow().is_none(), "destroyed");
+    assert!(matches!(
+        provider.subscribe(&vm),
+        Err(VmError::NotFound { .. })
+    ));
+}
+
+/// The agent through the trait: `provider`'s VMs run commands on this
+/// host (the fake's stand-in guest runs the real agent; the in-memory
+/// provider a callback that runs the process).
+async fn agent_conformance(provider: &dyn VmProvider) {
+    use firehost::agent::ExecRequest;
+    use std::time::Duration;
+    let vm = id("agent");
+    let spec = VmSpec {
+        vsock: Some(firehost::vsock::VsockSpec::default()),
+        ..VmSpec::default()
+    };
+    provider.create(&vm, spec).await.unwrap();
+    let err = provider
+        .wait_ready(&vm, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::Agent { .. }), "not started: {err:?}");
+    provider.start(&vm).await.unwrap();
+    provider
+        .wait_ready(&vm, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let out = provider
+        .exec(
+            &vm,
+            ExecRequest::new(["sh", "-c", "cat; echo err >&2; exit 3"]),
+            Some(b"in".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            out.stdout.as_slice(),
+            out.stderr.as_slice(),
+            out.status.code
+        ),
+        (&b"in"[..], &b"err\n"[..], Some(3))
+    );
+    let huge = "x".repeat(2 << 20);
+    let err = provider
+        .exec(&vm, ExecRequest::new(["sh", "-c", &huge]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), firehost::ErrorKind::InvalidInput, "{err:?}");
     provider.stop(&vm, StopOptions::default()).await.unwrap();
     provider.destroy(&vm).await.unwrap();
+}
+
+/// The in-memory agent the tests give: runs the process here.
+fn local_process(
+    _vm: &firehost::VmId,
+    request: &firehost::agent::ExecRequest,
+    stdin: Option<&[u8]>,
+) -> firehost::agent::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(&request.argv[0])
+        .args(&request.argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let status = firehost::agent::ExitStatus {
+        code: out.status.code(),
+        ..Default::default()
+    };
+    firehost::agent::Output::new(out.stdout, out.stderr, status)
+}
+
+#[tokio::test]
+async fn manager_passes_the_agent_conformance_suite() {
+    let host = TestHost::new();
+    if !host.backend.is_fake() {
+        return common::skip(
+            "manager_passes_the_agent_conformance_suite",
+            "the agent runs in the fake's stand-in guest",
+        );
+    }
+    let Some(agent) = common::agent_path() else {
+        return common::skip(
+            "manager_passes_the_agent_conformance_suite",
+            "firehost-agent is not built (run cargo test --workspace)",
+        );
+    };
+    let mut config = host.config();
+    config.vmm_env = vec![("FAKE_FC_AGENT".into(), agent.into_os_string())];
+    let manager = firehost::Manager::open(config).await.unwrap();
+    agent_conformance(&manager).await;
+}
+
+#[tokio::test]
+async fn in_memory_provider_passes_the_agent_conformance_suite() {
+    let host = TestHost::new();
+    let provider = InMemoryProvider::new(HostDefaults {
+        kernel: Some(host.kernel.clone()),
+        rootfs: Some(host.rootfs.clone()),
+        ..HostDefaults::default()
+    })
+    .with_agent(local_process);
+    agent_conformance(&provider).await;
 }
 
 fn expect_refused(result: Result<(), VmError>, op: Operation) {

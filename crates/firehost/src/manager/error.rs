@@ -122,6 +122,16 @@ pub enum VmError {
         #[source]
         source: Box<ApiError>,
     },
+    /// A call to the VM's guest agent failed (not ready, refused, broken
+    /// off, a request over the protocol's limit).
+    #[error("VM {id}: the guest agent call failed")]
+    Agent {
+        /// The id.
+        id: VmId,
+        /// What the agent client said.
+        #[source]
+        source: Box<crate::agent::AgentError>,
+    },
     /// A Firecracker API call failed.
     #[error("VM {id}: {op} failed")]
     Api {
@@ -458,6 +468,10 @@ impl VmError {
             | VmError::SocketPathTooLong { .. }
             | VmError::NoVsock { .. } => ErrorKind::InvalidInput,
             VmError::SnapshotDrive { .. } => ErrorKind::HostNotReady,
+            VmError::Agent { source, .. } => match **source {
+                crate::agent::AgentError::RequestTooLarge { .. } => ErrorKind::InvalidInput,
+                _ => ErrorKind::Failed,
+            },
             VmError::SnapshotBundle { source, .. } => source.kind(),
             VmError::Network { source, .. } => source.kind(),
             VmError::Jail { source, .. } => source.kind(),

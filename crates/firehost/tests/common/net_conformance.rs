@@ -97,6 +97,23 @@ pub async fn net_conformance(provider: &dyn VmProvider) {
         .unwrap();
     assert_eq!(b_net.ip, Ipv4Addr::new(172, 30, 0, 3));
 
+    // Ports at runtime: a's port is refused to b; b's own is kept once.
+    let err = network_error(provider.publish(&b, "8080:90".parse().unwrap()).await);
+    assert!(
+        matches!(err, NetError::PortInUse { port: 8080, .. }),
+        "{err:?}"
+    );
+    let mapping = "9090:90".parse().unwrap();
+    for _ in 0..2 {
+        let published = provider.publish(&b, mapping).await.unwrap();
+        assert_eq!(published.net.unwrap().published, vec![mapping]);
+    }
+    let unpublished = provider.unpublish(&b, mapping).await.unwrap();
+    assert!(unpublished.net.unwrap().published.is_empty());
+    let plain = id("plain");
+    let err = network_error(provider.publish(&plain, mapping).await);
+    assert!(matches!(err, NetError::NotAttached { .. }), "{err:?}");
+
     // A snapshot records the NIC; a restore needs the guest's address.
     let snap = "net-snap".parse().unwrap();
     let taken = provider
