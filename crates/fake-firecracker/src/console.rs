@@ -70,3 +70,26 @@ pub fn boot_lines(boot_args: &str, vcpu_count: u8, mem_size_mib: u64) -> Vec<Str
 pub fn resume_lines() -> Vec<String> {
     vec!["firehost-fake-guest: resumed from snapshot".to_owned()]
 }
+
+/// The last line of a `FAKE_FC_CONSOLE_FLOOD` guest.
+pub const FLOOD_DONE_LINE: &str = "firehost-fake-guest: flood done";
+
+/// A guest printing `bytes` of console lines in a loop, on a thread of its
+/// own, then [`FLOOD_DONE_LINE`]. Stops early if the console cannot be
+/// written (the reader is gone).
+pub fn flood(console: Console, bytes: u64) {
+    std::thread::spawn(move || {
+        // 64 lines of 64 bytes per write, like a guest's printk loop.
+        let line = format!("{:<63}", "firehost-fake-guest: flooding the console");
+        let chunk: Vec<String> = std::iter::repeat_n(line, 64).collect();
+        let per_chunk = 64 * 64;
+        let mut written = 0u64;
+        while written < bytes {
+            if console.write_lines(&chunk).is_err() {
+                return;
+            }
+            written += per_chunk;
+        }
+        let _ = console.write_lines(&[FLOOD_DONE_LINE.to_owned()]);
+    });
+}

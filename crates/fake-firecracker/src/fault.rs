@@ -9,6 +9,7 @@
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay the answer of matching requests (`*` matches any request; the first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` right after answering `InstanceStart` (a guest crash) |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` (the VM keeps running) |
+//! | `FAKE_FC_CONSOLE_FLOOD=BYTES` | once booted, the guest prints BYTES of console lines as fast as it can, then `firehost-fake-guest: flood done` |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | which pages a restored guest reads on its first resume (default `all`; see [`crate::guest`]) |
 //! | `FAKE_FC_REQUEST_LOG=PATH` | append `METHOD PATH` to this file as each request arrives, before any delay (how a test knows what a client waits on) |
 //!
@@ -80,6 +81,8 @@ pub struct Faults {
     pub ignore_ctrl_alt_del: bool,
     /// `FAKE_FC_GUEST_TOUCH`.
     pub guest_touch: GuestTouch,
+    /// `FAKE_FC_CONSOLE_FLOOD`.
+    pub console_flood: Option<u64>,
     /// `FAKE_FC_REQUEST_LOG`.
     pub request_log: Option<std::path::PathBuf>,
 }
@@ -186,6 +189,7 @@ impl Faults {
             exit_on_start: number(vars, "FAKE_FC_EXIT_ON_START")?,
             ignore_ctrl_alt_del: flag(vars.get("FAKE_FC_IGNORE_CTRL_ALT_DEL")),
             guest_touch,
+            console_flood: number(vars, "FAKE_FC_CONSOLE_FLOOD")?,
             request_log: vars
                 .get("FAKE_FC_REQUEST_LOG")
                 .filter(|p| !p.is_empty())

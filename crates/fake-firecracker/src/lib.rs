@@ -33,6 +33,7 @@
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay matching answers (first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` just after answering `InstanceStart` |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` |
+//! | `FAKE_FC_CONSOLE_FLOOD=BYTES` | the booted guest prints BYTES of console lines as fast as it can, then `firehost-fake-guest: flood done` |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | pages a restored guest reads on its first resume (default `all`) |
 //! | `FAKE_FC_AGENT=PATH` | the guest runs this `firehost-agent` behind its vsock device (see below) |
 //! | `FAKE_FC_REQUEST_LOG=PATH` | append `METHOD PATH` to this file as each request arrives |
@@ -371,6 +372,7 @@ fn run_vmm(run: &RunArgs, faults: Faults) -> ExitCode {
             pci_enabled: run.enable_pci,
             mmds_size_limit,
             exit_on_start: faults.exit_on_start,
+            console_flood: faults.console_flood,
             ignore_ctrl_alt_del: faults.ignore_ctrl_alt_del,
             guest_touch: faults.guest_touch,
         },

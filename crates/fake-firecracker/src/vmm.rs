@@ -344,6 +344,8 @@ pub struct VmmOptions {
     pub mmds_size_limit: usize,
     /// `FAKE_FC_EXIT_ON_START`.
     pub exit_on_start: Option<u8>,
+    /// `FAKE_FC_CONSOLE_FLOOD`.
+    pub console_flood: Option<u64>,
     /// `FAKE_FC_IGNORE_CTRL_ALT_DEL`.
     pub ignore_ctrl_alt_del: bool,
     /// `FAKE_FC_GUEST_TOUCH`.
@@ -883,6 +885,9 @@ impl Vmm {
             console: console.clone(),
             lines: console::boot_lines(&boot_args, mc.vcpu_count, mc.mem_size_mib),
         }];
+        if let Some(bytes) = self.options.console_flood {
+            console::flood(console.clone(), bytes);
+        }
         if let Some(code) = self.options.exit_on_start {
             effects.push(Effect::Exit {
                 code,

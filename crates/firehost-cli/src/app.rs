@@ -25,6 +25,13 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    if let crate::args::Command::LogKeeper { args } = cli.command {
+        // Lives as long as its VM; nobody reads its output.
+        return match firehost::vmm::keeper::main_with_args(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

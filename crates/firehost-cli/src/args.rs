@@ -63,6 +63,19 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "KEY=VALUE")]
     pub vmm_env: Vec<String>,
 
+    /// The most MiB each file written for a VM's guest (console.log,
+    /// firecracker.log) holds; older output moves to NAME.1 and then is
+    /// dropped, and counted in NAME.dropped.
+    #[arg(
+        long,
+        global = true,
+        value_name = "MIB",
+        env = "FIREHOST_LOG_MAX_MIB",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u64).range(1..=1 << 20)
+    )]
+    pub log_max_mib: u64,
+
     /// The default network's bridge, created when absent [default: fhbr0].
     ///
     /// A network setting: recorded in the state directory by the first
@@ -301,10 +314,21 @@ pub enum Command {
     /// --uffd` start for each VM. It reads its orders on stdin.
     #[command(hide = true)]
     PageServer,
+    /// Internal: the log keeper each VM's output goes through, so that
+    /// its files stay within --log-max-mib.
+    #[command(hide = true)]
+    LogKeeper {
+        /// The keeper's own arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// The arguments that make this binary a page-server helper.
 pub const PAGE_SERVER_ARGS: [&str; 1] = ["page-server"];
+
+/// The arguments that make this binary a log keeper.
+pub const LOG_KEEPER_ARGS: [&str; 1] = ["log-keeper"];
 
 /// `run`'s options.
 #[derive(Debug, Args)]

@@ -138,6 +138,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         | Command::Quickstart(_)
         | Command::Image(_)
         | Command::PageServer
+        | Command::LogKeeper { .. }
         | Command::Settings(_) => {
             unreachable!("handled above")
         }
@@ -186,9 +187,14 @@ fn manager_config(
     }
     // Restored VMs must outlive this short-lived command: their page
     // servers run in helper processes (this same binary).
-    config.page_server_program = std::env::current_exe()
-        .ok()
+    let exe = std::env::current_exe().ok();
+    config.page_server_program = exe
+        .clone()
         .map(|exe| PageServerProgram::new(exe, crate::args::PAGE_SERVER_ARGS));
+    // Likewise the keepers that bound what each guest's files can hold.
+    config.log_keeper_program =
+        exe.map(|exe| firehost::vmm::keeper::KeeperProgram::new(exe, crate::args::LOG_KEEPER_ARGS));
+    config.log_limits.max_bytes = global.log_max_mib << 20;
     for pair in &global.vmm_env {
         match pair.split_once('=') {
             Some((key, value)) if !key.is_empty() => {

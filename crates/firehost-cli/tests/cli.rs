@@ -129,6 +129,56 @@ fn stop_json_shows_a_stopped_vm_with_its_exit() {
     assert_eq!(stdout(&out), "golden-stop: already stopped\n");
 }
 
+#[test]
+fn a_guest_flooding_its_console_cannot_grow_the_files_past_their_bound() {
+    let env = TestEnv::new();
+    // 6 MiB of console from the guest; 1 MiB per file allowed.
+    let (_vm, vm) = env.start_vm(
+        "flood",
+        &[
+            "--log-max-mib",
+            "1",
+            "--vmm-env",
+            "FAKE_FC_CONSOLE_FLOOD=6291456",
+        ],
+    );
+    let dir = std::path::PathBuf::from(vm["dir"].as_str().unwrap());
+    let console = dir.join("console.log");
+    wait_until("the flood to end", Duration::from_secs(60), || {
+        std::fs::read_to_string(&console)
+            .ok()
+            .filter(|text| text.contains("firehost-fake-guest: flood done"))
+    });
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    assert!(
+        size("console.log") <= (1 << 20) + 4096,
+        "{}",
+        size("console.log")
+    );
+    assert!(
+        size("console.log.1") <= (1 << 20) + 4096,
+        "{}",
+        size("console.log.1")
+    );
+    let dropped: u64 = std::fs::read_to_string(dir.join("console.log.dropped"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(dropped >= (4 << 20) - 8192, "{dropped} bytes dropped");
+    let head = std::fs::read_to_string(&console).unwrap();
+    assert!(head.starts_with("[firehost: "), "{:.100}", head);
+    // Firecracker's log goes through the keeper too, into its own file.
+    let log = std::fs::read_to_string(dir.join("firecracker.log")).unwrap();
+    assert!(
+        log.contains("InstanceStart") || log.contains("actions"),
+        "{log}"
+    );
+    // The console command reads the bounded file.
+    let tail = env.json(&["console", "flood", "--tail", "1"]);
+    assert_eq!(tail["lines"][0], "firehost-fake-guest: flood done");
+}
+
 /// A `stop` object: the VM object plus `stopped`.
 fn assert_stop_shape(v: &Value) {
     assert!(v["stopped"].is_boolean(), "{v}");

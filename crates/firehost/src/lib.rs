@@ -24,6 +24,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bounded_log;
 pub mod console;
 pub mod elf;
 pub mod error_kind;

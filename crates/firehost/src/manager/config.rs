@@ -140,6 +140,16 @@ pub struct ManagerConfig {
     /// of in this process, so restored VMs outlive this process. `None`
     /// (the default): in this process.
     pub page_server_program: Option<crate::snapshot::uffd::PageServerProgram>,
+    /// The bound of every file written for a guest: the console file, and
+    /// with [`ConsoleTarget::File`] Firecracker's log and metrics (see
+    /// [`crate::bounded_log`]). Default 8 MiB per file (twice that with its
+    /// rotated predecessor).
+    pub log_limits: crate::bounded_log::LogLimits,
+    /// With [`ConsoleTarget::File`], run each VM's log keeper (see
+    /// [`crate::vmm::keeper`]) in a process of its own, so its files keep
+    /// filling after this process exits. `None` (the default): a thread of
+    /// this process.
+    pub log_keeper_program: Option<crate::vmm::keeper::KeeperProgram>,
     /// Jail VMs with Firecracker's jailer (see [`crate::jail`]): those
     /// whose spec asks, or all with [`JailConfig::always`]. `None`: a spec
     /// asking for a jail is refused.
@@ -194,6 +204,8 @@ impl ManagerConfig {
             timeouts: Timeouts::default(),
             network: NetworkConfig::default(),
             page_server_program: None,
+            log_limits: crate::bounded_log::LogLimits::default(),
+            log_keeper_program: None,
             jail: None,
             recovery: Recovery::default(),
             settings: SettingsPolicy::default(),

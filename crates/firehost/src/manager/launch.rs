@@ -3,7 +3,7 @@
 //! the VMM, record it, wait for its API, and finally commit or undo.
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Shared, Slot, Vm, VmError, VmInfo, jailed, now_ms, watch_for_crash};
@@ -168,30 +168,42 @@ impl Launched {
             ConsoleTarget::RingAndFile => ConsoleMode::RingAndFile(dir.join(CONSOLE_FILE)),
             ConsoleTarget::File => ConsoleMode::File(dir.join(CONSOLE_FILE)),
         };
-        // Firecracker opens its log and metrics paths without O_CREAT (they
-        // are usually FIFOs), so plain files must exist first: in the VM's
-        // directory, or inside the jail, where staging made them (owned by
-        // the VM's uid).
+        command.log_limits = config.log_limits;
+        command.keeper = config.log_keeper_program.clone();
+        // Firecracker opens its log and metrics paths without O_CREAT, so
+        // they must exist first: in the VM's directory, or inside the jail,
+        // where staging made them (owned by the VM's uid). With the console
+        // in a file they are FIFOs the log keeper copies into bounded files
+        // in the VM's directory; else plain files.
+        let kept = matches!(command.console, ConsoleMode::File(_));
+        let chroot = jail.as_ref().map(|prepared| prepared.jail.clone());
+        let mut vmm_file = |inside: &str, name: &str| -> Result<PathBuf, VmError> {
+            let host = match &chroot {
+                Some(jail) => jail.root().host_path(Path::new(inside)),
+                None if kept => dir.join(format!("{name}.fifo")),
+                None => dir.join(name),
+            };
+            if kept {
+                crate::vmm::keeper::make_fifo(&host).map_err(io("create a FIFO", &host))?;
+                if let Some(jail) = &chroot {
+                    std::os::unix::fs::chown(&host, Some(jail.uid), Some(jail.gid))
+                        .map_err(io("chown", &host))?;
+                }
+                command.kept.push((host.clone(), dir.join(name)));
+            } else if chroot.is_none() {
+                create_private_file(&host).map_err(io("create", &host))?;
+            }
+            Ok(match &chroot {
+                Some(_) => PathBuf::from(inside),
+                None => host,
+            })
+        };
         if let Some(level) = config.vmm_log {
             command.log_level = Some(level);
-            command.log_path = Some(match &jail {
-                Some(_) => jailed::layout::LOG.into(),
-                None => {
-                    let path = dir.join(VMM_LOG_FILE);
-                    create_private_file(&path).map_err(io("create", &path))?;
-                    path
-                }
-            });
+            command.log_path = Some(vmm_file(jailed::layout::LOG, VMM_LOG_FILE)?);
         }
         if config.vmm_metrics {
-            command.metrics_path = Some(match &jail {
-                Some(_) => jailed::layout::METRICS.into(),
-                None => {
-                    let path = dir.join(METRICS_FILE);
-                    create_private_file(&path).map_err(io("create", &path))?;
-                    path
-                }
-            });
+            command.metrics_path = Some(vmm_file(jailed::layout::METRICS, METRICS_FILE)?);
         }
         if let Some(prepared) = &jail {
             command.api_socket = prepared

@@ -484,12 +484,21 @@ async fn gave_up_or(vm: &Vm, op: &'static str, source: ApiError) -> VmError {
 /// line.
 async fn last_words(vm: &Vm) -> Option<String> {
     const LINES: usize = 50;
-    let log = match &vm.record.jail {
-        Some(jail) => jail.root().host_path(Path::new(super::jailed::layout::LOG)),
-        None => vm.dir.join(super::launch::VMM_LOG_FILE),
-    };
+    // The kept copy in the VM's directory, or the file in the jail. Only
+    // regular files: opening a FIFO whose writer is gone would block.
+    let candidates = [
+        vm.dir.join(super::launch::VMM_LOG_FILE),
+        match &vm.record.jail {
+            Some(jail) => jail.root().host_path(Path::new(super::jailed::layout::LOG)),
+            None => vm.dir.join(super::launch::VMM_LOG_FILE),
+        },
+    ];
     let mut lines = tokio::task::spawn_blocking(move || {
-        crate::console::tail_of_file(&log, LINES).unwrap_or_default()
+        let log = candidates
+            .into_iter()
+            .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
+        log.and_then(|log| crate::console::tail_of_file(&log, LINES).ok())
+            .unwrap_or_default()
     })
     .await
     .unwrap_or_default();

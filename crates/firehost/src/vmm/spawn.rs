@@ -2,16 +2,18 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+use super::keeper::{KeeperJob, KeeperProgram};
 use super::process::{ProcessError, VmmProcess};
 use crate::VmId;
+use crate::bounded_log::{BoundedLog, LogLimits};
 use crate::console::{ConsoleRing, ConsoleStream};
 
 /// Open-file limit set in the VMM when nothing else is configured: enough
@@ -79,6 +81,16 @@ pub struct VmmCommand {
     /// Firecracker sees them inside the chroot, `binary` is the jailer's
     /// `--exec-file`, and the open-file limit is the jailer's to set.
     pub jailer: Option<crate::jail::JailerCommand>,
+    /// The bound of every file written for the guest (the console file,
+    /// and what [`kept`](Self::kept) names).
+    pub log_limits: LogLimits,
+    /// With [`ConsoleMode::File`]: FIFOs the VMM writes (its log and
+    /// metrics paths, as host paths) and the bounded file each is copied
+    /// into by the [`keeper`](super::keeper).
+    pub kept: Vec<(PathBuf, PathBuf)>,
+    /// With [`ConsoleMode::File`]: the program that runs the keeper in a
+    /// process of its own; `None` runs it on a thread of this process.
+    pub keeper: Option<KeeperProgram>,
 }
 
 /// Why a VMM could not be started.
@@ -125,6 +137,9 @@ impl VmmCommand {
             env: Vec::new(),
             console: ConsoleMode::Ring,
             jailer: None,
+            log_limits: LogLimits::default(),
+            kept: Vec::new(),
+            keeper: None,
         }
     }
 
@@ -193,17 +208,23 @@ impl VmmCommand {
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
+        let mut kept_pipe = None;
         match &self.console {
             ConsoleMode::Ring | ConsoleMode::RingAndFile(_) => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
             ConsoleMode::File(path) => {
-                let file = open_console_file(path)?;
-                let dup = file.try_clone().map_err(|source| SpawnError::ConsoleFile {
+                // A pipe to the keeper, never the file itself: the keeper
+                // bounds what lands on disk.
+                let console_err = |source: std::io::Error| SpawnError::ConsoleFile {
                     path: path.clone(),
                     source,
-                })?;
-                cmd.stdout(file).stderr(dup);
+                };
+                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| console_err(e.into()))?;
+                let dup = write.try_clone().map_err(console_err)?;
+                cmd.stdout(write).stderr(dup);
+                kept_pipe = Some(read);
             }
         }
         // A process group of its own keeps a terminal's Ctrl-C (sent to the
@@ -212,7 +233,11 @@ impl VmmCommand {
         // fork, which in a large multi-threaded manager is several times
         // faster.
         cmd.process_group(0);
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        let spawned = cmd.spawn();
+        // The write ends of the console pipe go with `cmd`: only the VMM
+        // may hold them, or the keeper would never see the pipe end.
+        drop(cmd);
+        let mut child = spawned.map_err(|source| SpawnError::Exec {
             binary: self.program().to_owned(),
             source,
         })?;
@@ -238,8 +263,22 @@ impl VmmCommand {
                 return Err(e);
             }
         };
+        if let (Some(read), ConsoleMode::File(path)) = (kept_pipe, &self.console) {
+            let job = KeeperJob {
+                console: path.clone(),
+                fifos: self.kept.clone(),
+                limits: self.log_limits,
+            };
+            start_keeper(self.keeper.as_ref(), read, job);
+        }
         let tee = match &self.console {
-            ConsoleMode::RingAndFile(path) => Some(path.clone()),
+            ConsoleMode::RingAndFile(path) => match BoundedLog::open(path, self.log_limits) {
+                Ok(log) => Some(Arc::new(std::sync::Mutex::new(log))),
+                Err(e) => {
+                    tracing::warn!(vm = %self.id, path = %path.display(), error = %e, "console file not written");
+                    None
+                }
+            },
             _ => None,
         };
         if let Some(out) = child.stdout.take() {
@@ -267,47 +306,84 @@ fn set_nofile_limit(pid: i32, limit: u64) -> Result<(), ProcessError> {
         })
 }
 
-fn open_console_file(path: &Path) -> Result<std::fs::File, SpawnError> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| SpawnError::ConsoleFile {
-            path: path.to_owned(),
-            source,
-        })
+/// Runs the keeper for a VMM's console pipe: in a process of its own when
+/// there is a program (which outlives this one), else on a thread.
+fn start_keeper(program: Option<&KeeperProgram>, read: OwnedFd, job: KeeperJob) {
+    if let Some(program) = program {
+        let stdin = match read.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the console to the keeper; using a thread");
+                return keeper_thread(read, job);
+            }
+        };
+        let mut command = Command::new(&program.program);
+        command
+            .args(&program.args)
+            .args(job.args())
+            .env_clear()
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Away from the terminal's Ctrl-C, like the VMM.
+            .process_group(0);
+        let started = command
+            .spawn()
+            .map_err(|e| e.to_string())
+            .and_then(|child| {
+                let pid = i32::try_from(child.id()).expect("pids fit in i32");
+                VmmProcess::watch_child(pid).map_err(|e| e.to_string())
+            });
+        match started {
+            Ok(keeper) => {
+                // Watched to its end, which reaps it; it ends with its VMM.
+                tokio::spawn(async move { keeper.wait().await });
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(program = %program.program.display(), error = %e, "cannot start the log keeper; using a thread");
+            }
+        }
+    }
+    keeper_thread(read, job);
+}
+
+fn keeper_thread(read: OwnedFd, job: KeeperJob) {
+    let spawned = std::thread::Builder::new()
+        .name("firehost-log-keeper".into())
+        .spawn(move || {
+            if let Err(e) = super::keeper::run(read, &job) {
+                tracing::warn!(console = %job.console.display(), error = %e, "log keeper stopped");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the log keeper thread: the console is not kept");
+    }
 }
 
 /// Copies one output pipe into the ring (and the tee file) until it closes.
-fn pump(fd: OwnedFd, stream: ConsoleStream, ring: ConsoleRing, tee: Option<PathBuf>) {
+fn pump(fd: OwnedFd, stream: ConsoleStream, ring: ConsoleRing, tee: Option<SharedLog>) {
     ring.open_stream();
     tokio::spawn(async move {
         let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
             ring.close_stream(stream);
             return;
         };
-        let mut tee = match tee {
-            Some(path) => tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .await
-                .ok(),
-            None => None,
-        };
+        let mut tee = tee;
         let mut buf = vec![0u8; 4096];
         loop {
             match pipe.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     ring.push(stream, &buf[..n]);
-                    if let Some(file) = tee.as_mut() {
-                        use tokio::io::AsyncWriteExt;
-                        if file.write_all(&buf[..n]).await.is_err() {
-                            tee = None;
-                        }
+                    // A few KB into the page cache: short enough to do here.
+                    let written = tee.as_ref().map(|log| {
+                        log.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .write(&buf[..n])
+                    });
+                    if let Some(Err(_)) = written {
+                        tee = None;
                     }
                 }
             }
@@ -315,6 +391,9 @@ fn pump(fd: OwnedFd, stream: ConsoleStream, ring: ConsoleRing, tee: Option<PathB
         ring.close_stream(stream);
     });
 }
+
+/// The console file both output pipes append to.
+type SharedLog = Arc<std::sync::Mutex<BoundedLog>>;
 
 #[cfg(test)]
 mod tests {
