@@ -215,6 +215,11 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
 /// [`FrameError::TooLarge`] before anything is written, so the stream stays
 /// usable (streams are sent in [`CHUNK`]s; control messages are small
 /// unless a caller puts megabytes of argv or env into one).
+///
+/// # Cancel safety
+///
+/// Not cancel safe: dropped midway, part of the frame may have been written
+/// and the stream is out of step; drop the stream too.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: FrameKind,
@@ -236,6 +241,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// Writes one control message and flushes.
+///
+/// # Cancel safety
+///
+/// Not cancel safe, as [`write_frame`].
 pub async fn send<W: AsyncWrite + Unpin, M: Serialize>(
     w: &mut W,
     message: &M,
@@ -256,6 +265,11 @@ pub fn decode<M: for<'de> Deserialize<'de>>(frame: &Frame) -> Result<M, FrameErr
 
 /// Reads the next frame, which must be a control message `M`; `Ok(None)`
 /// at a clean end of stream.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: dropped midway, part of a frame may have been read and
+/// the stream is out of step; drop the stream too.
 pub async fn receive<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(
     r: &mut R,
 ) -> Result<Option<M>, FrameError> {

@@ -265,6 +265,10 @@ impl AgentClient {
     }
 
     /// Asks the agent how it is.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn health(&self) -> Result<Health, AgentError> {
         let (mut r, _w) = self.request(&ClientMessage::Health).await?;
         match answer(&mut r, "the health answer").await? {
@@ -285,6 +289,10 @@ impl AgentClient {
     /// most `timeout` (a guest that is still booting does not accept
     /// connections yet; the wait retries). A refusal (bad token, version
     /// mismatch) ends the wait at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only asks.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Health, AgentError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -319,6 +327,12 @@ impl AgentClient {
 
     /// Starts a process. Read its output with [`ExecSession::next`]; feed
     /// stdin (when `request.stdin`) with [`ExecSession::write_stdin`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the request was sent, the process may
+    /// have started; its session closes with the connection, which makes the
+    /// agent kill it.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecSession, AgentError> {
         let (mut r, w) = self.request(&ClientMessage::Exec(request)).await?;
         match answer(&mut r, "the process started").await? {
@@ -335,6 +349,11 @@ impl AgentClient {
     /// collecting its output: at most the output limit of each stream
     /// ([`AgentClient::with_output_limit`]); the rest is read and dropped,
     /// and counted in the [`Output`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, the connection closes, which makes the
+    /// agent kill the process; its output so far is lost.
     pub async fn output(
         &self,
         mut request: ExecRequest,
@@ -381,6 +400,12 @@ impl AgentClient {
     /// Writes `contents` to `path` in the guest (atomically: a temporary
     /// file renamed into place) and returns the size written. Streams: the
     /// file is never held in memory whole.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, but never leaves a partial file: the agent writes a
+    /// temporary file and renames it only when the whole stream has arrived;
+    /// dropped midway, nothing changes in the guest.
     pub async fn write_file<R: AsyncRead + Unpin>(
         &self,
         request: WriteFileRequest,
@@ -405,6 +430,10 @@ impl AgentClient {
 
     /// Copies `path` from the guest into `sink`; returns its description
     /// (as the agent saw it when it opened the file) and the bytes copied.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, `sink` holds part of the file.
     pub async fn read_file<W: AsyncWrite + Unpin>(
         &self,
         path: &str,
@@ -452,6 +481,10 @@ impl AgentClient {
     }
 
     /// Describes `path` in the guest (a final symlink is not followed).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn stat(&self, path: &str) -> Result<FileStat, AgentError> {
         let (mut r, _w) = self
             .request(&ClientMessage::Stat {
@@ -465,6 +498,10 @@ impl AgentClient {
     }
 
     /// Lists a directory in the guest, sorted by name.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn list(&self, path: &str) -> Result<Vec<FileStat>, AgentError> {
         let (mut r, _w) = self
             .request(&ClientMessage::List {
@@ -479,6 +516,11 @@ impl AgentClient {
 
     /// Sets environment variables (secrets, say) for every later exec.
     /// The values never reach a log on either side.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the request was sent, the variables may
+    /// or may not be set; setting them again is harmless.
     pub async fn set_env(&self, vars: BTreeMap<String, Secret>) -> Result<(), AgentError> {
         let (mut r, _w) = self.request(&ClientMessage::SetEnv { vars }).await?;
         match answer(&mut r, "the environment was set").await? {
@@ -488,6 +530,11 @@ impl AgentClient {
     }
 
     /// Asks the guest to power off (or reboot).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once sent, the guest shuts down whether or not the
+    /// answer is awaited.
     pub async fn shutdown(&self, reboot: bool) -> Result<(), AgentError> {
         let (mut r, _w) = self.request(&ClientMessage::Shutdown { reboot }).await?;
         match answer(&mut r, "the shutdown was accepted").await? {
@@ -532,21 +579,39 @@ impl ExecSession {
     }
 
     /// See [`ExecInput::write_stdin`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, part of `data` may have been sent; the
+    /// session is then out of step and should be dropped.
     pub async fn write_stdin(&mut self, data: &[u8]) -> Result<(), AgentError> {
         self.input.write_stdin(data).await
     }
 
     /// See [`ExecInput::close_stdin`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`write_stdin`](Self::write_stdin).
     pub async fn close_stdin(&mut self) -> Result<(), AgentError> {
         self.input.close_stdin().await
     }
 
     /// See [`ExecInput::signal`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`write_stdin`](Self::write_stdin).
     pub async fn signal(&mut self, signal: i32) -> Result<(), AgentError> {
         self.input.signal(signal).await
     }
 
     /// See [`ExecOutput::next`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, part of a frame may have been read and
+    /// the session is out of step; drop it.
     pub async fn next(&mut self) -> Result<Option<ExecEvent>, AgentError> {
         self.output.next().await
     }
@@ -554,6 +619,11 @@ impl ExecSession {
 
 impl ExecInput {
     /// Sends bytes to the process's stdin.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, part of `data` may have been sent; the
+    /// session is then out of step and should be dropped.
     pub async fn write_stdin(&mut self, data: &[u8]) -> Result<(), AgentError> {
         for chunk in data.chunks(CHUNK) {
             firehost_proto::write_frame(&mut self.w, FrameKind::Stdin, chunk).await?;
@@ -562,18 +632,30 @@ impl ExecInput {
     }
 
     /// Closes the process's stdin.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`write_stdin`](Self::write_stdin).
     pub async fn close_stdin(&mut self) -> Result<(), AgentError> {
         firehost_proto::write_frame(&mut self.w, FrameKind::Eof, &[]).await?;
         self.w.flush().await.map_err(AgentError::Io)
     }
 
     /// Sends `signal` to the process (and its process group).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`write_stdin`](Self::write_stdin).
     pub async fn signal(&mut self, signal: i32) -> Result<(), AgentError> {
         firehost_proto::send(&mut self.w, &ClientMessage::Signal { signal }).await?;
         Ok(())
     }
 
     /// Resizes the process's tty.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`write_stdin`](Self::write_stdin).
     pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), AgentError> {
         firehost_proto::send(&mut self.w, &ClientMessage::Resize { rows, cols }).await?;
         Ok(())

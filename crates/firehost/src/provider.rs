@@ -53,6 +53,14 @@ use crate::state::{ExitReason, Operation, VmState};
 ///
 /// Every method has the semantics documented on the [`Manager`] method of
 /// the same name.
+///
+/// # Cancel safety
+///
+/// Each method is as cancel safe as [`Manager`]'s method of the same name
+/// (create, run, stop, snapshot, restore, destroy and `clone_many` run in
+/// tasks of their own and complete when dropped). [`InMemoryProvider`]'s
+/// make each change at once under the VM's lock, so dropping them leaves
+/// either the old state or the new.
 #[async_trait]
 pub trait VmProvider: Send + Sync + std::fmt::Debug {
     /// Creates and configures a VM (state created).
@@ -434,6 +442,10 @@ impl InMemoryProvider {
     }
 
     /// Marks a live VM failed with `exit`, as when its VMM dies.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the change is made at once, under the VM's lock.
     pub async fn crash(&self, id: &VmId, exit: ExitReason) -> Result<VmInfo, VmError> {
         let slot = self.slot(id)?;
         let mut guard = slot.lock().await;

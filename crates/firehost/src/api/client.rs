@@ -73,6 +73,10 @@ impl ApiClient {
 
     /// A client that starts on an already connected stream (as returned by
     /// the readiness wait), saving one connect.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it drops the connection and nothing else.
     pub async fn from_stream(
         socket: impl Into<PathBuf>,
         stream: UnixStream,
@@ -95,6 +99,12 @@ impl ApiClient {
 
     /// Sends a raw request: the escape hatch for endpoints newer than this
     /// client. Error statuses are returned, not turned into errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// As the request it sends: a `GET` is cancel safe; anything else, once
+    /// sent, is carried out by Firecracker even if this future is dropped (its
+    /// outcome is then unknown: ask with a `GET`).
     pub async fn raw(
         &self,
         method: Method,
@@ -157,26 +167,50 @@ impl ApiClient {
     // ---- instance ---------------------------------------------------------
 
     /// `GET /`: the instance's id, state and VMM version.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn describe_instance(&self) -> Result<InstanceInfo, ApiError> {
         self.get("/").await
     }
 
     /// `PUT /actions`: `InstanceStart`, `SendCtrlAltDel` or `FlushMetrics`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn create_sync_action(&self, action: &InstanceActionInfo) -> Result<(), ApiError> {
         self.put("/actions", action).await
     }
 
     /// `GET /version`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn get_firecracker_version(&self) -> Result<FirecrackerVersion, ApiError> {
         self.get("/version").await
     }
 
     /// `PATCH /vm`: pause or resume the vCPUs.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_vm(&self, vm: &Vm) -> Result<(), ApiError> {
         self.patch("/vm", vm).await
     }
 
     /// `GET /vm/config`: the whole configuration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn get_export_vm_config(&self) -> Result<FullVmConfiguration, ApiError> {
         self.get("/vm/config").await
     }
@@ -184,26 +218,52 @@ impl ApiClient {
     // ---- balloon ----------------------------------------------------------
 
     /// `GET /balloon`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn describe_balloon_config(&self) -> Result<Balloon, ApiError> {
         self.get("/balloon").await
     }
 
     /// `PUT /balloon` (before boot).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_balloon(&self, balloon: &Balloon) -> Result<(), ApiError> {
         self.put("/balloon", balloon).await
     }
 
     /// `PATCH /balloon`: change the target size.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_balloon(&self, update: &BalloonUpdate) -> Result<(), ApiError> {
         self.patch("/balloon", update).await
     }
 
     /// `GET /balloon/statistics`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn describe_balloon_stats(&self) -> Result<BalloonStats, ApiError> {
         self.get("/balloon/statistics").await
     }
 
     /// `PATCH /balloon/statistics`: change the polling interval.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_balloon_stats_interval(
         &self,
         update: &BalloonStatsUpdate,
@@ -212,6 +272,12 @@ impl ApiClient {
     }
 
     /// `PATCH /balloon/hinting/start`, with or without options.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn start_balloon_hinting(
         &self,
         cmd: Option<&BalloonStartCmd>,
@@ -227,11 +293,21 @@ impl ApiClient {
     }
 
     /// `GET /balloon/hinting/status`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn describe_balloon_hinting(&self) -> Result<BalloonHintingStatus, ApiError> {
         self.get("/balloon/hinting/status").await
     }
 
     /// `PATCH /balloon/hinting/stop`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn stop_balloon_hinting(&self) -> Result<(), ApiError> {
         self.call(Method::PATCH, "/balloon/hinting/stop", None)
             .await?;
@@ -241,21 +317,43 @@ impl ApiClient {
     // ---- boot and machine -------------------------------------------------
 
     /// `PUT /boot-source`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_guest_boot_source(&self, boot: &BootSource) -> Result<(), ApiError> {
         self.put("/boot-source", boot).await
     }
 
     /// `PUT /cpu-config` (custom CPU template).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_cpu_configuration(&self, config: &CpuConfig) -> Result<(), ApiError> {
         self.put("/cpu-config", config).await
     }
 
     /// `GET /machine-config`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn get_machine_configuration(&self) -> Result<MachineConfiguration, ApiError> {
         self.get("/machine-config").await
     }
 
     /// `PUT /machine-config`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_machine_configuration(
         &self,
         config: &MachineConfiguration,
@@ -265,6 +363,12 @@ impl ApiClient {
 
     /// `PATCH /machine-config`. The spec gives this body the
     /// `MachineConfiguration` schema, required fields included.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_machine_configuration(
         &self,
         config: &MachineConfiguration,
@@ -275,24 +379,48 @@ impl ApiClient {
     // ---- block and pmem ---------------------------------------------------
 
     /// `PUT /drives/{drive_id}`; the id comes from `drive.drive_id`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_guest_drive_by_id(&self, drive: &Drive) -> Result<(), ApiError> {
         let id = segment("drive id", &drive.drive_id)?;
         self.put(&format!("/drives/{id}"), drive).await
     }
 
     /// `PATCH /drives/{drive_id}`: new backing file or rate limiter.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_guest_drive_by_id(&self, drive: &PartialDrive) -> Result<(), ApiError> {
         let id = segment("drive id", &drive.drive_id)?;
         self.patch(&format!("/drives/{id}"), drive).await
     }
 
     /// `PUT /pmem/{id}`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_guest_pmem_by_id(&self, pmem: &Pmem) -> Result<(), ApiError> {
         let id = segment("pmem id", &pmem.id)?;
         self.put(&format!("/pmem/{id}"), pmem).await
     }
 
     /// `PATCH /pmem/{id}`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_guest_pmem_by_id(&self, pmem: &PartialPmem) -> Result<(), ApiError> {
         let id = segment("pmem id", &pmem.id)?;
         self.patch(&format!("/pmem/{id}"), pmem).await
@@ -301,11 +429,23 @@ impl ApiClient {
     // ---- observability ----------------------------------------------------
 
     /// `PUT /logger`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_logger(&self, logger: &Logger) -> Result<(), ApiError> {
         self.put("/logger", logger).await
     }
 
     /// `PUT /metrics`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_metrics(&self, metrics: &Metrics) -> Result<(), ApiError> {
         self.put("/metrics", metrics).await
     }
@@ -313,21 +453,43 @@ impl ApiClient {
     // ---- MMDS -------------------------------------------------------------
 
     /// `PUT /mmds`: replace the metadata store.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_mmds(&self, contents: &MmdsContentsObject) -> Result<(), ApiError> {
         self.put("/mmds", contents).await
     }
 
     /// `PATCH /mmds`: merge into the metadata store (RFC 7396).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_mmds(&self, contents: &MmdsContentsObject) -> Result<(), ApiError> {
         self.patch("/mmds", contents).await
     }
 
     /// `GET /mmds`: the whole metadata store.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn get_mmds(&self) -> Result<serde_json::Value, ApiError> {
         self.get("/mmds").await
     }
 
     /// `PUT /mmds/config`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_mmds_config(&self, config: &MmdsConfig) -> Result<(), ApiError> {
         self.put("/mmds/config", config).await
     }
@@ -335,21 +497,45 @@ impl ApiClient {
     // ---- other devices ----------------------------------------------------
 
     /// `PUT /entropy`: a virtio-rng device.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_entropy_device(&self, device: &EntropyDevice) -> Result<(), ApiError> {
         self.put("/entropy", device).await
     }
 
     /// `PUT /serial`: where the serial console goes.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_serial_device(&self, device: &SerialDevice) -> Result<(), ApiError> {
         self.put("/serial", device).await
     }
 
     /// `PUT /hotplug/memory`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_memory_hotplug(&self, config: &MemoryHotplugConfig) -> Result<(), ApiError> {
         self.put("/hotplug/memory", config).await
     }
 
     /// `PATCH /hotplug/memory`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_memory_hotplug(
         &self,
         update: &MemoryHotplugSizeUpdate,
@@ -358,11 +544,21 @@ impl ApiClient {
     }
 
     /// `GET /hotplug/memory`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn get_memory_hotplug(&self) -> Result<MemoryHotplugStatus, ApiError> {
         self.get("/hotplug/memory").await
     }
 
     /// `PUT /network-interfaces/{iface_id}`; the id comes from the body.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_guest_network_interface_by_id(
         &self,
         iface: &NetworkInterface,
@@ -372,6 +568,12 @@ impl ApiClient {
     }
 
     /// `PATCH /network-interfaces/{iface_id}`: new rate limiters.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn patch_guest_network_interface_by_id(
         &self,
         iface: &PartialNetworkInterface,
@@ -382,6 +584,12 @@ impl ApiClient {
     }
 
     /// `PUT /vsock`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn put_guest_vsock(&self, vsock: &Vsock) -> Result<(), ApiError> {
         self.put("/vsock", vsock).await
     }
@@ -389,11 +597,23 @@ impl ApiClient {
     // ---- snapshots --------------------------------------------------------
 
     /// `PUT /snapshot/create` (the VM must be paused).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn create_snapshot(&self, params: &SnapshotCreateParams) -> Result<(), ApiError> {
         self.put("/snapshot/create", params).await
     }
 
     /// `PUT /snapshot/load` (only into a VMM that has not been configured).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: once the request is sent, Firecracker carries it out
+    /// even if this future is dropped, and the outcome is not learned (ask with
+    /// a `GET`). Nothing on the client side is left half-done.
     pub async fn load_snapshot(&self, params: &SnapshotLoadParams) -> Result<(), ApiError> {
         self.put("/snapshot/load", params).await
     }

@@ -301,7 +301,7 @@ impl Manager {
     /// Opens (creating if needed) the state directory, takes its lock,
     /// checks the host settings recorded there (see [`settings`]) and,
     /// with [`Recovery::Full`], re-attaches to or reaps the VMs recorded
-    /// there (see [`recovery`]).
+    /// there (see the recovery section of [`Manager`]).
     ///
     /// Fails with [`ManagerError::Locked`] if another manager uses the
     /// directory (after waiting up to `config.timeouts.lock`), and with
@@ -642,6 +642,10 @@ impl Manager {
     /// [`VmSpec::vsock`](crate::VmSpec::vsock)). Calls connect when made:
     /// use [`AgentClient::wait_ready`](crate::agent::AgentClient::wait_ready)
     /// after a start or restore.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads the VM's record.
     pub async fn agent(&self, id: &VmId) -> Result<AgentClient, VmError> {
         let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
@@ -662,6 +666,10 @@ impl Manager {
 
     /// The VMs on the default network now, with their addresses, MACs,
     /// TAPs and published ports, in id order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn network_attachments(&self) -> Vec<(VmId, VmNet)> {
         if self.shared.config.recovery == Recovery::ReadOnly {
             // As the records say: a read-only manager does not take over
@@ -734,7 +742,7 @@ impl Manager {
 
     /// The bundles that snapshots cut short by an earlier manager's death
     /// may still be written into: a VMM busy with one goes on writing it.
-    /// They stay until the snapshot is settled (see [`recovery`]); pass
+    /// They stay until the snapshot is settled (see the recovery section of [`Manager`]); pass
     /// them to [`GcOptions::keep`](crate::snapshot::store::GcOptions::keep).
     ///
     /// # Cancel safety
@@ -804,6 +812,10 @@ impl Manager {
 
     /// The VM's console ring, to follow or wait for output. Empty for VMs
     /// whose console goes straight to a file.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn console(&self, id: &VmId) -> Result<ConsoleRing, VmError> {
         let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;
@@ -819,6 +831,10 @@ impl Manager {
     /// state or the VM's record, so they are lost on restore and re-attach;
     /// MMDS is wrapped ([`VmSpec::mmds`](crate::VmSpec::mmds),
     /// [`RestoreOptions::mmds`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn api(&self, id: &VmId) -> Result<Option<Arc<ApiClient>>, VmError> {
         let slot = self.shared.find(id).await?;
         let guard = slot.vm.lock().await;

@@ -510,6 +510,10 @@ impl HostNetwork {
     }
 
     /// The VMs on the network now, in id order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
     pub async fn attached(&self) -> Vec<(VmId, VmNet)> {
         let inner = self.inner.lock().await;
         inner
@@ -607,6 +611,11 @@ impl HostNetwork {
 
     /// Removes `vm`'s firewall elements, TAP and lease; tears the network
     /// down after the last VM. A VM without a network is not an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, some of the VM's devices and rules may
+    /// be gone and the rest not; calling it again finishes the job.
     pub async fn detach(&self, vm: &VmId) -> Result<(), NetError> {
         let mut inner = self.inner.lock().await;
         let Some(net) = inner.attached.get(vm).cloned() else {
@@ -629,6 +638,10 @@ impl HostNetwork {
     /// although no record says what it is (the VM's record was unreadable):
     /// links labelled with its id and its pinned namespace. Call it after
     /// [`detach`](Self::detach), once the VM's VMM is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, but idempotent: calling it again finishes the job.
     pub async fn remove_leftovers(&self, vm: &VmId) -> Result<(), NetError> {
         let inner = self.inner.lock().await;
         self.check_state_file(&inner)?;
@@ -650,6 +663,12 @@ impl HostNetwork {
     }
 
     /// Forwards another host port to a running VM.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the firewall change, the port is
+    /// forwarded but not recorded; publish it again (idempotent) or unpublish
+    /// it.
     pub async fn publish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
         let mut inner = self.inner.lock().await;
         let net = inner
@@ -672,6 +691,11 @@ impl HostNetwork {
     }
 
     /// Stops forwarding a host port to a VM; no error if it was not.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the firewall change, the port is no
+    /// longer forwarded but still recorded; unpublish it again (idempotent).
     pub async fn unpublish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
         let mut inner = self.inner.lock().await;
         let net = inner
@@ -710,6 +734,10 @@ impl HostNetwork {
     /// returned: a manager must open even when the network cannot be fixed
     /// (the next attach tries again). With an unreadable state file,
     /// nothing is touched.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, but idempotent: the next reconcile finishes the job.
     pub async fn reconcile(&self, live_vms: Vec<(VmId, VmNet)>, spared: &[VmId]) {
         let mut inner = self.inner.lock().await;
         if let Err(e) = self.check_state_file(&inner) {

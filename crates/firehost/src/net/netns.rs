@@ -167,6 +167,11 @@ async fn up_on(nl: &Netlink, name: &IfName, controller: Option<u32>) -> Result<(
 /// bridge) into a new namespace pinned at `path`, joined to the host's
 /// `bridge` through the veth pair `host_port`/`inner_port`, labelled
 /// `alias` on the host side. All or nothing.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: dropped midway, some links exist; [`unplumb`] removes
+/// them.
 pub async fn plumb(
     nl: &Netlink,
     bridge: &IfName,
@@ -231,6 +236,10 @@ pub async fn plumb(
 
 /// Removes a VM's namespace plumbing: the veth pair, the TAP and bridge
 /// inside, the namespace. Parts already gone are fine.
+///
+/// # Cancel safety
+///
+/// Not cancel safe, but idempotent: calling it again finishes the job.
 pub async fn unplumb(nl: &Netlink, netns: &VmNetns, tap: &IfName) -> Result<(), NetError> {
     delete_link(nl, &netns.host_port).await?;
     if let Ok(ns) = open(&netns.path) {
@@ -244,6 +253,11 @@ pub async fn unplumb(nl: &Netlink, netns: &VmNetns, tap: &IfName) -> Result<(), 
 }
 
 /// Deletes the link `name`, if there is one (a veth's peer goes with it).
+///
+/// # Cancel safety
+///
+/// Cancel safe: the request was sent or it was not; calling it again
+/// finishes the job.
 pub async fn delete_link(nl: &Netlink, name: &IfName) -> Result<(), NetError> {
     let Some(link) = nl.link(name).await.map_err(nl_err("look up a link"))? else {
         return Ok(());
@@ -256,6 +270,10 @@ pub async fn delete_link(nl: &Netlink, name: &IfName) -> Result<(), NetError> {
 }
 
 /// The links inside namespace `ns`, by name (for tests and inspection).
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads.
 pub async fn links_in(ns: &OwnedFd) -> Result<Vec<String>, NetError> {
     use rtnetlink::packet_route::link::LinkAttribute;
     let inside = netlink_in(ns)?;
