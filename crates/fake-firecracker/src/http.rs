@@ -197,9 +197,7 @@ impl ApiServer {
             }
             Err(e) => {
                 let status = match e {
-                    ActionError::Mmds(ref m) if m.contains("doesn't fit") => {
-                        StatusCode::PAYLOAD_TOO_LARGE
-                    }
+                    ActionError::MmdsLimit(_) => StatusCode::PAYLOAD_TOO_LARGE,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 self.fault(status, &e.to_string())

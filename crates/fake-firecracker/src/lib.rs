@@ -33,6 +33,7 @@
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay matching answers (first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` just after answering `InstanceStart` |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` |
+//! | `FAKE_FC_BALLOON_DRIVER=1` | the guest has a virtio-balloon driver (inflates at once, reports statistics, takes runtime changes); without it, as a guest with none: `actual_pages` 0 and runtime changes refused "Device not activated yet." |
 //! | `FAKE_FC_CONSOLE_FLOOD=BYTES` | the booted guest prints BYTES of console lines as fast as it can, then `firehost-fake-guest: flood done` |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | pages a restored guest reads on its first resume (default `all`) |
 //! | `FAKE_FC_AGENT=PATH` | the guest runs this `firehost-agent` behind its vsock device (see below) |
@@ -96,6 +97,51 @@
 //! - SIGTERM has its default action (Firecracker installs no handler for it).
 //! - `PUT /snapshot/load` tracks dirty pages only when the request asks for it
 //!   (`track_dirty_pages` or `enable_diff_snapshots`), whatever the snapshot had.
+//! - Devices are replaced as Firecracker replaces them: a `PUT` of an existing
+//!   network interface drops the old one (its TAP, and an MMDS configuration
+//!   naming it) before making the new one, which goes last in the list, so a
+//!   failed update leaves none; a `PUT /vsock` removes the old device and its
+//!   socket file first (a failed one leaves no device). As root, a missing TAP
+//!   is created (transient).
+//!
+//! # Known differences from Firecracker v1.16.1
+//!
+//! Found by sending the same request sequences to both binaries, before and
+//! after `InstanceStart` and after failed requests (December 2026); none of
+//! them matters to firehost's own use, each is a fidelity bug to fix when it
+//! does. The fake accepts, where Firecracker refuses:
+//!
+//! - MAC syntax beyond the serde check; `cpu_template` `V1N1` on x86; a drive
+//!   with both `socket` and `path_on_host`; the contents of `PUT /cpu-config`;
+//!   memory-hotplug sizes; `boot_args` of 2048 bytes or more.
+//! - At `InstanceStart`: a kernel that is not ELF or empty, more than 17
+//!   virtio devices, a pmem file that is missing, empty or a directory
+//!   (Firecracker refuses these at start and stays "Not started"; the fake
+//!   refuses a missing pmem file at `PUT` already).
+//! - Query strings and fragments (`/?x=1`): Firecracker treats them as part of
+//!   the path (400).
+//!
+//! And it answers differently:
+//!
+//! - `PATCH` of a rate limiter replaces the whole limiter; Firecracker updates
+//!   only the buckets sent, and a bucket of size 0 disables it.
+//! - Deserialisation errors name the fake's types (`BootSource`, `u64`) where
+//!   Firecracker names its own (`BootSourceConfig`, `usize`), list enum
+//!   variants in another order, and take the logger level case-sensitively.
+//! - No `Deprecation: true` header (Firecracker sends it for `cpu_template`,
+//!   MMDS V1, `vsock_id`, `mem_file_path`, `enable_diff_snapshots`).
+//! - Malformed HTTP gets an empty 400 and a closed connection, where
+//!   micro-http answers a JSON fault and keeps the connection.
+//! - The metrics file has 5 top-level keys (one `fake_firecracker`), where
+//!   Firecracker writes 23.
+//! - Memory hotplug: the default block and slot sizes are not filled in, and a
+//!   runtime `PATCH` is accepted where a guest without a driver refuses it.
+//! - An empty `host_dev_name` is kept as `""`; Firecracker's kernel call
+//!   creates `tapN` and reports that name.
+//! - Timing: a failed load ends the fake within ~10 ms, Firecracker within
+//!   ~1 ms, and a request arriving in that window makes Firecracker abort;
+//!   the device order in `GET /vm/config` after boot is random in
+//!   Firecracker and stable in the fake.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -373,6 +419,7 @@ fn run_vmm(run: &RunArgs, faults: Faults) -> ExitCode {
             mmds_size_limit,
             exit_on_start: faults.exit_on_start,
             console_flood: faults.console_flood,
+            balloon_driver: faults.balloon_driver,
             ignore_ctrl_alt_del: faults.ignore_ctrl_alt_del,
             guest_touch: faults.guest_touch,
         },

@@ -1,14 +1,10 @@
 //! Opening a TAP device the way Firecracker does when a network interface
 //! is configured: `/dev/net/tun`, `TUNSETIFF` with `IFF_TAP | IFF_NO_PI |
-//! IFF_VNET_HDR`, the fd held for the VMM's lifetime.
-//!
-//! One difference, on purpose: Firecracker running as root creates a
-//! missing TAP (a transient one, gone when it exits). The fake only attaches
-//! to TAPs that exist, and accepts a missing one without creating it, so
-//! that tests which configure made-up TAP names never add devices to the
-//! namespace they run in.
+//! IFF_VNET_HDR`, the fd held for the VMM's lifetime. As in Firecracker, a
+//! process with `CAP_NET_ADMIN` (root) creates a missing TAP this way (a
+//! transient one, gone when the process exits), and one without gets
+//! `EPERM`.
 
-use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -26,16 +22,11 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Attaches to the TAP `name` if a device of that name exists; `Ok(None)`
-/// if none does.
-pub fn attach_existing(name: &str) -> io::Result<Option<OwnedFd>> {
-    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    if name.len() >= libc::IFNAMSIZ {
+/// Opens the TAP `name`, creating it (transient) when it does not exist
+/// and the process may.
+pub fn attach(name: &str) -> io::Result<OwnedFd> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: a NUL-terminated string; the call only reads it.
-    if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
-        return Ok(None);
     }
     let tun = OpenOptions::new()
         .read(true)
@@ -55,7 +46,7 @@ pub fn attach_existing(name: &str) -> io::Result<Option<OwnedFd>> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Some(OwnedFd::from(tun)))
+    Ok(OwnedFd::from(tun))
 }
 
 /// Firecracker's message when the TAP cannot be opened.

@@ -138,6 +138,9 @@ pub enum ActionError {
     /// MMDS data store failures.
     #[error("MMDS error: {0}")]
     Mmds(String),
+    /// The MMDS data store's size limit (answered with 413).
+    #[error("MMDS limit exceeded error: {0}")]
+    MmdsLimit(String),
     /// `InstanceStart` failures.
     #[error("Start microvm error: {0}")]
     StartMicrovm(String),
@@ -346,6 +349,8 @@ pub struct VmmOptions {
     pub exit_on_start: Option<u8>,
     /// `FAKE_FC_CONSOLE_FLOOD`.
     pub console_flood: Option<u64>,
+    /// `FAKE_FC_BALLOON_DRIVER`: the guest has a virtio-balloon driver.
+    pub balloon_driver: bool,
     /// `FAKE_FC_IGNORE_CTRL_ALT_DEL`.
     pub ignore_ctrl_alt_del: bool,
     /// `FAKE_FC_GUEST_TOUCH`.
@@ -499,12 +504,14 @@ impl Vmm {
             }
             Action::LoadSnapshot(params) => return self.load_snapshot(params),
             Action::PatchMmds(value) => {
+                // Only a PUT (or an MMDS configuration) creates the store.
                 let limit = self.options.mmds_size_limit;
-                patch_mmds(
-                    res.mmds.get_or_insert(serde_json::Value::Null),
-                    value,
-                    limit,
-                )
+                match res.mmds.as_mut() {
+                    Some(store) => patch_mmds(store, value, limit),
+                    None => Err(ActionError::Mmds(
+                        "The MMDS data store is not initialized.".into(),
+                    )),
+                }
             }
             Action::PutCpuConfig(cfg) => {
                 res.cpu_config = Some(*cfg);
@@ -524,6 +531,15 @@ impl Vmm {
             }
             Action::PutVsock(cfg) => {
                 self.boot_path = true;
+                // As Firecracker: the old device goes first, with its
+                // socket file; a replacement that fails leaves none.
+                if let Some(old) = res.vsock.take()
+                    && let Err(e) = std::fs::remove_file(&old.uds_path)
+                {
+                    return Outcome::from(Err(ActionError::Vsock(format!(
+                        "Cannot create backend for vsock device: Error binding to the host-side Unix socket: {e}"
+                    ))));
+                }
                 match bind_vsock(&cfg.uds_path) {
                     Ok(listener) => {
                         crate::vsock::serve(listener, cfg.uds_path.clone());
@@ -595,11 +611,11 @@ impl Vmm {
                 )),
             },
             Action::GetBalloonStats => match &self.resources.balloon {
-                Some(b) if b.stats_polling_interval_s.unwrap_or(0) > 0 => {
-                    Ok(Reply::Json(balloon_stats(b, self.resources.machine_config.mem_size_mib)))
-                }
+                Some(b) if b.stats_polling_interval_s.unwrap_or(0) > 0 => Ok(Reply::Json(
+                    balloon_stats(b, self.resources.machine_config.mem_size_mib, self.options.balloon_driver),
+                )),
                 Some(_) => Err(ActionError::InternalVmm(
-                    "Balloon: Statistics for the balloon device are not enabled".into(),
+                    "Balloon: Received stats query when stats are disabled.".into(),
                 )),
                 None => Err(ActionError::InternalVmm(
                     "Failed perform action on device: Device not found".into(),
@@ -682,11 +698,17 @@ impl Vmm {
                 return outcome;
             }
             Action::PatchBalloon(u) => match &mut self.resources.balloon {
+                // Without a guest driver the device never activates.
+                Some(_) if !self.options.balloon_driver => Err(ActionError::BalloonUpdate(
+                    "Balloon: Device not activated yet.".into(),
+                )),
                 Some(b) => {
-                    if u64::from(u.amount_mib) > self.resources.machine_config.mem_size_mib {
-                        Err(ActionError::BalloonUpdate(
-                            "Balloon: Amount of pages requested cannot fit in `u32`".into(),
-                        ))
+                    let memory = self.resources.machine_config.mem_size_mib;
+                    if u64::from(u.amount_mib) > memory {
+                        Err(ActionError::BalloonUpdate(format!(
+                            "Balloon: Requested memory should be less than {}MiB",
+                            memory + 1
+                        )))
                     } else {
                         b.amount_mib = u.amount_mib;
                         Ok(Reply::Empty)
@@ -697,11 +719,12 @@ impl Vmm {
                 )),
             },
             Action::PatchBalloonStatistics(u) => match &mut self.resources.balloon {
-                Some(b) if b.stats_polling_interval_s.unwrap_or(0) == 0
-                    && u.stats_polling_interval_s != 0 =>
+                Some(b)
+                    if (b.stats_polling_interval_s.unwrap_or(0) == 0)
+                        != (u.stats_polling_interval_s == 0) =>
                 {
                     Err(ActionError::BalloonUpdate(
-                        "Balloon: Cannot enable/disable the statistics after boot.".into(),
+                        "Balloon: Statistics cannot be enabled/disabled after activation.".into(),
                     ))
                 }
                 Some(b) => {
@@ -714,14 +737,26 @@ impl Vmm {
             },
             Action::StartBalloonHinting(_)
             | Action::StopBalloonHinting
-            | Action::GetBalloonHintingStatus => match &self.resources.balloon {
-                Some(b) if b.free_page_hinting == Some(true) => {
-                    Ok(Reply::Json(r#"{"host_cmd":0}"#.to_owned()))
+            | Action::GetBalloonHintingStatus => {
+                let status = matches!(action, Action::GetBalloonHintingStatus);
+                match &self.resources.balloon {
+                    None => Err(ActionError::BalloonUpdate(
+                        "Failed perform action on device: Device not found".into(),
+                    )),
+                    Some(b) if b.free_page_hinting != Some(true) => {
+                        Err(ActionError::BalloonUpdate(
+                            "Balloon: Attempting to use hinting when not enabled".into(),
+                        ))
+                    }
+                    Some(_) if status => Ok(Reply::Json(
+                        r#"{"host_cmd":0,"guest_cmd":null}"#.to_owned(),
+                    )),
+                    Some(_) if !self.options.balloon_driver => Err(ActionError::BalloonUpdate(
+                        "Balloon: Device not activated yet.".into(),
+                    )),
+                    Some(_) => Ok(Reply::Empty),
                 }
-                _ => Err(ActionError::BalloonUpdate(
-                    "Failed perform action on device: Device not found".into(),
-                )),
-            },
+            }
             Action::PatchDrive(u) => {
                 match self
                     .resources
@@ -1060,15 +1095,13 @@ impl Vmm {
             iface.host_dev_name = o.host_dev_name.clone();
         }
         for iface in &resources.network_interfaces {
-            let tap = crate::tap::attach_existing(&iface.host_dev_name).map_err(|e| {
+            let tap = crate::tap::attach(&iface.host_dev_name).map_err(|e| {
                 format!(
                     "Failed to restore network devices: {}",
                     crate::tap::open_error(&iface.host_dev_name, &e)
                 )
             })?;
-            if let Some(fd) = tap {
-                self.taps.insert(iface.iface_id.clone(), fd);
-            }
+            self.taps.insert(iface.iface_id.clone(), tap);
         }
         if let Some(o) = &params.vsock_override {
             let vsock = resources
@@ -1318,18 +1351,38 @@ fn put_net(
     res: &mut Resources,
     iface: NetworkInterface,
 ) -> Result<Reply, ActionError> {
-    let tap = crate::tap::attach_existing(&iface.host_dev_name)
+    check_mac_free(res, &iface)?;
+    // As Firecracker: an update drops the old device (and its TAP) first,
+    // so a failed update leaves none, and the new one goes to the end.
+    if let Some(i) = res
+        .network_interfaces
+        .iter()
+        .position(|n| n.iface_id == iface.iface_id)
+    {
+        res.network_interfaces.swap_remove(i);
+        taps.remove(&iface.iface_id);
+        if let Some(mmds) = &res.mmds_config
+            && mmds.network_interfaces.contains(&iface.iface_id)
+        {
+            res.mmds_config = None;
+        }
+    }
+    if let Some(mtu) = iface.mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        return Err(ActionError::Network(format!(
+            "Could not create the network device: MTU {mtu} is out of range [68, 65535]"
+        )));
+    }
+    let tap = crate::tap::attach(&iface.host_dev_name)
         .map_err(|e| ActionError::Network(crate::tap::open_error(&iface.host_dev_name, &e)))?;
-    let id = iface.iface_id.clone();
-    let reply = insert_net(res, iface)?;
-    match tap {
-        Some(fd) => taps.insert(id, fd),
-        None => taps.remove(&id),
-    };
-    Ok(reply)
+    taps.insert(iface.iface_id.clone(), tap);
+    res.network_interfaces.push(iface);
+    Ok(Reply::Empty)
 }
 
-fn insert_net(res: &mut Resources, iface: NetworkInterface) -> Result<Reply, ActionError> {
+/// Refuses a MAC another interface has.
+fn check_mac_free(res: &Resources, iface: &NetworkInterface) -> Result<(), ActionError> {
     if let Some(mac) = &iface.guest_mac
         && res
             .network_interfaces
@@ -1340,16 +1393,7 @@ fn insert_net(res: &mut Resources, iface: NetworkInterface) -> Result<Reply, Act
             "The MAC address is already in use: {mac}"
         )));
     }
-    // The fake opens no TAP device: any host_dev_name is accepted.
-    match res
-        .network_interfaces
-        .iter()
-        .position(|n| n.iface_id == iface.iface_id)
-    {
-        Some(i) => res.network_interfaces[i] = iface,
-        None => res.network_interfaces.push(iface),
-    }
-    Ok(Reply::Empty)
+    Ok(())
 }
 
 fn set_balloon(res: &mut Resources, cfg: Balloon) -> Result<Reply, ActionError> {
@@ -1362,7 +1406,17 @@ fn set_balloon(res: &mut Resources, cfg: Balloon) -> Result<Reply, ActionError> 
     Ok(Reply::Empty)
 }
 
-fn set_mmds_config(res: &mut Resources, cfg: MmdsConfig) -> Result<Reply, ActionError> {
+fn set_mmds_config(res: &mut Resources, mut cfg: MmdsConfig) -> Result<Reply, ActionError> {
+    if let Some(ip) = &cfg.ipv4_address
+        && !ip.is_link_local()
+    {
+        return Err(ActionError::MmdsConfig(
+            "The MMDS IPv4 address is not link local.".into(),
+        ));
+    }
+    // Firecracker keeps the interfaces as a set.
+    let mut seen = std::collections::HashSet::new();
+    cfg.network_interfaces.retain(|id| seen.insert(id.clone()));
     if cfg.network_interfaces.is_empty() {
         return Err(ActionError::MmdsConfig(
             "The list of network interface IDs that allow forwarding MMDS requests is empty."
@@ -1393,7 +1447,7 @@ fn mmds_reply(value: &serde_json::Value) -> Reply {
 
 fn check_mmds_size(value: &serde_json::Value, limit: usize) -> Result<(), ActionError> {
     if value.to_string().len() > limit {
-        return Err(ActionError::Mmds(
+        return Err(ActionError::MmdsLimit(
             "The MMDS patch request doesn't fit.".into(),
         ));
     }
@@ -1443,17 +1497,31 @@ fn merge_patch(target: &mut serde_json::Value, patch: serde_json::Value) {
     }
 }
 
-fn balloon_stats(b: &Balloon, mem_size_mib: u64) -> String {
+/// `GET /balloon/statistics` in Firecracker's field order. Without a
+/// guest driver nothing was inflated and the guest reported nothing.
+fn balloon_stats(b: &Balloon, mem_size_mib: u64, driver: bool) -> String {
+    #[derive(Serialize)]
+    struct Stats {
+        target_pages: u64,
+        actual_pages: u64,
+        target_mib: u32,
+        actual_mib: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total_memory: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        available_memory: Option<u64>,
+    }
     let target_pages = u64::from(b.amount_mib) * 256;
-    serde_json::json!({
-        "target_pages": target_pages,
-        "actual_pages": target_pages,
-        "target_mib": b.amount_mib,
-        "actual_mib": b.amount_mib,
-        "total_memory": mem_size_mib << 20,
-        "available_memory": (mem_size_mib - u64::from(b.amount_mib)) << 20,
-    })
-    .to_string()
+    let stats = Stats {
+        target_pages,
+        actual_pages: if driver { target_pages } else { 0 },
+        target_mib: b.amount_mib,
+        actual_mib: if driver { b.amount_mib } else { 0 },
+        total_memory: driver.then_some(mem_size_mib << 20),
+        available_memory: driver
+            .then(|| mem_size_mib.saturating_sub(u64::from(b.amount_mib)) << 20),
+    };
+    serde_json::to_string(&stats).unwrap_or_else(|_| "{}".to_owned())
 }
 
 fn json_reply<T: Serialize>(value: &T) -> Reply {

@@ -111,6 +111,23 @@ impl Fake {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // As root, Firecracker (and the fake) creates a TAP named in PUT
+        // /network-interfaces when none exists: each VMM gets a network
+        // namespace of its own, so that never touches the host's.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: unshare(2) only, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("spawn fake-firecracker");
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
