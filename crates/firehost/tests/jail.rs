@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -323,15 +323,23 @@ async fn a_jailed_vm_runs_as_its_uid_in_its_chroot_within_its_limits_and_leaves_
     assert_eq!((root.dev(), root.ino()), (chroot.dev(), chroot.ino()));
     assert!(record.chroot.starts_with(&jail.base));
     // The API socket the manager uses is the one inside the chroot, and
-    // so are Firecracker's log and metrics, which it writes as its uid.
+    // so are the FIFOs Firecracker writes its log and metrics into, as its
+    // uid; the log keeper copies them into bounded files in the VM's
+    // directory, which the VM's uid cannot touch.
     assert!(info.api_socket.starts_with(&record.chroot));
     for file in ["firecracker.log", "metrics.json"] {
         let meta = std::fs::metadata(record.chroot.join(file)).unwrap();
         assert_eq!(meta.uid(), record.uid, "{file}");
-        assert!(!info.dir.join(file).exists(), "{file} in the VM directory");
+        assert!(meta.file_type().is_fifo(), "{file} is a FIFO");
     }
-    let log = std::fs::read_to_string(record.chroot.join("firecracker.log")).unwrap();
-    assert!(!log.is_empty(), "Firecracker logged nothing");
+    let copy = info.dir.join("firecracker.log");
+    common::poll_until("Firecracker's log", LONG, || {
+        std::fs::read_to_string(&copy)
+            .ok()
+            .filter(|log| !log.is_empty())
+    })
+    .await;
+    assert_eq!(std::fs::metadata(&copy).unwrap().uid(), 0);
 
     // The limits, on the VMM's own cgroup(s).
     assert!(!record.cgroups.is_empty());

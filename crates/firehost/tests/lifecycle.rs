@@ -514,11 +514,20 @@ async fn vmm_log_and_metrics_land_in_the_vm_directory() {
     })
     .await
     .unwrap();
-    let log = std::fs::read_to_string(info.dir.join("firecracker.log")).unwrap();
-    assert!(!log.is_empty(), "Firecracker's log is empty");
-    let metrics = std::fs::read_to_string(info.dir.join("metrics.json")).unwrap();
-    let first = metrics.lines().next().expect("a metrics line");
-    let parsed: serde_json::Value = serde_json::from_str(first).unwrap();
+    // The log keeper copies them from Firecracker's FIFOs as they come.
+    let read = |name: &str| std::fs::read_to_string(info.dir.join(name)).unwrap_or_default();
+    common::poll_until("Firecracker's log", LONG, || {
+        (!read("firecracker.log").is_empty()).then_some(())
+    })
+    .await;
+    let first = common::poll_until("a whole metrics line", LONG, || {
+        let metrics = read("metrics.json");
+        metrics
+            .contains('\n')
+            .then(|| metrics.lines().next().unwrap_or_default().to_owned())
+    })
+    .await;
+    let parsed: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert!(parsed.is_object());
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(info.dir.join("metrics.json"))

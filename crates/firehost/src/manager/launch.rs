@@ -172,27 +172,21 @@ impl Launched {
         command.keeper = config.log_keeper_program.clone();
         // Firecracker opens its log and metrics paths without O_CREAT, so
         // they must exist first: in the VM's directory, or inside the jail,
-        // where staging made them (owned by the VM's uid). With the console
-        // in a file they are FIFOs the log keeper copies into bounded files
-        // in the VM's directory; else plain files.
-        let kept = matches!(command.console, ConsoleMode::File(_));
+        // where staging made them (owned by the VM's uid). They are FIFOs
+        // the log keeper copies into bounded files in the VM's directory.
         let chroot = jail.as_ref().map(|prepared| prepared.jail.clone());
         let mut vmm_file = |inside: &str, name: &str| -> Result<PathBuf, VmError> {
             let host = match &chroot {
                 Some(jail) => jail.root().host_path(Path::new(inside)),
-                None if kept => dir.join(format!("{name}.fifo")),
-                None => dir.join(name),
+                None => dir.join(format!("{name}.fifo")),
             };
-            if kept {
-                crate::vmm::keeper::make_fifo(&host).map_err(io("create a FIFO", &host))?;
-                if let Some(jail) = &chroot {
-                    std::os::unix::fs::chown(&host, Some(jail.uid), Some(jail.gid))
-                        .map_err(io("chown", &host))?;
-                }
-                command.kept.push((host.clone(), dir.join(name)));
-            } else if chroot.is_none() {
-                create_private_file(&host).map_err(io("create", &host))?;
+            crate::vmm::keeper::make_fifo(&host).map_err(io("create a FIFO", &host))?;
+            if let Some(jail) = &chroot {
+                std::os::unix::fs::chown(&host, Some(jail.uid), Some(jail.gid))
+                    .map_err(io("chown", &host))?;
             }
+            command.kept.push((host.clone(), dir.join(name)));
+            // What Firecracker opens: inside the jail, the path in it.
             Ok(match &chroot {
                 Some(_) => PathBuf::from(inside),
                 None => host,
@@ -336,15 +330,4 @@ impl Launched {
         vm.persist(Durability::Synced).await?;
         Ok(vm)
     }
-}
-
-fn create_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
 }

@@ -8,8 +8,10 @@
 //! or provokes log lines cannot fill the host's disk.
 //!
 //! The keeper lives exactly as long as the VMM: when the console pipe
-//! reaches its end (every process that could write to it is gone), it
-//! drains the FIFOs and exits. Run in a process of its own
+//! reaches its end (every process that could write to it is gone), or the
+//! VMM's pidfd says it exited (for VMs whose console goes to the manager's
+//! ring, where only the log and metrics are kept), it drains the FIFOs and
+//! exits. Run in a process of its own
 //! ([`KeeperProgram`]: the CLI's hidden `log-keeper` command, or the
 //! library's `firehost-log-keeper`), the files keep filling after the
 //! process that started the VM exits. Without one, a thread of the
@@ -60,8 +62,9 @@ impl KeeperProgram {
 /// What one keeper copies where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperJob {
-    /// The file the console pipe goes to.
-    pub console: PathBuf,
+    /// The file the console pipe goes to; `None` when the console goes
+    /// elsewhere (the manager's ring) and only FIFOs are kept.
+    pub console: Option<PathBuf>,
     /// FIFOs the VMM writes (its log, its metrics) and the file each goes to.
     pub fifos: Vec<(PathBuf, PathBuf)>,
     /// The bound of each file.
@@ -71,12 +74,13 @@ pub struct KeeperJob {
 impl KeeperJob {
     /// The keeper's own arguments for this job.
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--console".into(),
-            self.console.clone().into(),
-            "--max-bytes".into(),
-            self.limits.max_bytes.to_string().into(),
-        ];
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(console) = &self.console {
+            args.push("--console".into());
+            args.push(console.clone().into());
+        }
+        args.push("--max-bytes".into());
+        args.push(self.limits.max_bytes.to_string().into());
         for (fifo, out) in &self.fifos {
             let mut pair = fifo.clone().into_os_string();
             pair.push("=");
@@ -132,7 +136,7 @@ impl KeeperJob {
             }
         }
         Ok(KeeperJob {
-            console: console.ok_or("--console is required")?,
+            console,
             fifos,
             limits: LogLimits {
                 max_bytes: max_bytes.unwrap_or(LogLimits::DEFAULT_MAX_BYTES),
@@ -141,15 +145,28 @@ impl KeeperJob {
     }
 }
 
-/// Copies `console` (the read end of the VMM's output pipe) and the job's
-/// FIFOs into their bounded files until the pipe ends, then drains the
-/// FIFOs and returns.
+/// Copies `console` (the read end of the VMM's output pipe, into the job's
+/// console file) and the job's FIFOs into their bounded files until the
+/// pipe ends or `until` (the VMM's pidfd) turns readable, then drains the
+/// FIFOs and returns. With neither, it returns at once.
 ///
 /// # Errors
 ///
 /// A file cannot be opened, or reading or writing fails.
-pub fn run(console: OwnedFd, job: &KeeperJob) -> std::io::Result<()> {
-    let mut console_log = BoundedLog::open(&job.console, job.limits)?;
+pub fn run(
+    console: Option<OwnedFd>,
+    until: Option<OwnedFd>,
+    job: &KeeperJob,
+) -> std::io::Result<()> {
+    if console.is_none() && until.is_none() {
+        return Ok(());
+    }
+    let mut console = match (console, &job.console) {
+        (Some(fd), Some(path)) => {
+            Some((std::fs::File::from(fd), BoundedLog::open(path, job.limits)?))
+        }
+        _ => None,
+    };
     let mut fifos = Vec::new();
     for (fifo, out) in &job.fifos {
         // Read and write, non-blocking: the open never waits for the VMM,
@@ -161,10 +178,14 @@ pub fn run(console: OwnedFd, job: &KeeperJob) -> std::io::Result<()> {
         )?;
         fifos.push((std::fs::File::from(fd), BoundedLog::open(out, job.limits)?));
     }
-    let mut console = std::fs::File::from(console);
     let mut buf = vec![0u8; 64 * 1024];
+    // Poll order: the console (if kept), the pidfd (if given), the FIFOs.
+    let leading = usize::from(console.is_some()) + usize::from(until.is_some());
     loop {
-        let mut polled: Vec<PollFd<'_>> = std::iter::once(console.as_fd())
+        let mut polled: Vec<PollFd<'_>> = console
+            .iter()
+            .map(|(pipe, _)| pipe.as_fd())
+            .chain(until.iter().map(|fd| fd.as_fd()))
             .chain(fifos.iter().map(|(f, _)| f.as_fd()))
             .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
             .collect();
@@ -175,19 +196,29 @@ pub fn run(console: OwnedFd, job: &KeeperJob) -> std::io::Result<()> {
         }
         let ready: Vec<bool> = polled.iter().map(|p| !p.revents().is_empty()).collect();
         drop(polled);
-        if ready[0] {
-            match console.read(&mut buf) {
+        let mut ended = false;
+        if let Some((pipe, log)) = console.as_mut()
+            && ready[0]
+        {
+            match pipe.read(&mut buf) {
                 // Every writer is gone: the VMM has exited.
-                Ok(0) => break,
-                Ok(n) => console_log.write(&buf[..n])?,
+                Ok(0) => ended = true,
+                Ok(n) => log.write(&buf[..n])?,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        for ((fifo, log), ready) in fifos.iter_mut().zip(&ready[1..]) {
+        // A readable pidfd: the VMM has exited.
+        if until.is_some() && ready[leading - 1] {
+            ended = true;
+        }
+        for ((fifo, log), ready) in fifos.iter_mut().zip(&ready[leading..]) {
             if *ready {
                 drain(fifo, log, &mut buf)?;
             }
+        }
+        if ended {
+            break;
         }
     }
     for (fifo, log) in &mut fifos {
@@ -243,7 +274,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> Result<(), St
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| format!("stdin: {e}"))?;
-    run(stdin, &job).map_err(|e| format!("{}: {e}", job.console.display()))
+    let what = job
+        .console
+        .as_ref()
+        .map_or_else(|| "the log keeper".to_owned(), |p| p.display().to_string());
+    run(Some(stdin), None, &job).map_err(|e| format!("{what}: {e}"))
 }
 
 #[cfg(test)]
@@ -254,7 +289,7 @@ mod tests {
     #[test]
     fn arguments_round_trip() {
         let job = KeeperJob {
-            console: "/s/vms/a/console.log".into(),
+            console: Some("/s/vms/a/console.log".into()),
             fifos: vec![("/s/vms/a/fc.fifo".into(), "/s/vms/a/firecracker.log".into())],
             limits: LogLimits { max_bytes: 4096 },
         };
@@ -269,7 +304,7 @@ mod tests {
         let fifo = dir.path().join("log.fifo");
         make_fifo(&fifo).unwrap();
         let job = KeeperJob {
-            console: dir.path().join("console.log"),
+            console: Some(dir.path().join("console.log")),
             fifos: vec![(fifo.clone(), dir.path().join("firecracker.log"))],
             limits: LogLimits {
                 max_bytes: 64 * 1024,
@@ -278,7 +313,7 @@ mod tests {
         let (read, write) = rustix::pipe::pipe().unwrap();
         let keeper = {
             let job = job.clone();
-            std::thread::spawn(move || run(read, &job))
+            std::thread::spawn(move || run(Some(read), None, &job))
         };
         // The "VMM": 4 MiB of console and a log line through the FIFO.
         let mut log_writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
@@ -290,11 +325,35 @@ mod tests {
         drop((console, log_writer));
         keeper.join().unwrap().unwrap();
         let on_disk = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let console_file = job.console.as_ref().unwrap();
         let console_bytes =
-            on_disk(&job.console) + on_disk(&crate::bounded_log::rotated(&job.console));
+            on_disk(console_file) + on_disk(&crate::bounded_log::rotated(console_file));
         assert!(console_bytes <= 2 * 64 * 1024 + 200, "{console_bytes}");
-        assert!(crate::bounded_log::read_dropped(&job.console) >= (4 << 20) - 2 * 64 * 1024);
+        assert!(crate::bounded_log::read_dropped(console_file) >= (4 << 20) - 2 * 64 * 1024);
         let log = std::fs::read_to_string(dir.path().join("firecracker.log")).unwrap();
         assert_eq!(log, "a log line\n");
+    }
+
+    #[test]
+    fn with_only_fifos_it_ends_when_the_process_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("metrics.fifo");
+        make_fifo(&fifo).unwrap();
+        let job = KeeperJob {
+            console: None,
+            fifos: vec![(fifo.clone(), dir.path().join("metrics.json"))],
+            limits: LogLimits::default(),
+        };
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo '{{\"m\":1}}' > {}", fifo.display()))
+            .spawn()
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+        run(None, Some(pidfd), &job).unwrap();
+        child.wait().unwrap();
+        let kept = std::fs::read_to_string(dir.path().join("metrics.json")).unwrap();
+        assert_eq!(kept, "{\"m\":1}\n");
     }
 }

@@ -265,11 +265,28 @@ impl VmmCommand {
         };
         if let (Some(read), ConsoleMode::File(path)) = (kept_pipe, &self.console) {
             let job = KeeperJob {
-                console: path.clone(),
+                console: Some(path.clone()),
                 fifos: self.kept.clone(),
                 limits: self.log_limits,
             };
             start_keeper(self.keeper.as_ref(), read, job);
+        } else if !self.kept.is_empty() {
+            // The console goes to the ring: a thread keeps the log and
+            // metrics FIFOs until the VMM exits (as the ring, it stops with
+            // this process; Firecracker then drops what it cannot write).
+            let job = KeeperJob {
+                console: None,
+                fifos: self.kept.clone(),
+                limits: self.log_limits,
+            };
+            match rustix::process::Pid::from_raw(pid)
+                .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+            {
+                Some(Ok(pidfd)) => keeper_thread(None, Some(pidfd), job),
+                _ => {
+                    tracing::warn!(vm = %self.id, "cannot watch the VMM: its log and metrics are not kept")
+                }
+            }
         }
         let tee = match &self.console {
             ConsoleMode::RingAndFile(path) => match BoundedLog::open(path, self.log_limits) {
@@ -314,7 +331,7 @@ fn start_keeper(program: Option<&KeeperProgram>, read: OwnedFd, job: KeeperJob) 
             Ok(fd) => fd,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot hand the console to the keeper; using a thread");
-                return keeper_thread(read, job);
+                return keeper_thread(Some(read), None, job);
             }
         };
         let mut command = Command::new(&program.program);
@@ -345,15 +362,15 @@ fn start_keeper(program: Option<&KeeperProgram>, read: OwnedFd, job: KeeperJob) 
             }
         }
     }
-    keeper_thread(read, job);
+    keeper_thread(Some(read), None, job);
 }
 
-fn keeper_thread(read: OwnedFd, job: KeeperJob) {
+fn keeper_thread(console: Option<OwnedFd>, until: Option<OwnedFd>, job: KeeperJob) {
     let spawned = std::thread::Builder::new()
         .name("firehost-log-keeper".into())
         .spawn(move || {
-            if let Err(e) = super::keeper::run(read, &job) {
-                tracing::warn!(console = %job.console.display(), error = %e, "log keeper stopped");
+            if let Err(e) = super::keeper::run(console, until, &job) {
+                tracing::warn!(job = ?job, error = %e, "log keeper stopped");
             }
         });
     if let Err(e) = spawned {

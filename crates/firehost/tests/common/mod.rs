@@ -222,3 +222,20 @@ pub async fn within<T>(what: &str, limit: Duration, f: impl std::future::Future<
         .await
         .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
 }
+
+/// Polls `check` (every 10 ms) until it gives a value, for at most
+/// `limit`; panics naming `what` after that. For files another process or
+/// thread fills (the log keeper's copies), which announce nothing.
+pub async fn poll_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
