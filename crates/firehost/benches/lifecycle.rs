@@ -373,10 +373,17 @@ async fn bench_create_to_running(
     name: &str,
     binary: &Path,
     images: &Images,
+    keeper: Option<firehost::vmm::keeper::KeeperProgram>,
 ) -> (Duration, Duration) {
     let n = iters(if name == "fake" { 40 } else { 15 });
-    let state = images.dir.path().join(format!("state-{name}"));
+    let kind = if keeper.is_some() {
+        "process"
+    } else {
+        "thread"
+    };
+    let state = images.dir.path().join(format!("state-{name}-{kind}"));
     let mut config = ManagerConfig::new(&state, binary);
+    config.log_keeper_program = keeper;
     config.defaults.kernel = Some(images.kernel());
     config.defaults.rootfs = Some(images.rootfs());
     config.defaults.mem_mib = u32::try_from(guest_mib(name)).unwrap();
@@ -546,7 +553,7 @@ async fn bench_restore(name: &str, binary: &Path, images: &Images) {
 }
 
 async fn bench_real(binary: &Path, images: &Images) {
-    let (ours, raw) = bench_create_to_running("real", binary, images).await;
+    let (ours, raw) = bench_create_to_running("real", binary, images, None).await;
     let n = iters(15);
     let mut cf = Vec::new();
     for i in 0..n {
@@ -633,7 +640,13 @@ fn main() {
         println!("# firehost lifecycle benchmarks\n");
         println!("fake-firecracker: {}\n", fake.display());
         bench_api_sequence(&images).await;
-        let (ours, raw) = bench_create_to_running("fake", &fake, &images).await;
+        let (ours, raw) = bench_create_to_running("fake", &fake, &images, None).await;
+        let keeper = firehost::vmm::keeper::KeeperProgram::new(
+            env!("CARGO_BIN_EXE_firehost-log-keeper"),
+            Vec::<String>::new(),
+        );
+        let (kept, raw_kept) =
+            bench_create_to_running("fake", &fake, &images, Some(keeper)).await;
         println!(
             "## create → running, fake-firecracker process ({} iterations each)\n",
             iters(40)
@@ -642,9 +655,15 @@ fn main() {
         println!("|---|---|---|");
         println!("| spawn + raw API sequence | {} | 1.00× |", ms(raw));
         println!(
-            "| firehost Manager::run | {} | {:.2}× |\n",
+            "| firehost Manager::run, console file kept by a thread | {} | {:.2}× |",
             ms(ours),
             ours.as_secs_f64() / raw.as_secs_f64()
+        );
+        println!(
+            "| firehost Manager::run, kept by a keeper process (the CLI's way) | {} | {:.2}× (its own baseline {}) |\n",
+            ms(kept),
+            kept.as_secs_f64() / raw_kept.as_secs_f64(),
+            ms(raw_kept)
         );
         match std::env::var_os("FIREHOST_FIRECRACKER") {
             Some(real) => {

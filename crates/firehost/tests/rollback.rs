@@ -136,6 +136,16 @@ async fn socket_that_never_appears_times_out_and_rolls_back() {
 
 #[tokio::test]
 async fn vmm_exiting_before_its_socket_is_reported_with_its_output() {
+    early_exit_reports_the_output(firehost::manager::ConsoleTarget::Ring).await;
+}
+
+#[tokio::test]
+async fn with_the_console_in_a_file_the_last_words_are_there_too() {
+    // The log keeper copies them; the tail waits for it to finish.
+    early_exit_reports_the_output(firehost::manager::ConsoleTarget::File).await;
+}
+
+async fn early_exit_reports_the_output(console: firehost::manager::ConsoleTarget) {
     let host = TestHost::new();
     let script = host.dir.path().join("broken-firecracker");
     std::fs::write(
@@ -146,6 +156,7 @@ async fn vmm_exiting_before_its_socket_is_reported_with_its_output() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut config = host.config();
     config.firecracker = script;
+    config.console = console;
     let manager = Manager::open(config).await.unwrap();
     let vm = id("early-exit");
     let err = manager.create(&vm, host.spec()).await.unwrap_err();

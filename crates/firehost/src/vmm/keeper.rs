@@ -178,7 +178,8 @@ pub fn run(
         )?;
         fifos.push((std::fs::File::from(fd), BoundedLog::open(out, job.limits)?));
     }
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small: one keeper per VM, and the VMM writes a line at a time.
+    let mut buf = vec![0u8; 8 * 1024];
     // Poll order: the console (if kept), the pidfd (if given), the FIFOs.
     let leading = usize::from(console.is_some()) + usize::from(until.is_some());
     loop {

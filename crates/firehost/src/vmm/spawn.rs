@@ -84,9 +84,8 @@ pub struct VmmCommand {
     /// The bound of every file written for the guest (the console file,
     /// and what [`kept`](Self::kept) names).
     pub log_limits: LogLimits,
-    /// With [`ConsoleMode::File`]: FIFOs the VMM writes (its log and
-    /// metrics paths, as host paths) and the bounded file each is copied
-    /// into by the [`keeper`](super::keeper).
+    /// FIFOs the VMM writes (its log and metrics paths, as host paths) and
+    /// the bounded file each is copied into by the [`keeper`](super::keeper).
     pub kept: Vec<(PathBuf, PathBuf)>,
     /// With [`ConsoleMode::File`]: the program that runs the keeper in a
     /// process of its own; `None` runs it on a thread of this process.
@@ -269,7 +268,7 @@ impl VmmCommand {
                 fifos: self.kept.clone(),
                 limits: self.log_limits,
             };
-            start_keeper(self.keeper.as_ref(), read, job);
+            start_keeper(self.keeper.as_ref(), read, job, ring);
         } else if !self.kept.is_empty() {
             // The console goes to the ring: a thread keeps the log and
             // metrics FIFOs until the VMM exits (as the ring, it stops with
@@ -282,7 +281,7 @@ impl VmmCommand {
             match rustix::process::Pid::from_raw(pid)
                 .map(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
             {
-                Some(Ok(pidfd)) => keeper_thread(None, Some(pidfd), job),
+                Some(Ok(pidfd)) => keeper_thread(None, Some(pidfd), job, ring),
                 _ => {
                     tracing::warn!(vm = %self.id, "cannot watch the VMM: its log and metrics are not kept")
                 }
@@ -324,14 +323,21 @@ fn set_nofile_limit(pid: i32, limit: u64) -> Result<(), ProcessError> {
 }
 
 /// Runs the keeper for a VMM's console pipe: in a process of its own when
-/// there is a program (which outlives this one), else on a thread.
-fn start_keeper(program: Option<&KeeperProgram>, read: OwnedFd, job: KeeperJob) {
+/// there is a program (which outlives this one), else on a thread. Either
+/// counts as a writer of `ring` until it ends, so a console tail taken
+/// after the VMM exits ([`ConsoleRing::drained`]) waits for its last bytes.
+fn start_keeper(
+    program: Option<&KeeperProgram>,
+    read: OwnedFd,
+    job: KeeperJob,
+    ring: &ConsoleRing,
+) {
     if let Some(program) = program {
         let stdin = match read.try_clone() {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot hand the console to the keeper; using a thread");
-                return keeper_thread(Some(read), None, job);
+                return keeper_thread(Some(read), None, job, ring);
             }
         };
         let mut command = Command::new(&program.program);
@@ -354,7 +360,12 @@ fn start_keeper(program: Option<&KeeperProgram>, read: OwnedFd, job: KeeperJob) 
         match started {
             Ok(keeper) => {
                 // Watched to its end, which reaps it; it ends with its VMM.
-                tokio::spawn(async move { keeper.wait().await });
+                ring.open_stream();
+                let ring = ring.clone();
+                tokio::spawn(async move {
+                    keeper.wait().await;
+                    ring.close_stream(ConsoleStream::Serial);
+                });
                 return;
             }
             Err(e) => {
@@ -362,18 +373,28 @@ fn start_keeper(program: Option<&KeeperProgram>, read: OwnedFd, job: KeeperJob) 
             }
         }
     }
-    keeper_thread(Some(read), None, job);
+    keeper_thread(Some(read), None, job, ring);
 }
 
-fn keeper_thread(console: Option<OwnedFd>, until: Option<OwnedFd>, job: KeeperJob) {
+fn keeper_thread(
+    console: Option<OwnedFd>,
+    until: Option<OwnedFd>,
+    job: KeeperJob,
+    ring: &ConsoleRing,
+) {
+    ring.open_stream();
+    let ring = ring.clone();
+    let ended = ring.clone();
     let spawned = std::thread::Builder::new()
         .name("firehost-log-keeper".into())
         .spawn(move || {
             if let Err(e) = super::keeper::run(console, until, &job) {
                 tracing::warn!(job = ?job, error = %e, "log keeper stopped");
             }
+            ended.close_stream(ConsoleStream::Serial);
         });
     if let Err(e) = spawned {
+        ring.close_stream(ConsoleStream::Serial);
         tracing::warn!(error = %e, "cannot start the log keeper thread: the console is not kept");
     }
 }
