@@ -373,17 +373,10 @@ async fn bench_create_to_running(
     name: &str,
     binary: &Path,
     images: &Images,
-    keeper: Option<firehost::vmm::keeper::KeeperProgram>,
 ) -> (Duration, Duration) {
     let n = iters(if name == "fake" { 40 } else { 15 });
-    let kind = if keeper.is_some() {
-        "process"
-    } else {
-        "thread"
-    };
-    let state = images.dir.path().join(format!("state-{name}-{kind}"));
+    let state = images.dir.path().join(format!("state-{name}"));
     let mut config = ManagerConfig::new(&state, binary);
-    config.log_keeper_program = keeper;
     config.defaults.kernel = Some(images.kernel());
     config.defaults.rootfs = Some(images.rootfs());
     config.defaults.mem_mib = u32::try_from(guest_mib(name)).unwrap();
@@ -410,6 +403,70 @@ async fn bench_create_to_running(
         raw.push(raw_create_to_running(binary, images.dir.path(), &seq).await);
     }
     (median(&mut ours), median(&mut raw))
+}
+
+/// What the log keeper costs a create with the console in a file, as a
+/// thread of the manager or a process of its own (the CLI's way), against
+/// the console in the ring (no keeper). The three are interleaved, one of
+/// each per iteration, so the machine's drift hits them alike.
+async fn bench_keeper(fake: &Path, images: &Images) {
+    use firehost::vmm::keeper::KeeperProgram;
+    let n = iters(40);
+    let open = |name: &str, console, keeper: Option<KeeperProgram>| {
+        let mut config = ManagerConfig::new(images.dir.path().join(name), fake);
+        config.defaults.kernel = Some(images.kernel());
+        config.defaults.rootfs = Some(images.rootfs());
+        config.defaults.mem_mib = u32::try_from(guest_mib("fake")).unwrap();
+        config.console = console;
+        config.log_keeper_program = keeper;
+        Manager::open(config)
+    };
+    let program = KeeperProgram::new(
+        env!("CARGO_BIN_EXE_firehost-log-keeper"),
+        Vec::<String>::new(),
+    );
+    let managers = [
+        open("keeper-ring", ConsoleTarget::Ring, None)
+            .await
+            .unwrap(),
+        open("keeper-thread", ConsoleTarget::File, None)
+            .await
+            .unwrap(),
+        open("keeper-process", ConsoleTarget::File, Some(program))
+            .await
+            .unwrap(),
+    ];
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for i in 0..n {
+        for (manager, samples) in managers.iter().zip(samples.iter_mut()) {
+            let id = VmId::new(format!("k{i}")).unwrap();
+            let t = Instant::now();
+            manager.run(&id, VmSpec::default()).await.unwrap();
+            samples.push(t.elapsed());
+            let quick = firehost::StopOptions {
+                graceful: Some(false),
+                grace: None,
+            };
+            manager.stop(&id, quick).await.unwrap();
+            manager.destroy(&id).await.unwrap();
+        }
+    }
+    let [ring, thread, process] = samples.map(|mut s| median(&mut s));
+    println!("## the log keeper's cost, create → running ({n} iterations each, interleaved)\n");
+    println!("| console | median | ratio |");
+    println!("|---|---|---|");
+    println!("| ring (no keeper) | {} | 1.00× |", ms(ring));
+    for (what, d) in [
+        ("file, keeper thread", thread),
+        ("file, keeper process (the CLI's way)", process),
+    ] {
+        println!(
+            "| {what} | {} | {:.2}× |",
+            ms(d),
+            d.as_secs_f64() / ring.as_secs_f64()
+        );
+    }
+    println!();
 }
 
 /// `firecracker --config-file` for the same VM, until GET / says Running.
@@ -553,7 +610,7 @@ async fn bench_restore(name: &str, binary: &Path, images: &Images) {
 }
 
 async fn bench_real(binary: &Path, images: &Images) {
-    let (ours, raw) = bench_create_to_running("real", binary, images, None).await;
+    let (ours, raw) = bench_create_to_running("real", binary, images).await;
     let n = iters(15);
     let mut cf = Vec::new();
     for i in 0..n {
@@ -640,13 +697,7 @@ fn main() {
         println!("# firehost lifecycle benchmarks\n");
         println!("fake-firecracker: {}\n", fake.display());
         bench_api_sequence(&images).await;
-        let (ours, raw) = bench_create_to_running("fake", &fake, &images, None).await;
-        let keeper = firehost::vmm::keeper::KeeperProgram::new(
-            env!("CARGO_BIN_EXE_firehost-log-keeper"),
-            Vec::<String>::new(),
-        );
-        let (kept, raw_kept) =
-            bench_create_to_running("fake", &fake, &images, Some(keeper)).await;
+        let (ours, raw) = bench_create_to_running("fake", &fake, &images).await;
         println!(
             "## create → running, fake-firecracker process ({} iterations each)\n",
             iters(40)
@@ -655,16 +706,11 @@ fn main() {
         println!("|---|---|---|");
         println!("| spawn + raw API sequence | {} | 1.00× |", ms(raw));
         println!(
-            "| firehost Manager::run, console file kept by a thread | {} | {:.2}× |",
+            "| firehost Manager::run | {} | {:.2}× |\n",
             ms(ours),
             ours.as_secs_f64() / raw.as_secs_f64()
         );
-        println!(
-            "| firehost Manager::run, kept by a keeper process (the CLI's way) | {} | {:.2}× (its own baseline {}) |\n",
-            ms(kept),
-            kept.as_secs_f64() / raw_kept.as_secs_f64(),
-            ms(raw_kept)
-        );
+        bench_keeper(&fake, &images).await;
         match std::env::var_os("FIREHOST_FIRECRACKER") {
             Some(real) => {
                 bench_real(Path::new(&real), &images).await;

@@ -331,22 +331,8 @@ mod tests {
             id: VmId::new(id).unwrap(),
             committed: true,
             spec: ResolvedSpec {
-                kernel: "/k".into(),
-                initrd: None,
-                rootfs: Some("/r".into()),
-                rootfs_read_only: false,
-                vcpus: 1,
-                mem_mib: 128,
-                smt: false,
-                boot_args: "console=ttyS0".into(),
-                extra_drives: vec![],
                 track_dirty_pages: false,
-                graceful_shutdown: true,
-                net: None,
-                extra_nics: vec![],
-                vsock: None,
-                mmds: None,
-                jail: None,
+                ..ResolvedSpec::for_tests()
             },
             state: VmState::Stopped {
                 exit: ExitReason::Code(0),
