@@ -15,11 +15,10 @@
 //! - [`Allocator`]: the leases. [`Allocator::allocate`] picks the lowest free
 //!   address, [`Allocator::allocate_requested`] honours `--ip` / `--mac`,
 //!   [`Allocator::release`] frees a VM's lease.
-//! - Persistence: the allocator's state is derivable from the live VM
-//!   records ([`Allocator::from_allocated`], [`Allocator::from_leases`]);
-//!   [`Allocator::save`] and [`Allocator::load`] keep a small allocation file,
-//!   written atomically, that covers the window between allocating and
-//!   writing the VM's record.
+//! - Persistence: there is none of its own. The allocator's state is
+//!   derived from the VM records ([`Allocator::from_allocated`],
+//!   [`Allocator::from_leases`]); a create's intent covers the window
+//!   between allocating and writing the VM's record.
 //! - [`GuestNet`]: what one guest needs to know, and
 //!   [`GuestNet::kernel_ip_arg`], the kernel's `ip=` boot argument.
 //!
@@ -50,13 +49,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::VmId;
-use crate::record::{Durability, RecordError, write_atomic};
 
 /// The longest prefix firehost accepts: a /30 has two host addresses, one
 /// for the gateway and one for a guest.
@@ -159,55 +156,6 @@ pub enum IpamError {
         /// How many candidates were tried.
         attempts: u32,
     },
-    /// The allocation file was written for another subnet or gateway than
-    /// the one configured now.
-    #[error(
-        "allocation file {path} is for subnet {file_subnet} gateway {file_gateway}, \
-         but the configured network is {subnet} gateway {gateway}"
-    )]
-    FileMismatch {
-        /// The file.
-        path: PathBuf,
-        /// The subnet in the file.
-        file_subnet: Subnet,
-        /// The gateway in the file.
-        file_gateway: Ipv4Addr,
-        /// The configured subnet.
-        subnet: Subnet,
-        /// The configured gateway.
-        gateway: Ipv4Addr,
-    },
-    /// The allocation file could not be read.
-    #[error("cannot read allocation file {path}")]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The allocation file is not valid JSON of the expected shape.
-    #[error("allocation file {path} is malformed")]
-    MalformedFile {
-        /// The file.
-        path: PathBuf,
-        /// The parse error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The allocation file has a format version this build does not know.
-    #[error(
-        "allocation file {path} has format {format}; this build reads format {ALLOCATION_FORMAT}"
-    )]
-    UnknownFormat {
-        /// The file.
-        path: PathBuf,
-        /// The version found.
-        format: u32,
-    },
-    /// The allocation file could not be written.
-    #[error("cannot write allocation file")]
-    WriteFile(#[source] RecordError),
 }
 
 /// Which reserved address of a subnet an address is.
@@ -554,7 +502,7 @@ impl Allocator {
     }
 
     /// Rebuilds the allocator from full leases (address and MAC), as kept
-    /// in VM records or the allocation file. Refuses anything
+    /// in VM records. Refuses anything
     /// [`Allocator::allocate_requested`] would refuse.
     pub fn from_leases(
         subnet: Subnet,
@@ -761,86 +709,6 @@ impl Allocator {
                 attempts: MAC_ATTEMPTS,
             })
     }
-
-    /// Writes the leases to `path` atomically and durably (temp file,
-    /// fsync, rename, fsync of the directory), mode 0600. Blocking: call it
-    /// from the blocking pool.
-    pub fn save(&self, path: &Path) -> Result<(), IpamError> {
-        let file = AllocationFile {
-            format: ALLOCATION_FORMAT,
-            subnet: self.subnet,
-            gateway: self.gateway,
-            leases: self
-                .by_vm
-                .iter()
-                .map(|(vm, lease)| FileLease {
-                    vm: vm.clone(),
-                    ip: lease.ip,
-                    mac: lease.mac,
-                })
-                .collect(),
-        };
-        let mut bytes = serde_json::to_vec_pretty(&file).expect("allocation file serialises");
-        bytes.push(b'\n');
-        write_atomic(path, &bytes, Durability::Synced).map_err(IpamError::WriteFile)
-    }
-
-    /// Reads the allocation file at `path` for the configured `subnet` and
-    /// `gateway`. A missing file is an empty allocator; a file for another
-    /// subnet or gateway is refused ([`IpamError::FileMismatch`]) rather
-    /// than silently dropped, because its leases may belong to live VMs.
-    /// Blocking.
-    pub fn load(path: &Path, subnet: Subnet, gateway: Option<Ipv4Addr>) -> Result<Self, IpamError> {
-        let empty = Allocator::new(subnet, gateway)?;
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(empty),
-            Err(source) => {
-                return Err(IpamError::ReadFile {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        #[derive(Deserialize)]
-        struct Version {
-            format: u32,
-        }
-        let malformed = |source| IpamError::MalformedFile {
-            path: path.to_owned(),
-            source,
-        };
-        let version: Version = serde_json::from_slice(&bytes).map_err(malformed)?;
-        if version.format != ALLOCATION_FORMAT {
-            return Err(IpamError::UnknownFormat {
-                path: path.to_owned(),
-                format: version.format,
-            });
-        }
-        let file: AllocationFile = serde_json::from_slice(&bytes).map_err(malformed)?;
-        if file.subnet != empty.subnet || file.gateway != empty.gateway {
-            return Err(IpamError::FileMismatch {
-                path: path.to_owned(),
-                file_subnet: file.subnet,
-                file_gateway: file.gateway,
-                subnet: empty.subnet,
-                gateway: empty.gateway,
-            });
-        }
-        Allocator::from_leases(
-            subnet,
-            Some(empty.gateway),
-            file.leases.into_iter().map(|l| {
-                (
-                    l.vm,
-                    Lease {
-                        ip: l.ip,
-                        mac: l.mac,
-                    },
-                )
-            }),
-        )
-    }
 }
 
 fn network_role(subnet: &Subnet, ip: Ipv4Addr) -> Option<ReservedRole> {
@@ -851,24 +719,6 @@ fn network_role(subnet: &Subnet, ip: Ipv4Addr) -> Option<ReservedRole> {
     } else {
         None
     }
-}
-
-/// The allocation file's format version.
-pub const ALLOCATION_FORMAT: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct AllocationFile {
-    format: u32,
-    subnet: Subnet,
-    gateway: Ipv4Addr,
-    leases: Vec<FileLease>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct FileLease {
-    vm: VmId,
-    ip: Ipv4Addr,
-    mac: MacAddr,
 }
 
 /// What one guest needs to know about its network, as kept in the VM
@@ -1221,43 +1071,6 @@ mod tests {
         for (net, host, want) in cases {
             assert_eq!(net.kernel_ip_arg(host.as_ref(), "eth0"), want);
         }
-    }
-
-    #[test]
-    fn save_then_load_restores_every_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("allocations.json");
-        let s: Subnet = "172.30.0.0/16".parse().unwrap();
-        let mut a = Allocator::new(s, None).unwrap();
-        for i in 0..10 {
-            a.allocate(&vm(&format!("vm{i}"))).unwrap();
-        }
-        a.release(&vm("vm3"));
-        a.save(&path).unwrap();
-        let b = Allocator::load(&path, s, None).unwrap();
-        assert_eq!(
-            a.leases().collect::<Vec<_>>(),
-            b.leases().collect::<Vec<_>>()
-        );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-
-    #[test]
-    fn load_without_a_file_is_empty_and_with_another_subnet_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("allocations.json");
-        let s: Subnet = "172.30.0.0/16".parse().unwrap();
-        assert!(Allocator::load(&path, s, None).unwrap().is_empty());
-        let mut a = Allocator::new(s, None).unwrap();
-        a.allocate(&vm("a")).unwrap();
-        a.save(&path).unwrap();
-        let other: Subnet = "10.9.0.0/16".parse().unwrap();
-        let e = Allocator::load(&path, other, None).unwrap_err();
-        assert!(matches!(e, IpamError::FileMismatch { .. }), "{e:?}");
-        let e = Allocator::load(&path, s, Some(ip("172.30.0.254"))).unwrap_err();
-        assert!(matches!(e, IpamError::FileMismatch { .. }), "{e:?}");
     }
 
     #[test]
