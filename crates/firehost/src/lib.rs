@@ -21,6 +21,25 @@
 //! - [`vsock`] and [`agent`]: the host↔guest channel and the guest agent's
 //!   client (run commands, move files, wait until ready).
 //! - [`snapshot`]: bundles, the store and the userfaultfd page server.
+//!
+//! The types a caller works with are re-exported here, so one `use` line
+//! covers a service:
+//!
+//! ```
+//! use firehost::{
+//!     AgentClient, ErrorKind, ExecRequest, Manager, ManagerConfig, NetSpec, PortMapping,
+//!     RestoreOptions, SnapshotName, SnapshotOptions, StopOptions, VmId, VmProvider, VmSpec,
+//! };
+//! let spec = VmSpec {
+//!     net: Some(NetSpec {
+//!         publish: vec!["8080:80".parse::<PortMapping>().unwrap()],
+//!         ..NetSpec::default()
+//!     }),
+//!     ..VmSpec::default()
+//! };
+//! let template: SnapshotName = "template".parse().unwrap();
+//! # let _ = (spec, template, RestoreOptions::default(), SnapshotOptions::default());
+//! ```
 
 pub mod agent;
 pub mod api;
@@ -47,11 +66,16 @@ pub mod snapshot;
 mod undo;
 
 pub use manager::{
-    Manager, ManagerConfig, ManagerError, StopOptions, StopOutcome, VmError, VmInfo,
+    Manager, ManagerConfig, ManagerError, RestoreMemory, RestoreOptions, SnapshotOptions,
+    StopOptions, StopOutcome, VmError, VmInfo,
 };
 pub mod provider;
 
+pub use agent::{AgentClient, AgentError, ExecRequest, Output};
+pub use net::firewall::PortMapping;
+pub use net::host::{NetSpec, NetworkConfig, VmNet};
 pub use provider::{InMemoryProvider, VmProvider};
+pub use snapshot::{SnapshotInfo, SnapshotName};
 pub mod doctor;
 pub mod image;
 
