@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::manager::{MAX_SOCKET_PATH_BYTES, find_binary};
+use crate::manager::find_binary;
+use crate::socket_path::MAX_SOCKET_PATH_BYTES;
 
 /// The environment variable that names the Firecracker binary.
 pub const FIRECRACKER_ENV: &str = "FIREHOST_FIRECRACKER";

@@ -51,6 +51,7 @@ pub mod id;
 pub mod jail;
 pub mod net;
 pub mod record;
+pub mod socket_path;
 pub mod spec;
 pub mod state;
 pub mod vmm;

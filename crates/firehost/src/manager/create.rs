@@ -11,7 +11,6 @@ use crate::api::models::{
     ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration, MmdsConfig,
     NetworkInterface, Vsock,
 };
-use crate::manager::error::MAX_SOCKET_PATH_BYTES;
 use crate::net::host::VmNet;
 use crate::record::VmVsock;
 use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec, VmSpec};
@@ -186,14 +185,8 @@ fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
         super::jailed::socket_path(vm.record.jail.as_ref(), &vm.dir, crate::vsock::SOCKET_FILE);
     // Guest-initiated connections land on `<uds>_<port>`: leave room for
     // the longest port.
-    let len = uds_path.as_os_str().len() + "_4294967295".len();
-    if len > MAX_SOCKET_PATH_BYTES {
-        return Err(VmError::SocketPathTooLong {
-            id: id.clone(),
-            path: uds_path,
-            len,
-        });
-    }
+    crate::socket_path::check(&uds_path, "_4294967295".len())
+        .map_err(|e| VmError::socket_path_too_long(id, e))?;
     let token = crate::agent::new_token().map_err(|source| VmError::Io {
         id: id.clone(),
         op: "make an agent token from",

@@ -10,9 +10,7 @@ use crate::state::TransitionError;
 use crate::vmm::{ProcessError, ReadyError, SpawnError};
 use crate::{ErrorKind, Operation, VmId};
 
-/// The longest path a unix socket address can hold (`sun_path` less the
-/// terminating NUL).
-pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+pub use crate::socket_path::MAX_SOCKET_PATH_BYTES;
 
 /// A VM operation failed. Every variant names the VM.
 #[derive(Debug, thiserror::Error)]
@@ -452,6 +450,18 @@ impl std::fmt::Display for DriveProblem {
 }
 
 impl VmError {
+    /// [`VmError::SocketPathTooLong`] for VM `id`.
+    pub(crate) fn socket_path_too_long(
+        id: &VmId,
+        e: crate::socket_path::SocketPathTooLong,
+    ) -> Self {
+        VmError::SocketPathTooLong {
+            id: id.clone(),
+            path: e.path,
+            len: e.len,
+        }
+    }
+
     /// The class of this failure (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {

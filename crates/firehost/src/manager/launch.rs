@@ -11,7 +11,6 @@ use crate::VmId;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
 use crate::manager::config::ConsoleTarget;
-use crate::manager::error::MAX_SOCKET_PATH_BYTES;
 use crate::net::host::VmNet;
 use crate::record::{Durability, RECORD_FORMAT, RecordError, VmRecord};
 use crate::spec::ResolvedSpec;
@@ -103,14 +102,8 @@ impl Launched {
     ) -> Result<Launched, VmError> {
         let config = &shared.config;
         let dir = shared.vm_dir(id);
-        let socket_len = dir.join(API_SOCKET).as_os_str().len();
-        if socket_len > MAX_SOCKET_PATH_BYTES {
-            return Err(VmError::SocketPathTooLong {
-                id: id.clone(),
-                path: dir.join(API_SOCKET),
-                len: socket_len,
-            });
-        }
+        crate::socket_path::check(dir.join(API_SOCKET), 0)
+            .map_err(|e| VmError::socket_path_too_long(id, e))?;
 
         // Not `create_dir_all`: an existing directory means another process
         // (or a crashed one) owns this id, and it must not be adopted.
@@ -146,14 +139,8 @@ impl Launched {
             &dir,
             API_SOCKET,
         );
-        let socket_len = api_socket.as_os_str().len();
-        if socket_len > MAX_SOCKET_PATH_BYTES {
-            return Err(VmError::SocketPathTooLong {
-                id: id.clone(),
-                path: api_socket,
-                len: socket_len,
-            });
-        }
+        crate::socket_path::check(&api_socket, 0)
+            .map_err(|e| VmError::socket_path_too_long(id, e))?;
 
         let mut command = VmmCommand::new(&shared.firecracker, &api_socket, id.clone());
         command.seccomp = config.seccomp.clone();

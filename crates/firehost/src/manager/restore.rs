@@ -57,7 +57,7 @@ use crate::api::ApiError;
 use crate::api::models::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams, VsockOverride,
 };
-use crate::manager::error::{DriveProblem, MAX_SOCKET_PATH_BYTES};
+use crate::manager::error::DriveProblem;
 use crate::net::host::{NetError, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
 use crate::record::VmVsock;
@@ -628,14 +628,7 @@ async fn start_page_server(
 ) -> Result<MemoryServer, VmError> {
     let id = vm.record.id.clone();
     let socket = MemoryServer::socket_of(&vm.record, &vm.dir);
-    let len = socket.as_os_str().len();
-    if len > MAX_SOCKET_PATH_BYTES {
-        return Err(VmError::SocketPathTooLong {
-            id,
-            path: socket,
-            len,
-        });
-    }
+    crate::socket_path::check(&socket, 0).map_err(|e| VmError::socket_path_too_long(&id, e))?;
     let vmm = vm
         .process
         .as_ref()

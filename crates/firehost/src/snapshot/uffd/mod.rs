@@ -145,7 +145,7 @@ pub use memory::GuestRegionMapping;
 
 use serve::{Counters, Recorder, Server, Shared};
 
-use crate::manager::MAX_SOCKET_PATH_BYTES;
+use crate::socket_path::MAX_SOCKET_PATH_BYTES;
 
 /// The default time Firecracker has to send the handshake once connected.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -629,11 +629,10 @@ impl PageServer {
     ) -> Result<PageServer, PageServerError> {
         let socket_path = socket_path.into();
         let options = options.into();
-        let len = socket_path.as_os_str().len();
-        if len > MAX_SOCKET_PATH_BYTES {
+        if let Err(e) = crate::socket_path::check(&socket_path, 0) {
             return Err(PageServerError::SocketPathTooLong {
-                path: socket_path,
-                len,
+                path: e.path,
+                len: e.len,
             });
         }
         let memory = memory::MemoryFile::open(memory_file)?;
