@@ -711,17 +711,13 @@ pub fn check_userfaultfd() -> Check {
 /// The state directory must exist or be creatable (0700) and be writable,
 /// and leave room for VM socket paths.
 pub fn check_state_dir(dir: &Path) -> Check {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     const NAME: &str = "state_dir";
     let fix_perm = format!(
         "run as a user that can write {}, or choose another directory with --state-dir or FIREHOST_STATE_DIR",
         dir.display()
     );
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    if let Err(e) = crate::fsutil::create_private_dir_all(dir) {
         return Check::fail(
             NAME,
             format!("cannot create {}: {e}", dir.display()),

@@ -47,6 +47,7 @@ pub mod bounded_log;
 pub mod console;
 pub mod elf;
 pub mod error_kind;
+pub mod fsutil;
 pub mod id;
 pub mod jail;
 pub mod net;

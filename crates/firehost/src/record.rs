@@ -13,8 +13,6 @@
 //! write skip them ([`Durability::Cached`]); writes that a dead VM's cleanup
 //! depends on are [`Durability::Synced`].
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -153,14 +151,7 @@ pub struct VmVsock {
     pub token: firehost_proto::Token,
 }
 
-/// How far a write must have reached before it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// On stable storage (fsync of the file and of its directory).
-    Synced,
-    /// In the page cache: survives a crash of the process, not of the host.
-    Cached,
-}
+pub use crate::fsutil::Durability;
 
 /// A record could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -286,38 +277,14 @@ impl Salvaged {
     }
 }
 
-/// Replaces `path` with `bytes` so that readers and crashes see the old or
-/// the new content, never a mix. The file is created 0600.
+/// [`fsutil::write_atomic`](crate::fsutil::write_atomic), with a record's
+/// error.
 pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), RecordError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let io = |op, p: &Path| {
-        let p = p.to_owned();
-        move |source| RecordError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    file.write_all(bytes).map_err(io("write", &tmp))?;
-    if durability == Durability::Synced {
-        file.sync_data().map_err(io("fsync", &tmp))?;
-    }
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io("rename", path))?;
-    if durability == Durability::Synced {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory of", path))?;
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, durability).map_err(|e| RecordError::Io {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

@@ -306,10 +306,7 @@ fn make_jail_dir(jail: &VmJail, vms_dir: &Path) -> Result<(), JailError> {
     )
     .map_err(io("write", jail_dir))
     .and_then(|()| {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&jail.chroot)
-            .map_err(io("create", &jail.chroot))
+        crate::fsutil::create_private_dir(&jail.chroot).map_err(io("create", &jail.chroot))
     })
     .and_then(|()| {
         rustix::fs::chown(

@@ -2,7 +2,6 @@
 //! restored from a snapshot: reserve the id, make the VM's directory, spawn
 //! the VMM, record it, wait for its API, and finally commit or undo.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -122,10 +121,7 @@ impl Launched {
                 }
             }
         };
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io("create directory", &dir))?;
+        crate::fsutil::create_private_dir(&dir).map_err(io("create directory", &dir))?;
         undo.push(UndoStep::RemoveDir(dir.clone()));
 
         let netns = net

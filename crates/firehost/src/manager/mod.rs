@@ -965,16 +965,11 @@ fn uid_allocator(jail: &Option<crate::jail::JailConfig>) -> crate::jail::uid::Ui
 }
 
 fn create_private_dir_all(path: &Path) -> Result<(), ManagerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| ManagerError::Io {
-            op: "create directory",
-            path: path.to_owned(),
-            source,
-        })
+    crate::fsutil::create_private_dir_all(path).map_err(|source| ManagerError::Io {
+        op: "create directory",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn remove_file_if_present(path: &Path) -> std::io::Result<()> {

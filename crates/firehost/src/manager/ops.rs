@@ -1,6 +1,5 @@
 //! Lifecycle operations on one VM, each under that VM's lock.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -355,7 +354,7 @@ pub(super) async fn snapshot(
         None
     };
     let bundle = shared.snapshots_dir.join(name.as_str());
-    if let Err(source) = std::fs::DirBuilder::new().mode(0o700).create(&bundle) {
+    if let Err(source) = crate::fsutil::create_private_dir(&bundle) {
         return Err(if source.kind() == std::io::ErrorKind::AlreadyExists {
             VmError::SnapshotExists {
                 name: name.to_string(),

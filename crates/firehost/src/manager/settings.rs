@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::{ManagerConfig, SettingsPolicy};
+use crate::fsutil::{Durability, write_atomic};
 use crate::jail::JailConfig;
 use crate::jail::cgroup::CgroupVersion;
 use crate::net::IfName;
 use crate::net::firewall::HostService;
 use crate::net::host::{NetworkConfig, Uplink};
 use crate::net::ipam::Subnet;
-use crate::record::{Durability, RecordError, write_atomic};
 
 /// The settings file, beside `vms/` and `snapshots/`.
 pub const SETTINGS_FILE: &str = "settings.json";
@@ -212,13 +212,10 @@ impl HostSettings {
             path: path.clone(),
             source: source.into(),
         })?;
-        write_atomic(&path, &bytes, Durability::Synced).map_err(|e| match e {
-            RecordError::Io { op, path, source } => SettingsError::Io { op, path, source },
-            other => SettingsError::Io {
-                op: "write",
-                path,
-                source: std::io::Error::other(other.to_string()),
-            },
+        write_atomic(&path, &bytes, Durability::Synced).map_err(|e| SettingsError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
         })
     }
 

@@ -1002,16 +1002,11 @@ impl HostNetwork {
     ) -> Result<(IfName, Option<super::netns::VmNetns>), NetError> {
         let dir = self.netns_dir();
         {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|source| NetError::Io {
-                    op: "create",
-                    path: dir.clone(),
-                    source,
-                })?;
+            crate::fsutil::create_private_dir_all(&dir).map_err(|source| NetError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
         }
         let path = dir.join(vm.as_str());
         let mut tried = Vec::new();
@@ -1255,10 +1250,12 @@ fn write_footprint(path: &Path, footprint: &Footprint) -> Result<(), NetError> {
         };
     }
     let json = serde_json::to_vec_pretty(footprint).map_err(|e| io("serialise")(e.into()))?;
-    crate::record::write_atomic(path, &json, crate::record::Durability::Synced).map_err(|e| match e
-    {
-        crate::record::RecordError::Io { op, path, source } => NetError::Io { op, path, source },
-        other => io("write")(std::io::Error::other(other.to_string())),
+    crate::fsutil::write_atomic(path, &json, crate::fsutil::Durability::Synced).map_err(|e| {
+        NetError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
     })
 }
 

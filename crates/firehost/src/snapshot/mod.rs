@@ -49,7 +49,6 @@ pub mod uffd;
 use std::fmt;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -898,9 +897,7 @@ impl Bundle {
 }
 
 /// Creates `dir` with mode 0700 (blocking).
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
-}
+pub(crate) use crate::fsutil::create_private_dir;
 
 impl BundleError {
     /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)): a
