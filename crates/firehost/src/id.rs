@@ -127,6 +127,59 @@ impl<'de> Deserialize<'de> for VmId {
     }
 }
 
+/// A snapshot's name: the same rule as a [`VmId`], so it is path-safe.
+/// (Here, beside `VmId`, so that records and metadata can name snapshots
+/// without depending on the snapshot subsystem.)
+///
+/// ```
+/// use firehost::snapshot::SnapshotName;
+/// assert!("base-image".parse::<SnapshotName>().is_ok());
+/// assert!("../x".parse::<SnapshotName>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotName(String);
+
+impl SnapshotName {
+    /// Checks and wraps a name.
+    pub fn new(name: impl Into<String>) -> Result<Self, VmIdError> {
+        let name = name.into();
+        validate(&name)?;
+        Ok(SnapshotName(name))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SnapshotName {
+    type Error = VmIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        SnapshotName::new(s)
+    }
+}
+
+impl From<SnapshotName> for String {
+    fn from(n: SnapshotName) -> String {
+        n.0
+    }
+}
+
+impl std::str::FromStr for SnapshotName {
+    type Err = VmIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SnapshotName::new(s)
+    }
+}
+
+impl fmt::Display for SnapshotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,10 +74,11 @@ pub use manager::{
 pub mod provider;
 
 pub use agent::{AgentClient, AgentError, ExecRequest, Output};
+pub use id::SnapshotName;
 pub use net::firewall::PortMapping;
 pub use net::host::{NetSpec, NetworkConfig, VmNet};
 pub use provider::{InMemoryProvider, VmProvider};
-pub use snapshot::{SnapshotInfo, SnapshotName};
+pub use snapshot::SnapshotInfo;
 pub mod doctor;
 pub mod image;
 

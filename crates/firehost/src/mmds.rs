@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::VmId;
+use crate::id::SnapshotName;
 use crate::net::host::VmNet;
-use crate::snapshot::SnapshotName;
 
 pub use firehost_api::MmdsVersion;
 

@@ -55,11 +55,11 @@ pub struct VmRecord {
     pub created_at_ms: u64,
     /// The snapshot the VM was restored from, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restored_from: Option<crate::snapshot::SnapshotName>,
+    pub restored_from: Option<crate::id::SnapshotName>,
     /// The VM's latest snapshot (or the one it was restored from): the
     /// parent of its next diff snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_snapshot: Option<crate::snapshot::SnapshotName>,
+    pub last_snapshot: Option<crate::id::SnapshotName>,
     /// The VM's memory is served by a page server. An in-process one ends
     /// with the manager that restored the VM, so a manager that re-opens
     /// the state directory kills such a VM rather than leave it hanging on
@@ -102,7 +102,7 @@ pub struct VmRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingSnapshot {
     /// The bundle being written.
-    pub name: crate::snapshot::SnapshotName,
+    pub name: crate::id::SnapshotName,
     /// The VM was running and the snapshot paused it: recovery resumes it.
     pub paused_vm: bool,
 }

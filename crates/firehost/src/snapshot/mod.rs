@@ -53,9 +53,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::VmId;
 use crate::record::{Durability, RecordError, write_atomic};
 use crate::spec::ResolvedSpec;
-use crate::{VmId, VmIdError};
 
 pub use store::{SnapshotStore, StoreError};
 
@@ -72,56 +72,7 @@ pub const WORKING_SET_FILE: &str = "working_set.json";
 /// The directory of lease files inside a bundle.
 pub const LEASES_DIR: &str = "leases";
 
-/// A snapshot's name: the same rule as a [`VmId`], so it is path-safe.
-///
-/// ```
-/// use firehost::snapshot::SnapshotName;
-/// assert!("base-image".parse::<SnapshotName>().is_ok());
-/// assert!("../x".parse::<SnapshotName>().is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SnapshotName(String);
-
-impl SnapshotName {
-    /// Checks and wraps a name.
-    pub fn new(name: impl Into<String>) -> Result<Self, VmIdError> {
-        let name = name.into();
-        crate::id::validate(&name)?;
-        Ok(SnapshotName(name))
-    }
-
-    /// The name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for SnapshotName {
-    type Error = VmIdError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        SnapshotName::new(s)
-    }
-}
-
-impl From<SnapshotName> for String {
-    fn from(n: SnapshotName) -> String {
-        n.0
-    }
-}
-
-impl std::str::FromStr for SnapshotName {
-    type Err = VmIdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SnapshotName::new(s)
-    }
-}
-
-impl fmt::Display for SnapshotName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::id::SnapshotName;
 
 /// Full or diff (only the pages dirtied since the parent snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
