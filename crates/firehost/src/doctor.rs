@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::manager::find_binary;
+use crate::fsutil::find_binary;
 use crate::socket_path::MAX_SOCKET_PATH_BYTES;
 
 /// The environment variable that names the Firecracker binary.

@@ -1,5 +1,5 @@
 //! File-system helpers every subsystem uses the same way: durable atomic
-//! writes and private directories.
+//! writes, private directories, and finding a program as a shell would.
 //!
 //! A leaf: it imports nothing from the crate, so records, the network's
 //! state file, settings and snapshot manifests all write through the one
@@ -95,10 +95,42 @@ pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Finds `binary` the way a shell would: as given if it has a `/`, else in
+/// the directories of `PATH`. Returns an absolute, executable path.
+pub fn find_binary(binary: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if binary.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return is_exec(binary)
+            .then(|| std::fs::canonicalize(binary).ok())
+            .flatten();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_absolute() && is_exec(candidate))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn binaries_are_found_on_path_or_by_path() {
+        assert!(find_binary(Path::new("sh")).is_some_and(|p| p.is_absolute()));
+        assert!(find_binary(Path::new("/bin/sh")).is_some());
+        assert!(find_binary(Path::new("no-such-binary-firehost")).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let not_exec = dir.path().join("data");
+        std::fs::write(&not_exec, b"x").unwrap();
+        assert!(find_binary(&not_exec).is_none());
+        assert!(find_binary(dir.path()).is_none());
+    }
 
     #[test]
     fn an_atomic_write_replaces_the_file_whole_and_private() {

@@ -344,7 +344,7 @@ pub fn find_agent(beside: Option<&Path>) -> Result<PathBuf, ImageError> {
             return Ok(candidate);
         }
     }
-    crate::manager::find_binary(Path::new(AGENT_BINARY)).ok_or_else(|| ImageError::AgentNotFound {
+    crate::fsutil::find_binary(Path::new(AGENT_BINARY)).ok_or_else(|| ImageError::AgentNotFound {
         searched: beside.map(Path::to_owned).into_iter().collect(),
     })
 }

@@ -47,13 +47,13 @@ impl Tool {
     ///
     /// [`ImageError::ToolMissing`] naming the package to install.
     pub fn find(self) -> Result<PathBuf, ImageError> {
-        if let Some(found) = crate::manager::find_binary(Path::new(self.name)) {
+        if let Some(found) = crate::fsutil::find_binary(Path::new(self.name)) {
             return Ok(found);
         }
         SBIN_DIRS
             .iter()
             .map(|dir| Path::new(dir).join(self.name))
-            .find(|p| crate::manager::find_binary(p).is_some())
+            .find(|p| crate::fsutil::find_binary(p).is_some())
             .ok_or(ImageError::ToolMissing {
                 tool: self.name,
                 package: self.package,
