@@ -20,42 +20,27 @@ use std::time::{Duration, Instant};
 /// How long any wait in these tests may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Polls `f` with a short, bounded, growing back-off until it returns `Some` or the
-/// deadline passes.
-pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    let mut backoff = Duration::from_micros(100);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(10));
-    }
+/// Polls `f` until it returns `Some`, for at most [`DEADLINE`].
+pub fn poll<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    firehost_testkit::wait_until(what, DEADLINE, f)
 }
 
 /// The VMM binary under test: `FIREHOST_FIRECRACKER` if set, else the fake.
 pub fn bin() -> PathBuf {
-    match std::env::var_os("FIREHOST_FIRECRACKER") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_fake-firecracker")),
-    }
+    firehost_testkit::real_firecracker()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fake-firecracker")))
 }
 
 /// Whether the suite runs against a real Firecracker.
 pub fn is_real() -> bool {
-    std::env::var_os("FIREHOST_FIRECRACKER").is_some()
+    firehost_testkit::real_firecracker().is_some()
 }
 
 /// Skips the calling test (returns early), saying why, on a real Firecracker.
 #[macro_export]
 macro_rules! fake_only {
     ($why:expr) => {
-        if $crate::common::is_real() {
-            eprintln!("skipped: {} (fake only)", $why);
-            return;
-        }
+        firehost_testkit::fake_only!($why)
     };
 }
 

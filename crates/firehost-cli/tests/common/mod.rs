@@ -2,11 +2,10 @@
 //! built `firehost` binary pointed at `fake-firecracker`, JSON shape
 //! checks, and a guard that removes a test's VM even when the test fails.
 
-#![allow(dead_code)]
+#![allow(dead_code)] // each test file uses its own subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -17,18 +16,7 @@ pub fn firehost_bin() -> PathBuf {
 
 /// `fake-firecracker`, built next to `firehost` in the target directory.
 pub fn fake_firecracker() -> PathBuf {
-    let dir = firehost_bin()
-        .parent()
-        .expect("the binary is in a directory")
-        .to_owned();
-    let fake = dir.join("fake-firecracker");
-    assert!(
-        fake.is_file(),
-        "{} does not exist: build it first with `cargo build -p fake-firecracker`, \
-         or run the tests with `cargo test --workspace`",
-        fake.display()
-    );
-    fake
+    firehost_testkit::workspace_binary("fake-firecracker")
 }
 
 /// One test's world: a temporary directory with a state directory, a
@@ -256,19 +244,7 @@ pub fn assert_shape(v: &Value, fields: &[(&str, &[Ty])]) {
     }
 }
 
-/// Whether `pid` is a live process: a zombie (an exited VMM its slow
-/// reaper has not collected yet) is not.
-pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next()),
-            Some("Z" | "X")
-        ),
-        Err(_) => false,
-    }
-}
+pub use firehost_testkit::{process_alive, wait_until};
 
 /// The documented VM object.
 pub fn assert_vm_shape(vm: &Value) {
@@ -333,24 +309,6 @@ pub fn assert_vm_shape(vm: &Value) {
                 ("netns", &[Str, Null]),
             ],
         );
-    }
-}
-
-/// Polls `f` with a short back-off until it returns `Some`, failing the
-/// test after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(1);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(50));
     }
 }
 

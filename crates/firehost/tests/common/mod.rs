@@ -7,7 +7,7 @@
 //! Tests that need the fake's fault injection skip, saying so, on the real
 //! binary.
 
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code, unused_imports)] // each test file uses its own subset
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,26 +38,16 @@ impl Backend {
 /// Picks the backend: `FIREHOST_FIRECRACKER` if set, else the fake built
 /// next to this test binary (`cargo test --workspace` builds it).
 pub fn backend() -> Backend {
-    if let Some(path) = std::env::var_os("FIREHOST_FIRECRACKER") {
-        return Backend::Real(PathBuf::from(path));
+    match firehost_testkit::real_firecracker() {
+        Some(path) => Backend::Real(path),
+        None => Backend::Fake(fake_firecracker_path()),
     }
-    Backend::Fake(fake_firecracker_path())
 }
 
-/// `target/<profile>/fake-firecracker`, beside `target/<profile>/deps/`.
+/// `target/<profile>/fake-firecracker`, which `cargo test --workspace`
+/// builds.
 pub fn fake_firecracker_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let fake = profile_dir.join("fake-firecracker");
-    assert!(
-        fake.exists(),
-        "{fake:?} is missing: run the suite with `cargo test --workspace` \
-         (or `cargo build -p fake-firecracker` first)"
-    );
-    fake
+    firehost_testkit::workspace_binary("fake-firecracker")
 }
 
 /// `target/<profile>/firehost-agent`, if it was built (`cargo test
@@ -71,25 +61,11 @@ pub fn agent_path() -> Option<PathBuf> {
 pub mod net_conformance;
 pub mod netns;
 
-/// Says that a test skipped and why, straight to stderr: libtest captures
-/// `eprintln!`, and a skip must be visible in a passing run.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
-}
-
 /// Skips the calling test (returns early, saying so) on the real binary.
 #[macro_export]
 macro_rules! fake_only {
     ($why:expr) => {
-        if !$crate::common::backend().is_fake() {
-            fn here() {}
-            let name = std::any::type_name_of_val(&here)
-                .trim_end_matches("::here")
-                .trim_end_matches("::{{closure}}");
-            $crate::common::skip(name, &format!("needs fake-firecracker ({})", $why));
-            return;
-        }
+        firehost_testkit::fake_only!($why)
     };
 }
 
@@ -197,45 +173,9 @@ pub fn id(s: &str) -> VmId {
     VmId::new(s).unwrap()
 }
 
-/// Whether a process exists (a zombie counts as gone).
-pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        }
-        Err(_) => false,
-    }
-}
+pub use firehost_testkit::{poll_until, process_alive, skip, within};
 
 /// A kernel both backends accept; see [`fake_firecracker::testing::halt_kernel`].
 pub fn halt_kernel() -> Vec<u8> {
     fake_firecracker::testing::halt_kernel()
-}
-
-/// Runs `f` with a deadline, failing the test with `what` if it runs out.
-pub async fn within<T>(what: &str, limit: Duration, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
-}
-
-/// Polls `check` (every 10 ms) until it gives a value, for at most
-/// `limit`; panics naming `what` after that. For files another process or
-/// thread fills (the log keeper's copies), which announce nothing.
-pub async fn poll_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -1,0 +1,156 @@
+//! What the integration tests of every crate in the workspace share: how a
+//! test says it skipped, how it waits for something with a deadline, where
+//! the binaries under test are, and whether a process still lives.
+//!
+//! Each crate's `tests/common` keeps only what is its own (a test host, a
+//! CLI environment, an HTTP client for the VMM) and uses these.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Says that a test skipped and why, straight to stderr: libtest captures
+/// `eprintln!`, and a skip must be visible in a passing run.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+}
+
+/// The real Firecracker the tests run against, if `FIREHOST_FIRECRACKER`
+/// names one; `None`: they run against fake-firecracker.
+pub fn real_firecracker() -> Option<PathBuf> {
+    std::env::var_os("FIREHOST_FIRECRACKER")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `name` in the target directory the running test binary was built into
+/// (`target/<profile>/name`, beside `target/<profile>/deps/`), where
+/// `cargo test --workspace` puts every binary of the workspace. Panics,
+/// saying how to build it, when it is not there.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p {name}` first)",
+        path.display()
+    );
+    path
+}
+
+/// Whether `pid` is a live process. A zombie (an exited VMM whose reaper
+/// has not collected it yet) is not.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// Polls `check` with a short, growing back-off (1 ms to 50 ms) until it
+/// gives a value; panics naming `what` after `timeout`. For state another
+/// process changes without telling (a file it fills, a process it ends).
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// [`wait_until`] for async tests: the back-off sleeps on the runtime.
+pub async fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Runs `future` with a deadline; panics naming `what` when it passes.
+pub async fn within<T>(what: &str, limit: Duration, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
+}
+
+/// The name of the test function a macro was expanded in, from the type
+/// name of a function item defined there (`…::the_test::here`).
+#[doc(hidden)]
+pub fn test_name(here: &str) -> &str {
+    let name = here
+        .trim_end_matches("::here")
+        .trim_end_matches("::{{closure}}");
+    name.rsplit("::").next().unwrap_or(name)
+}
+
+/// Skips the calling test (returns early, saying why) when the suite runs
+/// against a real Firecracker ([`real_firecracker`]).
+#[macro_export]
+macro_rules! fake_only {
+    ($why:expr) => {
+        if $crate::real_firecracker().is_some() {
+            fn here() {}
+            let name = $crate::test_name(::std::any::type_name_of_val(&here));
+            $crate::skip(name, &format!("needs fake-firecracker ({})", $why));
+            return;
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_bogus_pid_is_not() {
+        assert!(process_alive(i32::try_from(std::process::id()).unwrap()));
+        assert!(!process_alive(i32::MAX));
+    }
+
+    #[test]
+    fn a_test_name_is_the_function_of_the_expansion() {
+        assert_eq!(test_name("api::a_test::here"), "a_test");
+        assert_eq!(test_name("api::a_test::{{closure}}::here"), "a_test");
+    }
+
+    #[test]
+    fn waiting_returns_the_value_once_it_is_there() {
+        let mut n = 0;
+        let got = wait_until("three calls", Duration::from_secs(5), || {
+            n += 1;
+            (n == 3).then_some(n)
+        });
+        assert_eq!(got, 3);
+    }
+}
