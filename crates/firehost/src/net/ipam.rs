@@ -427,9 +427,8 @@ const MAC_ATTEMPTS: u32 = 64;
 
 /// The leases of one guest subnet.
 ///
-/// Not thread-safe by itself: the manager keeps it behind a short std
-/// mutex (no I/O under the lock except [`Allocator::save`], which callers
-/// may run on a snapshot taken with [`Clone`]).
+/// Not thread-safe by itself: the manager keeps it behind its network's
+/// lock. It does no I/O.
 ///
 /// # Examples
 ///
