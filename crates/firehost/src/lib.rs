@@ -5,25 +5,27 @@
 //! even when the service itself crashes. firehost does that around an
 //! external `firecracker` binary.
 //!
-//! The layers, bottom up (`tests/layers.rs` checks the lower ones: each
-//! module imports only from the layers below it):
+//! The layers, bottom up. Each module imports only from the layers below
+//! it; `tests/layers.rs` checks that for everything under the manager:
 //!
-//! - Leaves, which import nothing of the crate: [`id`] (`VmId`,
-//!   `SnapshotName`), [`fsutil`] (atomic writes, private directories, PATH
-//!   lookup), [`socket_path`], [`elf`], [`bounded_log`], [`error_kind`],
-//!   [`console`], and [`state`], the lifecycle state machine.
-//! - [`api`]: Firecracker's HTTP API, typed, over its unix socket;
-//!   [`vsock`] and [`agent`]: the host↔guest channel and the guest agent's
-//!   client (run commands, move files, wait until ready).
-//! - [`jail`]: the jailer's command line, chroots, uids and cgroups;
-//!   [`vmm`]: one Firecracker process (spawn, readiness, exit watch
-//!   through a pidfd, signals) and the log keeper.
-//! - Not yet layered (issue 13 untangles them): [`spec`] (what a VM should
-//!   be), [`net`] (the default network), [`snapshot`] (bundles, the store,
-//!   the userfaultfd page server), [`mmds`], [`record`] (the durable per-VM
-//!   record), and on top [`Manager`] (many VMs, per-VM locking, create as a
-//!   transaction, re-attach and reaping), [`VmProvider`] (implemented by
-//!   [`Manager`] and [`InMemoryProvider`]), [`image`] and [`doctor`].
+//! 1. Leaves, which import nothing of the crate: [`id`] (`VmId`,
+//!    `SnapshotName`), [`fsutil`] (atomic writes, private directories, PATH
+//!    lookup), [`socket_path`], [`elf`], [`bounded_log`], [`error_kind`],
+//!    [`console`], and [`state`], the lifecycle state machine.
+//! 2. [`api`]: Firecracker's HTTP API, typed, over its unix socket;
+//!    [`vsock`] and [`agent`]: the host↔guest channel and the guest
+//!    agent's client (run commands, move files, wait until ready).
+//! 3. [`jail`]: the jailer's command line, chroots, uids and cgroups;
+//!    [`vmm`]: one Firecracker process (spawn, readiness, exit watch
+//!    through a pidfd, signals) and the log keeper.
+//! 4. [`net`]: the default network (addresses, TAPs, bridge, firewall);
+//!    [`mmds`]: the metadata service's contents; [`image`]: guest images.
+//! 5. [`spec`]: what a VM should be, validated against the host's defaults.
+//! 6. [`snapshot`]: bundles, the store and the userfaultfd page server.
+//! 7. [`record`]: the durable per-VM record a restarted manager reads.
+//! 8. [`Manager`] (many VMs, per-VM locking, create as a transaction,
+//!    re-attach and reaping), [`VmProvider`] (implemented by [`Manager`]
+//!    and by [`InMemoryProvider`] for services' tests) and [`doctor`].
 //!
 //! The types a caller works with are re-exported here, so one `use` line
 //! covers a service:

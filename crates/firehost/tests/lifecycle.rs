@@ -188,7 +188,7 @@ async fn snapshot_of_running_vm_writes_a_bundle_and_resumes() {
     for file in [VMSTATE_FILE, MEMORY_FILE, MANIFEST_FILE] {
         assert!(snap.dir.join(file).is_file(), "{file} missing");
     }
-    let manifest = SnapshotManifest::read(&snap.dir).unwrap();
+    let manifest = SnapshotManifest::load(&snap.dir).unwrap();
     assert_eq!(manifest, snap.manifest);
     assert_eq!(manifest.source_vm, vm);
     assert_eq!(manifest.memory_bytes, 128 << 20);

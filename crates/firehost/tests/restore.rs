@@ -112,7 +112,7 @@ async fn snapshot_of_another_firecracker_version_is_refused() {
     let host = TestHost::new();
     let (manager, snap) = with_snapshot(&host).await;
     let bundle = manager.snapshots_dir().join(snap.as_str());
-    let mut manifest = SnapshotManifest::read(&bundle).unwrap();
+    let mut manifest = SnapshotManifest::load(&bundle).unwrap();
     manifest.firecracker_version = "0.0.1".into();
     manifest.write(&bundle).unwrap();
 

@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::VmId;
-use crate::record::{Durability, RecordError, write_atomic};
+use crate::fsutil::{Durability, write_atomic};
 use crate::spec::ResolvedSpec;
 
 pub use store::{SnapshotStore, StoreError};
@@ -418,12 +418,13 @@ pub enum BundleError {
         #[source]
         source: std::io::Error,
     },
-    /// The manifest could not be written.
-    #[error("cannot write the manifest")]
+    /// A file of the bundle (the manifest, the working set) could not be
+    /// written.
+    #[error("cannot write the bundle")]
     Write {
         /// The cause.
         #[source]
-        source: RecordError,
+        source: crate::fsutil::FsError,
     },
 }
 
@@ -448,34 +449,10 @@ pub struct VerifyOptions {
 impl SnapshotManifest {
     /// Writes the manifest into `bundle` atomically and durably (blocking).
     /// [`Bundle::seal`] computes the file entries and calls this.
-    pub fn write(&self, bundle: &Path) -> Result<(), RecordError> {
+    pub fn write(&self, bundle: &Path) -> Result<(), BundleError> {
         let bytes = serde_json::to_vec_pretty(self).expect("manifests always serialise");
         write_atomic(&bundle.join(MANIFEST_FILE), &bytes, Durability::Synced)
-    }
-
-    /// Reads the manifest of `bundle`, format 1 or 2 (blocking), with the
-    /// errors of a record. [`SnapshotManifest::load`] (or [`Bundle::open`])
-    /// tells an incomplete bundle and an invalid manifest apart; here they
-    /// are an `Io` error (`NotFound`, `InvalidData`).
-    pub fn read(bundle: &Path) -> Result<Self, RecordError> {
-        let path = bundle.join(MANIFEST_FILE);
-        SnapshotManifest::load(bundle).map_err(|e| match e {
-            BundleError::Io { op, path, source } => RecordError::Io { op, path, source },
-            BundleError::Malformed { path, source } => RecordError::Malformed { path, source },
-            BundleError::UnknownFormat { path, found } => {
-                RecordError::UnknownFormat { path, found }
-            }
-            BundleError::NotFound { .. } | BundleError::Incomplete { .. } => RecordError::Io {
-                op: "read",
-                path,
-                source: std::io::ErrorKind::NotFound.into(),
-            },
-            other => RecordError::Io {
-                op: "check",
-                path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, other),
-            },
-        })
+            .map_err(|source| BundleError::Write { source })
     }
 
     /// Reads and checks the manifest of `bundle`, format 1 or 2
@@ -717,9 +694,7 @@ impl Bundle {
             created_at_ms: draft.created_at_ms,
         };
         manifest.check(&dir.join(MANIFEST_FILE))?;
-        manifest
-            .write(dir)
-            .map_err(|source| BundleError::Write { source })?;
+        manifest.write(dir)?;
         Ok(manifest)
     }
 
@@ -964,7 +939,7 @@ mod tests {
         assert_eq!(m.file(MEMORY_FILE).unwrap().blake3, None);
         bundle.verify(&VerifyOptions::default()).unwrap();
         // The compatible reader sees the same manifest.
-        assert_eq!(&SnapshotManifest::read(&dir).unwrap(), m);
+        assert_eq!(&SnapshotManifest::load(&dir).unwrap(), m);
     }
 
     #[test]
