@@ -37,6 +37,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
 
 pub mod bridge;
+mod config;
 pub mod firewall;
 pub mod host;
 pub mod ipam;
@@ -44,6 +45,7 @@ pub mod netns;
 pub mod nft;
 pub mod sysctl;
 pub mod tap;
+mod vm_net;
 
 /// The kernel's `IFNAMSIZ`: interface names are at most 15 bytes plus NUL.
 pub const IFNAMSIZ: usize = 16;
