@@ -61,18 +61,12 @@ pub fn process_alive(pid: i32) -> bool {
 /// gives a value; panics naming `what` after `timeout`. For state another
 /// process changes without telling (a file it fills, a process it ends).
 pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(1);
+    let mut backoff = Backoff::new(what, timeout);
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(50));
+        std::thread::sleep(backoff.next_delay());
     }
 }
 
@@ -82,18 +76,45 @@ pub async fn poll_until<T>(
     timeout: Duration,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(1);
+    let mut backoff = Backoff::new(what, timeout);
     loop {
         if let Some(value) = check() {
             return value;
         }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// The delays between checks, and the deadline they run out at.
+struct Backoff<'a> {
+    what: &'a str,
+    timeout: Duration,
+    deadline: Instant,
+    delay: Duration,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(what: &'a str, timeout: Duration) -> Self {
+        Backoff {
+            what,
+            timeout,
+            deadline: Instant::now() + timeout,
+            delay: Duration::from_millis(1),
+        }
+    }
+
+    /// The next delay, doubling up to 50 ms; panics once the deadline
+    /// has passed.
+    fn next_delay(&mut self) -> Duration {
         assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
+            Instant::now() < self.deadline,
+            "timed out after {:?} waiting for {}",
+            self.timeout,
+            self.what
         );
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(50));
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Duration::from_millis(50));
+        delay
     }
 }
 

@@ -185,6 +185,21 @@ pub struct StaleLease {
 
 /// The bundles under one snapshots directory.
 ///
+/// # Blocking
+///
+/// Every method does file-system I/O, and `verify` and `merge` hash whole
+/// memory files (seconds for a big VM): none is cheap. From async code,
+/// call them on the blocking pool; the store is cheap to clone into the
+/// closure:
+///
+/// ```no_run
+/// # async fn demo(manager: firehost::Manager) -> Result<(), Box<dyn std::error::Error>> {
+/// let store = manager.snapshot_store();
+/// let listing = tokio::task::spawn_blocking(move || store.list()).await??;
+/// println!("{} bundle(s)", listing.bundles.len());
+/// # Ok(()) }
+/// ```
+///
 /// ```no_run
 /// use firehost::snapshot::{SnapshotStore, VerifyOptions};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
