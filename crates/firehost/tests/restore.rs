@@ -257,8 +257,25 @@ async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() 
         }
         other => panic!("{other:?}"),
     }
-    // Gone: the message names the file.
+    // Not a file (a directory in its place): unusable.
     std::fs::remove_file(&rootfs).unwrap();
+    std::fs::create_dir(&rootfs).unwrap();
+    let err = manager
+        .restore(&snap, &vm, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VmError::SnapshotDrive {
+                problem: DriveProblem::Unusable(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    std::fs::remove_dir(&rootfs).unwrap();
+    // Gone: the message names the file.
     let err = manager
         .restore(&snap, &vm, RestoreOptions::default())
         .await

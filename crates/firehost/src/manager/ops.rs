@@ -637,17 +637,7 @@ pub(super) async fn remove(
     vm.api = None;
     super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
     // The VMM is gone, so nothing holds the TAP any more.
-    if vm.record.net.is_some() {
-        shared
-            .network()
-            .await
-            .detach(id)
-            .await
-            .map_err(|source| VmError::Network {
-                id: id.clone(),
-                source: Box::new(source),
-            })?;
-    }
+    release_network(shared, vm).await?;
     // The jail goes before the directory: were it to fail, the record
     // still says where it is, and a retried destroy finds it.
     if let Some(jail) = &vm.record.jail {

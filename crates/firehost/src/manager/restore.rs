@@ -46,7 +46,7 @@
 //! host runs through the agent ([`crate::agent`]) after the restore. The
 //! agent does not run them by itself.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::launch::{Launched, Reservation};
@@ -484,20 +484,18 @@ async fn gave_up_or(vm: &Vm, op: &'static str, source: ApiError) -> VmError {
 /// line.
 async fn last_words(vm: &Vm) -> Option<String> {
     const LINES: usize = 50;
-    // The kept copy in the VM's directory, or the file in the jail. Only
-    // regular files: opening a FIFO whose writer is gone would block.
-    let candidates = [
-        vm.dir.join(super::launch::VMM_LOG_FILE),
-        match &vm.record.jail {
-            Some(jail) => jail.root().host_path(Path::new(super::jailed::layout::LOG)),
-            None => vm.dir.join(super::launch::VMM_LOG_FILE),
-        },
-    ];
+    // The log keeper's copy in the VM's directory (Firecracker writes a
+    // FIFO). Only a regular file: opening a FIFO whose writer is gone would
+    // block.
+    let log = vm.dir.join(super::launch::VMM_LOG_FILE);
+    // The VMM is exiting: give the keeper (a writer of the ring until it
+    // ends) a moment to copy its last lines.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), vm.ring.drained()).await;
     let mut lines = tokio::task::spawn_blocking(move || {
-        let log = candidates
-            .into_iter()
-            .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
-        log.and_then(|log| crate::console::tail_of_file(&log, LINES).ok())
+        std::fs::symlink_metadata(&log)
+            .is_ok_and(|m| m.is_file())
+            .then(|| crate::console::tail_of_file(&log, LINES).ok())
+            .flatten()
             .unwrap_or_default()
     })
     .await

@@ -117,19 +117,14 @@ impl KeeperJob {
                 }
                 Some("--fifo") => {
                     let pair = value()?;
-                    let bytes = pair.as_encoded_bytes();
+                    use std::os::unix::ffi::OsStrExt;
+                    let bytes = pair.as_bytes();
                     let at = bytes
                         .iter()
                         .position(|&b| b == b'=')
                         .ok_or_else(|| format!("--fifo {pair:?} is not FIFO=FILE"))?;
-                    // SAFETY: split at an ASCII '=', so both halves are
-                    // valid encoded OS strings.
-                    let (fifo, out) = unsafe {
-                        (
-                            OsString::from_encoded_bytes_unchecked(bytes[..at].to_vec()),
-                            OsString::from_encoded_bytes_unchecked(bytes[at + 1..].to_vec()),
-                        )
-                    };
+                    let fifo = std::ffi::OsStr::from_bytes(&bytes[..at]);
+                    let out = std::ffi::OsStr::from_bytes(&bytes[at + 1..]);
                     fifos.push((PathBuf::from(fifo), PathBuf::from(out)));
                 }
                 _ => return Err(format!("unknown argument {flag:?}")),
