@@ -143,6 +143,19 @@ impl Output {
 /// the host buffer output until it runs out of memory.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
 
+/// Refuses a request that does not fit in one protocol frame
+/// ([`AgentError::RequestTooLarge`]).
+pub(crate) fn check_request_size(request: &ClientMessage) -> Result<(), AgentError> {
+    let len = serde_json::to_vec(request).map_err(FrameError::from)?.len();
+    if len > firehost_proto::MAX_PAYLOAD {
+        return Err(AgentError::RequestTooLarge {
+            len,
+            max: firehost_proto::MAX_PAYLOAD,
+        });
+    }
+    Ok(())
+}
+
 /// Appends `bytes` to `kept` up to `limit`, counting the rest in `dropped`.
 fn keep_up_to(kept: &mut Vec<u8>, dropped: &mut u64, limit: usize, bytes: &[u8]) {
     let room = limit.saturating_sub(kept.len()).min(bytes.len());
@@ -252,13 +265,7 @@ impl AgentClient {
     /// A session with `request` sent.
     async fn request(&self, request: &ClientMessage) -> Result<(Reader, Writer), AgentError> {
         // Checked before connecting, so a refused request costs nothing.
-        let len = serde_json::to_vec(request).map_err(FrameError::from)?.len();
-        if len > firehost_proto::MAX_PAYLOAD {
-            return Err(AgentError::RequestTooLarge {
-                len,
-                max: firehost_proto::MAX_PAYLOAD,
-            });
-        }
+        check_request_size(request)?;
         let (r, mut w) = self.session(self.connect_timeout).await?;
         firehost_proto::send(&mut w, request).await?;
         Ok((r, w))

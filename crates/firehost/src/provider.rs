@@ -800,18 +800,8 @@ impl VmProvider for InMemoryProvider {
     ) -> Result<Output, VmError> {
         let handler = self.agent_of(id).await?;
         // As the real client: a request over the frame limit never leaves.
-        let len = serde_json::to_vec(&firehost_proto::ClientMessage::Exec(request.clone()))
-            .map(|json| json.len())
-            .unwrap_or(0);
-        if len > firehost_proto::MAX_PAYLOAD {
-            return Err(agent_error(
-                id,
-                AgentError::RequestTooLarge {
-                    len,
-                    max: firehost_proto::MAX_PAYLOAD,
-                },
-            ));
-        }
+        let message = firehost_proto::ClientMessage::Exec(request.clone());
+        crate::agent::check_request_size(&message).map_err(|e| agent_error(id, e))?;
         Ok(handler(id, &request, stdin.as_deref()))
     }
 
