@@ -592,7 +592,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         gid: args.gid,
     };
     let provider: &dyn VmProvider = manager;
-    let info = provider.restore(&snapshot, &id, options).await?;
+    let info = provider.restore(&id, &snapshot, options).await?;
     out.emit(&VmJson::from(&info), human::vm_record)
 }
 

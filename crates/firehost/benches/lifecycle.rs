@@ -569,7 +569,7 @@ async fn bench_restore(name: &str, binary: &Path, images: &Images) {
                 ..RestoreOptions::default()
             };
             let t = Instant::now();
-            manager.restore(&snap, &id, options).await.unwrap();
+            manager.restore(&id, &snap, options).await.unwrap();
             samples.push(t.elapsed());
             let stop = firehost::StopOptions {
                 graceful: Some(false),

@@ -87,8 +87,8 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
     /// Restores snapshot `snapshot` into a new VM `id`.
     async fn restore(
         &self,
-        snapshot: &SnapshotName,
         id: &VmId,
+        snapshot: &SnapshotName,
         options: RestoreOptions,
     ) -> Result<VmInfo, VmError>;
     /// Removes a created, stopped or failed VM.
@@ -152,7 +152,7 @@ pub(crate) async fn clone_all<P: VmProvider + ?Sized>(
 ) -> Result<Vec<VmInfo>, VmError> {
     let restores = clones
         .iter()
-        .map(|(id, options)| provider.restore(snapshot, id, options.clone()));
+        .map(|(id, options)| provider.restore(id, snapshot, options.clone()));
     let results = futures_util::future::join_all(restores).await;
     if !results.iter().any(Result::is_err) {
         return Ok(results.into_iter().flatten().collect());
@@ -208,11 +208,11 @@ impl VmProvider for Manager {
     }
     async fn restore(
         &self,
-        snapshot: &SnapshotName,
         id: &VmId,
+        snapshot: &SnapshotName,
         options: RestoreOptions,
     ) -> Result<VmInfo, VmError> {
-        Manager::restore(self, snapshot, id, options).await
+        Manager::restore(self, id, snapshot, options).await
     }
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
         Manager::destroy(self, id).await
@@ -681,8 +681,8 @@ impl VmProvider for InMemoryProvider {
 
     async fn restore(
         &self,
-        snapshot: &SnapshotName,
         id: &VmId,
+        snapshot: &SnapshotName,
         options: RestoreOptions,
     ) -> Result<VmInfo, VmError> {
         let taken = self

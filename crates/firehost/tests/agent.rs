@@ -354,7 +354,7 @@ async fn a_restored_vm_has_its_own_socket_and_the_same_agent_token() {
         .unwrap();
     let clone = id("clone");
     manager
-        .restore(&snap, &clone, RestoreOptions::default())
+        .restore(&clone, &snap, RestoreOptions::default())
         .await
         .unwrap();
     let restored = manager.agent(&clone).await.unwrap();

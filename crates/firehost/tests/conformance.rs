@@ -126,8 +126,8 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     let clone = id("conform-clone");
     let restored = provider
         .restore(
-            &snap,
             &clone,
+            &snap,
             RestoreOptions {
                 resume: false,
                 ..RestoreOptions::default()
@@ -139,7 +139,7 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     assert_eq!(restored.spec, taken.manifest.spec);
     assert!(matches!(
         provider
-            .restore(&snap, &clone, RestoreOptions::default())
+            .restore(&clone, &snap, RestoreOptions::default())
             .await,
         Err(VmError::AlreadyExists { .. })
     ));
@@ -149,7 +149,7 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
         ..RestoreOptions::default()
     };
     let err = provider
-        .restore(&snap, &id("conform-uid"), with_uid)
+        .restore(&id("conform-uid"), &snap, with_uid)
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::Jail { .. }), "{err:?}");
@@ -189,7 +189,7 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     let unknown = "no-such-snap".parse().unwrap();
     assert!(matches!(
         provider
-            .restore(&unknown, &id("conform-x"), RestoreOptions::default())
+            .restore(&id("conform-x"), &unknown, RestoreOptions::default())
             .await,
         Err(VmError::SnapshotBundle { .. })
     ));

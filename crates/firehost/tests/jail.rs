@@ -480,8 +480,8 @@ async fn a_jailed_snapshot_lands_in_the_store_and_restores_into_jails_with_both_
         ..RestoreOptions::default()
     };
     let (a, b) = tokio::join!(
-        manager.restore(&snap, &by_file, RestoreOptions::default()),
-        manager.restore(&snap, &by_uffd, uffd),
+        manager.restore(&by_file, &snap, RestoreOptions::default()),
+        manager.restore(&by_uffd, &snap, uffd),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     for info in [&a, &b] {
@@ -509,7 +509,7 @@ async fn a_jailed_snapshot_lands_in_the_store_and_restores_into_jails_with_both_
     drop(manager);
     let unjailed = Manager::open(jail.host.config()).await.unwrap();
     let err = unjailed
-        .restore(&snap, &id("outside"), RestoreOptions::default())
+        .restore(&id("outside"), &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -553,7 +553,7 @@ async fn a_vm_with_a_fixed_uid_restores_and_clones_while_it_runs() {
 
     // The source still holds its uid: the restore takes one of its own.
     let pooled = manager
-        .restore(&snap, &id("pooled"), RestoreOptions::default())
+        .restore(&id("pooled"), &snap, RestoreOptions::default())
         .await
         .unwrap();
     let pooled_uid = pooled.jail.as_ref().unwrap().uid;
@@ -576,7 +576,7 @@ async fn a_vm_with_a_fixed_uid_restores_and_clones_while_it_runs() {
         assert!(status.contains(&format!("Gid:\t{uid}")), "{status}");
     }
     let err = manager
-        .restore(&snap, &id("taken"), given(fixed))
+        .restore(&id("taken"), &snap, given(fixed))
         .await
         .unwrap_err();
     assert!(
@@ -614,7 +614,7 @@ async fn an_unjailed_snapshot_is_not_restored_into_a_jail() {
     config.jail.as_mut().unwrap().always = true;
     let manager = Manager::open(config).await.unwrap();
     let err = manager
-        .restore(&snap, &id("into-jail"), RestoreOptions::default())
+        .restore(&id("into-jail"), &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(

@@ -532,7 +532,7 @@ fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
         // The guest's address is taken while the source runs.
         let clone = id("clone");
         let err = manager
-            .restore(&snap, &clone, Default::default())
+            .restore(&clone, &snap, Default::default())
             .await
             .unwrap_err();
         let VmError::Network { source: why, .. } = err else {
@@ -547,7 +547,7 @@ fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
         manager.stop(&source, StopOptions::default()).await.unwrap();
         manager.destroy(&source).await.unwrap();
         let restored = manager
-            .restore(&snap, &clone, Default::default())
+            .restore(&clone, &snap, Default::default())
             .await
             .unwrap();
         let net = net_of(&restored);
@@ -703,7 +703,7 @@ fn metadata_carries_the_vms_identity_and_is_refreshed_on_restore() {
             mmds: Some(serde_json::json!({"job": {"id": 43}})),
             ..Default::default()
         };
-        let restored = manager.restore(&snap, &clone, options).await.unwrap();
+        let restored = manager.restore(&clone, &snap, options).await.unwrap();
         assert!(restored.state.is_live());
         let api = manager
             .api(&clone)

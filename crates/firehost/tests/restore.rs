@@ -39,7 +39,7 @@ async fn snapshot_restores_into_a_new_running_vm() {
     let info = within(
         "the restore",
         LONG,
-        manager.restore(&snap, &clone, RestoreOptions::default()),
+        manager.restore(&clone, &snap, RestoreOptions::default()),
     )
     .await
     .unwrap();
@@ -68,8 +68,8 @@ async fn one_snapshot_restores_into_two_vms_at_once() {
     let (manager, snap) = with_snapshot(&host).await;
     let (a, b) = (id("clone-a"), id("clone-b"));
     let (ra, rb) = tokio::join!(
-        manager.restore(&snap, &a, RestoreOptions::default()),
-        manager.restore(&snap, &b, RestoreOptions::default()),
+        manager.restore(&a, &snap, RestoreOptions::default()),
+        manager.restore(&b, &snap, RestoreOptions::default()),
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_ne!(ra.pid, rb.pid);
@@ -87,7 +87,7 @@ async fn restore_without_resume_leaves_the_vm_paused() {
         resume: false,
         ..RestoreOptions::default()
     };
-    let info = manager.restore(&snap, &vm, options).await.unwrap();
+    let info = manager.restore(&vm, &snap, options).await.unwrap();
     assert_eq!(info.state, VmState::Paused);
     assert_eq!(vmm_state(&manager, &vm).await, InstanceState::Paused);
     assert_eq!(manager.resume(&vm).await.unwrap().state, VmState::Running);
@@ -99,7 +99,7 @@ async fn restoring_a_missing_snapshot_fails_and_leaves_nothing() {
     let manager = host.manager().await;
     let vm = id("orphan");
     let err = manager
-        .restore(&"nothing".parse().unwrap(), &vm, RestoreOptions::default())
+        .restore(&vm, &"nothing".parse().unwrap(), RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
@@ -118,7 +118,7 @@ async fn snapshot_of_another_firecracker_version_is_refused() {
 
     let vm = id("mismatch");
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     let VmError::SnapshotVersion {
@@ -137,7 +137,7 @@ async fn restore_into_a_taken_name_is_refused() {
     let host = TestHost::new();
     let (manager, snap) = with_snapshot(&host).await;
     let err = manager
-        .restore(&snap, &id("source"), RestoreOptions::default())
+        .restore(&id("source"), &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::AlreadyExists { .. }), "{err:?}");
@@ -157,7 +157,7 @@ async fn truncated_memory_file_is_refused_before_any_vmm_starts() {
         .unwrap();
     let vm = id("truncated");
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
@@ -180,7 +180,7 @@ async fn failed_load_rolls_back_the_restore() {
         .unwrap();
     let vm = id("broken");
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -199,7 +199,7 @@ async fn failed_load_rolls_back_the_restore() {
     // The refusing VMM exits (as Firecracker does); the next restore is
     // not affected by it.
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::Api { .. }), "{err:?}");
@@ -240,7 +240,7 @@ async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() 
         .unwrap();
     let vm = id("restored");
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     match &err {
@@ -261,7 +261,7 @@ async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() 
     std::fs::remove_file(&rootfs).unwrap();
     std::fs::create_dir(&rootfs).unwrap();
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -277,7 +277,7 @@ async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() 
     std::fs::remove_dir(&rootfs).unwrap();
     // Gone: the message names the file.
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -303,7 +303,7 @@ async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() 
         .unwrap();
     std::fs::remove_file(&host.kernel).unwrap();
     let restored = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(restored.state, VmState::Running);
@@ -316,7 +316,7 @@ async fn restored_vm_is_reattached_after_a_restart() {
     let before = {
         let (manager, snap) = with_snapshot(&host).await;
         manager
-            .restore(&snap, &vm, RestoreOptions::default())
+            .restore(&vm, &snap, RestoreOptions::default())
             .await
             .unwrap()
     };
@@ -331,7 +331,7 @@ async fn restored_vm_holds_a_lease_on_its_bundle_until_destroyed() {
     let (manager, snap) = with_snapshot(&host).await;
     let vm = id("leaser");
     manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap();
     let store = manager.snapshot_store();
@@ -358,7 +358,7 @@ async fn corrupt_bundle_is_refused_and_leaves_no_lease() {
     std::fs::write(&vmstate, bytes).unwrap();
     let vm = id("corrupt");
     let err = manager
-        .restore(&snap, &vm, RestoreOptions::default())
+        .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
@@ -382,7 +382,7 @@ async fn diff_snapshot_is_parented_and_merges_into_a_restorable_bundle() {
 
     // A diff can't be loaded as is; merged onto its parent it can.
     let err = manager
-        .restore(&diff, &id("from-diff"), RestoreOptions::default())
+        .restore(&id("from-diff"), &diff, RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotIsDiff { .. }), "{err:?}");
@@ -397,7 +397,7 @@ async fn diff_snapshot_is_parented_and_merges_into_a_restorable_bundle() {
     .unwrap();
     let vm = id("from-merge");
     let info = manager
-        .restore(&merged, &vm, RestoreOptions::default())
+        .restore(&vm, &merged, RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(info.state, VmState::Running);
@@ -436,7 +436,7 @@ async fn restore_through_page_server(
     let info = within(
         "the UFFD restore",
         LONG,
-        manager.restore(&snap, &vm, options),
+        manager.restore(&vm, &snap, options),
     )
     .await
     .unwrap();
@@ -465,7 +465,7 @@ async fn uffd_on_demand_restore_runs_and_records_a_working_set() {
         memory: RestoreMemory::Prefetch,
         ..RestoreOptions::default()
     };
-    manager.restore(&snap, &again, options).await.unwrap();
+    manager.restore(&again, &snap, options).await.unwrap();
     assert_eq!(vmm_state(&manager, &again).await, InstanceState::Running);
     manager.destroy(&vm).await.unwrap();
 }
@@ -489,8 +489,8 @@ async fn file_and_uffd_clones_of_one_snapshot_run_at_once() {
         ..RestoreOptions::default()
     };
     let (ra, rb) = tokio::join!(
-        manager.restore(&snap, &a, RestoreOptions::default()),
-        manager.restore(&snap, &b, uffd),
+        manager.restore(&a, &snap, RestoreOptions::default()),
+        manager.restore(&b, &snap, uffd),
     );
     ra.unwrap();
     rb.unwrap();
@@ -510,7 +510,7 @@ async fn vm_whose_page_server_died_with_its_manager_is_killed_on_reattach() {
             ..RestoreOptions::default()
         };
         manager
-            .restore(&snap, &vm, options)
+            .restore(&vm, &snap, options)
             .await
             .unwrap()
             .pid
@@ -538,7 +538,7 @@ async fn populated_vm_survives_its_manager() {
             memory: RestoreMemory::Populate,
             ..RestoreOptions::default()
         };
-        let info = manager.restore(&snap, &vm, options).await.unwrap();
+        let info = manager.restore(&vm, &snap, options).await.unwrap();
         manager.wait_memory_detached(&vm, LONG).await.unwrap();
         info.pid.unwrap()
     };
@@ -598,7 +598,7 @@ async fn helper_served_vm_survives_its_manager_and_records_a_working_set() {
             memory: RestoreMemory::OnDemand,
             ..RestoreOptions::default()
         };
-        let info = within("the restore", LONG, manager.restore(&snap, &vm, options))
+        let info = within("the restore", LONG, manager.restore(&vm, &snap, options))
             .await
             .unwrap();
         (info, snap)
@@ -632,7 +632,7 @@ async fn a_populating_helper_detaches_and_exits_and_the_vm_stands_alone() {
         memory: RestoreMemory::Populate,
         ..RestoreOptions::default()
     };
-    let info = manager.restore(&snap, &vm, options).await.unwrap();
+    let info = manager.restore(&vm, &snap, options).await.unwrap();
     let helper = helper_of(&info.dir).expect("the helper is recorded");
     manager.wait_memory_detached(&vm, LONG).await.unwrap();
     gone(helper).await;
@@ -659,7 +659,7 @@ async fn a_vm_whose_helper_detached_unseen_is_kept_by_the_next_manager() {
             memory: RestoreMemory::Populate,
             ..RestoreOptions::default()
         };
-        manager.restore(&snap, &vm, options).await.unwrap()
+        manager.restore(&vm, &snap, options).await.unwrap()
     };
     // The manager went away without waiting; the helper detaches alone.
     let helper = helper_of(&info.dir).expect("the helper is recorded");
@@ -681,7 +681,7 @@ async fn a_vm_whose_helper_was_killed_is_killed_by_the_next_manager() {
             memory: RestoreMemory::OnDemand,
             ..RestoreOptions::default()
         };
-        manager.restore(&snap, &vm, options).await.unwrap()
+        manager.restore(&vm, &snap, options).await.unwrap()
     };
     let helper = helper_of(&info.dir).expect("the helper is recorded");
     // SIGKILL: the helper can neither fence nor kill; the VM would hang on
@@ -727,7 +727,7 @@ async fn a_helper_that_cannot_start_or_fails_leaves_nothing() {
             memory: RestoreMemory::OnDemand,
             ..RestoreOptions::default()
         };
-        let err = manager.restore(&snap, &vm, options).await.unwrap_err();
+        let err = manager.restore(&vm, &snap, options).await.unwrap_err();
         let VmError::PageServer { source, .. } = &err else {
             panic!("{name}: {err:?}");
         };

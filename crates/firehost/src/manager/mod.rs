@@ -130,6 +130,10 @@ pub struct VsockInfo {
 /// `Manager` is cheap to clone (it is an `Arc` inside) and every method
 /// takes `&self`, so one manager can serve a whole service.
 ///
+/// A method about one VM takes that VM's id first, then what it acts
+/// with: `snapshot(&vm, &name, options)` and `restore(&vm, &snapshot,
+/// options)` alike.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -454,14 +458,14 @@ impl Manager {
     /// future is dropped.
     pub async fn restore(
         &self,
-        snapshot: &SnapshotName,
         id: &VmId,
+        snapshot: &SnapshotName,
         options: RestoreOptions,
     ) -> Result<VmInfo, VmError> {
         let task = tokio::spawn(restore::restore(
             self.shared.clone(),
-            snapshot.clone(),
             id.clone(),
+            snapshot.clone(),
             options,
         ));
         task.await

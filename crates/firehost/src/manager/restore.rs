@@ -168,8 +168,8 @@ pub(crate) fn restored_spec(
 
 pub(super) async fn restore(
     shared: Arc<Shared>,
-    snapshot: SnapshotName,
     id: VmId,
+    snapshot: SnapshotName,
     options: RestoreOptions,
 ) -> Result<VmInfo, VmError> {
     shared.check_free(&id).await?;

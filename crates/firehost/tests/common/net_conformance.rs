@@ -123,14 +123,14 @@ pub async fn net_conformance(provider: &dyn VmProvider) {
     assert_eq!(taken.manifest.network.len(), 1);
     assert_eq!(taken.manifest.network[0].guest_ip, Some(net.ip));
     let c = id("net-c");
-    let err = network_error(provider.restore(&snap, &c, RestoreOptions::default()).await);
+    let err = network_error(provider.restore(&c, &snap, RestoreOptions::default()).await);
     assert!(
         matches!(err, NetError::Ipam(IpamError::IpTaken { .. })),
         "{err:?}"
     );
     provider.stop(&a, StopOptions::default()).await.unwrap();
     let restored = provider
-        .restore(&snap, &c, RestoreOptions::default())
+        .restore(&c, &snap, RestoreOptions::default())
         .await
         .unwrap()
         .net
