@@ -6,9 +6,9 @@
 //! console holds only what the guest printed), and that waits up to [`LOCK_TIMEOUT`] for another `firehost`
 //! process to release the directory; then it works through the
 //! [`VmProvider`] trait only. The `snapshots` group works on the
-//! manager's [`SnapshotStore`] instead (bundles are not VMs), on the
-//! blocking pool, while the manager keeps the state directory locked; the
-//! `net` group on the manager's default network.
+//! manager's [`Snapshots`] instead (bundles are not VMs), while the
+//! manager keeps the state directory locked; the `net` group on the
+//! manager's default network.
 //!
 //! The network settings (`--bridge`, `--subnet`, `--uplink`, `--dns`,
 //! `--host-service`) go into every manager's [`NetworkConfig`], parsed by
@@ -23,13 +23,13 @@ use firehost::doctor::{DoctorConfig, run_checks};
 use firehost::manager::settings::HostSettings;
 use firehost::manager::{
     ConsoleTarget, Recovery, RestoreMemory, RestoreOptions, SettingsPolicy, SnapshotOptions,
-    StopOptions,
+    Snapshots, StopOptions,
 };
 use firehost::net::firewall::PortMapping;
 use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
 use firehost::snapshot::store::GcOptions;
 use firehost::snapshot::uffd::PageServerProgram;
-use firehost::snapshot::{BundleError, SnapshotName, SnapshotStore, StoreError, VerifyOptions};
+use firehost::snapshot::{BundleError, SnapshotName, StoreError, VerifyOptions};
 use firehost::vmm::LogLevel;
 use firehost::vsock::VsockSpec;
 use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
@@ -129,10 +129,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(&manager, args, out).await,
         Command::Console(args) => console(provider, args, out).await,
-        Command::Snapshots(args) => {
-            let in_progress = manager.snapshots_in_progress().await;
-            return snapshots(manager.snapshot_store(), in_progress, args, out).await;
-        }
+        Command::Snapshots(args) => return snapshots(manager.snapshots(), args, out).await,
         Command::Net(args) => net(&manager, args, out).await,
         Command::Doctor
         | Command::Quickstart(_)
@@ -639,8 +636,8 @@ async fn console(provider: &dyn VmProvider, args: ConsoleArgs, out: Out) -> Resu
     out.emit(&console, human::console)
 }
 
-/// Runs a snapshot store call (or an image build) on the blocking pool
-/// (they do file I/O, hashing, run tools), passing a panic on.
+/// Runs an image build on the blocking pool (it does file I/O and runs
+/// tools), passing a panic on.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
         Ok(value) => value,
@@ -648,60 +645,47 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     }
 }
 
-/// The `snapshots` group.
-/// The `snapshots` group; `in_progress` are the bundles that snapshots cut
-/// short may still be written into (gc leaves them alone).
-async fn snapshots(
-    store: SnapshotStore,
-    in_progress: Vec<SnapshotName>,
-    args: SnapshotsArgs,
-    out: Out,
-) -> Result<Exit, CliError> {
+/// The `snapshots` group, through the manager's async store.
+async fn snapshots(snapshots: Snapshots, args: SnapshotsArgs, out: Out) -> Result<Exit, CliError> {
     match args.command.unwrap_or(SnapshotsCommand::Ls) {
-        SnapshotsCommand::Ls => snapshots_ls(store, out).await?,
+        SnapshotsCommand::Ls => snapshots_ls(snapshots, out).await?,
         SnapshotsCommand::Inspect(SnapshotNameArg { name }) => {
-            let name = snapshot_name(&name)?;
-            let details = blocking(move || store.inspect(&name)).await?;
+            let details = snapshots.inspect(&snapshot_name(&name)?).await?;
             out.emit(&SnapshotDetailsJson::from(&details), human::bundle_record)?;
         }
-        SnapshotsCommand::Verify(args) => return snapshots_verify(store, args, out).await,
+        SnapshotsCommand::Verify(args) => return snapshots_verify(snapshots, args, out).await,
         SnapshotsCommand::Rm(SnapshotNameArg { name }) => {
             let name = snapshot_name(&name)?;
+            snapshots.delete(&name).await?;
             let removed = SnapshotRemovedJson {
                 name: name.to_string(),
                 removed: true,
             };
-            blocking(move || store.delete(&name)).await?;
             out.emit(&removed, human::snapshot_removed)?;
         }
         SnapshotsCommand::Gc(GcArgs { older_than_s }) => {
             let options = GcOptions {
                 remove_unused_older_than: older_than_s.map(Duration::from_secs),
-                keep: in_progress,
+                keep: Vec::new(),
             };
-            let report = blocking(move || store.gc(&options)).await?;
+            let report = snapshots.gc(options).await?;
             out.emit(&GcJson::from(&report), human::gc)?;
         }
         SnapshotsCommand::Merge(MergeArgs { diff, new }) => {
             let (diff, new) = (snapshot_name(&diff)?, snapshot_name(&new)?);
-            let info = blocking(move || store.merge(&diff, &new)).await?;
+            let info = snapshots.merge(&diff, &new).await?;
             out.emit(&BundleJson::new(&info, &[]), human::merged)?;
         }
     }
     Ok(Exit::Success)
 }
 
-async fn snapshots_ls(store: SnapshotStore, out: Out) -> Result<(), CliError> {
-    let (listing, leases) = blocking(move || {
-        let listing = store.list()?;
-        let leases = listing
-            .bundles
-            .iter()
-            .map(|b| store.leases(&b.name))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, StoreError>((listing, leases))
-    })
-    .await?;
+async fn snapshots_ls(snapshots: Snapshots, out: Out) -> Result<(), CliError> {
+    let listing = snapshots.list().await?;
+    let mut leases = Vec::with_capacity(listing.bundles.len());
+    for bundle in &listing.bundles {
+        leases.push(snapshots.leases(&bundle.name).await?);
+    }
     out.emit(
         &SnapshotListJson::new(&listing, &leases),
         human::snapshot_table,
@@ -711,7 +695,7 @@ async fn snapshots_ls(store: SnapshotStore, out: Out) -> Result<(), CliError> {
 /// Prints the verdict either way; a bad bundle is then an error (exit 1),
 /// an unknown name an ordinary one (exit 3, nothing printed).
 async fn snapshots_verify(
-    store: SnapshotStore,
+    snapshots: Snapshots,
     args: VerifyArgs,
     out: Out,
 ) -> Result<Exit, CliError> {
@@ -720,10 +704,7 @@ async fn snapshots_verify(
         skip_memory_checksum: !args.memory,
         firecracker_version: None,
     };
-    let verified = {
-        let name = name.clone();
-        blocking(move || store.verify(&name, &options)).await
-    };
+    let verified = snapshots.verify(&name, options).await;
     let mut report = VerifyJson {
         name: name.to_string(),
         ok: true,

@@ -624,7 +624,7 @@ async fn an_unjailed_snapshot_is_not_restored_into_a_jail() {
     assert!(!jail.host.vm_dirs().contains(&"into-jail".to_owned()));
     assert_eq!(jail.leftovers(), Vec::<PathBuf>::new());
     // The bundle is not leased by the failed restore.
-    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
 }
 
 #[test]

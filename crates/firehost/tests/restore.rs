@@ -195,7 +195,7 @@ async fn failed_load_rolls_back_the_restore() {
     );
     assert_eq!(host.vm_dirs(), ["source"]);
     assert!(host.vmm_pids(&vm).is_empty());
-    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
     // The refusing VMM exits (as Firecracker does); the next restore is
     // not affected by it.
     let err = manager
@@ -294,7 +294,7 @@ async fn a_snapshot_whose_drive_is_gone_or_resized_is_refused_before_spawning() 
     // Nothing was spawned or left, and the bundle is not leased.
     assert_eq!(firehost::vmm::find_under(host.dir.path()), spawned_before);
     assert!(host.vm_dirs().is_empty(), "{:?}", host.vm_dirs());
-    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
 
     // The kernel is not needed: with the drive back, a restore works
     // without it.
@@ -334,9 +334,12 @@ async fn restored_vm_holds_a_lease_on_its_bundle_until_destroyed() {
         .restore(&vm, &snap, RestoreOptions::default())
         .await
         .unwrap();
-    let store = manager.snapshot_store();
-    assert_eq!(store.leases(&snap).unwrap(), std::slice::from_ref(&vm));
-    let err = store.delete(&snap).unwrap_err();
+    let snapshots = manager.snapshots();
+    assert_eq!(
+        snapshots.leases(&snap).await.unwrap(),
+        std::slice::from_ref(&vm)
+    );
+    let err = snapshots.delete(&snap).await.unwrap_err();
     assert!(
         matches!(err, firehost::snapshot::StoreError::Leased { .. }),
         "{err:?}"
@@ -344,8 +347,8 @@ async fn restored_vm_holds_a_lease_on_its_bundle_until_destroyed() {
 
     manager.stop(&vm, StopOptions::default()).await.unwrap();
     manager.destroy(&vm).await.unwrap();
-    assert!(store.leases(&snap).unwrap().is_empty());
-    store.delete(&snap).unwrap();
+    assert!(snapshots.leases(&snap).await.unwrap().is_empty());
+    snapshots.delete(&snap).await.unwrap();
 }
 
 #[tokio::test]
@@ -362,7 +365,7 @@ async fn corrupt_bundle_is_refused_and_leaves_no_lease() {
         .await
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
-    assert!(manager.snapshot_store().leases(&snap).unwrap().is_empty());
+    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
     assert_eq!(host.vm_dirs(), ["source"]);
 }
 
@@ -387,14 +390,7 @@ async fn diff_snapshot_is_parented_and_merges_into_a_restorable_bundle() {
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotIsDiff { .. }), "{err:?}");
     let merged: SnapshotName = "merged".parse().unwrap();
-    let store = manager.snapshot_store();
-    tokio::task::spawn_blocking({
-        let (diff, merged) = (diff.clone(), merged.clone());
-        move || store.merge(&diff, &merged)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    manager.snapshots().merge(&diff, &merged).await.unwrap();
     let vm = id("from-merge");
     let info = manager
         .restore(&vm, &merged, RestoreOptions::default())

@@ -41,6 +41,7 @@ mod quarantine;
 mod recovery;
 mod restore;
 pub mod settings;
+mod snapshots;
 mod verify;
 
 use std::collections::HashMap;
@@ -59,6 +60,7 @@ pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};
 pub(crate) use restore::{restore_net_spec, restored_spec};
+pub use snapshots::Snapshots;
 
 use crate::VmId;
 use crate::agent::AgentClient;
@@ -380,10 +382,10 @@ impl Manager {
         &self.shared.snapshots_dir
     }
 
-    /// The snapshot store (list, inspect, verify, delete, gc, merge). Its
-    /// methods block: call them on the blocking pool.
-    pub fn snapshot_store(&self) -> SnapshotStore {
-        self.shared.store()
+    /// The snapshot store (list, inspect, verify, delete, gc, merge), with
+    /// async methods that do their file work on the blocking pool.
+    pub fn snapshots(&self) -> Snapshots {
+        Snapshots::new(self.shared.clone())
     }
 
     /// Creates a VM: validates the spec, starts its VMM and configures it

@@ -188,17 +188,10 @@ pub struct StaleLease {
 /// # Blocking
 ///
 /// Every method does file-system I/O, and `verify` and `merge` hash whole
-/// memory files (seconds for a big VM): none is cheap. From async code,
-/// call them on the blocking pool; the store is cheap to clone into the
-/// closure:
-///
-/// ```no_run
-/// # async fn demo(manager: firehost::Manager) -> Result<(), Box<dyn std::error::Error>> {
-/// let store = manager.snapshot_store();
-/// let listing = tokio::task::spawn_blocking(move || store.list()).await??;
-/// println!("{} bundle(s)", listing.bundles.len());
-/// # Ok(()) }
-/// ```
+/// memory files (seconds for a big VM): none is cheap. Async code uses
+/// [`Manager::snapshots`](crate::Manager::snapshots) instead, which runs
+/// these methods on the blocking pool (and keeps gc off the bundles of
+/// interrupted snapshots). Code that is not async uses the store directly:
 ///
 /// ```no_run
 /// use firehost::snapshot::{SnapshotStore, VerifyOptions};
