@@ -307,9 +307,9 @@ fn clap_one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firehost::net::NftError;
     use firehost::net::firewall::FirewallError;
     use firehost::net::host::NetError;
-    use firehost::net::nft::NftError;
     use firehost::snapshot::BundleError;
 
     #[derive(Debug, thiserror::Error)]

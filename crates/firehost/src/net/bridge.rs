@@ -15,7 +15,8 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::{LinkBridge, LinkUnspec};
 
-use super::{IfName, LinkState, Netlink, errno};
+use super::netlink::errno;
+use super::{IfName, LinkState, Netlink};
 
 /// Why the bridge could not be set up or removed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,7 @@ pub enum BridgeError {
         op: &'static str,
         /// The netlink error (with the kernel's errno).
         #[source]
-        source: rtnetlink::Error,
+        source: super::NetlinkError,
     },
 }
 
@@ -75,7 +76,7 @@ impl Bridge {
     ) -> Result<Bridge, BridgeError> {
         let netlink = |op| {
             let bridge = name.clone();
-            move |source| BridgeError::Netlink { bridge, op, source }
+            move |source: rtnetlink::Error| BridgeError::Netlink { bridge, op, source: source.into() }
         };
         let (index, created) = match nl.link(name).await.map_err(netlink("get"))? {
             Some(link) => {
@@ -151,7 +152,7 @@ impl Bridge {
             Err(source) => Err(BridgeError::Netlink {
                 bridge: self.name.clone(),
                 op: "add address",
-                source,
+                source: source.into(),
             }),
         }
     }
@@ -176,7 +177,7 @@ impl Bridge {
             .map_err(|source| BridgeError::Netlink {
                 bridge: self.name.clone(),
                 op: "get addresses",
-                source,
+                source: source.into(),
             })?
         {
             if msg.header.index != self.index {
@@ -205,7 +206,7 @@ impl Bridge {
             .map_err(|source| BridgeError::Netlink {
                 bridge: name.clone(),
                 op: "get",
-                source,
+                source: source.into(),
             })?
             .ok_or_else(|| BridgeError::Missing {
                 bridge: name.clone(),
@@ -230,6 +231,7 @@ impl Bridge {
     }
 
     /// The bridge's interface index.
+    #[cfg(any(test, feature = "test-internals"))]
     pub fn index(&self) -> u32 {
         self.index
     }
@@ -262,7 +264,7 @@ impl Bridge {
             Err(source) => Err(BridgeError::Netlink {
                 bridge: self.name,
                 op: "delete",
-                source,
+                source: source.into(),
             }),
         }
     }

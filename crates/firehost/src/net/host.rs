@@ -131,7 +131,7 @@ pub enum NetError {
         op: &'static str,
         /// The netlink error.
         #[source]
-        source: rtnetlink::Error,
+        source: super::NetlinkError,
     },
     /// A kernel setting or the state file could not be read or written.
     #[error("cannot {op} {path:?}")]
@@ -578,7 +578,7 @@ impl HostNetwork {
                     .await
                     .map_err(|source| NetError::Netlink {
                         op: "look up the uplink",
-                        source,
+                        source: source.into(),
                     })?
                     .is_none()
                 {
@@ -787,7 +787,7 @@ impl HostNetwork {
                         let _ = Tap::delete(&live.nl, &name).await;
                         return Err(NetError::Netlink {
                             op: "label the TAP",
-                            source,
+                            source: source.into(),
                         });
                     }
                     return Ok(tap);
@@ -819,7 +819,7 @@ impl HostNetwork {
             .await
             .map_err(|source| NetError::Netlink {
                 op: "list links",
-                source,
+                source: source.into(),
             })?;
         let mut taps = Vec::new();
         for link in links {
@@ -905,7 +905,12 @@ fn peer_pairs<'a>(
 async fn default_route_interface(nl: &Netlink) -> Result<Option<IfName>, NetError> {
     use rtnetlink::packet_route::link::LinkAttribute;
     use rtnetlink::packet_route::route::RouteAttribute;
-    let netlink = |op| move |source| NetError::Netlink { op, source };
+    let netlink = |op| {
+        move |source: rtnetlink::Error| NetError::Netlink {
+            op,
+            source: source.into(),
+        }
+    };
     let query = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build();
     let routes: Vec<_> = nl
         .handle()

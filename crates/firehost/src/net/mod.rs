@@ -11,41 +11,62 @@
 //!   restart. Start here.
 //! - [`ipam`]: which address and MAC each VM gets; the kernel `ip=` boot
 //!   argument.
-//! - [`tap`]: persistent TAP devices (TUNSETIFF), attached to the bridge and
+//! - `tap`: persistent TAP devices (TUNSETIFF), attached to the bridge and
 //!   brought up over netlink, and deleted over netlink.
-//! - [`bridge`]: the bridge with the gateway address, created when absent
+//! - `bridge`: the bridge with the gateway address, created when absent
 //!   and removed only by whoever created it.
 //! - [`firewall`]: the `firehost` nftables tables — NAT, isolation,
 //!   anti-spoofing, host services, published ports — and the per-VM
-//!   elements; [`nft`] runs them as atomic transactions.
-//! - [`sysctl`]: IPv4 forwarding on the bridge and the uplink.
-//! - [`IfName`] and [`Netlink`]: the interface name rules and the rtnetlink
+//!   elements; `nft` runs them as atomic transactions.
+//! - `sysctl`: IPv4 forwarding on the bridge and the uplink.
+//! - `netns`: network namespaces for jailed VMs.
+//! - [`IfName`]: the interface name rules; `netlink`: the rtnetlink
 //!   connection the other modules share.
+//!
+//! Only [`host`], [`firewall`], [`ipam`], the names and the error types
+//! are public; the kernel plumbing (`bridge`, `tap`, `netns`, `nft`,
+//! `sysctl`, `netlink`) is private to the crate.
 //!
 //! # Network namespaces
 //!
 //! Netlink sockets and TAP devices belong to the network namespace of the
-//! thread that opens them. [`Netlink::connect`] binds its socket in the
-//! calling thread's namespace, and [`tap::Tap::create`] runs its ioctls on
+//! thread that opens them. `Netlink::connect` binds its socket in the
+//! calling thread's namespace, and `tap::Tap::create` runs its ioctls on
 //! the thread that polls it: in a process whose threads all share the host
 //! namespace (the manager) that does not matter; tests that `unshare` a
 //! namespace per thread run a current-thread runtime on that thread.
 
 use std::fmt;
 
-use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::LinkMessage;
-
-pub mod bridge;
 mod config;
 pub mod firewall;
 pub mod host;
 pub mod ipam;
-pub mod netns;
-pub mod nft;
-pub mod sysctl;
-pub mod tap;
 mod vm_net;
+
+/// Declares the plumbing modules: the crate's own business, private to
+/// it. The `test-internals` feature opens them to the crate's integration
+/// tests, which build namespaces, TAPs and rules with them and read the
+/// kernel's state back; nothing else should use them.
+macro_rules! plumbing {
+    ($($module:ident),* $(,)?) => {$(
+        #[cfg(feature = "test-internals")]
+        pub mod $module;
+        #[cfg(not(feature = "test-internals"))]
+        pub(crate) mod $module;
+    )*};
+}
+
+plumbing!(bridge, netlink, netns, nft, sysctl, tap);
+
+pub use bridge::BridgeError;
+pub use netlink::NetlinkError;
+#[cfg(feature = "test-internals")]
+pub use netlink::{LinkState, Netlink};
+#[cfg(not(feature = "test-internals"))]
+pub(crate) use netlink::{LinkState, Netlink};
+pub use nft::NftError;
+pub use tap::TapError;
 
 /// The kernel's `IFNAMSIZ`: interface names are at most 15 bytes plus NUL.
 pub const IFNAMSIZ: usize = 16;
@@ -149,102 +170,6 @@ impl std::str::FromStr for IfName {
 impl<'de> serde::Deserialize<'de> for IfName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         IfName::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-/// An rtnetlink connection, bound in the network namespace of the thread
-/// that made it.
-///
-/// Cheap to clone (a handle to one background task). Requests from many
-/// tasks are multiplexed over the one socket.
-#[derive(Debug, Clone)]
-pub struct Netlink {
-    handle: rtnetlink::Handle,
-}
-
-impl Netlink {
-    /// Opens a netlink socket in the calling thread's network namespace
-    /// and spawns its connection task on the current tokio runtime.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn connect() -> std::io::Result<Self> {
-        let (connection, handle, _messages) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
-        Ok(Netlink { handle })
-    }
-
-    /// The rtnetlink handle, for requests this module has no helper for.
-    pub fn handle(&self) -> &rtnetlink::Handle {
-        &self.handle
-    }
-
-    /// The link named `name`, or `None` if there is none.
-    ///
-    /// # Cancel safety
-    ///
-    /// Safe: a read.
-    pub async fn link(&self, name: &IfName) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.as_str().to_owned())
-            .execute();
-        match links.try_next().await {
-            Ok(link) => Ok(link),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// The errno of a netlink error reply, if the error is one.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-/// Facts about one link, read back from the kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkState {
-    /// The interface index.
-    pub index: u32,
-    /// Whether the link is administratively up (`IFF_UP`).
-    pub up: bool,
-    /// The index of the link's controller (the bridge it is a port of).
-    pub controller: Option<u32>,
-    /// The link kind (`"bridge"`, `"tun"`, …), if it has one.
-    pub kind: Option<String>,
-}
-
-impl LinkState {
-    /// Extracts the state from a link message.
-    pub fn from_message(msg: &LinkMessage) -> Self {
-        use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo};
-        let mut state = LinkState {
-            index: msg.header.index,
-            up: msg.header.flags.contains(LinkFlags::Up),
-            controller: None,
-            kind: None,
-        };
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::Controller(idx) => state.controller = Some(*idx),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            state.kind = Some(kind.to_string());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        state
     }
 }
 

@@ -22,7 +22,6 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::host::NetError;
@@ -46,7 +45,10 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetEr
 }
 
 fn nl_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetError {
-    move |source| NetError::Netlink { op, source }
+    move |source| NetError::Netlink {
+        op,
+        source: source.into(),
+    }
 }
 
 /// Makes a new network namespace pinned at `path` (which must not exist),
@@ -264,17 +266,19 @@ pub async fn delete_link(nl: &Netlink, name: &IfName) -> Result<(), NetError> {
     };
     match nl.handle().link().del(link.header.index).execute().await {
         Ok(()) => Ok(()),
-        Err(e) if super::errno(&e) == Some(libc::ENODEV) => Ok(()),
+        Err(e) if super::netlink::errno(&e) == Some(libc::ENODEV) => Ok(()),
         Err(e) => Err(nl_err("delete a link")(e)),
     }
 }
 
-/// The links inside namespace `ns`, by name (for tests and inspection).
+/// The links inside namespace `ns`, by name (tests read them back).
 ///
 /// # Cancel safety
 ///
 /// Cancel safe: it only reads.
+#[cfg(any(test, feature = "test-internals"))]
 pub async fn links_in(ns: &OwnedFd) -> Result<Vec<String>, NetError> {
+    use futures_util::TryStreamExt;
     use rtnetlink::packet_route::link::LinkAttribute;
     let inside = netlink_in(ns)?;
     let links: Vec<_> = inside

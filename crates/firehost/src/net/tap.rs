@@ -39,10 +39,9 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use rtnetlink::LinkUnspec;
-use rtnetlink::packet_core::Nla;
-use rtnetlink::packet_route::link::{InfoData, InfoTun, LinkAttribute, LinkInfo, LinkMessage};
 
-use super::{IfName, LinkState, Netlink, errno};
+use super::netlink::errno;
+use super::{IfName, LinkState, Netlink};
 use crate::VmId;
 
 /// The prefix of every TAP name [`tap_name_for_vm`] makes.
@@ -125,7 +124,7 @@ pub enum TapError {
         op: &'static str,
         /// The netlink error (with the kernel's errno).
         #[source]
-        source: rtnetlink::Error,
+        source: super::NetlinkError,
     },
 }
 
@@ -198,7 +197,7 @@ impl Tap {
     ) -> Result<Tap, TapError> {
         let netlink = |op| {
             let tap = name.clone();
-            move |source| TapError::Netlink { tap, op, source }
+            move |source: rtnetlink::Error| TapError::Netlink { tap, op, source: source.into() }
         };
         let Some(bridge_link) = nl.link(bridge).await.map_err(netlink("get bridge"))? else {
             return Err(TapError::BridgeMissing {
@@ -261,7 +260,7 @@ impl Tap {
     pub async fn delete(nl: &Netlink, name: &IfName) -> Result<bool, TapError> {
         let netlink = |op| {
             let tap = name.clone();
-            move |source| TapError::Netlink { tap, op, source }
+            move |source: rtnetlink::Error| TapError::Netlink { tap, op, source: source.into() }
         };
         let Some(link) = nl.link(name).await.map_err(netlink("get"))? else {
             return Ok(false);
@@ -367,7 +366,8 @@ fn tun_set_value(fd: BorrowedFd<'_>, request: libc::Ioctl, value: libc::c_ulong)
 }
 
 /// What the kernel reports about a TUN/TAP device (`IFLA_TUN_*` in the
-/// link's `IFLA_INFO_DATA`, Linux 4.15 and later).
+/// link's `IFLA_INFO_DATA`, Linux 4.15 and later). Read back by tests only.
+#[cfg(any(test, feature = "test-internals"))]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunInfo {
     /// `IFLA_TUN_OWNER`, when an owner is set.
@@ -382,10 +382,13 @@ pub struct TunInfo {
     pub persist: bool,
 }
 
+#[cfg(any(test, feature = "test-internals"))]
 impl TunInfo {
     /// Extracts the TUN facts from a link message, or `None` if the link
     /// is not a TUN/TAP device.
-    pub fn from_message(msg: &LinkMessage) -> Option<TunInfo> {
+    pub fn from_message(msg: &rtnetlink::packet_route::link::LinkMessage) -> Option<TunInfo> {
+        use rtnetlink::packet_core::Nla;
+        use rtnetlink::packet_route::link::{InfoData, InfoTun, LinkAttribute, LinkInfo};
         const IFLA_TUN_OWNER: u16 = 1;
         const IFLA_TUN_GROUP: u16 = 2;
         const IFLA_TUN_TYPE: u16 = 3;

@@ -104,7 +104,7 @@ pub struct NetSpec {
     #[serde(default = "yes")]
     pub kernel_ip_arg: bool,
     /// A network namespace of the VM's own, holding its TAP and joined to
-    /// the bridge by a veth pair (see [`super::netns`]). Needs a jailed
+    /// the bridge by a veth pair (see the crate-private `netns` module). Needs a jailed
     /// VM: the jailer makes Firecracker join it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub netns: bool,
