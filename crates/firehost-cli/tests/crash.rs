@@ -294,7 +294,9 @@ fn an_unreadable_record_is_shown_refused_and_removed_only_by_rm_f() {
     let pid = pid_of(&vm);
     let record = env.state_dir.join("vms/odd/record.json");
     let text = std::fs::read_to_string(&record).unwrap();
-    std::fs::write(&record, text.replacen("\"format\": 1", "\"format\": 99", 1)).unwrap();
+    let mut newer: Value = serde_json::from_str(&text).unwrap();
+    newer["format"] = 99.into();
+    std::fs::write(&record, newer.to_string()).unwrap();
 
     let listed = env.json(&["ls"]);
     assert_eq!(listed["vms"], serde_json::json!([]));

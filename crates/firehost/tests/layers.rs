@@ -60,7 +60,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "record",
         &[
-            "id", "fsutil", "state", "jail", "net", "spec", "vmm", "snapshot",
+            "id", "fsutil", "state", "vsock", "jail", "vmm", "net", "mmds", "spec", "snapshot",
         ],
     ),
 ];

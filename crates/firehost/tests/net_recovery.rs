@@ -136,7 +136,9 @@ fn a_quarantined_vm_keeps_its_network_until_it_is_removed() {
         let ip = info.net.as_ref().unwrap().ip.to_string();
         let record = info.dir.join(RECORD_FILE);
         let text = std::fs::read_to_string(&record).unwrap();
-        std::fs::write(&record, text.replacen("\"format\": 1", "\"format\": 5", 1)).unwrap();
+        let mut newer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        newer["format"] = 99.into();
+        std::fs::write(&record, newer.to_string()).unwrap();
 
         let manager = Manager::open(config(&host)).await.unwrap();
         assert!(taps(&nl).await.contains(&tap), "its TAP stays");

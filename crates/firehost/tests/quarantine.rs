@@ -7,7 +7,7 @@ mod common;
 
 use common::{TestHost, id, process_alive};
 use firehost::manager::{Recovery, UnreadableReason};
-use firehost::record::RECORD_FILE;
+use firehost::record::{RECORD_FILE, RECORD_FORMAT};
 use firehost::{Manager, StopOptions, VmError, VmState};
 
 /// A way a record goes bad: its name, how to apply it to the record's
@@ -17,6 +17,13 @@ type Damage = (
     fn(&str) -> String,
     fn(&UnreadableReason) -> bool,
 );
+
+/// The record `json` with its format number changed to `format`.
+fn with_format(json: &str, format: u32) -> String {
+    let mut record: serde_json::Value = serde_json::from_str(json).unwrap();
+    record["format"] = format.into();
+    serde_json::to_string_pretty(&record).unwrap()
+}
 
 /// Ways a record goes bad.
 fn damages() -> Vec<Damage> {
@@ -28,7 +35,7 @@ fn damages() -> Vec<Damage> {
         ),
         (
             "from a newer firehost",
-            |json| json.replacen("\"format\": 1", "\"format\": 99", 1),
+            |json| with_format(json, 99),
             |r| matches!(r, UnreadableReason::NewerFormat { found: 99, .. }),
         ),
         (
@@ -143,7 +150,7 @@ async fn a_dead_quarantined_vm_is_removed_without_stopping_anything() {
     };
     let record = info.dir.join(RECORD_FILE);
     let text = std::fs::read_to_string(&record).unwrap();
-    std::fs::write(&record, text.replacen("\"format\": 1", "\"format\": 2", 1)).unwrap();
+    std::fs::write(&record, with_format(&text, RECORD_FORMAT + 1)).unwrap();
     let manager = host.manager().await;
     assert_eq!(manager.unreadable().await[0].pid, None);
     assert!(

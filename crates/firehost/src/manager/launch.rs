@@ -11,7 +11,7 @@ use crate::api::ApiClient;
 use crate::console::ConsoleRing;
 use crate::manager::config::ConsoleTarget;
 use crate::net::host::VmNet;
-use crate::record::{Durability, RECORD_FORMAT, RecordError, VmRecord};
+use crate::record::{Durability, RecordError, VmRecord};
 use crate::spec::ResolvedSpec;
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
@@ -217,7 +217,6 @@ impl Launched {
 
         let vm = Vm {
             record: VmRecord {
-                format: RECORD_FORMAT,
                 id: id.clone(),
                 committed: false,
                 spec,

@@ -317,6 +317,9 @@ impl Shared {
                     RecordError::Malformed { source, .. } => super::UnreadableReason::Malformed {
                         detail: source.to_string(),
                     },
+                    RecordError::Invalid { why, .. } => {
+                        super::UnreadableReason::Malformed { detail: why }
+                    }
                     RecordError::UnknownFormat { found, .. } => {
                         super::UnreadableReason::NewerFormat {
                             found,

@@ -12,26 +12,30 @@
 //! the live VMM anyway (running ↔ paused) or that precede the committing
 //! write skip them ([`Durability::Cached`]); writes that a dead VM's cleanup
 //! depends on are [`Durability::Synced`].
+//!
+//! The file has types of its own (the private `file` module), converted
+//! to and from [`VmRecord`] on each write and read, so the library's API
+//! types can change without changing what is on disk. A file of an older
+//! format is upgraded as it is read; one of a newer format is refused.
+
+mod file;
 
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use crate::VmId;
 use crate::spec::ResolvedSpec;
 use crate::state::VmState;
 use crate::vmm::ConsoleMode;
 
-/// The record format this build writes.
-pub const RECORD_FORMAT: u32 = 1;
+/// The record format this build writes (and the newest it reads).
+pub const RECORD_FORMAT: u32 = file::CURRENT;
 /// The record's file name inside a VM's directory.
 pub const RECORD_FILE: &str = "record.json";
 
-/// Everything firehost knows about one VM, as kept on disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything firehost knows about one VM, as kept on disk (through the
+/// file's own types; see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRecord {
-    /// Format version, for upgrades.
-    pub format: u32,
     /// The VM's id.
     pub id: VmId,
     /// False until the create transaction has committed: a restarted
@@ -40,7 +44,6 @@ pub struct VmRecord {
     /// The resolved spec the VM was created from.
     pub spec: ResolvedSpec,
     /// Lifecycle state at the last change.
-    #[serde(flatten)]
     pub state: VmState,
     /// The VMM's pid, once spawned.
     pub pid: Option<i32>,
@@ -54,11 +57,9 @@ pub struct VmRecord {
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// The snapshot the VM was restored from, if it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<crate::id::SnapshotName>,
     /// The VM's latest snapshot (or the one it was restored from): the
     /// parent of its next diff snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<crate::id::SnapshotName>,
     /// The VM's memory is served by a page server. An in-process one ends
     /// with the manager that restored the VM, so a manager that re-opens
@@ -66,29 +67,22 @@ pub struct VmRecord {
     /// its next missing page; one in a helper process
     /// ([`page_server_helper`](Self::page_server_helper)) keeps the VM
     /// alive as long as the helper lives (or once it has detached).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub page_server_attached: bool,
     /// The helper process serving the VM's memory, if it runs in one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_server_helper: Option<HelperProcess>,
     /// The VM's place on the default network: address, MAC, TAP, ports.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::net::host::VmNet>,
     /// The VM's vsock device and its agent's token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VmVsock>,
     /// The VM's jail, if it runs in one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<crate::jail::VmJail>,
     /// A snapshot under way: written (durably) before the VM is paused for
     /// it and cleared after, so that a manager that finds it set knows the
     /// one that took the snapshot died midway, and recovers (see
     /// [`PendingSnapshot`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_snapshot: Option<PendingSnapshot>,
     /// A stop was asked for: a VMM found gone afterwards was stopped, not
     /// crashed.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_requested: bool,
 }
 
@@ -99,7 +93,7 @@ pub struct VmRecord {
 /// file), resumes the guest if the snapshot paused it, and keeps the
 /// bundle only if it was sealed (its manifest written last); an unsealed
 /// bundle is removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSnapshot {
     /// The bundle being written.
     pub name: crate::id::SnapshotName,
@@ -131,7 +125,7 @@ impl VmRecord {
 
 /// A page-server helper process, as recorded: with the start time, the pid
 /// names that process and no later one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HelperProcess {
     /// The process id.
     pub pid: i32,
@@ -141,7 +135,7 @@ pub struct HelperProcess {
 
 /// A VM's vsock device as recorded (the record file is private: the token
 /// is in it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmVsock {
     /// The device's unix socket.
     pub uds_path: PathBuf,
@@ -177,6 +171,15 @@ pub enum RecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// The file parses but holds a value firehost refuses (an id, name
+    /// or address that is not valid).
+    #[error("record {path:?} is invalid: {why}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The record was written by a newer firehost.
     #[error("record {path:?} has format {found}; this build reads up to {RECORD_FORMAT}")]
     UnknownFormat {
@@ -196,8 +199,15 @@ impl VmRecord {
     /// Writes the record into `dir` atomically, as durably as asked
     /// (blocking).
     pub fn write_with(&self, dir: &Path, durability: Durability) -> Result<(), RecordError> {
-        let bytes = serde_json::to_vec_pretty(self).expect("records always serialise");
-        write_atomic(&dir.join(RECORD_FILE), &bytes, durability)
+        let path = dir.join(RECORD_FILE);
+        let bytes =
+            serde_json::to_vec_pretty(&file::RecordFile::from_record(self)).map_err(|source| {
+                RecordError::Malformed {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        write_atomic(&path, &bytes, durability)
     }
 
     /// Reads the record in `dir` (blocking).
@@ -217,27 +227,49 @@ impl VmRecord {
                 std::io::Read::read_to_end(&mut std::io::Read::take(file, u64::MAX), &mut bytes)
             })
             .map_err(io)?;
-        #[derive(Deserialize)]
-        struct Format {
-            format: u32,
-        }
-        // One parse in the common case; the format alone is looked at only
-        // to tell a newer record from a damaged one.
-        let newer = |format: u32| format > RECORD_FORMAT;
-        match serde_json::from_slice::<VmRecord>(&bytes) {
-            Ok(record) if newer(record.format) => Err(RecordError::UnknownFormat {
-                path,
-                found: record.format,
-            }),
-            Ok(record) => Ok(record),
-            Err(source) => match serde_json::from_slice::<Format>(&bytes) {
-                Ok(f) if newer(f.format) => Err(RecordError::UnknownFormat {
+        let fields = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            Ok(_) => {
+                return Err(RecordError::Invalid {
                     path,
-                    found: f.format,
-                }),
-                _ => Err(RecordError::Malformed { path, source }),
-            },
+                    why: "it is not a JSON object".into(),
+                });
+            }
+            Err(source) => return Err(RecordError::Malformed { path, source }),
+        };
+        let fields = current(fields).map_err(|found| RecordError::UnknownFormat {
+            path: path.clone(),
+            found,
+        })?;
+        let record: file::RecordFile = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|source| RecordError::Malformed {
+                path: path.clone(),
+                source,
+            })?;
+        record
+            .into_record()
+            .map_err(|why| RecordError::Invalid { path, why })
+    }
+}
+
+/// `fields`, a record file's top level, in the current format; or the
+/// format number that is too new to read.
+fn current(
+    mut fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, u32> {
+    // A record without a readable format number is left to the parse to
+    // refuse, as malformed.
+    let format = fields
+        .get("format")
+        .and_then(serde_json::Value::as_u64)
+        .map(|f| u32::try_from(f).unwrap_or(u32::MAX));
+    match format {
+        Some(format) if format > RECORD_FORMAT => Err(format),
+        Some(format) => {
+            file::upgrade(&mut fields, format);
+            Ok(fields)
         }
+        None => Ok(fields),
     }
 }
 
@@ -258,6 +290,9 @@ pub struct Salvaged {
 
 impl Salvaged {
     /// Picks the fields out of the record in `dir`, if it is JSON at all.
+    /// A record of an older format is upgraded first; one of a newer format
+    /// is read as if it were current (its fields are only ever taken when
+    /// they parse).
     pub fn read(dir: &Path) -> Salvaged {
         let Ok(bytes) = std::fs::read(dir.join(RECORD_FILE)) else {
             return Salvaged::default();
@@ -265,14 +300,19 @@ impl Salvaged {
         let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(&bytes) else {
             return Salvaged::default();
         };
-        let field = |name: &str| fields.get(name).cloned();
-        let typed = |name: &str| field(name).filter(|v| !v.is_null());
-        let pid = typed("pid").and_then(|v| serde_json::from_value::<i32>(v).ok());
-        let start = typed("start_time").and_then(|v| serde_json::from_value::<u64>(v).ok());
+        let fields = current(fields.clone()).unwrap_or(fields);
+        let typed = |name: &str| fields.get(name).filter(|v| !v.is_null()).cloned();
+        let process = typed("vmm")
+            .and_then(|v| serde_json::from_value::<file::ProcessFile>(v).ok())
+            .map(|p| (p.pid, p.start_time));
         Salvaged {
-            process: pid.zip(start).filter(|(pid, _)| *pid > 0),
-            net: typed("net").and_then(|v| serde_json::from_value(v).ok()),
-            jail: typed("jail").and_then(|v| serde_json::from_value(v).ok()),
+            process: process.filter(|(pid, _)| *pid > 0),
+            net: typed("net")
+                .and_then(|v| serde_json::from_value::<file::NetFile>(v).ok())
+                .and_then(|n| n.into_net().ok()),
+            jail: typed("jail")
+                .and_then(|v| serde_json::from_value::<file::JailFile>(v).ok())
+                .map(file::JailFile::into_jail),
         }
     }
 }
@@ -294,7 +334,6 @@ mod tests {
 
     pub(crate) fn sample(id: &str) -> VmRecord {
         VmRecord {
-            format: RECORD_FORMAT,
             id: VmId::new(id).unwrap(),
             committed: true,
             spec: ResolvedSpec {
@@ -334,6 +373,146 @@ mod tests {
                 netns: None,
             }),
         }
+    }
+
+    /// A record with every optional part set, as the format fixtures hold.
+    pub(crate) fn rich() -> VmRecord {
+        use crate::spec::{DriveSpec, NicSpec};
+        let mut record = sample("rich-1");
+        record.spec = ResolvedSpec {
+            initrd: Some("/images/initrd".into()),
+            rootfs_read_only: true,
+            vcpus: 2,
+            mem_mib: 256,
+            smt: true,
+            extra_drives: vec![DriveSpec {
+                id: "data".into(),
+                path: "/images/data.ext4".into(),
+                read_only: false,
+            }],
+            net: Some(crate::net::host::NetSpec {
+                ip: Some("172.30.0.9".parse().unwrap()),
+                mac: Some(crate::net::ipam::MacAddr::new([6, 0, 0, 0, 0, 9])),
+                publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+                peer_groups: vec!["web".parse().unwrap()],
+                kernel_ip_arg: false,
+                netns: true,
+            }),
+            extra_nics: vec![NicSpec {
+                iface_id: "eth1".into(),
+                tap: crate::net::IfName::new("mytap1").unwrap(),
+                guest_mac: Some(crate::net::ipam::MacAddr::new([6, 0, 0, 0, 1, 1])),
+            }],
+            vsock: Some(crate::vsock::VsockSpec { guest_cid: 7 }),
+            mmds: Some(crate::mmds::MmdsSpec {
+                version: crate::mmds::MmdsVersion::V1,
+                data: serde_json::json!({"tenant": "t-1", "n": [1, 2]}),
+            }),
+            jail: Some(crate::jail::JailSpec {
+                uid: Some(10_007),
+                gid: Some(10_007),
+                cpus: Some("0-1".into()),
+                cpu_quota_percent: Some(150),
+                cpu_weight: Some(200),
+                memory_max_mib: Some(512),
+                pids_max: Some(64),
+                fsize_max_bytes: Some(1 << 30),
+            }),
+            ..record.spec
+        };
+        record.state = VmState::Failed {
+            exit: ExitReason::Signal(9),
+            console_tail: vec!["last line".into(), "".into()],
+        };
+        record.console = ConsoleMode::RingAndFile("/x/console.log".into());
+        record.restored_from = Some("template".parse().unwrap());
+        record.last_snapshot = Some("template".parse().unwrap());
+        record.page_server_attached = true;
+        record.page_server_helper = Some(HelperProcess {
+            pid: 77,
+            start_time: 88,
+        });
+        record.jail = Some(crate::jail::VmJail {
+            jail_id: "rich-1".into(),
+            chroot: "/srv/jailer/firecracker/rich-1/root".into(),
+            uid: 10_007,
+            gid: 10_007,
+            cgroups: vec!["/sys/fs/cgroup/firehost/rich-1".into()],
+        });
+        record.pending_snapshot = Some(PendingSnapshot {
+            name: "snap".parse().unwrap(),
+            paused_vm: true,
+        });
+        record.stop_requested = true;
+        if let Some(net) = &mut record.net {
+            net.netns = Some(crate::net::netns::VmNetns {
+                path: "/run/firehost/netns/rich-1".into(),
+                host_port: crate::net::IfName::new("fhv0123456789ab").unwrap(),
+            });
+        }
+        record
+    }
+
+    /// The record as its file holds it.
+    fn json(record: &VmRecord) -> serde_json::Value {
+        serde_json::to_value(file::RecordFile::from_record(record)).unwrap()
+    }
+
+    fn write_json(dir: &Path, value: &serde_json::Value) {
+        std::fs::write(dir.join(RECORD_FILE), serde_json::to_vec(value).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn every_field_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        rich().write(dir.path()).unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), rich());
+    }
+
+    /// `testdata/format-1.json` was written by firehost 0.1 (format 1,
+    /// the API types serialised as they were) from the record `rich()`
+    /// builds.
+    #[test]
+    fn a_format_1_record_is_upgraded_as_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(RECORD_FILE),
+            include_bytes!("testdata/format-1.json"),
+        )
+        .unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), rich());
+        // Rewritten, it is in the current format: the process as one field.
+        rich().write(dir.path()).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(RECORD_FILE)).unwrap()).unwrap();
+        assert_eq!(written["format"], RECORD_FORMAT);
+        assert_eq!(
+            written["vmm"],
+            serde_json::json!({"pid": 42, "start_time": 7})
+        );
+        assert!(written.get("pid").is_none(), "{written}");
+    }
+
+    #[test]
+    fn a_format_1_pid_without_a_start_time_names_no_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut value: serde_json::Value =
+            serde_json::from_slice(include_bytes!("testdata/format-1.json")).unwrap();
+        value["start_time"] = serde_json::Value::Null;
+        write_json(dir.path(), &value);
+        let record = VmRecord::read(dir.path()).unwrap();
+        assert_eq!((record.pid, record.start_time), (None, None));
+    }
+
+    /// The file's layout is its own: this is what the current format looks
+    /// like, so a change to an API type that would change it fails here.
+    #[test]
+    fn the_current_format_is_pinned() {
+        let mut expected: serde_json::Value =
+            serde_json::from_slice(include_bytes!("testdata/format-1.json")).unwrap();
+        let fields = expected.as_object_mut().unwrap();
+        file::upgrade(fields, 1);
+        assert_eq!(json(&rich()), expected);
     }
 
     #[test]
@@ -390,27 +569,19 @@ mod tests {
     #[test]
     fn fields_added_within_the_same_format_are_tolerated() {
         let dir = tempfile::tempdir().unwrap();
-        let mut value = serde_json::to_value(sample("vm1")).unwrap();
+        let mut value = json(&sample("vm1"));
         value["added_by_a_newer_firehost"] = serde_json::json!({"x": [1, 2]});
-        std::fs::write(
-            dir.path().join(RECORD_FILE),
-            serde_json::to_vec(&value).unwrap(),
-        )
-        .unwrap();
+        write_json(dir.path(), &value);
         assert_eq!(VmRecord::read(dir.path()).unwrap(), sample("vm1"));
     }
 
     #[test]
     fn salvage_takes_what_is_well_formed_from_an_unreadable_record() {
         let dir = tempfile::tempdir().unwrap();
-        let mut value = serde_json::to_value(sample("vm1")).unwrap();
+        let mut value = json(&sample("vm1"));
         value["format"] = 99.into();
         value["spec"] = "changed beyond recognition".into();
-        std::fs::write(
-            dir.path().join(RECORD_FILE),
-            serde_json::to_vec(&value).unwrap(),
-        )
-        .unwrap();
+        write_json(dir.path(), &value);
         assert!(VmRecord::read(dir.path()).is_err());
         let salvaged = Salvaged::read(dir.path());
         assert_eq!(salvaged.process, Some((42, 7)));
@@ -418,13 +589,20 @@ mod tests {
         assert_eq!(salvaged.jail, None);
 
         // A pid without a start time names no process for certain.
-        value["start_time"] = serde_json::Value::Null;
-        std::fs::write(
-            dir.path().join(RECORD_FILE),
-            serde_json::to_vec(&value).unwrap(),
-        )
-        .unwrap();
+        value["vmm"]["start_time"] = serde_json::Value::Null;
+        write_json(dir.path(), &value);
         assert_eq!(Salvaged::read(dir.path()).process, None);
+
+        // A damaged format-1 record is upgraded before its fields are
+        // picked.
+        let mut old: serde_json::Value =
+            serde_json::from_slice(include_bytes!("testdata/format-1.json")).unwrap();
+        old["spec"] = "changed beyond recognition".into();
+        write_json(dir.path(), &old);
+        let salvaged = Salvaged::read(dir.path());
+        assert_eq!(salvaged.process, Some((42, 7)));
+        assert_eq!(salvaged.net, rich().net);
+        assert_eq!(salvaged.jail, rich().jail);
 
         for garbage in [&b"{not json"[..], b"[1,2]", b""] {
             std::fs::write(dir.path().join(RECORD_FILE), garbage).unwrap();
@@ -435,10 +613,18 @@ mod tests {
     #[test]
     fn tampered_id_in_record_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let json = serde_json::to_string(&sample("vm1"))
-            .unwrap()
-            .replace("\"vm1\"", "\"../../etc\"");
-        std::fs::write(dir.path().join(RECORD_FILE), json).unwrap();
-        assert!(VmRecord::read(dir.path()).is_err());
+        let mut value = json(&sample("vm1"));
+        value["id"] = "../../etc".into();
+        write_json(dir.path(), &value);
+        assert!(matches!(
+            VmRecord::read(dir.path()),
+            Err(RecordError::Invalid { .. })
+        ));
+        // So is any other value the API types refuse.
+        let mut value = json(&rich());
+        value["net"]["mac"] = "not-a-mac".into();
+        write_json(dir.path(), &value);
+        let err = VmRecord::read(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("invalid"), "{err}");
     }
 }

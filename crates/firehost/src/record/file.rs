@@ -1,0 +1,708 @@
+//! The record file's own types: the JSON layout on disk, kept apart from
+//! the library's API types so that either can change without the other.
+//!
+//! Every type here is private to the record. Values with a syntax of
+//! their own (ids, names, MACs, interface names) are stored as strings
+//! and checked again when read, so a hand-edited file cannot smuggle in a
+//! value the API types would refuse. The API types are reached only
+//! through the two conversions, [`RecordFile::from_record`] and
+//! [`RecordFile::into_record`].
+//!
+//! # Formats
+//!
+//! - **1** (firehost 0.1): the VMM's `pid` and `start_time` as two
+//!   top-level fields.
+//! - **2**: the two together as `vmm: {pid, start_time}`, since one means
+//!   nothing without the other (a pid alone may name a later process).
+//!
+//! An older file is brought up to date as JSON ([`upgrade`]) before it is
+//! parsed, so only the current layout has types. A new format adds a step
+//! there and a fixture under `testdata/`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{HelperProcess, PendingSnapshot, VmRecord, VmVsock};
+use crate::VmId;
+use crate::id::SnapshotName;
+use crate::jail::{JailSpec, VmJail};
+use crate::mmds::{MmdsSpec, MmdsVersion};
+use crate::net::host::PeerGroup;
+use crate::net::host::{NetSpec, VmNet};
+use crate::net::ipam::MacAddr;
+use crate::net::netns::VmNetns;
+use crate::net::{IfName, firewall};
+use crate::spec::{DriveSpec, NicSpec, ResolvedSpec};
+use crate::state::{ExitReason, VmState};
+use crate::vmm::ConsoleMode;
+use crate::vsock::VsockSpec;
+
+/// The format this build writes.
+pub const CURRENT: u32 = 2;
+
+/// Brings `file`, a record of format `format`, to the current layout.
+/// Formats newer than [`CURRENT`] are the caller's to refuse.
+pub fn upgrade(file: &mut serde_json::Map<String, Value>, format: u32) {
+    if format < 2 {
+        let pid = file.remove("pid").filter(|v| !v.is_null());
+        let start_time = file.remove("start_time").filter(|v| !v.is_null());
+        let vmm = match (pid, start_time) {
+            (Some(pid), Some(start_time)) => serde_json::json!({
+                "pid": pid,
+                "start_time": start_time,
+            }),
+            // One without the other names no process for certain.
+            _ => Value::Null,
+        };
+        file.insert("vmm".into(), vmm);
+    }
+    file.insert("format".into(), CURRENT.into());
+}
+
+/// A record file in the current format.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordFile {
+    format: u32,
+    id: String,
+    committed: bool,
+    spec: SpecFile,
+    #[serde(flatten)]
+    state: StateFile,
+    #[serde(default)]
+    vmm: Option<ProcessFile>,
+    api_socket: PathBuf,
+    console: ConsoleFile,
+    created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restored_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    page_server_attached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_server_helper: Option<ProcessFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net: Option<NetFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vsock: Option<VsockFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jail: Option<JailFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_snapshot: Option<PendingSnapshotFile>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    stop_requested: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum StateFile {
+    Created,
+    Running,
+    Paused,
+    Stopped {
+        exit: ExitFile,
+    },
+    Failed {
+        exit: ExitFile,
+        console_tail: Vec<String>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ExitFile {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ProcessFile {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ConsoleFile {
+    Ring,
+    RingAndFile(PathBuf),
+    File(PathBuf),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SpecFile {
+    kernel: PathBuf,
+    #[serde(default)]
+    initrd: Option<PathBuf>,
+    #[serde(default)]
+    rootfs: Option<PathBuf>,
+    rootfs_read_only: bool,
+    vcpus: u8,
+    mem_mib: u32,
+    smt: bool,
+    boot_args: String,
+    #[serde(default)]
+    extra_drives: Vec<DriveFile>,
+    track_dirty_pages: bool,
+    graceful_shutdown: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net: Option<NetSpecFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    extra_nics: Vec<NicFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vsock: Option<VsockSpecFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mmds: Option<MmdsFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jail: Option<JailSpecFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DriveFile {
+    id: String,
+    path: PathBuf,
+    #[serde(default)]
+    read_only: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NetSpecFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    publish: Vec<PortFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peer_groups: Vec<String>,
+    kernel_ip_arg: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    netns: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PortFile {
+    proto: ProtoFile,
+    host_port: u16,
+    guest_port: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ProtoFile {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NicFile {
+    iface_id: String,
+    tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest_mac: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct VsockSpecFile {
+    guest_cid: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MmdsFile {
+    version: MmdsVersionFile,
+    data: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum MmdsVersionFile {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JailSpecFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpu_quota_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpu_weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory_max_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pids_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fsize_max_bytes: Option<u64>,
+}
+
+/// A VM's place on the default network. Also read on its own from a
+/// damaged record (see [`super::Salvaged`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NetFile {
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+    mac: String,
+    tap: String,
+    iface_id: String,
+    dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    published: Vec<PortFile>,
+    #[serde(default)]
+    peer_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<NetnsFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NetnsFile {
+    path: PathBuf,
+    host_port: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct VsockFile {
+    uds_path: PathBuf,
+    guest_cid: u32,
+    token: String,
+}
+
+/// A VM's jail. Also read on its own from a damaged record (see
+/// [`super::Salvaged`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JailFile {
+    jail_id: String,
+    chroot: PathBuf,
+    uid: u32,
+    gid: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cgroups: Vec<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingSnapshotFile {
+    name: String,
+    paused_vm: bool,
+}
+
+/// Why a file that parsed is still not a record: a value the API types
+/// refuse.
+pub type Invalid = String;
+
+fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, Invalid>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| format!("{what} {text:?} is invalid: {e}"))
+}
+
+fn parse_opt<T: std::str::FromStr>(what: &str, text: Option<&str>) -> Result<Option<T>, Invalid>
+where
+    T::Err: std::fmt::Display,
+{
+    text.map(|t| parse(what, t)).transpose()
+}
+
+fn parse_all<T: std::str::FromStr>(what: &str, texts: &[String]) -> Result<Vec<T>, Invalid>
+where
+    T::Err: std::fmt::Display,
+{
+    texts.iter().map(|t| parse(what, t)).collect()
+}
+
+impl RecordFile {
+    /// The file that stores `record`.
+    pub fn from_record(record: &VmRecord) -> RecordFile {
+        RecordFile {
+            format: CURRENT,
+            id: record.id.to_string(),
+            committed: record.committed,
+            spec: SpecFile::from(&record.spec),
+            state: StateFile::from(&record.state),
+            vmm: record
+                .pid
+                .zip(record.start_time)
+                .map(|(pid, start_time)| ProcessFile { pid, start_time }),
+            api_socket: record.api_socket.clone(),
+            console: ConsoleFile::from(&record.console),
+            created_at_ms: record.created_at_ms,
+            restored_from: record.restored_from.as_ref().map(ToString::to_string),
+            last_snapshot: record.last_snapshot.as_ref().map(ToString::to_string),
+            page_server_attached: record.page_server_attached,
+            page_server_helper: record.page_server_helper.map(|h| ProcessFile {
+                pid: h.pid,
+                start_time: h.start_time,
+            }),
+            net: record.net.as_ref().map(NetFile::from),
+            vsock: record.vsock.as_ref().map(|v| VsockFile {
+                uds_path: v.uds_path.clone(),
+                guest_cid: v.guest_cid,
+                token: v.token.0.clone(),
+            }),
+            jail: record.jail.as_ref().map(JailFile::from),
+            pending_snapshot: record
+                .pending_snapshot
+                .as_ref()
+                .map(|p| PendingSnapshotFile {
+                    name: p.name.to_string(),
+                    paused_vm: p.paused_vm,
+                }),
+            stop_requested: record.stop_requested,
+        }
+    }
+
+    /// The record this file stores, every value checked.
+    pub fn into_record(self) -> Result<VmRecord, Invalid> {
+        let vmm = self.vmm;
+        Ok(VmRecord {
+            id: parse::<VmId>("VM id", &self.id)?,
+            committed: self.committed,
+            spec: self.spec.into_spec()?,
+            state: self.state.into(),
+            pid: vmm.map(|p| p.pid),
+            start_time: vmm.map(|p| p.start_time),
+            api_socket: self.api_socket,
+            console: self.console.into(),
+            created_at_ms: self.created_at_ms,
+            restored_from: parse_opt::<SnapshotName>(
+                "snapshot name",
+                self.restored_from.as_deref(),
+            )?,
+            last_snapshot: parse_opt::<SnapshotName>(
+                "snapshot name",
+                self.last_snapshot.as_deref(),
+            )?,
+            page_server_attached: self.page_server_attached,
+            page_server_helper: self.page_server_helper.map(|h| HelperProcess {
+                pid: h.pid,
+                start_time: h.start_time,
+            }),
+            net: self.net.map(NetFile::into_net).transpose()?,
+            vsock: self.vsock.map(|v| VmVsock {
+                uds_path: v.uds_path,
+                guest_cid: v.guest_cid,
+                token: firehost_proto::Token(v.token),
+            }),
+            jail: self.jail.map(JailFile::into_jail),
+            pending_snapshot: self
+                .pending_snapshot
+                .map(|p| {
+                    Ok::<_, Invalid>(PendingSnapshot {
+                        name: parse("snapshot name", &p.name)?,
+                        paused_vm: p.paused_vm,
+                    })
+                })
+                .transpose()?,
+            stop_requested: self.stop_requested,
+        })
+    }
+}
+
+impl From<&VmState> for StateFile {
+    fn from(state: &VmState) -> Self {
+        match state {
+            VmState::Created => StateFile::Created,
+            VmState::Running => StateFile::Running,
+            VmState::Paused => StateFile::Paused,
+            VmState::Stopped { exit } => StateFile::Stopped { exit: exit.into() },
+            VmState::Failed { exit, console_tail } => StateFile::Failed {
+                exit: exit.into(),
+                console_tail: console_tail.clone(),
+            },
+        }
+    }
+}
+
+impl From<StateFile> for VmState {
+    fn from(state: StateFile) -> Self {
+        match state {
+            StateFile::Created => VmState::Created,
+            StateFile::Running => VmState::Running,
+            StateFile::Paused => VmState::Paused,
+            StateFile::Stopped { exit } => VmState::Stopped { exit: exit.into() },
+            StateFile::Failed { exit, console_tail } => VmState::Failed {
+                exit: exit.into(),
+                console_tail,
+            },
+        }
+    }
+}
+
+impl From<&ExitReason> for ExitFile {
+    fn from(exit: &ExitReason) -> Self {
+        match exit {
+            ExitReason::Code(code) => ExitFile::Code(*code),
+            ExitReason::Signal(signal) => ExitFile::Signal(*signal),
+            ExitReason::Unknown => ExitFile::Unknown,
+        }
+    }
+}
+
+impl From<ExitFile> for ExitReason {
+    fn from(exit: ExitFile) -> Self {
+        match exit {
+            ExitFile::Code(code) => ExitReason::Code(code),
+            ExitFile::Signal(signal) => ExitReason::Signal(signal),
+            ExitFile::Unknown => ExitReason::Unknown,
+        }
+    }
+}
+
+impl From<&ConsoleMode> for ConsoleFile {
+    fn from(console: &ConsoleMode) -> Self {
+        match console {
+            ConsoleMode::Ring => ConsoleFile::Ring,
+            ConsoleMode::RingAndFile(path) => ConsoleFile::RingAndFile(path.clone()),
+            ConsoleMode::File(path) => ConsoleFile::File(path.clone()),
+        }
+    }
+}
+
+impl From<ConsoleFile> for ConsoleMode {
+    fn from(console: ConsoleFile) -> Self {
+        match console {
+            ConsoleFile::Ring => ConsoleMode::Ring,
+            ConsoleFile::RingAndFile(path) => ConsoleMode::RingAndFile(path),
+            ConsoleFile::File(path) => ConsoleMode::File(path),
+        }
+    }
+}
+
+impl From<&ResolvedSpec> for SpecFile {
+    fn from(spec: &ResolvedSpec) -> Self {
+        SpecFile {
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            rootfs: spec.rootfs.clone(),
+            rootfs_read_only: spec.rootfs_read_only,
+            vcpus: spec.vcpus,
+            mem_mib: spec.mem_mib,
+            smt: spec.smt,
+            boot_args: spec.boot_args.clone(),
+            extra_drives: spec
+                .extra_drives
+                .iter()
+                .map(|d| DriveFile {
+                    id: d.id.clone(),
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            track_dirty_pages: spec.track_dirty_pages,
+            graceful_shutdown: spec.graceful_shutdown,
+            net: spec.net.as_ref().map(|n| NetSpecFile {
+                ip: n.ip,
+                mac: n.mac.map(|m| m.to_string()),
+                publish: n.publish.iter().map(PortFile::from).collect(),
+                peer_groups: n.peer_groups.iter().map(ToString::to_string).collect(),
+                kernel_ip_arg: n.kernel_ip_arg,
+                netns: n.netns,
+            }),
+            extra_nics: spec
+                .extra_nics
+                .iter()
+                .map(|n| NicFile {
+                    iface_id: n.iface_id.clone(),
+                    tap: n.tap.to_string(),
+                    guest_mac: n.guest_mac.map(|m| m.to_string()),
+                })
+                .collect(),
+            vsock: spec.vsock.as_ref().map(|v| VsockSpecFile {
+                guest_cid: v.guest_cid,
+            }),
+            mmds: spec.mmds.as_ref().map(|m| MmdsFile {
+                version: match m.version {
+                    MmdsVersion::V1 => MmdsVersionFile::V1,
+                    MmdsVersion::V2 => MmdsVersionFile::V2,
+                },
+                data: m.data.clone(),
+            }),
+            jail: spec.jail.as_ref().map(|j| JailSpecFile {
+                uid: j.uid,
+                gid: j.gid,
+                cpus: j.cpus.clone(),
+                cpu_quota_percent: j.cpu_quota_percent,
+                cpu_weight: j.cpu_weight,
+                memory_max_mib: j.memory_max_mib,
+                pids_max: j.pids_max,
+                fsize_max_bytes: j.fsize_max_bytes,
+            }),
+        }
+    }
+}
+
+impl SpecFile {
+    fn into_spec(self) -> Result<ResolvedSpec, Invalid> {
+        Ok(ResolvedSpec {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            rootfs: self.rootfs,
+            rootfs_read_only: self.rootfs_read_only,
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            smt: self.smt,
+            boot_args: self.boot_args,
+            extra_drives: self
+                .extra_drives
+                .into_iter()
+                .map(|d| DriveSpec {
+                    id: d.id,
+                    path: d.path,
+                    read_only: d.read_only,
+                })
+                .collect(),
+            track_dirty_pages: self.track_dirty_pages,
+            graceful_shutdown: self.graceful_shutdown,
+            net: self
+                .net
+                .map(|n| {
+                    Ok::<_, Invalid>(NetSpec {
+                        ip: n.ip,
+                        mac: parse_opt::<MacAddr>("MAC", n.mac.as_deref())?,
+                        publish: n.publish.into_iter().map(Into::into).collect(),
+                        peer_groups: parse_all::<PeerGroup>("peer group", &n.peer_groups)?,
+                        kernel_ip_arg: n.kernel_ip_arg,
+                        netns: n.netns,
+                    })
+                })
+                .transpose()?,
+            extra_nics: self
+                .extra_nics
+                .into_iter()
+                .map(|n| {
+                    Ok(NicSpec {
+                        iface_id: n.iface_id,
+                        tap: parse::<IfName>("interface name", &n.tap)?,
+                        guest_mac: parse_opt::<MacAddr>("MAC", n.guest_mac.as_deref())?,
+                    })
+                })
+                .collect::<Result<_, Invalid>>()?,
+            vsock: self.vsock.map(|v| VsockSpec {
+                guest_cid: v.guest_cid,
+            }),
+            mmds: self.mmds.map(|m| MmdsSpec {
+                version: match m.version {
+                    MmdsVersionFile::V1 => MmdsVersion::V1,
+                    MmdsVersionFile::V2 => MmdsVersion::V2,
+                },
+                data: m.data,
+            }),
+            jail: self.jail.map(|j| JailSpec {
+                uid: j.uid,
+                gid: j.gid,
+                cpus: j.cpus,
+                cpu_quota_percent: j.cpu_quota_percent,
+                cpu_weight: j.cpu_weight,
+                memory_max_mib: j.memory_max_mib,
+                pids_max: j.pids_max,
+                fsize_max_bytes: j.fsize_max_bytes,
+            }),
+        })
+    }
+}
+
+impl From<&firewall::PortMapping> for PortFile {
+    fn from(port: &firewall::PortMapping) -> Self {
+        PortFile {
+            proto: match port.proto {
+                firewall::Proto::Tcp => ProtoFile::Tcp,
+                firewall::Proto::Udp => ProtoFile::Udp,
+            },
+            host_port: port.host_port,
+            guest_port: port.guest_port,
+        }
+    }
+}
+
+impl From<PortFile> for firewall::PortMapping {
+    fn from(port: PortFile) -> Self {
+        firewall::PortMapping {
+            proto: match port.proto {
+                ProtoFile::Tcp => firewall::Proto::Tcp,
+                ProtoFile::Udp => firewall::Proto::Udp,
+            },
+            host_port: port.host_port,
+            guest_port: port.guest_port,
+        }
+    }
+}
+
+impl From<&VmNet> for NetFile {
+    fn from(net: &VmNet) -> Self {
+        NetFile {
+            ip: net.ip,
+            prefix_len: net.prefix_len,
+            gateway: net.gateway,
+            mac: net.mac.to_string(),
+            tap: net.tap.to_string(),
+            iface_id: net.iface_id.clone(),
+            dns: net.dns.clone(),
+            published: net.published.iter().map(PortFile::from).collect(),
+            peer_groups: net.peer_groups.iter().map(ToString::to_string).collect(),
+            netns: net.netns.as_ref().map(|n| NetnsFile {
+                path: n.path.clone(),
+                host_port: n.host_port.to_string(),
+            }),
+        }
+    }
+}
+
+impl NetFile {
+    /// The network attachment this stores, every value checked.
+    pub fn into_net(self) -> Result<VmNet, Invalid> {
+        Ok(VmNet {
+            ip: self.ip,
+            prefix_len: self.prefix_len,
+            gateway: self.gateway,
+            mac: parse("MAC", &self.mac)?,
+            tap: parse("interface name", &self.tap)?,
+            iface_id: self.iface_id,
+            dns: self.dns,
+            published: self.published.into_iter().map(Into::into).collect(),
+            peer_groups: parse_all("peer group", &self.peer_groups)?,
+            netns: self
+                .netns
+                .map(|n| {
+                    Ok::<_, Invalid>(VmNetns {
+                        path: n.path,
+                        host_port: parse("interface name", &n.host_port)?,
+                    })
+                })
+                .transpose()?,
+        })
+    }
+}
+
+impl From<&VmJail> for JailFile {
+    fn from(jail: &VmJail) -> Self {
+        JailFile {
+            jail_id: jail.jail_id.clone(),
+            chroot: jail.chroot.clone(),
+            uid: jail.uid,
+            gid: jail.gid,
+            cgroups: jail.cgroups.clone(),
+        }
+    }
+}
+
+impl JailFile {
+    /// The jail this stores.
+    pub fn into_jail(self) -> VmJail {
+        VmJail {
+            jail_id: self.jail_id,
+            chroot: self.chroot,
+            uid: self.uid,
+            gid: self.gid,
+            cgroups: self.cgroups,
+        }
+    }
+}
