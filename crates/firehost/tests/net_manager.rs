@@ -199,6 +199,98 @@ fn a_vm_with_a_network_gets_a_tap_an_address_and_rules_and_destroy_removes_them(
     });
 }
 
+/// The peer pairs in the kernel's `peers` set, both directions.
+fn kernel_peer_pairs() -> std::collections::BTreeSet<(String, String)> {
+    let listed = Nftables::open()
+        .unwrap()
+        .list("list set bridge firehost peers")
+        .unwrap();
+    listed["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["set"]["elem"].as_array())
+        .flatten()
+        .filter_map(|elem| {
+            let pair = elem["concat"].as_array()?;
+            Some((
+                pair.first()?.as_str()?.to_owned(),
+                pair.get(1)?.as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Every ordered pair of distinct TAPs among `vms`.
+fn all_pairs(vms: &[VmNet]) -> std::collections::BTreeSet<(String, String)> {
+    let mut pairs = std::collections::BTreeSet::new();
+    for a in vms {
+        for b in vms.iter().filter(|b| b.tap != a.tap) {
+            pairs.insert((a.tap.to_string(), b.tap.to_string()));
+        }
+    }
+    pairs
+}
+
+/// VMs of one peer group attach and detach in parallel (nothing holds the
+/// network for a whole attach): each still sees every other, and one that
+/// leaves takes all its pairs with it, whatever the interleaving.
+#[test]
+fn vms_of_one_peer_group_attach_and_detach_in_parallel_and_always_see_each_other() {
+    const T: &str = "vms_of_one_peer_group_attach_and_detach_in_parallel_and_always_see_each_other";
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let grouped = || {
+            let mut spec = net_spec();
+            spec.net.as_mut().unwrap().peer_groups = vec!["g".parse().unwrap()];
+            spec
+        };
+        let run = |name: String| {
+            let (manager, spec) = (manager.clone(), grouped());
+            async move { manager.run(&id(&name), spec).await.unwrap() }
+        };
+        let remove = |name: String| {
+            let manager = manager.clone();
+            async move {
+                let vm = id(&name);
+                manager.stop(&vm, StopOptions::default()).await.unwrap();
+                manager.destroy(&vm).await.unwrap();
+            }
+        };
+
+        let first: Vec<VmNet> =
+            futures_util::future::join_all((0..6).map(|i| run(format!("p-{i}"))))
+                .await
+                .iter()
+                .map(net_of)
+                .collect();
+        assert_eq!(kernel_peer_pairs(), all_pairs(&first));
+
+        let leaving = futures_util::future::join_all((0..3).map(|i| remove(format!("p-{i}"))));
+        let joining = futures_util::future::join_all((6..9).map(|i| run(format!("p-{i}"))));
+        let ((), joined) = futures_util::future::join(
+            async {
+                leaving.await;
+            },
+            joining,
+        )
+        .await;
+        let staying: Vec<VmNet> = first[3..]
+            .iter()
+            .cloned()
+            .chain(joined.iter().map(net_of))
+            .collect();
+        assert_eq!(kernel_peer_pairs(), all_pairs(&staying));
+
+        futures_util::future::join_all((3..9).map(|i| remove(format!("p-{i}")))).await;
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}
+
 #[test]
 fn addresses_are_unique_and_a_restarted_manager_keeps_them() {
     const T: &str = "addresses_are_unique_and_a_restarted_manager_keeps_them";
@@ -840,7 +932,7 @@ fn a_namespaced_vm_has_its_tap_in_its_own_namespace_bridged_through_a_veth() {
             want
         });
         let ns = firehost::net::netns::open(&netns.path).unwrap();
-        let inside = firehost::net::netns::netlink_in(&ns).unwrap();
+        let inside = firehost::net::netns::netlink_in(&ns).await.unwrap();
         let br0 = inside.link(&ifname("br0")).await.unwrap().unwrap();
         for port in [net.tap.clone(), ifname(&fp)] {
             let link = inside.link(&port).await.unwrap().unwrap();
@@ -955,7 +1047,7 @@ fn a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
         assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
         let tap = {
             let ns = firehost::net::netns::open(&netns.path).unwrap();
-            let inside = firehost::net::netns::netlink_in(&ns).unwrap();
+            let inside = firehost::net::netns::netlink_in(&ns).await.unwrap();
             inside.link(&net.tap).await.unwrap().unwrap()
         };
         assert_eq!(

@@ -32,7 +32,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::RwLockReadGuard;
 
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -163,8 +165,9 @@ struct Live {
     firewall: Firewall,
 }
 
-struct Inner {
-    live: Option<Live>,
+/// The network's bookkeeping. Locked only to read or change it: never
+/// across an await or a call into the kernel.
+struct Book {
     allocator: Allocator,
     attached: BTreeMap<VmId, VmNet>,
     footprint: Footprint,
@@ -174,15 +177,33 @@ struct Inner {
 }
 
 /// One manager's default network. See the [module docs](self).
+///
+/// # Concurrency
+///
+/// VMs attach and detach in parallel: each VM's TAP, namespace and
+/// firewall elements are its own, so the netlink work of one never waits
+/// for another's. Three locks, each held for as little as it guards:
+///
+/// - the bookkeeping (addresses, MACs, who is attached) is behind a plain
+///   mutex, held for map lookups and updates only;
+/// - the kernel side is behind a read-write lock: VMs' changes share it,
+///   while setting the network up, tearing it down and reconciling take
+///   it alone;
+/// - a change to the firewall that depends on the other VMs (their peer
+///   pairs, their host ports) runs under a third lock, on the blocking pool
+///   (libnftables blocks): the other VMs are read, the transaction runs,
+///   and the VM joins or leaves the map with no other such change in
+///   between, so two VMs of one peer group attaching at once always see
+///   each other.
 pub struct HostNetwork {
     config: NetworkConfig,
     gateway: Ipv4Addr,
     state_file: PathBuf,
     /// Marks this state directory's TAPs (in their interface alias).
     tag: String,
-    /// One network change at a time: each is a few netlink round trips and
-    /// one nftables transaction, well under a millisecond of kernel work.
-    inner: tokio::sync::Mutex<Inner>,
+    book: Arc<Mutex<Book>>,
+    live: tokio::sync::RwLock<Option<Arc<Live>>>,
+    membership: Arc<Mutex<()>>,
 }
 
 impl fmt::Debug for HostNetwork {
@@ -192,6 +213,19 @@ impl fmt::Debug for HostNetwork {
             .field("tag", &self.tag)
             .finish_non_exhaustive()
     }
+}
+
+/// Locks `mutex`; a panic elsewhere while it was held leaves maps that are
+/// still whole (every update is one insert or remove), so it is not fatal.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `work` on the blocking pool, passing a panic on.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl HostNetwork {
@@ -213,13 +247,14 @@ impl HostNetwork {
             gateway,
             state_file,
             tag: hash.to_hex()[..12].to_owned(),
-            inner: tokio::sync::Mutex::new(Inner {
-                live: None,
+            book: Arc::new(Mutex::new(Book {
                 allocator,
                 attached: BTreeMap::new(),
                 footprint,
                 unreadable,
-            }),
+            })),
+            live: tokio::sync::RwLock::new(None),
+            membership: Arc::new(Mutex::new(())),
         })
     }
 
@@ -239,8 +274,7 @@ impl HostNetwork {
     ///
     /// Cancel safe: it only reads.
     pub async fn attached(&self) -> Vec<(VmId, VmNet)> {
-        let inner = self.inner.lock().await;
-        inner
+        lock(&self.book)
             .attached
             .iter()
             .map(|(id, net)| (id.clone(), net.clone()))
@@ -273,89 +307,159 @@ impl HostNetwork {
         spec: &NetSpec,
         owner: TapOwner,
     ) -> Result<VmNet, NetError> {
-        let mut inner = self.inner.lock().await;
-        self.check_state_file(&inner)?;
         // Refusals first: a request that cannot be met touches nothing.
-        check_ports(&inner.attached, vm, &spec.publish)?;
-        let lease = inner.allocator.allocate_requested(vm, spec.ip, spec.mac)?;
-        let mut fresh_setup = false;
-        if inner.live.is_none() {
-            if let Err(e) = self.set_up(&mut inner).await {
-                inner.allocator.release(vm);
-                return Err(e);
-            }
-            fresh_setup = true;
+        let lease = {
+            let mut book = lock(&self.book);
+            self.check_state_file(&book)?;
+            check_ports(&book.attached, vm, &spec.publish)?;
+            book.allocator.allocate_requested(vm, spec.ip, spec.mac)?
+        };
+        let attached = match self.live_or_set_up().await {
+            Ok((_shared, live)) => self.attach_to(&live, vm, lease, spec, owner).await,
+            Err(e) => Err(e),
+        };
+        if attached.is_err() {
+            lock(&self.book).allocator.release(vm);
+            // A network set up for this VM alone goes again.
+            self.tear_down_if_unused().await;
         }
-        let result = self.attach_locked(&mut inner, vm, lease, spec, owner).await;
-        if result.is_err() && fresh_setup && inner.attached.is_empty() {
-            self.tear_down(&mut inner).await;
-        }
-        result
+        attached
     }
 
-    /// The device and firewall steps of an attach; releases `lease` on
-    /// failure.
-    async fn attach_locked(
+    /// The kernel side, set up first if it is not; the guard keeps it from
+    /// being torn down while the caller uses it.
+    async fn live_or_set_up(
         &self,
-        inner: &mut Inner,
+    ) -> Result<(RwLockReadGuard<'_, Option<Arc<Live>>>, Arc<Live>), NetError> {
+        let shared = self.live.read().await;
+        if let Some(live) = shared.clone() {
+            return Ok((shared, live));
+        }
+        drop(shared);
+        let mut alone = self.live.write().await;
+        let live = match alone.clone() {
+            Some(live) => live,
+            None => {
+                let live = Arc::new(self.set_up().await?);
+                *alone = Some(live.clone());
+                live
+            }
+        };
+        Ok((alone.downgrade(), live))
+    }
+
+    /// The device and firewall steps of an attach, undone on failure.
+    async fn attach_to(
+        &self,
+        live: &Arc<Live>,
         vm: &VmId,
         lease: Lease,
         spec: &NetSpec,
         owner: TapOwner,
     ) -> Result<VmNet, NetError> {
-        let live = inner.live.as_ref().expect("set up by the caller");
-        let created = if spec.netns {
-            self.create_namespaced_tap(live, vm, owner).await
+        let (tap, netns) = if spec.netns {
+            self.create_namespaced_tap(live, vm, owner).await?
         } else {
-            self.create_tap(live, vm, owner)
-                .await
-                .map(|tap| (tap.name, None))
-        };
-        let (tap, netns) = match created {
-            Ok(made) => made,
-            Err(e) => {
-                inner.allocator.release(vm);
-                return Err(e);
-            }
+            (self.create_tap(live, vm, owner).await?.name, None)
         };
         let mut net = VmNet::new(&self.config, self.gateway, lease, tap, self.dns(), spec);
         net.netns = netns;
-        let peers = peer_pairs(inner.attached.values(), &net);
-        if let Err(e) = live.firewall.add_port(&net.port(), &peers) {
+        if let Err(e) = self.join(live, vm, net.clone()).await {
             if let Err(undo) = self.delete_devices(live, &net).await {
                 tracing::warn!(vm = %vm, tap = %net.tap, error = %undo, "cannot delete TAP after a failed attach");
             }
-            inner.allocator.release(vm);
-            return Err(e.into());
+            return Err(e);
         }
-        inner.attached.insert(vm.clone(), net.clone());
         tracing::debug!(vm = %vm, ip = %net.ip, tap = %net.tap, "network attached");
         Ok(net)
     }
 
-    /// Removes `vm`'s firewall elements, TAP and lease; tears the network
-    /// down after the last VM. A VM without a network is not an error.
+    /// Admits `net` to the firewall with its peers and adds it to the
+    /// attached VMs, as one membership change.
+    async fn join(&self, live: &Arc<Live>, vm: &VmId, net: VmNet) -> Result<(), NetError> {
+        let (book, membership) = (self.book.clone(), self.membership.clone());
+        let (live, vm) = (live.clone(), vm.clone());
+        blocking(move || {
+            let _one_change = lock(&membership);
+            let peers = {
+                let book = lock(&book);
+                // Another VM may have taken one of the ports since the
+                // first check.
+                check_ports(&book.attached, &vm, &net.published)?;
+                peer_pairs(book.attached.values(), &net)
+            };
+            live.firewall.add_port(&net.port(), &peers)?;
+            lock(&book).attached.insert(vm, net);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes `vm`'s firewall elements and its entry in the attached VMs,
+    /// as one membership change.
+    async fn leave(&self, live: &Arc<Live>, vm: &VmId) -> Result<(), NetError> {
+        let (book, membership) = (self.book.clone(), self.membership.clone());
+        let (live, vm) = (live.clone(), vm.clone());
+        blocking(move || {
+            let _one_change = lock(&membership);
+            let (net, peers) = {
+                let book = lock(&book);
+                let Some(net) = book.attached.get(&vm).cloned() else {
+                    return Ok(());
+                };
+                let peers = peer_pairs(book.attached.values(), &net);
+                (net, peers)
+            };
+            live.firewall.remove_port(&net.port(), &peers)?;
+            lock(&book).attached.remove(&vm);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes `vm`'s TAP (and namespace), firewall elements and lease;
+    /// tears the network down after the last VM. A VM without a network
+    /// is not an error.
+    ///
+    /// The devices go first, so the guest's traffic stops before its rules
+    /// do; its address is handed out again only once everything is gone.
     ///
     /// # Cancel safety
     ///
     /// Not cancel safe: dropped midway, some of the VM's devices and rules may
     /// be gone and the rest not; calling it again finishes the job.
     pub async fn detach(&self, vm: &VmId) -> Result<(), NetError> {
-        let mut inner = self.inner.lock().await;
-        let Some(net) = inner.attached.get(vm).cloned() else {
+        let Some(net) = lock(&self.book).attached.get(vm).cloned() else {
             return Ok(());
         };
-        if let Some(live) = &inner.live {
-            let peers = peer_pairs(inner.attached.values(), &net);
-            live.firewall.remove_port(&net.port(), &peers)?;
-            self.delete_devices(live, &net).await?;
+        {
+            let shared = self.live.read().await;
+            match shared.clone() {
+                Some(live) => {
+                    self.delete_devices(&live, &net).await?;
+                    self.leave(&live, vm).await?;
+                }
+                // Attached VMs imply a live network; without one there is
+                // nothing in the kernel to remove.
+                None => {
+                    lock(&self.book).attached.remove(vm);
+                }
+            }
         }
-        inner.attached.remove(vm);
-        inner.allocator.release(vm);
-        if inner.attached.is_empty() {
-            self.tear_down(&mut inner).await;
-        }
+        lock(&self.book).allocator.release(vm);
+        self.tear_down_if_unused().await;
         Ok(())
+    }
+
+    /// Tears the network down if no VM is attached.
+    async fn tear_down_if_unused(&self) {
+        let mut alone = self.live.write().await;
+        if !lock(&self.book).attached.is_empty() {
+            return;
+        }
+        if let Some(live) = alone.take() {
+            self.tear_down(live).await;
+        }
     }
 
     /// Deletes what this state directory's network may still hold for `vm`
@@ -367,12 +471,15 @@ impl HostNetwork {
     ///
     /// Not cancel safe, but idempotent: calling it again finishes the job.
     pub async fn remove_leftovers(&self, vm: &VmId) -> Result<(), NetError> {
-        let inner = self.inner.lock().await;
-        self.check_state_file(&inner)?;
+        self.check_state_file(&lock(&self.book))?;
         let namespace = self.netns_dir().join(vm.as_str());
-        if namespace.exists() {
-            super::netns::remove(&namespace)?;
-        }
+        blocking(move || {
+            if namespace.exists() {
+                super::netns::remove(&namespace)?;
+            }
+            Ok::<_, NetError>(())
+        })
+        .await?;
         let nl = Netlink::connect().map_err(|source| NetError::Io {
             op: "open a netlink socket for",
             path: PathBuf::from("NETLINK_ROUTE"),
@@ -390,59 +497,70 @@ impl HostNetwork {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: dropped after the firewall change, the port is
-    /// forwarded but not recorded; publish it again (idempotent) or unpublish
-    /// it.
+    /// Runs on the blocking pool: it completes even if this future is
+    /// dropped.
     pub async fn publish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
-        let mut inner = self.inner.lock().await;
-        let net = inner
-            .attached
-            .get(vm)
-            .cloned()
-            .ok_or_else(|| NetError::NotAttached { vm: vm.clone() })?;
-        check_ports(&inner.attached, vm, &[mapping])?;
-        if net.published.contains(&mapping) {
-            return Ok(net);
-        }
-        let live = inner
-            .live
-            .as_ref()
-            .expect("attached VMs imply a live network");
-        live.firewall.publish(net.ip, mapping)?;
-        let net = inner.attached.get_mut(vm).expect("checked above");
-        net.published.push(mapping);
-        Ok(net.clone())
+        self.change_ports(vm, move |id, net, attached, firewall| {
+            check_ports(attached, id, &[mapping])?;
+            if net.published.contains(&mapping) {
+                return Ok(false);
+            }
+            firewall.publish(net.ip, mapping)?;
+            net.published.push(mapping);
+            Ok(true)
+        })
+        .await
     }
 
     /// Stops forwarding a host port to a VM; no error if it was not.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: dropped after the firewall change, the port is no
-    /// longer forwarded but still recorded; unpublish it again (idempotent).
+    /// Runs on the blocking pool: it completes even if this future is
+    /// dropped.
     pub async fn unpublish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
-        let mut inner = self.inner.lock().await;
-        let net = inner
-            .attached
-            .get(vm)
-            .cloned()
-            .ok_or_else(|| NetError::NotAttached { vm: vm.clone() })?;
-        if !net.published.contains(&mapping) {
-            return Ok(net);
-        }
-        let live = inner
-            .live
-            .as_ref()
-            .expect("attached VMs imply a live network");
-        live.firewall.unpublish(net.ip, mapping)?;
-        let net = inner.attached.get_mut(vm).expect("checked above");
-        net.published.retain(|m| *m != mapping);
-        Ok(net.clone())
+        self.change_ports(vm, move |_, net, _, firewall| {
+            if !net.published.contains(&mapping) {
+                return Ok(false);
+            }
+            firewall.unpublish(net.ip, mapping)?;
+            net.published.retain(|m| *m != mapping);
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Runs `change` on the network of `vm` (given the other attached VMs)
+    /// as one membership change, on the blocking pool, and stores the
+    /// VM's network if `change` says it changed. Returns the network.
+    async fn change_ports<F>(&self, vm: &VmId, change: F) -> Result<VmNet, NetError>
+    where
+        F: FnOnce(&VmId, &mut VmNet, &BTreeMap<VmId, VmNet>, &Firewall) -> Result<bool, NetError>
+            + Send
+            + 'static,
+    {
+        let not_attached = || NetError::NotAttached { vm: vm.clone() };
+        let shared = self.live.read().await;
+        let live = shared.clone().ok_or_else(not_attached)?;
+        let (book, membership, id) = (self.book.clone(), self.membership.clone(), vm.clone());
+        let changed = blocking(move || {
+            let _one_change = lock(&membership);
+            let attached = lock(&book).attached.clone();
+            let Some(mut net) = attached.get(&id).cloned() else {
+                return Ok(None);
+            };
+            if change(&id, &mut net, &attached, &live.firewall)? {
+                lock(&book).attached.insert(id, net.clone());
+            }
+            Ok::<_, NetError>(Some(net))
+        })
+        .await?;
+        changed.ok_or_else(not_attached)
     }
 
     /// Fails if the state file could not be read.
-    fn check_state_file(&self, inner: &Inner) -> Result<(), NetError> {
-        match &inner.unreadable {
+    fn check_state_file(&self, book: &Book) -> Result<(), NetError> {
+        match &book.unreadable {
             Some(detail) => Err(NetError::StateFile {
                 path: self.state_file.clone(),
                 detail: detail.clone(),
@@ -463,8 +581,8 @@ impl HostNetwork {
     ///
     /// Not cancel safe, but idempotent: the next reconcile finishes the job.
     pub async fn reconcile(&self, live_vms: Vec<(VmId, VmNet)>, spared: &[VmId]) {
-        let mut inner = self.inner.lock().await;
-        if let Err(e) = self.check_state_file(&inner) {
+        let mut alone = self.live.write().await;
+        if let Err(e) = self.check_state_file(&lock(&self.book)) {
             tracing::error!(error = %e, "not reconciling the network");
             return;
         }
@@ -480,39 +598,52 @@ impl HostNetwork {
                 )
             })
             .filter(|(_, lease)| self.config.subnet.contains(lease.ip));
-        match Allocator::from_leases(self.config.subnet, self.config.gateway, leases) {
-            Ok(allocator) => inner.allocator = allocator,
-            Err(e) => {
-                tracing::error!(error = %e, "live VMs' addresses conflict; allocations start empty")
+        let allocator = Allocator::from_leases(self.config.subnet, self.config.gateway, leases);
+        let footprint = {
+            let mut book = lock(&self.book);
+            match allocator {
+                Ok(allocator) => book.allocator = allocator,
+                Err(e) => {
+                    tracing::error!(error = %e, "live VMs' addresses conflict; allocations start empty")
+                }
             }
-        }
-        inner.attached = live_vms.into_iter().collect();
+            book.attached = live_vms.into_iter().collect();
+            book.footprint.clone()
+        };
+        let any_attached = !lock(&self.book).attached.is_empty();
 
-        if !inner.attached.is_empty() {
-            if let Err(e) = self.set_up(&mut inner).await {
-                tracing::error!(error = %e, "cannot restore the network of live VMs");
-                return;
+        if any_attached {
+            match self.set_up().await {
+                Ok(live) => *alone = Some(Arc::new(live)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot restore the network of live VMs");
+                    return;
+                }
             }
-        } else if inner.footprint != Footprint::default() {
+        } else if footprint != Footprint::default() {
             // Ours to undo, from a manager that stopped with networked VMs
             // that have died since.
             match self.connect_kernel() {
                 Ok((nl, firewall)) => {
-                    let bridge =
-                        Bridge::adopt(&nl, &self.config.bridge, inner.footprint.bridge_created)
-                            .await;
-                    match bridge {
+                    match Bridge::adopt(&nl, &self.config.bridge, footprint.bridge_created).await {
                         Ok(bridge) => {
-                            inner.live = Some(Live {
+                            *alone = Some(Arc::new(Live {
                                 nl,
                                 bridge,
                                 firewall,
-                            })
+                            }))
                         }
                         Err(BridgeError::Missing { .. }) => {
-                            let _ = firewall.uninstall();
-                            inner.footprint = Footprint::default();
-                            let _ = write_footprint(&self.state_file, &inner.footprint);
+                            let state_file = self.state_file.clone();
+                            let cleared = blocking(move || {
+                                let _ = firewall.uninstall();
+                                write_footprint(&state_file, &Footprint::default())
+                            })
+                            .await;
+                            if let Err(e) = cleared {
+                                tracing::warn!(error = %e, "cannot write the network state file");
+                            }
+                            lock(&self.book).footprint = Footprint::default();
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot inspect the bridge"),
                     }
@@ -520,10 +651,10 @@ impl HostNetwork {
                 Err(e) => tracing::warn!(error = %e, "cannot reach the network to clean up"),
             }
         }
-        if let Some(live) = &inner.live {
+        if let Some(live) = alone.clone() {
             // A namespaced VM's TAP is in its namespace; its veth's host end
             // is what carries our label here.
-            let keep: BTreeSet<IfName> = inner
+            let keep: BTreeSet<IfName> = lock(&self.book)
                 .attached
                 .values()
                 .map(|n| n.host_port().clone())
@@ -542,9 +673,12 @@ impl HostNetwork {
                 Err(e) => tracing::warn!(error = %e, "cannot list TAPs"),
             }
         }
-        self.remove_stale_namespaces(&inner.attached, spared);
-        if inner.attached.is_empty() && inner.live.is_some() && spared.is_empty() {
-            self.tear_down(&mut inner).await;
+        let attached = lock(&self.book).attached.clone();
+        let (netns_dir, spared_ids) = (self.netns_dir(), spared.to_vec());
+        blocking(move || remove_stale_namespaces(&netns_dir, &attached, &spared_ids)).await;
+        let unused = lock(&self.book).attached.is_empty() && spared.is_empty();
+        if unused && let Some(live) = alone.take() {
+            self.tear_down(live).await;
         }
     }
 
@@ -566,9 +700,10 @@ impl HostNetwork {
         Ok((nl, Firewall::new(nft, firewall_config)))
     }
 
-    /// Sets up the bridge, forwarding and the tables (holding the VMs in
-    /// `inner.attached`); undoes its own steps on failure.
-    async fn set_up(&self, inner: &mut Inner) -> Result<(), NetError> {
+    /// Sets up the bridge, forwarding and the tables (holding the VMs
+    /// attached now); undoes its own steps on failure. The caller holds the
+    /// kernel side alone.
+    async fn set_up(&self) -> Result<Live, NetError> {
         let (nl, firewall) = self.connect_kernel()?;
         let uplink = match &self.config.uplink {
             Uplink::None => None,
@@ -605,9 +740,20 @@ impl HostNetwork {
             self.config.subnet.prefix_len(),
         )
         .await?;
+        let (old_footprint, ports, peers) = {
+            let book = lock(&self.book);
+            let ports: Vec<GuestPort> = book.attached.values().map(VmNet::port).collect();
+            let nets: Vec<&VmNet> = book.attached.values().collect();
+            let peers: Vec<_> = nets
+                .iter()
+                .enumerate()
+                .flat_map(|(i, a)| peer_pairs(nets[i + 1..].iter().copied(), a))
+                .collect();
+            (book.footprint.clone(), ports, peers)
+        };
         // A bridge found is ours if a previous run of this manager made it.
         let created_now = bridge.created();
-        let bridge = if !created_now && inner.footprint.bridge_created {
+        let bridge = if !created_now && old_footprint.bridge_created {
             Bridge::adopt(&nl, &self.config.bridge, true).await?
         } else {
             bridge
@@ -616,59 +762,62 @@ impl HostNetwork {
             bridge_created: bridge.created(),
             firewall_installed: true,
         };
-        let steps = async {
-            write_footprint(&self.state_file, &footprint)?;
-            if let Some(uplink) = &uplink {
-                for iface in [&self.config.bridge, uplink] {
-                    sysctl::enable_forwarding(iface).map_err(|source| NetError::Io {
-                        op: "enable forwarding in",
-                        path: sysctl::forwarding_path(iface),
-                        source,
-                    })?;
+        let steps = {
+            let (state_file, footprint, bridge) = (
+                self.state_file.clone(),
+                footprint.clone(),
+                self.config.bridge.clone(),
+            );
+            let firewall = firewall.clone();
+            blocking(move || {
+                write_footprint(&state_file, &footprint)?;
+                if let Some(uplink) = &uplink {
+                    for iface in [&bridge, uplink] {
+                        sysctl::enable_forwarding(iface).map_err(|source| NetError::Io {
+                            op: "enable forwarding in",
+                            path: sysctl::forwarding_path(iface),
+                            source,
+                        })?;
+                    }
                 }
-            }
-            let ports: Vec<GuestPort> = inner.attached.values().map(VmNet::port).collect();
-            let nets: Vec<&VmNet> = inner.attached.values().collect();
-            let peers: Vec<_> = nets
-                .iter()
-                .enumerate()
-                .flat_map(|(i, a)| peer_pairs(nets[i + 1..].iter().copied(), a))
-                .collect();
-            firewall.install(&ports, &peers)?;
-            Ok::<(), NetError>(())
+                firewall.install(&ports, &peers)?;
+                Ok::<(), NetError>(())
+            })
+            .await
         };
-        if let Err(e) = steps.await {
+        if let Err(e) = steps {
             if created_now {
                 let _ = bridge.clone().remove_if_created(&nl).await;
             }
-            let _ = write_footprint(&self.state_file, &inner.footprint);
+            let state_file = self.state_file.clone();
+            let _ = blocking(move || write_footprint(&state_file, &old_footprint)).await;
             return Err(e);
         }
-        inner.footprint = footprint;
-        inner.live = Some(Live {
+        lock(&self.book).footprint = footprint;
+        Ok(Live {
             nl,
             bridge,
             firewall,
-        });
-        Ok(())
+        })
     }
 
-    /// Removes the tables, and the bridge if ours. Failures are logged.
-    async fn tear_down(&self, inner: &mut Inner) {
-        let Some(live) = inner.live.take() else {
-            return;
-        };
-        if let Err(e) = live.firewall.uninstall() {
+    /// Removes the tables, and the bridge if ours. Failures are logged. The
+    /// caller holds the kernel side alone.
+    async fn tear_down(&self, live: Arc<Live>) {
+        let firewall = live.firewall.clone();
+        if let Err(e) = blocking(move || firewall.uninstall()).await {
             tracing::warn!(error = %e, "cannot remove the firehost nftables tables");
         }
-        if inner.footprint.bridge_created {
+        if lock(&self.book).footprint.bridge_created {
             match live.bridge.clone().remove_if_created(&live.nl).await {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot remove the bridge"),
             }
         }
-        inner.footprint = Footprint::default();
-        if let Err(e) = write_footprint(&self.state_file, &inner.footprint) {
+        lock(&self.book).footprint = Footprint::default();
+        let state_file = self.state_file.clone();
+        if let Err(e) = blocking(move || write_footprint(&state_file, &Footprint::default())).await
+        {
             tracing::warn!(error = %e, "cannot write the network state file");
         }
     }
@@ -681,30 +830,6 @@ impl HostNetwork {
                 .await
                 .map(drop)
                 .map_err(Into::into),
-        }
-    }
-
-    /// Unpins the namespaces of VMs that are not attached (their TAPs and
-    /// bridges go with them).
-    fn remove_stale_namespaces(&self, attached: &BTreeMap<VmId, VmNet>, spared: &[VmId]) {
-        let Ok(entries) = std::fs::read_dir(self.netns_dir()) else {
-            return;
-        };
-        let keep: BTreeSet<PathBuf> = attached
-            .values()
-            .filter_map(|n| n.netns.as_ref().map(|ns| ns.path.clone()))
-            .collect();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let is_spared = spared
-                .iter()
-                .any(|s| entry.file_name() == std::ffi::OsStr::new(s.as_str()));
-            if !keep.contains(&path) && !is_spared {
-                tracing::info!(netns = ?path, "removing the network namespace of a VM that is gone");
-                if let Err(e) = super::netns::remove(&path) {
-                    tracing::warn!(netns = ?path, error = %e, "cannot remove a leftover namespace");
-                }
-            }
         }
     }
 
@@ -851,6 +976,30 @@ impl HostNetwork {
             None => std::fs::read_to_string("/etc/resolv.conf")
                 .map(|text| resolv_conf_nameservers(&text))
                 .unwrap_or_default(),
+        }
+    }
+}
+
+/// Unpins the namespaces under `netns_dir` of VMs that are not attached
+/// (their TAPs and bridges go with them).
+fn remove_stale_namespaces(netns_dir: &Path, attached: &BTreeMap<VmId, VmNet>, spared: &[VmId]) {
+    let Ok(entries) = std::fs::read_dir(netns_dir) else {
+        return;
+    };
+    let keep: BTreeSet<PathBuf> = attached
+        .values()
+        .filter_map(|n| n.netns.as_ref().map(|ns| ns.path.clone()))
+        .collect();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_spared = spared
+            .iter()
+            .any(|s| entry.file_name() == std::ffi::OsStr::new(s.as_str()));
+        if !keep.contains(&path) && !is_spared {
+            tracing::info!(netns = ?path, "removing the network namespace of a VM that is gone");
+            if let Err(e) = super::netns::remove(&path) {
+                tracing::warn!(netns = ?path, error = %e, "cannot remove a leftover namespace");
+            }
         }
     }
 }

@@ -51,13 +51,30 @@ fn nl_err(op: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetError {
     }
 }
 
+/// Runs `work` on a thread of its own, which it may move into another
+/// namespace (a namespace change is per thread), and waits for it without
+/// blocking the runtime.
+async fn on_own_thread<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("firehost-netns".into())
+        .spawn(move || {
+            let _ = done.send(work());
+        })?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+}
+
 /// Makes a new network namespace pinned at `path` (which must not exist),
 /// and returns a descriptor of it.
-pub fn create(path: &Path) -> Result<OwnedFd, NetError> {
+pub async fn create(path: &Path) -> Result<OwnedFd, NetError> {
     let owned = path.to_owned();
     // `unshare(CLONE_NEWNET)` moves only the calling thread: a thread of
     // its own does it and is gone afterwards.
-    let made = std::thread::spawn(move || -> std::io::Result<OwnedFd> {
+    let made = on_own_thread(move || -> std::io::Result<OwnedFd> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .write(true)
@@ -79,8 +96,7 @@ pub fn create(path: &Path) -> Result<OwnedFd, NetError> {
         }
         std::fs::File::open(&owned).map(OwnedFd::from)
     })
-    .join()
-    .expect("making a namespace does not panic");
+    .await;
     made.map_err(io_err("create the network namespace", path))
 }
 
@@ -106,13 +122,13 @@ pub fn remove(path: &Path) -> Result<(), NetError> {
 }
 
 /// A netlink connection inside the namespace `ns`.
-pub fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
+pub async fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
     let ns = ns
         .try_clone()
         .map_err(io_err("duplicate", Path::new("netns")))?;
     let runtime = tokio::runtime::Handle::current();
     // The socket belongs to the namespace of the thread that opens it.
-    std::thread::spawn(move || {
+    on_own_thread(move || {
         let _entered = runtime.enter();
         rustix::thread::move_into_link_name_space(
             ns.as_fd(),
@@ -120,8 +136,7 @@ pub fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
         )?;
         Netlink::connect()
     })
-    .join()
-    .expect("connecting does not panic")
+    .await
     .map_err(io_err("open a netlink socket in", Path::new("netns")))
 }
 
@@ -183,7 +198,7 @@ pub async fn plumb(
     inner_port: &IfName,
     alias: &str,
 ) -> Result<VmNetns, NetError> {
-    let ns = create(path)?;
+    let ns = create(path).await?;
     let steps = async {
         nl.handle()
             .link()
@@ -206,7 +221,7 @@ pub async fn plumb(
         let bridge_index = index_of(nl, bridge).await?;
         up_on(nl, host_port, Some(bridge_index)).await?;
 
-        let inside = netlink_in(&ns)?;
+        let inside = netlink_in(&ns).await?;
         inside
             .handle()
             .link()
@@ -247,7 +262,7 @@ pub async fn unplumb(nl: &Netlink, netns: &VmNetns, tap: &IfName) -> Result<(), 
     if let Ok(ns) = open(&netns.path) {
         // Persistent TAPs would be deleted with the namespace anyway; say
         // so explicitly rather than rely on it.
-        if let Ok(inside) = netlink_in(&ns) {
+        if let Ok(inside) = netlink_in(&ns).await {
             let _ = delete_link(&inside, tap).await;
         }
     }
@@ -280,7 +295,7 @@ pub async fn delete_link(nl: &Netlink, name: &IfName) -> Result<(), NetError> {
 pub async fn links_in(ns: &OwnedFd) -> Result<Vec<String>, NetError> {
     use futures_util::TryStreamExt;
     use rtnetlink::packet_route::link::LinkAttribute;
-    let inside = netlink_in(ns)?;
+    let inside = netlink_in(ns).await?;
     let links: Vec<_> = inside
         .handle()
         .link()
