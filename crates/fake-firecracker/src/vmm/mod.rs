@@ -19,22 +19,40 @@
 //! Everything Firecracker checks on the host at configuration time that the fake can
 //! check without privileges is checked: the kernel, initrd and drive files are opened
 //! at PUT time, the vsock socket is bound, log and metrics files are opened.
+//!
+//! This module dispatches each action by state; what an action does to one
+//! resource lives in that resource's module, as in Firecracker's own `vmm`
+//! crate: `machine` (machine config, boot source), `drives` (block and
+//! pmem), `net`, `vsock`, `balloon`, `mmds` and `snapshot` (create
+//! and load); `config_file` turns `--config-file` into actions.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+mod balloon;
+mod config_file;
+mod drives;
+mod machine;
+mod mmds;
+mod net;
+mod snapshot;
+mod vsock;
+
+pub use config_file::config_file_actions;
+pub use machine::{MachineConfig, MachineConfigError};
+pub use snapshot::describe_snapshot;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use firehost_api::{
-    Balloon, BootSource, CpuConfig, CpuTemplate, Drive, EntropyDevice, HugePages, LogLevel,
-    MemoryBackendType, MemoryHotplugConfig, MmdsConfig, NetworkInterface, Pmem, SerialDevice,
-    SnapshotCreateParams, SnapshotLoadParams, SnapshotType, Vsock,
+    Balloon, BootSource, CpuConfig, Drive, EntropyDevice, LogLevel, MemoryHotplugConfig,
+    MmdsConfig, NetworkInterface, Pmem, SerialDevice, Vsock,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::action::{Action, MachineConfigUpdate};
+use crate::action::Action;
 use crate::console::{self, Console};
 use crate::guest::{Guest, GuestTouch};
 use crate::memory::{self, GuestMemory};
@@ -53,9 +71,6 @@ pub const DEFAULT_MEM_SIZE_MIB: u64 = 128;
 pub const MAX_SUPPORTED_VCPUS: u8 = 32;
 /// How long the fake guest takes to shut down after Ctrl-Alt-Del.
 pub const GUEST_SHUTDOWN_DELAY: Duration = Duration::from_millis(20);
-/// Marker at the top of the fake's vmstate files.
-const VMSTATE_MAGIC: &str = "fake-firecracker-vmstate";
-
 /// The lifecycle state reported by `GET /`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
@@ -75,22 +90,6 @@ impl VmState {
             Self::Paused => firehost_api::InstanceState::Paused,
         }
     }
-}
-
-/// `MachineConfigError`, with Firecracker's messages.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MachineConfigError {
-    /// Memory size zero or not a multiple of the page size.
-    #[error("The memory size (MiB) is either 0, or not a multiple of the configured page size.")]
-    InvalidMemorySize,
-    /// Bad vCPU count.
-    #[error(
-        "The number of vCPUs must be greater than 0, less than {MAX_SUPPORTED_VCPUS} and must be 1 or an even number if SMT is enabled."
-    )]
-    InvalidVcpuCount,
-    /// Memory smaller than the balloon.
-    #[error("The memory size (MiB) is smaller than the previously set balloon device target size.")]
-    IncompatibleBalloonSize,
 }
 
 /// Every error an action can answer; the `Display` text is the `fault_message`.
@@ -225,73 +224,6 @@ impl From<Result<Reply, ActionError>> for Outcome {
     }
 }
 
-/// The machine configuration, always complete (Firecracker's `MachineConfig`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MachineConfig {
-    /// vCPUs.
-    pub vcpu_count: u8,
-    /// Memory, MiB.
-    pub mem_size_mib: u64,
-    /// SMT.
-    pub smt: bool,
-    /// Static CPU template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<CpuTemplate>,
-    /// Dirty page tracking.
-    pub track_dirty_pages: bool,
-    /// Huge pages.
-    pub huge_pages: HugePages,
-}
-
-impl Default for MachineConfig {
-    fn default() -> Self {
-        Self {
-            vcpu_count: 1,
-            mem_size_mib: DEFAULT_MEM_SIZE_MIB,
-            smt: false,
-            cpu_template: None,
-            track_dirty_pages: false,
-            huge_pages: HugePages::None,
-        }
-    }
-}
-
-impl MachineConfig {
-    /// Applies an update with `MachineConfig::update`'s checks.
-    pub fn update(&self, u: &MachineConfigUpdate) -> Result<Self, MachineConfigError> {
-        let vcpu_count = u.vcpu_count.unwrap_or(self.vcpu_count);
-        let smt = u.smt.unwrap_or(self.smt);
-        if vcpu_count == 0 || vcpu_count > MAX_SUPPORTED_VCPUS {
-            return Err(MachineConfigError::InvalidVcpuCount);
-        }
-        if smt && vcpu_count > 1 && vcpu_count % 2 == 1 {
-            return Err(MachineConfigError::InvalidVcpuCount);
-        }
-        let mem_size_mib = u.mem_size_mib.unwrap_or(self.mem_size_mib);
-        let huge_pages = u.huge_pages.unwrap_or(self.huge_pages);
-        let page_ok = match huge_pages {
-            HugePages::None => true,
-            HugePages::Hugetlbfs2M => mem_size_mib.is_multiple_of(2),
-        };
-        if mem_size_mib == 0 || !page_ok {
-            return Err(MachineConfigError::InvalidMemorySize);
-        }
-        let cpu_template = match u.cpu_template {
-            None => self.cpu_template,
-            Some(CpuTemplate::None) => None,
-            Some(other) => Some(other),
-        };
-        Ok(Self {
-            vcpu_count,
-            mem_size_mib,
-            smt,
-            cpu_template,
-            track_dirty_pages: u.track_dirty_pages.unwrap_or(self.track_dirty_pages),
-            huge_pages,
-        })
-    }
-}
-
 /// Everything configured so far, and what a snapshot carries.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Resources {
@@ -323,17 +255,6 @@ pub struct Resources {
     /// Serial output (not saved in snapshots, as in Firecracker).
     #[serde(skip)]
     pub serial: Option<SerialDevice>,
-}
-
-/// The vmstate file the fake writes on snapshot create.
-#[derive(Debug, Serialize, Deserialize)]
-struct VmStateFile {
-    magic: String,
-    version: String,
-    /// Whether the memory file holds every page or only the dirty ones.
-    #[serde(default)]
-    snapshot_type: SnapshotType,
-    resources: Resources,
 }
 
 /// Options fixed at start-up.
@@ -453,7 +374,7 @@ impl Vmm {
         let result = match action {
             Action::PutBootSource(cfg) => {
                 self.boot_path = true;
-                set_boot_source(res, cfg)
+                machine::set_boot_source(res, cfg)
             }
             Action::PutLogger(cfg) => {
                 let level = cfg.level.map(|l| match l {
@@ -489,25 +410,27 @@ impl Vmm {
                     "No balloon device found.".into(),
                 )),
             },
-            Action::GetMmds => Ok(mmds_reply(res.mmds.get_or_insert(serde_json::Value::Null))),
+            Action::GetMmds => Ok(mmds::mmds_reply(
+                res.mmds.get_or_insert(serde_json::Value::Null),
+            )),
             Action::PutDrive(drive) => {
                 self.boot_path = true;
-                insert_drive(res, drive)
+                drives::insert_drive(res, drive)
             }
             Action::PutPmem(pmem) => {
                 self.boot_path = true;
-                insert_pmem(res, pmem)
+                drives::insert_pmem(res, pmem)
             }
             Action::PutNetworkInterface(iface) => {
                 self.boot_path = true;
-                put_net(&mut self.taps, res, iface)
+                net::put_net(&mut self.taps, res, iface)
             }
             Action::LoadSnapshot(params) => return self.load_snapshot(params),
             Action::PatchMmds(value) => {
                 // Only a PUT (or an MMDS configuration) creates the store.
                 let limit = self.options.mmds_size_limit;
                 match res.mmds.as_mut() {
-                    Some(store) => patch_mmds(store, value, limit),
+                    Some(store) => mmds::patch_mmds(store, value, limit),
                     None => Err(ActionError::Mmds(
                         "The MMDS data store is not initialized.".into(),
                     )),
@@ -519,7 +442,7 @@ impl Vmm {
             }
             Action::PutMmds(value) => {
                 let limit = self.options.mmds_size_limit;
-                put_mmds(
+                mmds::put_mmds(
                     res.mmds.get_or_insert(serde_json::Value::Null),
                     value,
                     limit,
@@ -527,7 +450,7 @@ impl Vmm {
             }
             Action::PutBalloon(cfg) => {
                 self.boot_path = true;
-                set_balloon(res, cfg)
+                balloon::set_balloon(res, cfg)
             }
             Action::PutVsock(cfg) => {
                 self.boot_path = true;
@@ -540,7 +463,7 @@ impl Vmm {
                         "Cannot create backend for vsock device: Error binding to the host-side Unix socket: {e}"
                     ))));
                 }
-                match bind_vsock(&cfg.uds_path) {
+                match vsock::bind_vsock(&cfg.uds_path) {
                     Ok(listener) => {
                         crate::vsock::serve(listener, cfg.uds_path.clone());
                         res.vsock = Some(cfg);
@@ -551,12 +474,12 @@ impl Vmm {
             }
             Action::PutMmdsConfig(cfg) => {
                 self.boot_path = true;
-                set_mmds_config(res, cfg)
+                mmds::set_mmds_config(res, cfg)
             }
             Action::InstanceStart => return self.start_microvm(),
             Action::PutMachineConfig(u) | Action::PatchMachineConfig(u) => {
                 self.boot_path = true;
-                update_machine_config(res, &u)
+                machine::update_machine_config(res, &u)
             }
             Action::PutEntropy(cfg) => {
                 self.boot_path = true;
@@ -612,7 +535,7 @@ impl Vmm {
             },
             Action::GetBalloonStats => match &self.resources.balloon {
                 Some(b) if b.stats_polling_interval_s.unwrap_or(0) > 0 => Ok(Reply::Json(
-                    balloon_stats(b, self.resources.machine_config.mem_size_mib, self.options.balloon_driver),
+                    balloon::balloon_stats(b, self.resources.machine_config.mem_size_mib, self.options.balloon_driver),
                 )),
                 Some(_) => Err(ActionError::InternalVmm(
                     "Balloon: Received stats query when stats are disabled.".into(),
@@ -634,7 +557,7 @@ impl Vmm {
                 )),
             },
             Action::GetMmds => match &self.resources.mmds {
-                Some(v) if self.resources.mmds_config.is_some() => Ok(mmds_reply(v)),
+                Some(v) if self.resources.mmds_config.is_some() => Ok(mmds::mmds_reply(v)),
                 _ => Err(ActionError::Mmds(
                     "The MMDS data store is not initialized.".into(),
                 )),
@@ -642,7 +565,7 @@ impl Vmm {
             Action::PatchMmds(value) => {
                 let limit = self.options.mmds_size_limit;
                 match (&mut self.resources.mmds, &self.resources.mmds_config) {
-                    (Some(v), Some(_)) => patch_mmds(v, value, limit),
+                    (Some(v), Some(_)) => mmds::patch_mmds(v, value, limit),
                     _ => Err(ActionError::Mmds(
                         "The MMDS data store is not initialized.".into(),
                     )),
@@ -651,7 +574,7 @@ impl Vmm {
             Action::PutMmds(value) => {
                 let limit = self.options.mmds_size_limit;
                 match (&mut self.resources.mmds, &self.resources.mmds_config) {
-                    (Some(v), Some(_)) => put_mmds(v, value, limit),
+                    (Some(v), Some(_)) => mmds::put_mmds(v, value, limit),
                     _ => Err(ActionError::Mmds(
                         "The MMDS data store is not initialized.".into(),
                     )),
@@ -662,9 +585,9 @@ impl Vmm {
             {
                 Err(ActionError::PciNotEnabled)
             }
-            Action::PutDrive(drive) => insert_drive(&mut self.resources, drive),
-            Action::PutPmem(pmem) => insert_pmem(&mut self.resources, pmem),
-            Action::PutNetworkInterface(iface) => put_net(&mut self.taps, &mut self.resources, iface),
+            Action::PutDrive(drive) => drives::insert_drive(&mut self.resources, drive),
+            Action::PutPmem(pmem) => drives::insert_pmem(&mut self.resources, pmem),
+            Action::PutNetworkInterface(iface) => net::put_net(&mut self.taps, &mut self.resources, iface),
             Action::HotUnplug(..) if !self.options.pci_enabled => Err(ActionError::PciNotEnabled),
             Action::HotUnplug(kind, id) => self.hot_unplug(kind, &id),
             Action::Pause => {
@@ -939,247 +862,6 @@ impl Vmm {
         }
     }
 
-    fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<Reply, ActionError> {
-        if self.state != VmState::Paused {
-            return Err(ActionError::CreateSnapshot(
-                "Cannot save the microVM state: Operation not allowed: save/restore unavailable while running".into(),
-            ));
-        }
-        let diff = params.snapshot_type == Some(SnapshotType::Diff);
-        let state = VmStateFile {
-            magic: VMSTATE_MAGIC.into(),
-            version: SNAPSHOT_VERSION.into(),
-            snapshot_type: params.snapshot_type.unwrap_or_default(),
-            resources: self.resources.clone(),
-        };
-        let text = serde_json::to_vec(&state).map_err(|e| {
-            ActionError::CreateSnapshot(format!("Cannot serialize the microVM state: {e}"))
-        })?;
-        let backing = |op: &str, e: io::Error| {
-            ActionError::CreateSnapshot(format!(
-                "Cannot perform {op} on the snapshot backing file: {e}"
-            ))
-        };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&params.snapshot_path)
-            .map_err(|e| backing("open", e))?;
-        f.write_all(&text).map_err(|e| backing("write", e))?;
-        f.flush().map_err(|e| backing("flush", e))?;
-
-        self.snapshot_memory_to_file(&params.mem_file_path, diff)?;
-        Ok(Reply::Empty)
-    }
-
-    /// Firecracker's `snapshot_memory_to_file`: the file keeps its content when it
-    /// already has the memory's size (a diff merges into it), is emptied
-    /// otherwise; a full snapshot writes every page, a diff only the dirty ones.
-    fn snapshot_memory_to_file(&mut self, path: &Path, diff: bool) -> Result<(), ActionError> {
-        let mem = |op: &str, e: io::Error| {
-            ActionError::CreateSnapshot(format!(
-                "Cannot perform {op} on the memory backing file: {e}"
-            ))
-        };
-        let expected = self.resources.machine_config.mem_size_mib << 20;
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| mem("open", e))?;
-        if existed {
-            let len = file.metadata().map_err(|e| mem("get_metadata", e))?.len();
-            if len != expected {
-                file.set_len(0).map_err(|e| mem("truncate", e))?;
-            }
-        }
-        file.set_len(expected).map_err(|e| mem("set_length", e))?;
-        let Some(guest) = &self.guest else {
-            return Ok(());
-        };
-        guest.quiesce();
-        let memory = guest.memory();
-        let write =
-            |e: io::Error| ActionError::CreateSnapshot(format!("Cannot write memory file: {e}"));
-        if diff {
-            let track = self.resources.machine_config.track_dirty_pages;
-            let pages = memory.diff_pages(track).map_err(|e| {
-                ActionError::CreateSnapshot(format!("Cannot get dirty bitmap: {e}"))
-            })?;
-            memory.dump(&file, Some(&pages)).map_err(write)?;
-            if track {
-                // Reading KVM's dirty log clears it.
-                memory.reset_dirty();
-            }
-        } else {
-            memory.dump(&file, None).map_err(write)?;
-            memory.reset_dirty();
-        }
-        Ok(())
-    }
-
-    fn load_snapshot(&mut self, params: SnapshotLoadParams) -> Outcome {
-        if self.boot_path {
-            self.telemetry.log(
-                Level::Info,
-                "fc_vmm",
-                "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
-            );
-            return Outcome::from(Err(ActionError::LoadSnapshot(
-                "Loading a microVM snapshot not allowed after configuring boot-specific resources."
-                    .into(),
-            )));
-        }
-        match self.restore(&params) {
-            Ok(()) => {
-                self.state = if params.resume_vm == Some(true) {
-                    VmState::Running
-                } else {
-                    VmState::Paused
-                };
-                let mut outcome = Outcome::from(Ok(Reply::Empty));
-                if self.state == VmState::Running {
-                    if let Some(g) = &self.guest {
-                        g.resume();
-                    }
-                    let boot_args = self
-                        .resources
-                        .boot_source
-                        .as_ref()
-                        .and_then(|b| b.boot_args.clone())
-                        .unwrap_or_default();
-                    self.start_guest_agent(&boot_args);
-                    outcome.effects.push(Effect::Booted {
-                        console: self.console(),
-                        lines: console::resume_lines(),
-                    });
-                }
-                outcome
-            }
-            // A failed restore is fatal in Firecracker: it answers, then exits with 1.
-            Err(message) => Outcome {
-                result: Err(ActionError::LoadSnapshot(format!(
-                    "Failed to restore from snapshot: {message}"
-                ))),
-                effects: vec![Effect::Exit {
-                    code: 1,
-                    after: Duration::ZERO,
-                    lines: Vec::new(),
-                    console: self.console(),
-                }],
-            },
-        }
-    }
-
-    fn restore(&mut self, params: &SnapshotLoadParams) -> Result<(), String> {
-        let text = std::fs::read(&params.snapshot_path).map_err(|e| {
-            format!("Failed to get snapshot state from file: Failed to open snapshot file: {e}")
-        })?;
-        let state: VmStateFile = serde_json::from_slice(&text)
-            .ok()
-            .filter(|s: &VmStateFile| s.magic == VMSTATE_MAGIC)
-            .ok_or_else(|| {
-                "Failed to get snapshot state from file: Failed to load snapshot state from file: Magic value does not match arch: 0"
-                    .to_owned()
-            })?;
-        let mut resources = state.resources;
-        for o in params.network_overrides.iter().flatten() {
-            let iface = resources
-                .network_interfaces
-                .iter_mut()
-                .find(|n| n.iface_id == o.iface_id)
-                .ok_or("Failed to get snapshot state from file: Unknown Network Device.")?;
-            iface.host_dev_name = o.host_dev_name.clone();
-        }
-        for iface in &resources.network_interfaces {
-            let tap = crate::tap::attach(&iface.host_dev_name).map_err(|e| {
-                format!(
-                    "Failed to restore network devices: {}",
-                    crate::tap::open_error(&iface.host_dev_name, &e)
-                )
-            })?;
-            self.taps.insert(iface.iface_id.clone(), tap);
-        }
-        if let Some(o) = &params.vsock_override {
-            let vsock = resources
-                .vsock
-                .as_mut()
-                .ok_or("Failed to get snapshot state from file: Unknown Vsock Device.")?;
-            vsock.uds_path = o.uds_path.clone();
-        }
-        if let Some(vsock) = &resources.vsock {
-            // Firecracker binds the (overridden) socket while it restores
-            // the device: its directory must exist by then.
-            let listener = UnixListener::bind(&vsock.uds_path).map_err(|e| {
-                format!(
-                    "Failed to restore devices: Vsock: Error binding to the host-side Unix socket: {e}"
-                )
-            })?;
-            crate::vsock::serve(listener, vsock.uds_path.clone());
-        }
-        let (backend_type, backend_path) = match (&params.mem_backend, &params.mem_file_path) {
-            (Some(b), _) => (b.backend_type, b.backend_path.clone()),
-            (None, Some(p)) => (MemoryBackendType::File, p.clone()),
-            (None, None) => unreachable!("checked when parsing"),
-        };
-        let mem_bytes = resources.machine_config.mem_size_mib << 20;
-        let memory = match backend_type {
-            MemoryBackendType::File => {
-                let from_file = |e: String| {
-                    format!(
-                        "Failed to load guest memory: Error creating guest memory from file: {e}"
-                    )
-                };
-                let file = File::open(&backend_path)
-                    .map_err(|e| from_file(format!("Failed to load guest memory: {e}")))?;
-                let len = file
-                    .metadata()
-                    .map_err(|e| from_file(format!("Failed to load guest memory: {e}")))?
-                    .len();
-                if len < mem_bytes {
-                    return Err(from_file(
-                        "Failed to restore guest memory: Cannot create guest memory".into(),
-                    ));
-                }
-                GuestMemory::from_file(&file, mem_bytes)
-                    .map_err(|e| from_file(format!("Failed to restore guest memory: {e}")))?
-            }
-            MemoryBackendType::Uffd => {
-                let (memory, stream) =
-                    GuestMemory::from_uffd(&backend_path, mem_bytes).map_err(|e| {
-                        format!("Failed to load guest memory: Error creating guest memory from uffd: {e}")
-                    })?;
-                self.uffd = Some(stream);
-                memory
-            }
-        };
-        // Firecracker updates a few device pages while it restores, so a `Uffd`
-        // load only completes once the page server answers.
-        for offset in memory::RESTORE_TOUCHED_OFFSETS {
-            memory.touch(offset);
-        }
-        resources.machine_config.track_dirty_pages =
-            params.track_dirty_pages == Some(true) || params.enable_diff_snapshots == Some(true);
-        self.guest = Some(Guest::restored(
-            Arc::new(memory),
-            self.console(),
-            self.options.guest_touch,
-        ));
-        // Firecracker keeps the metadata service's configuration in a
-        // snapshot, not its data store (docs/snapshotting): a restored VM
-        // with a configuration has an empty store.
-        resources.mmds = resources
-            .mmds_config
-            .as_ref()
-            .map(|_| serde_json::Value::Object(serde_json::Map::new()));
-        resources.serial = self.resources.serial.take();
-        self.resources = resources;
-        Ok(())
-    }
-
     fn full_config(&self) -> FullConfigView<'_> {
         let r = &self.resources;
         FullConfigView {
@@ -1229,301 +911,6 @@ impl Vmm {
     }
 }
 
-fn bind_vsock(uds_path: &Path) -> Result<UnixListener, ActionError> {
-    UnixListener::bind(uds_path).map_err(|e| {
-        ActionError::Vsock(format!(
-            "Cannot create backend for vsock device: Error binding to the host-side Unix socket: {e}"
-        ))
-    })
-}
-
-fn set_boot_source(res: &mut Resources, cfg: BootSource) -> Result<Reply, ActionError> {
-    File::open(&cfg.kernel_image_path)
-        .map_err(|e| ActionError::BootSource(format!("The kernel file cannot be opened: {e}")))?;
-    if let Some(initrd) = &cfg.initrd_path {
-        File::open(initrd).map_err(|e| {
-            ActionError::BootSource(format!(
-                "The initrd file cannot be opened due to invalid path or invalid permissions. {e}"
-            ))
-        })?;
-    }
-    res.boot_source = Some(cfg);
-    Ok(Reply::Empty)
-}
-
-fn update_machine_config(
-    res: &mut Resources,
-    u: &MachineConfigUpdate,
-) -> Result<Reply, ActionError> {
-    let updated = res.machine_config.update(u)?;
-    if let Some(b) = &res.balloon
-        && u64::from(b.amount_mib) > updated.mem_size_mib
-    {
-        return Err(MachineConfigError::IncompatibleBalloonSize.into());
-    }
-    res.machine_config = updated;
-    Ok(Reply::Empty)
-}
-
-fn insert_drive(res: &mut Resources, drive: Drive) -> Result<Reply, ActionError> {
-    if drive.is_root_device && res.pmem.iter().any(|p| p.root_device == Some(true)) {
-        return Err(ActionError::Drive(
-            "Attempt to add block as a root device while the root device defined as a pmem device"
-                .into(),
-        ));
-    }
-    let position = res.drives.iter().position(|d| d.drive_id == drive.drive_id);
-    let has_root = res.drives.first().is_some_and(|d| d.is_root_device);
-    if drive.is_root_device && has_root && position != Some(0) {
-        return Err(ActionError::Drive(
-            "A root block device already exists!".into(),
-        ));
-    }
-    match (&drive.path_on_host, &drive.socket) {
-        (Some(path), _) => {
-            let read_only = drive.is_read_only.unwrap_or(false);
-            OpenOptions::new()
-                .read(true)
-                .write(!read_only)
-                .open(path)
-                .map_err(|e| {
-                    ActionError::Drive(format!(
-                        "Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {}",
-                        not_found_io(path, e)
-                    ))
-                })?;
-        }
-        (None, Some(socket)) => {
-            UnixStream::connect(socket).map_err(|e| {
-                ActionError::Drive(format!(
-                    "Unable to create the virtio block device: Vhost user backend error: Vhost-user error: {e}"
-                ))
-            })?;
-        }
-        (None, None) => {
-            return Err(ActionError::Drive(
-                "Unable to create the virtio block device: Invalid block config.".into(),
-            ));
-        }
-    }
-    match position {
-        None if drive.is_root_device => res.drives.insert(0, drive),
-        None => res.drives.push(drive),
-        Some(i) => {
-            let root = drive.is_root_device;
-            res.drives[i] = drive;
-            if i != 0 && root {
-                res.drives.swap(0, i);
-            }
-        }
-    }
-    Ok(Reply::Empty)
-}
-
-fn insert_pmem(res: &mut Resources, pmem: Pmem) -> Result<Reply, ActionError> {
-    let root = pmem.root_device == Some(true);
-    if root && res.drives.iter().any(|d| d.is_root_device) {
-        return Err(ActionError::Pmem(
-            "Attempt to add pmem as a root device while the root device defined as a block device"
-                .into(),
-        ));
-    }
-    if root
-        && res
-            .pmem
-            .iter()
-            .any(|p| p.root_device == Some(true) && p.id != pmem.id)
-    {
-        return Err(ActionError::Pmem("A root pmem device already exist".into()));
-    }
-    File::open(&pmem.path_on_host)
-        .map_err(|e| ActionError::Pmem(format!("Error accessing underlying file: {e}")))?;
-    match res.pmem.iter().position(|p| p.id == pmem.id) {
-        Some(i) => res.pmem[i] = pmem,
-        None => res.pmem.push(pmem),
-    }
-    Ok(Reply::Empty)
-}
-
-/// Opens the interface's TAP (when it exists), then records the interface.
-fn put_net(
-    taps: &mut std::collections::HashMap<String, std::os::fd::OwnedFd>,
-    res: &mut Resources,
-    iface: NetworkInterface,
-) -> Result<Reply, ActionError> {
-    check_mac_free(res, &iface)?;
-    // As Firecracker: an update drops the old device (and its TAP) first,
-    // so a failed update leaves none, and the new one goes to the end.
-    if let Some(i) = res
-        .network_interfaces
-        .iter()
-        .position(|n| n.iface_id == iface.iface_id)
-    {
-        res.network_interfaces.swap_remove(i);
-        taps.remove(&iface.iface_id);
-        if let Some(mmds) = &res.mmds_config
-            && mmds.network_interfaces.contains(&iface.iface_id)
-        {
-            res.mmds_config = None;
-        }
-    }
-    if let Some(mtu) = iface.mtu
-        && !(68..=65535).contains(&mtu)
-    {
-        return Err(ActionError::Network(format!(
-            "Could not create the network device: MTU {mtu} is out of range [68, 65535]"
-        )));
-    }
-    let tap = crate::tap::attach(&iface.host_dev_name)
-        .map_err(|e| ActionError::Network(crate::tap::open_error(&iface.host_dev_name, &e)))?;
-    taps.insert(iface.iface_id.clone(), tap);
-    res.network_interfaces.push(iface);
-    Ok(Reply::Empty)
-}
-
-/// Refuses a MAC another interface has.
-fn check_mac_free(res: &Resources, iface: &NetworkInterface) -> Result<(), ActionError> {
-    if let Some(mac) = &iface.guest_mac
-        && res
-            .network_interfaces
-            .iter()
-            .any(|n| n.iface_id != iface.iface_id && n.guest_mac.as_ref() == Some(mac))
-    {
-        return Err(ActionError::Network(format!(
-            "The MAC address is already in use: {mac}"
-        )));
-    }
-    Ok(())
-}
-
-fn set_balloon(res: &mut Resources, cfg: Balloon) -> Result<Reply, ActionError> {
-    if u64::from(cfg.amount_mib) > res.machine_config.mem_size_mib {
-        return Err(ActionError::BalloonConfig(
-            "Amount of pages requested is too large.".into(),
-        ));
-    }
-    res.balloon = Some(cfg);
-    Ok(Reply::Empty)
-}
-
-fn set_mmds_config(res: &mut Resources, mut cfg: MmdsConfig) -> Result<Reply, ActionError> {
-    if let Some(ip) = &cfg.ipv4_address
-        && !ip.is_link_local()
-    {
-        return Err(ActionError::MmdsConfig(
-            "The MMDS IPv4 address is not link local.".into(),
-        ));
-    }
-    // Firecracker keeps the interfaces as a set.
-    let mut seen = std::collections::HashSet::new();
-    cfg.network_interfaces.retain(|id| seen.insert(id.clone()));
-    if cfg.network_interfaces.is_empty() {
-        return Err(ActionError::MmdsConfig(
-            "The list of network interface IDs that allow forwarding MMDS requests is empty."
-                .into(),
-        ));
-    }
-    if cfg
-        .network_interfaces
-        .iter()
-        .any(|id| !res.network_interfaces.iter().any(|n| &n.iface_id == id))
-    {
-        return Err(ActionError::MmdsConfig(
-            "The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface."
-                .into(),
-        ));
-    }
-    res.mmds.get_or_insert(serde_json::Value::Null);
-    res.mmds_config = Some(cfg);
-    Ok(Reply::Empty)
-}
-
-fn mmds_reply(value: &serde_json::Value) -> Reply {
-    match value {
-        serde_json::Value::Null => Reply::Json("{}".into()),
-        v => Reply::Json(v.to_string()),
-    }
-}
-
-fn check_mmds_size(value: &serde_json::Value, limit: usize) -> Result<(), ActionError> {
-    if value.to_string().len() > limit {
-        return Err(ActionError::MmdsLimit(
-            "The MMDS patch request doesn't fit.".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn put_mmds(
-    store: &mut serde_json::Value,
-    value: serde_json::Value,
-    limit: usize,
-) -> Result<Reply, ActionError> {
-    check_mmds_size(&value, limit)?;
-    *store = value;
-    Ok(Reply::Empty)
-}
-
-fn patch_mmds(
-    store: &mut serde_json::Value,
-    patch: serde_json::Value,
-    limit: usize,
-) -> Result<Reply, ActionError> {
-    let mut merged = store.clone();
-    merge_patch(&mut merged, patch);
-    check_mmds_size(&merged, limit)?;
-    *store = merged;
-    Ok(Reply::Empty)
-}
-
-/// RFC 7396 JSON merge patch, which Firecracker's MMDS PATCH applies.
-fn merge_patch(target: &mut serde_json::Value, patch: serde_json::Value) {
-    match patch {
-        serde_json::Value::Object(map) => {
-            if !target.is_object() {
-                *target = serde_json::Value::Object(serde_json::Map::new());
-            }
-            if let serde_json::Value::Object(t) = target {
-                for (k, v) in map {
-                    if v.is_null() {
-                        t.remove(&k);
-                    } else {
-                        merge_patch(t.entry(k).or_insert(serde_json::Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other,
-    }
-}
-
-/// `GET /balloon/statistics` in Firecracker's field order. Without a
-/// guest driver nothing was inflated and the guest reported nothing.
-fn balloon_stats(b: &Balloon, mem_size_mib: u64, driver: bool) -> String {
-    #[derive(Serialize)]
-    struct Stats {
-        target_pages: u64,
-        actual_pages: u64,
-        target_mib: u32,
-        actual_mib: u32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        total_memory: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        available_memory: Option<u64>,
-    }
-    let target_pages = u64::from(b.amount_mib) * 256;
-    let stats = Stats {
-        target_pages,
-        actual_pages: if driver { target_pages } else { 0 },
-        target_mib: b.amount_mib,
-        actual_mib: if driver { b.amount_mib } else { 0 },
-        total_memory: driver.then_some(mem_size_mib << 20),
-        available_memory: driver
-            .then(|| mem_size_mib.saturating_sub(u64::from(b.amount_mib)) << 20),
-    };
-    serde_json::to_string(&stats).unwrap_or_else(|_| "{}".to_owned())
-}
-
 fn json_reply<T: Serialize>(value: &T) -> Reply {
     Reply::Json(serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned()))
 }
@@ -1559,76 +946,6 @@ struct BootSourceView {
     boot_args: Option<String>,
 }
 
-/// Applies a `--config-file` document: the same actions, in Firecracker's order,
-/// then `InstanceStart`.
-pub fn config_file_actions(text: &str) -> Result<Vec<Action>, serde_json::Error> {
-    let c: firehost_api::FullVmConfiguration = serde_json::from_str(text)?;
-    let mut actions = Vec::new();
-    if let Some(l) = c.logger {
-        actions.push(Action::PutLogger(l));
-    }
-    if let Some(m) = c.metrics {
-        actions.push(Action::PutMetrics(m));
-    }
-    if let Some(m) = c.machine_config {
-        actions.push(Action::PutMachineConfig(m.into()));
-    }
-    if let Some(cpu) = c.cpu_config {
-        actions.push(Action::PutCpuConfig(Box::new(cpu)));
-    }
-    if let Some(b) = c.boot_source {
-        actions.push(Action::PutBootSource(b));
-    }
-    for d in c.drives.into_iter().flatten() {
-        actions.push(Action::PutDrive(d));
-    }
-    for p in c.pmem.into_iter().flatten() {
-        actions.push(Action::PutPmem(p));
-    }
-    for n in c.network_interfaces.into_iter().flatten() {
-        actions.push(Action::PutNetworkInterface(n));
-    }
-    if let Some(v) = c.vsock {
-        actions.push(Action::PutVsock(v));
-    }
-    if let Some(b) = c.balloon {
-        actions.push(Action::PutBalloon(b));
-    }
-    if let Some(e) = c.entropy {
-        actions.push(Action::PutEntropy(e));
-    }
-    if let Some(m) = c.mmds_config {
-        actions.push(Action::PutMmdsConfig(m));
-    }
-    if let Some(m) = c.memory_hotplug {
-        actions.push(Action::PutMemoryHotplug(m));
-    }
-    actions.push(Action::InstanceStart);
-    Ok(actions)
-}
-
-/// Reads the data format version of a vmstate file (`--describe-snapshot`).
-///
-/// The error is Firecracker's `SnapshotError`: its `Display` (logged) and its
-/// `Debug` (inside `PrintSnapshotDataFormat(...)` on stderr). A file that is not
-/// the fake's vmstate gets the answer Firecracker gives for a file that is not
-/// its own format.
-pub fn describe_snapshot(path: &Path) -> Result<String, (String, String)> {
-    let text = std::fs::read(path).map_err(|e| {
-        (
-            format!("When printing Snapshot Data format: Unable to open snapshot state file: {e}"),
-            format!("OpenSnapshot({e:?})"),
-        )
-    })?;
-    let state: VmStateFile = serde_json::from_slice(&text).map_err(|_| {
-        (
-            "When printing Snapshot Data format: Invalid data format version of snapshot file: An error occurred during bitcode serialization: bitcode error".to_owned(),
-            "SnapshotVersion(Bitcode(Error(\"bitcode error\")))".to_owned(),
-        )
-    })?;
-    Ok(format!("v{}", state.version))
-}
-
 /// Where a path's parent must exist for a file to be created there.
 pub fn parent_dir(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
@@ -1650,72 +967,6 @@ mod tests {
     }
 
     #[test]
-    fn machine_config_rules_match_firecracker() {
-        let cases: &[(MachineConfigUpdate, Option<MachineConfigError>)] = &[
-            (
-                MachineConfigUpdate {
-                    vcpu_count: Some(0),
-                    ..Default::default()
-                },
-                Some(MachineConfigError::InvalidVcpuCount),
-            ),
-            (
-                MachineConfigUpdate {
-                    vcpu_count: Some(33),
-                    ..Default::default()
-                },
-                Some(MachineConfigError::InvalidVcpuCount),
-            ),
-            (
-                MachineConfigUpdate {
-                    vcpu_count: Some(3),
-                    smt: Some(true),
-                    ..Default::default()
-                },
-                Some(MachineConfigError::InvalidVcpuCount),
-            ),
-            (
-                MachineConfigUpdate {
-                    vcpu_count: Some(1),
-                    smt: Some(true),
-                    ..Default::default()
-                },
-                None,
-            ),
-            (
-                MachineConfigUpdate {
-                    mem_size_mib: Some(0),
-                    ..Default::default()
-                },
-                Some(MachineConfigError::InvalidMemorySize),
-            ),
-            (
-                MachineConfigUpdate {
-                    mem_size_mib: Some(129),
-                    huge_pages: Some(HugePages::Hugetlbfs2M),
-                    ..Default::default()
-                },
-                Some(MachineConfigError::InvalidMemorySize),
-            ),
-            (
-                MachineConfigUpdate {
-                    vcpu_count: Some(32),
-                    mem_size_mib: Some(4096),
-                    ..Default::default()
-                },
-                None,
-            ),
-        ];
-        for (update, expected) in cases {
-            assert_eq!(
-                MachineConfig::default().update(update).err(),
-                *expected,
-                "{update:?}"
-            );
-        }
-    }
-
-    #[test]
     fn runtime_actions_are_refused_before_boot() {
         let mut v = vmm();
         let err = v.handle(Action::Pause).result.unwrap_err();
@@ -1734,12 +985,5 @@ mod tests {
             "Start microvm error: Cannot start microvm without kernel configuration."
         );
         assert_eq!(v.state(), VmState::NotStarted);
-    }
-
-    #[test]
-    fn mmds_patch_merges() {
-        let mut store = serde_json::json!({"a": {"b": 1, "c": 2}});
-        merge_patch(&mut store, serde_json::json!({"a": {"b": null, "d": 3}}));
-        assert_eq!(store, serde_json::json!({"a": {"c": 2, "d": 3}}));
     }
 }
