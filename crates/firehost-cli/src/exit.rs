@@ -181,9 +181,12 @@ pub enum ValueError {
     /// Not an IPv4 address.
     #[error(transparent)]
     Ip(#[from] std::net::AddrParseError),
-    /// Not a subnet or MAC address.
+    /// Not a subnet.
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// Not a MAC address.
+    #[error(transparent)]
+    Mac(#[from] firehost::net::ipam::MacSyntaxError),
     /// Not a port mapping or host service.
     #[error(transparent)]
     Port(#[from] PortSyntaxError),

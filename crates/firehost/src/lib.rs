@@ -12,18 +12,22 @@
 //!    `SnapshotName`), [`fsutil`] (atomic writes, private directories, PATH
 //!    lookup), [`socket_path`], [`elf`], [`bounded_log`], [`error_kind`],
 //!    [`console`], and [`state`], the lifecycle state machine.
-//! 2. [`api`]: Firecracker's HTTP API, typed, over its unix socket;
+//! 2. [`vocab`]: the words a spec is written in, with nothing behind
+//!    them (interface names, MACs, port mappings, [`NetSpec`], the
+//!    metadata spec).
+//! 3. [`api`]: Firecracker's HTTP API, typed, over its unix socket;
 //!    [`vsock`] and [`agent`]: the host↔guest channel and the guest
 //!    agent's client (run commands, move files, wait until ready).
-//! 3. [`jail`]: the jailer's command line, chroots, uids and cgroups;
+//! 4. [`jail`]: the jailer's command line, chroots, uids and cgroups;
 //!    [`vmm`]: one Firecracker process (spawn, readiness, exit watch
 //!    through a pidfd, signals) and the log keeper.
-//! 4. [`net`]: the default network (addresses, TAPs, bridge, firewall);
-//!    [`mmds`]: the metadata service's contents; [`image`]: guest images.
 //! 5. [`spec`]: what a VM should be, validated against the host's defaults.
-//! 6. [`snapshot`]: bundles, the store and the userfaultfd page server.
-//! 7. [`record`]: the durable per-VM record a restarted manager reads.
-//! 8. [`Manager`] (many VMs, per-VM locking, create as a transaction,
+//! 6. [`net`]: the default network (addresses, TAPs, bridge, firewall);
+//!    [`mmds`]: the metadata service's contents; [`image`]: guest images.
+//! 7. [`snapshot`]: bundles, the store and the userfaultfd page server.
+//! 8. [`record`]: the durable per-VM record a restarted manager reads, in
+//!    a file format of its own.
+//! 9. [`Manager`] (many VMs, per-VM locking, create as a transaction,
 //!    re-attach and reaping), [`VmProvider`] (implemented by [`Manager`]
 //!    and by [`InMemoryProvider`] for services' tests) and [`doctor`].
 //!
@@ -61,6 +65,7 @@ pub mod socket_path;
 pub mod spec;
 pub mod state;
 pub mod vmm;
+pub mod vocab;
 pub mod vsock;
 
 pub use error_kind::ErrorKind;
@@ -80,10 +85,10 @@ pub mod provider;
 
 pub use agent::{AgentClient, AgentError, ExecRequest, Output};
 pub use id::SnapshotName;
-pub use net::firewall::PortMapping;
-pub use net::host::{NetSpec, NetworkConfig, VmNet};
+pub use net::host::{NetworkConfig, VmNet};
 pub use provider::{InMemoryProvider, VmProvider};
 pub use snapshot::SnapshotInfo;
+pub use vocab::{NetSpec, PortMapping};
 pub mod doctor;
 pub mod image;
 

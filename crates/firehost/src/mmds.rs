@@ -15,56 +15,13 @@
 //! Every process in the guest can read the MMDS: put no secrets in it (the
 //! agent's token is never there).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::VmId;
 use crate::id::SnapshotName;
 use crate::net::host::VmNet;
 
-pub use firehost_api::MmdsVersion;
-
-/// What a VM spec asks of the metadata service.
-///
-/// # Examples
-///
-/// ```
-/// use firehost::mmds::MmdsSpec;
-///
-/// let spec = MmdsSpec {
-///     data: serde_json::json!({"job": {"id": 42}}),
-///     ..MmdsSpec::default()
-/// };
-/// assert!(spec.data.is_object());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MmdsSpec {
-    /// The protocol: V2 (session tokens, the default: safer against
-    /// request forgery from the guest) or V1.
-    #[serde(default = "v2")]
-    pub version: MmdsVersion,
-    /// The caller's metadata: a JSON object (`null` means `{}`).
-    #[serde(default = "empty_object")]
-    pub data: Value,
-}
-
-fn v2() -> MmdsVersion {
-    MmdsVersion::V2
-}
-
-fn empty_object() -> Value {
-    Value::Object(Map::new())
-}
-
-impl Default for MmdsSpec {
-    fn default() -> Self {
-        MmdsSpec {
-            version: MmdsVersion::V2,
-            data: empty_object(),
-        }
-    }
-}
+pub use crate::vocab::{MmdsSpec, MmdsVersion};
 
 /// The `"firehost"` object firehost adds to a VM's metadata.
 pub fn identity(vm: &VmId, net: Option<&VmNet>, restored_from: Option<&SnapshotName>) -> Value {
@@ -106,12 +63,5 @@ mod tests {
         assert!(c.0["firehost"]["ip"].is_null());
         let c = contents(&Value::Null, identity(&vm, None, None));
         assert_eq!(c.0.len(), 1);
-    }
-
-    #[test]
-    fn specs_default_to_v2_and_an_empty_object() {
-        let spec: MmdsSpec = serde_json::from_str("{}").unwrap();
-        assert_eq!(spec, MmdsSpec::default());
-        assert!(serde_json::from_str::<MmdsSpec>(r#"{"nope": 1}"#).is_err());
     }
 }

@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mmds::MmdsSpec;
-use crate::net::IfName;
-use crate::net::host::NetSpec;
-use crate::net::ipam::MacAddr;
+use crate::vocab::{IfName, MacAddr, MmdsSpec, NetSpec};
 use crate::vsock::VsockSpec;
 
 /// Firecracker's upper limit on vCPUs.
@@ -504,7 +501,7 @@ impl VmSpec {
 fn check_nics(default_net: bool, nics: &[NicSpec]) -> Result<(), SpecError> {
     let mut ids: Vec<&str> = Vec::new();
     if default_net {
-        ids.push(crate::net::host::DEFAULT_IFACE_ID);
+        ids.push(crate::vocab::DEFAULT_IFACE_ID);
     }
     let mut taps: Vec<&IfName> = Vec::new();
     for nic in nics {
@@ -697,7 +694,7 @@ mod tests {
             (
                 "metadata without a network",
                 VmSpec {
-                    mmds: Some(crate::mmds::MmdsSpec::default()),
+                    mmds: Some(crate::vocab::MmdsSpec::default()),
                     ..base.clone()
                 },
                 |e| matches!(e, SpecError::MmdsNeedsNetwork),
@@ -706,7 +703,7 @@ mod tests {
                 "metadata that is not an object",
                 VmSpec {
                     net: Some(NetSpec::default()),
-                    mmds: Some(crate::mmds::MmdsSpec {
+                    mmds: Some(crate::vocab::MmdsSpec {
                         data: serde_json::json!([1, 2]),
                         ..Default::default()
                     }),

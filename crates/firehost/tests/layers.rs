@@ -18,6 +18,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("error_kind", &[]),
     ("console", &[]),
     ("state", &["id"]),
+    // The words a spec is written in.
+    ("vocab", &["id"]),
     // The API client and the host↔guest channel.
     ("api", &["id", "socket_path"]),
     ("vsock", &["id", "socket_path"]),
@@ -38,11 +40,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // The default network, the metadata service, guest images.
-    ("net", &["id", "fsutil", "error_kind"]),
-    ("mmds", &["id", "net"]),
-    ("image", &["fsutil", "elf", "error_kind"]),
     // What a VM should be.
-    ("spec", &["id", "jail", "mmds", "net", "vsock"]),
+    ("spec", &["id", "vocab", "jail", "vsock"]),
+    // The default network, the metadata service, guest images.
+    ("net", &["id", "fsutil", "error_kind", "vocab"]),
+    ("mmds", &["id", "vocab", "net"]),
+    ("image", &["fsutil", "elf", "error_kind"]),
     // Snapshots, then the durable per-VM record.
     (
         "snapshot",
@@ -60,7 +63,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "record",
         &[
-            "id", "fsutil", "state", "vsock", "jail", "vmm", "net", "mmds", "spec", "snapshot",
+            "id", "fsutil", "state", "vocab", "vsock", "jail", "vmm", "spec", "net", "mmds",
+            "snapshot",
         ],
     ),
 ];
@@ -87,6 +91,20 @@ const ROOT_TYPES: &[(&str, &str)] = &[
     ("VmInfo", "manager"),
     ("VmProvider", "provider"),
     ("InMemoryProvider", "provider"),
+    ("RestoreMemory", "manager"),
+    ("RestoreOptions", "manager"),
+    ("SnapshotOptions", "manager"),
+    ("StopOptions", "manager"),
+    ("StopOutcome", "manager"),
+    ("AgentClient", "agent"),
+    ("AgentError", "agent"),
+    ("ExecRequest", "agent"),
+    ("Output", "agent"),
+    ("NetSpec", "vocab"),
+    ("PortMapping", "vocab"),
+    ("NetworkConfig", "net"),
+    ("VmNet", "net"),
+    ("SnapshotInfo", "snapshot"),
 ];
 
 fn sources(path: &Path, out: &mut Vec<PathBuf>) {

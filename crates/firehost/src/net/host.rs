@@ -1158,7 +1158,7 @@ impl NetError {
                 | IpamError::SubnetSyntax { .. }
                 | IpamError::PrefixLen { .. }
                 | IpamError::HostBitsSet { .. }
-                | IpamError::MacSyntax { .. },
+                | IpamError::MacSyntax(_),
             ) => ErrorKind::InvalidInput,
             NetError::UplinkMissing { .. } => ErrorKind::HostNotReady,
             NetError::Firewall(super::firewall::FirewallError::Nft(

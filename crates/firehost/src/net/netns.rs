@@ -70,6 +70,12 @@ async fn on_own_thread<T: Send + 'static>(
 
 /// Makes a new network namespace pinned at `path` (which must not exist),
 /// and returns a descriptor of it.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: the thread that makes the namespace finishes even if
+/// this future is dropped, leaving it pinned at `path`; [`remove`] undoes
+/// that.
 pub async fn create(path: &Path) -> Result<OwnedFd, NetError> {
     let owned = path.to_owned();
     // `unshare(CLONE_NEWNET)` moves only the calling thread: a thread of
@@ -122,6 +128,11 @@ pub fn remove(path: &Path) -> Result<(), NetError> {
 }
 
 /// A netlink connection inside the namespace `ns`.
+///
+/// # Cancel safety
+///
+/// Cancel safe: a connection made after the future is dropped is closed
+/// with the unsent result.
 pub async fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
     let ns = ns
         .try_clone()

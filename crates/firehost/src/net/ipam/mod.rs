@@ -52,8 +52,9 @@ mod guest;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+pub use crate::vocab::{MacAddr, MacSyntaxError};
+pub use addr::Subnet;
 use addr::mask_bits;
-pub use addr::{MacAddr, Subnet};
 pub use allocator::{Allocator, Lease};
 pub use guest::GuestNet;
 
@@ -129,12 +130,9 @@ pub enum IpamError {
         /// The MAC address.
         mac: MacAddr,
     },
-    /// A MAC address is not six hex octets separated by `:`.
-    #[error("{text:?} is not a MAC address like 06:00:ac:1e:00:02")]
-    MacSyntax {
-        /// What was given.
-        text: String,
-    },
+    /// A MAC address does not parse.
+    #[error(transparent)]
+    MacSyntax(#[from] MacSyntaxError),
     /// The VM already has a lease; release it first.
     #[error("VM {vm} already holds address {ip}")]
     AlreadyAllocated {

@@ -1,0 +1,22 @@
+//! The words a VM spec is written in, with nothing behind them: interface
+//! names, MAC addresses, port mappings, what a VM asks of the default
+//! network and of the metadata service. Values parse strictly and refuse
+//! what the kernel, nftables or Firecracker would.
+//!
+//! [`spec`](crate::spec) is built from these alone; the subsystems that act
+//! on them re-export them where their users look ([`net`](crate::net),
+//! [`net::ipam`](crate::net::ipam), [`net::firewall`](crate::net::firewall),
+//! [`net::host`](crate::net::host), [`mmds`](crate::mmds)), and the crate
+//! root has the common ones.
+
+mod ifname;
+mod mac;
+mod mmds_spec;
+mod net_spec;
+mod port;
+
+pub use ifname::{IFNAMSIZ, IfName, IfNameError, MAX_IFNAME_LEN};
+pub use mac::{MacAddr, MacSyntaxError};
+pub use mmds_spec::{MmdsSpec, MmdsVersion};
+pub use net_spec::{DEFAULT_IFACE_ID, NetSpec, PeerGroup, PeerGroupError};
+pub use port::{HostService, PortMapping, PortSyntaxError, Proto};
