@@ -2,6 +2,7 @@
 
 mod common;
 
+use firehost_testkit::fake_only;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,7 @@
 mod common;
 
 use common::{Client, Fake};
+use firehost_testkit::fake_only;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -4,6 +4,7 @@
 
 mod common;
 
+use firehost_testkit::fake_only;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

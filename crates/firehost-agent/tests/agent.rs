@@ -31,11 +31,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const TOKEN: &str = "0123456789abcdef-test-token";
 
-/// Runs a test body with a deadline.
+/// Runs a test body with the suite's deadline.
 async fn within<T>(body: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_TIMEOUT, body)
-        .await
-        .expect("the test ran out of time")
+    firehost_testkit::within("the test", TEST_TIMEOUT, body).await
 }
 
 /// A running agent and its directory.

@@ -3,6 +3,7 @@
 //! contents, modes, links and the injected agent. Tests skip, saying so,
 //! where e2fsprogs is missing; CI installs it.
 
+use firehost_testkit::skip;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,10 +17,6 @@ use firehost::image::{
 /// The fake agent every test injects: a script, which is all `debugfs`
 /// and the checks need.
 const AGENT: &[u8] = b"#!/bin/sh\necho firehost-agent\n";
-
-fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
-}
 
 /// An e2fsprogs tool, looked up where the library looks.
 fn tool(name: &str) -> Option<PathBuf> {

@@ -11,6 +11,7 @@
 
 mod common;
 
+use firehost_testkit::fake_only;
 use std::net::Ipv4Addr;
 
 use common::TestHost;

@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+use firehost_testkit::fake_only;
 use std::time::Duration;
 
 use common::{TestHost, id, process_alive, within};

@@ -3,6 +3,7 @@
 
 mod common;
 
+use firehost_testkit::fake_only;
 use std::time::Duration;
 
 use common::{TestHost, id};

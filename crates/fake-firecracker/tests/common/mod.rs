@@ -6,7 +6,7 @@
 //! `/dev/kvm`). The same assertions must pass on both: where they differ, the
 //! fake is wrong. Tests of what only the fake has (the `FAKE_FC_*` knobs, its
 //! console banner, its vmstate format) skip on the real binary with
-//! [`fake_only!`].
+//! `firehost_testkit::fake_only!`.
 
 #![allow(dead_code)]
 
@@ -34,14 +34,6 @@ pub fn bin() -> PathBuf {
 /// Whether the suite runs against a real Firecracker.
 pub fn is_real() -> bool {
     firehost_testkit::real_firecracker().is_some()
-}
-
-/// Skips the calling test (returns early), saying why, on a real Firecracker.
-#[macro_export]
-macro_rules! fake_only {
-    ($why:expr) => {
-        firehost_testkit::fake_only!($why)
-    };
 }
 
 /// One running VMM (the fake or a real Firecracker), killed on drop.

@@ -61,14 +61,6 @@ pub fn agent_path() -> Option<PathBuf> {
 pub mod net_conformance;
 pub mod netns;
 
-/// Skips the calling test (returns early, saying so) on the real binary.
-#[macro_export]
-macro_rules! fake_only {
-    ($why:expr) => {
-        firehost_testkit::fake_only!($why)
-    };
-}
-
 /// A throwaway host: a temporary directory with a state dir and images.
 pub struct TestHost {
     pub dir: tempfile::TempDir,
