@@ -453,6 +453,12 @@ impl HostNetwork {
 
     /// Tears the network down if no VM is attached.
     async fn tear_down_if_unused(&self) {
+        // Checked first without the kernel side: waiting for it alone would
+        // queue every other VM's change behind the VMs whose devices are
+        // being deleted now.
+        if !lock(&self.book).attached.is_empty() {
+            return;
+        }
         let mut alone = self.live.write().await;
         if !lock(&self.book).attached.is_empty() {
             return;
