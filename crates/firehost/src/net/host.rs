@@ -34,17 +34,17 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures_util::TryStreamExt;
 use tokio::sync::RwLockReadGuard;
 
-use futures_util::TryStreamExt;
-use serde::{Deserialize, Serialize};
-
 pub use super::config::{NetworkConfig, Uplink};
+pub use super::error::NetError;
 pub use super::vm_net::{DEFAULT_IFACE_ID, NetSpec, PeerGroup, PeerGroupError, VmNet};
 
 use super::bridge::{Bridge, BridgeError};
-use super::firewall::{Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping, Proto};
-use super::ipam::{Allocator, IpamError, Lease};
+use super::firewall::{Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping};
+use super::footprint::{Footprint, read_footprint, write_footprint};
+use super::ipam::{Allocator, Lease};
 use super::nft::Nftables;
 use super::tap::{Tap, TapError, TapOwner, tap_name_for_vm};
 use super::{IfName, LinkState, Netlink, sysctl};
@@ -57,106 +57,6 @@ const TAP_NAME_ATTEMPTS: u32 = 8;
 const STATE_FILE: &str = "network.json";
 /// Where VMs' own network namespaces are pinned, in the state directory.
 const NETNS_DIR: &str = "netns";
-
-/// Why the network could not be set up, attached or detached. A failed
-/// attach leaves nothing behind.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// The network's state file cannot be read: firehost will not guess
-    /// what it set up on the host, so it changes nothing until the file is
-    /// fixed or removed.
-    #[error("the network state file {path:?} is unreadable ({detail}); fix or remove it")]
-    StateFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        detail: String,
-    },
-    /// nftables is missing or refused a transaction.
-    #[error(transparent)]
-    Firewall(#[from] FirewallError),
-    /// No uplink: no default route for [`Uplink::Auto`], or the named
-    /// interface does not exist.
-    #[error(
-        "no uplink for guest traffic: {detail}; name one in the network config (or choose Uplink::None for guests without a way out)"
-    )]
-    UplinkMissing {
-        /// What was looked for.
-        detail: String,
-    },
-    /// The bridge could not be set up or removed.
-    #[error(transparent)]
-    Bridge(#[from] BridgeError),
-    /// The TAP could not be created or deleted.
-    #[error(transparent)]
-    Tap(#[from] TapError),
-    /// Every TAP name candidate of the VM is taken by another device.
-    #[error("every TAP name tried for VM {vm} is taken ({tried:?})")]
-    TapNamesTaken {
-        /// The VM.
-        vm: VmId,
-        /// The names tried.
-        tried: Vec<IfName>,
-    },
-    /// The address or MAC could not be allocated.
-    #[error(transparent)]
-    Ipam(#[from] IpamError),
-    /// A host port is already forwarded to another VM.
-    #[error("host port {port}/{proto} is already published by VM {holder}")]
-    PortInUse {
-        /// The protocol.
-        proto: Proto,
-        /// The host port.
-        port: u16,
-        /// The VM it forwards to.
-        holder: VmId,
-    },
-    /// The same host port appears twice in one request.
-    #[error("host port {port}/{proto} is published twice")]
-    PortTwice {
-        /// The protocol.
-        proto: Proto,
-        /// The host port.
-        port: u16,
-    },
-    /// The VM has no network.
-    #[error("VM {vm} has no network")]
-    NotAttached {
-        /// The VM.
-        vm: VmId,
-    },
-    /// A netlink request outside the TAP and bridge steps failed.
-    #[error("netlink {op} failed")]
-    Netlink {
-        /// What was asked.
-        op: &'static str,
-        /// The netlink error.
-        #[source]
-        source: super::NetlinkError,
-    },
-    /// A kernel setting or the state file could not be read or written.
-    #[error("cannot {op} {path:?}")]
-    Io {
-        /// What was done.
-        op: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The errno.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// What this manager set up on the host, persisted so that a restarted
-/// manager undoes only its own work.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Footprint {
-    /// The bridge was created by this state directory's manager.
-    bridge_created: bool,
-    /// The firehost tables were installed by it.
-    firewall_installed: bool,
-}
 
 /// The kernel side, once set up.
 struct Live {
@@ -1107,72 +1007,6 @@ fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
         .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
         .filter(|ip| !ip.is_loopback())
         .collect()
-}
-
-/// The footprint in `path`: none if there is no file; an error (in words)
-/// if there is one that cannot be read.
-fn read_footprint(path: &Path) -> Result<Footprint, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Footprint::default()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn write_footprint(path: &Path, footprint: &Footprint) -> Result<(), NetError> {
-    let io = |op| {
-        move |source| NetError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    if *footprint == Footprint::default() {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove")(e)),
-            _ => Ok(()),
-        };
-    }
-    let json = serde_json::to_vec_pretty(footprint).map_err(|e| io("serialise")(e.into()))?;
-    crate::fsutil::write_atomic(path, &json, crate::fsutil::Durability::Synced).map_err(|e| {
-        NetError::Io {
-            op: e.op,
-            path: e.path,
-            source: e.source,
-        }
-    })
-}
-
-impl NetError {
-    /// The class of this failure (see [`ErrorKind`](crate::ErrorKind)): a
-    /// taken address, MAC or port is a conflict; an address or MAC the
-    /// subnet refuses is invalid; no uplink or no nftables means the host
-    /// is not ready; the rest (netlink, TAPs, a rejected transaction)
-    /// failed.
-    pub fn kind(&self) -> crate::ErrorKind {
-        use super::ipam::IpamError;
-        use crate::ErrorKind;
-        match self {
-            NetError::Ipam(IpamError::IpTaken { .. } | IpamError::MacTaken { .. })
-            | NetError::PortInUse { .. }
-            | NetError::PortTwice { .. }
-            | NetError::TapNamesTaken { .. } => ErrorKind::Conflict,
-            NetError::Ipam(
-                IpamError::OutOfSubnet { .. }
-                | IpamError::Reserved { .. }
-                | IpamError::MacNotUnicast { .. }
-                | IpamError::SubnetSyntax { .. }
-                | IpamError::PrefixLen { .. }
-                | IpamError::HostBitsSet { .. }
-                | IpamError::MacSyntax(_),
-            ) => ErrorKind::InvalidInput,
-            NetError::UplinkMissing { .. } => ErrorKind::HostNotReady,
-            NetError::Firewall(super::firewall::FirewallError::Nft(
-                super::nft::NftError::Missing { .. },
-            )) => ErrorKind::HostNotReady,
-            _ => ErrorKind::Failed,
-        }
-    }
 }
 
 #[cfg(test)]

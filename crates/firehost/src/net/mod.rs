@@ -39,7 +39,9 @@
 pub use crate::vocab::{IFNAMSIZ, IfName, IfNameError, MAX_IFNAME_LEN};
 
 mod config;
+mod error;
 pub mod firewall;
+mod footprint;
 pub mod host;
 pub mod ipam;
 mod vm_net;
