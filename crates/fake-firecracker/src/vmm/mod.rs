@@ -602,6 +602,17 @@ impl Vmm {
                 if let Some(g) = &self.guest {
                     g.resume();
                 }
+                // A guest loaded paused runs for the first time now: its
+                // agent starts, as it would on a load that resumes.
+                if self.agent.is_none() {
+                    let boot_args = self
+                        .resources
+                        .boot_source
+                        .as_ref()
+                        .and_then(|b| b.boot_args.clone())
+                        .unwrap_or_default();
+                    self.start_guest_agent(&boot_args);
+                }
                 Ok(Reply::Empty)
             }
             Action::SendCtrlAltDel => {
