@@ -79,6 +79,56 @@ async fn one_snapshot_restores_into_two_vms_at_once() {
     assert_eq!(vmm_state(&manager, &b).await, InstanceState::Running);
 }
 
+/// The drive a VMM says it has under `id`.
+async fn vmm_drive(manager: &Manager, vm: &firehost::VmId, id: &str) -> std::path::PathBuf {
+    let api = manager.api(vm).await.unwrap().unwrap();
+    let config = api.get_export_vm_config().await.unwrap();
+    config
+        .drives
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.drive_id == id)
+        .and_then(|d| d.path_on_host)
+        .unwrap_or_else(|| panic!("the VMM has no file for drive {id}"))
+}
+
+/// Two guests writing one file corrupt it: each clone of an unjailed
+/// snapshot writes to its own copy of the template's writable drives, in
+/// its own directory, and the copy goes with the clone.
+#[tokio::test]
+async fn each_clone_writes_to_its_own_copy_of_the_writable_drives() {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    let source = id("source");
+    let original = manager.get(&source).await.unwrap().spec.rootfs.unwrap();
+    let before = std::fs::read(&original).unwrap();
+    let (a, b) = (id("copy-a"), id("copy-b"));
+    let (ra, rb) = tokio::join!(
+        manager.restore(&a, &snap, RestoreOptions::default()),
+        manager.restore(&b, &snap, RestoreOptions::default()),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    for info in [&ra, &rb] {
+        assert_eq!(info.state, VmState::Running);
+        let copy = info.spec.rootfs.clone().unwrap();
+        assert!(copy.starts_with(&info.dir), "{copy:?} is the clone's own");
+        assert_eq!(vmm_drive(&manager, &info.id, "rootfs").await, copy);
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            before,
+            "a copy of the template's"
+        );
+    }
+    assert_eq!(vmm_drive(&manager, &source, "rootfs").await, original);
+    assert_eq!(std::fs::read(&original).unwrap(), before);
+
+    let copy = ra.spec.rootfs.clone().unwrap();
+    manager.stop(&a, StopOptions::default()).await.unwrap();
+    manager.destroy(&a).await.unwrap();
+    assert!(!copy.exists(), "the copy goes with its clone");
+    assert!(original.exists() && rb.spec.rootfs.clone().unwrap().exists());
+}
+
 #[tokio::test]
 async fn restore_without_resume_leaves_the_vm_paused() {
     let host = TestHost::new();
@@ -163,6 +213,43 @@ async fn truncated_memory_file_is_refused_before_any_vmm_starts() {
         .unwrap_err();
     assert!(matches!(err, VmError::SnapshotBundle { .. }), "{err:?}");
     assert_eq!(host.vm_dirs(), ["source"]);
+}
+
+/// A restore that fails after the clone's copies are made leaves neither
+/// them nor anything else.
+#[tokio::test]
+async fn a_failed_drive_swap_rolls_back_the_restore_and_its_copies() {
+    fake_only!("injects a PATCH /drives failure");
+    let host = TestHost::new();
+    let manager =
+        Manager::open(host.config_with_faults(&[("FAKE_FC_FAIL", "PATCH /drives/rootfs")]))
+            .await
+            .unwrap();
+    let source = id("source");
+    manager.run(&source, host.spec()).await.unwrap();
+    let snap: SnapshotName = "base".parse().unwrap();
+    manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+    let vm = id("unswapped");
+    let err = manager
+        .restore(&vm, &snap, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::Api {
+                op: "point a drive at the VM's own copy",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(host.vm_dirs(), ["source"]);
+    assert!(host.vmm_pids(&vm).is_empty());
+    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -245,6 +245,18 @@ pub enum VmError {
         #[source]
         source: Box<crate::jail::JailError>,
     },
+    /// A restored VM's own copy of a writable drive could not be made; the
+    /// restore left nothing behind.
+    #[error("VM {id}: cannot make its own copy of drive {drive}")]
+    DriveCopy {
+        /// The id.
+        id: VmId,
+        /// The drive id (`rootfs` for the root filesystem).
+        drive: String,
+        /// Why.
+        #[source]
+        source: Box<crate::jail::JailError>,
+    },
     /// The VM has no vsock device, so no agent can be reached.
     #[error("VM {id} has no vsock device (the agent needs one: set VmSpec::vsock)")]
     NoVsock {
@@ -484,7 +496,7 @@ impl VmError {
             },
             VmError::SnapshotBundle { source, .. } => source.kind(),
             VmError::Network { source, .. } => source.kind(),
-            VmError::Jail { source, .. } => source.kind(),
+            VmError::Jail { source, .. } | VmError::DriveCopy { source, .. } => source.kind(),
             VmError::Io { .. }
             | VmError::Spawn { .. }
             | VmError::NotReady { .. }

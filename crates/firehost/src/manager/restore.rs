@@ -299,6 +299,18 @@ async fn build(
         ),
         None => None,
     };
+    // Two guests writing one file corrupt it. A jailed clone has its own
+    // copies in its jail; an unjailed one gets them in its directory, and
+    // its spec names them. Firecracker reopens the snapshot's drive files
+    // while it loads, so the guest stays paused until its drives point at
+    // the copies.
+    let own_drives = match &launched.vm.record.jail {
+        Some(_) => Vec::new(),
+        None => copy_writable_drives(id, &manifest.spec, &launched.vm.dir).await?,
+    };
+    for (drive, copy) in &own_drives {
+        use_copy(&mut launched.vm.record.spec, drive, copy);
+    }
     launched.vm.record.restored_from = Some(snapshot.clone());
     launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {
@@ -344,7 +356,8 @@ async fn build(
         // its data store: with metadata, the guest stays paused until the
         // data (with this VM's identity) is back.
         let mmds = manifest.spec.mmds.as_ref();
-        load.resume_vm = Some(options.resume && mmds.is_none());
+        let held = mmds.is_some() || !own_drives.is_empty();
+        load.resume_vm = Some(options.resume && !held);
         load.clock_realtime = options.clock_realtime.then_some(true);
         load.network_overrides = (!overrides.is_empty()).then_some(overrides);
         load.vsock_override = vsock_override;
@@ -362,6 +375,16 @@ async fn build(
                     source: Box::new(source),
                 })?;
         }
+        for (drive, copy) in &own_drives {
+            let swap = crate::api::models::PartialDrive {
+                drive_id: drive.clone(),
+                path_on_host: Some(copy.clone()),
+                rate_limiter: None,
+            };
+            api.patch_guest_drive_by_id(&swap)
+                .await
+                .map_err(api_err("point a drive at the VM's own copy"))?;
+        }
         if let Some(mmds) = mmds {
             let record = &launched.vm.record;
             let identity = crate::mmds::identity(&record.id, record.net.as_ref(), Some(snapshot));
@@ -369,13 +392,13 @@ async fn build(
             api.put_mmds(&crate::mmds::contents(data, identity))
                 .await
                 .map_err(api_err("write the metadata"))?;
-            if options.resume {
-                api.patch_vm(&crate::api::models::Vm {
-                    state: crate::api::models::VmState::Resumed,
-                })
-                .await
-                .map_err(api_err("resume the guest"))?;
-            }
+        }
+        if options.resume && held {
+            api.patch_vm(&crate::api::models::Vm {
+                state: crate::api::models::VmState::Resumed,
+            })
+            .await
+            .map_err(api_err("resume the guest"))?;
         }
         launched.vm.record.state = if options.resume {
             VmState::Running
@@ -391,6 +414,69 @@ async fn build(
         server.abort().await;
     }
     launched.commit(outcome).await
+}
+
+/// The directory, in a VM's own, of its copies of writable drives.
+pub(crate) const DRIVES_DIR: &str = "drives";
+
+/// Makes `vm`'s own copy of each writable drive of `spec` in
+/// `vm_dir/drives/`: a reflink where the file system can (the data is
+/// shared until written), else the data extents only (holes kept; logged,
+/// since its cost grows with the data). Returns each drive id with its
+/// copy. The copies go with the VM's directory.
+async fn copy_writable_drives(
+    vm: &VmId,
+    spec: &ResolvedSpec,
+    vm_dir: &std::path::Path,
+) -> Result<Vec<(String, PathBuf)>, VmError> {
+    let writable: Vec<(String, PathBuf)> = super::jailed::drive_files(spec, None)
+        .into_iter()
+        .filter(|(_, _, read_only)| !read_only)
+        .map(|(drive, original, _)| (drive, original))
+        .collect();
+    if writable.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (dir, id) = (vm_dir.join(DRIVES_DIR), vm.clone());
+    tokio::task::spawn_blocking(move || {
+        let copy_err = |drive: &str, source| VmError::DriveCopy {
+            id: id.clone(),
+            drive: drive.to_owned(),
+            source: Box::new(source),
+        };
+        crate::fsutil::create_private_dir(&dir).map_err(|source| VmError::Io {
+            id: id.clone(),
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let (uid, gid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let mut copies = Vec::with_capacity(writable.len());
+        for (drive, original) in writable {
+            let copy = dir.join(&drive);
+            let how = crate::jail::stage::copy_private(&original, &copy, uid, gid)
+                .map_err(|e| copy_err(&drive, e))?;
+            if how == crate::jail::stage::Staged::Copied {
+                tracing::info!(vm = %id, drive, ?original, "copied the drive's data: this file system has no reflinks");
+            }
+            copies.push((drive, copy));
+        }
+        Ok(copies)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Makes `spec`'s drive `drive` name `copy`.
+fn use_copy(spec: &mut ResolvedSpec, drive: &str, copy: &std::path::Path) {
+    if drive == crate::spec::ROOTFS_DRIVE_ID {
+        spec.rootfs = Some(copy.to_owned());
+    } else if let Some(extra) = spec.extra_drives.iter_mut().find(|d| d.id == drive) {
+        extra.path = copy.to_owned();
+    }
 }
 
 /// Checks, before anything is spawned, that every drive the snapshot's
