@@ -346,6 +346,11 @@ pub struct RunArgs {
     /// Attach the root filesystem read-only.
     #[arg(long)]
     pub rootfs_ro: bool,
+    /// The writable root filesystem is shared on purpose with other live
+    /// VMs that share it too (their guests must coordinate). Without it a
+    /// second live VM writing to the image is refused (exit 4).
+    #[arg(long, conflicts_with = "rootfs_ro")]
+    pub rootfs_shared: bool,
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u8>,

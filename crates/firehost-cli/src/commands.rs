@@ -415,6 +415,7 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
         initrd: args.initrd,
         rootfs: Some(args.rootfs),
         rootfs_read_only: args.rootfs_ro.then_some(true),
+        rootfs_shared: args.rootfs_shared,
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
         boot_args: args.boot_args,

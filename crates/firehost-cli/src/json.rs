@@ -229,6 +229,8 @@ pub struct VmJson {
     pub rootfs: Option<String>,
     /// Root filesystem read-only.
     pub rootfs_read_only: bool,
+    /// Writable root filesystem shared on purpose with other VMs.
+    pub rootfs_shared: bool,
     /// Kernel command line.
     pub boot_args: String,
     /// Creation time, ms since the epoch.
@@ -424,6 +426,7 @@ impl From<&VmInfo> for VmJson {
             initrd: vm.spec.initrd.as_deref().map(path),
             rootfs: vm.spec.rootfs.as_deref().map(path),
             rootfs_read_only: vm.spec.rootfs_read_only,
+            rootfs_shared: vm.spec.rootfs_shared,
             boot_args: vm.spec.boot_args.clone(),
             created_at_ms: vm.created_at_ms,
             exit,

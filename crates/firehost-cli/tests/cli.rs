@@ -745,6 +745,67 @@ fn clone_restores_n_vms_or_none() {
     assert_eq!(dirs, ["c-0", "c-1", "c-2", "clone-src", "d-1"]);
 }
 
+/// Two live VMs writing one image corrupt it: a second writer is refused
+/// (exit 4, naming the first) unless both share the image on purpose, and
+/// the clones of a writable VM each write to a copy of their own.
+#[test]
+fn one_image_has_one_writer_and_clones_write_to_their_own_copies() {
+    let env = TestEnv::new();
+    let writable = |name: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = env.run_args();
+        args.retain(|a| a != "--rootfs-ro");
+        args.extend(["--name".to_owned(), name.to_owned()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    };
+    let strs = |args: &[String]| {
+        args.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let guards: Vec<_> = ["w-1", "w-2", "s-1", "s-2", "wc-0", "wc-1"]
+        .iter()
+        .map(|n| common::VmGuard {
+            env: &env,
+            name: (*n).into(),
+        })
+        .collect();
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.run(&refs)
+    };
+
+    let first = writable("w-1", &[]);
+    assert!(run(first.clone()).status.success(), "{}", strs(&first));
+    let line = assert_error(&run(writable("w-2", &[])), 4);
+    assert!(line.contains("written to by VM w-1"), "{line}");
+    let line = assert_error(&run(writable("s-1", &["--rootfs-shared"])), 4);
+    assert!(line.contains("w-1"), "{line}");
+    assert_error(
+        &run(writable("s-1", &["--rootfs-ro", "--rootfs-shared"])),
+        2,
+    );
+
+    env.json(&["snapshot", "w-1", "w-snap"]);
+    let list = env.json(&["clone", "w-snap", "--count", "2", "--prefix", "wc"]);
+    let original = env.json(&["inspect", "w-1"])["rootfs"].clone();
+    for vm in list["vms"].as_array().unwrap() {
+        let rootfs = vm["rootfs"].as_str().unwrap();
+        let dir = vm["dir"].as_str().unwrap();
+        assert!(rootfs.starts_with(dir), "{rootfs} is in {dir}");
+        assert_ne!(vm["rootfs"], original);
+    }
+
+    // Once w-1 is gone, two VMs may share the image on purpose.
+    assert!(env.run(&["stop", "w-1"]).status.success());
+    assert!(run(writable("s-1", &["--rootfs-shared"])).status.success());
+    let shared = env.json(&["inspect", "s-1"]);
+    assert_eq!(shared["rootfs_shared"], true, "{shared}");
+    assert!(run(writable("s-2", &["--rootfs-shared"])).status.success());
+    drop(guards);
+}
+
 // --- snapshots ---------------------------------------------------------------
 
 /// Starts VM `vm` and takes the full snapshot `base` and the diff `diff`

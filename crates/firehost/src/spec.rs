@@ -53,6 +53,14 @@ pub struct VmSpec {
     pub rootfs: Option<PathBuf>,
     /// Attach the root filesystem read-only.
     pub rootfs_read_only: Option<bool>,
+    /// The writable root filesystem is shared on purpose: other live VMs
+    /// that share it too may write to the same file (the guests must
+    /// coordinate, as with a cluster filesystem). Without it, a second live
+    /// VM writing to the file is refused
+    /// ([`VmError::DriveInUse`](crate::VmError::DriveInUse)), and a clone
+    /// gets a copy of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rootfs_shared: bool,
     /// Number of vCPUs, 1 to 32 (1 or even when SMT is on).
     pub vcpus: Option<u8>,
     /// Guest memory in MiB.
@@ -128,6 +136,10 @@ pub struct DriveSpec {
     /// Attach read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// Writable and shared on purpose with other live VMs (see
+    /// [`VmSpec::rootfs_shared`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// The host's fallbacks for everything a [`VmSpec`] leaves unset.
@@ -185,6 +197,10 @@ pub struct ResolvedSpec {
     pub rootfs: Option<PathBuf>,
     /// Root filesystem is read-only.
     pub rootfs_read_only: bool,
+    /// The writable root filesystem is shared on purpose (see
+    /// [`VmSpec::rootfs_shared`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rootfs_shared: bool,
     /// vCPU count.
     pub vcpus: u8,
     /// Guest memory in MiB.
@@ -226,6 +242,7 @@ impl ResolvedSpec {
             initrd: None,
             rootfs: Some("/r".into()),
             rootfs_read_only: false,
+            rootfs_shared: false,
             vcpus: 1,
             mem_mib: 128,
             smt: false,
@@ -471,6 +488,7 @@ impl VmSpec {
                     id: d.id.clone(),
                     path: resolve_file(FileRole::Drive(d.id.clone()), &d.path)?,
                     read_only: d.read_only,
+                    shared: d.shared,
                 })
             })
             .collect::<Result<Vec<_>, SpecError>>()?;
@@ -480,6 +498,7 @@ impl VmSpec {
             initrd,
             rootfs,
             rootfs_read_only: self.rootfs_read_only.unwrap_or(defaults.rootfs_read_only),
+            rootfs_shared: self.rootfs_shared,
             vcpus,
             mem_mib,
             smt,
@@ -658,6 +677,7 @@ mod tests {
             id: id.into(),
             path: files.path("data.img"),
             read_only: false,
+            shared: false,
         };
         type Case = (&'static str, VmSpec, fn(&SpecError) -> bool);
         let cases: Vec<Case> = vec![
@@ -831,6 +851,7 @@ mod tests {
                         id: "data".into(),
                         path: files.path("missing.img"),
                         read_only: true,
+                        shared: false,
                     }],
                     ..base.clone()
                 },

@@ -561,3 +561,100 @@ async fn console_file_target_writes_the_console_to_disk() {
     let tail = manager.console_tail(&vm, 5).await.unwrap();
     assert!(tail.iter().any(|l| l.contains("init started")), "{tail:?}");
 }
+
+/// A VM spec that writes to the test host's image.
+fn writing() -> VmSpec {
+    VmSpec {
+        rootfs_read_only: Some(false),
+        ..VmSpec::default()
+    }
+}
+
+/// Two guests writing one image corrupt it: a second live VM that would
+/// write to a file another writes to is refused, names the other, and
+/// leaves nothing. Once the writer's VMM is gone, the file is free.
+#[tokio::test]
+async fn a_second_live_writer_of_one_image_is_refused_until_the_first_is_gone() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let (first, second) = (id("writer-1"), id("writer-2"));
+    manager.run(&first, writing()).await.unwrap();
+
+    let err = manager.run(&second, writing()).await.unwrap_err();
+    match &err {
+        VmError::DriveInUse {
+            id, drive, holder, ..
+        } => assert_eq!((id, drive.as_str(), holder), (&second, "rootfs", &first)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.kind(), firehost::ErrorKind::Conflict);
+    assert_eq!(host.vm_dirs(), [first.as_str()]);
+    assert!(host.vmm_pids(&second).is_empty());
+
+    // Through another spelling of the same file: refused too.
+    let link = host.dir.path().join("same-image");
+    std::os::unix::fs::symlink(&host.rootfs, &link).unwrap();
+    let aliased = VmSpec {
+        rootfs: Some(link),
+        ..writing()
+    };
+    let err = manager.run(&second, aliased).await.unwrap_err();
+    assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
+
+    // Reading it is fine, and so is sharing it on purpose (on both sides).
+    manager.run(&second, VmSpec::default()).await.unwrap();
+    let shared = VmSpec {
+        rootfs_shared: true,
+        ..writing()
+    };
+    let err = manager
+        .run(&id("sharer"), shared.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
+
+    // The writer stops: its file is free.
+    manager.stop(&first, StopOptions::default()).await.unwrap();
+    manager.run(&id("writer-3"), writing()).await.unwrap();
+    manager
+        .stop(&id("writer-3"), StopOptions::default())
+        .await
+        .unwrap();
+    manager.run(&id("sharer-1"), shared.clone()).await.unwrap();
+    manager.run(&id("sharer-2"), shared).await.unwrap();
+}
+
+/// A manager that re-opens the state directory holds the files of the VMs
+/// it re-attaches; a VM whose VMM crashed holds nothing.
+#[tokio::test]
+async fn writers_are_held_across_a_restart_and_released_by_a_crash() {
+    let host = TestHost::new();
+    let writer = id("writer");
+    let pid = {
+        let manager = host.manager().await;
+        manager.run(&writer, writing()).await.unwrap().pid.unwrap()
+    };
+    let manager = host.manager().await;
+    let err = manager.run(&id("late"), writing()).await.unwrap_err();
+    assert!(
+        matches!(err, VmError::DriveInUse { ref holder, .. } if *holder == writer),
+        "{err:?}"
+    );
+
+    let mut changes = manager.subscribe(&writer).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    within("the crash to be seen", Duration::from_secs(10), async {
+        while !matches!(
+            changes.borrow_and_update().as_ref().map(|i| &i.state),
+            Some(VmState::Failed { .. })
+        ) {
+            changes.changed().await.unwrap();
+        }
+    })
+    .await;
+    manager.run(&id("late"), writing()).await.unwrap();
+}

@@ -10,15 +10,20 @@ use common::{TestHost, id, within};
 use firehost::api::models::InstanceState;
 use firehost::manager::{DriveProblem, RestoreOptions, SnapshotOptions, StopOptions};
 use firehost::snapshot::{MANIFEST_FILE, SnapshotManifest, SnapshotName};
-use firehost::{Manager, VmError, VmState};
+use firehost::{Manager, VmError, VmSpec, VmState};
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A manager with one snapshot, `base`, of a running VM `source`.
+/// A manager with one snapshot, `base`, of a running VM `source` whose
+/// root filesystem is writable.
 async fn with_snapshot(host: &TestHost) -> (Manager, SnapshotName) {
     let manager = host.manager().await;
     let source = id("source");
-    manager.run(&source, host.spec()).await.unwrap();
+    let writable = VmSpec {
+        rootfs_read_only: Some(false),
+        ..host.spec()
+    };
+    manager.run(&source, writable).await.unwrap();
     let name: SnapshotName = "base".parse().unwrap();
     manager
         .snapshot(&source, &name, SnapshotOptions::default())
@@ -226,7 +231,11 @@ async fn a_failed_drive_swap_rolls_back_the_restore_and_its_copies() {
             .await
             .unwrap();
     let source = id("source");
-    manager.run(&source, host.spec()).await.unwrap();
+    let writable = VmSpec {
+        rootfs_read_only: Some(false),
+        ..host.spec()
+    };
+    manager.run(&source, writable).await.unwrap();
     let snap: SnapshotName = "base".parse().unwrap();
     manager
         .snapshot(&source, &snap, SnapshotOptions::default())

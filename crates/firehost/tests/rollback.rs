@@ -68,6 +68,7 @@ async fn failing_config_calls_roll_back_the_whole_create() {
             id: "data".into(),
             path: data,
             read_only: true,
+            shared: false,
         }],
         vsock: Some(firehost::vsock::VsockSpec::default()),
         ..VmSpec::default()

@@ -61,6 +61,7 @@ fn spec() -> ResolvedSpec {
         initrd: None,
         rootfs: Some("/r".into()),
         rootfs_read_only: false,
+        rootfs_shared: false,
         vcpus: 1,
         mem_mib: 1,
         smt: false,

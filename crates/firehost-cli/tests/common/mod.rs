@@ -104,7 +104,8 @@ impl TestEnv {
         parse_json(&out)
     }
 
-    /// The arguments of `run` for this env's kernel and rootfs.
+    /// `run` with the test images. The many VMs of a test share the one
+    /// image, so it is read-only (two live writers are refused).
     pub fn run_args(&self) -> Vec<String> {
         vec![
             "run".into(),
@@ -112,6 +113,7 @@ impl TestEnv {
             self.kernel.display().to_string(),
             "--rootfs".into(),
             self.rootfs.display().to_string(),
+            "--rootfs-ro".into(),
         ]
     }
 

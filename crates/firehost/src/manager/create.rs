@@ -63,6 +63,10 @@ async fn build(
             source: crate::spec::SpecError::NetnsNeedsJail,
         });
     }
+    // A jailed VM writes to its copies in its jail, not to these files.
+    if super::jailed::jail_spec_of(&spec, shared.config.jail.as_ref()).is_none() {
+        shared.hold_writes(id, &spec).await?;
+    }
     shared.prepare_for(&spec).await;
     let net = match &spec.net {
         Some(net_spec) => {

@@ -245,6 +245,21 @@ pub enum VmError {
         #[source]
         source: Box<crate::jail::JailError>,
     },
+    /// Another live VM writes to the file this VM would attach read-write:
+    /// two guests writing one disk image corrupt it. Share the drive on
+    /// purpose in both specs (`VmSpec::rootfs_shared`, `DriveSpec::shared`)
+    /// if the guests coordinate. Nothing was left behind.
+    #[error("VM {id}: drive {drive} at {path:?} is written to by VM {holder}")]
+    DriveInUse {
+        /// The id.
+        id: VmId,
+        /// The drive id (`rootfs` for the root filesystem).
+        drive: String,
+        /// The file.
+        path: PathBuf,
+        /// The live VM that writes to it.
+        holder: VmId,
+    },
     /// A restored VM's own copy of a writable drive could not be made; the
     /// restore left nothing behind.
     #[error("VM {id}: cannot make its own copy of drive {drive}")]
@@ -479,6 +494,7 @@ impl VmError {
         match self {
             VmError::NotFound { .. } => ErrorKind::NotFound,
             VmError::AlreadyExists { .. }
+            | VmError::DriveInUse { .. }
             | VmError::Unreadable { .. }
             | VmError::NotUnreadable { .. }
             | VmError::Busy { .. }

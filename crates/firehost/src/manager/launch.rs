@@ -69,6 +69,7 @@ impl Reservation {
             }
             Err(e) => {
                 undo.unwind().await;
+                super::writers::release(&shared.writers, id);
                 shared.lock_registry().remove(id);
                 Err(e)
             }

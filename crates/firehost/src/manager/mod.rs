@@ -43,6 +43,7 @@ mod restore;
 pub mod settings;
 mod snapshots;
 mod verify;
+mod writers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -177,6 +178,8 @@ struct Shared {
     vms: StdMutex<HashMap<VmId, Arc<Slot>>>,
     /// The uids of live jailed VMs.
     uids: Arc<StdMutex<crate::jail::uid::UidAllocator>>,
+    /// The files live VMs write to.
+    writers: Arc<StdMutex<writers::Writers>>,
     /// VMs whose records cannot be read: left alone, listed apart.
     quarantine: StdMutex<std::collections::BTreeMap<VmId, quarantine::Quarantined>>,
     /// How far the state directory has been loaded (see [`recovery`]).
@@ -871,6 +874,7 @@ impl Shared {
             net: Arc::new(net),
             vms: StdMutex::new(HashMap::new()),
             uids: Arc::new(StdMutex::new(uids)),
+            writers: Arc::default(),
             quarantine: StdMutex::new(Default::default()),
             loaded: Mutex::new(recovery::Progress::default()),
             alive: tokio::sync::watch::Sender::new(()),
@@ -924,6 +928,37 @@ impl Shared {
     fn store(&self) -> SnapshotStore {
         SnapshotStore::new(&self.snapshots_dir, &self.vms_dir)
     }
+
+    /// Records that VM `id` writes to the writable drives of `spec`;
+    /// refuses a file another live VM writes to (see [`writers`]). For
+    /// unjailed VMs: a jailed one writes to its own copies in its jail.
+    /// Every VM on disk is loaded first (once per manager): a lazily
+    /// opened manager would not know the writers it has not loaded.
+    async fn hold_writes(self: &Arc<Self>, id: &VmId, spec: &ResolvedSpec) -> Result<(), VmError> {
+        if writers::writable_drives(spec).is_empty() {
+            return Ok(());
+        }
+        recovery::load_all(self).await;
+        self.hold_known_writes(id, spec)
+    }
+
+    /// [`hold_writes`](Self::hold_writes) among the VMs loaded so far.
+    fn hold_known_writes(&self, id: &VmId, spec: &ResolvedSpec) -> Result<(), VmError> {
+        let drives = writers::writable_drives(spec);
+        if drives.is_empty() {
+            return Ok(());
+        }
+        self.writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hold(id, &drives)
+            .map_err(|taken| VmError::DriveInUse {
+                id: id.clone(),
+                drive: taken.drive,
+                path: taken.path,
+                holder: taken.holder,
+            })
+    }
 }
 
 /// Watches a VMM that should keep running; if it exits while the VM is
@@ -935,6 +970,7 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
     let tail_lines = shared.config.console_lines;
     let snapshots_dir = shared.snapshots_dir.clone();
     let uids = shared.uids.clone();
+    let writers = shared.writers.clone();
     tokio::spawn(async move {
         let exit = tokio::select! {
             exit = process.wait() => exit,
@@ -956,6 +992,7 @@ fn watch_for_crash(shared: &Shared, slot: Arc<Slot>, process: VmmProcess) {
         if let Some(jail) = &vm.record.jail {
             jailed::release_on_stop(&uids, &vm.record.id, jail);
         }
+        writers::release(&writers, &vm.record.id);
         let _ = remove_file_if_present(&vm.record.api_socket);
         if let Err(e) = vm.persist(Durability::Synced).await {
             tracing::error!(vm = %vm.record.id, error = %e, "cannot record the VM's failure");

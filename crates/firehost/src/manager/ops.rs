@@ -222,6 +222,7 @@ pub(super) async fn stop(
     if let Some(jail) = &vm.record.jail {
         super::jailed::release_on_stop(&shared.uids, &id, jail);
     }
+    super::writers::release(&shared.writers, &id);
     release_network(&shared, vm).await?;
     let _ = remove_file_if_present(&vm.record.api_socket);
     vm.persist(Durability::Synced).await?;
@@ -636,6 +637,7 @@ pub(super) async fn remove(
     }
     vm.api = None;
     super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
+    super::writers::release(&shared.writers, id);
     // The VMM is gone, so nothing holds the TAP any more.
     release_network(shared, vm).await?;
     // The jail goes before the directory: were it to fail, the record

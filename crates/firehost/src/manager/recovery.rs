@@ -352,6 +352,13 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .hold(jail.uid, &id);
         }
+        if vm.process.is_some()
+            && vm.record.jail.is_none()
+            && let Err(e) = self.hold_known_writes(&id, &vm.record.spec)
+        {
+            // Both VMs run already: nothing to refuse, but say so.
+            tracing::warn!(vm = %id, error = %e, "two live VMs write to one file");
+        }
         let interrupted = vm.record.pending_snapshot.is_some() && vm.process.is_some();
         let process = vm.process.clone();
         let slot = Arc::new(Slot::new());

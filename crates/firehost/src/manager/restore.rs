@@ -311,6 +311,9 @@ async fn build(
     for (drive, copy) in &own_drives {
         use_copy(&mut launched.vm.record.spec, drive, copy);
     }
+    if launched.vm.record.jail.is_none() {
+        shared.hold_writes(id, &launched.vm.record.spec).await?;
+    }
     launched.vm.record.restored_from = Some(snapshot.clone());
     launched.vm.record.last_snapshot = Some(snapshot.clone());
     let outcome = async {
@@ -419,7 +422,8 @@ async fn build(
 /// The directory, in a VM's own, of its copies of writable drives.
 pub(crate) const DRIVES_DIR: &str = "drives";
 
-/// Makes `vm`'s own copy of each writable drive of `spec` in
+/// Makes `vm`'s own copy of each writable drive of `spec` (but those it
+/// shares on purpose) in
 /// `vm_dir/drives/`: a reflink where the file system can (the data is
 /// shared until written), else the data extents only (holes kept; logged,
 /// since its cost grows with the data). Returns each drive id with its
@@ -429,10 +433,11 @@ async fn copy_writable_drives(
     spec: &ResolvedSpec,
     vm_dir: &std::path::Path,
 ) -> Result<Vec<(String, PathBuf)>, VmError> {
-    let writable: Vec<(String, PathBuf)> = super::jailed::drive_files(spec, None)
+    // A drive shared on purpose stays shared.
+    let writable: Vec<(String, PathBuf)> = super::writers::writable_drives(spec)
         .into_iter()
-        .filter(|(_, _, read_only)| !read_only)
-        .map(|(drive, original, _)| (drive, original))
+        .filter(|(_, _, access)| *access == super::writers::Access::Exclusive)
+        .map(|(drive, path, _)| (drive, path))
         .collect();
     if writable.is_empty() {
         return Ok(Vec::new());

@@ -141,6 +141,8 @@ struct SpecFile {
     #[serde(default)]
     rootfs: Option<PathBuf>,
     rootfs_read_only: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    rootfs_shared: bool,
     vcpus: u8,
     mem_mib: u32,
     smt: bool,
@@ -167,6 +169,8 @@ struct DriveFile {
     path: PathBuf,
     #[serde(default)]
     read_only: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    shared: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -484,6 +488,7 @@ impl From<&ResolvedSpec> for SpecFile {
             initrd: spec.initrd.clone(),
             rootfs: spec.rootfs.clone(),
             rootfs_read_only: spec.rootfs_read_only,
+            rootfs_shared: spec.rootfs_shared,
             vcpus: spec.vcpus,
             mem_mib: spec.mem_mib,
             smt: spec.smt,
@@ -495,6 +500,7 @@ impl From<&ResolvedSpec> for SpecFile {
                     id: d.id.clone(),
                     path: d.path.clone(),
                     read_only: d.read_only,
+                    shared: d.shared,
                 })
                 .collect(),
             track_dirty_pages: spec.track_dirty_pages,
@@ -547,6 +553,7 @@ impl SpecFile {
             initrd: self.initrd,
             rootfs: self.rootfs,
             rootfs_read_only: self.rootfs_read_only,
+            rootfs_shared: self.rootfs_shared,
             vcpus: self.vcpus,
             mem_mib: self.mem_mib,
             smt: self.smt,
@@ -558,6 +565,7 @@ impl SpecFile {
                     id: d.id,
                     path: d.path,
                     read_only: d.read_only,
+                    shared: d.shared,
                 })
                 .collect(),
             track_dirty_pages: self.track_dirty_pages,

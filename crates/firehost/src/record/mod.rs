@@ -382,6 +382,7 @@ mod tests {
         record.spec = ResolvedSpec {
             initrd: Some("/images/initrd".into()),
             rootfs_read_only: true,
+            rootfs_shared: false,
             vcpus: 2,
             mem_mib: 256,
             smt: true,
@@ -389,6 +390,7 @@ mod tests {
                 id: "data".into(),
                 path: "/images/data.ext4".into(),
                 read_only: false,
+                shared: false,
             }],
             net: Some(crate::net::host::NetSpec {
                 ip: Some("172.30.0.9".parse().unwrap()),

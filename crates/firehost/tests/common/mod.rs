@@ -98,6 +98,10 @@ impl TestHost {
         let mut config = ManagerConfig::new(self.state_dir(), self.backend.path());
         config.defaults.kernel = Some(self.kernel.clone());
         config.defaults.rootfs = Some(self.rootfs.clone());
+        // Many test VMs share the one image: read-only, as two guests
+        // writing one image corrupt it (and the manager refuses it). Tests
+        // of writable drives ask for them.
+        config.defaults.rootfs_read_only = true;
         config.timeouts = Timeouts {
             api_socket: Duration::from_secs(5),
             request: Duration::from_secs(5),
