@@ -41,6 +41,7 @@
 //! | `initrd` | string or null | canonical initrd path |
 //! | `rootfs` | string or null | canonical root filesystem path |
 //! | `rootfs_read_only` | boolean | root filesystem attached read-only |
+//! | `rootfs_shared` | boolean | writable root filesystem shared on purpose with other live VMs (`run --rootfs-shared`) |
 //! | `boot_args` | string | kernel command line |
 //! | `created_at_ms` | integer | creation time |
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |

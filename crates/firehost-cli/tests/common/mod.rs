@@ -268,6 +268,7 @@ pub fn assert_vm_shape(vm: &Value) {
             ("initrd", &[Str, Null]),
             ("rootfs", &[Str, Null]),
             ("rootfs_read_only", &[Bool]),
+            ("rootfs_shared", &[Bool]),
             ("boot_args", &[Str]),
             ("created_at_ms", &[Int]),
             ("exit", &[Obj, Null]),
