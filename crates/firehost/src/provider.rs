@@ -38,7 +38,7 @@ use crate::VmId;
 use crate::manager::{
     Manager, RestoreOptions, SnapshotOptions, StopOptions, StopOutcome, VmError, VmInfo, VsockInfo,
 };
-use crate::manager::{restore_net_spec, restored_spec};
+use crate::manager::{name_own_copies, restore_net_spec, restored_spec};
 use crate::net::host::{NetError, NetSpec, NetworkConfig, VmNet, check_ports};
 use crate::net::ipam::Allocator;
 use crate::net::tap::tap_name_for_vm;
@@ -294,6 +294,8 @@ pub struct InMemoryProvider {
     net: StdMutex<InMemoryNet>,
     /// Each VM's change feed.
     watchers: StdMutex<HashMap<VmId, watch::Sender<Option<VmInfo>>>>,
+    /// The files live VMs write to, as the manager keeps them.
+    writers: StdMutex<crate::manager::writers::Writers>,
     /// The guests' agent, if the test gave one.
     agent: Option<AgentHandler>,
 }
@@ -368,6 +370,7 @@ impl InMemoryProvider {
             last_snapshot: StdMutex::new(HashMap::new()),
             net: StdMutex::new(InMemoryNet::new()),
             watchers: StdMutex::new(HashMap::new()),
+            writers: StdMutex::default(),
             agent: None,
         }
     }
@@ -458,9 +461,14 @@ impl InMemoryProvider {
                 console_tail: Vec::new(),
             };
             vm.pid = None;
+            self.lock_writers().release(id);
         }
         self.announce(id, Some(vm));
         Ok(vm.clone())
+    }
+
+    fn lock_writers(&self) -> std::sync::MutexGuard<'_, crate::manager::writers::Writers> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<VmId, Arc<Mutex<Option<VmInfo>>>>> {
@@ -532,10 +540,15 @@ impl VmProvider for InMemoryProvider {
                 });
             }
         };
+        if let Err(e) = self.lock_writers().hold_for(id, &spec) {
+            self.registry().remove(id);
+            return Err(e);
+        }
         let net = match &spec.net {
             Some(net_spec) => match self.network().attach(id, net_spec) {
                 Ok(net) => Some(net),
                 Err(e) => {
+                    self.lock_writers().release(id);
                     self.registry().remove(id);
                     return Err(e);
                 }
@@ -614,8 +627,9 @@ impl VmProvider for InMemoryProvider {
                 vm.state = VmState::Stopped { exit };
             })
             .await?;
-        // As the manager: a stopped VM's network is released.
+        // As the manager: a stopped VM's network and files are released.
         self.network().detach(id);
+        self.lock_writers().release(id);
         Ok(StopOutcome {
             info: stopped,
             stopped: true,
@@ -708,12 +722,18 @@ impl VmProvider for InMemoryProvider {
             });
         }
         let jailed = taken.manifest.spec.jail.is_some();
-        let spec = restored_spec(&taken.manifest.spec, &options, jailed).map_err(|source| {
+        let mut spec = restored_spec(&taken.manifest.spec, &options, jailed).map_err(|source| {
             VmError::Jail {
                 id: id.clone(),
                 source: Box::new(source),
             }
         })?;
+        // As the manager: an unjailed clone writes to copies of its own, in
+        // its directory (named here; nothing is written).
+        if !jailed {
+            let dir = self.root.join("vms").join(id.as_str());
+            name_own_copies(&mut spec, &dir);
+        }
         let mut vms = self.registry();
         if vms.contains_key(id) {
             return Err(VmError::AlreadyExists { id: id.clone() });
@@ -763,6 +783,7 @@ impl VmProvider for InMemoryProvider {
         let mut guard = self.locked(id, Operation::Destroy).await?;
         *guard = None;
         self.network().detach(id);
+        self.lock_writers().release(id);
         self.registry().remove(id);
         self.announce(id, None);
         Ok(())

@@ -244,6 +244,53 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
         provider.subscribe(&vm),
         Err(VmError::NotFound { .. })
     ));
+
+    writers_conformance(provider).await;
+}
+
+/// One image, one live writer (unless shared on purpose); a clone writes
+/// to a copy of its own, in its directory.
+async fn writers_conformance(provider: &dyn VmProvider) {
+    let writing = VmSpec {
+        rootfs_read_only: Some(false),
+        ..VmSpec::default()
+    };
+    let (first, second) = (id("conform-w1"), id("conform-w2"));
+    let ran = provider.run(&first, writing.clone()).await.unwrap();
+    let err = provider.run(&second, writing.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, VmError::DriveInUse { holder, drive, .. } if *holder == first && drive == "rootfs"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), firehost::ErrorKind::Conflict);
+    assert!(matches!(
+        provider.get(&second).await,
+        Err(VmError::NotFound { .. })
+    ));
+
+    let snap = "conform-w-snap".parse().unwrap();
+    provider
+        .snapshot(&first, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+    let clone = provider
+        .restore(&id("conform-wc"), &snap, RestoreOptions::default())
+        .await
+        .unwrap();
+    let copy = clone.spec.rootfs.clone().unwrap();
+    assert!(copy.starts_with(&clone.dir), "{copy:?}");
+    assert_ne!(Some(copy), ran.spec.rootfs);
+
+    for vm in [&first, &clone.id] {
+        provider.stop(vm, StopOptions::default()).await.unwrap();
+        provider.destroy(vm).await.unwrap();
+    }
+    provider.run(&second, writing).await.unwrap();
+    provider
+        .stop(&second, StopOptions::default())
+        .await
+        .unwrap();
+    provider.destroy(&second).await.unwrap();
 }
 
 /// The agent through the trait: `provider`'s VMs run commands on this
@@ -373,6 +420,8 @@ async fn in_memory_provider_passes_the_conformance_suite() {
     let provider = InMemoryProvider::new(HostDefaults {
         kernel: Some(host.kernel.clone()),
         rootfs: Some(host.rootfs.clone()),
+        // As the test host's manager: the shared image is read-only.
+        rootfs_read_only: true,
         ..HostDefaults::default()
     });
     conformance(&provider, &host).await;
@@ -401,6 +450,7 @@ async fn in_memory_provider_passes_the_network_conformance_suite() {
     let provider = InMemoryProvider::new(HostDefaults {
         kernel: Some(host.kernel.clone()),
         rootfs: Some(host.rootfs.clone()),
+        rootfs_read_only: true,
         ..HostDefaults::default()
     });
     common::net_conformance::net_conformance(&provider).await;

@@ -43,7 +43,7 @@ mod restore;
 pub mod settings;
 mod snapshots;
 mod verify;
-mod writers;
+pub(crate) mod writers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ pub use error::{DriveProblem, MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableRea
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};
-pub(crate) use restore::{restore_net_spec, restored_spec};
+pub(crate) use restore::{name_own_copies, restore_net_spec, restored_spec};
 pub use snapshots::Snapshots;
 
 use crate::VmId;
@@ -951,13 +951,7 @@ impl Shared {
         self.writers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .hold(id, &drives)
-            .map_err(|taken| VmError::DriveInUse {
-                id: id.clone(),
-                drive: taken.drive,
-                path: taken.path,
-                holder: taken.holder,
-            })
+            .hold_for(id, spec)
     }
 }
 

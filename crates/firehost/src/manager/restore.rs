@@ -420,7 +420,7 @@ async fn build(
 }
 
 /// The directory, in a VM's own, of its copies of writable drives.
-pub(crate) const DRIVES_DIR: &str = "drives";
+const DRIVES_DIR: &str = "drives";
 
 /// Makes `vm`'s own copy of each writable drive of `spec` (but those it
 /// shares on purpose) in
@@ -442,7 +442,7 @@ async fn copy_writable_drives(
     if writable.is_empty() {
         return Ok(Vec::new());
     }
-    let (dir, id) = (vm_dir.join(DRIVES_DIR), vm.clone());
+    let (dir, id, vm_dir) = (vm_dir.join(DRIVES_DIR), vm.clone(), vm_dir.to_owned());
     tokio::task::spawn_blocking(move || {
         let copy_err = |drive: &str, source| VmError::DriveCopy {
             id: id.clone(),
@@ -461,7 +461,7 @@ async fn copy_writable_drives(
         );
         let mut copies = Vec::with_capacity(writable.len());
         for (drive, original) in writable {
-            let copy = dir.join(&drive);
+            let copy = own_copy(&vm_dir, &drive);
             let how = crate::jail::stage::copy_private(&original, &copy, uid, gid)
                 .map_err(|e| copy_err(&drive, e))?;
             if how == crate::jail::stage::Staged::Copied {
@@ -473,6 +473,25 @@ async fn copy_writable_drives(
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Where a restored VM in `vm_dir` keeps its own copy of drive `drive`.
+fn own_copy(vm_dir: &std::path::Path, drive: &str) -> PathBuf {
+    vm_dir.join(DRIVES_DIR).join(drive)
+}
+
+/// Makes `spec` name, for each drive its VM writes to alone, the VM's own
+/// copy in `vm_dir` (the in-memory provider names them without making
+/// them, as the manager's restore makes them).
+pub(crate) fn name_own_copies(spec: &mut ResolvedSpec, vm_dir: &std::path::Path) {
+    let exclusive: Vec<String> = super::writers::writable_drives(spec)
+        .into_iter()
+        .filter(|(_, _, access)| *access == super::writers::Access::Exclusive)
+        .map(|(drive, _, _)| drive)
+        .collect();
+    for drive in exclusive {
+        use_copy(spec, &drive, &own_copy(vm_dir, &drive));
+    }
 }
 
 /// Makes `spec`'s drive `drive` name `copy`.

@@ -30,18 +30,18 @@ struct FileId {
 
 /// A file that another live VM writes to.
 #[derive(Debug)]
-pub(super) struct Taken {
+pub(crate) struct Taken {
     /// The drive that asked for it.
-    pub(super) drive: String,
+    pub(crate) drive: String,
     /// The file.
-    pub(super) path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The VM that writes to it.
-    pub(super) holder: VmId,
+    pub(crate) holder: VmId,
 }
 
 /// How a VM writes to a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Access {
+pub(crate) enum Access {
     /// Alone: no other live VM may write to it.
     Exclusive,
     /// With others that share it on purpose.
@@ -50,18 +50,34 @@ pub(super) enum Access {
 
 /// The files live VMs write to, both ways round.
 #[derive(Debug, Default)]
-pub(super) struct Writers {
+pub(crate) struct Writers {
     by_file: HashMap<FileId, (Access, Vec<VmId>)>,
     by_vm: HashMap<VmId, Vec<FileId>>,
 }
 
 impl Writers {
+    /// Like [`hold`](Self::hold), with the manager's error: a file another
+    /// live VM writes to is [`VmError::DriveInUse`].
+    pub(crate) fn hold_for(
+        &mut self,
+        vm: &VmId,
+        spec: &ResolvedSpec,
+    ) -> Result<(), crate::manager::VmError> {
+        self.hold(vm, &writable_drives(spec))
+            .map_err(|taken| crate::manager::VmError::DriveInUse {
+                id: vm.clone(),
+                drive: taken.drive,
+                path: taken.path,
+                holder: taken.holder,
+            })
+    }
+
     /// Records that `vm` writes to `drives` (drive id, file, access), all
     /// or none: fails on the first file that another VM writes to alone,
     /// or that `vm` would write to alone while another writes to it. A file
     /// that cannot be looked at is skipped: the create fails on it with a
     /// clearer error.
-    pub(super) fn hold(
+    pub(crate) fn hold(
         &mut self,
         vm: &VmId,
         drives: &[(String, PathBuf, Access)],
@@ -105,7 +121,7 @@ impl Writers {
     }
 
     /// Forgets what `vm` writes to; nothing if it writes to nothing.
-    pub(super) fn release(&mut self, vm: &VmId) {
+    pub(crate) fn release(&mut self, vm: &VmId) {
         for file in self.by_vm.remove(vm).unwrap_or_default() {
             if let Some((_, holders)) = self.by_file.get_mut(&file) {
                 holders.retain(|h| h != vm);
@@ -118,7 +134,7 @@ impl Writers {
 }
 
 /// Forgets what VM `vm` writes to, in `writers` (its VMM is gone).
-pub(super) fn release(writers: &std::sync::Mutex<Writers>, vm: &VmId) {
+pub(crate) fn release(writers: &std::sync::Mutex<Writers>, vm: &VmId) {
     writers
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -126,7 +142,7 @@ pub(super) fn release(writers: &std::sync::Mutex<Writers>, vm: &VmId) {
 }
 
 /// The drives of `spec` that its VM writes to: (drive id, file, access).
-pub(super) fn writable_drives(spec: &ResolvedSpec) -> Vec<(String, PathBuf, Access)> {
+pub(crate) fn writable_drives(spec: &ResolvedSpec) -> Vec<(String, PathBuf, Access)> {
     let access = |shared: bool| {
         if shared {
             Access::Shared
