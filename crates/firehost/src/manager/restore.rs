@@ -6,10 +6,15 @@
 //! the new VM's own directory and asked to `PUT /snapshot/load`. Any failure
 //! undoes everything, as for create.
 //!
-//! A restored VM uses the drive files the source VM had (their paths are in
-//! the vmstate). Restoring one snapshot into several VMs at once (clones)
-//! is safe for read-only drives; a writable root filesystem shared by
-//! clones must be avoided (give each clone its own copy).
+//! A restored VM reads its read-only drives where the source VM had them,
+//! and writes to its own copy of each writable drive (but those its spec
+//! shares on purpose): in its jail, or in its directory's `drives/`. The
+//! vmstate names the source's files and Firecracker reopens them while it
+//! loads, so an unjailed clone is loaded paused and its drives are pointed
+//! at the copies with `PATCH /drives` before its guest runs. The copies are
+//! the disks' state at the restore, not at the snapshot: a source VM that
+//! went on writing after its snapshot gives clones a disk newer than their
+//! memory, so snapshot a template, then stop it or leave its disk alone.
 //!
 //! # What a clone shares with its siblings, and what the guest must do
 //!
