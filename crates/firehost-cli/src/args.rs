@@ -391,8 +391,8 @@ pub struct RunArgs {
     #[arg(long, requires = "network")]
     pub no_ip_arg: bool,
     /// Put the VM's TAP in a network namespace of its own, bridged to the
-    /// default network through a veth pair; Firecracker runs in it and
-    /// sees no host interface. Implies --net; needs a jailed VM.
+    /// default network through a veth pair; Firecracker runs in it (jailed
+    /// or not) and sees no host interface. Implies --net.
     #[arg(long, group = "network")]
     pub netns: bool,
     /// Give the VM a vsock device, the channel to the guest agent (exec,

@@ -1942,15 +1942,3 @@ fn an_unjailed_vm_has_jail_null_in_its_json() {
     let (_vm, vm) = env.start_vm("free", &[]);
     assert!(vm["jail"].is_null(), "{vm}");
 }
-
-#[test]
-fn run_netns_without_a_jail_exits_2_before_touching_the_network() {
-    let env = TestEnv::new();
-    let mut args = env.run_args();
-    args.extend(["--name", "nsvm", "--netns"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let line = assert_error(&env.run(&args), 2);
-    assert!(line.contains("jailed"), "{line}");
-    assert!(env.vm_dirs().is_empty());
-    assert!(!env.state_dir.join("network.json").exists());
-}

@@ -290,10 +290,6 @@ pub enum SpecError {
     /// The jail's limits are out of range.
     #[error("invalid jail")]
     Jail(#[source] crate::jail::JailError),
-    /// A network namespace of its own needs a jailed VM: the jailer is
-    /// what puts Firecracker into it.
-    #[error("net.netns needs a jailed VM (set jail, or jail every VM)")]
-    NetnsNeedsJail,
     /// Neither the spec nor the host defaults name a kernel.
     #[error("no kernel: set one in the VM spec or in the host defaults")]
     MissingKernel,

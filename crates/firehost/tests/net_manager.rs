@@ -989,29 +989,48 @@ fn a_namespaced_vm_has_its_tap_in_its_own_namespace_bridged_through_a_veth() {
     });
 }
 
+/// `NetSpec::netns` needs no jailer: an unjailed Firecracker is started
+/// inside the VM's namespace, and opens its TAP there.
 #[test]
-fn a_namespace_needs_a_jail() {
-    const T: &str = "a_namespace_needs_a_jail";
+fn an_unjailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
+    const T: &str = "an_unjailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing";
     in_netns(T, |nl| async move {
+        use std::os::unix::fs::MetadataExt;
         if !nft_or_skip(T) {
             return;
         }
         let h = NetHost::new(&nl).await;
         let manager = Manager::open(h.config()).await.unwrap();
+        let vm = id("ns-plain");
         let mut spec = net_spec();
         spec.net.as_mut().unwrap().netns = true;
-        let err = manager.run(&id("no-jail"), spec).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                VmError::InvalidSpec {
-                    source: firehost::spec::SpecError::NetnsNeedsJail,
-                    ..
-                }
-            ),
-            "{err:?}"
+        let info = manager.run(&vm, spec).await.unwrap();
+        assert!(info.jail.is_none());
+        let net = net_of(&info);
+        let netns = net.netns.clone().expect("a namespace of its own");
+        let pid = info.pid.unwrap();
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+        let pinned = std::fs::metadata(&netns.path).unwrap();
+        assert_eq!(
+            theirs.ino(),
+            pinned.ino(),
+            "the VMM runs in the VM's namespace"
         );
+        let ours = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+        assert_ne!(ours.ino(), pinned.ino());
+        let api = manager.api(&vm).await.unwrap().unwrap();
+        let config = api.get_export_vm_config().await.unwrap();
+        let ifaces = config.network_interfaces.unwrap_or_default();
+        assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+        assert!(
+            nl.link(&net.tap).await.unwrap().is_none(),
+            "not on the host"
+        );
+
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
         assert_eq!(residue(&nl).await, nothing());
+        assert!(!netns.path.exists());
         assert!(h.host.vm_dirs().is_empty());
     });
 }

@@ -183,6 +183,9 @@ impl Launched {
         if config.vmm_metrics {
             command.metrics_path = Some(vmm_file(jailed::layout::METRICS, METRICS_FILE)?);
         }
+        if jail.is_none() {
+            command.netns = netns.map(Path::to_owned);
+        }
         if let Some(prepared) = &jail {
             command.api_socket = prepared
                 .jail

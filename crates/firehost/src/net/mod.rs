@@ -19,7 +19,7 @@
 //!   anti-spoofing, host services, published ports — and the per-VM
 //!   elements; `nft` runs them as atomic transactions.
 //! - `sysctl`: IPv4 forwarding on the bridge and the uplink.
-//! - `netns`: network namespaces for jailed VMs.
+//! - `netns`: a network namespace per VM, when its spec asks for one.
 //! - [`IfName`]: the interface name rules; `netlink`: the rtnetlink
 //!   connection the other modules share.
 //!

@@ -1,10 +1,10 @@
 //! Building Firecracker's command line and starting the process.
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,9 @@ pub struct VmmCommand {
     /// With [`ConsoleMode::File`]: the program that runs the keeper in a
     /// process of its own; `None` runs it on a thread of this process.
     pub keeper: Option<KeeperProgram>,
+    /// Start the VMM in the network namespace pinned at this path (a jailed
+    /// VMM joins its namespace through the jailer's `--netns` instead).
+    pub netns: Option<PathBuf>,
 }
 
 /// Why a VMM could not be started.
@@ -117,6 +120,40 @@ pub enum SpawnError {
     /// The process started but could not be watched.
     #[error("cannot watch the VMM process")]
     Watch(#[from] ProcessError),
+    /// The network namespace to start the VMM in could not be joined.
+    #[error("cannot start the VMM in network namespace {path:?}")]
+    Netns {
+        /// The pinned namespace.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Spawns `cmd` from a thread of its own that has joined the network
+/// namespace pinned at `path`: a child starts in its parent thread's
+/// namespace, and a namespace change is per thread, so no other thread of
+/// the manager moves (and `cmd` still spawns with `posix_spawn`).
+fn spawn_in_netns(cmd: &mut Command, path: &Path) -> Result<std::io::Result<Child>, SpawnError> {
+    let netns_err = |source: std::io::Error| SpawnError::Netns {
+        path: path.to_owned(),
+        source,
+    };
+    let namespace = std::fs::File::open(path).map_err(netns_err)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                rustix::thread::move_into_link_name_space(
+                    namespace.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(|e| netns_err(e.into()))?;
+                Ok(cmd.spawn())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl VmmCommand {
@@ -139,6 +176,7 @@ impl VmmCommand {
             log_limits: LogLimits::default(),
             kept: Vec::new(),
             keeper: None,
+            netns: None,
         }
     }
 
@@ -232,7 +270,10 @@ impl VmmCommand {
         // fork, which in a large multi-threaded manager is several times
         // faster.
         cmd.process_group(0);
-        let spawned = cmd.spawn();
+        let spawned = match self.netns.as_ref().filter(|_| self.jailer.is_none()) {
+            Some(path) => spawn_in_netns(&mut cmd, path)?,
+            None => cmd.spawn(),
+        };
         // The write ends of the console pipe go with `cmd`: only the VMM
         // may hold them, or the keeper would never see the pipe end.
         drop(cmd);

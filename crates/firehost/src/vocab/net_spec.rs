@@ -101,8 +101,8 @@ pub struct NetSpec {
     #[serde(default = "yes")]
     pub kernel_ip_arg: bool,
     /// A network namespace of the VM's own, holding its TAP and joined to
-    /// the bridge by a veth pair (see the crate-private `netns` module). Needs a jailed
-    /// VM: the jailer makes Firecracker join it.
+    /// the bridge by a veth pair. Firecracker runs in it: a jailed one
+    /// joins it through the jailer, an unjailed one is started in it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub netns: bool,
 }
