@@ -24,12 +24,20 @@ pub fn vm_record(vm: &VmJson) -> String {
             "rootfs",
             match &vm.rootfs {
                 Some(r) if vm.rootfs_read_only => format!("{r} (read-only)"),
+                Some(r) if vm.rootfs_shared => format!("{r} (shared)"),
                 Some(r) => r.clone(),
                 None => none(),
             },
         ),
         ("boot args", vm.boot_args.clone()),
     ];
+    for own in &vm.own_drives {
+        let how = match own.copy {
+            firehost::record::CopyMethod::Reflink => "reflink",
+            firehost::record::CopyMethod::Extents => "data copied: no reflinks here",
+        };
+        rows.push(("own copy", format!("{} at {} ({how})", own.drive, own.path)));
+    }
     if vm.busy {
         rows.push((
             "busy",
@@ -699,6 +707,7 @@ mod tests {
             rootfs: None,
             rootfs_read_only: false,
             rootfs_shared: false,
+            own_drives: Vec::new(),
             boot_args: "console=ttyS0".into(),
             created_at_ms: 0,
             exit: None,
@@ -782,6 +791,7 @@ mod tests {
             rootfs: None,
             rootfs_read_only: false,
             rootfs_shared: false,
+            own_drives: Vec::new(),
             boot_args: String::new(),
             created_at_ms: 0,
             exit: None,

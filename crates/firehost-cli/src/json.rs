@@ -42,6 +42,7 @@
 //! | `rootfs` | string or null | canonical root filesystem path |
 //! | `rootfs_read_only` | boolean | root filesystem attached read-only |
 //! | `rootfs_shared` | boolean | writable root filesystem shared on purpose with other live VMs (`run --rootfs-shared`) |
+//! | `own_drives` | array | a clone's own copies of writable drives: `[{"drive", "path": string, "copy": "reflink" or "extents"}…]` (`extents`: the file system has no reflinks, so the copy cost what the image holds); empty for other VMs |
 //! | `boot_args` | string | kernel command line |
 //! | `created_at_ms` | integer | creation time |
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |
@@ -200,6 +201,27 @@ use firehost::{ExitReason, ResolvedSpec, VmId, VmInfo, VmState};
 use serde::Serialize;
 
 /// A VM. See the [module docs](self).
+/// One of a clone's own drive copies, in [`VmJson`].
+#[derive(Debug, Clone, Serialize)]
+pub struct OwnDriveJson {
+    /// The drive id.
+    pub drive: String,
+    /// The copy.
+    pub path: String,
+    /// `reflink` or `extents`.
+    pub copy: firehost::record::CopyMethod,
+}
+
+impl From<&firehost::record::OwnDrive> for OwnDriveJson {
+    fn from(own: &firehost::record::OwnDrive) -> Self {
+        OwnDriveJson {
+            drive: own.drive.clone(),
+            path: own.path.display().to_string(),
+            copy: own.copy,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VmJson {
     /// Its name.
@@ -232,6 +254,8 @@ pub struct VmJson {
     pub rootfs_read_only: bool,
     /// Writable root filesystem shared on purpose with other VMs.
     pub rootfs_shared: bool,
+    /// A clone's own copies of writable drives.
+    pub own_drives: Vec<OwnDriveJson>,
     /// Kernel command line.
     pub boot_args: String,
     /// Creation time, ms since the epoch.
@@ -428,6 +452,7 @@ impl From<&VmInfo> for VmJson {
             rootfs: vm.spec.rootfs.as_deref().map(path),
             rootfs_read_only: vm.spec.rootfs_read_only,
             rootfs_shared: vm.spec.rootfs_shared,
+            own_drives: vm.own_drives.iter().map(OwnDriveJson::from).collect(),
             boot_args: vm.spec.boot_args.clone(),
             created_at_ms: vm.created_at_ms,
             exit,

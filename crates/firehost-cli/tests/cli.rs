@@ -795,6 +795,15 @@ fn one_image_has_one_writer_and_clones_write_to_their_own_copies() {
         let dir = vm["dir"].as_str().unwrap();
         assert!(rootfs.starts_with(dir), "{rootfs} is in {dir}");
         assert_ne!(vm["rootfs"], original);
+        let own = &vm["own_drives"][0];
+        assert_eq!(
+            (&own["drive"], &own["path"]),
+            (&"rootfs".into(), &vm["rootfs"])
+        );
+        assert!(
+            ["reflink", "extents"].contains(&own["copy"].as_str().unwrap()),
+            "{own}"
+        );
     }
 
     // Once w-1 is gone, two VMs may share the image on purpose.

@@ -560,6 +560,7 @@ impl VmProvider for InMemoryProvider {
             jail: None,
             busy: false,
             interrupted_snapshot: None,
+            own_drives: Vec::new(),
             vsock: spec.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,
@@ -755,6 +756,7 @@ impl VmProvider for InMemoryProvider {
             jail: None,
             busy: false,
             interrupted_snapshot: None,
+            own_drives: Vec::new(),
             vsock: taken.manifest.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,

@@ -97,6 +97,17 @@ async fn vmm_drive(manager: &Manager, vm: &firehost::VmId, id: &str) -> std::pat
         .unwrap_or_else(|| panic!("the VMM has no file for drive {id}"))
 }
 
+/// How this file system copies a file: a reflink where it has them.
+fn copy_method_here(probe: &std::path::Path) -> firehost::record::CopyMethod {
+    std::fs::write(probe, b"probe").unwrap();
+    let source = std::fs::File::open(probe).unwrap();
+    let target = std::fs::File::create(probe.with_extension("clone")).unwrap();
+    match rustix::fs::ioctl_ficlone(&target, &source) {
+        Ok(()) => firehost::record::CopyMethod::Reflink,
+        Err(_) => firehost::record::CopyMethod::Extents,
+    }
+}
+
 /// Two guests writing one file corrupt it: each clone of an unjailed
 /// snapshot writes to its own copy of the template's writable drives, in
 /// its own directory, and the copy goes with the clone.
@@ -113,10 +124,17 @@ async fn each_clone_writes_to_its_own_copy_of_the_writable_drives() {
         manager.restore(&b, &snap, RestoreOptions::default()),
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let method = copy_method_here(&host.dir.path().join("probe"));
     for info in [&ra, &rb] {
         assert_eq!(info.state, VmState::Running);
         let copy = info.spec.rootfs.clone().unwrap();
         assert!(copy.starts_with(&info.dir), "{copy:?} is the clone's own");
+        let reported: Vec<_> = info
+            .own_drives
+            .iter()
+            .map(|d| (d.drive.as_str(), d.path.clone(), d.copy))
+            .collect();
+        assert_eq!(reported, [("rootfs", copy.clone(), method)]);
         assert_eq!(vmm_drive(&manager, &info.id, "rootfs").await, copy);
         assert_eq!(
             std::fs::read(&copy).unwrap(),

@@ -269,6 +269,7 @@ pub fn assert_vm_shape(vm: &Value) {
             ("rootfs", &[Str, Null]),
             ("rootfs_read_only", &[Bool]),
             ("rootfs_shared", &[Bool]),
+            ("own_drives", &[Arr]),
             ("boot_args", &[Str]),
             ("created_at_ms", &[Int]),
             ("exit", &[Obj, Null]),

@@ -239,6 +239,7 @@ impl Launched {
                 jail: jail.map(|prepared| prepared.jail),
                 pending_snapshot: None,
                 stop_requested: false,
+                own_drives: Vec::new(),
             },
             dir,
             process: Some(process.clone()),

@@ -117,6 +117,11 @@ pub struct VmInfo {
     /// the snapshot paused it, and keeps the bundle only if it was sealed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_snapshot: Option<SnapshotName>,
+    /// A clone's own copies of writable drives, and how each was made (a
+    /// copy of the data extents costs what the image holds: the file
+    /// system has no reflinks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub own_drives: Vec<crate::record::OwnDrive>,
 }
 
 /// A VM's vsock device, as callers see it.
@@ -274,6 +279,7 @@ impl Vm {
                 .pending_snapshot
                 .as_ref()
                 .map(|p| p.name.clone()),
+            own_drives: self.record.own_drives.clone(),
         }
     }
 

@@ -313,9 +313,10 @@ async fn build(
         Some(_) => Vec::new(),
         None => copy_writable_drives(id, &manifest.spec, &launched.vm.dir).await?,
     };
-    for (drive, copy) in &own_drives {
-        use_copy(&mut launched.vm.record.spec, drive, copy);
+    for own in &own_drives {
+        use_copy(&mut launched.vm.record.spec, &own.drive, &own.path);
     }
+    launched.vm.record.own_drives = own_drives.clone();
     if launched.vm.record.jail.is_none() {
         shared.hold_writes(id, &launched.vm.record.spec).await?;
     }
@@ -383,10 +384,10 @@ async fn build(
                     source: Box::new(source),
                 })?;
         }
-        for (drive, copy) in &own_drives {
+        for own in &own_drives {
             let swap = crate::api::models::PartialDrive {
-                drive_id: drive.clone(),
-                path_on_host: Some(copy.clone()),
+                drive_id: own.drive.clone(),
+                path_on_host: Some(own.path.clone()),
                 rate_limiter: None,
             };
             api.patch_guest_drive_by_id(&swap)
@@ -432,12 +433,12 @@ const DRIVES_DIR: &str = "drives";
 /// `vm_dir/drives/`: a reflink where the file system can (the data is
 /// shared until written), else the data extents only (holes kept; logged,
 /// since its cost grows with the data). Returns each drive id with its
-/// copy. The copies go with the VM's directory.
+/// copy and how it was made. The copies go with the VM's directory.
 async fn copy_writable_drives(
     vm: &VmId,
     spec: &ResolvedSpec,
     vm_dir: &std::path::Path,
-) -> Result<Vec<(String, PathBuf)>, VmError> {
+) -> Result<Vec<crate::record::OwnDrive>, VmError> {
     // A drive shared on purpose stays shared.
     let writable: Vec<(String, PathBuf)> = super::writers::writable_drives(spec)
         .into_iter()
@@ -469,10 +470,18 @@ async fn copy_writable_drives(
             let copy = own_copy(&vm_dir, &drive);
             let how = crate::jail::stage::copy_private(&original, &copy, uid, gid)
                 .map_err(|e| copy_err(&drive, e))?;
-            if how == crate::jail::stage::Staged::Copied {
-                tracing::info!(vm = %id, drive, ?original, "copied the drive's data: this file system has no reflinks");
-            }
-            copies.push((drive, copy));
+            let copy_method = match how {
+                crate::jail::stage::Staged::Reflinked => crate::record::CopyMethod::Reflink,
+                _ => {
+                    tracing::info!(vm = %id, drive, ?original, "copied the drive's data: this file system has no reflinks");
+                    crate::record::CopyMethod::Extents
+                }
+            };
+            copies.push(crate::record::OwnDrive {
+                drive,
+                path: copy,
+                copy: copy_method,
+            });
         }
         Ok(copies)
     })

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HelperProcess, PendingSnapshot, VmRecord, VmVsock};
+use super::{CopyMethod, HelperProcess, OwnDrive, PendingSnapshot, VmRecord, VmVsock};
 use crate::VmId;
 use crate::id::SnapshotName;
 use crate::jail::{JailSpec, VmJail};
@@ -94,6 +94,22 @@ pub struct RecordFile {
     pending_snapshot: Option<PendingSnapshotFile>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     stop_requested: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    own_drives: Vec<OwnDriveFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OwnDriveFile {
+    drive: String,
+    path: PathBuf,
+    copy: CopyFile,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum CopyFile {
+    Reflink,
+    Extents,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -361,6 +377,18 @@ impl RecordFile {
                     paused_vm: p.paused_vm,
                 }),
             stop_requested: record.stop_requested,
+            own_drives: record
+                .own_drives
+                .iter()
+                .map(|d| OwnDriveFile {
+                    drive: d.drive.clone(),
+                    path: d.path.clone(),
+                    copy: match d.copy {
+                        CopyMethod::Reflink => CopyFile::Reflink,
+                        CopyMethod::Extents => CopyFile::Extents,
+                    },
+                })
+                .collect(),
         }
     }
 
@@ -407,6 +435,18 @@ impl RecordFile {
                 })
                 .transpose()?,
             stop_requested: self.stop_requested,
+            own_drives: self
+                .own_drives
+                .into_iter()
+                .map(|d| OwnDrive {
+                    drive: d.drive,
+                    path: d.path,
+                    copy: match d.copy {
+                        CopyFile::Reflink => CopyMethod::Reflink,
+                        CopyFile::Extents => CopyMethod::Extents,
+                    },
+                })
+                .collect(),
         })
     }
 }

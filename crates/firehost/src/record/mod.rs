@@ -84,6 +84,31 @@ pub struct VmRecord {
     /// A stop was asked for: a VMM found gone afterwards was stopped, not
     /// crashed.
     pub stop_requested: bool,
+    /// The VM's own copies of writable drives (a clone's), and how each was
+    /// made.
+    pub own_drives: Vec<OwnDrive>,
+}
+
+/// A restored VM's own copy of one writable drive.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnDrive {
+    /// The drive id (`rootfs` for the root filesystem).
+    pub drive: String,
+    /// The copy.
+    pub path: PathBuf,
+    /// How it was made.
+    pub copy: CopyMethod,
+}
+
+/// How a drive was copied for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMethod {
+    /// A reflink: the data is shared until written, whatever the size.
+    Reflink,
+    /// The data extents were copied (the file system has no reflinks): it
+    /// cost what the image holds.
+    Extents,
 }
 
 /// A snapshot that a manager started and may not have finished.
@@ -355,6 +380,7 @@ mod tests {
             jail: None,
             pending_snapshot: None,
             stop_requested: false,
+            own_drives: Vec::new(),
             vsock: Some(VmVsock {
                 uds_path: "/x/vsock.sock".into(),
                 guest_cid: 3,
@@ -467,8 +493,22 @@ mod tests {
     #[test]
     fn every_field_round_trips_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        rich().write(dir.path()).unwrap();
-        assert_eq!(VmRecord::read(dir.path()).unwrap(), rich());
+        let mut record = rich();
+        // Added in format 2, so not in the format-1 fixture.
+        record.own_drives = vec![
+            OwnDrive {
+                drive: "rootfs".into(),
+                path: "/x/drives/rootfs".into(),
+                copy: CopyMethod::Reflink,
+            },
+            OwnDrive {
+                drive: "data".into(),
+                path: "/x/drives/data".into(),
+                copy: CopyMethod::Extents,
+            },
+        ];
+        record.write(dir.path()).unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), record);
     }
 
     /// `testdata/format-1.json` was written by firehost 0.1 (format 1,
