@@ -536,6 +536,12 @@ pub struct SnapshotArgs {
     /// snapshot (or the one it was restored from), which becomes its parent.
     #[arg(long)]
     pub diff: bool,
+    /// Keep a copy of the VM's writable drives in the snapshot, taken while
+    /// the guest is paused: clones start from the disk that goes with the
+    /// snapshot, whatever the VM writes afterwards. Costs what the drives
+    /// hold (a reflink where the file system has them).
+    #[arg(long, conflicts_with = "diff")]
+    pub disks: bool,
 }
 
 /// `restore`'s options.

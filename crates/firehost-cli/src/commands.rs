@@ -552,6 +552,7 @@ async fn snapshot(provider: &dyn VmProvider, args: SnapshotArgs, out: Out) -> Re
     let options = SnapshotOptions {
         resume: !args.no_resume,
         diff: args.diff,
+        disks: args.disks,
     };
     let info = provider.snapshot(&id, &name, options).await?;
     let vm = provider.get(&id).await?;

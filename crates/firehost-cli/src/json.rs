@@ -83,7 +83,7 @@
 //! | `inspect` of a quarantined VM | the unreadable VM object |
 //! | `settings`, `settings set` | [`SettingsJson`]: the host settings recorded in the state directory (after the change) |
 //! | `rm` | [`RemovedJson`]: `{"name": string, "removed": true, "stopped": boolean}`; `stopped` is true when `-f` had to stop the VM first |
-//! | `snapshot` | [`SnapshotJson`]: `{"name", "vm", "dir", "firecracker_version": string, "vmstate_bytes", "memory_bytes", "created_at_ms": integer, "vm_state": string}`; `vm_state` is the VM's state afterwards |
+//! | `snapshot` | [`SnapshotJson`]: `{"name", "vm", "dir", "firecracker_version": string, "vmstate_bytes", "memory_bytes", "created_at_ms": integer, "vm_state": string, "disks": [string…]}`; `vm_state` is the VM's state afterwards, `disks` the drives whose content the bundle keeps (`--disks`) |
 //! | `console` | [`ConsoleJson`]: `{"name": string, "lines": [string…]}`, oldest first; VMM stderr lines start with `[vmm] ` |
 //! | `restore` | the VM object of the new VM |
 //! | `clone` | `{"vms": [VM object…]}`, in clone order |
@@ -123,6 +123,7 @@
 //! | `data_bytes` | integer | bytes the files hold outside holes (for format 1 bundles, their logical size) |
 //! | `created_at_ms` | integer | creation time |
 //! | `leases` | array of strings | the existing VMs restored from it, sorted; `snapshots rm` refuses while there are any |
+//! | `disks` | array of strings | the drives whose content it keeps, as they were at the snapshot (`snapshot --disks`); clones copy these |
 //!
 //! # `snapshots` commands
 //!
@@ -573,6 +574,8 @@ pub struct SnapshotJson {
     pub created_at_ms: u64,
     /// The VM's state after the snapshot.
     pub vm_state: &'static str,
+    /// The drives whose content the bundle keeps (`--disks`).
+    pub disks: Vec<String>,
 }
 
 impl SnapshotJson {
@@ -587,6 +590,7 @@ impl SnapshotJson {
             memory_bytes: info.manifest.memory_bytes,
             created_at_ms: info.manifest.created_at_ms,
             vm_state,
+            disks: info.manifest.disks.clone(),
         }
     }
 }
@@ -620,6 +624,8 @@ pub struct BundleJson {
     pub created_at_ms: u64,
     /// The existing VMs restored from it, sorted.
     pub leases: Vec<String>,
+    /// The drives whose content it keeps (`snapshot --disks`).
+    pub disks: Vec<String>,
 }
 
 impl BundleJson {
@@ -644,6 +650,7 @@ impl BundleJson {
                 .sum(),
             created_at_ms: m.created_at_ms,
             leases: leases.iter().map(ToString::to_string).collect(),
+            disks: m.disks.clone(),
         }
     }
 }

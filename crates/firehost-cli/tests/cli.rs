@@ -270,6 +270,7 @@ fn snapshot_json_describes_the_bundle_and_the_vm_state() {
             ("memory_bytes", &[Ty::Int]),
             ("created_at_ms", &[Ty::Int]),
             ("vm_state", &[Ty::Str]),
+            ("disks", &[Ty::Arr]),
         ],
     );
     assert_eq!(
@@ -787,7 +788,14 @@ fn one_image_has_one_writer_and_clones_write_to_their_own_copies() {
         2,
     );
 
-    env.json(&["snapshot", "w-1", "w-snap"]);
+    let plain = env.json(&["snapshot", "w-1", "w-snap"]);
+    assert_eq!(plain["disks"], serde_json::json!([]), "{plain}");
+    let kept = env.json(&["snapshot", "w-1", "w-kept", "--disks"]);
+    assert_eq!(kept["disks"], serde_json::json!(["rootfs"]), "{kept}");
+    assert_error(
+        &env.run(&["snapshot", "w-1", "w-diff", "--diff", "--disks"]),
+        2,
+    );
     let list = env.json(&["clone", "w-snap", "--count", "2", "--prefix", "wc"]);
     let original = env.json(&["inspect", "w-1"])["rootfs"].clone();
     for vm in list["vms"].as_array().unwrap() {
@@ -852,6 +860,7 @@ fn assert_bundle_shape(bundle: &Value, extra: &[(&str, &[Ty])]) {
         ("data_bytes", &[Int]),
         ("created_at_ms", &[Int]),
         ("leases", &[Arr]),
+        ("disks", &[Arr]),
     ];
     fields.extend_from_slice(extra);
     assert_shape(bundle, &fields);

@@ -648,6 +648,9 @@ impl VmProvider for InMemoryProvider {
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
         let mut last = self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner());
         let parent = last.get(id).filter(|p| snapshots.contains_key(*p)).cloned();
+        if options.diff && options.disks {
+            return Err(VmError::DisksNeedFullSnapshot { id: id.clone() });
+        }
         if options.diff && parent.is_none() {
             return Err(VmError::NoParentSnapshot { id: id.clone() });
         }
@@ -683,6 +686,7 @@ impl VmProvider for InMemoryProvider {
                 }),
                 source_chroot: None,
                 drives: Vec::new(),
+                disks: Vec::new(),
                 vmstate_bytes: 0,
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
                 files: Vec::new(),

@@ -110,9 +110,11 @@ fn unique_uids() -> std::ops::Range<u32> {
     start..start + 10
 }
 
+/// A jailed VM on a writable root filesystem: its own copy in its jail.
 fn jailed() -> VmSpec {
     VmSpec {
         jail: Some(JailSpec::default()),
+        rootfs_read_only: Some(false),
         ..VmSpec::default()
     }
 }
@@ -518,6 +520,53 @@ async fn a_jailed_snapshot_lands_in_the_store_and_restores_into_jails_with_both_
     );
     assert!(!jail.host.vm_dirs().contains(&"outside".to_owned()));
     drop(unjailed);
+}
+
+/// A jailed snapshot that keeps the disks stages its clones' drives from
+/// the bundle: the disk as it was at the snapshot, not the source jail's
+/// copy as it is now.
+#[tokio::test]
+async fn a_jailed_clone_of_a_snapshot_with_kept_disks_starts_from_the_kept_disk() {
+    use firehost::manager::{RestoreOptions, SnapshotOptions};
+    let Some(jailer) = real_jailer("a_jailed_clone_of_a_snapshot_with_kept_disks…") else {
+        return;
+    };
+    let jail = JailHost::new();
+    let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+    let source = id("ksrc");
+    let info = within("a jailed create", LONG, manager.run(&source, jailed()))
+        .await
+        .unwrap();
+    let in_jail = info.jail.unwrap().chroot.join("rootfs");
+    let at_snapshot = std::fs::read(&in_jail).unwrap();
+    let snap = "kept-jail".parse().unwrap();
+    let options = SnapshotOptions {
+        disks: true,
+        ..SnapshotOptions::default()
+    };
+    let taken = manager.snapshot(&source, &snap, options).await.unwrap();
+    assert_eq!(taken.manifest.disks, ["rootfs"]);
+    // The source's guest writes on.
+    let later: Vec<u8> = at_snapshot.iter().map(|b| b ^ 0xff).collect();
+    std::fs::write(&in_jail, &later).unwrap();
+
+    let clone = manager
+        .restore(&id("kclone"), &snap, RestoreOptions::default())
+        .await
+        .unwrap();
+    let theirs = clone.jail.as_ref().unwrap().chroot.join("rootfs");
+    assert_eq!(std::fs::read(&theirs).unwrap(), at_snapshot);
+    assert_eq!(
+        clone.spec.rootfs, info.spec.rootfs,
+        "the record names the original"
+    );
+    for vm in [&source, &clone.id] {
+        manager.stop(vm, StopOptions::default()).await.unwrap();
+        manager.destroy(vm).await.unwrap();
+    }
+    for left in jail.leftovers() {
+        assert_eq!(left.components().count(), 1, "{left:?} left behind");
+    }
 }
 
 #[tokio::test]

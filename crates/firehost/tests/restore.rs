@@ -238,6 +238,78 @@ async fn truncated_memory_file_is_refused_before_any_vmm_starts() {
     assert_eq!(host.vm_dirs(), ["source"]);
 }
 
+/// A snapshot that keeps the disks gives its clones the disk that goes
+/// with its memory, whatever the source writes afterwards; one that does
+/// not gives them the source's disk as it is at the restore.
+#[tokio::test]
+async fn kept_disks_give_clones_the_disk_of_the_snapshot() {
+    let host = TestHost::new();
+    let (manager, plain) = with_snapshot(&host).await;
+    let source = id("source");
+    let original = manager.get(&source).await.unwrap().spec.rootfs.unwrap();
+    let at_snapshot = std::fs::read(&original).unwrap();
+    let kept: SnapshotName = "kept".parse().unwrap();
+    let options = SnapshotOptions {
+        disks: true,
+        ..SnapshotOptions::default()
+    };
+    let info = manager.snapshot(&source, &kept, options).await.unwrap();
+    assert_eq!(info.manifest.disks, ["rootfs"]);
+    let disk = info.dir.join(firehost::snapshot::DISKS_DIR).join("rootfs");
+    assert_eq!(std::fs::read(&disk).unwrap(), at_snapshot);
+
+    // The source writes on.
+    let later: Vec<u8> = at_snapshot.iter().map(|b| b ^ 0xff).collect();
+    std::fs::write(&original, &later).unwrap();
+
+    let from_kept = manager
+        .restore(&id("from-kept"), &kept, RestoreOptions::default())
+        .await
+        .unwrap();
+    let copy = from_kept.spec.rootfs.clone().unwrap();
+    assert!(copy.starts_with(&from_kept.dir));
+    assert_eq!(std::fs::read(&copy).unwrap(), at_snapshot);
+    let from_plain = manager
+        .restore(&id("from-plain"), &plain, RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(from_plain.spec.rootfs.unwrap()).unwrap(),
+        later
+    );
+
+    // The kept disk goes with its bundle.
+    for vm in [&from_kept.id, &from_plain.id] {
+        manager.stop(vm, StopOptions::default()).await.unwrap();
+        manager.destroy(vm).await.unwrap();
+    }
+    manager.snapshots().delete(&kept).await.unwrap();
+    assert!(!disk.exists());
+}
+
+/// Only a full snapshot keeps the disks; asking a diff to is refused
+/// before anything is written.
+#[tokio::test]
+async fn a_diff_snapshot_cannot_keep_the_disks() {
+    let host = TestHost::new();
+    let (manager, _) = with_snapshot(&host).await;
+    let source = id("source");
+    let diff: SnapshotName = "diff-disks".parse().unwrap();
+    let options = SnapshotOptions {
+        diff: true,
+        disks: true,
+        ..SnapshotOptions::default()
+    };
+    let err = manager.snapshot(&source, &diff, options).await.unwrap_err();
+    assert!(
+        matches!(err, VmError::DisksNeedFullSnapshot { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), firehost::ErrorKind::InvalidInput);
+    assert!(!manager.snapshots_dir().join("diff-disks").exists());
+    assert_eq!(manager.get(&source).await.unwrap().state, VmState::Running);
+}
+
 /// A restore that fails after the clone's copies are made leaves neither
 /// them nor anything else.
 #[tokio::test]

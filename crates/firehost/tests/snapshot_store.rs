@@ -117,6 +117,7 @@ fn make(
             vsock: None,
             source_chroot: None,
             drives: vec![],
+            disks: Vec::new(),
             created_at_ms,
         },
     )

@@ -195,6 +195,14 @@ pub enum VmError {
         /// The snapshot's name.
         name: String,
     },
+    /// A diff snapshot cannot keep the disks: its memory is a layer over
+    /// its parent's, and a merge could not tell which disk goes with it.
+    /// Take a full snapshot with [`SnapshotOptions::disks`](super::SnapshotOptions::disks).
+    #[error("VM {id}: only a full snapshot keeps the disks")]
+    DisksNeedFullSnapshot {
+        /// The id.
+        id: VmId,
+    },
     /// A diff snapshot was asked for, but the VM has no earlier snapshot to
     /// be the diff's parent.
     #[error("VM {id} has no earlier snapshot to take a diff against")]
@@ -260,8 +268,8 @@ pub enum VmError {
         /// The live VM that writes to it.
         holder: VmId,
     },
-    /// A restored VM's own copy of a writable drive could not be made; the
-    /// restore left nothing behind.
+    /// A copy of a writable drive could not be made (a clone's own, or a
+    /// snapshot's kept disk); the operation left nothing behind.
     #[error("VM {id}: cannot make its own copy of drive {drive}")]
     DriveCopy {
         /// The id.
@@ -504,7 +512,8 @@ impl VmError {
             | VmError::NoParentSnapshot { .. } => ErrorKind::Conflict,
             VmError::InvalidSpec { .. }
             | VmError::SocketPathTooLong { .. }
-            | VmError::NoVsock { .. } => ErrorKind::InvalidInput,
+            | VmError::NoVsock { .. }
+            | VmError::DisksNeedFullSnapshot { .. } => ErrorKind::InvalidInput,
             VmError::SnapshotDrive { .. } => ErrorKind::HostNotReady,
             VmError::Agent { source, .. } => match **source {
                 crate::agent::AgentError::RequestTooLarge { .. } => ErrorKind::InvalidInput,

@@ -57,6 +57,16 @@ pub struct SnapshotOptions {
     /// previous snapshot (or the snapshot it was restored from), which
     /// becomes the new bundle's parent. Default false (full).
     pub diff: bool,
+    /// Keep in the bundle a copy of each writable drive the VM does not
+    /// share on purpose, taken while the guest is paused. Clones then start
+    /// from the disk that goes with the snapshot's memory, whatever the
+    /// source VM writes afterwards and even once its files are gone (a
+    /// jailed source's copies go with its jail). It costs what the drives
+    /// hold (a reflink where the file system has them), and the guest stays
+    /// paused that much longer. Full snapshots only
+    /// ([`VmError::DisksNeedFullSnapshot`]). Default false: clones copy the
+    /// source's drives as they are when each is restored.
+    pub disks: bool,
 }
 
 impl Default for SnapshotOptions {
@@ -64,6 +74,7 @@ impl Default for SnapshotOptions {
         SnapshotOptions {
             resume: true,
             diff: false,
+            disks: false,
         }
     }
 }
@@ -233,6 +244,55 @@ pub(super) async fn stop(
     })
 }
 
+/// Copies, into `bundle`'s disks directory, each writable drive `record`'s
+/// VM does not share on purpose: the files its VMM writes (for a jailed
+/// VM, its copies in the jail). The VM is paused: nothing writes. Returns
+/// the drive ids kept.
+async fn keep_disks(
+    id: &VmId,
+    record: &crate::record::VmRecord,
+    bundle: &std::path::Path,
+) -> Result<Vec<String>, VmError> {
+    use super::writers::{Access, writable_drives};
+    let exclusive: Vec<String> = writable_drives(&record.spec)
+        .into_iter()
+        .filter(|(_, _, access)| *access == Access::Exclusive)
+        .map(|(drive, _, _)| drive)
+        .collect();
+    let files: Vec<(String, std::path::PathBuf)> =
+        super::jailed::drive_files(&record.spec, record.jail.as_ref())
+            .into_iter()
+            .filter(|(drive, _, _)| exclusive.contains(drive))
+            .map(|(drive, path, _)| (drive, path))
+            .collect();
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (dir, id) = (bundle.join(crate::snapshot::DISKS_DIR), id.clone());
+    tokio::task::spawn_blocking(move || {
+        crate::fsutil::create_private_dir(&dir).map_err(|source| VmError::Io {
+            id: id.clone(),
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let mut kept = Vec::with_capacity(files.len());
+        for (drive, path) in files {
+            crate::jail::stage::copy_private(&path, &dir.join(&drive), 0, 0).map_err(|e| {
+                VmError::DriveCopy {
+                    id: id.clone(),
+                    drive: drive.clone(),
+                    source: Box::new(e),
+                }
+            })?;
+            kept.push(drive);
+        }
+        Ok(kept)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Each drive file with its size now (the VM is paused: nothing writes).
 fn drive_layouts(
     files: Vec<(String, std::path::PathBuf, bool)>,
@@ -338,6 +398,9 @@ pub(super) async fn snapshot(
         move |source| VmError::Api { id, op, source }
     };
 
+    if options.diff && options.disks {
+        return Err(VmError::DisksNeedFullSnapshot { id: id.clone() });
+    }
     let parent = if options.diff {
         let parent = vm.record.last_snapshot.clone();
         let present = parent.as_ref().is_some_and(|p| {
@@ -451,6 +514,11 @@ pub(super) async fn snapshot(
                     source: Box::new(source),
                 })?;
         }
+        let disks = if options.disks {
+            keep_disks(&id, &vm.record, &bundle).await?
+        } else {
+            Vec::new()
+        };
         let version = api
             .get_firecracker_version()
             .await
@@ -490,6 +558,7 @@ pub(super) async fn snapshot(
             }),
             source_chroot: vm.record.jail.as_ref().map(|j| j.chroot.clone()),
             drives,
+            disks,
             created_at_ms: now_ms(),
         };
         // Sizes and checksums are computed on the blocking pool.

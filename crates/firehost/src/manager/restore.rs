@@ -11,10 +11,12 @@
 //! shares on purpose): in its jail, or in its directory's `drives/`. The
 //! vmstate names the source's files and Firecracker reopens them while it
 //! loads, so an unjailed clone is loaded paused and its drives are pointed
-//! at the copies with `PATCH /drives` before its guest runs. The copies are
-//! the disks' state at the restore, not at the snapshot: a source VM that
-//! went on writing after its snapshot gives clones a disk newer than their
-//! memory, so snapshot a template, then stop it or leave its disk alone.
+//! at the copies with `PATCH /drives` before its guest runs. A snapshot
+//! taken with [`SnapshotOptions::disks`](super::SnapshotOptions::disks)
+//! keeps the drives' content in its bundle, and clones copy that: the disk
+//! that goes with the snapshot's memory. Without it the copies are the
+//! source's disks as they are at the restore: a source VM that went on
+//! writing after its snapshot gives clones a disk newer than their memory.
 //!
 //! # What a clone shares with its siblings, and what the guest must do
 //!
@@ -248,14 +250,17 @@ async fn build(
             name: snapshot.to_string(),
         });
     }
-    let bundle = shared.snapshots_dir.join(snapshot.as_str());
     let jail_err = |source| VmError::Jail {
         id: id.clone(),
         source: Box::new(source),
     };
     let jailed = check_jail_layout(shared, snapshot, &manifest).map_err(jail_err)?;
     let spec = restored_spec(&manifest.spec, options, jailed).map_err(jail_err)?;
-    check_drives(snapshot, &manifest, jailed).await?;
+    let bundle = shared.snapshots_dir.join(snapshot.as_str());
+    check_drives(snapshot, &manifest, &bundle, jailed).await?;
+    // Where the writable drives are copied from: the bundle's kept disks,
+    // else the source's files.
+    let copy_from = from_kept_disks(&manifest.spec, &bundle, &manifest.disks);
     shared.prepare_for(&spec).await;
     let net = attach_network(shared, id, &manifest, &spec, undo).await?;
     let overrides: Vec<NetworkOverride> = net
@@ -265,15 +270,19 @@ async fn build(
             host_dev_name: net.tap.to_string(),
         })
         .collect();
-    let mut launched = Launched::spawn(
-        shared,
-        id,
-        spec,
-        net,
-        manifest.source_chroot.as_deref(),
-        undo,
-    )
-    .await?;
+    // A jailed VM's drives are staged into its jail from the kept disks
+    // when the bundle has them; its record names the originals all the
+    // same, as any jailed VM's does.
+    let from_kept = jailed && !manifest.disks.is_empty();
+    let (spawn_spec, drives_from) = if from_kept {
+        (copy_from.clone(), None)
+    } else {
+        (spec.clone(), manifest.source_chroot.as_deref())
+    };
+    let mut launched = Launched::spawn(shared, id, spawn_spec, net, drives_from, undo).await?;
+    if from_kept {
+        launched.vm.record.spec = spec;
+    }
     // A socket of its own in the new VM's directory or jail (which exists
     // by now: Firecracker binds the socket while it loads); the guest
     // keeps the agent token it booted with.
@@ -311,7 +320,7 @@ async fn build(
     // the copies.
     let own_drives = match &launched.vm.record.jail {
         Some(_) => Vec::new(),
-        None => copy_writable_drives(id, &manifest.spec, &launched.vm.dir).await?,
+        None => copy_writable_drives(id, &copy_from, &launched.vm.dir).await?,
     };
     for own in &own_drives {
         use_copy(&mut launched.vm.record.spec, &own.drive, &own.path);
@@ -489,6 +498,21 @@ async fn copy_writable_drives(
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
+/// Where `bundle` keeps the content of drive `drive`.
+fn kept_disk(bundle: &std::path::Path, drive: &str) -> PathBuf {
+    bundle.join(crate::snapshot::DISKS_DIR).join(drive)
+}
+
+/// `spec` with each drive the bundle kept naming the bundle's copy: where
+/// a restore copies it from.
+fn from_kept_disks(spec: &ResolvedSpec, bundle: &std::path::Path, kept: &[String]) -> ResolvedSpec {
+    let mut spec = spec.clone();
+    for drive in kept {
+        use_copy(&mut spec, drive, &kept_disk(bundle, drive));
+    }
+    spec
+}
+
 /// Where a restored VM in `vm_dir` keeps its own copy of drive `drive`.
 fn own_copy(vm_dir: &std::path::Path, drive: &str) -> PathBuf {
     vm_dir.join(DRIVES_DIR).join(drive)
@@ -520,11 +544,14 @@ fn use_copy(spec: &mut ResolvedSpec, drive: &str, copy: &std::path::Path) {
 /// Checks, before anything is spawned, that every drive the snapshot's
 /// vmstate names is there with the size it had (the kernel and initrd are
 /// not needed: the guest is in memory). For a jailed snapshot the file is
-/// the one the restore will copy: the source's copy while its jail is
-/// there, else the original.
+/// the one the restore will copy: the bundle's kept disk, else the
+/// source's copy while its jail is there, else the original. An unjailed
+/// Firecracker reopens the originals while it loads, so they must be there
+/// too, kept disks or not.
 async fn check_drives(
     snapshot: &SnapshotName,
     manifest: &crate::snapshot::SnapshotManifest,
+    bundle: &std::path::Path,
     jailed: bool,
 ) -> Result<(), VmError> {
     let source_chroot = manifest
@@ -551,6 +578,17 @@ async fn check_drives(
                 (id, path, recorded)
             })
             .collect();
+    let needed: Vec<(String, PathBuf, Option<u64>)> = needed
+        .into_iter()
+        .flat_map(|(id, path, recorded)| {
+            let kept = manifest
+                .disks
+                .contains(&id)
+                .then(|| (id.clone(), kept_disk(bundle, &id), recorded));
+            let original = (!jailed || kept.is_none()).then_some((id, path, recorded));
+            kept.into_iter().chain(original)
+        })
+        .collect();
     let name = snapshot.to_string();
     tokio::task::spawn_blocking(move || {
         for (drive, path, recorded) in needed {

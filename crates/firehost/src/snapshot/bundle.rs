@@ -154,6 +154,7 @@ impl Bundle {
             vsock: draft.vsock,
             source_chroot: draft.source_chroot,
             drives: draft.drives,
+            disks: draft.disks,
             vmstate_bytes: files[0].size_bytes,
             memory_bytes: files[1].size_bytes,
             files,
@@ -320,6 +321,7 @@ mod tests {
             }),
             source_chroot: None,
             drives: vec![],
+            disks: Vec::new(),
             created_at_ms: 7,
         }
     }

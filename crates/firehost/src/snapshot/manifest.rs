@@ -155,6 +155,12 @@ pub struct SnapshotManifest {
     /// were recorded: a restore then checks only that the files exist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drives: Vec<DriveLayout>,
+    /// The drives whose content the bundle keeps, at
+    /// [`DISKS_DIR`](super::DISKS_DIR)`/<id>`, as they were while the guest
+    /// was paused for the snapshot: a restore copies these instead of the
+    /// source's files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<String>,
     /// Size of the vmstate file in bytes.
     pub vmstate_bytes: u64,
     /// Size of the memory file in bytes (its logical size for a diff).
@@ -190,6 +196,9 @@ pub struct ManifestDraft {
     pub source_chroot: Option<PathBuf>,
     /// The source VM's drives with their sizes.
     pub drives: Vec<DriveLayout>,
+    /// The drives whose content the bundle keeps (see
+    /// [`SnapshotManifest::disks`]).
+    pub disks: Vec<String>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }

@@ -76,6 +76,9 @@ pub const MANIFEST_FORMAT: u32 = 2;
 pub const VMSTATE_FILE: &str = "vmstate";
 /// Guest memory file name.
 pub const MEMORY_FILE: &str = "memory";
+/// The directory of a bundle that keeps its drives' content
+/// ([`SnapshotManifest::disks`]).
+pub const DISKS_DIR: &str = "disks";
 /// Manifest file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The optional recorded working set (see [`WorkingSet`]).

@@ -625,6 +625,8 @@ impl SnapshotStore {
                 vsock: from.vsock.clone(),
                 source_chroot: from.source_chroot.clone(),
                 drives: from.drives.clone(),
+                // The disks a base kept are older than the diff's memory.
+                disks: Vec::new(),
                 created_at_ms: now_ms(),
             },
         )?;
