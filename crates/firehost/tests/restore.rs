@@ -17,7 +17,18 @@ const LONG: Duration = Duration::from_secs(30);
 /// A manager with one snapshot, `base`, of a running VM `source` whose
 /// root filesystem is writable.
 async fn with_snapshot(host: &TestHost) -> (Manager, SnapshotName) {
-    let manager = host.manager().await;
+    snapshot_with(host.manager().await, host).await
+}
+
+/// Like [`with_snapshot`], with fake-firecracker fault knobs.
+async fn with_snapshot_under(host: &TestHost, faults: &[(&str, &str)]) -> (Manager, SnapshotName) {
+    let manager = Manager::open(host.config_with_faults(faults))
+        .await
+        .unwrap();
+    snapshot_with(manager, host).await
+}
+
+async fn snapshot_with(manager: Manager, host: &TestHost) -> (Manager, SnapshotName) {
     let source = id("source");
     let writable = VmSpec {
         rootfs_read_only: Some(false),
@@ -316,21 +327,8 @@ async fn a_diff_snapshot_cannot_keep_the_disks() {
 async fn a_failed_drive_swap_rolls_back_the_restore_and_its_copies() {
     fake_only!("injects a PATCH /drives failure");
     let host = TestHost::new();
-    let manager =
-        Manager::open(host.config_with_faults(&[("FAKE_FC_FAIL", "PATCH /drives/rootfs")]))
-            .await
-            .unwrap();
-    let source = id("source");
-    let writable = VmSpec {
-        rootfs_read_only: Some(false),
-        ..host.spec()
-    };
-    manager.run(&source, writable).await.unwrap();
-    let snap: SnapshotName = "base".parse().unwrap();
-    manager
-        .snapshot(&source, &snap, SnapshotOptions::default())
-        .await
-        .unwrap();
+    let (manager, snap) =
+        with_snapshot_under(&host, &[("FAKE_FC_FAIL", "PATCH /drives/rootfs")]).await;
     let vm = id("unswapped");
     let err = manager
         .restore(&vm, &snap, RestoreOptions::default())
@@ -355,16 +353,8 @@ async fn a_failed_drive_swap_rolls_back_the_restore_and_its_copies() {
 async fn failed_load_rolls_back_the_restore() {
     fake_only!("injects a load failure");
     let host = TestHost::new();
-    let manager = Manager::open(host.config_with_faults(&[("FAKE_FC_FAIL", "PUT /snapshot/load")]))
-        .await
-        .unwrap();
-    let source = id("source");
-    manager.run(&source, host.spec()).await.unwrap();
-    let snap: SnapshotName = "base".parse().unwrap();
-    manager
-        .snapshot(&source, &snap, SnapshotOptions::default())
-        .await
-        .unwrap();
+    let (manager, snap) =
+        with_snapshot_under(&host, &[("FAKE_FC_FAIL", "PUT /snapshot/load")]).await;
     let vm = id("broken");
     let err = manager
         .restore(&vm, &snap, RestoreOptions::default())

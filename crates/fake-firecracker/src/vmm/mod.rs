@@ -605,13 +605,7 @@ impl Vmm {
                 // A guest loaded paused runs for the first time now: its
                 // agent starts, as it would on a load that resumes.
                 if self.agent.is_none() {
-                    let boot_args = self
-                        .resources
-                        .boot_source
-                        .as_ref()
-                        .and_then(|b| b.boot_args.clone())
-                        .unwrap_or_default();
-                    self.start_guest_agent(&boot_args);
+                    self.start_guest_agent(&self.boot_args());
                 }
                 Ok(Reply::Empty)
             }
@@ -905,6 +899,15 @@ impl Vmm {
 }
 
 impl Vmm {
+    /// The guest's kernel command line, as configured (or restored).
+    fn boot_args(&self) -> String {
+        self.resources
+            .boot_source
+            .as_ref()
+            .and_then(|b| b.boot_args.clone())
+            .unwrap_or_default()
+    }
+
     /// Starts the stand-in guest's agent when the VM has a vsock device
     /// and `FAKE_FC_AGENT` names one (see [`crate::vsock`]).
     fn start_guest_agent(&mut self, boot_args: &str) {

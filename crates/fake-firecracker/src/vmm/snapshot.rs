@@ -142,13 +142,7 @@ impl Vmm {
                     if let Some(g) = &self.guest {
                         g.resume();
                     }
-                    let boot_args = self
-                        .resources
-                        .boot_source
-                        .as_ref()
-                        .and_then(|b| b.boot_args.clone())
-                        .unwrap_or_default();
-                    self.start_guest_agent(&boot_args);
+                    self.start_guest_agent(&self.boot_args());
                     outcome.effects.push(Effect::Booted {
                         console: self.console(),
                         lines: console::resume_lines(),

@@ -29,6 +29,7 @@
 //! detached): it cannot run without it, and the next manager kills it.
 
 mod config;
+mod copies;
 mod create;
 mod error;
 mod intent;

@@ -253,11 +253,9 @@ async fn keep_disks(
     record: &crate::record::VmRecord,
     bundle: &std::path::Path,
 ) -> Result<Vec<String>, VmError> {
-    use super::writers::{Access, writable_drives};
-    let exclusive: Vec<String> = writable_drives(&record.spec)
+    let exclusive: Vec<String> = super::copies::exclusive_drives(&record.spec)
         .into_iter()
-        .filter(|(_, _, access)| *access == Access::Exclusive)
-        .map(|(drive, _, _)| drive)
+        .map(|(drive, _)| drive)
         .collect();
     let files: Vec<(String, std::path::PathBuf)> =
         super::jailed::drive_files(&record.spec, record.jail.as_ref())
@@ -265,32 +263,9 @@ async fn keep_disks(
             .filter(|(drive, _, _)| exclusive.contains(drive))
             .map(|(drive, path, _)| (drive, path))
             .collect();
-    if files.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (dir, id) = (bundle.join(crate::snapshot::DISKS_DIR), id.clone());
-    tokio::task::spawn_blocking(move || {
-        crate::fsutil::create_private_dir(&dir).map_err(|source| VmError::Io {
-            id: id.clone(),
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
-        let mut kept = Vec::with_capacity(files.len());
-        for (drive, path) in files {
-            crate::jail::stage::copy_private(&path, &dir.join(&drive), 0, 0).map_err(|e| {
-                VmError::DriveCopy {
-                    id: id.clone(),
-                    drive: drive.clone(),
-                    source: Box::new(e),
-                }
-            })?;
-            kept.push(drive);
-        }
-        Ok(kept)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    let dir = bundle.join(crate::snapshot::DISKS_DIR);
+    let kept = super::copies::copy_drives(id, files, &dir, (0, 0)).await?;
+    Ok(kept.into_iter().map(|copy| copy.drive).collect())
 }
 
 /// Each drive file with its size now (the VM is paused: nothing writes).

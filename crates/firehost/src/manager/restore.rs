@@ -438,64 +438,19 @@ async fn build(
 const DRIVES_DIR: &str = "drives";
 
 /// Makes `vm`'s own copy of each writable drive of `spec` (but those it
-/// shares on purpose) in
-/// `vm_dir/drives/`: a reflink where the file system can (the data is
-/// shared until written), else the data extents only (holes kept; logged,
-/// since its cost grows with the data). Returns each drive id with its
-/// copy and how it was made. The copies go with the VM's directory.
+/// shares on purpose) in `vm_dir/drives/` (see [`super::copies`]). The
+/// copies go with the VM's directory.
 async fn copy_writable_drives(
     vm: &VmId,
     spec: &ResolvedSpec,
     vm_dir: &std::path::Path,
 ) -> Result<Vec<crate::record::OwnDrive>, VmError> {
-    // A drive shared on purpose stays shared.
-    let writable: Vec<(String, PathBuf)> = super::writers::writable_drives(spec)
-        .into_iter()
-        .filter(|(_, _, access)| *access == super::writers::Access::Exclusive)
-        .map(|(drive, path, _)| (drive, path))
-        .collect();
-    if writable.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (dir, id, vm_dir) = (vm_dir.join(DRIVES_DIR), vm.clone(), vm_dir.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let copy_err = |drive: &str, source| VmError::DriveCopy {
-            id: id.clone(),
-            drive: drive.to_owned(),
-            source: Box::new(source),
-        };
-        crate::fsutil::create_private_dir(&dir).map_err(|source| VmError::Io {
-            id: id.clone(),
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
-        let (uid, gid) = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
-        let mut copies = Vec::with_capacity(writable.len());
-        for (drive, original) in writable {
-            let copy = own_copy(&vm_dir, &drive);
-            let how = crate::jail::stage::copy_private(&original, &copy, uid, gid)
-                .map_err(|e| copy_err(&drive, e))?;
-            let copy_method = match how {
-                crate::jail::stage::Staged::Reflinked => crate::record::CopyMethod::Reflink,
-                _ => {
-                    tracing::info!(vm = %id, drive, ?original, "copied the drive's data: this file system has no reflinks");
-                    crate::record::CopyMethod::Extents
-                }
-            };
-            copies.push(crate::record::OwnDrive {
-                drive,
-                path: copy,
-                copy: copy_method,
-            });
-        }
-        Ok(copies)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    let owner = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let files = super::copies::exclusive_drives(spec);
+    super::copies::copy_drives(vm, files, &vm_dir.join(DRIVES_DIR), owner).await
 }
 
 /// Where `bundle` keeps the content of drive `drive`.
@@ -522,10 +477,9 @@ fn own_copy(vm_dir: &std::path::Path, drive: &str) -> PathBuf {
 /// copy in `vm_dir` (the in-memory provider names them without making
 /// them, as the manager's restore makes them).
 pub(crate) fn name_own_copies(spec: &mut ResolvedSpec, vm_dir: &std::path::Path) {
-    let exclusive: Vec<String> = super::writers::writable_drives(spec)
+    let exclusive: Vec<String> = super::copies::exclusive_drives(spec)
         .into_iter()
-        .filter(|(_, _, access)| *access == super::writers::Access::Exclusive)
-        .map(|(drive, _, _)| drive)
+        .map(|(drive, _)| drive)
         .collect();
     for drive in exclusive {
         use_copy(spec, &drive, &own_copy(vm_dir, &drive));
