@@ -321,58 +321,49 @@ async fn a_diff_snapshot_cannot_keep_the_disks() {
     assert_eq!(manager.get(&source).await.unwrap().state, VmState::Running);
 }
 
+/// Restores `vm` from a snapshot whose restores fail at request `fault`:
+/// the error is the failed `op`, and nothing of `vm` is left.
+async fn a_restore_failing_at(
+    fault: &str,
+    op: &'static str,
+    vm: &firehost::VmId,
+) -> (TestHost, Manager, SnapshotName) {
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot_under(&host, &[("FAKE_FC_FAIL", fault)]).await;
+    let err = manager
+        .restore(vm, &snap, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VmError::Api { op: failed, .. } if *failed == op),
+        "{err:?}"
+    );
+    assert_eq!(host.vm_dirs(), ["source"]);
+    assert!(host.vmm_pids(vm).is_empty());
+    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
+    (host, manager, snap)
+}
+
 /// A restore that fails after the clone's copies are made leaves neither
 /// them nor anything else.
 #[tokio::test]
 async fn a_failed_drive_swap_rolls_back_the_restore_and_its_copies() {
     fake_only!("injects a PATCH /drives failure");
-    let host = TestHost::new();
-    let (manager, snap) =
-        with_snapshot_under(&host, &[("FAKE_FC_FAIL", "PATCH /drives/rootfs")]).await;
     let vm = id("unswapped");
-    let err = manager
-        .restore(&vm, &snap, RestoreOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            VmError::Api {
-                op: "point a drive at the VM's own copy",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(host.vm_dirs(), ["source"]);
-    assert!(host.vmm_pids(&vm).is_empty());
-    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
+    a_restore_failing_at(
+        "PATCH /drives/rootfs",
+        "point a drive at the VM's own copy",
+        &vm,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn failed_load_rolls_back_the_restore() {
     fake_only!("injects a load failure");
-    let host = TestHost::new();
-    let (manager, snap) =
-        with_snapshot_under(&host, &[("FAKE_FC_FAIL", "PUT /snapshot/load")]).await;
     let vm = id("broken");
-    let err = manager
-        .restore(&vm, &snap, RestoreOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            VmError::Api {
-                op: "load the snapshot",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(host.vm_dirs(), ["source"]);
-    assert!(host.vmm_pids(&vm).is_empty());
-    assert!(manager.snapshots().leases(&snap).await.unwrap().is_empty());
+    let (host, manager, snap) =
+        a_restore_failing_at("PUT /snapshot/load", "load the snapshot", &vm).await;
     // The refusing VMM exits (as Firecracker does); the next restore is
     // not affected by it.
     let err = manager
