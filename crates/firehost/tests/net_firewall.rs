@@ -152,14 +152,10 @@ impl Lab {
     /// Waits until the counter is above `before` (a drop happened), with a
     /// deadline: there is no event to wait on for an nftables counter.
     fn wait_counter_above(&self, family: &str, name: &str, before: u64) {
-        let deadline = Instant::now() + ARRIVAL;
-        while self.counter(family, name) <= before {
-            assert!(
-                Instant::now() < deadline,
-                "counter {family} {name} stayed at {before}: nothing was dropped"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let what = format!("counter {family} {name} to pass {before} (a drop)");
+        firehost_testkit::wait_until(&what, ARRIVAL, || {
+            (self.counter(family, name) > before).then_some(())
+        });
     }
 }
 
