@@ -555,10 +555,10 @@ pub struct RestoreArgs {
     /// Leave the restored VM paused.
     #[arg(long)]
     pub paused: bool,
-    /// Move the guest's realtime clock forward by the time since the
-    /// snapshot.
+    /// Keep the guest's clock where the snapshot left it (by default it is
+    /// moved forward by the time since the snapshot, on Intel and AMD).
     #[arg(long)]
-    pub clock_realtime: bool,
+    pub snapshot_clock: bool,
     /// Check the memory file's checksum too before loading (slow for big
     /// VMs; the vmstate, sizes and parents are always checked).
     #[arg(long)]

@@ -583,7 +583,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
     let memory = restore_memory(args.uffd);
     let options = RestoreOptions {
         resume: !args.paused,
-        clock_realtime: args.clock_realtime,
+        clock_realtime: !args.snapshot_clock && RestoreOptions::default().clock_realtime,
         verify_memory: args.verify_memory,
         memory,
         mmds: args.mmds.as_deref().map(read_json_object).transpose()?,

@@ -163,6 +163,28 @@ async fn each_clone_writes_to_its_own_copy_of_the_writable_drives() {
     assert!(original.exists() && rb.spec.rootfs.clone().unwrap().exists());
 }
 
+/// A restore moves the guest's clock to the wall clock by default
+/// (`clock_realtime`, on `x86_64`), and can leave it where the snapshot
+/// left it; both load and run.
+#[tokio::test]
+async fn a_restore_moves_the_guest_clock_to_now_unless_asked_not_to() {
+    assert_eq!(
+        RestoreOptions::default().clock_realtime,
+        cfg!(target_arch = "x86_64")
+    );
+    let host = TestHost::new();
+    let (manager, snap) = with_snapshot(&host).await;
+    for (name, clock_realtime) in [("on-time", true), ("as-snapshotted", false)] {
+        let options = RestoreOptions {
+            clock_realtime,
+            ..RestoreOptions::default()
+        };
+        let info = manager.restore(&id(name), &snap, options).await.unwrap();
+        assert_eq!(info.state, VmState::Running);
+        assert_eq!(vmm_state(&manager, &info.id).await, InstanceState::Running);
+    }
+}
+
 #[tokio::test]
 async fn restore_without_resume_leaves_the_vm_paused() {
     let host = TestHost::new();

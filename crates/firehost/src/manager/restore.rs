@@ -43,8 +43,9 @@
 //!   the agent, for instance) or a network namespace each (see Firecracker's
 //!   `network-for-clones` document); either way, drop ARP/neighbour caches
 //!   and TCP connections.
-//! - **Time.** The guest clock stops while the snapshot sits on disk; ask
-//!   for [`RestoreOptions::clock_realtime`] or step the clock in the guest
+//! - **Time.** The guest clock stops while the snapshot sits on disk;
+//!   [`RestoreOptions::clock_realtime`] (the default on `x86_64`) moves
+//!   kvmclock to the wall clock at the restore; else step the clock in the guest
 //!   (NTP/chrony `makestep`), and expect timers to fire late.
 //! - **Host-specific ids.** `/etc/machine-id`, hostnames, and anything
 //!   derived from them should be regenerated.
@@ -81,8 +82,11 @@ pub struct RestoreOptions {
     /// Resume the guest once loaded (default true); otherwise the VM is
     /// left paused.
     pub resume: bool,
-    /// Ask Firecracker to move the guest's realtime clock forward by the
-    /// time that passed since the snapshot (`clock_realtime`).
+    /// Ask Firecracker to move the guest's clock forward by the time that
+    /// passed since the snapshot (`clock_realtime`), so a clone does not
+    /// start out as old as its template. Default true on `x86_64`, the
+    /// only architecture where Firecracker has it; false keeps the clock
+    /// where the snapshot left it.
     pub clock_realtime: bool,
     /// Also check the memory file's checksum before loading. The vmstate,
     /// the sizes and the parent chain are always checked; hashing guest
@@ -138,7 +142,7 @@ impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions {
             resume: true,
-            clock_realtime: false,
+            clock_realtime: cfg!(target_arch = "x86_64"),
             verify_memory: false,
             memory: RestoreMemory::File,
             mmds: None,
