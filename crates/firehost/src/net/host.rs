@@ -406,16 +406,7 @@ impl HostNetwork {
     /// Runs on the blocking pool: it completes even if this future is
     /// dropped.
     pub async fn publish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
-        self.change_ports(vm, move |id, net, attached, firewall| {
-            check_ports(attached, id, &[mapping])?;
-            if net.published.contains(&mapping) {
-                return Ok(false);
-            }
-            firewall.publish(net.ip, mapping)?;
-            net.published.push(mapping);
-            Ok(true)
-        })
-        .await
+        self.change_port(vm, mapping, true).await
     }
 
     /// Stops forwarding a host port to a VM; no error if it was not.
@@ -425,39 +416,45 @@ impl HostNetwork {
     /// Runs on the blocking pool: it completes even if this future is
     /// dropped.
     pub async fn unpublish(&self, vm: &VmId, mapping: PortMapping) -> Result<VmNet, NetError> {
-        self.change_ports(vm, move |_, net, _, firewall| {
-            if !net.published.contains(&mapping) {
-                return Ok(false);
-            }
-            firewall.unpublish(net.ip, mapping)?;
-            net.published.retain(|m| *m != mapping);
-            Ok(true)
-        })
-        .await
+        self.change_port(vm, mapping, false).await
     }
 
-    /// Runs `change` on the network of `vm` (given the other attached VMs)
-    /// as one membership change, on the blocking pool, and stores the
-    /// VM's network if `change` says it changed. Returns the network.
-    async fn change_ports<F>(&self, vm: &VmId, change: F) -> Result<VmNet, NetError>
-    where
-        F: FnOnce(&VmId, &mut VmNet, &BTreeMap<VmId, VmNet>, &Firewall) -> Result<bool, NetError>
-            + Send
-            + 'static,
-    {
+    /// Publishes (`add`) or unpublishes `mapping` for `vm` as one
+    /// membership change, on the blocking pool; a mapping already in that
+    /// state changes nothing. Returns the VM's network.
+    async fn change_port(
+        &self,
+        vm: &VmId,
+        mapping: PortMapping,
+        add: bool,
+    ) -> Result<VmNet, NetError> {
         let not_attached = || NetError::NotAttached { vm: vm.clone() };
         let shared = self.live.read().await;
         let live = shared.clone().ok_or_else(not_attached)?;
         let (book, membership, id) = (self.book.clone(), self.membership.clone(), vm.clone());
         let changed = blocking(move || {
             let _one_change = lock(&membership);
-            let attached = lock(&book).attached.clone();
-            let Some(mut net) = attached.get(&id).cloned() else {
-                return Ok(None);
+            let mut net = {
+                let book = lock(&book);
+                let Some(net) = book.attached.get(&id).cloned() else {
+                    return Ok(None);
+                };
+                if add {
+                    check_ports(&book.attached, &id, &[mapping])?;
+                }
+                net
             };
-            if change(&id, &mut net, &attached, &live.firewall)? {
-                lock(&book).attached.insert(id, net.clone());
+            if net.published.contains(&mapping) == add {
+                return Ok(Some(net));
             }
+            if add {
+                live.firewall.publish(net.ip, mapping)?;
+                net.published.push(mapping);
+            } else {
+                live.firewall.unpublish(net.ip, mapping)?;
+                net.published.retain(|m| *m != mapping);
+            }
+            lock(&book).attached.insert(id, net.clone());
             Ok::<_, NetError>(Some(net))
         })
         .await?;
