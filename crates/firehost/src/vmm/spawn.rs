@@ -556,4 +556,19 @@ mod tests {
         let err = c.spawn(&ConsoleRing::new(1)).unwrap_err();
         assert!(matches!(err, SpawnError::Exec { .. }), "{err:?}");
     }
+
+    #[tokio::test]
+    async fn a_namespace_that_cannot_be_joined_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cmd();
+        c.binary = "/bin/sh".into();
+        for netns in [dir.path().join("missing"), dir.path().to_owned()] {
+            c.netns = Some(netns.clone());
+            let err = c.spawn(&ConsoleRing::new(1)).unwrap_err();
+            assert!(
+                matches!(&err, SpawnError::Netns { path, .. } if *path == netns),
+                "{err:?}"
+            );
+        }
+    }
 }
