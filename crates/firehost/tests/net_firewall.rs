@@ -17,9 +17,9 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::netns::{GuestNs, add_address, ifname, in_netns, link_up};
+use common::udp::{ARRIVAL, assert_nothing_received, recv, send_until_received, udp_in};
 use firehost::net::bridge::Bridge;
 use firehost::net::firewall::{Firewall, FirewallConfig, GuestPort, HostService, PortMapping};
 use firehost::net::ipam::MacAddr;
@@ -29,8 +29,6 @@ use firehost::net::{IfName, Netlink, sysctl};
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-/// How long a packet that should arrive may take.
-const ARRIVAL: Duration = Duration::from_secs(5);
 
 /// One guest stand-in.
 struct Guest {
@@ -157,54 +155,6 @@ impl Lab {
             (self.counter(family, name) > before).then_some(())
         });
     }
-}
-
-/// A UDP socket bound to `addr` inside `ns`.
-fn udp_in(ns: &GuestNs, addr: SocketAddrV4) -> UdpSocket {
-    ns.run(move || UdpSocket::bind(addr).unwrap())
-}
-
-/// Receives one datagram within [`ARRIVAL`].
-fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddrV4) {
-    sock.set_read_timeout(Some(ARRIVAL)).unwrap();
-    let mut buf = [0u8; 1500];
-    let (n, from) = sock
-        .recv_from(&mut buf)
-        .expect("a datagram should have arrived");
-    let std::net::SocketAddr::V4(from) = from else {
-        panic!("IPv6 source {from}");
-    };
-    (buf[..n].to_vec(), from)
-}
-
-/// Sends to `to` every 100 ms until `receiver` gets it (ARP may have to
-/// be retried after a refused attempt), within [`ARRIVAL`].
-fn send_until_received(sender: &UdpSocket, to: SocketAddrV4, receiver: &UdpSocket) -> SocketAddrV4 {
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + ARRIVAL;
-    let mut buf = [0u8; 64];
-    loop {
-        sender.send_to(b"probe", to).unwrap();
-        match receiver.recv_from(&mut buf) {
-            Ok((_, std::net::SocketAddr::V4(from))) => return from,
-            Ok((_, from)) => panic!("IPv6 source {from}"),
-            Err(_) => assert!(Instant::now() < deadline, "nothing reached {to}"),
-        }
-    }
-}
-
-/// Asserts nothing is queued on `sock`.
-fn assert_nothing_received(sock: &UdpSocket) {
-    sock.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 64];
-    let got = sock.recv_from(&mut buf);
-    assert!(
-        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "a dropped datagram arrived: {got:?}"
-    );
-    sock.set_nonblocking(false).unwrap();
 }
 
 #[test]

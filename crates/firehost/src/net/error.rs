@@ -53,6 +53,15 @@ pub enum NetError {
     /// The address or MAC could not be allocated.
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// A guest's own address cannot be translated to a host address: it
+    /// is the host's gateway, or the host address asked for.
+    #[error("the guest's own address {ip} is {clash}; its namespace could not route it")]
+    GuestAddress {
+        /// The guest's address.
+        ip: std::net::Ipv4Addr,
+        /// Which other address it is.
+        clash: &'static str,
+    },
     /// A host port is already forwarded to another VM.
     #[error("host port {port}/{proto} is already published by VM {holder}")]
     PortInUse {
@@ -122,6 +131,7 @@ impl NetError {
                 | IpamError::HostBitsSet { .. }
                 | IpamError::MacSyntax(_),
             ) => ErrorKind::InvalidInput,
+            NetError::GuestAddress { .. } => ErrorKind::InvalidInput,
             NetError::UplinkMissing { .. } => ErrorKind::HostNotReady,
             NetError::Firewall(super::firewall::FirewallError::Nft(
                 super::nft::NftError::Missing { .. },

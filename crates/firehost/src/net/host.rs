@@ -39,14 +39,18 @@ use tokio::sync::RwLockReadGuard;
 
 pub use super::config::{NetworkConfig, Uplink};
 pub use super::error::NetError;
-pub use super::vm_net::{DEFAULT_IFACE_ID, NetSpec, PeerGroup, PeerGroupError, VmNet};
+pub use super::vm_net::{
+    DEFAULT_IFACE_ID, GuestAddress, NetSpec, PeerGroup, PeerGroupError, VmNet,
+};
 
 use super::bridge::{Bridge, BridgeError};
 use super::firewall::{Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping};
 use super::footprint::{Footprint, read_footprint, write_footprint};
 use super::ipam::{Allocator, Lease};
+use super::netns::Inside;
 use super::nft::Nftables;
 use super::tap::{Tap, TapError, TapOwner, tap_name_for_vm};
+use super::translate::Translation;
 use super::{IfName, LinkState, Netlink, sysctl};
 use crate::VmId;
 
@@ -207,15 +211,67 @@ impl HostNetwork {
         spec: &NetSpec,
         owner: TapOwner,
     ) -> Result<VmNet, NetError> {
+        self.attach_as(vm, spec, owner, None).await
+    }
+
+    /// Attaches a VM whose guest keeps `guest`, an address and MAC of its
+    /// own (a restored guest keeps its snapshot's), in a namespace of its
+    /// own that translates between `guest` and the host address the VM
+    /// gets here: any number of VMs whose guests share one address can be
+    /// on the network at once, each known to the host by its own. See
+    /// `translate` in the [module docs](super) for how.
+    ///
+    /// `spec.ip` and `spec.mac` ask for the host address and MAC (else
+    /// they are allocated; never the address of a translated guest, which
+    /// that guest could not reach); `spec.netns` is implied. The VM's
+    /// [`VmNet::guest`] is `guest`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`attach`](Self::attach).
+    pub async fn attach_translated(
+        &self,
+        vm: &VmId,
+        spec: &NetSpec,
+        guest: GuestAddress,
+        owner: TapOwner,
+    ) -> Result<VmNet, NetError> {
+        if guest.ip == self.gateway {
+            return Err(NetError::GuestAddress {
+                ip: guest.ip,
+                clash: "the gateway's",
+            });
+        }
+        if spec.ip == Some(guest.ip) {
+            return Err(NetError::GuestAddress {
+                ip: guest.ip,
+                clash: "the host address asked for",
+            });
+        }
+        self.attach_as(vm, spec, owner, Some(guest)).await
+    }
+
+    /// [`attach_owned`](Self::attach_owned), translated to `guest` when
+    /// given.
+    async fn attach_as(
+        &self,
+        vm: &VmId,
+        spec: &NetSpec,
+        owner: TapOwner,
+        guest: Option<GuestAddress>,
+    ) -> Result<VmNet, NetError> {
         // Refusals first: a request that cannot be met touches nothing.
         let lease = {
             let mut book = lock(&self.book);
             self.check_state_file(&book)?;
             check_ports(&book.attached, vm, &spec.publish)?;
-            book.allocator.allocate_requested(vm, spec.ip, spec.mac)?
+            let mut avoid = translated_guests(&book.attached);
+            avoid.extend(guest.map(|g| g.ip));
+            book.allocator
+                .allocate_avoiding(vm, spec.ip, spec.mac, &avoid)?
         };
         let attached = match self.live_or_set_up().await {
-            Ok((_shared, live)) => self.attach_to(&live, vm, lease, spec, owner).await,
+            Ok((_shared, live)) => self.attach_to(&live, vm, lease, spec, owner, guest).await,
             Err(e) => Err(e),
         };
         if attached.is_err() {
@@ -256,14 +312,29 @@ impl HostNetwork {
         lease: Lease,
         spec: &NetSpec,
         owner: TapOwner,
+        guest: Option<GuestAddress>,
     ) -> Result<VmNet, NetError> {
-        let (tap, netns) = if spec.netns {
-            self.create_namespaced_tap(live, vm, owner).await?
-        } else {
-            (self.create_tap(live, vm, owner).await?.name, None)
+        let translation = guest.map(|guest| Translation {
+            guest,
+            host_ip: lease.ip,
+            host_mac: lease.mac,
+            prefix_len: self.config.subnet.prefix_len(),
+            gateway: self.gateway,
+        });
+        let (tap, netns) = match &translation {
+            Some(t) => {
+                self.create_namespaced_tap(live, vm, owner, Inside::Translated(t))
+                    .await?
+            }
+            None if spec.netns => {
+                self.create_namespaced_tap(live, vm, owner, Inside::Bridged)
+                    .await?
+            }
+            None => (self.create_tap(live, vm, owner).await?.name, None),
         };
         let mut net = VmNet::new(&self.config, self.gateway, lease, tap, self.dns(), spec);
         net.netns = netns;
+        net.guest = guest;
         if let Err(e) = self.join(live, vm, net.clone()).await {
             if let Err(undo) = self.delete_devices(live, &net).await {
                 tracing::warn!(vm = %vm, tap = %net.tap, error = %undo, "cannot delete TAP after a failed attach");
@@ -751,6 +822,7 @@ impl HostNetwork {
         live: &Live,
         vm: &VmId,
         owner: TapOwner,
+        inside: Inside<'_>,
     ) -> Result<(IfName, Option<super::netns::VmNetns>), NetError> {
         let dir = self.netns_dir();
         {
@@ -783,6 +855,7 @@ impl HostNetwork {
                 &host_port,
                 &inner_port,
                 &self.alias(vm),
+                inside,
             )
             .await;
             return match plumbed {
@@ -907,6 +980,16 @@ fn remove_stale_namespaces(netns_dir: &Path, attached: &BTreeMap<VmId, VmNet>, s
     }
 }
 
+/// The addresses translated guests keep in their namespaces: never given
+/// to another VM as its host address while they are attached, or those
+/// guests could not reach it.
+fn translated_guests(attached: &BTreeMap<VmId, VmNet>) -> BTreeSet<Ipv4Addr> {
+    attached
+        .values()
+        .filter_map(|net| net.guest.map(|g| g.ip))
+        .collect()
+}
+
 /// Refuses host ports that `vm` would publish twice or that another VM
 /// already publishes.
 pub(crate) fn check_ports(
@@ -949,7 +1032,9 @@ fn peer_pairs<'a>(
     others
         .into_iter()
         .filter(|other| other.tap != net.tap && net.shares_group_with(other))
-        .map(|other| (net.tap.clone(), other.tap.clone()))
+        // The firewall knows a VM by its port on the bridge: the TAP, or a
+        // namespaced VM's veth.
+        .map(|other| (net.host_port().clone(), other.host_port().clone()))
         .collect()
 }
 
@@ -1032,6 +1117,7 @@ mod tests {
             published: published.iter().map(|p| p.parse().unwrap()).collect(),
             peer_groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
             netns: None,
+            guest: None,
         }
     }
 

@@ -19,13 +19,15 @@
 //!   anti-spoofing, host services, published ports — and the per-VM
 //!   elements; `nft` runs them as atomic transactions.
 //! - `sysctl`: IPv4 forwarding on the bridge and the uplink.
-//! - `netns`: a network namespace per VM, when its spec asks for one.
+//! - `netns`: a network namespace per VM, when its spec asks for one and
+//!   for restored VMs; `translate`: inside a restored VM's namespace, the
+//!   1:1 NAT between the address its guest keeps and its host address.
 //! - [`IfName`]: the interface name rules; `netlink`: the rtnetlink
 //!   connection the other modules share.
 //!
 //! Only [`host`], [`firewall`], [`ipam`], the names and the error types
 //! are public; the kernel plumbing (`bridge`, `tap`, `netns`, `nft`,
-//! `sysctl`, `netlink`) is private to the crate.
+//! `sysctl`, `netlink`, `translate`) is private to the crate.
 //!
 //! # Network namespaces
 //!
@@ -59,7 +61,7 @@ macro_rules! plumbing {
     )*};
 }
 
-plumbing!(bridge, netlink, netns, nft, sysctl, tap);
+plumbing!(bridge, netlink, netns, nft, sysctl, tap, translate);
 
 pub use bridge::BridgeError;
 pub use netlink::NetlinkError;

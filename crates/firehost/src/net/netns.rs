@@ -1,16 +1,21 @@
 //! A network namespace of its own for a VM on the default network.
 //!
-//! Asked for with [`NetSpec::netns`](super::host::NetSpec::netns) (and a
-//! jail: the jailer's `--netns` makes Firecracker join it). The namespace
-//! holds only the VM's TAP, a bridge and one end of a veth pair; the other
-//! end is a port of the host's bridge, where the firewall binds the VM's
-//! MAC and address to it exactly as it binds an unnamespaced VM's TAP. The
-//! guest sees the same network either way; the VMM process sees nothing of
-//! the host's interfaces.
+//! A booted VM gets one when its spec asks ([`NetSpec::netns`](super::host::NetSpec::netns));
+//! a restored VM gets one by default. Firecracker runs inside it (the
+//! jailer's `--netns`, or spawned from a thread that joined it), so the
+//! VMM process sees nothing of the host's interfaces. The namespace holds
+//! only the VM's TAP and one end of a veth pair; the other end is a port
+//! of the host's bridge, where the firewall binds the VM's MAC and address
+//! to it exactly as it binds an unnamespaced VM's TAP.
+//!
+//! Between the TAP and the veth, the namespace either bridges (the guest
+//! has its host address itself) or routes and translates (the guest keeps
+//! an address of its own: see `translate`):
 //!
 //! ```text
-//!   host:  fhbr0 ── fv<id> ═══ veth ═══ fp<id> ── br0 ── fh<id> (TAP) ── Firecracker
-//!                                        └──── the VM's namespace ────┘
+//!   bridged:     fhbr0 ── fv<id> ═══ veth ═══ fp<id> ── br0 ── fh<id> (TAP) ── Firecracker
+//!   translated:  fhbr0 ── fv<id> ═══ veth ═══ fp<id> ── NAT ── fh<id> (TAP) ── Firecracker
+//!                                              └────── the VM's namespace ───────┘
 //! ```
 //!
 //! The namespace is pinned by a bind mount of its `nsfs` file at a path in
@@ -25,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::host::NetError;
+use super::translate::Translation;
 use super::{IfName, Netlink};
 
 /// The name of the bridge inside each VM's namespace.
@@ -127,6 +133,29 @@ pub fn remove(path: &Path) -> Result<(), NetError> {
     }
 }
 
+/// Runs `work` on a thread of its own inside the namespace `ns` (sockets,
+/// sysctl files and nftables contexts it opens belong to that namespace)
+/// and waits for it without blocking the runtime.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: the thread finishes `work` even if this future is
+/// dropped.
+pub async fn run_in<T: Send + 'static>(
+    ns: &OwnedFd,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let ns = ns.try_clone()?;
+    on_own_thread(move || {
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+        work()
+    })
+    .await
+}
+
 /// A netlink connection inside the namespace `ns`.
 ///
 /// # Cancel safety
@@ -134,17 +163,10 @@ pub fn remove(path: &Path) -> Result<(), NetError> {
 /// Cancel safe: a connection made after the future is dropped is closed
 /// with the unsent result.
 pub async fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
-    let ns = ns
-        .try_clone()
-        .map_err(io_err("duplicate", Path::new("netns")))?;
     let runtime = tokio::runtime::Handle::current();
     // The socket belongs to the namespace of the thread that opens it.
-    on_own_thread(move || {
+    run_in(ns, move || {
         let _entered = runtime.enter();
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )?;
         Netlink::connect()
     })
     .await
@@ -165,7 +187,7 @@ async fn move_link(nl: &Netlink, name: &IfName, ns: &OwnedFd) -> Result<(), NetE
         .map_err(nl_err("move a link into the VM's namespace"))
 }
 
-async fn index_of(nl: &Netlink, name: &IfName) -> Result<u32, NetError> {
+pub(super) async fn index_of(nl: &Netlink, name: &IfName) -> Result<u32, NetError> {
     nl.link(name)
         .await
         .map_err(nl_err("look up a link"))?
@@ -177,7 +199,7 @@ async fn index_of(nl: &Netlink, name: &IfName) -> Result<u32, NetError> {
         })
 }
 
-async fn up_on(nl: &Netlink, name: &IfName, controller: Option<u32>) -> Result<(), NetError> {
+pub(super) async fn up_on(nl: &Netlink, name: &IfName, controller: Option<u32>) -> Result<(), NetError> {
     let index = index_of(nl, name).await?;
     let mut msg = rtnetlink::LinkUnspec::new_with_index(index).up();
     if let Some(controller) = controller {
@@ -191,15 +213,28 @@ async fn up_on(nl: &Netlink, name: &IfName, controller: Option<u32>) -> Result<(
         .map_err(nl_err("set a link up"))
 }
 
+/// What a VM's namespace does between its TAP and its end of the veth.
+#[derive(Debug, Clone, Copy)]
+pub enum Inside<'a> {
+    /// A bridge joins them: the guest is on the host's network with its
+    /// own address.
+    Bridged,
+    /// The namespace routes between them and translates the guest's own
+    /// address to a host address (see `translate`).
+    Translated(&'a Translation),
+}
+
 /// Puts `tap` (a persistent TAP in the host's namespace, not on any
 /// bridge) into a new namespace pinned at `path`, joined to the host's
 /// `bridge` through the veth pair `host_port`/`inner_port`, labelled
-/// `alias` on the host side. All or nothing.
+/// `alias` on the host side, with `inside` between the TAP and the veth.
+/// All or nothing.
 ///
 /// # Cancel safety
 ///
 /// Not cancel safe: dropped midway, some links exist; [`unplumb`] removes
 /// them.
+#[allow(clippy::too_many_arguments)]
 pub async fn plumb(
     nl: &Netlink,
     bridge: &IfName,
@@ -208,6 +243,7 @@ pub async fn plumb(
     host_port: &IfName,
     inner_port: &IfName,
     alias: &str,
+    inside: Inside<'_>,
 ) -> Result<VmNetns, NetError> {
     let ns = create(path).await?;
     let steps = async {
@@ -229,21 +265,18 @@ pub async fn plumb(
             .map_err(nl_err("label the veth"))?;
         move_link(nl, inner_port, &ns).await?;
         move_link(nl, tap, &ns).await?;
+
+        let in_ns = netlink_in(&ns).await?;
+        match inside {
+            Inside::Bridged => bridge_inside(&in_ns, tap, inner_port).await?,
+            Inside::Translated(t) => {
+                super::translate::configure(&in_ns, &ns, tap, inner_port, t).await?
+            }
+        }
+        // Last, so the host's bridge sees the VM's port only once the
+        // namespace behind it is ready.
         let bridge_index = index_of(nl, bridge).await?;
         up_on(nl, host_port, Some(bridge_index)).await?;
-
-        let inside = netlink_in(&ns).await?;
-        inside
-            .handle()
-            .link()
-            .add(rtnetlink::LinkBridge::new(INNER_BRIDGE).up().build())
-            .execute()
-            .await
-            .map_err(nl_err("create the VM namespace's bridge"))?;
-        let inner_bridge = index_of(&inside, &IfName::new(INNER_BRIDGE).expect("valid")).await?;
-        up_on(&inside, tap, Some(inner_bridge)).await?;
-        up_on(&inside, inner_port, Some(inner_bridge)).await?;
-        up_on(&inside, &IfName::new("lo").expect("valid"), None).await?;
         Ok::<_, NetError>(())
     };
     match steps.await {
@@ -260,6 +293,21 @@ pub async fn plumb(
             Err(e)
         }
     }
+}
+
+/// Joins the TAP and the veth end on a bridge inside the namespace.
+async fn bridge_inside(inside: &Netlink, tap: &IfName, port: &IfName) -> Result<(), NetError> {
+    inside
+        .handle()
+        .link()
+        .add(rtnetlink::LinkBridge::new(INNER_BRIDGE).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("create the VM namespace's bridge"))?;
+    let inner_bridge = index_of(inside, &IfName::new(INNER_BRIDGE).expect("valid")).await?;
+    up_on(inside, tap, Some(inner_bridge)).await?;
+    up_on(inside, port, Some(inner_bridge)).await?;
+    up_on(inside, &IfName::new("lo").expect("valid"), None).await
 }
 
 /// Removes a VM's namespace plumbing: the veth pair, the TAP and bridge

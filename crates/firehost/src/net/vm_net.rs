@@ -12,18 +12,39 @@ use super::config::NetworkConfig;
 use super::firewall::{GuestPort, PortMapping};
 use super::ipam::{Lease, MacAddr};
 
+/// The address and MAC a guest keeps inside its own namespace while the
+/// host knows the VM by others: a restored VM, whose guest still has its
+/// snapshot's (see [`HostNetwork::attach_translated`](super::host::HostNetwork::attach_translated)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestAddress {
+    /// The guest's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The guest NIC's MAC.
+    pub mac: MacAddr,
+}
+
 /// A VM's place on the default network, as kept in its record and shown by
 /// `firehost inspect --json` (the `net` object).
+///
+/// `ip` and `mac` are the VM's on the host's network: where the host and
+/// its peers reach it, and what the firewall binds to its port. They are
+/// the guest's own unless [`guest`](Self::guest) says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmNet {
-    /// The guest's address.
+    /// The VM's address on the host's network.
     pub ip: Ipv4Addr,
     /// The subnet's prefix length.
     pub prefix_len: u8,
-    /// The guest's default gateway (the bridge).
+    /// The default gateway (the bridge).
     pub gateway: Ipv4Addr,
-    /// The guest NIC's MAC.
+    /// The VM's MAC on the host's network.
     pub mac: MacAddr,
+    /// For a VM whose guest keeps an address of its own inside its
+    /// namespace (a restored VM): that address and MAC, which the
+    /// namespace translates to and from `ip`. `None`: the guest has `ip`
+    /// and `mac` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestAddress>,
     /// The TAP on the host.
     pub tap: IfName,
     /// Firecracker's id for the NIC.
@@ -62,16 +83,23 @@ impl VmNet {
             published: spec.publish.clone(),
             peer_groups: spec.peer_groups.clone(),
             netns: None,
+            guest: None,
         }
     }
 
-    /// What the guest needs to configure its NIC.
+    /// What the guest has configured (or needs to configure) on its NIC:
+    /// its own address and MAC, which differ from the host's view when
+    /// they are translated.
     pub fn guest_net(&self) -> super::ipam::GuestNet {
+        let (ip, mac) = match self.guest {
+            Some(guest) => (guest.ip, guest.mac),
+            None => (self.ip, self.mac),
+        };
         super::ipam::GuestNet {
-            ip: self.ip,
+            ip,
             prefix_len: self.prefix_len,
             gateway: self.gateway,
-            mac: self.mac,
+            mac,
             dns: self.dns.clone(),
         }
     }

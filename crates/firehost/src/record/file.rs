@@ -31,7 +31,7 @@ use crate::id::SnapshotName;
 use crate::jail::{JailSpec, VmJail};
 use crate::mmds::{MmdsSpec, MmdsVersion};
 use crate::net::host::PeerGroup;
-use crate::net::host::{NetSpec, VmNet};
+use crate::net::host::{GuestAddress, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
 use crate::net::netns::VmNetns;
 use crate::net::{IfName, firewall};
@@ -280,6 +280,16 @@ pub struct NetFile {
     peer_groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     netns: Option<NetnsFile>,
+    /// A translated guest's own address: absent in records written before
+    /// clones had namespaces, which had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest: Option<GuestFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GuestFile {
+    ip: Ipv4Addr,
+    mac: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -700,6 +710,10 @@ impl From<&VmNet> for NetFile {
                 path: n.path.clone(),
                 host_port: n.host_port.to_string(),
             }),
+            guest: net.guest.map(|g| GuestFile {
+                ip: g.ip,
+                mac: g.mac.to_string(),
+            }),
         }
     }
 }
@@ -723,6 +737,15 @@ impl NetFile {
                     Ok::<_, Invalid>(VmNetns {
                         path: n.path,
                         host_port: parse("interface name", &n.host_port)?,
+                    })
+                })
+                .transpose()?,
+            guest: self
+                .guest
+                .map(|g| {
+                    Ok::<_, Invalid>(GuestAddress {
+                        ip: g.ip,
+                        mac: parse("MAC", &g.mac)?,
                     })
                 })
                 .transpose()?,

@@ -397,6 +397,7 @@ mod tests {
                 published: vec!["8080:80".parse().unwrap()],
                 peer_groups: vec!["g".parse().unwrap()],
                 netns: None,
+                guest: None,
             }),
         }
     }
@@ -495,6 +496,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut record = rich();
         // Added in format 2, so not in the format-1 fixture.
+        if let Some(net) = &mut record.net {
+            net.guest = Some(crate::net::host::GuestAddress {
+                ip: "172.30.0.2".parse().unwrap(),
+                mac: crate::net::ipam::MacAddr::new([6, 0, 0, 0, 0, 2]),
+            });
+        }
         record.own_drives = vec![
             OwnDrive {
                 drive: "rootfs".into(),

@@ -65,11 +65,14 @@ pub struct DriveLayout {
 
 impl From<&crate::net::host::VmNet> for NetworkLayout {
     fn from(net: &crate::net::host::VmNet) -> Self {
+        // The guest's own address, which a translated VM's guest keeps
+        // behind the host's view of it.
+        let guest = net.guest_net();
         NetworkLayout {
             iface_id: net.iface_id.clone(),
-            guest_mac: Some(net.mac.to_string()),
+            guest_mac: Some(guest.mac.to_string()),
             host_dev_name: net.tap.to_string(),
-            guest_ip: Some(net.ip),
+            guest_ip: Some(guest.ip),
         }
     }
 }

@@ -60,6 +60,8 @@ pub fn agent_path() -> Option<PathBuf> {
 
 pub mod net_conformance;
 pub mod netns;
+pub mod tap_guest;
+pub mod udp;
 
 /// A throwaway host: a temporary directory with a state dir and images.
 pub struct TestHost {

@@ -1,6 +1,6 @@
 //! The leases of one subnet: which VM has which address and MAC.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,23 @@ impl Allocator {
         ip: Option<Ipv4Addr>,
         mac: Option<MacAddr>,
     ) -> Result<Lease, IpamError> {
+        self.allocate_avoiding(vm, ip, mac, &BTreeSet::new())
+    }
+
+    /// Like [`allocate_requested`](Self::allocate_requested), except that
+    /// an address picked for the caller is never one in `avoid`; one asked
+    /// for may be.
+    ///
+    /// The default network avoids the addresses that restored guests keep
+    /// inside their namespaces: a VM whose host address is such a guest's
+    /// own could not be reached from that guest.
+    pub fn allocate_avoiding(
+        &mut self,
+        vm: &VmId,
+        ip: Option<Ipv4Addr>,
+        mac: Option<MacAddr>,
+        avoid: &BTreeSet<Ipv4Addr>,
+    ) -> Result<Lease, IpamError> {
         if let Some(lease) = self.by_vm.get(vm) {
             return Err(IpamError::AlreadyAllocated {
                 vm: vm.clone(),
@@ -188,7 +205,7 @@ impl Allocator {
                 self.check_requested_ip(ip)?;
                 ip
             }
-            None => self.lowest_free()?,
+            None => self.lowest_free(avoid)?,
         };
         let mac = match mac {
             Some(mac) => {
@@ -264,9 +281,9 @@ impl Allocator {
         Ok(())
     }
 
-    /// The lowest host address that is neither the gateway nor leased:
-    /// walks the sorted leases and stops at the first gap.
-    fn lowest_free(&self) -> Result<Ipv4Addr, IpamError> {
+    /// The lowest host address that is neither the gateway, leased nor in
+    /// `avoid`: walks the sorted leases and stops at the first gap.
+    fn lowest_free(&self, avoid: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
         let first = u32::from(self.subnet.first_host());
         let last = u32::from(self.subnet.last_host());
         let gateway = u32::from(self.gateway);
@@ -281,7 +298,7 @@ impl Allocator {
                     leases: self.by_vm.len(),
                 });
             }
-            if candidate == gateway {
+            if candidate == gateway || avoid.contains(&Ipv4Addr::from(candidate)) {
                 candidate += 1;
                 continue;
             }
@@ -326,6 +343,26 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_to_avoid_are_skipped_but_can_still_be_asked_for() {
+        let mut a = Allocator::new("10.0.0.0/29".parse().unwrap(), None).unwrap();
+        let avoid = [ip("10.0.0.2"), ip("10.0.0.4")].into_iter().collect();
+        let first = a.allocate_avoiding(&vm("a"), None, None, &avoid).unwrap();
+        let second = a.allocate_avoiding(&vm("b"), None, None, &avoid).unwrap();
+        assert_eq!((first.ip, second.ip), (ip("10.0.0.3"), ip("10.0.0.5")));
+        let asked = a.allocate_avoiding(&vm("c"), Some(ip("10.0.0.2")), None, &avoid);
+        assert_eq!(asked.unwrap().ip, ip("10.0.0.2"));
+        // .6 is the last; .4 is only avoided, but nothing else is left.
+        a.allocate_avoiding(&vm("d"), None, None, &avoid).unwrap();
+        let err = a
+            .allocate_avoiding(&vm("e"), None, None, &avoid)
+            .unwrap_err();
+        assert!(
+            matches!(err, IpamError::Exhausted { leases: 4, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
