@@ -563,6 +563,13 @@ pub struct RestoreArgs {
     /// VMs; the vmstate, sizes and parents are always checked).
     #[arg(long)]
     pub verify_memory: bool,
+    /// Put the VM on the host's network under the snapshot's own address
+    /// and MAC, as its source was. By default it gets a network namespace
+    /// that translates them to a new address, so that any number of VMs
+    /// restored from one snapshot run beside its source; with this flag
+    /// the restore fails while another VM holds the address.
+    #[arg(long)]
+    pub keep_address: bool,
     /// Serve guest memory from a userfaultfd page server instead of letting
     /// Firecracker map the memory file. The server is a helper process
     /// that lives as long as the VM (or, with `populate`, until every page

@@ -589,6 +589,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         mmds: args.mmds.as_deref().map(read_json_object).transpose()?,
         uid: args.uid,
         gid: args.gid,
+        keep_address: args.keep_address,
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&id, &snapshot, options).await?;

@@ -79,6 +79,12 @@ pub fn vm_record(vm: &VmJson) -> String {
             ),
             ("published", list_or_dash(&net.published)),
         ]);
+        if let Some(guest) = &net.guest {
+            rows.push((
+                "guest",
+                format!("{} {} (translated to the ip above)", guest.ip, guest.mac),
+            ));
+        }
         if !net.peer_groups.is_empty() {
             rows.push(("peer groups", net.peer_groups.join(", ")));
         }
@@ -726,6 +732,7 @@ mod tests {
                 published: vec!["8080:80/tcp".into(), "5353:53/udp".into()],
                 peer_groups: Vec::new(),
                 netns: None,
+                guest: None,
             }),
         }
     }
@@ -743,6 +750,21 @@ mod tests {
             assert!(text.contains(row), "{row:?} in\n{text}");
         }
         assert!(!text.contains("peer groups"), "{text}");
+        assert!(!text.contains("guest"), "{text}");
+        let mut clone = networked_vm();
+        if let Some(net) = &mut clone.net {
+            net.guest = Some(crate::json::GuestJson {
+                ip: "172.30.0.9".into(),
+                mac: "06:00:ac:1e:00:09".into(),
+            });
+        }
+        let text = vm_record(&clone);
+        assert!(
+            text.contains(
+                "guest:      172.30.0.9 06:00:ac:1e:00:09 (translated to the ip above)\n"
+            ),
+            "{text}"
+        );
         let mut plain = networked_vm();
         plain.net = None;
         assert!(!vm_record(&plain).contains("gateway"));

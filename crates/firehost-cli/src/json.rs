@@ -66,13 +66,18 @@
 //!
 //! `net` is `{"ip": string, "prefix_len": integer, "gateway": string,
 //! "mac": string, "tap": string, "dns": [string…], "published":
-//! [string…], "peer_groups": [string…], "netns": string or null}`: the
-//! guest's address and the subnet's prefix length, its default gateway
-//! (the bridge), its NIC's MAC (`06:00:ac:1e:00:02`), its TAP, its DNS
-//! servers, the host ports forwarded to it as `HOST:GUEST/PROTO`
-//! (`8080:80/tcp`) in the order they were published, its peer groups, and
-//! with `run --netns` the VM's own network namespace (its pinned file; the
-//! TAP is in there).
+//! [string…], "peer_groups": [string…], "netns": string or null,
+//! "guest": {"ip": string, "mac": string} or null}`: the VM's address on
+//! the host's network (where the host and its peers reach it) and the
+//! subnet's prefix length, the default gateway (the bridge), the MAC the
+//! host sees (`06:00:ac:1e:00:02`), its TAP, its DNS servers, the host
+//! ports forwarded to it as `HOST:GUEST/PROTO` (`8080:80/tcp`) in the
+//! order they were published, its peer groups, its own network namespace
+//! (its pinned file; the TAP is in there) with `run --netns` and for
+//! restored VMs, and for a restored VM the address and MAC its guest keeps
+//! from the snapshot, which the namespace translates to `ip` (without
+//! `restore --keep-address`; `null` when the guest has `ip` and `mac`
+//! itself).
 //!
 //! # Per command
 //!
@@ -344,13 +349,13 @@ pub struct VsockJson {
 /// A VM's place on the default network. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetJson {
-    /// The guest's address.
+    /// The VM's address on the host's network.
     pub ip: String,
     /// The subnet's prefix length.
     pub prefix_len: u8,
-    /// The guest's default gateway (the bridge).
+    /// The default gateway (the bridge).
     pub gateway: String,
-    /// The guest NIC's MAC.
+    /// The MAC the host sees.
     pub mac: String,
     /// The TAP on the host.
     pub tap: String,
@@ -362,6 +367,18 @@ pub struct NetJson {
     pub peer_groups: Vec<String>,
     /// The VM's own network namespace file, if it has one.
     pub netns: Option<String>,
+    /// The address and MAC the guest keeps, translated to `ip`, if they
+    /// differ.
+    pub guest: Option<GuestJson>,
+}
+
+/// A translated guest's own address: `{"ip": string, "mac": string}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestJson {
+    /// The guest's address.
+    pub ip: String,
+    /// The guest's MAC.
+    pub mac: String,
 }
 
 /// Each item's text.
@@ -381,6 +398,10 @@ impl From<&VmNet> for NetJson {
             published: strings(&net.published),
             peer_groups: strings(&net.peer_groups),
             netns: net.netns.as_ref().map(|ns| path(&ns.path)),
+            guest: net.guest.map(|g| GuestJson {
+                ip: g.ip.to_string(),
+                mac: g.mac.to_string(),
+            }),
         }
     }
 }

@@ -41,8 +41,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firehost::VmId;
-use firehost::net::host::{HostNetwork, NetSpec, NetworkConfig, Uplink};
-use firehost::net::tap::tap_name_for_vm;
+use firehost::net::host::{GuestAddress, HostNetwork, NetSpec, NetworkConfig, Uplink};
+use firehost::net::tap::{TapOwner, tap_name_for_vm};
 use firehost::net::{IfName, Netlink};
 
 fn iters(default: usize) -> usize {
@@ -206,6 +206,50 @@ async fn bench() {
         median(&shell, |c| c.0) / median(&ours, |c| c.0),
         median(&shell, |c| c.1) / median(&ours, |c| c.1),
         median(&shell, |c| c.0 + c.1) / median(&ours, |c| c.0 + c.1),
+    );
+
+    // 2. A clone's network: a TAP on the bridge (the baseline), a bridged
+    // namespace, and a translating namespace (what every restore gets),
+    // interleaved so drift hits all three.
+    let guest = GuestAddress {
+        ip: "172.30.0.2".parse().unwrap(),
+        mac: "06:00:ac:1e:00:02".parse().unwrap(),
+    };
+    let namespaced = NetSpec {
+        netns: true,
+        ..NetSpec::default()
+    };
+    let rounds = iters(50);
+    let (mut plain, mut bridged, mut translated) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        plain.push(cycle(vm(200_000 + i)).await);
+        let id = vm(300_000 + i);
+        let t = Instant::now();
+        net.attach(&id, &namespaced).await.unwrap();
+        let setup = t.elapsed();
+        let t = Instant::now();
+        net.detach(&id).await.unwrap();
+        bridged.push((setup, t.elapsed()));
+        let id = vm(400_000 + i);
+        let t = Instant::now();
+        net.attach_translated(&id, &spec, guest, TapOwner::default())
+            .await
+            .unwrap();
+        let setup = t.elapsed();
+        let t = Instant::now();
+        net.detach(&id).await.unwrap();
+        translated.push((setup, t.elapsed()));
+    }
+    println!("a clone's network ({rounds} rounds, interleaved; median / p90)");
+    report("TAP on the bridge (baseline)", &plain);
+    report("namespace, bridged inside", &bridged);
+    report("namespace, translating (a restore's)", &translated);
+    println!(
+        "  translating / TAP: setup {:.1}x, teardown {:.1}x, both {:.1}x; translating / bridged: both {:.2}x",
+        median(&translated, |c| c.0) / median(&plain, |c| c.0),
+        median(&translated, |c| c.1) / median(&plain, |c| c.1),
+        median(&translated, |c| c.0 + c.1) / median(&plain, |c| c.0 + c.1),
+        median(&translated, |c| c.0 + c.1) / median(&bridged, |c| c.0 + c.1),
     );
 
     // 3. Parallelism: a batch of VMs at once vs one after another,

@@ -4,9 +4,11 @@
 //! A VM whose spec has [`MmdsSpec`] (it needs the default network: the
 //! service answers on the guest's `eth0`) gets `PUT /mmds/config` and
 //! `PUT /mmds` at create. firehost adds one key to the caller's data,
-//! `"firehost"`, with the VM's identity as the host sees it
-//! ([`identity`]): its id, address, gateway, MAC, DNS servers and the
-//! snapshot it was restored from. A guest (or the image's boot scripts)
+//! `"firehost"`, with the VM's identity ([`identity`]): its id, the
+//! guest's own address and MAC, the gateway, the DNS servers, the address
+//! the host and its peers reach it at (`host_ip`: a restored guest keeps
+//! its snapshot's address, which its namespace translates to this one) and
+//! the snapshot it was restored from. A guest (or the image's boot scripts)
 //! reads it to learn who it is, which matters after a clone: Firecracker
 //! keeps the MMDS configuration in a snapshot but not the data store, so a
 //! restore writes the data again, with the clone's own identity, before the
@@ -23,14 +25,18 @@ use crate::net::host::VmNet;
 
 pub use crate::vocab::{MmdsSpec, MmdsVersion};
 
-/// The `"firehost"` object firehost adds to a VM's metadata.
+/// The `"firehost"` object firehost adds to a VM's metadata: `vm`, `ip`,
+/// `prefix_len`, `gateway`, `mac` (the guest's own), `host_ip`, `dns` and
+/// `restored_from`.
 pub fn identity(vm: &VmId, net: Option<&VmNet>, restored_from: Option<&SnapshotName>) -> Value {
+    let guest = net.map(VmNet::guest_net);
     json!({
         "vm": vm.as_str(),
-        "ip": net.map(|n| n.ip.to_string()),
+        "ip": guest.as_ref().map(|g| g.ip.to_string()),
         "prefix_len": net.map(|n| n.prefix_len),
         "gateway": net.map(|n| n.gateway.to_string()),
-        "mac": net.map(|n| n.mac.to_string()),
+        "mac": guest.as_ref().map(|g| g.mac.to_string()),
+        "host_ip": net.map(|n| n.ip.to_string()),
         "dns": net.map(|n| n.dns.iter().map(ToString::to_string).collect::<Vec<_>>()),
         "restored_from": restored_from.map(SnapshotName::as_str),
     })

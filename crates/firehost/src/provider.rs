@@ -38,10 +38,14 @@ use crate::VmId;
 use crate::manager::{
     Manager, RestoreOptions, SnapshotOptions, StopOptions, StopOutcome, VmError, VmInfo, VsockInfo,
 };
-use crate::manager::{name_own_copies, restore_net_spec, restored_spec};
-use crate::net::host::{NetError, NetSpec, NetworkConfig, VmNet, check_ports};
+use crate::manager::{name_own_copies, restored_net, restored_spec};
+use crate::net::host::{
+    GuestAddress, NetError, NetSpec, NetworkConfig, VmNet, check_ports, check_translatable,
+    translated_guests,
+};
 use crate::net::ipam::Allocator;
-use crate::net::tap::tap_name_for_vm;
+use crate::net::netns::VmNetns;
+use crate::net::tap::{tap_name_for_vm, veth_names_for_tap};
 use crate::snapshot::{
     MANIFEST_FORMAT, NetworkLayout, SnapshotInfo, SnapshotKind, SnapshotManifest, SnapshotName,
     VsockLayout,
@@ -331,24 +335,44 @@ impl InMemoryNet {
         }
     }
 
-    fn attach(&mut self, vm: &VmId, spec: &NetSpec) -> Result<VmNet, VmError> {
+    /// Attaches `vm` as the manager would; translated to `guest` when
+    /// given (see [`HostNetwork::attach_translated`](crate::net::host::HostNetwork::attach_translated)).
+    fn attach(
+        &mut self,
+        vm: &VmId,
+        spec: &NetSpec,
+        guest: Option<GuestAddress>,
+    ) -> Result<VmNet, VmError> {
         let network = |source| VmError::Network {
             id: vm.clone(),
             source: Box::new(source),
         };
+        if let Some(guest) = guest {
+            check_translatable(self.allocator.gateway(), spec, guest).map_err(network)?;
+        }
         check_ports(&self.attached, vm, &spec.publish).map_err(network)?;
+        let mut avoid = translated_guests(&self.attached);
+        avoid.extend(guest.map(|g| g.ip));
         let lease = self
             .allocator
-            .allocate_requested(vm, spec.ip, spec.mac)
+            .allocate_avoiding(vm, spec.ip, spec.mac, &avoid)
             .map_err(|e| network(NetError::Ipam(e)))?;
-        let net = VmNet::new(
+        let tap = tap_name_for_vm(vm, 0, 0);
+        let mut net = VmNet::new(
             &self.config,
             self.allocator.gateway(),
             lease,
-            tap_name_for_vm(vm, 0, 0),
+            tap.clone(),
             Vec::new(),
             spec,
         );
+        if spec.netns || guest.is_some() {
+            net.netns = Some(VmNetns {
+                path: PathBuf::from("/nonexistent/firehost-in-memory/netns").join(vm.as_str()),
+                host_port: veth_names_for_tap(&tap).0,
+            });
+        }
+        net.guest = guest;
         self.attached.insert(vm.clone(), net.clone());
         Ok(net)
     }
@@ -545,7 +569,7 @@ impl VmProvider for InMemoryProvider {
             return Err(e);
         }
         let net = match &spec.net {
-            Some(net_spec) => match self.network().attach(id, net_spec) {
+            Some(net_spec) => match self.network().attach(id, net_spec, None) {
                 Ok(net) => Some(net),
                 Err(e) => {
                     self.lock_writers().release(id);
@@ -743,12 +767,13 @@ impl VmProvider for InMemoryProvider {
         if vms.contains_key(id) {
             return Err(VmError::AlreadyExists { id: id.clone() });
         }
-        let net_spec = restore_net_spec(&taken.manifest).map_err(|e| VmError::Network {
-            id: id.clone(),
-            source: Box::new(NetError::Ipam(e)),
-        })?;
-        let net = match net_spec {
-            Some(spec) => Some(self.network().attach(id, &spec)?),
+        let wanted =
+            restored_net(&taken.manifest, options.keep_address).map_err(|e| VmError::Network {
+                id: id.clone(),
+                source: Box::new(e),
+            })?;
+        let net = match wanted {
+            Some(wanted) => Some(self.network().attach(id, &wanted.spec, wanted.guest)?),
             None => None,
         };
         self.last_snapshot

@@ -601,9 +601,22 @@ fn a_tap_name_taken_by_another_device_moves_to_the_next_name() {
     });
 }
 
+/// Asserts the VMM of `info` runs in the namespace pinned at `netns`.
+fn assert_vmm_in(info: &firehost::manager::VmInfo, netns: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let pid = info.pid.expect("a live VM has a VMM");
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+    let pinned = std::fs::metadata(netns).unwrap();
+    assert_eq!(
+        theirs.ino(),
+        pinned.ino(),
+        "the VMM runs in the VM's namespace"
+    );
+}
+
 #[test]
-fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
-    const T: &str = "a_restore_gets_a_new_tap_and_keeps_the_guests_address";
+fn clones_of_a_networked_snapshot_run_beside_its_source_each_translated() {
+    const T: &str = "clones_of_a_networked_snapshot_run_beside_its_source_each_translated";
     in_netns(T, |nl| async move {
         if !nft_or_skip(T) {
             return;
@@ -622,12 +635,61 @@ fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
         assert_eq!(layout[0].guest_ip, Some(src.ip));
         assert_eq!(layout[0].host_dev_name, src.tap.as_str());
 
-        // The guest's address is taken while the source runs.
-        let clone = id("clone");
-        let err = manager
-            .restore(&clone, &snap, Default::default())
-            .await
-            .unwrap_err();
+        // Three clones while the source runs: each keeps the guest's
+        // address inside a namespace of its own, under a host address of
+        // its own.
+        let mut clones = Vec::new();
+        for i in 0..3 {
+            let clone = id(&format!("clone-{i}"));
+            let info = manager
+                .restore(&clone, &snap, Default::default())
+                .await
+                .unwrap();
+            let net = net_of(&info);
+            let own = firehost::net::host::GuestAddress {
+                ip: src.ip,
+                mac: src.mac,
+            };
+            assert_eq!(net.guest, Some(own), "the guest keeps both");
+            assert_ne!(net.ip, src.ip);
+            let netns = net.netns.clone().expect("a namespace of its own");
+            assert_vmm_in(&info, &netns.path);
+            let inside = links_inside(&netns.path).await;
+            assert!(inside.contains(&net.tap.to_string()), "{inside:?}");
+            assert!(
+                nl.link(&net.tap).await.unwrap().is_none(),
+                "not on the host"
+            );
+            assert!(nl.link(&netns.host_port).await.unwrap().is_some());
+            let api = manager
+                .api(&clone)
+                .await
+                .unwrap()
+                .expect("a live VM has an API");
+            let config = api.get_export_vm_config().await.unwrap();
+            if let Some(ifaces) = config.network_interfaces.filter(|i| !i.is_empty()) {
+                assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+            }
+            clones.push((clone, net));
+        }
+        let mut hosts: Vec<Ipv4Addr> = clones.iter().map(|(_, n)| n.ip).collect();
+        hosts.push(src.ip);
+        hosts.sort();
+        hosts.dedup();
+        assert_eq!(hosts.len(), 4, "every VM has its own host address");
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(h.host.state_dir().join("vms/clone-0/record.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record["net"]["guest"]["ip"], src.ip.to_string());
+
+        // Keeping the snapshot's own address needs it free.
+        let kept = id("kept");
+        let keep = || firehost::manager::RestoreOptions {
+            keep_address: true,
+            ..Default::default()
+        };
+        let err = manager.restore(&kept, &snap, keep()).await.unwrap_err();
         let VmError::Network { source: why, .. } = err else {
             panic!("expected a network error, got {err:?}");
         };
@@ -635,31 +697,39 @@ fn a_restore_gets_a_new_tap_and_keeps_the_guests_address() {
             matches!(*why, NetError::Ipam(IpamError::IpTaken { .. })),
             "{why:?}"
         );
-        assert!(!h.host.state_dir().join("vms/clone").exists());
+        assert!(!h.host.state_dir().join("vms/kept").exists());
+
+        // Removing a clone removes its namespace and veth, nothing else.
+        let (gone, gone_net) = clones.remove(1);
+        manager.stop(&gone, StopOptions::default()).await.unwrap();
+        manager.destroy(&gone).await.unwrap();
+        let gone_ns = gone_net.netns.unwrap();
+        assert!(!gone_ns.path.exists());
+        assert!(nl.link(&gone_ns.host_port).await.unwrap().is_none());
+        for (_, net) in &clones {
+            let ns = net.netns.as_ref().unwrap();
+            assert!(ns.path.exists());
+            assert!(nl.link(&ns.host_port).await.unwrap().is_some());
+        }
 
         manager.stop(&source, StopOptions::default()).await.unwrap();
         manager.destroy(&source).await.unwrap();
-        let restored = manager
-            .restore(&clone, &snap, Default::default())
-            .await
-            .unwrap();
+        let restored = manager.restore(&kept, &snap, keep()).await.unwrap();
         let net = net_of(&restored);
-        assert_eq!((net.ip, net.mac), (src.ip, src.mac), "the guest keeps both");
-        assert_ne!(net.tap, src.tap, "a TAP of its own");
-        assert!(nl.link(&net.tap).await.unwrap().is_some());
-        assert!(nl.link(&src.tap).await.unwrap().is_none());
-        let api = manager
-            .api(&clone)
-            .await
-            .unwrap()
-            .expect("a live VM has an API");
-        let config = api.get_export_vm_config().await.unwrap();
-        if let Some(ifaces) = config.network_interfaces.filter(|i| !i.is_empty()) {
-            assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
+        assert_eq!((net.ip, net.mac, net.guest), (src.ip, src.mac, None));
+        assert!(
+            nl.link(&net.tap).await.unwrap().is_some(),
+            "on the host's bridge"
+        );
+        for vm in clones.iter().map(|(vm, _)| vm).chain([&kept]) {
+            manager.stop(vm, StopOptions::default()).await.unwrap();
+            manager.destroy(vm).await.unwrap();
         }
-        manager.stop(&clone, StopOptions::default()).await.unwrap();
-        manager.destroy(&clone).await.unwrap();
         assert_eq!(residue(&nl).await, nothing());
+        let left = std::fs::read_dir(h.host.state_dir().join("netns"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0, "no namespace is left pinned");
     });
 }
 
@@ -879,6 +949,59 @@ fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
         assert_eq!(ifaces[0].host_dev_name, net.tap.as_str());
         manager.stop(&vm, StopOptions::default()).await.unwrap();
         manager.destroy(&vm).await.unwrap();
+        assert_eq!(residue(&nl).await, nothing());
+        let left: Vec<_> = std::fs::read_dir(base.join("firecracker"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
+    });
+}
+
+#[test]
+fn jailed_clones_run_beside_their_source_each_in_its_own_namespace() {
+    const T: &str = "jailed_clones_run_beside_their_source_each_in_its_own_namespace";
+    let Some(jailer) = real_jailer(T) else {
+        return;
+    };
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let (config, base) = h.jail_config(jailer, 930_040);
+        let manager = Manager::open(config).await.unwrap();
+        let source = id("jailed-src");
+        let mut spec = net_spec();
+        spec.jail = Some(firehost::jail::JailSpec::default());
+        let src = net_of(&manager.run(&source, spec).await.unwrap());
+        let snap: firehost::snapshot::SnapshotName = "jsnap".parse().unwrap();
+        manager
+            .snapshot(&source, &snap, Default::default())
+            .await
+            .unwrap();
+        let mut clones = Vec::new();
+        for i in 0..2 {
+            let clone = id(&format!("jclone-{i}"));
+            let info = manager
+                .restore(&clone, &snap, Default::default())
+                .await
+                .unwrap();
+            let net = net_of(&info);
+            assert_eq!(net.guest.map(|g| g.ip), Some(src.ip));
+            assert_ne!(net.ip, src.ip);
+            let netns = net.netns.clone().expect("a namespace of its own");
+            assert_vmm_in(&info, &netns.path);
+            assert!(
+                links_inside(&netns.path)
+                    .await
+                    .contains(&net.tap.to_string())
+            );
+            clones.push(clone);
+        }
+        for vm in clones.iter().chain([&source]) {
+            manager.stop(vm, StopOptions::default()).await.unwrap();
+            manager.destroy(vm).await.unwrap();
+        }
         assert_eq!(residue(&nl).await, nothing());
         let left: Vec<_> = std::fs::read_dir(base.join("firecracker"))
             .map(|d| d.flatten().map(|e| e.path()).collect())

@@ -2,7 +2,7 @@
 //! built `firehost` binary pointed at `fake-firecracker`, JSON shape
 //! checks, and a guard that removes a test's VM even when the test fails.
 
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code, unused_imports)] // each test file uses its own subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -311,6 +311,7 @@ pub fn assert_vm_shape(vm: &Value) {
                 ("published", &[Arr]),
                 ("peer_groups", &[Arr]),
                 ("netns", &[Str, Null]),
+                ("guest", &[Obj, Null]),
             ],
         );
     }

@@ -61,7 +61,7 @@ pub use error::{DriveProblem, MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableRea
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};
-pub(crate) use restore::{name_own_copies, restore_net_spec, restored_spec};
+pub(crate) use restore::{name_own_copies, restored_net, restored_spec};
 pub use snapshots::Snapshots;
 
 use crate::VmId;

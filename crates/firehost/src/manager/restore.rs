@@ -34,15 +34,19 @@
 //!   and long-lived secrets (SSH host keys, TLS keys) must not be in the
 //!   snapshot at all.
 //! - **Network identity.** The guest keeps the MAC and IP it had in the
-//!   snapshot. Firecracker's `network_overrides` only swap the host TAP.
-//!   A snapshot of a VM on the default network restores onto a new TAP
-//!   with that same MAC and IP, so only one VM restored from it can be on
-//!   the network at a time, and not while the source VM is (the restore
-//!   fails with an address-taken error). Clones that must run side by side
-//!   need the guest to take a new MAC and IP after it resumes (run through
-//!   the agent, for instance) or a network namespace each (see Firecracker's
-//!   `network-for-clones` document); either way, drop ARP/neighbour caches
-//!   and TCP connections.
+//!   snapshot, and needs no reconfiguration: by default a restored VM on
+//!   the default network gets a network namespace of its own whose
+//!   inside translates the guest's address 1:1 to a host address this VM
+//!   gets now (see `net::translate`), so any number of clones of one
+//!   snapshot run beside each other and beside their source, each known to
+//!   the host, its firewall and its peers by its own address
+//!   ([`VmNet::ip`](crate::net::host::VmNet::ip); the guest's is in
+//!   [`VmNet::guest`](crate::net::host::VmNet::guest) and in the metadata
+//!   identity). Connections the guest had open at the snapshot are dead
+//!   (their peers knew another VM); ARP and neighbour caches in the guest
+//!   stay valid. [`RestoreOptions::keep_address`] puts the VM on the
+//!   host's network under the snapshot's address instead, which only one
+//!   VM can hold at a time.
 //! - **Time.** The guest clock stops while the snapshot sits on disk;
 //!   [`RestoreOptions::clock_realtime`] (the default on `x86_64`) moves
 //!   kvmclock to the wall clock at the restore; else step the clock in the guest
@@ -66,7 +70,7 @@ use crate::api::models::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotLoadParams, VsockOverride,
 };
 use crate::manager::error::DriveProblem;
-use crate::net::host::{NetError, NetSpec, VmNet};
+use crate::net::host::{GuestAddress, NetError, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
 use crate::record::VmVsock;
 use crate::snapshot::{
@@ -106,6 +110,14 @@ pub struct RestoreOptions {
     /// For a jailed snapshot: the gid. `None`: the jail configuration's
     /// gid, else the uid.
     pub gid: Option<u32>,
+    /// For a snapshot of a VM on the default network: put the restored VM
+    /// on the host's network under the snapshot's own address and MAC,
+    /// as its source was, instead of in a namespace of its own that
+    /// translates them to a new host address (the default). Only one VM
+    /// can hold them at a time, so this fails while the source VM, or
+    /// another VM restored this way, is on the network; use it to bring
+    /// one VM back where others expect to find it.
+    pub keep_address: bool,
 }
 
 /// Where a restored guest's memory comes from.
@@ -148,6 +160,7 @@ impl Default for RestoreOptions {
             mmds: None,
             uid: None,
             gid: None,
+            keep_address: false,
         }
     }
 }
@@ -266,7 +279,7 @@ async fn build(
     // else the source's files.
     let copy_from = from_kept_disks(&manifest.spec, &bundle, &manifest.disks);
     shared.prepare_for(&spec).await;
-    let net = attach_network(shared, id, &manifest, &spec, undo).await?;
+    let net = attach_network(shared, id, &manifest, &spec, options, undo).await?;
     let overrides: Vec<NetworkOverride> = net
         .iter()
         .map(|net| NetworkOverride {
@@ -667,12 +680,15 @@ fn check_jail_layout(
     })
 }
 
-/// Puts the restored VM on the default network when the snapshot's VM was:
-/// a new TAP (passed to Firecracker as a `network_overrides` entry), with
-/// the address and MAC the guest keeps in its memory. Those must be free:
-/// restoring while the source VM (or another restore of the snapshot)
-/// still holds them fails with [`IpamError::IpTaken`], because two guests
-/// with one address on one bridge would break each other.
+/// Puts the restored VM on the default network when the snapshot's VM was,
+/// on a new TAP (passed to Firecracker as a `network_overrides` entry).
+///
+/// By default the guest keeps the snapshot's address and MAC in a
+/// namespace of its own that translates them to a host address this VM
+/// gets now, so any number of VMs restored from one snapshot, and the
+/// source VM, run side by side. With [`RestoreOptions::keep_address`] the
+/// VM holds the snapshot's address and MAC on the host's network itself;
+/// those must be free, or the restore fails with [`IpamError::IpTaken`].
 ///
 /// [`IpamError::IpTaken`]: crate::net::ipam::IpamError::IpTaken
 async fn attach_network(
@@ -680,21 +696,27 @@ async fn attach_network(
     id: &VmId,
     manifest: &crate::snapshot::SnapshotManifest,
     spec: &ResolvedSpec,
+    options: &RestoreOptions,
     undo: &mut UndoStack,
 ) -> Result<Option<VmNet>, VmError> {
     let network = |source| VmError::Network {
         id: id.clone(),
         source: Box::new(source),
     };
-    let Some(net_spec) = restore_net_spec(manifest).map_err(|e| network(NetError::Ipam(e)))? else {
+    let Some(wanted) = restored_net(manifest, options.keep_address).map_err(network)? else {
         return Ok(None);
     };
     let owner = super::jailed::tap_owner(shared, id, spec, undo)?;
-    let net = shared
-        .net
-        .attach_owned(id, &net_spec, owner)
-        .await
-        .map_err(network)?;
+    let attached = match wanted.guest {
+        Some(guest) => {
+            shared
+                .net
+                .attach_translated(id, &wanted.spec, guest, owner)
+                .await
+        }
+        None => shared.net.attach_owned(id, &wanted.spec, owner).await,
+    };
+    let net = attached.map_err(network)?;
     undo.push(UndoStep::DetachNetwork {
         net: shared.net.clone(),
         vm: id.clone(),
@@ -702,23 +724,39 @@ async fn attach_network(
     Ok(Some(net))
 }
 
-/// What a VM restored from `manifest` asks of the default network: the
-/// source's address and MAC, which the guest keeps, and its peer groups;
-/// `None` if the source VM had no default-network NIC.
-pub(crate) fn restore_net_spec(
+/// What a VM restored from a snapshot asks of the default network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RestoredNet {
+    /// The host side: the address and MAC asked for (the snapshot's when
+    /// they are kept, else none), the peer groups, the namespace.
+    pub spec: NetSpec,
+    /// The guest's own address and MAC, to translate to a host address;
+    /// `None` when the VM keeps them on the host's network.
+    pub guest: Option<GuestAddress>,
+}
+
+/// What a VM restored from `manifest` asks of the default network (see
+/// [`attach_network`]); `None` if the source VM had no default-network
+/// NIC.
+pub(crate) fn restored_net(
     manifest: &crate::snapshot::SnapshotManifest,
-) -> Result<Option<NetSpec>, crate::net::ipam::IpamError> {
+    keep_address: bool,
+) -> Result<Option<RestoredNet>, NetError> {
     let Some(layout) = manifest.network.iter().find(|n| n.guest_ip.is_some()) else {
+        return Ok(None);
+    };
+    let Some(ip) = layout.guest_ip else {
         return Ok(None);
     };
     let mac = layout
         .guest_mac
         .as_deref()
         .map(str::parse::<MacAddr>)
-        .transpose()?;
-    Ok(Some(NetSpec {
-        ip: layout.guest_ip,
-        mac,
+        .transpose()
+        .map_err(|e| NetError::Ipam(e.into()))?;
+    let mut spec = NetSpec {
+        ip: None,
+        mac: None,
         // Published ports belong to the source VM; a restored VM publishes
         // its own.
         publish: Vec::new(),
@@ -729,9 +767,25 @@ pub(crate) fn restore_net_spec(
             .map(|n| n.peer_groups.clone())
             .unwrap_or_default(),
         kernel_ip_arg: false,
-        // The guest does not notice where its TAP lives: the restored VM
-        // gets a namespace when the snapshot's VM had one.
-        netns: manifest.spec.net.as_ref().is_some_and(|n| n.netns),
+        netns: true,
+    };
+    if keep_address {
+        spec.ip = Some(ip);
+        spec.mac = mac;
+        // The guest does not notice where its TAP lives: the VM gets a
+        // namespace when the snapshot's VM had one.
+        spec.netns = manifest.spec.net.as_ref().is_some_and(|n| n.netns);
+        return Ok(Some(RestoredNet { spec, guest: None }));
+    }
+    let Some(mac) = mac else {
+        return Err(NetError::GuestAddress {
+            ip,
+            problem: "the snapshot does not say the guest's MAC",
+        });
+    };
+    Ok(Some(RestoredNet {
+        spec,
+        guest: Some(GuestAddress { ip, mac }),
     }))
 }
 

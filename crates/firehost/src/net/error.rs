@@ -54,13 +54,14 @@ pub enum NetError {
     #[error(transparent)]
     Ipam(#[from] IpamError),
     /// A guest's own address cannot be translated to a host address: it
-    /// is the host's gateway, or the host address asked for.
-    #[error("the guest's own address {ip} is {clash}; its namespace could not route it")]
+    /// is the host's gateway or the host address asked for, or its MAC is
+    /// unknown.
+    #[error("the guest's own address {ip} cannot be translated: {problem}")]
     GuestAddress {
         /// The guest's address.
         ip: std::net::Ipv4Addr,
-        /// Which other address it is.
-        clash: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
     },
     /// A host port is already forwarded to another VM.
     #[error("host port {port}/{proto} is already published by VM {holder}")]

@@ -236,18 +236,7 @@ impl HostNetwork {
         guest: GuestAddress,
         owner: TapOwner,
     ) -> Result<VmNet, NetError> {
-        if guest.ip == self.gateway {
-            return Err(NetError::GuestAddress {
-                ip: guest.ip,
-                clash: "the gateway's",
-            });
-        }
-        if spec.ip == Some(guest.ip) {
-            return Err(NetError::GuestAddress {
-                ip: guest.ip,
-                clash: "the host address asked for",
-            });
-        }
+        check_translatable(self.gateway, spec, guest)?;
         self.attach_as(vm, spec, owner, Some(guest)).await
     }
 
@@ -799,7 +788,7 @@ impl HostNetwork {
     /// Deletes a VM's TAP, or its namespace with the TAP in it.
     async fn delete_devices(&self, live: &Live, net: &VmNet) -> Result<(), NetError> {
         match &net.netns {
-            Some(netns) => super::netns::unplumb(&live.nl, netns, &net.tap).await,
+            Some(netns) => super::netns::unplumb(&live.nl, netns).await,
             None => Tap::delete(&live.nl, &net.tap)
                 .await
                 .map(drop)
@@ -835,37 +824,36 @@ impl HostNetwork {
         let path = dir.join(vm.as_str());
         let mut tried = Vec::new();
         for attempt in 0..TAP_NAME_ATTEMPTS {
+            // The TAP is alone in the VM's namespace; the name that must
+            // be free is its veth's on the host.
             let tap = tap_name_for_vm(vm, 0, attempt);
-            match super::tap::create_persistent_tap(&tap, owner) {
-                Ok(()) => {}
-                Err(TapError::NameTaken { .. }) => {
-                    tried.push(tap);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let (host_port, inner_port) = super::tap::veth_names_for_tap(&tap);
+            let taken = live
+                .nl
+                .link(&host_port)
+                .await
+                .map_err(|source| NetError::Netlink {
+                    op: "look up a link",
+                    source: source.into(),
+                })?
+                .is_some();
+            if taken {
+                tried.push(host_port);
+                continue;
             }
-            let suffix = &tap.as_str()[super::tap::TAP_PREFIX.len()..];
-            let host_port = IfName::new(format!("fv{suffix}")).expect("as long as the TAP's");
-            let inner_port = IfName::new(format!("fp{suffix}")).expect("as long as the TAP's");
-            let plumbed = super::netns::plumb(
+            let netns = super::netns::plumb(
                 &live.nl,
                 live.bridge.name(),
-                &tap,
                 &path,
+                &tap,
+                owner,
                 &host_port,
                 &inner_port,
                 &self.alias(vm),
                 inside,
             )
-            .await;
-            return match plumbed {
-                Ok(netns) => Ok((tap, Some(netns))),
-                Err(e) => {
-                    // Still in our namespace if it was never moved.
-                    let _ = Tap::delete(&live.nl, &tap).await;
-                    Err(e)
-                }
-            };
+            .await?;
+            return Ok((tap, Some(netns)));
         }
         Err(NetError::TapNamesTaken {
             vm: vm.clone(),
@@ -980,10 +968,30 @@ fn remove_stale_namespaces(netns_dir: &Path, attached: &BTreeMap<VmId, VmNet>, s
     }
 }
 
+/// Refuses to translate `guest` to a host address when its namespace could
+/// not route it: it is the gateway, or the host address `spec` asks for.
+pub(crate) fn check_translatable(
+    gateway: Ipv4Addr,
+    spec: &NetSpec,
+    guest: GuestAddress,
+) -> Result<(), NetError> {
+    let problem = if guest.ip == gateway {
+        "it is the host's gateway"
+    } else if spec.ip == Some(guest.ip) {
+        "it is the host address asked for"
+    } else {
+        return Ok(());
+    };
+    Err(NetError::GuestAddress {
+        ip: guest.ip,
+        problem,
+    })
+}
+
 /// The addresses translated guests keep in their namespaces: never given
 /// to another VM as its host address while they are attached, or those
 /// guests could not reach it.
-fn translated_guests(attached: &BTreeMap<VmId, VmNet>) -> BTreeSet<Ipv4Addr> {
+pub(crate) fn translated_guests(attached: &BTreeMap<VmId, VmNet>) -> BTreeSet<Ipv4Addr> {
     attached
         .values()
         .filter_map(|net| net.guest.map(|g| g.ip))

@@ -29,7 +29,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+
 use super::host::NetError;
+use super::tap::TapOwner;
 use super::translate::Translation;
 use super::{IfName, Netlink};
 
@@ -112,7 +115,8 @@ pub async fn create(path: &Path) -> Result<OwnedFd, NetError> {
     made.map_err(io_err("create the network namespace", path))
 }
 
-/// Opens the namespace pinned at `path`.
+/// Opens the namespace pinned at `path` (tests read inside it).
+#[cfg(any(test, feature = "test-internals"))]
 pub fn open(path: &Path) -> Result<OwnedFd, NetError> {
     std::fs::File::open(path)
         .map(OwnedFd::from)
@@ -173,20 +177,6 @@ pub async fn netlink_in(ns: &OwnedFd) -> Result<Netlink, NetError> {
     .map_err(io_err("open a netlink socket in", Path::new("netns")))
 }
 
-/// Moves the link `name` (seen by `nl`) into the namespace `ns`.
-async fn move_link(nl: &Netlink, name: &IfName, ns: &OwnedFd) -> Result<(), NetError> {
-    let index = index_of(nl, name).await?;
-    let msg = rtnetlink::LinkUnspec::new_with_index(index)
-        .setns_by_fd(ns.as_raw_fd())
-        .build();
-    nl.handle()
-        .link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(nl_err("move a link into the VM's namespace"))
-}
-
 pub(super) async fn index_of(nl: &Netlink, name: &IfName) -> Result<u32, NetError> {
     nl.link(name)
         .await
@@ -224,11 +214,14 @@ pub enum Inside<'a> {
     Translated(&'a Translation),
 }
 
-/// Puts `tap` (a persistent TAP in the host's namespace, not on any
-/// bridge) into a new namespace pinned at `path`, joined to the host's
-/// `bridge` through the veth pair `host_port`/`inner_port`, labelled
-/// `alias` on the host side, with `inside` between the TAP and the veth.
-/// All or nothing.
+/// Makes a new namespace pinned at `path` holding the persistent TAP `tap`
+/// (owned by `owner`) and `inner_port`, one end of a veth pair whose other
+/// end, `host_port` (labelled `alias`), joins the host's `bridge`, with
+/// `inside` between the TAP and the veth. All or nothing.
+///
+/// The TAP and the veth end are made inside the namespace rather than
+/// moved there: moving a link between namespaces waits for the kernel's
+/// RCU grace periods, about 15 ms for a veth and 25 ms for a TAP here.
 ///
 /// # Cancel safety
 ///
@@ -238,8 +231,9 @@ pub enum Inside<'a> {
 pub async fn plumb(
     nl: &Netlink,
     bridge: &IfName,
-    tap: &IfName,
     path: &Path,
+    tap: &IfName,
+    owner: TapOwner,
     host_port: &IfName,
     inner_port: &IfName,
     alias: &str,
@@ -247,9 +241,19 @@ pub async fn plumb(
 ) -> Result<VmNetns, NetError> {
     let ns = create(path).await?;
     let steps = async {
+        let peer = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkUnspec>::new()
+            .name(inner_port.to_string())
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let pair = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkVeth>::new_with_info_kind(
+            InfoKind::Veth,
+        )
+        .name(host_port.to_string())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
         nl.handle()
             .link()
-            .add(rtnetlink::LinkVeth::new(host_port.as_str(), inner_port.as_str()).build())
+            .add(pair)
             .execute()
             .await
             .map_err(nl_err("create the veth pair"))?;
@@ -263,8 +267,10 @@ pub async fn plumb(
             .execute()
             .await
             .map_err(nl_err("label the veth"))?;
-        move_link(nl, inner_port, &ns).await?;
-        move_link(nl, tap, &ns).await?;
+        let name = tap.clone();
+        run_in(&ns, move || Ok(super::tap::create_persistent_tap(&name, owner)))
+            .await
+            .map_err(io_err("create the TAP in", path))??;
 
         let in_ns = netlink_in(&ns).await?;
         match inside {
@@ -285,9 +291,8 @@ pub async fn plumb(
             host_port: host_port.clone(),
         }),
         Err(e) => {
-            // Whatever was made: the host end (which takes its peer), the
-            // TAP if it was not moved yet (the caller deletes it), and the
-            // namespace with anything moved into it.
+            // Whatever was made: the host end (which takes its peer), and
+            // the namespace with the TAP in it.
             let _ = delete_link(nl, host_port).await;
             let _ = remove(path);
             Err(e)
@@ -310,21 +315,19 @@ async fn bridge_inside(inside: &Netlink, tap: &IfName, port: &IfName) -> Result<
     up_on(inside, &IfName::new("lo").expect("valid"), None).await
 }
 
-/// Removes a VM's namespace plumbing: the veth pair, the TAP and bridge
-/// inside, the namespace. Parts already gone are fine.
+/// Removes a VM's namespace plumbing: the veth pair, then the namespace,
+/// which takes the TAP and everything else inside with it once no process
+/// is in it (the VMM is gone by now). Parts already gone are fine.
+///
+/// The host end of the veth is deleted here and now, so the VM's port is
+/// off the bridge when this returns; the inside goes when the kernel
+/// cleans the namespace up, which nothing waits for.
 ///
 /// # Cancel safety
 ///
 /// Not cancel safe, but idempotent: calling it again finishes the job.
-pub async fn unplumb(nl: &Netlink, netns: &VmNetns, tap: &IfName) -> Result<(), NetError> {
+pub async fn unplumb(nl: &Netlink, netns: &VmNetns) -> Result<(), NetError> {
     delete_link(nl, &netns.host_port).await?;
-    if let Ok(ns) = open(&netns.path) {
-        // Persistent TAPs would be deleted with the namespace anyway; say
-        // so explicitly rather than rely on it.
-        if let Ok(inside) = netlink_in(&ns).await {
-            let _ = delete_link(&inside, tap).await;
-        }
-    }
     remove(&netns.path)
 }
 

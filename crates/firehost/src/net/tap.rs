@@ -153,6 +153,19 @@ pub fn tap_name_for_vm(vm: &VmId, nic: u8, attempt: u32) -> IfName {
     IfName::new(format!("{TAP_PREFIX}{}", &hex[..13])).expect("fh + 13 hex digits is a valid name")
 }
 
+/// The veth pair of a namespaced VM whose TAP is `tap` (a name from
+/// [`tap_name_for_vm`]): the host end (`fv…`) and the end in the namespace
+/// (`fp…`), with the TAP's hash so they are as unique as it is.
+pub fn veth_names_for_tap(tap: &IfName) -> (IfName, IfName) {
+    let hash = tap.as_str().strip_prefix(TAP_PREFIX).unwrap_or(tap.as_str());
+    let name = |prefix: &str| {
+        let mut name = format!("{prefix}{hash}");
+        name.truncate(crate::vocab::MAX_IFNAME_LEN);
+        IfName::new(name).expect("two letters and the TAP's hex digits are a valid name")
+    };
+    (name("fv"), name("fp"))
+}
+
 /// Who may attach to a TAP: the uid (and optionally gid) Firecracker runs
 /// as. `None` leaves the TAP usable by `CAP_NET_ADMIN` only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use firehost::manager::{RestoreOptions, SnapshotOptions, StopOptions, VmError};
-use firehost::net::host::{NetError, NetSpec};
+use firehost::net::host::{GuestAddress, NetError, NetSpec};
 use firehost::net::ipam::{IpamError, MacAddr};
 use firehost::net::tap::tap_name_for_vm;
 use firehost::{VmId, VmProvider, VmSpec};
@@ -122,22 +122,65 @@ pub async fn net_conformance(provider: &dyn VmProvider) {
         .unwrap();
     assert_eq!(taken.manifest.network.len(), 1);
     assert_eq!(taken.manifest.network[0].guest_ip, Some(net.ip));
+    // By default a restore runs beside its source: the guest keeps the
+    // snapshot's address and MAC, translated to a host address of its own
+    // (never the guest's, nor the gateway).
     let c = id("net-c");
-    let err = network_error(provider.restore(&c, &snap, RestoreOptions::default()).await);
-    assert!(
-        matches!(err, NetError::Ipam(IpamError::IpTaken { .. })),
-        "{err:?}"
-    );
-    provider.stop(&a, StopOptions::default()).await.unwrap();
     let restored = provider
         .restore(&c, &snap, RestoreOptions::default())
         .await
         .unwrap()
         .net
         .unwrap();
-    assert_eq!((restored.ip, restored.mac), (net.ip, net.mac));
+    let own = GuestAddress {
+        ip: net.ip,
+        mac: net.mac,
+    };
+    assert_eq!(restored.guest, Some(own));
+    assert_eq!(restored.guest_net().ip, net.ip);
+    assert!(
+        ![net.ip, b_net.ip, net.gateway].contains(&restored.ip),
+        "{restored:?}"
+    );
+    assert_ne!(restored.mac, net.mac);
+    let ns = restored
+        .netns
+        .clone()
+        .expect("a translated VM has a namespace");
+    assert_ne!(ns.host_port, restored.tap);
+    // A snapshot of the clone records the address its guest keeps.
+    let snap_c = "net-snap-c".parse().unwrap();
+    let taken_c = provider
+        .snapshot(&c, &snap_c, SnapshotOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(taken_c.manifest.network[0].guest_ip, Some(net.ip));
+    assert_eq!(
+        taken_c.manifest.network[0].guest_mac,
+        Some(net.mac.to_string())
+    );
 
-    for vm in ["net-a", "net-b", "net-c", "plain"] {
+    // Keeping the snapshot's address on the host's network needs it free.
+    let d = id("net-d");
+    let keep = || RestoreOptions {
+        keep_address: true,
+        ..RestoreOptions::default()
+    };
+    let err = network_error(provider.restore(&d, &snap, keep()).await);
+    assert!(
+        matches!(err, NetError::Ipam(IpamError::IpTaken { .. })),
+        "{err:?}"
+    );
+    provider.stop(&a, StopOptions::default()).await.unwrap();
+    let kept = provider
+        .restore(&d, &snap, keep())
+        .await
+        .unwrap()
+        .net
+        .unwrap();
+    assert_eq!((kept.ip, kept.mac, kept.guest), (net.ip, net.mac, None));
+
+    for vm in ["net-a", "net-b", "net-c", "net-d", "plain"] {
         let vm = id(vm);
         if provider.get(&vm).await.unwrap().state.is_live() {
             provider.stop(&vm, StopOptions::default()).await.unwrap();

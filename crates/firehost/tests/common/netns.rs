@@ -21,50 +21,6 @@ use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 /// The deadline for one test body.
 pub const TEST_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Unshares the calling thread's network and mount namespaces and mounts a
-/// sysfs for the new network namespace on `/sys` (privately: the host's
-/// mounts are untouched).
-pub fn enter_private_netns() -> Result<(), String> {
-    // SAFETY: unshare only changes this thread's namespaces (CLONE_NEWNS
-    // implies CLONE_FS, which a thread may unshare on its own); no memory is
-    // passed.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWNS) };
-    if rc != 0 {
-        return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the path is a NUL-terminated literal; the other pointers are
-    // null, which mount(2) accepts for a propagation change.
-    let rc = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "make / private: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: NUL-terminated literals, and no filesystem data.
-    let rc = unsafe {
-        libc::mount(
-            c"sysfs".as_ptr(),
-            c"/sys".as_ptr(),
-            c"sysfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!("mount sysfs: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 /// Runs `body` inside a fresh network namespace on its own thread with a
 /// current-thread runtime, under [`TEST_DEADLINE`]. Skips (and says so)
 /// where namespaces cannot be made.
@@ -83,7 +39,7 @@ where
     let thread = std::thread::Builder::new()
         .name(test.to_owned())
         .spawn(move || {
-            if let Err(why) = enter_private_netns() {
+            if let Err(why) = firehost_testkit::enter_private_netns() {
                 return Some(why);
             }
             let rt = tokio::runtime::Builder::new_current_thread()
