@@ -52,7 +52,7 @@ fn id(i: usize) -> VmId {
 /// The host: its uplink to the internet, and a network on a state
 /// directory of its own.
 struct Host {
-    _internet: GuestNs,
+    internet: GuestNs,
     echo_stop: Arc<AtomicBool>,
     echo: Option<std::thread::JoinHandle<()>>,
     state: tempfile::TempDir,
@@ -86,7 +86,7 @@ impl Host {
         let state = tempfile::tempdir().unwrap();
         let net = HostNetwork::new(Self::config(), state.path()).unwrap();
         Host {
-            _internet: internet,
+            internet,
             echo_stop,
             echo: Some(echo),
             state,
@@ -280,6 +280,16 @@ fn a_hundred_clones_of_one_address_each_reach_out_from_an_address_of_their_own()
             host_counter("bridge", "isolated")
         });
         assert_nothing_received(&sockets[0]);
+
+        // A published port reaches the clone's guest, from the internet,
+        // with the client's address.
+        let mapping = format!("8080:{GUEST_PORT}/udp").parse().unwrap();
+        host.net.publish(&id(0), mapping).await.unwrap();
+        let client = udp_in(&host.internet, SocketAddrV4::new(INTERNET_IP, 0));
+        let uplink = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 8080);
+        let from = deliver(&client, uplink, &sockets[0], b"published");
+        assert_eq!(*from.ip(), INTERNET_IP, "the client is not NATed");
+        host.net.unpublish(&id(0), mapping).await.unwrap();
 
         // A guest sending from another address is stopped in its own
         // namespace.
