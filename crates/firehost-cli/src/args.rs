@@ -254,6 +254,12 @@ pub enum Command {
     Stop(StopArgs),
     /// Remove a created, stopped or failed VM and everything it owns.
     Rm(RmArgs),
+    /// Give a VM, in any state, a new name.
+    ///
+    /// The VM itself is untouched: its directory, jail, sockets and network
+    /// keep the name it was created under. Refused (exit 4) when the new
+    /// name is taken or another command is busy with the VM.
+    Rename(RenameArgs),
     /// Take a snapshot (full, or --diff) of a running or paused VM.
     Snapshot(SnapshotArgs),
     /// Restore a snapshot into a new VM (running, unless --paused).
@@ -497,6 +503,15 @@ pub struct CpArgs {
 pub struct NameArg {
     /// The VM's name.
     pub name: String,
+}
+
+/// `rename`'s arguments.
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    /// The VM's name now.
+    pub name: String,
+    /// Its new name (same rules as any VM name).
+    pub new_name: String,
 }
 
 /// `stop`'s options.

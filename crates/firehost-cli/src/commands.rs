@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::args::{
     Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, NetArgs,
-    NetCommand, PortArgs, RestoreArgs, RmArgs, RunArgs, SettingsArgs, SettingsCommand,
+    NetCommand, PortArgs, RenameArgs, RestoreArgs, RmArgs, RunArgs, SettingsArgs, SettingsCommand,
     SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
 };
 use crate::exit::{CliError, Exit, ValueError};
@@ -125,6 +125,10 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         }
         Command::Stop(args) => stop(provider, args, out).await,
         Command::Rm(args) => rm(&manager, args, out).await,
+        Command::Rename(RenameArgs { name, new_name }) => {
+            let vm = provider.rename(&vm_id(&name)?, &vm_id(&new_name)?).await?;
+            out.emit(&VmJson::from(&vm), human::vm_state_line)
+        }
         Command::Snapshot(args) => snapshot(provider, args, out).await,
         Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(&manager, args, out).await,

@@ -710,6 +710,55 @@ fn restore_errors_have_their_exit_codes() {
 }
 
 #[test]
+fn rename_moves_a_running_vm_to_a_free_name_and_frees_the_old_one() {
+    let env = TestEnv::new();
+    let (_web, before) = env.start_vm("web", &[]);
+    let (_other, _) = env.start_vm("other", &[]);
+    let renamed = env.json(&["rename", "web", "job-1"]);
+    let _job = common::VmGuard {
+        env: &env,
+        name: "job-1".into(),
+    };
+    assert_vm_shape(&renamed);
+    assert_eq!(renamed["name"], "job-1");
+    assert_eq!(renamed["state"], "running");
+    assert_eq!(
+        (&renamed["pid"], &renamed["dir"]),
+        (&before["pid"], &before["dir"])
+    );
+    let mut listed = names(&env.json(&["ls"]))
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+    listed.sort();
+    assert_eq!(listed, ["job-1", "other"]);
+    let plain = env.run(&["rename", "job-1", "job-2"]);
+    assert_success(&plain, &["rename"]);
+    assert_eq!(stdout(&plain), "job-2: running\n");
+    let _job2 = common::VmGuard {
+        env: &env,
+        name: "job-2".into(),
+    };
+
+    // Refusals: a taken name (4), a VM that is not there (3), a bad name
+    // (2); each changes nothing.
+    let line = assert_error(&env.run(&["rename", "job-2", "other"]), 4);
+    assert!(line.contains("other"), "{line}");
+    assert_error(&env.run(&["rename", "nobody", "x"]), 3);
+    assert_error(&env.run(&["rename", "job-2", "../x"]), 2);
+    assert_eq!(env.json(&["inspect", "job-2"])["state"], "running");
+
+    // The old name is free for a new VM, and the renamed one still stops.
+    let (_again, again) = env.start_vm("web", &[]);
+    assert_ne!(again["dir"], before["dir"]);
+    let stopped = env.json(&["stop", "job-2"]);
+    assert_eq!(
+        (&stopped["name"], &stopped["state"]),
+        (&"job-2".into(), &"stopped".into())
+    );
+}
+
+#[test]
 fn clone_restores_n_vms_or_none() {
     let env = TestEnv::new();
     let (_vm, _) = env.start_vm("clone-src", &[]);

@@ -97,6 +97,8 @@ pub trait VmProvider: Send + Sync + std::fmt::Debug {
     ) -> Result<VmInfo, VmError>;
     /// Removes a created, stopped or failed VM.
     async fn destroy(&self, id: &VmId) -> Result<(), VmError>;
+    /// Gives VM `old` the name `new` (see [`Manager::rename`]).
+    async fn rename(&self, old: &VmId, new: &VmId) -> Result<VmInfo, VmError>;
     /// One VM's info.
     async fn get(&self, id: &VmId) -> Result<VmInfo, VmError>;
     /// Every VM, sorted by id.
@@ -220,6 +222,9 @@ impl VmProvider for Manager {
     }
     async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
         Manager::destroy(self, id).await
+    }
+    async fn rename(&self, old: &VmId, new: &VmId) -> Result<VmInfo, VmError> {
+        Manager::rename(self, old, new).await
     }
     async fn get(&self, id: &VmId) -> Result<VmInfo, VmError> {
         Manager::get(self, id).await
@@ -380,6 +385,19 @@ impl InMemoryNet {
     fn detach(&mut self, vm: &VmId) {
         self.attached.remove(vm);
         self.allocator.release(vm);
+    }
+
+    /// Moves `old`'s attachment and lease to `new`.
+    fn rename(&mut self, old: &VmId, new: &VmId) {
+        if let Some(net) = self.attached.remove(old) {
+            self.attached.insert(new.clone(), net);
+        }
+        if let Some(lease) = self.allocator.release(old) {
+            // Freed a moment ago, so free now: the same address and MAC.
+            let _ = self
+                .allocator
+                .allocate_requested(new, Some(lease.ip), Some(lease.mac));
+        }
     }
 }
 
@@ -818,6 +836,44 @@ impl VmProvider for InMemoryProvider {
         self.registry().remove(id);
         self.announce(id, None);
         Ok(())
+    }
+
+    async fn rename(&self, old: &VmId, new: &VmId) -> Result<VmInfo, VmError> {
+        let slot = self.slot(old)?;
+        let mut guard = slot
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| VmError::MidOperation { id: old.clone() })?;
+        let vm = guard
+            .as_mut()
+            .ok_or_else(|| VmError::NotFound { id: old.clone() })?;
+        if old == new {
+            return Ok(vm.clone());
+        }
+        {
+            let mut vms = self.registry();
+            if vms.contains_key(new) {
+                return Err(VmError::AlreadyExists { id: new.clone() });
+            }
+            vms.remove(old);
+            vms.insert(new.clone(), slot.clone());
+        }
+        // Here the name is the key: whatever goes by it moves.
+        vm.id = new.clone();
+        self.network().rename(old, new);
+        self.lock_writers().rename(old, new);
+        let mut last = self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(snapshot) = last.remove(old) {
+            last.insert(new.clone(), snapshot);
+        }
+        drop(last);
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = watchers.remove(old) {
+            watchers.insert(new.clone(), feed);
+        }
+        drop(watchers);
+        self.announce(new, Some(vm));
+        Ok(vm.clone())
     }
 
     async fn get(&self, id: &VmId) -> Result<VmInfo, VmError> {

@@ -21,6 +21,8 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 pub(crate) enum UndoStep {
     /// Remove a directory and everything in it.
     RemoveDir(PathBuf),
+    /// Remove a file (or symlink); one that is gone is fine.
+    RemoveFile(PathBuf),
     /// SIGKILL a VMM and wait until it has exited.
     KillProcess(VmmProcess),
     /// Take a VM off the default network (TAP, firewall, address).
@@ -109,6 +111,12 @@ impl UndoStack {
                         tracing::warn!(vm = %vm, error = %e, "undo: cannot detach the network");
                     }
                 }
+                UndoStep::RemoveFile(file) => match std::fs::remove_file(&file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(file = ?file, error = %e, "undo: cannot remove file");
+                    }
+                    _ => {}
+                },
                 UndoStep::RemoveDir(dir) => {
                     let shown = dir.clone();
                     let result =

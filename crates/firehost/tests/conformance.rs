@@ -246,6 +246,70 @@ async fn conformance(provider: &dyn VmProvider, host: &TestHost) {
     ));
 
     writers_conformance(provider).await;
+    rename_conformance(provider).await;
+}
+
+/// A rename moves a VM, in any state, to a free name; everything it holds
+/// goes with it, and the old name is free.
+async fn rename_conformance(provider: &dyn VmProvider) {
+    let writing = VmSpec {
+        rootfs_read_only: Some(false),
+        ..VmSpec::default()
+    };
+    let (old, new, other) = (id("conform-r1"), id("conform-r2"), id("conform-r3"));
+    let ran = provider.run(&old, writing.clone()).await.unwrap();
+    let mut changes = provider.subscribe(&old).unwrap();
+    provider.create(&other, VmSpec::default()).await.unwrap();
+
+    let taken = provider.rename(&old, &other).await.unwrap_err();
+    assert!(
+        matches!(&taken, VmError::AlreadyExists { id } if *id == other),
+        "{taken:?}"
+    );
+    assert_eq!(taken.kind(), firehost::ErrorKind::Conflict);
+    let missing = provider
+        .rename(&id("conform-nobody"), &new)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, VmError::NotFound { .. }), "{missing:?}");
+    assert_eq!(provider.rename(&old, &old).await.unwrap().id, old);
+
+    let renamed = provider.rename(&old, &new).await.unwrap();
+    assert_eq!(renamed.id, new);
+    assert_eq!(
+        (renamed.state.clone(), renamed.pid),
+        (ran.state.clone(), ran.pid)
+    );
+    assert_eq!(renamed.dir, ran.dir, "the VM's files stay where they are");
+    assert!(matches!(
+        provider.get(&old).await,
+        Err(VmError::NotFound { .. })
+    ));
+    assert_eq!(provider.get(&new).await.unwrap().id, new);
+    let names: Vec<firehost::VmId> = provider.list().await.into_iter().map(|v| v.id).collect();
+    assert!(names.contains(&new) && !names.contains(&old), "{names:?}");
+    assert_eq!(
+        changes.borrow_and_update().as_ref().map(|v| v.id.clone()),
+        Some(new.clone()),
+        "a watcher follows the VM"
+    );
+
+    // The image is still held, now by the new name.
+    let err = provider.run(&old, writing.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, VmError::DriveInUse { holder, .. } if *holder == new),
+        "{err:?}"
+    );
+    provider.stop(&new, StopOptions::default()).await.unwrap();
+    provider.destroy(&new).await.unwrap();
+    // Everything released: the old name and the image are free again.
+    provider.run(&old, writing).await.unwrap();
+    for vm in [&old, &other] {
+        if provider.get(vm).await.unwrap().state.is_live() {
+            provider.stop(vm, StopOptions::default()).await.unwrap();
+        }
+        provider.destroy(vm).await.unwrap();
+    }
 }
 
 /// One image, one live writer (unless shared on purpose); a clone writes

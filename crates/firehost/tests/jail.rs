@@ -418,18 +418,20 @@ async fn uids_are_one_per_live_vm_and_a_restarted_manager_keeps_them() {
         .collect();
     assert_eq!(jails.len(), 1, "{jails:?}");
 
-    // A new manager finds the jailed VM, still holding its uid.
+    // Renamed, it keeps its jail and its uid; a new manager finds it so.
+    let renamed = manager.rename(&id("first"), &id("renamed")).await.unwrap();
+    assert_eq!(renamed.jail, first.jail, "the jail goes by the VM's key");
     drop(manager);
     let manager = Manager::open(config).await.unwrap();
     assert_eq!(
-        manager.get(&id("first")).await.unwrap().state,
+        manager.get(&id("renamed")).await.unwrap().state,
         VmState::Running
     );
     let err = manager.run(&id("second"), jailed()).await.unwrap_err();
     assert!(matches!(err, VmError::Jail { .. }), "{err:?}");
     // Once the first is gone, its uid is free.
     manager
-        .stop(&id("first"), StopOptions::default())
+        .stop(&id("renamed"), StopOptions::default())
         .await
         .unwrap();
     let second = within(
@@ -440,7 +442,7 @@ async fn uids_are_one_per_live_vm_and_a_restarted_manager_keeps_them() {
     .await
     .unwrap();
     assert_eq!(second.jail.as_ref().unwrap().uid, range.start);
-    manager.destroy(&id("first")).await.unwrap();
+    manager.destroy(&id("renamed")).await.unwrap();
     manager
         .stop(&id("second"), StopOptions::default())
         .await

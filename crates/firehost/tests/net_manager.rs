@@ -879,8 +879,38 @@ fn metadata_carries_the_vms_identity_and_is_refreshed_on_restore() {
         assert_eq!(data["firehost"]["restored_from"], "meta-snap");
         let state = api.describe_instance().await.unwrap().state;
         assert_eq!(state, firehost::api::models::InstanceState::Running);
-        manager.stop(&clone, StopOptions::default()).await.unwrap();
-        manager.destroy(&clone).await.unwrap();
+        assert_eq!(
+            data["firehost"]["host_ip"],
+            net_of(&restored).ip.to_string()
+        );
+        assert_ne!(
+            data["firehost"]["ip"], data["firehost"]["host_ip"],
+            "translated"
+        );
+
+        // A rename writes the new name into the identity; the data stays.
+        let claimed = id("meta-claimed");
+        manager.rename(&clone, &claimed).await.unwrap();
+        let data = api.get_mmds().await.unwrap();
+        assert_eq!(data["firehost"]["vm"], "meta-claimed");
+        assert_eq!(data["job"]["id"], 43);
+        assert_eq!(data["firehost"]["restored_from"], "meta-snap");
+        let listed: Vec<VmId> = manager
+            .network_attachments()
+            .await
+            .into_iter()
+            .map(|(vm, _)| vm)
+            .collect();
+        assert_eq!(
+            listed,
+            std::slice::from_ref(&claimed),
+            "the network lists it by its name"
+        );
+        manager
+            .stop(&claimed, StopOptions::default())
+            .await
+            .unwrap();
+        manager.destroy(&claimed).await.unwrap();
         assert_eq!(residue(&nl).await, nothing());
     });
 }

@@ -25,24 +25,28 @@ pub(super) async fn create(
     spec: VmSpec,
     then_start: bool,
 ) -> Result<VmInfo, VmError> {
-    shared.check_free(&id).await?;
-    let reservation = Reservation::take(&shared, &id)?;
+    let name = id;
+    shared.check_free(&name).await?;
+    let reservation = Reservation::take(&shared, &name)?;
+    // Everything on the host goes by the key (see `names`).
+    let key = reservation.key.clone();
     if let Err(e) =
-        super::ops::begin_intent(&shared.intents_dir, &id, super::intent::Intent::Create)
+        super::ops::begin_intent(&shared.intents_dir, &key, super::intent::Intent::Create)
     {
-        shared.lock_registry().remove(&id);
+        shared.lock_registry().remove(&name);
         return Err(e);
     }
     let mut undo = UndoStack::default();
-    let result = build(&shared, &id, spec, then_start, &mut undo).await;
-    let settled = reservation.settle(&shared, &id, result, undo).await;
-    super::intent::end(&shared.intents_dir, &id);
+    let result = build(&shared, &key, &name, spec, then_start, &mut undo).await;
+    let settled = reservation.settle(&shared, &name, result, undo).await;
+    super::intent::end(&shared.intents_dir, &key);
     settled
 }
 
 async fn build(
     shared: &Arc<Shared>,
     id: &VmId,
+    name: &VmId,
     spec: VmSpec,
     then_start: bool,
     undo: &mut UndoStack,
@@ -79,7 +83,7 @@ async fn build(
         }
         None => None,
     };
-    let mut launched = Launched::spawn(shared, id, spec, net, None, undo).await?;
+    let mut launched = Launched::spawn(shared, id, name, spec, net, None, undo).await?;
     let outcome = async {
         launched.vm.record.vsock = match &launched.vm.record.spec.vsock {
             Some(vsock) => Some(vsock_of(&launched.vm, vsock.guest_cid)?),
@@ -165,7 +169,7 @@ async fn configure(
         api.put_mmds_config(&config)
             .await
             .map_err(|e| ("configure the metadata service", e))?;
-        let identity = crate::mmds::identity(&record.id, Some(net), None);
+        let identity = crate::mmds::identity(&record.name, Some(net), None);
         api.put_mmds(&crate::mmds::contents(&mmds.data, identity))
             .await
             .map_err(|e| ("write the metadata", e))?;

@@ -323,6 +323,13 @@ pub enum VmError {
         /// How long it was given.
         waited: std::time::Duration,
     },
+    /// Another operation on the VM is under way (a rename does not wait
+    /// for one): try again once it is done.
+    #[error("VM {id} is in the middle of another operation; try again once it is done")]
+    MidOperation {
+        /// The VM.
+        id: VmId,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {
@@ -506,6 +513,7 @@ impl VmError {
             | VmError::Unreadable { .. }
             | VmError::NotUnreadable { .. }
             | VmError::Busy { .. }
+            | VmError::MidOperation { .. }
             | VmError::Transition { .. }
             | VmError::SnapshotExists { .. }
             | VmError::SnapshotIsDiff { .. }

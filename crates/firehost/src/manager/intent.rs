@@ -2,7 +2,7 @@
 //! every VM's record.
 //!
 //! Before an operation that a crash could leave half-done (create, restore,
-//! snapshot, destroy), the manager writes `intents/<id>` in the state
+//! snapshot, destroy, rename), the manager writes `intents/<key>` in the state
 //! directory, holding the operation's name; it removes the file once the
 //! operation has committed or been undone. The next manager to open the
 //! directory (unless read-only) lists `intents/` — empty in the ordinary
@@ -15,7 +15,11 @@
 //!   [`pending_snapshot`](crate::record::VmRecord::pending_snapshot) is
 //!   settled once the VMM answers (see [`super::verify`]), which removes
 //!   the intent;
-//! - destroy: the destroy is finished.
+//! - destroy: the destroy is finished;
+//! - rename: the VM is loaded under the name its record gives (the
+//!   record is written last, so that is the old name or the new one), its
+//!   name links are made to agree, and its metadata identity is written
+//!   again (see [`super::rename`]).
 //!
 //! The files are written without fsync: they guard against the manager
 //! dying, and a host crash ends the VMMs they are about as well.
@@ -34,6 +38,7 @@ pub(super) enum Intent {
     Restore,
     Snapshot,
     Destroy,
+    Rename,
 }
 
 impl Intent {
@@ -43,6 +48,7 @@ impl Intent {
             Intent::Restore => "restore",
             Intent::Snapshot => "snapshot",
             Intent::Destroy => "destroy",
+            Intent::Rename => "rename",
         }
     }
 
@@ -52,6 +58,7 @@ impl Intent {
             "restore" => Intent::Restore,
             "snapshot" => Intent::Snapshot,
             "destroy" => Intent::Destroy,
+            "rename" => Intent::Rename,
             _ => return None,
         })
     }
@@ -129,7 +136,7 @@ mod tests {
     #[test]
     fn unknown_contents_and_names_are_tolerated() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("vm1"), "rename").unwrap();
+        std::fs::write(dir.path().join("vm1"), "teleport").unwrap();
         std::fs::write(dir.path().join("not a vm"), "create").unwrap();
         assert_eq!(pending(dir.path()), vec![(VmId::new("vm1").unwrap(), None)]);
         assert_eq!(pending(&dir.path().join("missing")), vec![]);

@@ -24,16 +24,26 @@ pub(crate) const CONSOLE_FILE: &str = "console.log";
 pub(crate) const VMM_LOG_FILE: &str = "firecracker.log";
 pub(crate) const METRICS_FILE: &str = "metrics.json";
 
-/// An id held for a VM being made: its slot is in the registry, locked, so
-/// other operations on the id wait and a second create fails.
+/// A name held for a VM being made: its slot is in the registry, locked,
+/// so other operations on the name wait and a second create fails. It
+/// also says the new VM's key (see [`super::names`]).
 pub(super) struct Reservation {
     slot: Arc<Slot>,
     guard: tokio::sync::OwnedMutexGuard<Option<Vm>>,
+    /// The new VM's key: its name, unless a VM renamed away from that name
+    /// still holds it.
+    pub(super) key: VmId,
 }
 
 impl Reservation {
+    /// Holds the free name `id` (see [`Shared::check_free`]).
     pub(super) fn take(shared: &Shared, id: &VmId) -> Result<Self, VmError> {
-        let slot = Arc::new(Slot::new());
+        let key = if shared.vm_dir(id).exists() {
+            super::names::fresh_key(&shared.vms_dir, id)
+        } else {
+            id.clone()
+        };
+        let slot = Arc::new(Slot::new(key.clone()));
         let guard = slot
             .vm
             .clone()
@@ -44,7 +54,7 @@ impl Reservation {
             return Err(VmError::AlreadyExists { id: id.clone() });
         }
         vms.insert(id.clone(), slot.clone());
-        Ok(Reservation { slot, guard })
+        Ok(Reservation { slot, guard, key })
     }
 
     /// Installs the VM and starts watching it, or undoes everything and
@@ -69,7 +79,7 @@ impl Reservation {
             }
             Err(e) => {
                 undo.unwind().await;
-                super::writers::release(&shared.writers, id);
+                super::writers::release(&shared.writers, &self.key);
                 shared.lock_registry().remove(id);
                 Err(e)
             }
@@ -95,6 +105,7 @@ impl Launched {
     pub(super) async fn spawn(
         shared: &Shared,
         id: &VmId,
+        name: &VmId,
         spec: ResolvedSpec,
         net: Option<VmNet>,
         drives_from: Option<&Path>,
@@ -124,6 +135,13 @@ impl Launched {
         };
         crate::fsutil::create_private_dir(&dir).map_err(io("create directory", &dir))?;
         undo.push(UndoStep::RemoveDir(dir.clone()));
+        if name != id {
+            // Before the record names the VM, so a manager that looks the
+            // name up after a crash finds it (see `names`).
+            let link = super::names::link_path(&shared.names_dir, name);
+            super::names::link(&shared.names_dir, name, id).map_err(io("link the name", &link))?;
+            undo.push(UndoStep::RemoveFile(link));
+        }
 
         let netns = net
             .as_ref()
@@ -222,6 +240,7 @@ impl Launched {
         let vm = Vm {
             record: VmRecord {
                 id: id.clone(),
+                name: name.clone(),
                 committed: false,
                 spec,
                 state: VmState::Created,

@@ -32,14 +32,20 @@ mod config;
 mod copies;
 mod create;
 mod error;
+#[cfg(feature = "test-internals")]
+pub mod fault;
+#[cfg(not(feature = "test-internals"))]
+mod fault;
 mod intent;
 mod jailed;
 mod launch;
 mod lock;
 mod memory_server;
+mod names;
 mod ops;
 mod quarantine;
 mod recovery;
+mod rename;
 mod restore;
 pub mod settings;
 mod snapshots;
@@ -174,6 +180,8 @@ struct Shared {
     /// `config.firecracker` resolved to an absolute path at open.
     firecracker: PathBuf,
     vms_dir: PathBuf,
+    /// Links from renamed VMs' names to their keys (see [`names`]).
+    names_dir: PathBuf,
     snapshots_dir: PathBuf,
     /// Operations under way (see [`intent`]).
     intents_dir: PathBuf,
@@ -198,9 +206,11 @@ struct Shared {
     _lock: Arc<StateLock>,
 }
 
-/// One VM's place in the registry.
+/// One VM's place in the registry, under its name.
 #[derive(Debug)]
 struct Slot {
+    /// The VM's key (see [`names`]), which never changes.
+    key: VmId,
     /// The VM, behind the per-VM async lock that every operation takes.
     /// `None` while a create is still running or after a destroy.
     vm: Arc<Mutex<Option<Vm>>>,
@@ -233,8 +243,9 @@ struct Vm {
 }
 
 impl Slot {
-    fn new() -> Self {
+    fn new(key: VmId) -> Self {
         Slot {
+            key,
             vm: Arc::new(Mutex::new(None)),
             info: tokio::sync::watch::Sender::new(None),
         }
@@ -252,7 +263,7 @@ impl Slot {
 impl Vm {
     fn info(&self) -> VmInfo {
         VmInfo {
-            id: self.record.id.clone(),
+            id: self.record.name.clone(),
             state: self.record.state.clone(),
             pid: self
                 .process
@@ -698,7 +709,18 @@ impl Manager {
                 .filter_map(|vm| vm.net.map(|net| (vm.id, net)))
                 .collect();
         }
-        self.shared.network().await.attached().await
+        let attached = self.shared.network().await.attached().await;
+        // The network knows VMs by their keys; callers, by their names.
+        let names: HashMap<VmId, VmId> = self
+            .shared
+            .lock_registry()
+            .iter()
+            .map(|(name, slot)| (slot.key.clone(), name.clone()))
+            .collect();
+        attached
+            .into_iter()
+            .map(|(key, net)| (names.get(&key).cloned().unwrap_or(key), net))
+            .collect()
     }
 
     /// Removes a VM that is created, stopped or failed, with its directory,
@@ -710,6 +732,43 @@ impl Manager {
     /// Runs in its own task: it completes even if this future is dropped.
     pub async fn destroy(&self, id: &VmId) -> Result<(), VmError> {
         let task = tokio::spawn(ops::destroy(self.shared.clone(), id.clone()));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Gives the VM `old` the name `new`, in any state, and returns its
+    /// info under the new name. The VM itself is untouched: its key (the
+    /// name it was created under) stays, and with it its directory, jail,
+    /// sockets, TAP and namespace, which a running Firecracker keeps (see
+    /// the `names` module); a guest with a metadata service finds its new
+    /// name in the `"firehost"` identity. A crash at any point leaves the
+    /// VM under the old name or the new one.
+    ///
+    /// Refused with [`VmError::AlreadyExists`] if `new` names a VM, and
+    /// with [`VmError::MidOperation`] if another operation on the VM is
+    /// still under way after [`Timeouts::probe`] (a rename is not queued
+    /// behind a snapshot or a stop); renaming a VM to its own name changes
+    /// nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(manager: &firehost::Manager) -> Result<(), Box<dyn std::error::Error>> {
+    /// // A VM made ahead of demand goes to the job that asked for it.
+    /// let vm = manager.rename(&"warm-7".parse()?, &"job-1234".parse()?).await?;
+    /// assert_eq!(vm.id.as_str(), "job-1234");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes even if this future is dropped.
+    pub async fn rename(&self, old: &VmId, new: &VmId) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(rename::rename(
+            self.shared.clone(),
+            old.clone(),
+            new.clone(),
+        ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
@@ -766,8 +825,8 @@ impl Manager {
     /// Cancel safe.
     pub async fn snapshots_in_progress(&self) -> Vec<SnapshotName> {
         let mut names = Vec::new();
-        for (id, _) in intent::pending(&self.shared.intents_dir) {
-            let Ok(slot) = self.shared.find(&id).await else {
+        for (key, _) in intent::pending(&self.shared.intents_dir) {
+            let Ok(slot) = self.shared.find_by_key(&key).await else {
                 continue;
             };
             if let Some(pending) = slot.info().and_then(|i| i.interrupted_snapshot) {
@@ -874,6 +933,7 @@ impl Shared {
         let uids = uid_allocator(&config.jail);
         Ok(Arc::new(Shared {
             intents_dir: config.state_dir.join(intent::INTENTS_DIR),
+            names_dir: config.state_dir.join(names::NAMES_DIR),
             config,
             firecracker,
             vms_dir,
@@ -955,10 +1015,35 @@ impl Shared {
         if drives.is_empty() {
             return Ok(());
         }
-        self.writers
+        let held = self
+            .writers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .hold_for(id, spec)
+            .hold_for(id, spec);
+        // The writers go by key; the error names the other VM as callers
+        // know it.
+        held.map_err(|e| match e {
+            VmError::DriveInUse {
+                id,
+                drive,
+                path,
+                holder,
+            } => VmError::DriveInUse {
+                id,
+                drive,
+                path,
+                holder: self.name_of(&holder).unwrap_or(holder),
+            },
+            other => other,
+        })
+    }
+
+    /// The name of the loaded VM whose key is `key`.
+    fn name_of(&self, key: &VmId) -> Option<VmId> {
+        self.lock_registry()
+            .iter()
+            .find(|(_, slot)| slot.key == *key)
+            .map(|(name, _)| name.clone())
     }
 }
 

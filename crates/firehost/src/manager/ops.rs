@@ -231,9 +231,9 @@ pub(super) async fn stop(
     vm.api = None;
     super::restore::retire_page_server(vm, &shared.snapshots_dir).await;
     if let Some(jail) = &vm.record.jail {
-        super::jailed::release_on_stop(&shared.uids, &id, jail);
+        super::jailed::release_on_stop(&shared.uids, &vm.record.id, jail);
     }
-    super::writers::release(&shared.writers, &id);
+    super::writers::release(&shared.writers, &vm.record.id);
     release_network(&shared, vm).await?;
     let _ = remove_file_if_present(&vm.record.api_socket);
     vm.persist(Durability::Synced).await?;
@@ -367,6 +367,8 @@ pub(super) async fn snapshot(
 ) -> Result<SnapshotInfo, VmError> {
     let mut guard = locked(&shared, &id, Operation::Snapshot).await?;
     let vm = guard.as_mut().expect("checked by locked()");
+    // Intents go by the VM's key (see `names`).
+    let key = vm.record.id.clone();
     let api = api_of(vm, Operation::Snapshot)?;
     let api_err = |op| {
         let id = id.clone();
@@ -437,7 +439,7 @@ pub(super) async fn snapshot(
         name: name.clone(),
         paused_vm: was_running,
     });
-    let begun = begin_intent(&shared.intents_dir, &id, Intent::Snapshot);
+    let begun = begin_intent(&shared.intents_dir, &key, Intent::Snapshot);
     let persisted = match begun {
         Ok(()) => vm.persist(Durability::Cached).await,
         Err(e) => Err(e),
@@ -446,7 +448,7 @@ pub(super) async fn snapshot(
         drop(pending);
         undo.unwind().await;
         vm.record.pending_snapshot = None;
-        super::intent::end(&shared.intents_dir, &id);
+        super::intent::end(&shared.intents_dir, &key);
         return Err(e);
     }
     let taken = async {
@@ -561,7 +563,7 @@ pub(super) async fn snapshot(
             vm.record.state = VmState::Paused;
             vm.record.pending_snapshot = None;
             let _ = vm.persist(Durability::Cached).await;
-            super::intent::end(&shared.intents_dir, &id);
+            super::intent::end(&shared.intents_dir, &key);
             shared.slot(&id)?.publish(Some(vm));
             return Err(taken.err().unwrap_or(e));
         }
@@ -578,7 +580,7 @@ pub(super) async fn snapshot(
                 vm.record.state.clone()
             };
             vm.persist(Durability::Cached).await?;
-            super::intent::end(&shared.intents_dir, &id);
+            super::intent::end(&shared.intents_dir, &key);
             shared.slot(&id)?.publish(Some(vm));
             Ok(SnapshotInfo {
                 name,
@@ -589,7 +591,7 @@ pub(super) async fn snapshot(
         Err(e) => {
             undo.unwind().await;
             if vm.persist(Durability::Cached).await.is_ok() {
-                super::intent::end(&shared.intents_dir, &id);
+                super::intent::end(&shared.intents_dir, &key);
             }
             Err(e)
         }
@@ -616,10 +618,12 @@ pub(super) async fn publish(
         return Err(network(NetError::NotAttached { vm: id.clone() }));
     }
     let host_network = shared.network().await;
+    // The network knows the VM by its key.
+    let key = &vm.record.id;
     let net = if add {
-        host_network.publish(&id, mapping).await
+        host_network.publish(key, mapping).await
     } else {
-        host_network.unpublish(&id, mapping).await
+        host_network.unpublish(key, mapping).await
     }
     .map_err(network)?;
     vm.record.net = Some(net);
@@ -630,11 +634,15 @@ pub(super) async fn publish(
 
 pub(super) async fn destroy(shared: Arc<Shared>, id: VmId) -> Result<(), VmError> {
     let guard = locked(&shared, &id, Operation::Destroy).await?;
+    let key = guard
+        .as_ref()
+        .map(|vm| vm.record.id.clone())
+        .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
     let intents = &shared.intents_dir;
-    begin_intent(intents, &id, Intent::Destroy)?;
-    let removed = remove(&shared, &id, guard).await;
+    begin_intent(intents, &key, Intent::Destroy)?;
+    let removed = remove(&shared, guard).await;
     if removed.is_ok() {
-        super::intent::end(intents, &id);
+        super::intent::end(intents, &key);
     }
     removed
 }
@@ -657,10 +665,12 @@ pub(super) fn begin_intent(
 /// created, stopped or failed).
 pub(super) async fn remove(
     shared: &Arc<Shared>,
-    id: &VmId,
     mut guard: tokio::sync::OwnedMutexGuard<Option<Vm>>,
 ) -> Result<(), VmError> {
     let vm = guard.as_mut().expect("checked by the caller");
+    // Host resources go by the key; the registry and the caller know the
+    // name (see `names`).
+    let (id, name) = (&vm.record.id.clone(), vm.record.name.clone());
     // A created VM still has its VMM (no guest ran, so nothing is lost).
     if let Some(process) = vm.process.take() {
         process
@@ -708,9 +718,16 @@ pub(super) async fn remove(
     if let Err(e) = released {
         tracing::warn!(vm = %id, error = %e, "cannot release snapshot leases; gc will");
     }
+    if name != *id
+        && let Err(e) = super::names::unlink(&shared.names_dir, &name)
+    {
+        tracing::warn!(vm = %name, error = %e, "cannot remove the name link; the next full load will");
+    }
     *guard = None;
     let mut vms = shared.lock_registry();
-    if let Some(slot) = vms.remove(id) {
+    if vms.get(&name).is_some_and(|slot| slot.key == *id)
+        && let Some(slot) = vms.remove(&name)
+    {
         slot.publish(None);
     }
     Ok(())

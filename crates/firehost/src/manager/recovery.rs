@@ -77,14 +77,55 @@ impl Shared {
             return found;
         }
         if !progress.all {
-            let dir = self.vm_dir(id);
-            if dir.is_dir() {
-                self.load(id, dir).await;
+            // The VM whose key is the name, and the one the name's link
+            // points at (a renamed VM's; see `names`): the records say
+            // which answers to the name.
+            let loaded = self.loaded_keys();
+            let mut keys = vec![id.clone()];
+            keys.extend(super::names::key_of(&self.names_dir, id));
+            for key in keys {
+                let dir = self.vm_dir(&key);
+                if !loaded.contains(&key) && dir.is_dir() {
+                    self.load(&key, dir).await;
+                }
             }
         }
         drop(progress);
         self.known(id)
             .unwrap_or_else(|| Err(VmError::NotFound { id: id.clone() }))
+    }
+
+    /// The slot of the VM whose key is `key` (see [`super::names`]),
+    /// loading it from `vms/<key>` first if need be.
+    pub(super) async fn find_by_key(self: &Arc<Self>, key: &VmId) -> Result<Arc<Slot>, VmError> {
+        let by_key = |shared: &Self| {
+            shared
+                .lock_registry()
+                .values()
+                .find(|slot| slot.key == *key)
+                .cloned()
+        };
+        if let Some(slot) = by_key(self) {
+            return Ok(slot);
+        }
+        let progress = self.loaded.lock().await;
+        if !progress.all && by_key(self).is_none() {
+            let dir = self.vm_dir(key);
+            if dir.is_dir() && !self.lock_quarantine().contains_key(key) {
+                self.load(key, dir).await;
+            }
+        }
+        drop(progress);
+        if let Some(slot) = by_key(self) {
+            return Ok(slot);
+        }
+        match self.lock_quarantine().get(key) {
+            Some(q) => Err(VmError::Unreadable {
+                id: key.clone(),
+                reason: q.info.reason.clone(),
+            }),
+            None => Err(VmError::NotFound { id: key.clone() }),
+        }
     }
 
     /// Fails with [`VmError::AlreadyExists`] if `id` names a VM, readable
@@ -163,13 +204,14 @@ impl Shared {
             }
         };
         let mut unknown = Vec::new();
+        let loaded = self.loaded_keys();
         for entry in entries.flatten() {
             let dir = entry.path();
             let Some(id) = entry.file_name().to_str().and_then(|n| VmId::new(n).ok()) else {
                 tracing::warn!(dir = ?dir, "ignoring a directory that is not named like a VM");
                 continue;
             };
-            if self.known(&id).is_none() {
+            if !loaded.contains(&id) {
                 unknown.push((id, dir));
             }
         }
@@ -205,6 +247,7 @@ impl Shared {
             }
         }
         if !self.read_only() {
+            self.remove_stale_name_links();
             let known_jails: Vec<PathBuf> = self.known_jail_dirs();
             let spared: Vec<VmId> = self.lock_quarantine().keys().cloned().collect();
             super::jailed::reap_orphans(self, &known_jails, &spared).await;
@@ -214,6 +257,34 @@ impl Shared {
     /// Whether `id` is a loaded VM with a readable record.
     pub(super) fn known_vm(&self, id: &VmId) -> bool {
         self.lock_registry().contains_key(id)
+    }
+
+    /// The keys of the VMs loaded, quarantined or being made.
+    fn loaded_keys(&self) -> std::collections::HashSet<VmId> {
+        let mut keys: std::collections::HashSet<VmId> = self
+            .lock_registry()
+            .values()
+            .map(|s| s.key.clone())
+            .collect();
+        keys.extend(self.lock_quarantine().keys().cloned());
+        keys
+    }
+
+    /// Removes the name links no loaded VM answers to (left by a rename
+    /// or destroy a crash cut short: see [`super::names`]). Every VM is
+    /// loaded by now.
+    fn remove_stale_name_links(&self) {
+        let registry = self.lock_registry();
+        for (name, key) in super::names::all(&self.names_dir) {
+            let current = VmId::new(&name)
+                .ok()
+                .and_then(|n| registry.get(&n).map(|slot| slot.key.clone()));
+            let answers = matches!((&current, &key), (Some(c), Some(k)) if c == k);
+            if !answers {
+                tracing::info!(name = %name, "removing a name link no VM answers to");
+                let _ = std::fs::remove_file(self.names_dir.join(&name));
+            }
+        }
     }
 
     /// The jail directories that records (readable or salvaged) know.
@@ -242,9 +313,9 @@ impl Shared {
         let slots: Vec<Arc<Slot>> = self.lock_registry().values().cloned().collect();
         let mut live: Vec<_> = slots
             .iter()
-            .filter_map(|slot| slot.info())
-            .filter(|info| info.pid.is_some())
-            .filter_map(|info| info.net.map(|net| (info.id, net)))
+            .filter_map(|slot| slot.info().map(|info| (slot.key.clone(), info)))
+            .filter(|(_, info)| info.pid.is_some())
+            .filter_map(|(key, info)| info.net.map(|net| (key, net)))
             .collect();
         let spared: Vec<VmId> = {
             let quarantine = self.lock_quarantine();
@@ -343,7 +414,7 @@ impl Shared {
 
     /// Puts an adopted VM in the registry and watches it.
     fn install(self: &Arc<Self>, vm: Vm) {
-        let id = vm.record.id.clone();
+        let (id, name) = (vm.record.id.clone(), vm.record.name.clone());
         if let Some(jail) = &vm.record.jail
             && vm.process.is_some()
         {
@@ -361,7 +432,7 @@ impl Shared {
         }
         let interrupted = vm.record.pending_snapshot.is_some() && vm.process.is_some();
         let process = vm.process.clone();
-        let slot = Arc::new(Slot::new());
+        let slot = Arc::new(Slot::new(id.clone()));
         slot.publish(Some(&vm));
         // A new slot is unlocked.
         if let Ok(mut guard) = slot.vm.clone().try_lock_owned() {
@@ -376,7 +447,18 @@ impl Shared {
         if interrupted && !self.read_only() {
             super::verify::finish_in_background(self, slot.clone());
         }
-        self.lock_registry().insert(id, slot);
+        let mut registry = self.lock_registry();
+        match registry.get(&name) {
+            // Two records cannot claim one name through this manager (a
+            // rename checks, and links the name first); say so if a hand
+            // edit did, and keep the VM that was there.
+            Some(other) if other.key != id => {
+                tracing::error!(vm = %id, name = %name, other = %other.key, "two VMs are named alike; the second is not listed under the name");
+            }
+            _ => {
+                registry.insert(name, slot);
+            }
+        }
     }
 
     /// Kills every VMM still serving `dir/api.sock`, then removes `dir`
@@ -417,17 +499,29 @@ pub(super) async fn settle_intents(shared: &Arc<Shared>) {
     use super::intent::{self, Intent};
     for (id, what) in intent::pending(&shared.intents_dir) {
         tracing::info!(vm = %id, intent = ?what, "settling an operation an earlier manager left under way");
-        let found = shared.find(&id).await;
+        // Intents go by the VM's key (see `names`).
+        let found = shared.find_by_key(&id).await;
         match (what, found) {
             (Some(Intent::Destroy), Ok(slot)) => {
                 let guard = slot.vm.clone().lock_owned().await;
                 if guard.is_some()
-                    && let Err(e) = super::ops::remove(shared, &id, guard).await
+                    && let Err(e) = super::ops::remove(shared, guard).await
                 {
                     // Left for the next manager: the intent stays.
                     tracing::error!(vm = %id, error = %e, "cannot finish an interrupted destroy");
                     continue;
                 }
+            }
+            (Some(Intent::Rename), Ok(slot)) => {
+                let mut guard = slot.vm.lock().await;
+                let Some(vm) = guard.as_mut() else { continue };
+                if vm.process.is_some()
+                    && let Err(e) = super::verify::verify(&shared.verifier(), vm).await
+                {
+                    tracing::warn!(vm = %id, error = %e, "cannot reach the VMM of a VM whose rename was cut short");
+                }
+                super::rename::settle(shared, vm).await;
+                slot.publish(Some(vm));
             }
             (Some(Intent::Snapshot), Ok(slot)) => {
                 let mut guard = slot.vm.lock().await;

@@ -196,18 +196,21 @@ pub(super) async fn restore(
     snapshot: SnapshotName,
     options: RestoreOptions,
 ) -> Result<VmInfo, VmError> {
-    shared.check_free(&id).await?;
-    let reservation = Reservation::take(&shared, &id)?;
+    let name = id;
+    shared.check_free(&name).await?;
+    let reservation = Reservation::take(&shared, &name)?;
+    // Everything on the host goes by the key (see `names`).
+    let key = reservation.key.clone();
     if let Err(e) =
-        super::ops::begin_intent(&shared.intents_dir, &id, super::intent::Intent::Restore)
+        super::ops::begin_intent(&shared.intents_dir, &key, super::intent::Intent::Restore)
     {
-        shared.lock_registry().remove(&id);
+        shared.lock_registry().remove(&name);
         return Err(e);
     }
     let mut undo = UndoStack::default();
-    let result = build(&shared, &snapshot, &id, &options, &mut undo).await;
-    let settled = reservation.settle(&shared, &id, result, undo).await;
-    super::intent::end(&shared.intents_dir, &id);
+    let result = build(&shared, &snapshot, &key, &name, &options, &mut undo).await;
+    let settled = reservation.settle(&shared, &name, result, undo).await;
+    super::intent::end(&shared.intents_dir, &key);
     settled
 }
 
@@ -215,6 +218,7 @@ async fn build(
     shared: &Arc<Shared>,
     snapshot: &SnapshotName,
     id: &VmId,
+    name: &VmId,
     options: &RestoreOptions,
     undo: &mut UndoStack,
 ) -> Result<Vm, VmError> {
@@ -296,7 +300,8 @@ async fn build(
     } else {
         (spec.clone(), manifest.source_chroot.as_deref())
     };
-    let mut launched = Launched::spawn(shared, id, spawn_spec, net, drives_from, undo).await?;
+    let mut launched =
+        Launched::spawn(shared, id, name, spawn_spec, net, drives_from, undo).await?;
     if from_kept {
         launched.vm.record.spec = spec;
     }
@@ -422,7 +427,7 @@ async fn build(
         }
         if let Some(mmds) = mmds {
             let record = &launched.vm.record;
-            let identity = crate::mmds::identity(&record.id, record.net.as_ref(), Some(snapshot));
+            let identity = crate::mmds::identity(&record.name, record.net.as_ref(), Some(snapshot));
             let data = options.mmds.as_ref().unwrap_or(&mmds.data);
             api.put_mmds(&crate::mmds::contents(data, identity))
                 .await

@@ -120,6 +120,22 @@ impl Writers {
         Ok(())
     }
 
+    /// Moves what `old` writes to over to `new` (a renamed VM, where VMs
+    /// are known by name).
+    pub(crate) fn rename(&mut self, old: &VmId, new: &VmId) {
+        let Some(files) = self.by_vm.remove(old) else {
+            return;
+        };
+        for file in &files {
+            if let Some((_, holders)) = self.by_file.get_mut(file) {
+                for holder in holders.iter_mut().filter(|h| *h == old) {
+                    *holder = new.clone();
+                }
+            }
+        }
+        self.by_vm.insert(new.clone(), files);
+    }
+
     /// Forgets what `vm` writes to; nothing if it writes to nothing.
     pub(crate) fn release(&mut self, vm: &VmId) {
         for file in self.by_vm.remove(vm).unwrap_or_default() {

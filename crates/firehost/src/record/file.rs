@@ -67,6 +67,9 @@ pub fn upgrade(file: &mut serde_json::Map<String, Value>, format: u32) {
 pub struct RecordFile {
     format: u32,
     id: String,
+    /// The VM's name, when a rename made it differ from `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     committed: bool,
     spec: SpecFile,
     #[serde(flatten)]
@@ -355,6 +358,7 @@ impl RecordFile {
         RecordFile {
             format: CURRENT,
             id: record.id.to_string(),
+            name: (record.name != record.id).then(|| record.name.to_string()),
             committed: record.committed,
             spec: SpecFile::from(&record.spec),
             state: StateFile::from(&record.state),
@@ -405,8 +409,13 @@ impl RecordFile {
     /// The record this file stores, every value checked.
     pub fn into_record(self) -> Result<VmRecord, Invalid> {
         let vmm = self.vmm;
+        let id = parse::<VmId>("VM id", &self.id)?;
         Ok(VmRecord {
-            id: parse::<VmId>("VM id", &self.id)?,
+            name: match &self.name {
+                Some(name) => parse::<VmId>("VM name", name)?,
+                None => id.clone(),
+            },
+            id,
             committed: self.committed,
             spec: self.spec.into_spec()?,
             state: self.state.into(),

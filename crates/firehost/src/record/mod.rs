@@ -36,8 +36,15 @@ pub const RECORD_FILE: &str = "record.json";
 /// file's own types; see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRecord {
-    /// The VM's id.
+    /// The VM's key: the name it was created under, which its directory,
+    /// jail, namespace, sockets and every other host resource go by for
+    /// its whole life (a running Firecracker keeps the paths it was
+    /// given). A new VM's key is its name, unless a VM renamed away from
+    /// that name still holds it.
     pub id: VmId,
+    /// The VM's name: what callers know it by. Its key until a
+    /// [`rename`](crate::manager::Manager::rename).
+    pub name: VmId,
     /// False until the create transaction has committed: a restarted
     /// manager reaps uncommitted VMs entirely.
     pub committed: bool,
@@ -359,6 +366,7 @@ mod tests {
 
     pub(crate) fn sample(id: &str) -> VmRecord {
         VmRecord {
+            name: VmId::new(id).unwrap(),
             id: VmId::new(id).unwrap(),
             committed: true,
             spec: ResolvedSpec {
@@ -496,6 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut record = rich();
         // Added in format 2, so not in the format-1 fixture.
+        record.name = VmId::new("renamed-1").unwrap();
         if let Some(net) = &mut record.net {
             net.guest = Some(crate::net::host::GuestAddress {
                 ip: "172.30.0.2".parse().unwrap(),
