@@ -85,6 +85,21 @@ pub async fn poll_until<T>(
     }
 }
 
+/// [`poll_until`] with an async check.
+pub async fn poll_until_async<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let mut backoff = Backoff::new(what, timeout);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
 /// The delays between checks, and the deadline they run out at.
 struct Backoff<'a> {
     what: &'a str,

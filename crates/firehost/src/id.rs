@@ -127,58 +127,85 @@ impl<'de> Deserialize<'de> for VmId {
     }
 }
 
-/// A snapshot's name: the same rule as a [`VmId`], so it is path-safe.
-/// (Here, beside `VmId`, so that records and metadata can name snapshots
-/// without depending on the snapshot subsystem.)
-///
-/// ```
-/// use firehost::snapshot::SnapshotName;
-/// assert!("base-image".parse::<SnapshotName>().is_ok());
-/// assert!("../x".parse::<SnapshotName>().is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SnapshotName(String);
+/// Declares a name type with the rule of a [`VmId`] (so it is path-safe),
+/// checked when made and when deserialised.
+macro_rules! path_safe_name {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-impl SnapshotName {
-    /// Checks and wraps a name.
-    pub fn new(name: impl Into<String>) -> Result<Self, VmIdError> {
-        let name = name.into();
-        validate(&name)?;
-        Ok(SnapshotName(name))
-    }
+        impl $name {
+            /// Checks and wraps a name.
+            pub fn new(name: impl Into<String>) -> Result<Self, VmIdError> {
+                let name = name.into();
+                validate(&name)?;
+                Ok($name(name))
+            }
 
-    /// The name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = VmIdError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = VmIdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for SnapshotName {
-    type Error = VmIdError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        SnapshotName::new(s)
-    }
+path_safe_name! {
+    /// A snapshot's name: the same rule as a [`VmId`], so it is path-safe.
+    /// (Here, beside `VmId`, so that records and metadata can name snapshots
+    /// without depending on the snapshot subsystem.)
+    ///
+    /// ```
+    /// use firehost::snapshot::SnapshotName;
+    /// assert!("base-image".parse::<SnapshotName>().is_ok());
+    /// assert!("../x".parse::<SnapshotName>().is_err());
+    /// ```
+    SnapshotName
 }
 
-impl From<SnapshotName> for String {
-    fn from(n: SnapshotName) -> String {
-        n.0
-    }
+path_safe_name! {
+    /// A warm pool's name: the same rule as a [`VmId`], at most
+    /// [`MAX_POOL_NAME_LEN`] bytes so that its members' names
+    /// (`<pool>-<8 hex digits>`) are VM names.
+    ///
+    /// ```
+    /// use firehost::manager::PoolName;
+    /// assert!("py-sandbox".parse::<PoolName>().is_ok());
+    /// assert!("../x".parse::<PoolName>().is_err());
+    /// ```
+    PoolName
 }
 
-impl std::str::FromStr for SnapshotName {
-    type Err = VmIdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SnapshotName::new(s)
-    }
-}
-
-impl fmt::Display for SnapshotName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// The longest pool name a pool can be made with.
+pub const MAX_POOL_NAME_LEN: usize = MAX_VM_ID_LEN - 9;
 
 #[cfg(test)]
 mod tests {

@@ -603,6 +603,7 @@ impl VmProvider for InMemoryProvider {
             busy: false,
             interrupted_snapshot: None,
             own_drives: Vec::new(),
+            pool: None,
             vsock: spec.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,
@@ -804,6 +805,7 @@ impl VmProvider for InMemoryProvider {
             busy: false,
             interrupted_snapshot: None,
             own_drives: Vec::new(),
+            pool: None,
             vsock: taken.manifest.vsock.as_ref().map(|v| VsockInfo {
                 uds_path: dir.join(crate::vsock::SOCKET_FILE),
                 guest_cid: v.guest_cid,

@@ -162,6 +162,12 @@ pub struct ManagerConfig {
     /// (network and jail: see [`crate::manager::settings`]) differ from
     /// `network` and `jail`.
     pub settings: SettingsPolicy,
+    /// Keep each warm pool at its size in the background (default true).
+    /// Off, pools are filled only by
+    /// [`Manager::pool_fill`](super::Manager::pool_fill): for short-lived
+    /// managers, such as the CLI's, whose background work would die with
+    /// the process.
+    pub pool_refill: bool,
 }
 
 /// What [`Manager::open`](super::Manager::open) does with host settings
@@ -209,6 +215,7 @@ impl ManagerConfig {
             jail: None,
             recovery: Recovery::default(),
             settings: SettingsPolicy::default(),
+            pool_refill: true,
         }
     }
 }

@@ -24,6 +24,7 @@ pub(super) async fn create(
     id: VmId,
     spec: VmSpec,
     then_start: bool,
+    pool: Option<crate::id::PoolName>,
 ) -> Result<VmInfo, VmError> {
     let name = id;
     shared.check_free(&name).await?;
@@ -37,7 +38,7 @@ pub(super) async fn create(
         return Err(e);
     }
     let mut undo = UndoStack::default();
-    let result = build(&shared, &key, &name, spec, then_start, &mut undo).await;
+    let result = build(&shared, &key, &name, spec, then_start, pool, &mut undo).await;
     let settled = reservation.settle(&shared, &name, result, undo).await;
     super::intent::end(&shared.intents_dir, &key);
     settled
@@ -49,6 +50,7 @@ async fn build(
     name: &VmId,
     spec: VmSpec,
     then_start: bool,
+    pool: Option<crate::id::PoolName>,
     undo: &mut UndoStack,
 ) -> Result<Vm, VmError> {
     let defaults = shared.config.defaults.clone();
@@ -84,6 +86,7 @@ async fn build(
         None => None,
     };
     let mut launched = Launched::spawn(shared, id, name, spec, net, None, undo).await?;
+    launched.vm.record.pool = pool;
     let outcome = async {
         launched.vm.record.vsock = match &launched.vm.record.spec.vsock {
             Some(vsock) => Some(vsock_of(&launched.vm, vsock.guest_cid)?),

@@ -330,6 +330,46 @@ pub enum VmError {
         /// The VM.
         id: VmId,
     },
+    /// No pool has this name.
+    #[error("no pool named {pool}")]
+    PoolNotFound {
+        /// The pool.
+        pool: crate::id::PoolName,
+    },
+    /// A pool with this name exists already.
+    #[error("pool {pool} already exists")]
+    PoolExists {
+        /// The pool.
+        pool: crate::id::PoolName,
+    },
+    /// A pool's spec cannot make members: a bad size, a missing snapshot,
+    /// a template that does not resolve.
+    #[error("pool {pool}: {why}")]
+    InvalidPool {
+        /// The pool.
+        pool: crate::id::PoolName,
+        /// What is wrong.
+        why: String,
+    },
+    /// A claim found no ready member and was told not to make one.
+    #[error("pool {pool} has no member ready")]
+    PoolEmpty {
+        /// The pool.
+        pool: crate::id::PoolName,
+    },
+    /// A pool's spec could not be written or removed.
+    #[error("pool {pool}: cannot {op} {path:?}")]
+    PoolIo {
+        /// The pool.
+        pool: crate::id::PoolName,
+        /// What was done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
     /// A snapshot with this name exists already.
     #[error("snapshot {name} already exists")]
     SnapshotExists {
@@ -507,7 +547,9 @@ impl VmError {
     /// The class of this failure (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VmError::NotFound { .. } => ErrorKind::NotFound,
+            VmError::NotFound { .. } | VmError::PoolNotFound { .. } => ErrorKind::NotFound,
+            VmError::PoolExists { .. } | VmError::PoolEmpty { .. } => ErrorKind::Conflict,
+            VmError::InvalidPool { .. } => ErrorKind::InvalidInput,
             VmError::AlreadyExists { .. }
             | VmError::DriveInUse { .. }
             | VmError::Unreadable { .. }
@@ -531,6 +573,7 @@ impl VmError {
             VmError::Network { source, .. } => source.kind(),
             VmError::Jail { source, .. } | VmError::DriveCopy { source, .. } => source.kind(),
             VmError::Io { .. }
+            | VmError::PoolIo { .. }
             | VmError::Spawn { .. }
             | VmError::NotReady { .. }
             | VmError::VmmGaveUp { .. }

@@ -259,6 +259,7 @@ impl Launched {
                 pending_snapshot: None,
                 stop_requested: false,
                 own_drives: Vec::new(),
+                pool: None,
             },
             dir,
             process: Some(process.clone()),

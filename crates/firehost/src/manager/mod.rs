@@ -43,6 +43,7 @@ mod lock;
 mod memory_server;
 mod names;
 mod ops;
+mod pool;
 mod quarantine;
 mod recovery;
 mod rename;
@@ -59,12 +60,14 @@ use std::sync::{Arc, Mutex as StdMutex};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+pub use crate::id::{MAX_POOL_NAME_LEN, PoolName};
 pub use config::{
     ConsoleTarget, DEFAULT_STATE_DIR, ManagerConfig, Recovery, SettingsPolicy, Timeouts,
     find_binary,
 };
 pub use error::{DriveProblem, MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
+pub use pool::{ClaimOptions, MAX_POOL_SIZE, PoolFailure, PoolInfo, PoolSpec, PoolTemplate};
 pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};
 pub(crate) use restore::{name_own_copies, restored_net, restored_spec};
@@ -129,6 +132,10 @@ pub struct VmInfo {
     /// system has no reflinks).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub own_drives: Vec<crate::record::OwnDrive>,
+    /// The warm pool the VM is a member of, until it is claimed (see
+    /// [`Manager::pool_create`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolName>,
 }
 
 /// A VM's vsock device, as callers see it.
@@ -182,6 +189,8 @@ struct Shared {
     vms_dir: PathBuf,
     /// Links from renamed VMs' names to their keys (see [`names`]).
     names_dir: PathBuf,
+    /// The warm pools (see [`pool`]).
+    pools: pool::Pools,
     snapshots_dir: PathBuf,
     /// Operations under way (see [`intent`]).
     intents_dir: PathBuf,
@@ -292,6 +301,7 @@ impl Vm {
                 .as_ref()
                 .map(|p| p.name.clone()),
             own_drives: self.record.own_drives.clone(),
+            pool: self.record.pool.clone(),
         }
     }
 
@@ -390,6 +400,7 @@ impl Manager {
         if shared.config.recovery == Recovery::Full {
             recovery::load_all(&shared).await;
         }
+        pool::open_all(&shared);
         Ok(Manager { shared })
     }
 
@@ -422,7 +433,13 @@ impl Manager {
     /// interrupt it. It finishes (the VM then shows in [`list`](Self::list))
     /// or fails and undoes itself.
     pub async fn create(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
-        let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec, false));
+        let task = tokio::spawn(create::create(
+            self.shared.clone(),
+            id.clone(),
+            spec,
+            false,
+            None,
+        ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
@@ -436,7 +453,13 @@ impl Manager {
     /// Runs in its own task: it completes (or undoes itself) even if this
     /// future is dropped.
     pub async fn run(&self, id: &VmId, spec: VmSpec) -> Result<VmInfo, VmError> {
-        let task = tokio::spawn(create::create(self.shared.clone(), id.clone(), spec, true));
+        let task = tokio::spawn(create::create(
+            self.shared.clone(),
+            id.clone(),
+            spec,
+            true,
+            None,
+        ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
@@ -490,6 +513,7 @@ impl Manager {
             id.clone(),
             snapshot.clone(),
             options,
+            None,
         ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -773,6 +797,99 @@ impl Manager {
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
+    /// Makes the warm pool `name`: records `spec` in the state directory
+    /// and (unless [`ManagerConfig::pool_refill`] is off) starts making
+    /// members in the background, up to its size. The template is checked
+    /// first: a missing snapshot or a spec that does not resolve is
+    /// [`VmError::InvalidPool`], and nothing is recorded. See the `pool`
+    /// module for how pools are kept.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe until the spec is written; after that the pool exists
+    /// (a later [`pool_delete`](Self::pool_delete) removes it).
+    pub async fn pool_create(&self, name: &PoolName, spec: PoolSpec) -> Result<PoolInfo, VmError> {
+        pool::create(&self.shared, name, spec).await
+    }
+
+    /// Replaces a pool's spec. Members made from the old template stay
+    /// until claimed; members past a smaller size are removed, newest
+    /// first, and a larger size is filled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, the new spec may be recorded
+    /// without the extra members removed; calling it again finishes.
+    pub async fn pool_update(&self, name: &PoolName, spec: PoolSpec) -> Result<PoolInfo, VmError> {
+        pool::update(&self.shared, name, spec).await
+    }
+
+    /// Removes a pool and its unclaimed members (claimed VMs are the
+    /// callers' and stay).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped midway, some members may be left; calling
+    /// it again is refused ([`VmError::PoolNotFound`]) once the pool is
+    /// gone from the manager, and the members left are ordinary VMs.
+    pub async fn pool_delete(&self, name: &PoolName) -> Result<(), VmError> {
+        pool::delete(&self.shared, name).await
+    }
+
+    /// Every pool, by name, with its ready members and state.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn pool_list(&self) -> Vec<PoolInfo> {
+        pool::list(&self.shared).await
+    }
+
+    /// One pool, with its ready members and state.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn pool_get(&self, name: &PoolName) -> Result<PoolInfo, VmError> {
+        pool::get(&self.shared, name).await
+    }
+
+    /// Makes members now, until the pool is at its size, and returns it;
+    /// the first failure is returned (and shown in
+    /// [`PoolInfo::failure`]). For managers that do not refill in the
+    /// background, as the CLI's.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: members being made when it is dropped are made
+    /// all the same (each in a task of its own).
+    pub async fn pool_fill(&self, name: &PoolName) -> Result<PoolInfo, VmError> {
+        pool::fill(&self.shared, name).await
+    }
+
+    /// Hands a running member of pool `pool` to the caller under the name
+    /// `name`: a rename that takes the member out of the pool in the same
+    /// record write (see [`rename`](Self::rename)), with the caller's
+    /// metadata if [`ClaimOptions::mmds`] says so. The pool then makes a
+    /// new member in the background. With no member ready, it waits up to
+    /// [`ClaimOptions::wait`], then makes the VM from the template under
+    /// `name` ([`ClaimOptions::cold_start`]) or fails with
+    /// [`VmError::PoolEmpty`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after a member was renamed, the VM is the
+    /// caller's all the same, under `name`.
+    pub async fn pool_claim(
+        &self,
+        pool: &PoolName,
+        name: &VmId,
+        options: ClaimOptions,
+    ) -> Result<VmInfo, VmError> {
+        self.shared.check_free(name).await?;
+        pool::claim(&self.shared, pool, name, options).await
+    }
+
     /// One VM's info. Waits for an operation in progress on that VM.
     ///
     /// A VMM adopted from an earlier manager is asked for its state the
@@ -934,6 +1051,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             intents_dir: config.state_dir.join(intent::INTENTS_DIR),
             names_dir: config.state_dir.join(names::NAMES_DIR),
+            pools: pool::Pools::default(),
             config,
             firecracker,
             vms_dir,

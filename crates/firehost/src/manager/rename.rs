@@ -25,8 +25,31 @@ use super::{Shared, Vm, VmError, VmInfo, fault, names};
 use crate::VmId;
 use crate::record::Durability;
 
+/// A rename that claims a warm pool's member: the member leaves its pool
+/// in the same record write that names it, and its metadata may get the
+/// caller's data.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    /// The pool the VM must still be a member of.
+    pub pool: crate::id::PoolName,
+    /// The metadata for the claimed VM (`None`: it keeps the template's).
+    pub mmds: Option<serde_json::Value>,
+}
+
 /// Renames `old` to `new`. See the [module docs](self).
 pub(super) async fn rename(shared: Arc<Shared>, old: VmId, new: VmId) -> Result<VmInfo, VmError> {
+    rename_as(shared, old, new, None).await
+}
+
+/// Renames `old` to `new`, claiming it from its pool with `claim`. A VM
+/// that is not (or no longer) a running member of that pool is
+/// [`VmError::NotFound`].
+pub(super) async fn rename_as(
+    shared: Arc<Shared>,
+    old: VmId,
+    new: VmId,
+    claim: Option<Claim>,
+) -> Result<VmInfo, VmError> {
     let slot = shared.find(&old).await?;
     // Long enough for a read of the VM (a `get` may ask its VMM for its
     // state, within the same bound); an operation that takes longer is
@@ -38,7 +61,13 @@ pub(super) async fn rename(shared: Arc<Shared>, old: VmId, new: VmId) -> Result<
     let vm = guard
         .as_mut()
         .ok_or_else(|| VmError::NotFound { id: old.clone() })?;
-    if old == new {
+    if let Some(claim) = &claim
+        && (vm.record.pool.as_ref() != Some(&claim.pool)
+            || vm.record.state != crate::state::VmState::Running)
+    {
+        return Err(VmError::NotFound { id: old.clone() });
+    }
+    if old == new && claim.is_none() {
         return Ok(vm.info());
     }
     shared.check_free(&new).await?;
@@ -54,7 +83,7 @@ pub(super) async fn rename(shared: Arc<Shared>, old: VmId, new: VmId) -> Result<
     // No full load (which removes the name links nobody answers to) runs
     // while the links change.
     let loading = shared.loaded.lock().await;
-    let renamed = rename_locked(&shared, vm, &new).await;
+    let renamed = rename_locked(&shared, vm, &new, claim.as_ref()).await;
     drop(loading);
     {
         let mut registry = shared.lock_registry();
@@ -69,7 +98,12 @@ pub(super) async fn rename(shared: Arc<Shared>, old: VmId, new: VmId) -> Result<
 }
 
 /// Steps 1 to 6 on `vm`, whose name is free to change to `new`.
-async fn rename_locked(shared: &Shared, vm: &mut Vm, new: &VmId) -> Result<(), VmError> {
+async fn rename_locked(
+    shared: &Shared,
+    vm: &mut Vm,
+    new: &VmId,
+    claim: Option<&Claim>,
+) -> Result<(), VmError> {
     let key = vm.record.id.clone();
     let old = vm.record.name.clone();
     let io = |op: &'static str, path: std::path::PathBuf| {
@@ -96,16 +130,22 @@ async fn rename_locked(shared: &Shared, vm: &mut Vm, new: &VmId) -> Result<(), V
             let _ = names::unlink(&shared.names_dir, new);
         }
     };
-    if let Err(e) = write_identity(vm, new).await {
+    let data = claim.and_then(|c| c.mmds.as_ref());
+    if let Err(e) = write_identity(vm, new, data).await {
         undo_link(shared);
         super::intent::end(&shared.intents_dir, &key);
         return Err(e);
     }
     fault::point(&key, "rename:metadata");
     vm.record.name = new.clone();
+    let pool = vm.record.pool.clone();
+    if claim.is_some() {
+        vm.record.pool = None;
+    }
     if let Err(e) = vm.persist(Durability::Synced).await {
         vm.record.name = old.clone();
-        if let Err(undo) = write_identity(vm, &old).await {
+        vm.record.pool = pool;
+        if let Err(undo) = write_identity(vm, &old, None).await {
             tracing::warn!(vm = %old, error = %undo, "cannot write the metadata identity back after a failed rename");
         }
         undo_link(shared);
@@ -128,8 +168,12 @@ async fn rename_locked(shared: &Shared, vm: &mut Vm, new: &VmId) -> Result<(), V
 
 /// Writes the `"firehost"` identity of the metadata of `vm` again, naming
 /// it `name`, when the VM is live and has a metadata service; the rest of
-/// its metadata stays as it is.
-pub(super) async fn write_identity(vm: &Vm, name: &VmId) -> Result<(), VmError> {
+/// its metadata stays as it is, or becomes `data` when given.
+pub(super) async fn write_identity(
+    vm: &Vm,
+    name: &VmId,
+    data: Option<&serde_json::Value>,
+) -> Result<(), VmError> {
     if vm.record.spec.mmds.is_none() || !vm.record.state.is_live() {
         return Ok(());
     }
@@ -140,7 +184,10 @@ pub(super) async fn write_identity(vm: &Vm, name: &VmId) -> Result<(), VmError> 
         let id = vm.record.name.clone();
         move |source| VmError::Api { id, op, source }
     };
-    let data = api.get_mmds().await.map_err(api_err("read the metadata"))?;
+    let data = match data {
+        Some(data) => data.clone(),
+        None => api.get_mmds().await.map_err(api_err("read the metadata"))?,
+    };
     let identity = crate::mmds::identity(
         name,
         vm.record.net.as_ref(),
@@ -167,7 +214,7 @@ pub(super) async fn settle(shared: &Shared, vm: &Vm) {
     {
         tracing::warn!(vm = %name, error = %e, "cannot link the name of a VM whose rename was cut short");
     }
-    if let Err(e) = write_identity(vm, name).await {
+    if let Err(e) = write_identity(vm, name, None).await {
         tracing::warn!(vm = %name, error = %e, "cannot write the metadata identity of a VM whose rename was cut short");
     }
 }

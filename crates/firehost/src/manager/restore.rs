@@ -195,6 +195,7 @@ pub(super) async fn restore(
     id: VmId,
     snapshot: SnapshotName,
     options: RestoreOptions,
+    pool: Option<crate::id::PoolName>,
 ) -> Result<VmInfo, VmError> {
     let name = id;
     shared.check_free(&name).await?;
@@ -208,7 +209,7 @@ pub(super) async fn restore(
         return Err(e);
     }
     let mut undo = UndoStack::default();
-    let result = build(&shared, &snapshot, &key, &name, &options, &mut undo).await;
+    let result = build(&shared, &snapshot, &key, &name, &options, pool, &mut undo).await;
     let settled = reservation.settle(&shared, &name, result, undo).await;
     super::intent::end(&shared.intents_dir, &key);
     settled
@@ -220,6 +221,7 @@ async fn build(
     id: &VmId,
     name: &VmId,
     options: &RestoreOptions,
+    pool: Option<crate::id::PoolName>,
     undo: &mut UndoStack,
 ) -> Result<Vm, VmError> {
     // Lease first, verify second: once leased, the bundle can't be deleted
@@ -302,6 +304,7 @@ async fn build(
     };
     let mut launched =
         Launched::spawn(shared, id, name, spawn_spec, net, drives_from, undo).await?;
+    launched.vm.record.pool = pool;
     if from_kept {
         launched.vm.record.spec = spec;
     }

@@ -70,6 +70,9 @@ pub struct RecordFile {
     /// The VM's name, when a rename made it differ from `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    /// The warm pool of a VM made for one and not claimed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
     committed: bool,
     spec: SpecFile,
     #[serde(flatten)]
@@ -359,6 +362,7 @@ impl RecordFile {
             format: CURRENT,
             id: record.id.to_string(),
             name: (record.name != record.id).then(|| record.name.to_string()),
+            pool: record.pool.as_ref().map(ToString::to_string),
             committed: record.committed,
             spec: SpecFile::from(&record.spec),
             state: StateFile::from(&record.state),
@@ -415,6 +419,7 @@ impl RecordFile {
                 Some(name) => parse::<VmId>("VM name", name)?,
                 None => id.clone(),
             },
+            pool: parse_opt::<crate::id::PoolName>("pool name", self.pool.as_deref())?,
             id,
             committed: self.committed,
             spec: self.spec.into_spec()?,

@@ -94,6 +94,9 @@ pub struct VmRecord {
     /// The VM's own copies of writable drives (a clone's), and how each was
     /// made.
     pub own_drives: Vec<OwnDrive>,
+    /// The warm pool the VM was made for, until a claim takes it (in the
+    /// same record write as its new name).
+    pub pool: Option<crate::id::PoolName>,
 }
 
 /// A restored VM's own copy of one writable drive.
@@ -389,6 +392,7 @@ mod tests {
             pending_snapshot: None,
             stop_requested: false,
             own_drives: Vec::new(),
+            pool: None,
             vsock: Some(VmVsock {
                 uds_path: "/x/vsock.sock".into(),
                 guest_cid: 3,
@@ -505,6 +509,7 @@ mod tests {
         let mut record = rich();
         // Added in format 2, so not in the format-1 fixture.
         record.name = VmId::new("renamed-1").unwrap();
+        record.pool = Some("warm".parse().unwrap());
         if let Some(net) = &mut record.net {
             net.guest = Some(crate::net::host::GuestAddress {
                 ip: "172.30.0.2".parse().unwrap(),
