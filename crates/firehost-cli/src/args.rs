@@ -280,6 +280,13 @@ pub enum Command {
     /// Manage snapshot bundles: list, inspect, verify, remove, collect
     /// garbage, merge diffs [default: ls].
     Snapshots(SnapshotsArgs),
+    /// Warm pools: VMs restored from a snapshot ahead of demand, each
+    /// claimed under a caller's name [default: ls].
+    ///
+    /// A command does not outlive itself, so the CLI fills a pool when it
+    /// is made and on `pool fill`, not in the background (a service that
+    /// embeds the library does).
+    Pool(PoolArgs),
     /// Print the last lines of a VM's serial console.
     Console(ConsoleArgs),
     /// The default network: list the VMs on it, publish and unpublish
@@ -651,6 +658,76 @@ pub struct SnapshotsArgs {
     /// What to do with the snapshots [default: ls].
     #[command(subcommand)]
     pub command: Option<SnapshotsCommand>,
+}
+
+/// `pool`'s subcommands.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    /// What to do with the pools [default: ls].
+    #[command(subcommand)]
+    pub command: Option<PoolCommand>,
+}
+
+/// The subcommands of `pool`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// List the pools with their ready members.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Make a pool of VMs restored from a snapshot, and fill it.
+    Create(PoolCreateArgs),
+    /// Make members until the pool is at its size.
+    Fill(PoolNameArg),
+    /// Take a ready member under a name of your own (made on the spot when
+    /// none is ready, unless --no-cold-start).
+    Claim(PoolClaimArgs),
+    /// Remove a pool and its unclaimed members.
+    Rm(PoolNameArg),
+}
+
+/// A pool's name.
+#[derive(Debug, Args)]
+pub struct PoolNameArg {
+    /// The pool's name.
+    pub pool: String,
+}
+
+/// `pool create`'s options.
+#[derive(Debug, Args)]
+pub struct PoolCreateArgs {
+    /// The pool's name (a VM name of at most 55 characters).
+    pub pool: String,
+    /// The full snapshot members are restored from.
+    #[arg(long)]
+    pub snapshot: String,
+    /// How many ready members the pool keeps.
+    #[arg(long)]
+    pub size: u32,
+    /// How many members are made at once [default: 2, or the size if
+    /// smaller].
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// Record the pool without making any member yet.
+    #[arg(long)]
+    pub no_fill: bool,
+}
+
+/// `pool claim`'s options.
+#[derive(Debug, Args)]
+pub struct PoolClaimArgs {
+    /// The pool.
+    pub pool: String,
+    /// The name the claimed VM gets.
+    pub name: String,
+    /// Wait this many seconds for a member when none is ready.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub wait_s: u64,
+    /// Fail (exit 4) rather than make the VM when no member is ready.
+    #[arg(long)]
+    pub no_cold_start: bool,
+    /// The claimed VM's metadata, a JSON object [default: the template's].
+    #[arg(long, value_name = "FILE")]
+    pub mmds: Option<PathBuf>,
 }
 
 /// The subcommands of `snapshots`.

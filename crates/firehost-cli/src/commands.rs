@@ -22,8 +22,8 @@ use std::time::Duration;
 use firehost::doctor::{DoctorConfig, run_checks};
 use firehost::manager::settings::HostSettings;
 use firehost::manager::{
-    ConsoleTarget, Recovery, RestoreMemory, RestoreOptions, SettingsPolicy, SnapshotOptions,
-    Snapshots, StopOptions,
+    ClaimOptions, ConsoleTarget, PoolName, PoolSpec, PoolTemplate, Recovery, RestoreMemory,
+    RestoreOptions, SettingsPolicy, SnapshotOptions, Snapshots, StopOptions,
 };
 use firehost::net::firewall::PortMapping;
 use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
@@ -37,15 +37,17 @@ use serde::Serialize;
 
 use crate::args::{
     Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, NetArgs,
-    NetCommand, PortArgs, RenameArgs, RestoreArgs, RmArgs, RunArgs, SettingsArgs, SettingsCommand,
-    SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
+    NetCommand, PoolArgs, PoolCommand, PoolNameArg, PortArgs, RenameArgs, RestoreArgs, RmArgs,
+    RunArgs, SettingsArgs, SettingsCommand, SnapshotArgs, SnapshotNameArg, SnapshotsArgs,
+    SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
 };
 use crate::exit::{CliError, Exit, ValueError};
 use crate::human;
 use crate::json::{
-    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, RemovedJson, SettingsJson,
-    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, StopJson,
-    UnreadableVmJson, VerifyErrorJson, VerifyJson, VmJson,
+    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, PoolJson, PoolListJson,
+    PoolRemovedJson, RemovedJson, SettingsJson, SnapshotDetailsJson, SnapshotJson,
+    SnapshotListJson, SnapshotRemovedJson, StopJson, UnreadableVmJson, VerifyErrorJson, VerifyJson,
+    VmJson,
 };
 
 /// How long a command waits for another `firehost` process to release the
@@ -135,6 +137,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Console(args) => console(provider, args, out).await,
         Command::Snapshots(args) => return snapshots(manager.snapshots(), args, out).await,
         Command::Net(args) => net(&manager, args, out).await,
+        Command::Pool(args) => pool(&manager, args, out).await,
         Command::Doctor
         | Command::Quickstart(_)
         | Command::Image(_)
@@ -156,6 +159,10 @@ fn recovery_for(command: &Command) -> Recovery {
         Command::Net(NetArgs { command: None })
         | Command::Net(NetArgs {
             command: Some(NetCommand::Ls),
+        })
+        | Command::Pool(PoolArgs { command: None })
+        | Command::Pool(PoolArgs {
+            command: Some(PoolCommand::Ls),
         }) => Recovery::ReadOnly,
         _ => Recovery::Lazy,
     }
@@ -176,6 +183,8 @@ fn manager_config(
     config.timeouts.lock = LOCK_TIMEOUT;
     config.recovery = recovery;
     config.settings = policy;
+    // A command does not outlive itself: pools fill when told to.
+    config.pool_refill = false;
     config.jail = Some(firehost::jail::JailConfig::default());
     let recorded = HostSettings::read(&global.state_dir)
         .map_err(|source| CliError::Manager(firehost::ManagerError::Settings { source }))?;
@@ -598,6 +607,68 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&id, &snapshot, options).await?;
     out.emit(&VmJson::from(&info), human::vm_record)
+}
+
+/// A pool name from the command line.
+fn pool_name(text: &str) -> Result<PoolName, CliError> {
+    PoolName::new(text).map_err(|source| CliError::InvalidName {
+        what: "pool name",
+        value: text.to_owned(),
+        source,
+    })
+}
+
+async fn pool(manager: &Manager, args: PoolArgs, out: Out) -> Result<(), CliError> {
+    match args.command.unwrap_or(PoolCommand::Ls) {
+        PoolCommand::Ls => {
+            let list = PoolListJson {
+                pools: manager
+                    .pool_list()
+                    .await
+                    .iter()
+                    .map(PoolJson::from)
+                    .collect(),
+            };
+            out.emit(&list, human::pool_table)
+        }
+        PoolCommand::Create(args) => {
+            let name = pool_name(&args.pool)?;
+            let template = PoolTemplate::Snapshot(snapshot_name(&args.snapshot)?);
+            let mut spec = PoolSpec::new(template, args.size);
+            if let Some(parallel) = args.parallel {
+                spec.parallel = parallel;
+            }
+            let mut info = manager.pool_create(&name, spec).await?;
+            if !args.no_fill {
+                info = manager.pool_fill(&name).await?;
+            }
+            out.emit(&PoolJson::from(&info), human::pool_line)
+        }
+        PoolCommand::Fill(PoolNameArg { pool }) => {
+            let info = manager.pool_fill(&pool_name(&pool)?).await?;
+            out.emit(&PoolJson::from(&info), human::pool_line)
+        }
+        PoolCommand::Claim(args) => {
+            let options = ClaimOptions {
+                wait: std::time::Duration::from_secs(args.wait_s),
+                cold_start: !args.no_cold_start,
+                mmds: args.mmds.as_deref().map(read_json_object).transpose()?,
+            };
+            let vm = manager
+                .pool_claim(&pool_name(&args.pool)?, &vm_id(&args.name)?, options)
+                .await?;
+            out.emit(&VmJson::from(&vm), human::vm_state_line)
+        }
+        PoolCommand::Rm(PoolNameArg { pool }) => {
+            let name = pool_name(&pool)?;
+            manager.pool_delete(&name).await?;
+            let removed = PoolRemovedJson {
+                name: name.to_string(),
+                removed: true,
+            };
+            out.emit(&removed, |r| format!("removed pool {}\n", r.name))
+        }
+    }
 }
 
 async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliError> {

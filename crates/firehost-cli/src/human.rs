@@ -127,6 +127,43 @@ pub fn vm_state_line(vm: &VmJson) -> String {
     }
 }
 
+/// `pool create`, `pool fill`: one line for the pool.
+pub fn pool_line(pool: &crate::json::PoolJson) -> String {
+    let mut line = format!(
+        "{}: {} of {} ready",
+        pool.name,
+        pool.members.len(),
+        pool.size
+    );
+    if let Some(failure) = &pool.failure {
+        line.push_str(&format!(
+            " (failing: {}; {} attempts)",
+            failure.error, failure.attempts
+        ));
+    }
+    line.push('\n');
+    line
+}
+
+/// `pool ls`: a table of the pools.
+pub fn pool_table(list: &crate::json::PoolListJson) -> String {
+    let rows: Vec<Vec<String>> = list
+        .pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.snapshot.clone().unwrap_or_else(|| "(spec)".into()),
+                format!("{}/{}", p.members.len(), p.size),
+                p.failure
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |f| f.error.clone()),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SNAPSHOT", "READY", "FAILURE"], &rows)
+}
+
 /// `stop`: the state line, or that there was nothing to stop.
 pub fn stopped(s: &StopJson) -> String {
     if s.stopped {

@@ -100,6 +100,10 @@
 //! | `snapshots gc` | [`GcJson`], below |
 //! | `snapshots merge` | the bundle object of the new full snapshot (its `leases` are empty) |
 //! | `net ls` (or plain `net`) | [`NetListJson`]: `{"bridge": string, "subnet": string, "vms": [{"name", "ip", "mac", "tap": string, "published": [string…]}…]}`, the VMs on the default network sorted by name; `bridge` and `subnet` are the network settings the command ran with |
+//! | `pool ls` (or plain `pool`) | [`PoolListJson`]: `{"pools": [pool object…]}`, sorted by name |
+//! | `pool create`, `pool fill` | the pool object, after the fill |
+//! | `pool claim` | the VM object of the claimed VM, under its new name |
+//! | `pool rm` | [`PoolRemovedJson`]: `{"name": string, "removed": true}` |
 //! | `net publish`, `net unpublish` | the VM object, after the change (its `net.published` says what is forwarded now) |
 //! | `doctor` | [`DoctorJson`]: `{"ok": boolean, "checks": [check…]}` |
 //! | `quickstart` | [`QuickstartJson`], below |
@@ -1150,4 +1154,77 @@ impl From<&InitramfsReport> for InitramfsJson {
 /// Milliseconds of `d`, to 0.01 ms.
 pub fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
+/// A warm pool ([`PoolJson`]): `{"name": string, "snapshot": string or
+/// null, "size": integer, "parallel": integer, "members": [string…],
+/// "making": integer, "failure": {"error": string, "attempts": integer,
+/// "retry_in_ms": integer} or null}`. `snapshot` is the template (null for
+/// a pool the library made from a VM spec); `members` the ready members,
+/// oldest first; `failure` why the pool is short of its size, while making
+/// members fails.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolJson {
+    /// The pool's name.
+    pub name: String,
+    /// The snapshot members are restored from.
+    pub snapshot: Option<String>,
+    /// How many ready members it keeps.
+    pub size: u32,
+    /// How many members are made at once.
+    pub parallel: u32,
+    /// The ready members.
+    pub members: Vec<String>,
+    /// Members being made.
+    pub making: u32,
+    /// The last failure, while making members fails.
+    pub failure: Option<PoolFailureJson>,
+}
+
+/// Why a pool is short of its size.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolFailureJson {
+    /// The error.
+    pub error: String,
+    /// Failures in a row.
+    pub attempts: u32,
+    /// Milliseconds until the next attempt.
+    pub retry_in_ms: u64,
+}
+
+impl From<&firehost::manager::PoolInfo> for PoolJson {
+    fn from(pool: &firehost::manager::PoolInfo) -> Self {
+        PoolJson {
+            name: pool.name.to_string(),
+            snapshot: match &pool.spec.template {
+                firehost::manager::PoolTemplate::Snapshot(s) => Some(s.to_string()),
+                _ => None,
+            },
+            size: pool.spec.size,
+            parallel: pool.spec.parallel,
+            members: strings(&pool.members),
+            making: pool.making,
+            failure: pool.failure.as_ref().map(|f| PoolFailureJson {
+                error: f.error.clone(),
+                attempts: f.attempts,
+                retry_in_ms: u64::try_from(f.retry_in.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+}
+
+/// `pool ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolListJson {
+    /// The pools, by name.
+    pub pools: Vec<PoolJson>,
+}
+
+/// `pool rm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolRemovedJson {
+    /// The pool's name.
+    pub name: String,
+    /// Always true.
+    pub removed: bool,
 }

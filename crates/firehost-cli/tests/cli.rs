@@ -758,6 +758,130 @@ fn rename_moves_a_running_vm_to_a_free_name_and_frees_the_old_one() {
     );
 }
 
+fn pool_shape(pool: &Value) {
+    assert_shape(
+        pool,
+        &[
+            ("name", &[Ty::Str]),
+            ("snapshot", &[Ty::Str, Ty::Null]),
+            ("size", &[Ty::Int]),
+            ("parallel", &[Ty::Int]),
+            ("members", &[Ty::Arr]),
+            ("making", &[Ty::Int]),
+            ("failure", &[Ty::Obj, Ty::Null]),
+        ],
+    );
+}
+
+#[test]
+fn a_pool_is_filled_claimed_from_refilled_and_removed() {
+    let env = TestEnv::new();
+    let (_tpl, _) = env.start_vm("tpl", &[]);
+    env.json(&["snapshot", "tpl", "tpl-snap"]);
+    let made = env.json(&[
+        "pool",
+        "create",
+        "py",
+        "--snapshot",
+        "tpl-snap",
+        "--size",
+        "2",
+    ]);
+    pool_shape(&made);
+    assert_eq!(made["members"].as_array().unwrap().len(), 2, "{made}");
+    let members: Vec<String> = made["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    let _members: Vec<_> = members
+        .iter()
+        .map(|n| common::VmGuard {
+            env: &env,
+            name: n.clone(),
+        })
+        .collect();
+    let listed = env.json(&["pool"]);
+    assert_shape(&listed, &[("pools", &[Ty::Arr])]);
+    pool_shape(&listed["pools"][0]);
+    let plain = env.run(&["pool", "ls"]);
+    assert_success(&plain, &["pool", "ls"]);
+    assert_eq!(
+        stdout(&plain),
+        "NAME  SNAPSHOT  READY  FAILURE\npy    tpl-snap  2/2    -\n"
+    );
+
+    let claimed = env.json(&["pool", "claim", "py", "job-1"]);
+    let _job = common::VmGuard {
+        env: &env,
+        name: "job-1".into(),
+    };
+    assert_vm_shape(&claimed);
+    assert_eq!(
+        (&claimed["name"], &claimed["state"]),
+        (&"job-1".into(), &"running".into())
+    );
+    assert_eq!(
+        env.json(&["pool"])["pools"][0]["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        env.json(&["pool", "fill", "py"])["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Refusals: a bad pool name (2), a pool that is not there (3), a bad
+    // size (2), an empty pool told not to make a VM (4).
+    assert_error(&env.run(&["pool", "claim", "../py", "x"]), 2);
+    assert_error(&env.run(&["pool", "claim", "nopool", "x"]), 3);
+    assert_error(
+        &env.run(&[
+            "pool",
+            "create",
+            "bad",
+            "--snapshot",
+            "tpl-snap",
+            "--size",
+            "0",
+        ]),
+        2,
+    );
+    env.json(&[
+        "pool",
+        "create",
+        "none",
+        "--snapshot",
+        "tpl-snap",
+        "--size",
+        "1",
+        "--no-fill",
+    ]);
+    assert_error(
+        &env.run(&["pool", "claim", "none", "x", "--no-cold-start"]),
+        4,
+    );
+
+    let removed = env.json(&["pool", "rm", "py"]);
+    assert_eq!(
+        (&removed["name"], &removed["removed"]),
+        (&"py".into(), &true.into())
+    );
+    env.json(&["pool", "rm", "none"]);
+    let mut left = names(&env.json(&["ls"]))
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+    left.sort();
+    assert_eq!(left, ["job-1", "tpl"], "the members went with the pool");
+}
+
 #[test]
 fn clone_restores_n_vms_or_none() {
     let env = TestEnv::new();

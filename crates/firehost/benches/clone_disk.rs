@@ -27,39 +27,18 @@
 )]
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{fake_binary, iters, median};
 use firehost::manager::{ConsoleTarget, ManagerConfig, RestoreOptions, SnapshotOptions};
 use firehost::{Manager, StopOptions, VmId, VmSpec};
 
 const MIB: u64 = 1 << 20;
 /// The data a sparse image holds.
 const DATA: u64 = 32 * MIB;
-
-fn iters(default: usize) -> usize {
-    let scale: f64 = std::env::var("BENCH_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((default as f64) * scale).max(3.0) as usize
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn fake_binary() -> PathBuf {
-    // target/<profile>/deps/clone_disk-… → target/<profile>/fake-firecracker.
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("fake-firecracker"))
-        .find(|p| p.exists())
-        .expect("build fake-firecracker first: cargo build --release -p fake-firecracker")
-}
 
 /// A `size`-byte image with `DATA` bytes written in 1 MiB pieces spread
 /// evenly over it, or written through when `full`.

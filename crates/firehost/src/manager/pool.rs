@@ -498,7 +498,9 @@ pub(super) async fn fill(shared: &Arc<Shared>, name: &PoolName) -> Result<PoolIn
                 .get_mut(name)
                 .ok_or_else(|| VmError::PoolNotFound { pool: name.clone() })?;
             let ready = u32::try_from(members.ready.len()).unwrap_or(u32::MAX);
-            let have = ready.saturating_add(members.other).saturating_add(pool.making);
+            let have = ready
+                .saturating_add(members.other)
+                .saturating_add(pool.making);
             let missing = pool.spec.size.saturating_sub(have);
             let batch = missing.min(pool.spec.parallel.saturating_sub(pool.making));
             if batch == 0 {

@@ -22,9 +22,22 @@
 //!
 //! Every clone resumes with the exact memory and device state of the
 //! snapshot, so everything the guest keeps in memory is identical across
-//! clones. The host side differs (VMM process, API socket, page server,
-//! directory, and with networking and vsock, the TAP and the vsock socket);
-//! the guest side must be made unique by the guest, after it resumes:
+//! clones.
+//!
+//! **Its own:** the VMM process, API socket, page server and directory;
+//! its key and name (see `names`; a warm pool's claim gives it the
+//! caller's); a copy of each writable drive; with networking, a TAP, a
+//! namespace and a host address and MAC (below); with vsock, the vsock
+//! socket; with a metadata service, the `"firehost"` identity (name, host
+//! address, the snapshot) and, if the restore or claim gives it, the data.
+//!
+//! **Shared with its siblings:** the guest's memory, so its kernel's and
+//! processes' state, its own address and MAC, its agent's token (the
+//! guest keeps the one it booted with; anyone who can reach one clone's
+//! vsock socket can reach the others' the same way; the VMs' 0700
+//! directories keep the sockets to the manager's user), and,
+//! on kernels without `VMGenID` support, its random pool. Making these
+//! unique is the guest's, after it resumes:
 //!
 //! - **Entropy.** The kernel's random pool and every user-space PRNG seeded
 //!   before the snapshot are identical in all clones. Firecracker exposes a

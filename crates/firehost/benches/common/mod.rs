@@ -1,0 +1,38 @@
+//! What the benches share: iteration counts, medians, the fake VMM.
+
+#![allow(
+    dead_code,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `default` iterations, scaled by `BENCH_ITERS` (at least 3).
+pub fn iters(default: usize) -> usize {
+    let scale: f64 = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((default as f64) * scale).max(3.0) as usize
+}
+
+/// The median of `samples` (which must not be empty).
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// The fake VMM built next to the bench, release build first.
+pub fn fake_binary() -> PathBuf {
+    // target/<profile>/deps/<bench>-… → target/<profile>/fake-firecracker.
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("fake-firecracker"))
+        .find(|p| p.exists())
+        .expect("build fake-firecracker first: cargo build --release -p fake-firecracker")
+}
