@@ -71,6 +71,7 @@
 //! nor the arguments of a process (they may hold secrets): only its program.
 
 pub mod config;
+pub mod entropy;
 pub mod error;
 pub mod exec;
 mod fd;

@@ -150,6 +150,7 @@ fn describe(request: &ClientMessage) -> String {
         ClientMessage::List { path } => format!("list {path}"),
         ClientMessage::SetEnv { vars } => format!("set {} environment variables", vars.len()),
         ClientMessage::Health => "health".to_owned(),
+        ClientMessage::Reseed { .. } => "reseed the CRNG".to_owned(),
         ClientMessage::Shutdown { reboot } => {
             format!(
                 "shutdown ({})",
@@ -192,6 +193,10 @@ pub async fn handle(
                     }
                     other => other,
                 })
+        }
+        ClientMessage::Reseed { entropy } => {
+            crate::entropy::reseed(&entropy.0)?;
+            send(w, &AgentMessage::Done).await
         }
         ClientMessage::SetEnv { vars } => {
             exec::validate_env(&vars)?;

@@ -279,6 +279,11 @@ pub async fn receive<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(
     }
 }
 
+/// The least randomness a `Reseed` carries, in bytes: a full CRNG seed.
+pub const MIN_RESEED_BYTES: usize = 32;
+/// The most randomness a `Reseed` carries, in bytes.
+pub const MAX_RESEED_BYTES: usize = 512;
+
 /// A string that must not reach a log: `Debug` prints `***`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -381,6 +386,16 @@ pub enum ClientMessage {
     },
     /// Asks whether the agent is ready.
     Health,
+    /// Mixes randomness from the host into the guest kernel's pool and
+    /// reseeds its CRNG (`RNDADDENTROPY`, then `RNDRESEEDCRNG`): every
+    /// clone of one snapshot resumes with the same random state, which
+    /// kernels without `VMGenID` support do not change by themselves.
+    /// Answered with `Done`.
+    Reseed {
+        /// [`MIN_RESEED_BYTES`] to [`MAX_RESEED_BYTES`] bytes of
+        /// randomness, as lowercase hex.
+        entropy: Secret,
+    },
     /// Powers the guest off (or reboots it), after syncing filesystems.
     Shutdown {
         /// Reboot instead of powering off.
@@ -496,7 +511,7 @@ pub enum AgentMessage {
         /// The entries.
         entries: Vec<FileStat>,
     },
-    /// Done (for `SetEnv` and `Shutdown`).
+    /// Done (for `SetEnv`, `Reseed` and `Shutdown`).
     Done,
     /// The answer to `Health`.
     Health {

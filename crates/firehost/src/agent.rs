@@ -536,6 +536,30 @@ impl AgentClient {
         }
     }
 
+    /// Mixes fresh randomness from the host into the guest kernel's pool
+    /// and reseeds its CRNG, so that a clone's random numbers differ from
+    /// its siblings' (see `manager/restore.rs`). The bytes come from the
+    /// host's `getrandom`; they never reach a log.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the request was sent, the guest may
+    /// or may not have reseeded; reseeding again is harmless.
+    pub async fn reseed(&self) -> Result<(), AgentError> {
+        let mut bytes = [0u8; 64];
+        rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+            .map_err(|e| AgentError::Io(std::io::Error::from(e)))?;
+        let entropy: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let request = ClientMessage::Reseed {
+            entropy: Secret(entropy),
+        };
+        let (mut r, _w) = self.request(&request).await?;
+        match answer(&mut r, "the CRNG was reseeded").await? {
+            AgentMessage::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Asks the guest to power off (or reboot).
     ///
     /// # Cancel safety

@@ -224,6 +224,66 @@ async fn a_100_mib_file_round_trips_with_its_checksum() {
 }
 
 #[tokio::test]
+async fn the_agent_reseeds_the_guests_crng() {
+    let host = TestHost::new();
+    let Some(manager) = manager_with_agent(&host, "the_agent_reseeds_the_guests_crng").await else {
+        return;
+    };
+    let agent = ready_vm(&manager, "reseed").await;
+    // The stand-in guest is a process on this host: the ioctls reach the
+    // host's /dev/random, which needs CAP_SYS_ADMIN, as in a guest.
+    match agent.reseed().await {
+        Ok(()) => {}
+        Err(firehost::agent::AgentError::Refused {
+            code: firehost_proto::ErrorCode::PermissionDenied,
+            message,
+        }) => {
+            common::skip(
+                "the_agent_reseeds_the_guests_crng",
+                &format!("no CAP_SYS_ADMIN here: {message}"),
+            );
+        }
+        Err(e) => panic!("reseed failed: {e:?}"),
+    }
+    // The agent still serves after it.
+    let out = agent.output(sh("echo ok"), None).await.unwrap();
+    assert_eq!(out.stdout, b"ok\n");
+}
+
+#[tokio::test]
+async fn a_pool_of_agent_ready_vms_hands_out_members_whose_agents_answer() {
+    use firehost::manager::{ClaimOptions, PoolSpec, PoolTemplate};
+    const T: &str = "a_pool_of_agent_ready_vms_hands_out_members_whose_agents_answer";
+    let host = TestHost::new();
+    let Some(manager) = manager_with_agent(&host, T).await else {
+        return;
+    };
+    // Booted from a spec: a member is ready once its agent answers.
+    let pool = "agents".parse().unwrap();
+    let mut spec = PoolSpec::new(PoolTemplate::Spec(Box::new(vsock_spec())), 2);
+    spec.parallel = 2;
+    manager.pool_create(&pool, spec).await.unwrap();
+    let filled = manager.pool_fill(&pool).await.unwrap();
+    assert_eq!(filled.members.len(), 2);
+    // The claim reseeds the member's CRNG through its agent, then renames
+    // it; its agent answers under the new name with the same token.
+    let claimed = manager
+        .pool_claim(&pool, &id("worker"), ClaimOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(claimed.id, id("worker"));
+    let agent = manager.agent(&id("worker")).await.unwrap();
+    let out = agent.output(sh("echo claimed"), None).await.unwrap();
+    assert_eq!(out.stdout, b"claimed\n");
+    manager.pool_delete(&pool).await.unwrap();
+    manager
+        .stop(&id("worker"), StopOptions::default())
+        .await
+        .unwrap();
+    manager.destroy(&id("worker")).await.unwrap();
+}
+
+#[tokio::test]
 async fn env_set_for_later_execs_reaches_them() {
     let host = TestHost::new();
     let Some(manager) = manager_with_agent(&host, "env_set_for_later_execs_reaches_them").await

@@ -67,7 +67,9 @@ pub use config::{
 };
 pub use error::{DriveProblem, MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
-pub use pool::{ClaimOptions, MAX_POOL_SIZE, PoolFailure, PoolInfo, PoolSpec, PoolTemplate};
+pub use pool::{
+    ClaimOptions, MAX_POOL_SIZE, PoolFailure, PoolInfo, PoolSpec, PoolTemplate, RESEED_WAIT,
+};
 pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};
 pub(crate) use restore::{name_own_copies, restored_net, restored_spec};

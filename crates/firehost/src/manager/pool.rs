@@ -125,7 +125,16 @@ pub struct ClaimOptions {
     /// (`None`: the template's). Its `"firehost"` identity is always the
     /// VM's own, under its new name.
     pub mmds: Option<serde_json::Value>,
+    /// Reseed the guest's CRNG through its agent before the VM is handed
+    /// out (default true), so that its random numbers differ from its
+    /// siblings'; only for members with a vsock device, and only if their
+    /// agent answers within [`RESEED_WAIT`] (a guest without one is handed
+    /// out as it is, and must reseed itself).
+    pub reseed: bool,
 }
+
+/// How long a claim waits for a member's agent to reseed its CRNG.
+pub const RESEED_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for ClaimOptions {
     fn default() -> Self {
@@ -133,6 +142,7 @@ impl Default for ClaimOptions {
             wait: Duration::ZERO,
             cold_start: true,
             mmds: None,
+            reseed: true,
         }
     }
 }
@@ -692,6 +702,9 @@ pub(super) async fn claim(
     loop {
         made.mark_unchanged();
         for member in shared.members(pool).ready {
+            if options.reseed {
+                reseed(shared, &member).await;
+            }
             let claim = super::rename::Claim {
                 pool: pool.clone(),
                 mmds: options.mmds.clone(),
@@ -721,6 +734,9 @@ pub(super) async fn claim(
     }
     wake(shared, pool);
     let info = make_vm(shared, name, None, &template).await?;
+    if options.reseed {
+        reseed(shared, name).await;
+    }
     if let Some(data) = &options.mmds {
         let slot = shared.find(name).await?;
         let guard = slot.vm.lock().await;
@@ -729,6 +745,24 @@ pub(super) async fn claim(
         }
     }
     Ok(info)
+}
+
+/// Reseeds the CRNG of `vm`'s guest through its agent, if it has a vsock
+/// device and the agent answers within [`RESEED_WAIT`]; says so if not.
+async fn reseed(shared: &Arc<Shared>, vm: &VmId) {
+    let manager = super::Manager {
+        shared: shared.clone(),
+    };
+    let Ok(agent) = manager.agent(vm).await else {
+        return;
+    };
+    match tokio::time::timeout(RESEED_WAIT, agent.reseed()).await {
+        Ok(Ok(())) => tracing::debug!(vm = %vm, "reseeded the guest's CRNG"),
+        Ok(Err(e)) => {
+            tracing::warn!(vm = %vm, error = %e, "cannot reseed the guest's CRNG; it shares its siblings' random state until it reseeds")
+        }
+        Err(_) => tracing::warn!(vm = %vm, "the guest's agent did not reseed its CRNG in time"),
+    }
 }
 
 /// Wakes the refill of `pool`.

@@ -42,10 +42,12 @@
 //! - **Entropy.** The kernel's random pool and every user-space PRNG seeded
 //!   before the snapshot are identical in all clones. Firecracker exposes a
 //!   `VMGenID` device whose generation id changes on every restore; guest
-//!   kernels from 5.18 on reseed their RNG when it changes. User space must
-//!   re-seed too (re-read `/dev/urandom`, restart daemons that cached keys),
-//!   and long-lived secrets (SSH host keys, TLS keys) must not be in the
-//!   snapshot at all.
+//!   kernels from 5.18 on reseed their RNG when it changes. For the others,
+//!   the agent reseeds the kernel's CRNG with the host's randomness
+//!   ([`AgentClient::reseed`](crate::agent::AgentClient::reseed); a warm
+//!   pool's claim does it by itself). User space must re-seed too (re-read
+//!   `/dev/urandom`, restart daemons that cached keys), and long-lived
+//!   secrets (SSH host keys, TLS keys) must not be in the snapshot at all.
 //! - **Network identity.** The guest keeps the MAC and IP it had in the
 //!   snapshot, and needs no reconfiguration: by default a restored VM on
 //!   the default network gets a network namespace of its own whose
