@@ -31,7 +31,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// What all sessions share.
 #[derive(Debug)]
 pub struct Agent {
-    token: TokenPolicy,
+    // A std lock: read for each hello, written by a rekey; never held
+    // across I/O.
+    token: std::sync::RwLock<TokenPolicy>,
     // A std mutex: held only to copy or extend the map, never across I/O.
     env: Mutex<BTreeMap<String, Secret>>,
     started: Instant,
@@ -42,7 +44,7 @@ impl Agent {
     /// An agent that started now.
     pub fn new(token: TokenPolicy, allow_shutdown: bool) -> Agent {
         Agent {
-            token,
+            token: std::sync::RwLock::new(token),
             env: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             allow_shutdown,
@@ -50,8 +52,19 @@ impl Agent {
     }
 
     /// Which tokens open a session.
-    pub fn token(&self) -> &TokenPolicy {
-        &self.token
+    pub fn token(&self) -> TokenPolicy {
+        self.token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Demands `token` from the next session on.
+    pub fn set_token(&self, token: firehost_proto::Token) {
+        *self
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = TokenPolicy::Required(token);
     }
 
     /// Adds `vars` to the environment of later execs (replacing values of

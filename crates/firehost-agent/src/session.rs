@@ -70,6 +70,22 @@ pub async fn send_frame(w: &mut Writer, kind: FrameKind, data: &[u8]) -> Result<
     Ok(())
 }
 
+/// Refuses a token a rekey must not set: too short to guess at, too long,
+/// or with characters that do not survive a kernel command line.
+fn check_token(token: &firehost_proto::Token) -> Result<(), RequestError> {
+    let len = token.0.len();
+    if !(16..=firehost_proto::MAX_TOKEN_LEN).contains(&len) {
+        return Err(RequestError::bad_request(format!(
+            "a token is 16 to {} characters, not {len}",
+            firehost_proto::MAX_TOKEN_LEN
+        )));
+    }
+    if !token.0.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RequestError::bad_request("a token is printable ASCII"));
+    }
+    Ok(())
+}
+
 /// Runs one session on `conn` to its end; `peer` names the other side in
 /// log lines.
 pub async fn run(agent: Arc<Agent>, conn: Box<dyn Connection>, peer: String) {
@@ -151,6 +167,7 @@ fn describe(request: &ClientMessage) -> String {
         ClientMessage::SetEnv { vars } => format!("set {} environment variables", vars.len()),
         ClientMessage::Health => "health".to_owned(),
         ClientMessage::Reseed { .. } => "reseed the CRNG".to_owned(),
+        ClientMessage::Rekey { .. } => "replace the token".to_owned(),
         ClientMessage::Shutdown { reboot } => {
             format!(
                 "shutdown ({})",
@@ -193,6 +210,12 @@ pub async fn handle(
                     }
                     other => other,
                 })
+        }
+        ClientMessage::Rekey { token } => {
+            check_token(&token)?;
+            agent.set_token(token);
+            info!("the token was replaced; later sessions must present the new one");
+            send(w, &AgentMessage::Done).await
         }
         ClientMessage::Reseed { entropy } => {
             crate::entropy::reseed(&entropy.0)?;
@@ -251,4 +274,31 @@ async fn shutdown(
         Err(e) => error!("cannot shut down: {e}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firehost_proto::Token;
+
+    #[test]
+    fn a_rekey_sets_only_tokens_that_are_long_and_printable() {
+        assert!(check_token(&Token("0123456789abcdef".into())).is_ok());
+        assert!(check_token(&Token("x".repeat(firehost_proto::MAX_TOKEN_LEN))).is_ok());
+        for bad in [
+            String::new(),
+            "short".into(),
+            "x".repeat(firehost_proto::MAX_TOKEN_LEN + 1),
+            "with a space in it".into(),
+            "0123456789abcdef\n".into(),
+        ] {
+            assert!(
+                matches!(
+                    check_token(&Token(bad.clone())),
+                    Err(RequestError::BadRequest { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 }

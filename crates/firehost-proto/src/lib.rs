@@ -46,8 +46,10 @@
 //!      target untouched.
 //!    - [`ClientMessage::ReadFile`]: the agent answers `FileInfo`, then
 //!      `Data` frames and one `Eof` (or an error).
-//!    - `Stat`, `List`, `SetEnv`, `Health`, `Shutdown`: one answer each
-//!      (`FileInfo`, `Entries`, `Done`, `Health`, `Done`).
+//!    - `Stat`, `List`, `SetEnv`, `Health`, `Reseed`, `Rekey`, `Shutdown`:
+//!      one answer each (`FileInfo`, `Entries`, `Done`, `Health`, `Done`,
+//!      `Done`, `Done`). An agent older than `Reseed` and `Rekey` answers
+//!      them with a `bad_request` error.
 //!
 //! Errors during a request are an [`AgentMessage::Error`], after which the
 //! agent closes the session.
@@ -279,6 +281,9 @@ pub async fn receive<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(
     }
 }
 
+/// The longest token a `Rekey` may set.
+pub const MAX_TOKEN_LEN: usize = 256;
+
 /// The least randomness a `Reseed` carries, in bytes: a full CRNG seed.
 pub const MIN_RESEED_BYTES: usize = 32;
 /// The most randomness a `Reseed` carries, in bytes.
@@ -396,6 +401,14 @@ pub enum ClientMessage {
         /// randomness, as lowercase hex.
         entropy: Secret,
     },
+    /// Makes the agent demand this token, in place of the one that opened
+    /// this session, from the next session on (a clone's own token).
+    /// Answered with `Done`.
+    Rekey {
+        /// The new token: 16 to [`MAX_TOKEN_LEN`] printable ASCII
+        /// characters.
+        token: Token,
+    },
     /// Powers the guest off (or reboots it), after syncing filesystems.
     Shutdown {
         /// Reboot instead of powering off.
@@ -511,7 +524,7 @@ pub enum AgentMessage {
         /// The entries.
         entries: Vec<FileStat>,
     },
-    /// Done (for `SetEnv`, `Reseed` and `Shutdown`).
+    /// Done (for `SetEnv`, `Reseed`, `Rekey` and `Shutdown`).
     Done,
     /// The answer to `Health`.
     Health {

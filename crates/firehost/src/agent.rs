@@ -546,15 +546,33 @@ impl AgentClient {
     /// Not cancel safe: dropped after the request was sent, the guest may
     /// or may not have reseeded; reseeding again is harmless.
     pub async fn reseed(&self) -> Result<(), AgentError> {
-        let mut bytes = [0u8; 64];
-        rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| AgentError::Io(std::io::Error::from(e)))?;
-        let entropy: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let entropy = random_hex::<64>().map_err(AgentError::Io)?;
         let request = ClientMessage::Reseed {
             entropy: Secret(entropy),
         };
         let (mut r, _w) = self.request(&request).await?;
         match answer(&mut r, "the CRNG was reseeded").await? {
+            AgentMessage::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Makes the agent demand `token` from the next session on, in place of
+    /// the one it has (this client's, which opens this session). Used to
+    /// give each clone of a snapshot a token of its own: the guest keeps
+    /// the token it booted with in its memory, the same in every clone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropped after the request was sent, the agent may
+    /// demand either token; the manager records the new one before it asks
+    /// (see `Manager::agent`).
+    pub async fn rekey(&self, token: &Token) -> Result<(), AgentError> {
+        let request = ClientMessage::Rekey {
+            token: token.clone(),
+        };
+        let (mut r, _w) = self.request(&request).await?;
+        match answer(&mut r, "the token was replaced").await? {
             AgentMessage::Done => Ok(()),
             other => Err(unexpected(&other)),
         }
@@ -746,13 +764,17 @@ fn unexpected(message: &AgentMessage) -> AgentError {
 
 /// A fresh random token: 32 bytes from the kernel's CSPRNG, as hex.
 pub fn new_token() -> std::io::Result<Token> {
-    let mut bytes = [0u8; 32];
+    random_hex::<32>().map(Token)
+}
+
+/// `N` bytes from the kernel's CSPRNG, as lowercase hex.
+fn random_hex<const N: usize>() -> std::io::Result<String> {
+    let mut bytes = [0u8; N];
     let mut filled = 0;
     while filled < bytes.len() {
         filled +=
             rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
                 .map_err(std::io::Error::from)?;
     }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Token(hex))
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -63,6 +63,17 @@ async fn manager_with_agent(host: &TestHost, test: &str) -> Option<Manager> {
     Some(Manager::open(config).await.unwrap())
 }
 
+/// The agent token the record of the VM whose key is `key` holds.
+fn recorded_token(host: &TestHost, key: &VmId) -> String {
+    let path = host
+        .state_dir()
+        .join("vms")
+        .join(key.as_str())
+        .join("record.json");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    record["vsock"]["token"].as_str().unwrap().to_owned()
+}
+
 /// A running VM with a ready agent.
 async fn ready_vm(manager: &Manager, name: &str) -> AgentClient {
     let vm = id(name);
@@ -265,8 +276,11 @@ async fn a_pool_of_agent_ready_vms_hands_out_members_whose_agents_answer() {
     manager.pool_create(&pool, spec).await.unwrap();
     let filled = manager.pool_fill(&pool).await.unwrap();
     assert_eq!(filled.members.len(), 2);
-    // The claim reseeds the member's CRNG through its agent, then renames
-    // it; its agent answers under the new name with the same token.
+    // The claim reseeds the member's CRNG through its agent, gives the
+    // agent a token of its own, then renames the member; its agent
+    // answers under the new name.
+    let member = filled.members[0].clone();
+    let before = recorded_token(&host, &member);
     let claimed = manager
         .pool_claim(&pool, &id("worker"), ClaimOptions::default())
         .await
@@ -275,12 +289,76 @@ async fn a_pool_of_agent_ready_vms_hands_out_members_whose_agents_answer() {
     let agent = manager.agent(&id("worker")).await.unwrap();
     let out = agent.output(sh("echo claimed"), None).await.unwrap();
     assert_eq!(out.stdout, b"claimed\n");
+    // The key (and so the record's directory) is still the member's name.
+    let after = recorded_token(&host, &member);
+    assert_ne!(after, before, "a token of its own");
+    let socket = claimed.vsock.as_ref().unwrap().uds_path.clone();
+    let stale = AgentClient::new(&socket, firehost_proto::DEFAULT_PORT, Token(before));
+    let refused = stale.health().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            AgentError::Refused {
+                code: ErrorCode::BadToken,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
     manager.pool_delete(&pool).await.unwrap();
     manager
         .stop(&id("worker"), StopOptions::default())
         .await
         .unwrap();
     manager.destroy(&id("worker")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_a_rekey_leaves_an_agent_the_manager_can_reach() {
+    use firehost::manager::{ClaimOptions, PoolSpec, PoolTemplate};
+    use futures_util::FutureExt;
+    const T: &str = "a_crash_in_the_middle_of_a_rekey_leaves_an_agent_the_manager_can_reach";
+    // Recorded only: the agent kept its token. Agent rekeyed: it demands
+    // the new one. Either way the next manager finds which.
+    for (step, changed) in [("rekey:recorded", false), ("rekey:agent", true)] {
+        let host = TestHost::new();
+        let Some(manager) = manager_with_agent(&host, T).await else {
+            return;
+        };
+        let pool = "rk".parse().unwrap();
+        let spec = PoolSpec::new(PoolTemplate::Spec(Box::new(vsock_spec())), 1);
+        manager.pool_create(&pool, spec).await.unwrap();
+        let member = manager.pool_fill(&pool).await.unwrap().members[0].clone();
+        let before = recorded_token(&host, &member);
+        firehost::manager::fault::crash_at(&member, step);
+        let crashed = std::panic::AssertUnwindSafe(manager.pool_claim(
+            &pool,
+            &id("mine"),
+            ClaimOptions::default(),
+        ))
+        .catch_unwind()
+        .await;
+        assert!(crashed.is_err(), "{step}");
+        drop(manager);
+
+        let manager = manager_with_agent(&host, T).await.unwrap();
+        let agent = manager.agent(&member).await.unwrap();
+        let out = agent.output(sh("echo reached"), None).await.unwrap();
+        assert_eq!(out.stdout, b"reached\n", "{step}");
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                host.state_dir()
+                    .join("vms")
+                    .join(member.as_str())
+                    .join("record.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(record["vsock"]["next_token"].is_null(), "{step}: settled");
+        assert_eq!(recorded_token(&host, &member) != before, changed, "{step}");
+        manager.pool_delete(&pool).await.unwrap();
+    }
 }
 
 #[tokio::test]

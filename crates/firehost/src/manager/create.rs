@@ -200,6 +200,7 @@ fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
         uds_path,
         guest_cid,
         token,
+        next_token: None,
     })
 }
 

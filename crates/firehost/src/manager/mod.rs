@@ -46,6 +46,7 @@ mod ops;
 mod pool;
 mod quarantine;
 mod recovery;
+mod rekey;
 mod rename;
 mod restore;
 pub mod settings;
@@ -701,10 +702,11 @@ impl Manager {
     /// Cancel safe: it only reads the VM's record.
     pub async fn agent(&self, id: &VmId) -> Result<AgentClient, VmError> {
         let slot = self.shared.find(id).await?;
-        let guard = slot.vm.lock().await;
+        let mut guard = slot.vm.lock().await;
         let vm = guard
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+        rekey::settle(vm).await;
         let vsock = vm
             .record
             .vsock
@@ -872,7 +874,9 @@ impl Manager {
     /// Hands a running member of pool `pool` to the caller under the name
     /// `name`: a rename that takes the member out of the pool in the same
     /// record write (see [`rename`](Self::rename)), with the caller's
-    /// metadata if [`ClaimOptions::mmds`] says so. The pool then makes a
+    /// metadata if [`ClaimOptions::mmds`] says so. Before that, a member
+    /// whose agent answers gets a reseeded CRNG and an agent token of its
+    /// own ([`ClaimOptions::reseed`]). The pool then makes a
     /// new member in the background. With no member ready, it waits up to
     /// [`ClaimOptions::wait`], then makes the VM from the template under
     /// `name` ([`ClaimOptions::cold_start`]) or fails with

@@ -125,11 +125,12 @@ pub struct ClaimOptions {
     /// (`None`: the template's). Its `"firehost"` identity is always the
     /// VM's own, under its new name.
     pub mmds: Option<serde_json::Value>,
-    /// Reseed the guest's CRNG through its agent before the VM is handed
-    /// out (default true), so that its random numbers differ from its
-    /// siblings'; only for members with a vsock device, and only if their
-    /// agent answers within [`RESEED_WAIT`] (a guest without one is handed
-    /// out as it is, and must reseed itself).
+    /// Before the VM is handed out, give its guest an identity of its own
+    /// through its agent (default true): reseed the CRNG, so that its
+    /// random numbers differ from its siblings', and give the agent a
+    /// fresh token (see `manager::rekey`). Only for members with a vsock
+    /// device, and only if their agent answers within [`RESEED_WAIT`]: a
+    /// guest without one is handed out as it is, and must reseed itself.
     pub reseed: bool,
 }
 
@@ -703,7 +704,7 @@ pub(super) async fn claim(
         made.mark_unchanged();
         for member in shared.members(pool).ready {
             if options.reseed {
-                reseed(shared, &member).await;
+                refresh(shared, &member).await;
             }
             let claim = super::rename::Claim {
                 pool: pool.clone(),
@@ -735,7 +736,7 @@ pub(super) async fn claim(
     wake(shared, pool);
     let info = make_vm(shared, name, None, &template).await?;
     if options.reseed {
-        reseed(shared, name).await;
+        refresh(shared, name).await;
     }
     if let Some(data) = &options.mmds {
         let slot = shared.find(name).await?;
@@ -747,9 +748,10 @@ pub(super) async fn claim(
     Ok(info)
 }
 
-/// Reseeds the CRNG of `vm`'s guest through its agent, if it has a vsock
-/// device and the agent answers within [`RESEED_WAIT`]; says so if not.
-async fn reseed(shared: &Arc<Shared>, vm: &VmId) {
+/// Gives `vm`'s guest an identity of its own through its agent, if it has
+/// a vsock device and the agent answers within [`RESEED_WAIT`]: reseeds
+/// its CRNG, then gives the agent a fresh token. Says so if it cannot.
+async fn refresh(shared: &Arc<Shared>, vm: &VmId) {
     let manager = super::Manager {
         shared: shared.clone(),
     };
@@ -759,9 +761,23 @@ async fn reseed(shared: &Arc<Shared>, vm: &VmId) {
     match tokio::time::timeout(RESEED_WAIT, agent.reseed()).await {
         Ok(Ok(())) => tracing::debug!(vm = %vm, "reseeded the guest's CRNG"),
         Ok(Err(e)) => {
-            tracing::warn!(vm = %vm, error = %e, "cannot reseed the guest's CRNG; it shares its siblings' random state until it reseeds")
+            tracing::warn!(vm = %vm, error = %e, "cannot reseed the guest's CRNG; it shares its siblings' random state until it reseeds");
+            // No agent that answers: no token to change either.
+            return;
         }
-        Err(_) => tracing::warn!(vm = %vm, "the guest's agent did not reseed its CRNG in time"),
+        Err(_) => {
+            tracing::warn!(vm = %vm, "the guest's agent did not reseed its CRNG in time");
+            return;
+        }
+    }
+    let Ok(slot) = shared.find(vm).await else {
+        return;
+    };
+    let mut guard = slot.vm.lock().await;
+    if let Some(member) = guard.as_mut()
+        && let Err(e) = super::rekey::rekey(member).await
+    {
+        tracing::warn!(vm = %vm, error = %e, "cannot give the guest's agent a token of its own; it keeps its siblings'");
     }
 }
 

@@ -33,11 +33,14 @@
 //!
 //! **Shared with its siblings:** the guest's memory, so its kernel's and
 //! processes' state, its own address and MAC, its agent's token (the
-//! guest keeps the one it booted with; anyone who can reach one clone's
-//! vsock socket can reach the others' the same way; the VMs' 0700
-//! directories keep the sockets to the manager's user), and,
-//! on kernels without `VMGenID` support, its random pool. Making these
-//! unique is the guest's, after it resumes:
+//! guest keeps the one it booted with, on its kernel command line too: a
+//! guest that reads it could use it on a sibling's agent, if that agent
+//! listens on the network; the VMs' 0700 directories keep the vsock
+//! sockets to the manager's user), and, on kernels without `VMGenID`
+//! support, its random pool. A warm pool's claim gives the guest a fresh
+//! agent token and a reseeded CRNG through its agent (see `rekey`); for
+//! the rest, and for plain restores, making these unique is the guest's,
+//! after it resumes:
 //!
 //! - **Entropy.** The kernel's random pool and every user-space PRNG seeded
 //!   before the snapshot are identical in all clones. Firecracker exposes a
@@ -336,6 +339,7 @@ async fn build(
             uds_path: vsock_path.clone(),
             guest_cid: layout.guest_cid,
             token: layout.agent_token.clone()?,
+            next_token: None,
         })
     });
     let vsock_override = manifest.vsock.as_ref().map(|_| VsockOverride {

@@ -309,6 +309,8 @@ struct VsockFile {
     uds_path: PathBuf,
     guest_cid: u32,
     token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
 }
 
 /// A VM's jail. Also read on its own from a damaged record (see
@@ -385,6 +387,7 @@ impl RecordFile {
                 uds_path: v.uds_path.clone(),
                 guest_cid: v.guest_cid,
                 token: v.token.0.clone(),
+                next_token: v.next_token.as_ref().map(|t| t.0.clone()),
             }),
             jail: record.jail.as_ref().map(JailFile::from),
             pending_snapshot: record
@@ -447,6 +450,7 @@ impl RecordFile {
                 uds_path: v.uds_path,
                 guest_cid: v.guest_cid,
                 token: firehost_proto::Token(v.token),
+                next_token: v.next_token.map(firehost_proto::Token),
             }),
             jail: self.jail.map(JailFile::into_jail),
             pending_snapshot: self

@@ -178,6 +178,10 @@ pub struct VmVsock {
     pub guest_cid: u32,
     /// The token the guest's agent checks (printed as `***` by `Debug`).
     pub token: firehost_proto::Token,
+    /// A token the agent is being asked to take instead, recorded before
+    /// the request: after a crash, the agent demands one of the two (see
+    /// `manager::rekey`).
+    pub next_token: Option<firehost_proto::Token>,
 }
 
 pub use crate::fsutil::Durability;
@@ -397,6 +401,7 @@ mod tests {
                 uds_path: "/x/vsock.sock".into(),
                 guest_cid: 3,
                 token: firehost_proto::Token("t".into()),
+                next_token: None,
             }),
             net: Some(crate::net::host::VmNet {
                 ip: "172.30.0.2".parse().unwrap(),
