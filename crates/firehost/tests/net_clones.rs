@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::netns::{GuestNs, add_address, ifname, in_netns, link_up, nft_or_skip};
+use common::netns::{GuestNs, add_address, ifname, in_netns, link_up, nft_counter, nft_or_skip};
 use common::tap_guest::{GuestConfig, TapGuest};
 use common::udp::{ARRIVAL, assert_nothing_received, udp_in};
 use firehost::VmId;
@@ -149,19 +149,7 @@ async fn clone_with_guest(host: &Host, i: usize, paired: bool) -> (VmNet, TapGue
 
 /// A named counter's packet count in the host's firehost tables.
 fn host_counter(family: &str, name: &str) -> u64 {
-    counter(&Nftables::open().unwrap(), family, name)
-}
-
-fn counter(nft: &Nftables, family: &str, name: &str) -> u64 {
-    let json = nft
-        .list(&format!("list counter {family} firehost {name}"))
-        .unwrap();
-    json["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|item| item["counter"]["packets"].as_u64())
-        .unwrap()
+    nft_counter(&Nftables::open().unwrap(), family, name)
 }
 
 /// The `spoofed` counter inside the VM namespace pinned at `netns`.
@@ -171,7 +159,7 @@ fn namespace_counter(netns: &Path) -> u64 {
         // SAFETY: `ns` is an open namespace file; only this thread moves.
         let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0);
-        counter(&Nftables::open().unwrap(), "inet", "spoofed")
+        nft_counter(&Nftables::open().unwrap(), "inet", "spoofed")
     })
     .join()
     .unwrap()

@@ -134,17 +134,7 @@ impl Lab {
 
     /// A named counter's packet count.
     fn counter(&self, family: &str, name: &str) -> u64 {
-        let json = self
-            .firewall
-            .nftables()
-            .list(&format!("list counter {family} firehost {name}"))
-            .unwrap();
-        json["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|item| item["counter"]["packets"].as_u64())
-            .unwrap()
+        common::netns::nft_counter(self.firewall.nftables(), family, name)
     }
 
     /// Waits until the counter is above `before` (a drop happened), with a

@@ -949,6 +949,22 @@ impl NetHost {
     }
 }
 
+/// A networked spec in a jail with the configuration's defaults.
+fn jailed_net_spec() -> VmSpec {
+    VmSpec {
+        jail: Some(firehost::jail::JailSpec::default()),
+        ..net_spec()
+    }
+}
+
+/// Asserts no jail is left under the chroot base `base`.
+fn assert_no_jail_left(base: &std::path::Path) {
+    let left: Vec<_> = std::fs::read_dir(base.join("firecracker"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
     const T: &str = "a_jailed_vm_gets_a_tap_its_own_uid_owns";
@@ -963,9 +979,7 @@ fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
         let (config, base) = h.jail_config(jailer, 930_000);
         let manager = Manager::open(config).await.unwrap();
         let vm = id("jailed-net");
-        let mut spec = net_spec();
-        spec.jail = Some(firehost::jail::JailSpec::default());
-        let info = manager.run(&vm, spec).await.unwrap();
+        let info = manager.run(&vm, jailed_net_spec()).await.unwrap();
         let jail = info.jail.clone().expect("jailed");
         let net = net_of(&info);
         // The jailed Firecracker (its uid, not root) could open the TAP:
@@ -980,10 +994,7 @@ fn a_jailed_vm_gets_a_tap_its_own_uid_owns() {
         manager.stop(&vm, StopOptions::default()).await.unwrap();
         manager.destroy(&vm).await.unwrap();
         assert_eq!(residue(&nl).await, nothing());
-        let left: Vec<_> = std::fs::read_dir(base.join("firecracker"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{left:?}");
+        assert_no_jail_left(&base);
     });
 }
 
@@ -1001,9 +1012,7 @@ fn jailed_clones_run_beside_their_source_each_in_its_own_namespace() {
         let (config, base) = h.jail_config(jailer, 930_040);
         let manager = Manager::open(config).await.unwrap();
         let source = id("jailed-src");
-        let mut spec = net_spec();
-        spec.jail = Some(firehost::jail::JailSpec::default());
-        let src = net_of(&manager.run(&source, spec).await.unwrap());
+        let src = net_of(&manager.run(&source, jailed_net_spec()).await.unwrap());
         let snap: firehost::snapshot::SnapshotName = "jsnap".parse().unwrap();
         manager
             .snapshot(&source, &snap, Default::default())
@@ -1033,10 +1042,7 @@ fn jailed_clones_run_beside_their_source_each_in_its_own_namespace() {
             manager.destroy(vm).await.unwrap();
         }
         assert_eq!(residue(&nl).await, nothing());
-        let left: Vec<_> = std::fs::read_dir(base.join("firecracker"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{left:?}");
+        assert_no_jail_left(&base);
     });
 }
 
@@ -1203,8 +1209,7 @@ fn a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
         let (config, _base) = h.jail_config(jailer, 930_020);
         let manager = Manager::open(config).await.unwrap();
         let vm = id("ns-jailed");
-        let mut spec = net_spec();
-        spec.jail = Some(firehost::jail::JailSpec::default());
+        let mut spec = jailed_net_spec();
         spec.net.as_mut().unwrap().netns = true;
         let info = manager.run(&vm, spec).await.unwrap();
         let net = net_of(&info);

@@ -260,3 +260,17 @@ pub fn disable_ipv6(iface: &str) {
     )
     .unwrap();
 }
+
+/// The packet count of the named counter `name` in the `firehost` table
+/// of `family`, as `nft` sees it.
+pub fn nft_counter(nft: &firehost::net::nft::Nftables, family: &str, name: &str) -> u64 {
+    let json = nft
+        .list(&format!("list counter {family} firehost {name}"))
+        .unwrap();
+    json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|item| item["counter"]["packets"].as_u64())
+        .unwrap()
+}
