@@ -601,6 +601,66 @@ fn a_tap_name_taken_by_another_device_moves_to_the_next_name() {
     });
 }
 
+#[test]
+fn a_hundred_clones_of_a_networked_snapshot_run_at_once_and_go_without_a_trace() {
+    const T: &str = "a_hundred_clones_of_a_networked_snapshot_run_at_once_and_go_without_a_trace";
+    const CLONES: usize = 100;
+    in_netns(T, |nl| async move {
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let source = id("tpl");
+        let src = net_of(&manager.run(&source, net_spec()).await.unwrap());
+        let snap: firehost::snapshot::SnapshotName = "tpl-snap".parse().unwrap();
+        manager
+            .snapshot(&source, &snap, Default::default())
+            .await
+            .unwrap();
+        let clones: Vec<(VmId, firehost::manager::RestoreOptions)> = (0..CLONES)
+            .map(|i| (id(&format!("c-{i}")), Default::default()))
+            .collect();
+        let made = manager.clone_many(&snap, clones).await.unwrap();
+        assert_eq!(made.len(), CLONES);
+        let mut hosts: Vec<Ipv4Addr> = made.iter().map(|vm| net_of(vm).ip).collect();
+        hosts.push(src.ip);
+        hosts.sort();
+        hosts.dedup();
+        assert_eq!(
+            hosts.len(),
+            CLONES + 1,
+            "every VM has an address of its own"
+        );
+        assert!(
+            made.iter()
+                .all(|vm| net_of(vm).guest.map(|g| g.ip) == Some(src.ip))
+        );
+        assert_eq!(manager.network_attachments().await.len(), CLONES + 1);
+
+        // All at once, as a service reclaims sandboxes.
+        let gone = made.iter().map(|vm| &vm.id).chain([&source]).map(|vm| {
+            let manager = manager.clone();
+            async move {
+                manager.stop(vm, StopOptions::default()).await.unwrap();
+                manager.destroy(vm).await.unwrap();
+            }
+        });
+        futures_util::future::join_all(gone).await;
+        assert_eq!(residue(&nl).await, nothing());
+        let veths = common::netns::links(&nl)
+            .await
+            .into_iter()
+            .filter(|(name, kind)| kind.as_deref() == Some("veth") && name != "up0")
+            .count();
+        assert_eq!(veths, 0, "only the uplink is left");
+        let pinned = std::fs::read_dir(h.host.state_dir().join("netns"))
+            .unwrap()
+            .count();
+        assert_eq!(pinned, 0, "no namespace is left pinned");
+    });
+}
+
 /// Asserts the VMM of `info` runs in the namespace pinned at `netns`.
 fn assert_vmm_in(info: &firehost::manager::VmInfo, netns: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
