@@ -73,9 +73,15 @@ pub struct TestHost {
 
 impl TestHost {
     pub fn new() -> Self {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// A host whose directory (state, images) is under `parent`: on the
+    /// file system a test wants.
+    pub fn new_in(parent: &Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fh-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir");
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, halt_kernel()).unwrap();
