@@ -226,3 +226,27 @@ async fn a_crash_at_any_step_of_a_rename_leaves_one_name() {
         assert!(entries(&host, "names").is_empty(), "{step}");
     }
 }
+
+#[tokio::test]
+async fn a_renamed_vm_whose_record_breaks_is_unreadable_under_its_name() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    manager.run(&id("web"), host.spec()).await.unwrap();
+    manager.rename(&id("web"), &id("job")).await.unwrap();
+    manager
+        .stop(&id("job"), StopOptions::default())
+        .await
+        .unwrap();
+    drop(manager);
+    // The record lives under the key.
+    std::fs::write(host.state_dir().join("vms/web/record.json"), b"{ not json").unwrap();
+    let mut lazy = host.config();
+    lazy.recovery = firehost::manager::Recovery::Lazy;
+    let manager = Manager::open(lazy).await.unwrap();
+    let err = manager.get(&id("job")).await.unwrap_err();
+    assert!(matches!(err, VmError::Unreadable { .. }), "{err:?}");
+    assert!(matches!(
+        manager.get(&id("nobody")).await,
+        Err(VmError::NotFound { .. })
+    ));
+}

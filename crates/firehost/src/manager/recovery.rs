@@ -91,8 +91,22 @@ impl Shared {
             }
         }
         drop(progress);
-        self.known(id)
-            .unwrap_or_else(|| Err(VmError::NotFound { id: id.clone() }))
+        if let Some(found) = self.known(id) {
+            return found;
+        }
+        // A renamed VM whose record became unreadable is quarantined under
+        // its key; its name still leads there.
+        match super::names::key_of(&self.names_dir, id).and_then(|key| {
+            self.lock_quarantine()
+                .get(&key)
+                .map(|q| q.info.reason.clone())
+        }) {
+            Some(reason) => Err(VmError::Unreadable {
+                id: id.clone(),
+                reason,
+            }),
+            None => Err(VmError::NotFound { id: id.clone() }),
+        }
     }
 
     /// The slot of the VM whose key is `key` (see [`super::names`]),
