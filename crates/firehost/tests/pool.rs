@@ -345,6 +345,21 @@ async fn bad_pools_are_refused_and_record_nothing() {
     assert_eq!(unknown.kind(), ErrorKind::NotFound);
 
     let snap = template(&host, &manager).await;
+    // A diff cannot be restored by itself.
+    let diff: SnapshotName = "tpl-diff".parse().unwrap();
+    let options = firehost::manager::SnapshotOptions {
+        diff: true,
+        ..Default::default()
+    };
+    manager.snapshot(&id("tpl"), &diff, options).await.unwrap();
+    let err = manager
+        .pool_create(
+            &pool("diffs"),
+            PoolSpec::new(PoolTemplate::Snapshot(diff), 1),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::InvalidPool { .. }), "{err:?}");
     let spec = PoolSpec::new(PoolTemplate::Snapshot(snap), 1);
     manager
         .pool_create(&pool("once"), spec.clone())

@@ -382,10 +382,15 @@ fn check(shared: &Shared, name: &PoolName, spec: &PoolSpec) -> Result<(), VmErro
     }
     match &spec.template {
         PoolTemplate::Snapshot(snapshot) => {
-            shared
+            let bundle = shared
                 .store()
                 .open(snapshot)
                 .map_err(|e| invalid(format!("snapshot {snapshot}: {e}")))?;
+            if bundle.manifest().kind != crate::snapshot::SnapshotKind::Full {
+                return Err(invalid(format!(
+                    "snapshot {snapshot} is a diff; members restore from a full snapshot (merge it first)"
+                )));
+            }
         }
         PoolTemplate::Spec(vm) => {
             vm.as_ref()
