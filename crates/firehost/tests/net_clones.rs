@@ -373,6 +373,23 @@ fn a_guest_address_that_cannot_be_translated_is_refused_and_changes_nothing() {
             matches!(&refused, Err(e @ NetError::GuestAddress { .. }) if e.kind() == firehost::ErrorKind::InvalidInput),
             "{refused:?}"
         );
+        for (ip, mac) in [
+            (Ipv4Addr::new(127, 0, 0, 1), GUEST.mac),
+            (Ipv4Addr::new(169, 254, 169, 254), GUEST.mac),
+            (Ipv4Addr::new(224, 0, 0, 1), GUEST.mac),
+            (Ipv4Addr::UNSPECIFIED, GUEST.mac),
+            (GUEST.ip, MacAddr::new([1, 0, 0x5e, 0, 0, 1])),
+        ] {
+            let odd = GuestAddress { ip, mac };
+            let refused = host
+                .net
+                .attach_translated(&id(0), &NetSpec::default(), odd, TapOwner::default())
+                .await;
+            assert!(
+                matches!(refused, Err(NetError::GuestAddress { .. })),
+                "{ip} {mac}: {refused:?}"
+            );
+        }
         assert_eq!(common::netns::links(&nl).await, before);
         assert!(host.net.attached().await.is_empty());
         assert!(

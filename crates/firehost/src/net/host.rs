@@ -969,15 +969,28 @@ fn remove_stale_namespaces(netns_dir: &Path, attached: &BTreeMap<VmId, VmNet>, s
 }
 
 /// Refuses to translate `guest` to a host address when its namespace could
-/// not route it: it is the gateway, or the host address `spec` asks for.
+/// not route it: it is not a unicast address (or its MAC is not), it is the
+/// gateway, or it is the host address `spec` asks for. The address comes
+/// from a snapshot's manifest, a file: checked before anything is made.
 pub(crate) fn check_translatable(
     gateway: Ipv4Addr,
     spec: &NetSpec,
     guest: GuestAddress,
 ) -> Result<(), NetError> {
-    let problem = if guest.ip == gateway {
+    let ip = guest.ip;
+    let problem = if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_link_local()
+    {
+        // Link-local takes in the metadata service's 169.254.169.254.
+        "it is not a unicast address a guest can be given"
+    } else if !guest.mac.is_unicast() {
+        "its MAC is a multicast address"
+    } else if ip == gateway {
         "it is the host's gateway"
-    } else if spec.ip == Some(guest.ip) {
+    } else if spec.ip == Some(ip) {
         "it is the host address asked for"
     } else {
         return Ok(());
