@@ -719,10 +719,9 @@ pub struct PoolClaimArgs {
     pub pool: String,
     /// The name the claimed VM gets.
     pub name: String,
-    /// Wait this many seconds for a member when none is ready.
-    #[arg(long, value_name = "S", default_value_t = 0)]
-    pub wait_s: u64,
-    /// Fail (exit 4) rather than make the VM when no member is ready.
+    /// Fail (exit 4) rather than make the VM when no member is ready (the
+    /// CLI does not refill pools in the background, so there is nothing to
+    /// wait for: `pool fill` tops a pool up).
     #[arg(long)]
     pub no_cold_start: bool,
     /// The claimed VM's metadata, a JSON object [default: the template's].

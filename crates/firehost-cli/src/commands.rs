@@ -650,10 +650,9 @@ async fn pool(manager: &Manager, args: PoolArgs, out: Out) -> Result<(), CliErro
         }
         PoolCommand::Claim(args) => {
             let options = ClaimOptions {
-                wait: std::time::Duration::from_secs(args.wait_s),
                 cold_start: !args.no_cold_start,
                 mmds: args.mmds.as_deref().map(read_json_object).transpose()?,
-                reseed: true,
+                ..ClaimOptions::default()
             };
             let vm = manager
                 .pool_claim(&pool_name(&args.pool)?, &vm_id(&args.name)?, options)
