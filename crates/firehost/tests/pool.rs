@@ -410,3 +410,37 @@ async fn a_crash_during_a_claim_leaves_a_member_or_the_callers_vm() {
         clean(&manager).await;
     }
 }
+
+#[tokio::test]
+async fn pool_files_written_by_hand_cannot_make_the_manager_panic() {
+    let host = TestHost::new();
+    let snap = {
+        let manager = Manager::open(manual(&host)).await.unwrap();
+        template(&host, &manager).await
+    };
+    let dir = host.state_dir().join("pools");
+    std::fs::create_dir_all(&dir).unwrap();
+    let long = "p".repeat(60);
+    let spec =
+        serde_json::json!({"template": {"snapshot": snap.as_str()}, "size": 1, "parallel": 1});
+    std::fs::write(dir.join(format!("{long}.json")), spec.to_string()).unwrap();
+    let zero =
+        serde_json::json!({"template": {"snapshot": snap.as_str()}, "size": 0, "parallel": 1});
+    std::fs::write(dir.join("zero.json"), zero.to_string()).unwrap();
+    std::fs::write(dir.join("junk.json"), b"{ not json").unwrap();
+
+    let manager = Manager::open(manual(&host)).await.unwrap();
+    let names: Vec<String> = manager
+        .pool_list()
+        .await
+        .into_iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    assert_eq!(names, [long.clone()], "the bad specs are left out");
+    // Its members could not be named: a typed error, not a panic.
+    let err = manager.pool_fill(&pool(&long)).await.unwrap_err();
+    assert!(matches!(err, VmError::InvalidPool { .. }), "{err:?}");
+    let names: Vec<VmId> = manager.list().await.into_iter().map(|v| v.id).collect();
+    assert_eq!(names, [id("tpl")]);
+    clean(&manager).await;
+}

@@ -307,8 +307,11 @@ pub(super) fn open_all(shared: &Arc<Shared>) {
         };
         let spec = std::fs::read(entry.path())
             .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                serde_json::from_slice::<PoolSpec>(&bytes).map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice::<PoolSpec>(&bytes).map_err(|e| e.to_string()))
+            .and_then(|spec| match spec.problem() {
+                // Written by hand, or by a newer firehost: not kept.
+                Some(why) => Err(why),
+                None => Ok(spec),
             });
         match spec {
             Ok(spec) => install(shared, name, spec),
@@ -562,7 +565,7 @@ async fn make_member(
     pool: &PoolName,
     template: &PoolTemplate,
 ) -> Result<VmInfo, VmError> {
-    let name = member_name(shared, pool);
+    let name = member_name(shared, pool)?;
     make_vm(shared, &name, Some(pool.clone()), template).await
 }
 
@@ -623,15 +626,21 @@ async fn make_vm(
     }
 }
 
-/// A free member name: the pool's name and 8 random hex digits.
-fn member_name(shared: &Shared, pool: &PoolName) -> VmId {
+/// A free member name: the pool's name and 8 random hex digits. Fails for
+/// a pool name too long to leave room for them (one read from a file that
+/// was not made by [`create`]).
+fn member_name(shared: &Shared, pool: &PoolName) -> Result<VmId, VmError> {
     loop {
         let mut bytes = [0u8; 4];
         let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
-        let name = VmId::new(format!("{pool}-{:08x}", u32::from_le_bytes(bytes)))
-            .expect("a pool name of at most 55 bytes, '-' and 8 hex digits");
+        let name = VmId::new(format!("{pool}-{:08x}", u32::from_le_bytes(bytes))).map_err(|e| {
+            VmError::InvalidPool {
+                pool: pool.clone(),
+                why: format!("its members cannot be named after it: {e}"),
+            }
+        })?;
         if !shared.lock_registry().contains_key(&name) && !shared.vm_dir(&name).exists() {
-            return name;
+            return Ok(name);
         }
     }
 }
