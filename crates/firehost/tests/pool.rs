@@ -436,7 +436,11 @@ async fn pool_files_written_by_hand_cannot_make_the_manager_panic() {
         .into_iter()
         .map(|p| p.name.to_string())
         .collect();
-    assert_eq!(names, [long.clone()], "the bad specs are left out");
+    assert_eq!(
+        names,
+        std::slice::from_ref(&long),
+        "the bad specs are left out"
+    );
     // Its members could not be named: a typed error, not a panic.
     let err = manager.pool_fill(&pool(&long)).await.unwrap_err();
     assert!(matches!(err, VmError::InvalidPool { .. }), "{err:?}");
