@@ -250,3 +250,24 @@ async fn a_renamed_vm_whose_record_breaks_is_unreadable_under_its_name() {
         Err(VmError::NotFound { .. })
     ));
 }
+
+#[tokio::test]
+async fn two_renames_of_one_vm_at_once_leave_it_one_name() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    manager.run(&id("web"), host.spec()).await.unwrap();
+    let (web, to_a, to_b) = (id("web"), id("a"), id("b"));
+    let (a, b) = tokio::join!(manager.rename(&web, &to_a), manager.rename(&web, &to_b));
+    let won: Vec<VmId> = [&a, &b]
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|info| info.id.clone()))
+        .collect();
+    assert_eq!(won.len(), 1, "{a:?} {b:?}");
+    let lost = if a.is_ok() { b } else { a };
+    assert!(matches!(lost, Err(VmError::NotFound { .. })), "{lost:?}");
+    let listed: Vec<VmId> = manager.list().await.into_iter().map(|v| v.id).collect();
+    assert_eq!(listed, won);
+    manager.stop(&won[0], StopOptions::default()).await.unwrap();
+    manager.destroy(&won[0]).await.unwrap();
+    assert!(entries(&host, "names").is_empty());
+}

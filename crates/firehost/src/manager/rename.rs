@@ -60,6 +60,8 @@ pub(super) async fn rename_as(
         .map_err(|_| VmError::MidOperation { id: old.clone() })?;
     let vm = guard
         .as_mut()
+        .filter(|vm| vm.record.name == old)
+        // Gone, or renamed by another caller while this one waited.
         .ok_or_else(|| VmError::NotFound { id: old.clone() })?;
     if let Some(claim) = &claim
         && (vm.record.pool.as_ref() != Some(&claim.pool)
