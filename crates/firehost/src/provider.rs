@@ -848,6 +848,8 @@ impl VmProvider for InMemoryProvider {
             .map_err(|_| VmError::MidOperation { id: old.clone() })?;
         let vm = guard
             .as_mut()
+            .filter(|vm| vm.id == *old)
+            // Gone, or renamed by another caller in the meantime.
             .ok_or_else(|| VmError::NotFound { id: old.clone() })?;
         if old == new {
             return Ok(vm.clone());
