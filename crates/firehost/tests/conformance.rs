@@ -300,6 +300,24 @@ async fn rename_conformance(provider: &dyn VmProvider) {
         matches!(&err, VmError::DriveInUse { holder, .. } if *holder == new),
         "{err:?}"
     );
+    // Two renames at once: one wins; the other finds the name gone or the
+    // VM busy, and changes nothing.
+    let (x, y) = (id("conform-rx"), id("conform-ry"));
+    let (rx, ry) = tokio::join!(provider.rename(&new, &x), provider.rename(&new, &y));
+    let won: Vec<firehost::VmId> = [&rx, &ry]
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|info| info.id.clone()))
+        .collect();
+    assert_eq!(won.len(), 1, "{rx:?} {ry:?}");
+    let lost = if rx.is_ok() { ry } else { rx };
+    assert!(
+        matches!(
+            lost,
+            Err(VmError::NotFound { .. } | VmError::MidOperation { .. })
+        ),
+        "{lost:?}"
+    );
+    let new = won[0].clone();
     provider.stop(&new, StopOptions::default()).await.unwrap();
     provider.destroy(&new).await.unwrap();
     // Everything released: the old name and the image are free again.
