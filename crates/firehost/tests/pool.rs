@@ -448,3 +448,42 @@ async fn pool_files_written_by_hand_cannot_make_the_manager_panic() {
     assert_eq!(names, [id("tpl")]);
     clean(&manager).await;
 }
+
+#[tokio::test]
+async fn claims_at_once_get_distinct_members() {
+    let host = TestHost::new();
+    let manager = Manager::open(manual(&host)).await.unwrap();
+    let snap = template(&host, &manager).await;
+    let name = pool("race");
+    manager
+        .pool_create(&name, PoolSpec::new(PoolTemplate::Snapshot(snap), 3))
+        .await
+        .unwrap();
+    let members = manager.pool_fill(&name).await.unwrap().members;
+    let no_cold = || ClaimOptions {
+        cold_start: false,
+        ..ClaimOptions::default()
+    };
+    let (j1, j2, j3) = (id("j1"), id("j2"), id("j3"));
+    let (a, b, c) = tokio::join!(
+        manager.pool_claim(&name, &j1, no_cold()),
+        manager.pool_claim(&name, &j2, no_cold()),
+        manager.pool_claim(&name, &j3, no_cold()),
+    );
+    let mut dirs: Vec<_> = [a, b, c]
+        .into_iter()
+        .map(|claimed| claimed.unwrap().dir)
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    assert_eq!(dirs.len(), 3, "three members, one each");
+    for member in &members {
+        assert!(matches!(
+            manager.get(member).await,
+            Err(VmError::NotFound { .. })
+        ));
+    }
+    assert!(manager.pool_get(&name).await.unwrap().members.is_empty());
+    manager.pool_delete(&name).await.unwrap();
+    clean(&manager).await;
+}
