@@ -9,18 +9,29 @@
 //! ```text
 //! <state>/
 //!     lock                 flock'd by the one manager using this directory
-//!     vms/<id>/            0700, one per VM
+//!     vms/<key>/           0700, one per VM, by its key (see `names`)
 //!         record.json      the durable record
 //!         api.sock         Firecracker's API socket
 //!         console.log      with ConsoleTarget::File or RingAndFile
 //!         firecracker.log  with ManagerConfig::vmm_log
 //!         metrics.json     with ManagerConfig::vmm_metrics
 //!         uffd.sock        a restore's page server, until Firecracker connects
+//!         drives/          a clone's own copies of its writable drives
+//!     names/<name>         -> ../vms/<key>, for a VM whose name is not its key
+//!     pools/<name>.json    a warm pool's spec (see `pool`)
 //!     snapshots/<name>/    snapshot bundles (see [`crate::snapshot`])
-//!     intents/<id>         an operation under way on VM <id> (see [`intent`])
+//!     intents/<key>        an operation under way on a VM (see [`intent`])
 //!     settings.json        the host settings the VMs run with (see [`settings`])
 //!     network.json         what the default network set up on the host
+//!     netns/<key>          a VM's pinned network namespace
 //! ```
+//!
+//! A VM is known to callers by its name and to the host by its key, the
+//! name it was created under: [`Manager::rename`] changes only the name
+//! (see `names` and `rename`). Warm pools ([`Manager::pool_create`]) keep
+//! VMs made from a template ready to be claimed under a caller's name
+//! (see `pool`); a claim gives the guest its own CRNG seed and agent token
+//! (see `rekey`).
 //!
 //! Dropping a `Manager` leaves its VMs running: they can be picked up by
 //! the next manager on the same directory. The exception is a VM whose
