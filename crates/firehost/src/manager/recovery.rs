@@ -80,12 +80,11 @@ impl Shared {
             // The VM whose key is the name, and the one the name's link
             // points at (a renamed VM's; see `names`): the records say
             // which answers to the name.
-            let loaded = self.loaded_keys();
             let mut keys = vec![id.clone()];
             keys.extend(super::names::key_of(&self.names_dir, id));
             for key in keys {
                 let dir = self.vm_dir(&key);
-                if !loaded.contains(&key) && dir.is_dir() {
+                if !self.key_loaded(&key) && dir.is_dir() {
                     self.load(&key, dir).await;
                 }
             }
@@ -271,6 +270,13 @@ impl Shared {
     /// Whether `id` is a loaded VM with a readable record.
     pub(super) fn known_vm(&self, id: &VmId) -> bool {
         self.lock_registry().contains_key(id)
+    }
+
+    /// Whether the VM whose key is `key` is loaded, quarantined or being
+    /// made (without collecting every key, as [`loaded_keys`](Self::loaded_keys) does).
+    fn key_loaded(&self, key: &VmId) -> bool {
+        self.lock_quarantine().contains_key(key)
+            || self.lock_registry().values().any(|slot| slot.key == *key)
     }
 
     /// The keys of the VMs loaded, quarantined or being made.
