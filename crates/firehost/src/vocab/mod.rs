@@ -14,9 +14,14 @@ mod mac;
 mod mmds_spec;
 mod net_spec;
 mod port;
+mod rate;
 
 pub use ifname::{IFNAMSIZ, IfName, IfNameError, MAX_IFNAME_LEN};
 pub use mac::{MacAddr, MacSyntaxError};
 pub use mmds_spec::{MmdsSpec, MmdsVersion};
 pub use net_spec::{DEFAULT_IFACE_ID, NetSpec, PeerGroup, PeerGroupError};
 pub use port::{HostService, PortMapping, PortSyntaxError, Proto};
+pub use rate::{
+    Bandwidth, BandwidthSyntaxError, Bucket, BucketChange, LimitChange, MAX_REFILL_TIME_MS,
+    RateLimit, RateLimitError,
+};
