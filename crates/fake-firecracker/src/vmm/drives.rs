@@ -8,7 +8,8 @@ use firehost_api::{Drive, Pmem};
 
 use super::{ActionError, Reply, Resources, not_found_io};
 
-pub(super) fn insert_drive(res: &mut Resources, drive: Drive) -> Result<Reply, ActionError> {
+pub(super) fn insert_drive(res: &mut Resources, mut drive: Drive) -> Result<Reply, ActionError> {
+    drive.rate_limiter = super::limits::configured(drive.rate_limiter);
     if drive.is_root_device && res.pmem.iter().any(|p| p.root_device == Some(true)) {
         return Err(ActionError::Drive(
             "Attempt to add block as a root device while the root device defined as a pmem device"
@@ -63,7 +64,8 @@ pub(super) fn insert_drive(res: &mut Resources, drive: Drive) -> Result<Reply, A
     Ok(Reply::Empty)
 }
 
-pub(super) fn insert_pmem(res: &mut Resources, pmem: Pmem) -> Result<Reply, ActionError> {
+pub(super) fn insert_pmem(res: &mut Resources, mut pmem: Pmem) -> Result<Reply, ActionError> {
+    pmem.rate_limiter = super::limits::configured(pmem.rate_limiter);
     let root = pmem.root_device == Some(true);
     if root && res.drives.iter().any(|d| d.is_root_device) {
         return Err(ActionError::Pmem(

@@ -29,6 +29,7 @@
 mod balloon;
 mod config_file;
 mod drives;
+mod limits;
 mod machine;
 mod mmds;
 mod net;
@@ -481,8 +482,9 @@ impl Vmm {
                 self.boot_path = true;
                 machine::update_machine_config(res, &u)
             }
-            Action::PutEntropy(cfg) => {
+            Action::PutEntropy(mut cfg) => {
                 self.boot_path = true;
+                cfg.rate_limiter = limits::configured(cfg.rate_limiter);
                 res.entropy = Some(cfg);
                 Ok(Reply::Empty)
             }
@@ -707,9 +709,7 @@ impl Vmm {
                         if let Some(p) = u.path_on_host {
                             d.path_on_host = Some(p);
                         }
-                        if let Some(r) = u.rate_limiter {
-                            d.rate_limiter = Some(r);
-                        }
+                        d.rate_limiter = limits::patched(d.rate_limiter, u.rate_limiter);
                         Ok(Reply::Empty)
                     }
                 }
@@ -724,12 +724,8 @@ impl Vmm {
                     "Unable to update the net device: Failed perform action on device: Device not found".into(),
                 )),
                 Some(n) => {
-                    if let Some(r) = u.rx_rate_limiter {
-                        n.rx_rate_limiter = Some(r);
-                    }
-                    if let Some(r) = u.tx_rate_limiter {
-                        n.tx_rate_limiter = Some(r);
-                    }
+                    n.rx_rate_limiter = limits::patched(n.rx_rate_limiter, u.rx_rate_limiter);
+                    n.tx_rate_limiter = limits::patched(n.tx_rate_limiter, u.tx_rate_limiter);
                     Ok(Reply::Empty)
                 }
             },
@@ -738,9 +734,7 @@ impl Vmm {
                     "Unable to patch the pmem device: Failed perform action on device: Device not found Please verify the request arguments.".into(),
                 )),
                 Some(p) => {
-                    if let Some(r) = u.rate_limiter {
-                        p.rate_limiter = Some(r);
-                    }
+                    p.rate_limiter = limits::patched(p.rate_limiter, u.rate_limiter);
                     Ok(Reply::Empty)
                 }
             },

@@ -8,9 +8,11 @@ use super::{ActionError, Reply, Resources};
 pub(super) fn put_net(
     taps: &mut std::collections::HashMap<String, std::os::fd::OwnedFd>,
     res: &mut Resources,
-    iface: NetworkInterface,
+    mut iface: NetworkInterface,
 ) -> Result<Reply, ActionError> {
     check_mac_free(res, &iface)?;
+    iface.rx_rate_limiter = super::limits::configured(iface.rx_rate_limiter);
+    iface.tx_rate_limiter = super::limits::configured(iface.tx_rate_limiter);
     // As Firecracker: an update drops the old device (and its TAP) first,
     // so a failed update leaves none, and the new one goes to the end.
     if let Some(i) = res
