@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::{IfName, MacAddr, MmdsSpec, NetSpec};
+use crate::vocab::{IfName, MacAddr, MmdsSpec, NetSpec, RateLimit, RateLimitError};
 use crate::vsock::VsockSpec;
 
 /// Firecracker's upper limit on vCPUs.
@@ -53,6 +53,15 @@ pub struct VmSpec {
     pub rootfs: Option<PathBuf>,
     /// Attach the root filesystem read-only.
     pub rootfs_read_only: Option<bool>,
+    /// How Firecracker does the root filesystem's I/O: cache, engine and
+    /// limits.
+    #[serde(skip_serializing_if = "DriveIo::is_default")]
+    pub rootfs_io: DriveIo,
+    /// The partition the kernel mounts as `/` (`root=PARTUUID=…`), for a
+    /// root image with a partition table; without it the whole image is
+    /// `/dev/vda`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs_partuuid: Option<String>,
     /// The writable root filesystem is shared on purpose: other live VMs
     /// that share it too may write to the same file (the guests must
     /// coordinate, as with a cluster filesystem). Without it, a second live
@@ -82,6 +91,14 @@ pub struct VmSpec {
     /// NICs on TAPs the operator manages, after the default network's
     /// `eth0`, in order.
     pub extra_nics: Vec<NicSpec>,
+    /// A virtio-rng device, so the guest's kernel can draw on the host's
+    /// entropy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropySpec>,
+    /// A memory balloon, through which the host takes back memory the
+    /// guest does not use (see [`BalloonSpec`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonSpec>,
     /// A vsock device (the channel to the guest agent; see
     /// [`crate::agent`]). Its socket lives in the VM's directory, and the
     /// guest gets the agent's token on its kernel command line.
@@ -123,6 +140,127 @@ pub struct NicSpec {
     /// The guest's MAC; Firecracker picks one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<MacAddr>,
+    /// Limits on what the guest receives.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rx_limit: RateLimit,
+    /// Limits on what the guest sends.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub tx_limit: RateLimit,
+}
+
+/// The virtio-rng device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EntropySpec {
+    /// Limits on the bytes (and requests) the guest may draw.
+    #[serde(skip_serializing_if = "RateLimit::is_unlimited")]
+    pub limit: RateLimit,
+}
+
+/// The virtio balloon: memory the guest hands back to the host.
+///
+/// The device needs a driver in the guest (`CONFIG_VIRTIO_BALLOON`):
+/// until the guest's driver has set it up, Firecracker refuses to change
+/// its target ([`Manager::update`](crate::Manager::update) then fails
+/// with the VMM's error and changes nothing).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::spec::BalloonSpec;
+///
+/// // Start with nothing taken, give memory back if the guest runs out,
+/// // and report the guest's memory every 5 seconds.
+/// let balloon = BalloonSpec {
+///     deflate_on_oom: true,
+///     stats_interval_s: 5,
+///     ..BalloonSpec::default()
+/// };
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalloonSpec {
+    /// Memory the balloon holds (taken from the guest), in MiB; at most
+    /// the guest's memory.
+    pub amount_mib: u32,
+    /// The guest's driver gives memory back when the guest runs out, rather
+    /// than the guest's OOM killer ending a process.
+    pub deflate_on_oom: bool,
+    /// Seconds between the guest's memory reports
+    /// ([`Manager::balloon_stats`](crate::Manager::balloon_stats)); 0 turns
+    /// them off, and they cannot be turned on or off once the VM runs.
+    pub stats_interval_s: u16,
+    /// Free page hinting: the guest reports free pages on request.
+    pub free_page_hinting: bool,
+    /// Free page reporting: the guest reports pages as it frees them, and
+    /// the host drops them.
+    pub free_page_reporting: bool,
+}
+
+/// How Firecracker does a drive's I/O.
+///
+/// # Examples
+///
+/// ```
+/// use firehost::spec::{DriveCache, DriveIo};
+/// use firehost::vocab::{Bucket, RateLimit};
+///
+/// let io = DriveIo {
+///     cache: DriveCache::Writeback,
+///     limit: RateLimit {
+///         bandwidth: Some(Bucket::per_second(50 << 20)),
+///         ops: Some(Bucket::per_second(2000)),
+///     },
+///     ..DriveIo::default()
+/// };
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriveIo {
+    /// What a flush from the guest does.
+    #[serde(skip_serializing_if = "is_default")]
+    pub cache: DriveCache,
+    /// How the VMM performs the I/O.
+    #[serde(skip_serializing_if = "is_default")]
+    pub engine: IoEngine,
+    /// Limits on bytes and requests.
+    #[serde(skip_serializing_if = "RateLimit::is_unlimited")]
+    pub limit: RateLimit,
+}
+
+impl DriveIo {
+    /// Whether every setting is Firecracker's default.
+    pub fn is_default(&self) -> bool {
+        *self == DriveIo::default()
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// What a flush from the guest does to a drive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveCache {
+    /// Acknowledged without syncing the backing file: fast, and what the
+    /// guest wrote may be lost if the host crashes (Firecracker's default).
+    #[default]
+    Unsafe,
+    /// The backing file is synced.
+    Writeback,
+}
+
+/// How the VMM performs a drive's I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// Blocking I/O on the device's thread (Firecracker's default).
+    #[default]
+    Sync,
+    /// `io_uring` (host kernel 5.10.51 or later). Firecracker marks it as
+    /// in developer preview.
+    Async,
 }
 
 /// A drive besides the root filesystem.
@@ -140,6 +278,23 @@ pub struct DriveSpec {
     /// [`VmSpec::rootfs_shared`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// Cache, engine and limits.
+    #[serde(default, skip_serializing_if = "DriveIo::is_default")]
+    pub io: DriveIo,
+}
+
+impl DriveSpec {
+    /// A drive with Firecracker's defaults for everything but its id, file
+    /// and mode.
+    pub fn new(id: impl Into<String>, path: impl Into<PathBuf>, read_only: bool) -> DriveSpec {
+        DriveSpec {
+            id: id.into(),
+            path: path.into(),
+            read_only,
+            shared: false,
+            io: DriveIo::default(),
+        }
+    }
 }
 
 /// The host's fallbacks for everything a [`VmSpec`] leaves unset.
@@ -197,6 +352,12 @@ pub struct ResolvedSpec {
     pub rootfs: Option<PathBuf>,
     /// Root filesystem is read-only.
     pub rootfs_read_only: bool,
+    /// The root filesystem's cache, engine and limits.
+    #[serde(default, skip_serializing_if = "DriveIo::is_default")]
+    pub rootfs_io: DriveIo,
+    /// The root partition's PARTUUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_partuuid: Option<String>,
     /// The writable root filesystem is shared on purpose (see
     /// [`VmSpec::rootfs_shared`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -221,6 +382,12 @@ pub struct ResolvedSpec {
     /// Operator-managed NICs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_nics: Vec<NicSpec>,
+    /// The entropy device asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropySpec>,
+    /// The balloon asked for; `amount_mib` is its current target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonSpec>,
     /// The vsock device asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockSpec>,
@@ -242,6 +409,8 @@ impl ResolvedSpec {
             initrd: None,
             rootfs: Some("/r".into()),
             rootfs_read_only: false,
+            rootfs_io: DriveIo::default(),
+            rootfs_partuuid: None,
             rootfs_shared: false,
             vcpus: 1,
             mem_mib: 128,
@@ -252,6 +421,8 @@ impl ResolvedSpec {
             graceful_shutdown: true,
             net: None,
             extra_nics: vec![],
+            entropy: None,
+            balloon: None,
             vsock: None,
             mmds: None,
             jail: None,
@@ -382,6 +553,31 @@ pub enum SpecError {
         /// The id.
         id: String,
     },
+    /// A device's limits would not be enforced (see
+    /// [`RateLimitError`]).
+    #[error("the limits of {device} are invalid")]
+    RateLimit {
+        /// The device: `drive "rootfs"`, `nic "eth0" rx`, `entropy`…
+        device: String,
+        /// What is wrong.
+        #[source]
+        source: RateLimitError,
+    },
+    /// A balloon larger than the guest's memory.
+    #[error("a balloon of {amount_mib} MiB is larger than the guest's {mem_mib} MiB")]
+    BalloonTooLarge {
+        /// The balloon's size.
+        amount_mib: u32,
+        /// The guest's memory.
+        mem_mib: u32,
+    },
+    /// A PARTUUID with a character other than hex digits and `-`, or
+    /// longer than 64 (it goes on the kernel command line).
+    #[error("partuuid {partuuid:?} must be 1 to 64 hex digits and '-'")]
+    BadPartuuid {
+        /// The PARTUUID given.
+        partuuid: String,
+    },
     /// Two NICs with one interface id or one TAP (`eth0` is the default
     /// network's when the VM has one).
     #[error("network interface {what} {value:?} is used twice")]
@@ -439,6 +635,18 @@ impl VmSpec {
         }
 
         check_nics(self.net.is_some(), &self.extra_nics)?;
+        check_limits(self)?;
+        if let Some(balloon) = &self.balloon
+            && balloon.amount_mib > mem_mib
+        {
+            return Err(SpecError::BalloonTooLarge {
+                amount_mib: balloon.amount_mib,
+                mem_mib,
+            });
+        }
+        if let Some(partuuid) = &self.rootfs_partuuid {
+            check_partuuid(partuuid)?;
+        }
         if let Some(mmds) = &self.mmds {
             if self.net.is_none() {
                 return Err(SpecError::MmdsNeedsNetwork);
@@ -481,10 +689,8 @@ impl VmSpec {
             .iter()
             .map(|d| {
                 Ok(DriveSpec {
-                    id: d.id.clone(),
                     path: resolve_file(FileRole::Drive(d.id.clone()), &d.path)?,
-                    read_only: d.read_only,
-                    shared: d.shared,
+                    ..d.clone()
                 })
             })
             .collect::<Result<Vec<_>, SpecError>>()?;
@@ -494,6 +700,8 @@ impl VmSpec {
             initrd,
             rootfs,
             rootfs_read_only: self.rootfs_read_only.unwrap_or(defaults.rootfs_read_only),
+            rootfs_io: self.rootfs_io,
+            rootfs_partuuid: self.rootfs_partuuid.clone(),
             rootfs_shared: self.rootfs_shared,
             vcpus,
             mem_mib,
@@ -504,6 +712,8 @@ impl VmSpec {
             graceful_shutdown: self.graceful_shutdown.unwrap_or(defaults.graceful_shutdown),
             net: self.net.clone(),
             extra_nics: self.extra_nics.clone(),
+            entropy: self.entropy,
+            balloon: self.balloon,
             vsock: self.vsock.clone(),
             mmds: self.mmds.clone(),
             jail: self.jail.clone(),
@@ -543,6 +753,47 @@ fn check_nics(default_net: bool, nics: &[NicSpec]) -> Result<(), SpecError> {
         taps.push(&nic.tap);
     }
     Ok(())
+}
+
+/// Every limit in the spec is one Firecracker would enforce.
+fn check_limits(spec: &VmSpec) -> Result<(), SpecError> {
+    let check = |device: String, limit: &RateLimit| {
+        limit
+            .validate()
+            .map_err(|source| SpecError::RateLimit { device, source })
+    };
+    check(format!("drive {ROOTFS_DRIVE_ID:?}"), &spec.rootfs_io.limit)?;
+    for drive in &spec.extra_drives {
+        check(format!("drive {:?}", drive.id), &drive.io.limit)?;
+    }
+    if let Some(net) = &spec.net {
+        let id = crate::vocab::DEFAULT_IFACE_ID;
+        check(format!("nic {id:?} rx"), &net.rx_limit)?;
+        check(format!("nic {id:?} tx"), &net.tx_limit)?;
+    }
+    for nic in &spec.extra_nics {
+        check(format!("nic {:?} rx", nic.iface_id), &nic.rx_limit)?;
+        check(format!("nic {:?} tx", nic.iface_id), &nic.tx_limit)?;
+    }
+    if let Some(entropy) = &spec.entropy {
+        check("entropy".to_owned(), &entropy.limit)?;
+    }
+    Ok(())
+}
+
+/// A PARTUUID lands on the kernel command line: only hex digits and `-`
+/// (a GPT UUID, or an MBR disk id with a partition number).
+pub(crate) fn check_partuuid(partuuid: &str) -> Result<(), SpecError> {
+    let ok = !partuuid.is_empty()
+        && partuuid.len() <= 64
+        && partuuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadPartuuid {
+            partuuid: partuuid.to_owned(),
+        })
+    }
 }
 
 fn check_drive_id(id: &str) -> Result<(), SpecError> {
@@ -592,6 +843,8 @@ mod tests {
             iface_id: id.into(),
             tap: tap.parse().unwrap(),
             guest_mac: None,
+            rx_limit: RateLimit::default(),
+            tx_limit: RateLimit::default(),
         }
     }
 
@@ -669,12 +922,7 @@ mod tests {
     fn invalid_specs_are_refused_with_the_matching_error() {
         let files = Files::new();
         let base = files.spec();
-        let d = |id: &str| DriveSpec {
-            id: id.into(),
-            path: files.path("data.img"),
-            read_only: false,
-            shared: false,
-        };
+        let d = |id: &str| DriveSpec::new(id, files.path("data.img"), false);
         type Case = (&'static str, VmSpec, fn(&SpecError) -> bool);
         let cases: Vec<Case> = vec![
             (
@@ -751,6 +999,111 @@ mod tests {
                     ..base.clone()
                 },
                 |e| matches!(e, SpecError::DuplicateNic { what: "TAP", .. }),
+            ),
+            (
+                "a drive bucket of size 0",
+                VmSpec {
+                    extra_drives: vec![DriveSpec {
+                        io: DriveIo {
+                            limit: RateLimit {
+                                bandwidth: Some(crate::vocab::Bucket::per_second(0)),
+                                ops: None,
+                            },
+                            ..DriveIo::default()
+                        },
+                        ..d("data")
+                    }],
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::RateLimit { device, source: RateLimitError::ZeroSize } if device == "drive \"data\""),
+            ),
+            (
+                "a root drive refill time of 0",
+                VmSpec {
+                    rootfs_io: DriveIo {
+                        limit: RateLimit {
+                            bandwidth: None,
+                            ops: Some(crate::vocab::Bucket {
+                                refill_time_ms: 0,
+                                ..crate::vocab::Bucket::per_second(1)
+                            }),
+                        },
+                        ..DriveIo::default()
+                    },
+                    ..base.clone()
+                },
+                |e| {
+                    matches!(
+                        e,
+                        SpecError::RateLimit {
+                            source: RateLimitError::RefillTime { refill_time_ms: 0 },
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                "an empty nic bucket",
+                VmSpec {
+                    net: Some(NetSpec {
+                        tx_limit: RateLimit {
+                            bandwidth: Some(crate::vocab::Bucket::per_second(0)),
+                            ops: None,
+                        },
+                        ..NetSpec::default()
+                    }),
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::RateLimit { device, .. } if device == "nic \"eth0\" tx"),
+            ),
+            (
+                "an empty entropy bucket",
+                VmSpec {
+                    entropy: Some(EntropySpec {
+                        limit: RateLimit {
+                            bandwidth: None,
+                            ops: Some(crate::vocab::Bucket::per_second(0)),
+                        },
+                    }),
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::RateLimit { device, .. } if device == "entropy"),
+            ),
+            (
+                "a partuuid with a space",
+                VmSpec {
+                    rootfs_partuuid: Some("abc init=/bin/sh".into()),
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::BadPartuuid { .. }),
+            ),
+            (
+                "an empty partuuid",
+                VmSpec {
+                    rootfs_partuuid: Some(String::new()),
+                    ..base.clone()
+                },
+                |e| matches!(e, SpecError::BadPartuuid { .. }),
+            ),
+            (
+                "a balloon larger than the guest",
+                VmSpec {
+                    mem_mib: Some(64),
+                    balloon: Some(BalloonSpec {
+                        amount_mib: 65,
+                        ..BalloonSpec::default()
+                    }),
+                    ..base.clone()
+                },
+                |e| {
+                    matches!(
+                        e,
+                        SpecError::BalloonTooLarge {
+                            amount_mib: 65,
+                            mem_mib: 64
+                        }
+                    )
+                },
             ),
             (
                 "zero memory",
@@ -843,12 +1196,7 @@ mod tests {
             (
                 "missing drive file",
                 VmSpec {
-                    extra_drives: vec![DriveSpec {
-                        id: "data".into(),
-                        path: files.path("missing.img"),
-                        read_only: true,
-                        shared: false,
-                    }],
+                    extra_drives: vec![DriveSpec::new("data", files.path("missing.img"), true)],
                     ..base.clone()
                 },
                 |e| {

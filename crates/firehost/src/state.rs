@@ -91,8 +91,8 @@ impl VmState {
         use Operation::*;
         let allowed = match self {
             VmState::Created => matches!(op, Start | Stop),
-            VmState::Running => matches!(op, Pause | Stop | Snapshot),
-            VmState::Paused => matches!(op, Resume | Stop | Snapshot),
+            VmState::Running => matches!(op, Pause | Stop | Snapshot | Update),
+            VmState::Paused => matches!(op, Resume | Stop | Snapshot | Update),
             VmState::Stopped { .. } | VmState::Failed { .. } => matches!(op, Destroy),
         };
         // A created VM can be destroyed directly: no guest has run in it.
@@ -122,6 +122,8 @@ pub enum Operation {
     Snapshot,
     /// Remove the VM and everything it owns on the host.
     Destroy,
+    /// Change a started VM's devices (limits, balloon, drive files).
+    Update,
 }
 
 impl std::fmt::Display for Operation {
@@ -133,6 +135,7 @@ impl std::fmt::Display for Operation {
             Operation::Stop => "stop",
             Operation::Snapshot => "snapshot",
             Operation::Destroy => "destroy",
+            Operation::Update => "update",
         })
     }
 }

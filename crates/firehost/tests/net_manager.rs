@@ -419,6 +419,8 @@ fn a_failed_create_leaves_no_network_behind() {
                 iface_id: "eth1".into(),
                 tap: theirs.clone(),
                 guest_mac: None,
+                rx_limit: Default::default(),
+                tx_limit: Default::default(),
             }],
             mmds: Some(firehost::mmds::MmdsSpec::default()),
             ..net_spec()
@@ -825,6 +827,8 @@ fn extra_nics_on_operator_taps_reach_firecracker_and_are_left_alone() {
                 iface_id: "eth1".into(),
                 tap: theirs.clone(),
                 guest_mac: Some(mac),
+                rx_limit: Default::default(),
+                tx_limit: Default::default(),
             }],
             ..net_spec()
         };
@@ -1296,5 +1300,159 @@ fn a_jailed_vm_in_its_own_namespace_runs_there_and_leaves_nothing() {
         manager.destroy(&vm).await.unwrap();
         assert_eq!(residue(&nl).await, nothing());
         assert!(!netns.path.exists());
+    });
+}
+
+#[test]
+fn nic_limits_reach_firecracker_change_at_runtime_and_follow_clones() {
+    const T: &str = "nic_limits_reach_firecracker_change_at_runtime_and_follow_clones";
+    in_netns(T, |nl| async move {
+        use firehost::api::models::{RateLimiter, TokenBucket};
+        use firehost::manager::{NicLimitUpdate, RestoreOptions, VmUpdate};
+        use firehost::vocab::{Bucket, BucketChange, LimitChange, RateLimit};
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let theirs = ifname("optap2");
+        firehost::net::tap::create_persistent_tap(&theirs, Default::default()).unwrap();
+        let manager = Manager::open(h.config()).await.unwrap();
+        let ten_mbit = Bucket::per_second(1_250_000);
+        let spec = VmSpec {
+            net: Some(NetSpec {
+                rx_limit: RateLimit {
+                    bandwidth: Some(ten_mbit),
+                    ops: None,
+                },
+                tx_limit: RateLimit {
+                    bandwidth: None,
+                    ops: Some(Bucket::per_second(1000)),
+                },
+                ..NetSpec::default()
+            }),
+            extra_nics: vec![firehost::spec::NicSpec {
+                iface_id: "eth1".into(),
+                tap: theirs.clone(),
+                guest_mac: None,
+                rx_limit: Default::default(),
+                tx_limit: RateLimit {
+                    bandwidth: Some(ten_mbit),
+                    ops: None,
+                },
+            }],
+            ..VmSpec::default()
+        };
+        let vm = id("limited");
+        manager.run(&vm, spec).await.unwrap();
+        let limits = |manager: Manager, vm: VmId| async move {
+            let api = manager.api(&vm).await.unwrap().unwrap();
+            let mut ifaces = api
+                .get_export_vm_config()
+                .await
+                .unwrap()
+                .network_interfaces
+                .unwrap_or_default();
+            ifaces.sort_by(|a, b| a.iface_id.cmp(&b.iface_id));
+            ifaces
+                .into_iter()
+                .map(|i| (i.iface_id, i.rx_rate_limiter, i.tx_rate_limiter))
+                .collect::<Vec<_>>()
+        };
+        let bw = |size| {
+            Some(RateLimiter {
+                bandwidth: Some(TokenBucket::new(size, 1000)),
+                ops: None,
+            })
+        };
+        let ops = Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(TokenBucket::new(1000, 1000)),
+        });
+        assert_eq!(
+            limits(manager.clone(), vm.clone()).await,
+            vec![
+                ("eth0".to_owned(), bw(1_250_000), ops),
+                ("eth1".to_owned(), None, bw(1_250_000)),
+            ]
+        );
+
+        // Lift eth0's receive limit and double eth1's send limit.
+        let update = VmUpdate {
+            nics: vec![
+                NicLimitUpdate {
+                    iface_id: "eth0".into(),
+                    rx: LimitChange {
+                        bandwidth: BucketChange::Remove,
+                        ..LimitChange::default()
+                    },
+                    ..NicLimitUpdate::default()
+                },
+                NicLimitUpdate {
+                    iface_id: "eth1".into(),
+                    tx: LimitChange {
+                        bandwidth: BucketChange::Set(Bucket::per_second(2_500_000)),
+                        ..LimitChange::default()
+                    },
+                    ..NicLimitUpdate::default()
+                },
+            ],
+            ..VmUpdate::default()
+        };
+        let info = manager.update(&vm, &update).await.unwrap();
+        let net = info.spec.net.as_ref().unwrap();
+        assert!(net.rx_limit.is_unlimited());
+        assert_eq!(
+            info.spec.extra_nics[0].tx_limit.bandwidth,
+            Some(Bucket::per_second(2_500_000))
+        );
+        assert_eq!(
+            limits(manager.clone(), vm.clone()).await,
+            vec![
+                ("eth0".to_owned(), None, ops),
+                ("eth1".to_owned(), None, bw(2_500_000)),
+            ]
+        );
+
+        // A clone of it keeps the limits of the snapshot, or the ones its
+        // restore asks for.
+        let snap: firehost::snapshot::SnapshotName = "limited-snap".parse().unwrap();
+        manager
+            .snapshot(&vm, &snap, Default::default())
+            .await
+            .unwrap();
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
+        let options = RestoreOptions {
+            devices: VmUpdate {
+                nics: vec![NicLimitUpdate {
+                    iface_id: "eth0".into(),
+                    tx: LimitChange {
+                        bandwidth: BucketChange::Set(ten_mbit),
+                        ops: BucketChange::Remove,
+                    },
+                    ..NicLimitUpdate::default()
+                }],
+                ..VmUpdate::default()
+            },
+            ..RestoreOptions::default()
+        };
+        let clone = id("limited-clone");
+        let info = manager.restore(&clone, &snap, options).await.unwrap();
+        assert_eq!(
+            info.spec.net.as_ref().unwrap().tx_limit,
+            RateLimit {
+                bandwidth: Some(ten_mbit),
+                ops: None
+            }
+        );
+        assert_eq!(
+            limits(manager.clone(), clone.clone()).await,
+            vec![
+                ("eth0".to_owned(), None, bw(1_250_000)),
+                ("eth1".to_owned(), None, bw(2_500_000)),
+            ]
+        );
+        manager.stop(&clone, StopOptions::default()).await.unwrap();
+        manager.destroy(&clone).await.unwrap();
     });
 }

@@ -64,12 +64,7 @@ async fn failing_config_calls_roll_back_the_whole_create() {
     let data = host.dir.path().join("data.img");
     std::fs::write(&data, b"d").unwrap();
     let with_data = VmSpec {
-        extra_drives: vec![DriveSpec {
-            id: "data".into(),
-            path: data,
-            read_only: true,
-            shared: false,
-        }],
+        extra_drives: vec![DriveSpec::new("data", data, true)],
         vsock: Some(firehost::vsock::VsockSpec::default()),
         ..VmSpec::default()
     };

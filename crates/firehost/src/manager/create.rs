@@ -8,12 +8,11 @@ use super::{Shared, Vm, VmError, VmInfo};
 use crate::VmId;
 use crate::api::ApiClient;
 use crate::api::models::{
-    ActionType, BootSource, Drive, InstanceActionInfo, MachineConfiguration, MmdsConfig,
-    NetworkInterface, Vsock,
+    ActionType, BootSource, InstanceActionInfo, MachineConfiguration, MmdsConfig, Vsock,
 };
 use crate::net::host::VmNet;
 use crate::record::VmVsock;
-use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec, VmSpec};
+use crate::spec::{ResolvedSpec, VmSpec};
 use crate::state::VmState;
 use crate::undo::{UndoStack, UndoStep};
 
@@ -137,24 +136,30 @@ async fn configure(
     api.put_guest_boot_source(&boot_source(spec, net, vsock))
         .await
         .map_err(|e| ("configure the boot source", e))?;
-    for drive in drives(spec) {
+    for drive in super::devices::drives(spec) {
         api.put_guest_drive_by_id(&drive)
             .await
             .map_err(|e| ("attach a drive", e))?;
     }
     if let Some(net) = net {
-        api.put_guest_network_interface_by_id(&network_interface(net))
+        api.put_guest_network_interface_by_id(&super::devices::network_interface(net, spec))
             .await
             .map_err(|e| ("attach the network interface", e))?;
     }
     for nic in &spec.extra_nics {
-        let iface = NetworkInterface {
-            guest_mac: nic.guest_mac.map(|m| m.to_string()),
-            ..NetworkInterface::new(&nic.iface_id, nic.tap.as_str())
-        };
-        api.put_guest_network_interface_by_id(&iface)
+        api.put_guest_network_interface_by_id(&super::devices::extra_nic(nic))
             .await
             .map_err(|e| ("attach an extra network interface", e))?;
+    }
+    if let Some(balloon) = &spec.balloon {
+        api.put_balloon(&super::devices::balloon(balloon))
+            .await
+            .map_err(|e| ("attach the balloon", e))?;
+    }
+    if let Some(entropy) = &spec.entropy {
+        api.put_entropy_device(&super::devices::entropy(entropy))
+            .await
+            .map_err(|e| ("attach the entropy device", e))?;
     }
     if let Some(vsock) = vsock {
         api.put_guest_vsock(&Vsock::new(
@@ -204,15 +209,6 @@ fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
     })
 }
 
-/// The NIC of the default network: the TAP on the host, the MAC the host
-/// chose (so the guest and the anti-spoofing rules agree).
-pub(crate) fn network_interface(net: &VmNet) -> NetworkInterface {
-    NetworkInterface {
-        guest_mac: Some(net.mac.to_string()),
-        ..NetworkInterface::new(&net.iface_id, net.tap.as_str())
-    }
-}
-
 pub(crate) fn machine_config(spec: &ResolvedSpec) -> MachineConfiguration {
     MachineConfiguration {
         smt: Some(spec.smt),
@@ -252,26 +248,4 @@ pub(crate) fn boot_source(
         boot_args: Some(boot_args),
         ..BootSource::new(&spec.kernel)
     }
-}
-
-pub(crate) fn drives(spec: &ResolvedSpec) -> Vec<Drive> {
-    let drive = |id: &str, path: &std::path::Path, read_only: bool, root: bool| Drive {
-        drive_id: id.to_owned(),
-        path_on_host: Some(path.to_owned()),
-        is_root_device: root,
-        is_read_only: Some(read_only),
-        partuuid: None,
-        cache_type: None,
-        rate_limiter: None,
-        io_engine: None,
-        socket: None,
-    };
-    let mut drives = Vec::new();
-    if let Some(rootfs) = &spec.rootfs {
-        drives.push(drive(ROOTFS_DRIVE_ID, rootfs, spec.rootfs_read_only, true));
-    }
-    for extra in &spec.extra_drives {
-        drives.push(drive(&extra.id, &extra.path, extra.read_only, false));
-    }
-    drives
 }

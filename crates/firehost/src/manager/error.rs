@@ -37,6 +37,16 @@ pub enum VmError {
         #[source]
         source: SpecError,
     },
+    /// A device update was refused before anything was sent; nothing
+    /// changed.
+    #[error("VM {id}: invalid update")]
+    InvalidUpdate {
+        /// The id.
+        id: VmId,
+        /// Which rule failed.
+        #[source]
+        source: super::update::UpdateError,
+    },
     /// The operation is not allowed in the VM's state; nothing changed.
     /// (The transition is part of the message, not a separate cause: it is
     /// the whole explanation.)
@@ -561,6 +571,7 @@ impl VmError {
             | VmError::SnapshotIsDiff { .. }
             | VmError::NoParentSnapshot { .. } => ErrorKind::Conflict,
             VmError::InvalidSpec { .. }
+            | VmError::InvalidUpdate { .. }
             | VmError::SocketPathTooLong { .. }
             | VmError::NoVsock { .. }
             | VmError::DisksNeedFullSnapshot { .. } => ErrorKind::InvalidInput,

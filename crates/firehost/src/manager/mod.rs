@@ -42,6 +42,7 @@
 mod config;
 mod copies;
 mod create;
+mod devices;
 mod error;
 #[cfg(feature = "test-internals")]
 pub mod fault;
@@ -62,6 +63,7 @@ mod rename;
 mod restore;
 pub mod settings;
 mod snapshots;
+mod update;
 mod verify;
 pub(crate) mod writers;
 
@@ -86,6 +88,7 @@ pub use quarantine::UnreadableVm;
 pub use restore::{RestoreMemory, RestoreOptions};
 pub(crate) use restore::{name_own_copies, restored_net, restored_spec};
 pub use snapshots::Snapshots;
+pub use update::{DriveLimitUpdate, NicLimitUpdate, UpdateError, VmUpdate};
 
 use crate::VmId;
 use crate::agent::AgentClient;
@@ -613,6 +616,73 @@ impl Manager {
         let task = tokio::spawn(ops::stop(self.shared.clone(), id.clone(), options));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Changes a running or paused VM's devices: drive and NIC limits,
+    /// the balloon's target and statistics interval (see [`VmUpdate`]).
+    ///
+    /// The update is checked against the VM's spec first
+    /// ([`VmError::InvalidUpdate`]), then sent to Firecracker one `PATCH`
+    /// at a time. It is all or nothing: if Firecracker refuses one change
+    /// (a balloon the guest's driver has not set up, say), the changes
+    /// already made are taken back, the VMM's error is returned
+    /// ([`VmError::Api`]) and the VM's spec is unchanged. On success the
+    /// new values are the VM's spec from then on ([`VmInfo::spec`]): they
+    /// are recorded, shown by `inspect` and kept by snapshots.
+    ///
+    /// A VM that has not been started cannot be updated (Firecracker takes
+    /// no `PATCH` before boot): [`VmError::Transition`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: once called, the update completes (or is
+    /// taken back) even if this future is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: &firehost::Manager, id: &firehost::VmId) -> Result<(), firehost::VmError> {
+    /// use firehost::manager::{DriveLimitUpdate, VmUpdate};
+    /// use firehost::vocab::{Bucket, BucketChange, LimitChange};
+    ///
+    /// let update = VmUpdate {
+    ///     drives: vec![DriveLimitUpdate {
+    ///         drive_id: "rootfs".into(),
+    ///         limit: LimitChange {
+    ///             ops: BucketChange::Set(Bucket::per_second(500)),
+    ///             ..LimitChange::default()
+    ///         },
+    ///     }],
+    ///     ..VmUpdate::default()
+    /// };
+    /// let info = manager.update(id, &update).await?;
+    /// assert_eq!(info.spec.rootfs_io.limit.ops, Some(Bucket::per_second(500)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn update(&self, id: &VmId, update: &VmUpdate) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(ops::update(self.shared.clone(), id.clone(), update.clone()));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// The guest's memory as its balloon driver last reported it
+    /// (Firecracker's `GET /balloon/statistics`): the balloon's target and
+    /// actual size, and, once the driver reports them, the guest's free,
+    /// available and total memory, page faults and more.
+    ///
+    /// Needs a balloon with statistics on ([`BalloonSpec::stats_interval_s`]
+    /// above 0): [`VmError::InvalidUpdate`] otherwise.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    ///
+    /// [`BalloonSpec::stats_interval_s`]: crate::spec::BalloonSpec::stats_interval_s
+    pub async fn balloon_stats(
+        &self,
+        id: &VmId,
+    ) -> Result<crate::api::models::BalloonStats, VmError> {
+        ops::balloon_stats(&self.shared, id).await
     }
 
     /// Takes a full snapshot into a new bundle named `name` in the snapshot

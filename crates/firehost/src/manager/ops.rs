@@ -176,6 +176,64 @@ async fn transition(
     Ok(vm.info())
 }
 
+/// Sends a checked update, then records the new spec; a record that
+/// cannot be written takes the update back.
+pub(super) async fn update(
+    shared: Arc<Shared>,
+    id: VmId,
+    update: super::update::VmUpdate,
+) -> Result<VmInfo, VmError> {
+    let mut guard = locked(&shared, &id, Operation::Update).await?;
+    let vm = guard.as_mut().expect("checked by locked()");
+    let plan =
+        super::update::plan(&vm.record.spec, &update).map_err(|source| VmError::InvalidUpdate {
+            id: id.clone(),
+            source,
+        })?;
+    if plan.steps.is_empty() {
+        return Ok(vm.info());
+    }
+    let api = api_of(vm, Operation::Update)?;
+    super::update::apply(&api, &plan.steps)
+        .await
+        .map_err(|(op, source)| VmError::Api {
+            id: id.clone(),
+            op,
+            source,
+        })?;
+    let old = std::mem::replace(&mut vm.record.spec, plan.spec);
+    if let Err(e) = vm.persist(Durability::Synced).await {
+        vm.record.spec = old;
+        super::update::revert(&api, &plan.steps).await;
+        return Err(e);
+    }
+    shared.slot(&id)?.publish(Some(vm));
+    Ok(vm.info())
+}
+
+pub(super) async fn balloon_stats(
+    shared: &Arc<Shared>,
+    id: &VmId,
+) -> Result<crate::api::models::BalloonStats, VmError> {
+    let guard = locked(shared, id, Operation::Update).await?;
+    let vm = guard.as_ref().expect("checked by locked()");
+    let balloon = vm.record.spec.balloon.as_ref();
+    if balloon.is_none_or(|b| b.stats_interval_s == 0) {
+        return Err(VmError::InvalidUpdate {
+            id: id.clone(),
+            source: super::update::UpdateError::NoBalloonStats,
+        });
+    }
+    let api = api_of(vm, Operation::Update)?;
+    api.describe_balloon_stats()
+        .await
+        .map_err(|source| VmError::Api {
+            id: id.clone(),
+            op: "read the balloon's statistics",
+            source,
+        })
+}
+
 pub(super) async fn start(shared: &Arc<Shared>, id: &VmId) -> Result<VmInfo, VmError> {
     transition(
         shared,

@@ -136,6 +136,12 @@ pub struct RestoreOptions {
     /// another VM restored this way, is on the network; use it to bring
     /// one VM back where others expect to find it.
     pub keep_address: bool,
+    /// Changes to the snapshot's devices: its drives' and NICs' limits and
+    /// its balloon live in the vmstate, so a restore has them unless told
+    /// otherwise here. They are made while the guest is still paused, and
+    /// are the restored VM's spec from then on. Checked before anything
+    /// starts ([`VmError::InvalidUpdate`]).
+    pub devices: super::update::VmUpdate,
 }
 
 /// Where a restored guest's memory comes from.
@@ -179,6 +185,7 @@ impl Default for RestoreOptions {
             uid: None,
             gid: None,
             keep_address: false,
+            devices: super::update::VmUpdate::default(),
         }
     }
 }
@@ -297,6 +304,12 @@ async fn build(
     };
     let jailed = check_jail_layout(shared, snapshot, &manifest).map_err(jail_err)?;
     let spec = restored_spec(&manifest.spec, options, jailed).map_err(jail_err)?;
+    let devices =
+        super::update::plan(&spec, &options.devices).map_err(|source| VmError::InvalidUpdate {
+            id: name.clone(),
+            source,
+        })?;
+    let spec = devices.spec;
     let bundle = shared.snapshots_dir.join(snapshot.as_str());
     check_drives(snapshot, &manifest, &bundle, jailed).await?;
     // Where the writable drives are copied from: the bundle's kept disks,
@@ -418,7 +431,7 @@ async fn build(
         // its data store: with metadata, the guest stays paused until the
         // data (with this VM's identity) is back.
         let mmds = manifest.spec.mmds.as_ref();
-        let held = mmds.is_some() || !own_drives.is_empty();
+        let held = mmds.is_some() || !own_drives.is_empty() || !devices.steps.is_empty();
         load.resume_vm = Some(options.resume && !held);
         load.clock_realtime = options.clock_realtime.then_some(true);
         load.network_overrides = (!overrides.is_empty()).then_some(overrides);
@@ -446,6 +459,13 @@ async fn build(
             api.patch_guest_drive_by_id(&swap)
                 .await
                 .map_err(api_err("point a drive at the VM's own copy"))?;
+        }
+        if let Err((op, source)) = super::update::apply(&api, &devices.steps).await {
+            return Err(VmError::Api {
+                id: id.clone(),
+                op,
+                source,
+            });
         }
         if let Some(mmds) = mmds {
             let record = &launched.vm.record;
@@ -795,6 +815,20 @@ pub(crate) fn restored_net(
             .unwrap_or_default(),
         kernel_ip_arg: false,
         netns: true,
+        // The limits live in the vmstate: the restored NIC has the
+        // source's until a restore option changes them.
+        rx_limit: manifest
+            .spec
+            .net
+            .as_ref()
+            .map(|n| n.rx_limit)
+            .unwrap_or_default(),
+        tx_limit: manifest
+            .spec
+            .net
+            .as_ref()
+            .map(|n| n.tx_limit)
+            .unwrap_or_default(),
     };
     if keep_address {
         spec.ip = Some(ip);

@@ -35,9 +35,12 @@ use crate::net::host::{GuestAddress, NetSpec, VmNet};
 use crate::net::ipam::MacAddr;
 use crate::net::netns::VmNetns;
 use crate::net::{IfName, firewall};
-use crate::spec::{DriveSpec, NicSpec, ResolvedSpec};
+use crate::spec::{
+    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, NicSpec, ResolvedSpec,
+};
 use crate::state::{ExitReason, VmState};
 use crate::vmm::ConsoleMode;
+use crate::vocab::{Bucket, RateLimit};
 use crate::vsock::VsockSpec;
 
 /// The format this build writes.
@@ -163,6 +166,10 @@ struct SpecFile {
     #[serde(default)]
     rootfs: Option<PathBuf>,
     rootfs_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rootfs_io: Option<DriveIoFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rootfs_partuuid: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     rootfs_shared: bool,
     vcpus: u8,
@@ -177,6 +184,10 @@ struct SpecFile {
     net: Option<NetSpecFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     extra_nics: Vec<NicFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entropy: Option<EntropyFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    balloon: Option<BalloonFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vsock: Option<VsockSpecFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,6 +204,139 @@ struct DriveFile {
     read_only: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     shared: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    io: Option<DriveIoFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DriveIoFile {
+    #[serde(default, skip_serializing_if = "is_default")]
+    cache: CacheFile,
+    #[serde(default, skip_serializing_if = "is_default")]
+    engine: EngineFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<LimitFile>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CacheFile {
+    #[default]
+    Unsafe,
+    Writeback,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EngineFile {
+    #[default]
+    Sync,
+    Async,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LimitFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bandwidth: Option<BucketFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ops: Option<BucketFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BucketFile {
+    size: u64,
+    refill_time_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    one_time_burst: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BalloonFile {
+    amount_mib: u32,
+    deflate_on_oom: bool,
+    #[serde(default)]
+    stats_interval_s: u16,
+    #[serde(default)]
+    free_page_hinting: bool,
+    #[serde(default)]
+    free_page_reporting: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EntropyFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<LimitFile>,
+}
+
+impl LimitFile {
+    /// `None` for no limit at all, so unlimited devices write nothing.
+    fn of(limit: &RateLimit) -> Option<LimitFile> {
+        let bucket = |b: &Bucket| BucketFile {
+            size: b.size,
+            refill_time_ms: b.refill_time_ms,
+            one_time_burst: b.one_time_burst,
+        };
+        (!limit.is_unlimited()).then(|| LimitFile {
+            bandwidth: limit.bandwidth.as_ref().map(bucket),
+            ops: limit.ops.as_ref().map(bucket),
+        })
+    }
+
+    fn read(file: Option<LimitFile>) -> Result<RateLimit, Invalid> {
+        let Some(file) = file else {
+            return Ok(RateLimit::default());
+        };
+        let bucket = |b: BucketFile| Bucket {
+            size: b.size,
+            refill_time_ms: b.refill_time_ms,
+            one_time_burst: b.one_time_burst,
+        };
+        let limit = RateLimit {
+            bandwidth: file.bandwidth.map(bucket),
+            ops: file.ops.map(bucket),
+        };
+        limit
+            .validate()
+            .map_err(|e| format!("a rate limit is invalid: {e}"))?;
+        Ok(limit)
+    }
+}
+
+impl DriveIoFile {
+    fn of(io: &DriveIo) -> Option<DriveIoFile> {
+        (!io.is_default()).then(|| DriveIoFile {
+            cache: match io.cache {
+                DriveCache::Unsafe => CacheFile::Unsafe,
+                DriveCache::Writeback => CacheFile::Writeback,
+            },
+            engine: match io.engine {
+                IoEngine::Sync => EngineFile::Sync,
+                IoEngine::Async => EngineFile::Async,
+            },
+            limit: LimitFile::of(&io.limit),
+        })
+    }
+
+    fn read(file: Option<DriveIoFile>) -> Result<DriveIo, Invalid> {
+        let Some(file) = file else {
+            return Ok(DriveIo::default());
+        };
+        Ok(DriveIo {
+            cache: match file.cache {
+                CacheFile::Unsafe => DriveCache::Unsafe,
+                CacheFile::Writeback => DriveCache::Writeback,
+            },
+            engine: match file.engine {
+                EngineFile::Sync => IoEngine::Sync,
+                EngineFile::Async => IoEngine::Async,
+            },
+            limit: LimitFile::read(file.limit)?,
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -208,6 +352,10 @@ struct NetSpecFile {
     kernel_ip_arg: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     netns: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rx_limit: Option<LimitFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tx_limit: Option<LimitFile>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -230,6 +378,10 @@ struct NicFile {
     tap: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     guest_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rx_limit: Option<LimitFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tx_limit: Option<LimitFile>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -556,6 +708,8 @@ impl From<&ResolvedSpec> for SpecFile {
             initrd: spec.initrd.clone(),
             rootfs: spec.rootfs.clone(),
             rootfs_read_only: spec.rootfs_read_only,
+            rootfs_io: DriveIoFile::of(&spec.rootfs_io),
+            rootfs_partuuid: spec.rootfs_partuuid.clone(),
             rootfs_shared: spec.rootfs_shared,
             vcpus: spec.vcpus,
             mem_mib: spec.mem_mib,
@@ -569,6 +723,7 @@ impl From<&ResolvedSpec> for SpecFile {
                     path: d.path.clone(),
                     read_only: d.read_only,
                     shared: d.shared,
+                    io: DriveIoFile::of(&d.io),
                 })
                 .collect(),
             track_dirty_pages: spec.track_dirty_pages,
@@ -580,6 +735,8 @@ impl From<&ResolvedSpec> for SpecFile {
                 peer_groups: n.peer_groups.iter().map(ToString::to_string).collect(),
                 kernel_ip_arg: n.kernel_ip_arg,
                 netns: n.netns,
+                rx_limit: LimitFile::of(&n.rx_limit),
+                tx_limit: LimitFile::of(&n.tx_limit),
             }),
             extra_nics: spec
                 .extra_nics
@@ -588,8 +745,20 @@ impl From<&ResolvedSpec> for SpecFile {
                     iface_id: n.iface_id.clone(),
                     tap: n.tap.to_string(),
                     guest_mac: n.guest_mac.map(|m| m.to_string()),
+                    rx_limit: LimitFile::of(&n.rx_limit),
+                    tx_limit: LimitFile::of(&n.tx_limit),
                 })
                 .collect(),
+            entropy: spec.entropy.as_ref().map(|e| EntropyFile {
+                limit: LimitFile::of(&e.limit),
+            }),
+            balloon: spec.balloon.map(|b| BalloonFile {
+                amount_mib: b.amount_mib,
+                deflate_on_oom: b.deflate_on_oom,
+                stats_interval_s: b.stats_interval_s,
+                free_page_hinting: b.free_page_hinting,
+                free_page_reporting: b.free_page_reporting,
+            }),
             vsock: spec.vsock.as_ref().map(|v| VsockSpecFile {
                 guest_cid: v.guest_cid,
             }),
@@ -621,6 +790,14 @@ impl SpecFile {
             initrd: self.initrd,
             rootfs: self.rootfs,
             rootfs_read_only: self.rootfs_read_only,
+            rootfs_io: DriveIoFile::read(self.rootfs_io)?,
+            rootfs_partuuid: match self.rootfs_partuuid {
+                Some(p) => {
+                    crate::spec::check_partuuid(&p).map_err(|e| e.to_string())?;
+                    Some(p)
+                }
+                None => None,
+            },
             rootfs_shared: self.rootfs_shared,
             vcpus: self.vcpus,
             mem_mib: self.mem_mib,
@@ -629,13 +806,16 @@ impl SpecFile {
             extra_drives: self
                 .extra_drives
                 .into_iter()
-                .map(|d| DriveSpec {
-                    id: d.id,
-                    path: d.path,
-                    read_only: d.read_only,
-                    shared: d.shared,
+                .map(|d| {
+                    Ok(DriveSpec {
+                        id: d.id,
+                        path: d.path,
+                        read_only: d.read_only,
+                        shared: d.shared,
+                        io: DriveIoFile::read(d.io)?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, Invalid>>()?,
             track_dirty_pages: self.track_dirty_pages,
             graceful_shutdown: self.graceful_shutdown,
             net: self
@@ -648,6 +828,8 @@ impl SpecFile {
                         peer_groups: parse_all::<PeerGroup>("peer group", &n.peer_groups)?,
                         kernel_ip_arg: n.kernel_ip_arg,
                         netns: n.netns,
+                        rx_limit: LimitFile::read(n.rx_limit)?,
+                        tx_limit: LimitFile::read(n.tx_limit)?,
                     })
                 })
                 .transpose()?,
@@ -659,9 +841,26 @@ impl SpecFile {
                         iface_id: n.iface_id,
                         tap: parse::<IfName>("interface name", &n.tap)?,
                         guest_mac: parse_opt::<MacAddr>("MAC", n.guest_mac.as_deref())?,
+                        rx_limit: LimitFile::read(n.rx_limit)?,
+                        tx_limit: LimitFile::read(n.tx_limit)?,
                     })
                 })
                 .collect::<Result<_, Invalid>>()?,
+            entropy: self
+                .entropy
+                .map(|e| {
+                    Ok::<_, Invalid>(EntropySpec {
+                        limit: LimitFile::read(e.limit)?,
+                    })
+                })
+                .transpose()?,
+            balloon: self.balloon.map(|b| BalloonSpec {
+                amount_mib: b.amount_mib,
+                deflate_on_oom: b.deflate_on_oom,
+                stats_interval_s: b.stats_interval_s,
+                free_page_hinting: b.free_page_hinting,
+                free_page_reporting: b.free_page_reporting,
+            }),
             vsock: self.vsock.map(|v| VsockSpec {
                 guest_cid: v.guest_cid,
             }),

@@ -435,6 +435,7 @@ mod tests {
                 path: "/images/data.ext4".into(),
                 read_only: false,
                 shared: false,
+                io: Default::default(),
             }],
             net: Some(crate::net::host::NetSpec {
                 ip: Some("172.30.0.9".parse().unwrap()),
@@ -443,11 +444,15 @@ mod tests {
                 peer_groups: vec!["web".parse().unwrap()],
                 kernel_ip_arg: false,
                 netns: true,
+                rx_limit: Default::default(),
+                tx_limit: Default::default(),
             }),
             extra_nics: vec![NicSpec {
                 iface_id: "eth1".into(),
                 tap: crate::net::IfName::new("mytap1").unwrap(),
                 guest_mac: Some(crate::net::ipam::MacAddr::new([6, 0, 0, 0, 1, 1])),
+                rx_limit: Default::default(),
+                tx_limit: Default::default(),
             }],
             vsock: Some(crate::vsock::VsockSpec { guest_cid: 7 }),
             mmds: Some(crate::mmds::MmdsSpec {
@@ -581,6 +586,57 @@ mod tests {
         let fields = expected.as_object_mut().unwrap();
         file::upgrade(fields, 1);
         assert_eq!(json(&rich()), expected);
+    }
+
+    #[test]
+    fn device_settings_round_trip_through_the_file() {
+        use crate::spec::{DriveCache, DriveIo, EntropySpec, IoEngine};
+        use crate::vocab::{Bucket, RateLimit};
+        let limit = RateLimit {
+            bandwidth: Some(Bucket {
+                one_time_burst: Some(1 << 20),
+                ..Bucket::per_second(10 << 20)
+            }),
+            ops: Some(Bucket::per_second(500)),
+        };
+        let mut record = rich();
+        record.spec.rootfs_io = DriveIo {
+            cache: DriveCache::Writeback,
+            engine: IoEngine::Async,
+            limit,
+        };
+        record.spec.rootfs_partuuid = Some("0eadbeef-01".into());
+        record.spec.extra_drives[0].io.limit = limit;
+        if let Some(net) = &mut record.spec.net {
+            net.rx_limit = limit;
+        }
+        record.spec.extra_nics[0].tx_limit = limit;
+        record.spec.entropy = Some(EntropySpec { limit });
+        record.spec.balloon = Some(crate::spec::BalloonSpec {
+            amount_mib: 64,
+            deflate_on_oom: true,
+            stats_interval_s: 3,
+            free_page_hinting: true,
+            free_page_reporting: true,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        record.write(dir.path()).unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), record);
+    }
+
+    #[test]
+    fn a_hand_edited_limit_firecracker_would_ignore_is_refused() {
+        let mut record = rich();
+        record.spec.entropy = Some(crate::spec::EntropySpec::default());
+        let dir = tempfile::tempdir().unwrap();
+        record.write(dir.path()).unwrap();
+        let path = dir.path().join(RECORD_FILE);
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        file["spec"]["entropy"]["limit"] =
+            serde_json::json!({"ops": {"size": 0, "refill_time_ms": 1000}});
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        assert!(VmRecord::read(dir.path()).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MacAddr, PortMapping};
+use super::{MacAddr, PortMapping, RateLimit};
 
 /// The Firecracker `iface_id` of the default network's NIC (the guest's
 /// `eth0`).
@@ -105,6 +105,12 @@ pub struct NetSpec {
     /// joins it through the jailer, an unjailed one is started in it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub netns: bool,
+    /// Limits on what the guest receives on `eth0`.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rx_limit: RateLimit,
+    /// Limits on what the guest sends on `eth0`.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub tx_limit: RateLimit,
 }
 
 fn yes() -> bool {
@@ -120,6 +126,8 @@ impl Default for NetSpec {
             peer_groups: Vec::new(),
             kernel_ip_arg: true,
             netns: false,
+            rx_limit: RateLimit::default(),
+            tx_limit: RateLimit::default(),
         }
     }
 }

@@ -1,0 +1,412 @@
+//! Drives, limits, the entropy device and the balloon: what a spec asks
+//! for is what the VMM reports (`GET /vm/config`), runtime updates change
+//! both or neither, and snapshots keep them. Against fake-firecracker, or
+//! a real Firecracker with `FIREHOST_FIRECRACKER` (see `common`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestHost, id, within};
+use firehost::api::models::{
+    CacheType, FullVmConfiguration, IoEngine as ApiIoEngine, RateLimiter, TokenBucket,
+};
+use firehost::manager::{DriveLimitUpdate, RestoreOptions, SnapshotOptions, UpdateError, VmUpdate};
+use firehost::spec::{BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine};
+use firehost::vocab::{Bucket, BucketChange, LimitChange, RateLimit};
+use firehost::{Manager, VmError, VmId, VmSpec, VmState};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// 10 MiB/s with a 1 MiB burst, and 500 requests a second.
+fn limit() -> RateLimit {
+    RateLimit {
+        bandwidth: Some(Bucket {
+            one_time_burst: Some(1 << 20),
+            ..Bucket::per_second(10 << 20)
+        }),
+        ops: Some(Bucket::per_second(500)),
+    }
+}
+
+fn api_limit(limit: &RateLimit) -> RateLimiter {
+    let bucket = |b: &Bucket| TokenBucket {
+        one_time_burst: b.one_time_burst,
+        ..TokenBucket::new(b.size, b.refill_time_ms)
+    };
+    RateLimiter {
+        bandwidth: limit.bandwidth.as_ref().map(bucket),
+        ops: limit.ops.as_ref().map(bucket),
+    }
+}
+
+/// A spec with every device setting this suite checks: a limited,
+/// write-back root drive with a PARTUUID, a read-only data drive on
+/// `io_uring`, a limited entropy device and a balloon.
+fn rich_spec(host: &TestHost) -> VmSpec {
+    let data = host.dir.path().join("data.img");
+    std::fs::File::create(&data)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    VmSpec {
+        rootfs_io: DriveIo {
+            cache: DriveCache::Writeback,
+            engine: IoEngine::Sync,
+            limit: limit(),
+        },
+        rootfs_partuuid: Some("0eadbeef-01".into()),
+        extra_drives: vec![DriveSpec {
+            io: DriveIo {
+                engine: IoEngine::Async,
+                limit: RateLimit {
+                    bandwidth: None,
+                    ops: Some(Bucket::per_second(100)),
+                },
+                ..DriveIo::default()
+            },
+            ..DriveSpec::new("data", &data, true)
+        }],
+        entropy: Some(EntropySpec {
+            limit: RateLimit {
+                bandwidth: Some(Bucket::per_second(4096)),
+                ops: None,
+            },
+        }),
+        balloon: Some(BalloonSpec {
+            amount_mib: 16,
+            deflate_on_oom: true,
+            stats_interval_s: 1,
+            free_page_hinting: false,
+            free_page_reporting: true,
+        }),
+        ..host.spec()
+    }
+}
+
+async fn vm_config(manager: &Manager, vm: &VmId) -> FullVmConfiguration {
+    let api = manager.api(vm).await.unwrap().unwrap();
+    api.get_export_vm_config().await.unwrap()
+}
+
+fn drive_limit(config: &FullVmConfiguration, id: &str) -> Option<RateLimiter> {
+    let drives = config.drives.as_deref().unwrap_or_default();
+    let drive = drives.iter().find(|d| d.drive_id == id).expect("the drive");
+    drive.rate_limiter
+}
+
+#[tokio::test]
+async fn every_device_setting_reaches_the_vmm() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("devices");
+    let info = manager.create(&vm, rich_spec(&host)).await.unwrap();
+    assert_eq!(info.spec.rootfs_io.limit, limit());
+
+    let config = vm_config(&manager, &vm).await;
+    let drives = config.drives.clone().unwrap_or_default();
+    assert_eq!(drives.len(), 2);
+    let root = &drives[0];
+    assert!(root.is_root_device);
+    assert_eq!(root.partuuid.as_deref(), Some("0eadbeef-01"));
+    assert_eq!(root.cache_type, Some(CacheType::Writeback));
+    assert_eq!(root.io_engine, Some(ApiIoEngine::Sync));
+    assert_eq!(root.rate_limiter, Some(api_limit(&limit())));
+    let data = &drives[1];
+    assert_eq!(data.drive_id, "data");
+    assert_eq!(data.is_read_only, Some(true));
+    assert_eq!(data.cache_type, Some(CacheType::Unsafe));
+    assert_eq!(data.io_engine, Some(ApiIoEngine::Async));
+    assert_eq!(
+        data.rate_limiter,
+        Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(TokenBucket::new(100, 1000)),
+        })
+    );
+    let entropy = config.entropy.expect("an entropy device");
+    assert_eq!(
+        entropy.rate_limiter,
+        Some(RateLimiter {
+            bandwidth: Some(TokenBucket::new(4096, 1000)),
+            ops: None,
+        })
+    );
+    let balloon = config.balloon.expect("a balloon");
+    assert_eq!(balloon.amount_mib, 16);
+    assert!(balloon.deflate_on_oom);
+    assert_eq!(balloon.stats_polling_interval_s, Some(1));
+    assert_eq!(balloon.free_page_hinting, Some(false));
+    assert_eq!(balloon.free_page_reporting, Some(true));
+
+    // The record keeps all of it: a new manager sees the same spec.
+    drop(manager);
+    let reopened = host.manager().await;
+    assert_eq!(reopened.get(&vm).await.unwrap().spec, info.spec);
+}
+
+#[tokio::test]
+async fn limits_change_at_runtime_and_are_recorded() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("limits");
+    manager.run(&vm, rich_spec(&host)).await.unwrap();
+    let update = VmUpdate {
+        drives: vec![
+            DriveLimitUpdate {
+                drive_id: "rootfs".into(),
+                limit: LimitChange {
+                    bandwidth: BucketChange::Remove,
+                    ops: BucketChange::Set(Bucket::per_second(50)),
+                },
+            },
+            DriveLimitUpdate {
+                drive_id: "data".into(),
+                limit: LimitChange {
+                    bandwidth: BucketChange::Set(Bucket::per_second(1 << 20)),
+                    ..LimitChange::default()
+                },
+            },
+        ],
+        balloon_stats_interval_s: Some(5),
+        ..VmUpdate::default()
+    };
+    let info = manager.update(&vm, &update).await.unwrap();
+    let root = RateLimit {
+        bandwidth: None,
+        ops: Some(Bucket::per_second(50)),
+    };
+    let data = RateLimit {
+        bandwidth: Some(Bucket::per_second(1 << 20)),
+        ops: Some(Bucket::per_second(100)),
+    };
+    assert_eq!(info.spec.rootfs_io.limit, root);
+    assert_eq!(info.spec.extra_drives[0].io.limit, data);
+    assert_eq!(info.spec.balloon.unwrap().stats_interval_s, 5);
+
+    let config = vm_config(&manager, &vm).await;
+    assert_eq!(drive_limit(&config, "rootfs"), Some(api_limit(&root)));
+    assert_eq!(drive_limit(&config, "data"), Some(api_limit(&data)));
+    assert_eq!(config.balloon.unwrap().stats_polling_interval_s, Some(5));
+
+    // A paused VM takes updates too; removing every bucket leaves none.
+    manager.pause(&vm).await.unwrap();
+    let lift = VmUpdate {
+        drives: vec![DriveLimitUpdate {
+            drive_id: "rootfs".into(),
+            limit: LimitChange {
+                bandwidth: BucketChange::Remove,
+                ops: BucketChange::Remove,
+            },
+        }],
+        ..VmUpdate::default()
+    };
+    let info = manager.update(&vm, &lift).await.unwrap();
+    assert!(info.spec.rootfs_io.limit.is_unlimited());
+    assert_eq!(drive_limit(&vm_config(&manager, &vm).await, "rootfs"), None);
+
+    drop(manager);
+    let reopened = host.manager().await;
+    assert_eq!(reopened.get(&vm).await.unwrap().spec, info.spec);
+}
+
+#[tokio::test]
+async fn an_update_the_vmm_refuses_changes_nothing() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("refused");
+    let before = manager.run(&vm, rich_spec(&host)).await.unwrap();
+    let config_before = vm_config(&manager, &vm).await;
+    // The drive change goes first and is accepted; the balloon's is
+    // refused, as the halt guest has no balloon driver (the fake's guest
+    // has none unless told), so the drive change is taken back.
+    let update = VmUpdate {
+        drives: vec![DriveLimitUpdate {
+            drive_id: "rootfs".into(),
+            limit: LimitChange {
+                bandwidth: BucketChange::Set(Bucket::per_second(7)),
+                ops: BucketChange::Remove,
+            },
+        }],
+        balloon_mib: Some(32),
+        ..VmUpdate::default()
+    };
+    let err = manager.update(&vm, &update).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::Api {
+                op: "change the balloon's target",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let config_after = vm_config(&manager, &vm).await;
+    assert_eq!(config_after.drives, config_before.drives);
+    assert_eq!(config_after.balloon, config_before.balloon);
+    assert_eq!(manager.get(&vm).await.unwrap().spec, before.spec);
+}
+
+#[tokio::test]
+async fn bad_updates_are_refused_before_the_vmm_sees_them() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let created = id("not-started");
+    manager.create(&created, rich_spec(&host)).await.unwrap();
+    let set = |drive: &str, size| VmUpdate {
+        drives: vec![DriveLimitUpdate {
+            drive_id: drive.into(),
+            limit: LimitChange {
+                ops: BucketChange::Set(Bucket::per_second(size)),
+                ..LimitChange::default()
+            },
+        }],
+        ..VmUpdate::default()
+    };
+    // Firecracker takes no PATCH before boot.
+    let err = manager
+        .update(&created, &set("rootfs", 5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::Transition { .. }), "{err:?}");
+
+    let running = id("running");
+    let spec = VmSpec {
+        balloon: None,
+        ..rich_spec(&host)
+    };
+    let before = manager.run(&running, spec).await.unwrap();
+    let config_before = vm_config(&manager, &running).await;
+    for (update, expected) in [
+        (
+            set("nope", 5),
+            UpdateError::UnknownDrive {
+                drive_id: "nope".into(),
+            },
+        ),
+        (
+            set("data", 0),
+            UpdateError::Limit {
+                device: "drive \"data\"".into(),
+                source: firehost::vocab::RateLimitError::ZeroSize,
+            },
+        ),
+        (
+            VmUpdate {
+                balloon_mib: Some(1),
+                ..set("rootfs", 5)
+            },
+            UpdateError::NoBalloon,
+        ),
+    ] {
+        match manager.update(&running, &update).await {
+            Err(VmError::InvalidUpdate { source, .. }) => assert_eq!(source, expected),
+            other => panic!("{update:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        vm_config(&manager, &running).await.drives,
+        config_before.drives
+    );
+    assert_eq!(manager.get(&running).await.unwrap().spec, before.spec);
+    let err = manager.balloon_stats(&running).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidUpdate {
+                source: UpdateError::NoBalloonStats,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn balloon_statistics_are_typed() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("stats");
+    manager.run(&vm, rich_spec(&host)).await.unwrap();
+    let stats = manager.balloon_stats(&vm).await.unwrap();
+    assert_eq!(stats.target_mib, 16);
+    assert_eq!(stats.target_pages, 16 * 256);
+    // Without a driver in the guest the balloon holds nothing yet.
+    assert_eq!(stats.actual_mib, 0);
+}
+
+#[tokio::test]
+async fn a_restore_keeps_the_snapshots_limits_unless_told_otherwise() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let source = id("source");
+    let spec = VmSpec {
+        // The data drive is read-only and the root drive writable: the
+        // clones get copies of the root drive, and keep its limits.
+        rootfs_read_only: Some(false),
+        ..rich_spec(&host)
+    };
+    manager.run(&source, spec).await.unwrap();
+    let snap = "limited".parse().unwrap();
+    manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+
+    let same = id("same");
+    let info = within(
+        "a restore",
+        LONG,
+        manager.restore(&same, &snap, RestoreOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.spec.rootfs_io.limit, limit());
+    let config = vm_config(&manager, &same).await;
+    assert_eq!(drive_limit(&config, "rootfs"), Some(api_limit(&limit())));
+
+    let tighter = Bucket::per_second(1 << 16);
+    let options = RestoreOptions {
+        devices: VmUpdate {
+            drives: vec![DriveLimitUpdate {
+                drive_id: "rootfs".into(),
+                limit: LimitChange {
+                    bandwidth: BucketChange::Set(tighter),
+                    ..LimitChange::default()
+                },
+            }],
+            ..VmUpdate::default()
+        },
+        ..RestoreOptions::default()
+    };
+    let other = id("other");
+    let info = within("a restore", LONG, manager.restore(&other, &snap, options))
+        .await
+        .unwrap();
+    assert_eq!(info.state, VmState::Running);
+    let changed = RateLimit {
+        bandwidth: Some(tighter),
+        ..limit()
+    };
+    assert_eq!(info.spec.rootfs_io.limit, changed);
+    let config = vm_config(&manager, &other).await;
+    assert_eq!(drive_limit(&config, "rootfs"), Some(api_limit(&changed)));
+
+    // A bad override is refused before anything starts.
+    let bad = RestoreOptions {
+        devices: VmUpdate {
+            drives: vec![DriveLimitUpdate {
+                drive_id: "missing".into(),
+                limit: LimitChange {
+                    ops: BucketChange::Remove,
+                    ..LimitChange::default()
+                },
+            }],
+            ..VmUpdate::default()
+        },
+        ..RestoreOptions::default()
+    };
+    let err = manager.restore(&id("bad"), &snap, bad).await.unwrap_err();
+    assert!(matches!(err, VmError::InvalidUpdate { .. }), "{err:?}");
+    assert!(!host.vm_dirs().contains(&"bad".to_owned()));
+}
