@@ -260,6 +260,12 @@ pub enum Command {
     /// keep the name it was created under. Refused (exit 4) when the new
     /// name is taken or another command is busy with the VM.
     Rename(RenameArgs),
+    /// Change a running or paused VM's drive and NIC limits or its
+    /// balloon.
+    ///
+    /// All or nothing: if Firecracker refuses one change, those already
+    /// made are taken back and the VM keeps its old settings (exit 1).
+    Update(UpdateArgs),
     /// Take a snapshot (full, or --diff) of a running or paused VM.
     Snapshot(SnapshotArgs),
     /// Restore a snapshot into a new VM (running, unless --paused).
@@ -364,6 +370,36 @@ pub struct RunArgs {
     /// second live VM writing to the image is refused (exit 4).
     #[arg(long, conflicts_with = "rootfs_ro")]
     pub rootfs_shared: bool,
+    /// Limit the root filesystem's bandwidth, e.g. 100MiB/s or 400Mbit/s.
+    #[arg(long, value_name = "RATE", help_heading = "Devices and limits")]
+    pub rootfs_bw: Option<String>,
+    /// Limit the root filesystem's requests a second.
+    #[arg(long, value_name = "N", help_heading = "Devices and limits")]
+    pub rootfs_iops: Option<String>,
+    /// Attach another drive: id=ID,path=FILE, then any of ro, shared,
+    /// cache=unsafe|writeback, engine=sync|async, bw=RATE, iops=N;
+    /// repeatable.
+    #[arg(long, value_name = "SPEC", help_heading = "Devices and limits")]
+    pub drive: Vec<String>,
+    /// Limit what the guest receives on eth0, e.g. 10Mbit/s. Implies --net.
+    #[arg(
+        long,
+        value_name = "RATE",
+        group = "network",
+        help_heading = "Devices and limits"
+    )]
+    pub net_rx_bw: Option<String>,
+    /// Limit what the guest sends on eth0, e.g. 10Mbit/s. Implies --net.
+    #[arg(
+        long,
+        value_name = "RATE",
+        group = "network",
+        help_heading = "Devices and limits"
+    )]
+    pub net_tx_bw: Option<String>,
+    /// Give the guest a virtio-rng device fed by the host's entropy.
+    #[arg(long, help_heading = "Devices and limits")]
+    pub entropy: bool,
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u8>,
@@ -521,6 +557,43 @@ pub struct RenameArgs {
     pub new_name: String,
 }
 
+/// `update`'s arguments.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The VM's name.
+    pub name: String,
+    /// What to change.
+    #[command(flatten)]
+    pub devices: DeviceUpdateArgs,
+}
+
+/// Changes to a VM's devices, for `update` and, on the snapshot's devices,
+/// `restore` and `clone`. A RATE is like 100MiB/s or 10Mbit/s; `none`
+/// lifts a limit.
+#[derive(Debug, Default, Args)]
+pub struct DeviceUpdateArgs {
+    /// Limit drive ID's bandwidth (rootfs is the root drive); repeatable.
+    #[arg(long, value_name = "ID=RATE", help_heading = "Devices and limits")]
+    pub drive_bw: Vec<String>,
+    /// Limit drive ID's requests a second; repeatable.
+    #[arg(long, value_name = "ID=N", help_heading = "Devices and limits")]
+    pub drive_iops: Vec<String>,
+    /// Limit what the guest receives on eth0.
+    #[arg(long, value_name = "RATE", help_heading = "Devices and limits")]
+    pub net_rx_bw: Option<String>,
+    /// Limit what the guest sends on eth0.
+    #[arg(long, value_name = "RATE", help_heading = "Devices and limits")]
+    pub net_tx_bw: Option<String>,
+    /// Set the balloon's target: MiB taken from the guest (needs a balloon
+    /// driver in the guest).
+    #[arg(long, value_name = "MIB", help_heading = "Devices and limits")]
+    pub balloon_mib: Option<u32>,
+    /// Seconds between the balloon's memory reports (statistics that were
+    /// off stay off).
+    #[arg(long, value_name = "SECS", help_heading = "Devices and limits")]
+    pub balloon_stats_s: Option<u16>,
+}
+
 /// `stop`'s options.
 #[derive(Debug, Args)]
 pub struct StopArgs {
@@ -613,6 +686,10 @@ pub struct RestoreArgs {
     /// else the uid].
     #[arg(long, value_name = "GID", help_heading = "Jail")]
     pub gid: Option<u32>,
+    /// Changes to the snapshot's device limits and balloon, made before
+    /// the guest runs.
+    #[command(flatten)]
+    pub devices: DeviceUpdateArgs,
 }
 
 /// A `--uffd` mode.
@@ -650,6 +727,10 @@ pub struct CloneArgs {
     /// jail's gid, else its uid].
     #[arg(long, value_name = "GID", help_heading = "Jail")]
     pub gid: Option<u32>,
+    /// Changes to the snapshot's device limits and balloon, the same for
+    /// every clone.
+    #[command(flatten)]
+    pub devices: DeviceUpdateArgs,
 }
 
 /// `snapshots`: a group of subcommands over `<state-dir>/snapshots`.

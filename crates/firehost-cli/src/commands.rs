@@ -22,24 +22,27 @@ use std::time::Duration;
 use firehost::doctor::{DoctorConfig, run_checks};
 use firehost::manager::settings::HostSettings;
 use firehost::manager::{
-    ClaimOptions, ConsoleTarget, PoolName, PoolSpec, PoolTemplate, Recovery, RestoreMemory,
-    RestoreOptions, SettingsPolicy, SnapshotOptions, Snapshots, StopOptions,
+    ClaimOptions, ConsoleTarget, DriveLimitUpdate, NicLimitUpdate, PoolName, PoolSpec,
+    PoolTemplate, Recovery, RestoreMemory, RestoreOptions, SettingsPolicy, SnapshotOptions,
+    Snapshots, StopOptions, VmUpdate,
 };
 use firehost::net::firewall::PortMapping;
 use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
 use firehost::snapshot::store::GcOptions;
 use firehost::snapshot::uffd::PageServerProgram;
 use firehost::snapshot::{BundleError, SnapshotName, StoreError, VerifyOptions};
+use firehost::spec::{DriveIo, EntropySpec};
 use firehost::vmm::LogLevel;
+use firehost::vocab::{Bandwidth, Bucket, BucketChange, LimitChange, RateLimit};
 use firehost::vsock::VsockSpec;
 use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
 use serde::Serialize;
 
 use crate::args::{
-    Cli, CloneArgs, Command, ConsoleArgs, GcArgs, GlobalArgs, MergeArgs, NameArg, NetArgs,
-    NetCommand, PoolArgs, PoolCommand, PoolNameArg, PortArgs, RenameArgs, RestoreArgs, RmArgs,
-    RunArgs, SettingsArgs, SettingsCommand, SnapshotArgs, SnapshotNameArg, SnapshotsArgs,
-    SnapshotsCommand, StopArgs, UffdMode, VerifyArgs,
+    Cli, CloneArgs, Command, ConsoleArgs, DeviceUpdateArgs, GcArgs, GlobalArgs, MergeArgs, NameArg,
+    NetArgs, NetCommand, PoolArgs, PoolCommand, PoolNameArg, PortArgs, RenameArgs, RestoreArgs,
+    RmArgs, RunArgs, SettingsArgs, SettingsCommand, SnapshotArgs, SnapshotNameArg, SnapshotsArgs,
+    SnapshotsCommand, StopArgs, UffdMode, UpdateArgs, VerifyArgs,
 };
 use crate::exit::{CliError, Exit, ValueError};
 use crate::human;
@@ -131,6 +134,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
             let vm = provider.rename(&vm_id(&name)?, &vm_id(&new_name)?).await?;
             out.emit(&VmJson::from(&vm), human::vm_state_line)
         }
+        Command::Update(args) => update(&manager, args, out).await,
         Command::Snapshot(args) => snapshot(provider, args, out).await,
         Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(&manager, args, out).await,
@@ -352,6 +356,8 @@ where
 /// for a network.
 fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
     let wanted = args.net
+        || args.net_rx_bw.is_some()
+        || args.net_tx_bw.is_some()
         || args.ip.is_some()
         || args.mac.is_some()
         || !args.publish.is_empty()
@@ -371,7 +377,53 @@ fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
         peer_groups: parse_all("--peer-group", &args.peer_group)?,
         kernel_ip_arg: !args.no_ip_arg,
         netns: args.netns,
+        rx_limit: bandwidth_limit("--net-rx-bw", args.net_rx_bw.as_deref())?,
+        tx_limit: bandwidth_limit("--net-tx-bw", args.net_tx_bw.as_deref())?,
     }))
+}
+
+/// A limit of `rate` bytes a second, or none.
+fn bandwidth_limit(option: &'static str, rate: Option<&str>) -> Result<RateLimit, CliError> {
+    let bandwidth = rate
+        .map(|r| {
+            device_value(option, r, |t| {
+                Ok::<_, crate::device_args::DeviceSyntaxError>(t.parse::<Bandwidth>()?)
+            })
+        })
+        .transpose()?
+        .map(|r| Bucket::per_second(r.bytes_per_second()));
+    Ok(RateLimit {
+        bandwidth,
+        ops: None,
+    })
+}
+
+/// Stage two for `--rootfs-bw` and `--rootfs-iops`.
+fn rootfs_io(args: &RunArgs) -> Result<DriveIo, CliError> {
+    let mut limit = bandwidth_limit("--rootfs-bw", args.rootfs_bw.as_deref())?;
+    if let Some(n) = &args.rootfs_iops {
+        limit.ops = match device_value("--rootfs-iops", n, crate::device_args::ops_change)? {
+            BucketChange::Set(bucket) => Some(bucket),
+            _ => None,
+        };
+    }
+    Ok(DriveIo {
+        limit,
+        ..DriveIo::default()
+    })
+}
+
+/// Stage two for a device flag's value.
+fn device_value<T>(
+    option: &'static str,
+    value: &str,
+    parse: impl Fn(&str) -> Result<T, crate::device_args::DeviceSyntaxError>,
+) -> Result<T, CliError> {
+    parse(value).map_err(|e| CliError::InvalidValue {
+        option,
+        value: value.to_owned(),
+        source: e.into(),
+    })
 }
 
 /// A `--mmds` file: one JSON object.
@@ -423,12 +475,20 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
     };
     let net = net_spec(&args)?;
     let jail = jail_spec(&args);
+    let rootfs_io = rootfs_io(&args)?;
     let spec = VmSpec {
         kernel: Some(args.kernel),
         initrd: args.initrd,
         rootfs: Some(args.rootfs),
         rootfs_read_only: args.rootfs_ro.then_some(true),
         rootfs_shared: args.rootfs_shared,
+        rootfs_io,
+        extra_drives: args
+            .drive
+            .iter()
+            .map(|d| device_value("--drive", d, crate::device_args::drive))
+            .collect::<Result<_, _>>()?,
+        entropy: args.entropy.then(EntropySpec::default),
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
         boot_args: args.boot_args,
@@ -580,6 +640,73 @@ fn snapshot_name(text: &str) -> Result<SnapshotName, CliError> {
     })
 }
 
+/// Stage two for the device-update flags, one change per device.
+fn vm_update(args: &DeviceUpdateArgs) -> Result<VmUpdate, CliError> {
+    use crate::device_args::{bandwidth_change, keyed, ops_change};
+    let mut drives: Vec<DriveLimitUpdate> = Vec::new();
+    fn drive(drives: &mut Vec<DriveLimitUpdate>, id: String) -> &mut DriveLimitUpdate {
+        let at = match drives.iter().position(|d| d.drive_id == id) {
+            Some(at) => at,
+            None => {
+                drives.push(DriveLimitUpdate {
+                    drive_id: id,
+                    limit: LimitChange::default(),
+                });
+                drives.len() - 1
+            }
+        };
+        &mut drives[at]
+    }
+    for text in &args.drive_bw {
+        let (id, change) = device_value("--drive-bw", text, |t| keyed(t, bandwidth_change))?;
+        drive(&mut drives, id).limit.bandwidth = change;
+    }
+    for text in &args.drive_iops {
+        let (id, change) = device_value("--drive-iops", text, |t| keyed(t, ops_change))?;
+        drive(&mut drives, id).limit.ops = change;
+    }
+    let bandwidth = |option, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| device_value(option, t, bandwidth_change))
+            .transpose()
+            .map(|c| LimitChange {
+                bandwidth: c.unwrap_or_default(),
+                ..LimitChange::default()
+            })
+    };
+    let rx = bandwidth("--net-rx-bw", &args.net_rx_bw)?;
+    let tx = bandwidth("--net-tx-bw", &args.net_tx_bw)?;
+    let nics = if rx.is_noop() && tx.is_noop() {
+        Vec::new()
+    } else {
+        vec![NicLimitUpdate {
+            iface_id: firehost::vocab::DEFAULT_IFACE_ID.to_owned(),
+            rx,
+            tx,
+        }]
+    };
+    Ok(VmUpdate {
+        drives,
+        nics,
+        balloon_mib: args.balloon_mib,
+        balloon_stats_interval_s: args.balloon_stats_s,
+    })
+}
+
+async fn update(manager: &Manager, args: UpdateArgs, out: Out) -> Result<(), CliError> {
+    let id = vm_id(&args.name)?;
+    let update = vm_update(&args.devices)?;
+    if update.is_empty() {
+        return Err(CliError::Unsupported {
+            what: "update with nothing to change (give --drive-bw, --drive-iops, --net-rx-bw, \
+                   --net-tx-bw, --balloon-mib or --balloon-stats-s)"
+                .into(),
+        });
+    }
+    let info = manager.update(&id, &update).await?;
+    out.emit(&VmJson::from(&info), human::vm_record)
+}
+
 /// The memory backend for `--uffd`.
 fn restore_memory(uffd: Option<UffdMode>) -> RestoreMemory {
     match uffd {
@@ -603,6 +730,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         uid: args.uid,
         gid: args.gid,
         keep_address: args.keep_address,
+        devices: vm_update(&args.devices)?,
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&id, &snapshot, options).await?;
@@ -673,6 +801,7 @@ async fn pool(manager: &Manager, args: PoolArgs, out: Out) -> Result<(), CliErro
 
 async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliError> {
     let snapshot = snapshot_name(&args.snapshot)?;
+    let devices = vm_update(&args.devices)?;
     let clones = (0..args.count)
         .map(|i| {
             let id = vm_id(&format!("{}-{i}", args.prefix))?;
@@ -680,6 +809,7 @@ async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliEr
                 memory: restore_memory(args.uffd),
                 uid: offset_id("--uid", args.uid, i)?,
                 gid: offset_id("--gid", args.gid, i)?,
+                devices: devices.clone(),
                 ..RestoreOptions::default()
             };
             Ok((id, options))

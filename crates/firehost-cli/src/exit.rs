@@ -196,6 +196,9 @@ pub enum ValueError {
     /// Not a peer group name.
     #[error(transparent)]
     PeerGroup(#[from] PeerGroupError),
+    /// Not a drive, rate or device limit.
+    #[error(transparent)]
+    Device(#[from] crate::device_args::DeviceSyntaxError),
 }
 
 impl CliError {

@@ -4,9 +4,10 @@
 use std::fmt::Write;
 
 use crate::json::{
-    BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ImageJson, InitramfsJson,
-    ListJson, NetListJson, QuickstartJson, RemovedJson, SnapshotDetailsJson, SnapshotJson,
-    SnapshotListJson, SnapshotRemovedJson, StopJson, VerifyJson, VmJson,
+    BucketJson, BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ImageJson,
+    InitramfsJson, LimitJson, ListJson, NetListJson, QuickstartJson, RemovedJson,
+    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, StopJson, VerifyJson,
+    VmJson,
 };
 
 /// `inspect` and `run`: one `key: value` line per field.
@@ -31,6 +32,7 @@ pub fn vm_record(vm: &VmJson) -> String {
         ),
         ("boot args", vm.boot_args.clone()),
     ];
+    device_rows(vm, &mut rows);
     for own in &vm.own_drives {
         let how = match own.copy {
             firehost::record::CopyMethod::Reflink => "reflink",
@@ -705,6 +707,112 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Rows for the drives, NICs and devices with settings worth a line: a
+/// root drive with more than its defaults, every other drive, a NIC with
+/// limits or on an operator's TAP, the entropy device and the balloon.
+fn device_rows(vm: &VmJson, rows: &mut Vec<(&'static str, String)>) {
+    for drive in &vm.drives {
+        let mut notes: Vec<String> = Vec::new();
+        if drive.read_only && !drive.root {
+            notes.push("read-only".into());
+        }
+        if drive.cache != "unsafe" {
+            notes.push(drive.cache.into());
+        }
+        if drive.engine != "sync" {
+            notes.push(drive.engine.into());
+        }
+        if let Some(p) = &drive.partuuid {
+            notes.push(format!("partuuid {p}"));
+        }
+        if let Some(limit) = &drive.limit {
+            notes.push(limit_text(limit));
+        }
+        if drive.root && notes.is_empty() {
+            continue;
+        }
+        let text = if drive.root {
+            format!("{} ({})", drive.id, notes.join(", "))
+        } else if notes.is_empty() {
+            format!("{} {}", drive.id, drive.path)
+        } else {
+            format!("{} {} ({})", drive.id, drive.path, notes.join(", "))
+        };
+        rows.push(("drive", text));
+    }
+    for (i, nic) in vm.nics.iter().enumerate() {
+        let default_net = i == 0 && vm.net.is_some();
+        if default_net && nic.rx_limit.is_none() && nic.tx_limit.is_none() {
+            continue;
+        }
+        let limit = |l: &Option<LimitJson>| l.as_ref().map_or("unlimited".to_owned(), limit_text);
+        rows.push((
+            "nic",
+            format!(
+                "{} on {}: rx {}, tx {}",
+                nic.id,
+                nic.tap,
+                limit(&nic.rx_limit),
+                limit(&nic.tx_limit)
+            ),
+        ));
+    }
+    if let Some(entropy) = &vm.entropy {
+        let text = entropy.limit.as_ref().map_or("on".to_owned(), limit_text);
+        rows.push(("entropy", text));
+    }
+    if let Some(b) = &vm.balloon {
+        let mut notes = Vec::new();
+        if b.deflate_on_oom {
+            notes.push("deflates on OOM".to_owned());
+        }
+        if b.stats_interval_s > 0 {
+            notes.push(format!("statistics every {} s", b.stats_interval_s));
+        }
+        if b.free_page_hinting {
+            notes.push("free page hinting".to_owned());
+        }
+        if b.free_page_reporting {
+            notes.push("free page reporting".to_owned());
+        }
+        let text = if notes.is_empty() {
+            format!("{} MiB", b.amount_mib)
+        } else {
+            format!("{} MiB ({})", b.amount_mib, notes.join(", "))
+        };
+        rows.push(("balloon", text));
+    }
+}
+
+/// `10MiB/s + 1MiB burst, 500 ops/s`.
+fn limit_text(limit: &LimitJson) -> String {
+    let bucket = |b: &BucketJson, unit: &str| {
+        let rate = if b.refill_time_ms == 1000 && unit.is_empty() {
+            firehost::vocab::Bandwidth::from_bytes_per_second(b.size).to_string()
+        } else if b.refill_time_ms == 1000 {
+            format!("{}{unit}/s", b.size)
+        } else {
+            format!("{}{unit} per {} ms", b.size, b.refill_time_ms)
+        };
+        match b.one_time_burst {
+            Some(burst) if unit.is_empty() => {
+                let bytes = firehost::vocab::Bandwidth::from_bytes_per_second(burst).to_string();
+                format!("{rate} + {} burst", bytes.trim_end_matches("/s"))
+            }
+            Some(burst) => format!("{rate} + {burst}{unit} burst"),
+            None => rate,
+        }
+    };
+    let mut parts = Vec::new();
+    if let Some(b) = &limit.bandwidth {
+        parts.push(bucket(b, ""));
+    }
+    if let Some(b) = &limit.ops {
+        parts.push(bucket(b, " ops"));
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,6 +860,10 @@ mod tests {
             rootfs_shared: false,
             own_drives: Vec::new(),
             boot_args: "console=ttyS0".into(),
+            drives: Vec::new(),
+            nics: Vec::new(),
+            entropy: None,
+            balloon: None,
             created_at_ms: 0,
             exit: None,
             console_tail: None,
@@ -772,6 +884,79 @@ mod tests {
                 guest: None,
             }),
         }
+    }
+
+    #[test]
+    fn vm_record_shows_drives_limits_and_devices() {
+        use crate::json::{BalloonJson, EntropyJson, NicJson, VmDriveJson};
+        let burst = BucketJson {
+            size: 10 << 20,
+            refill_time_ms: 1000,
+            one_time_burst: Some(1 << 20),
+        };
+        let ops = BucketJson {
+            size: 50,
+            refill_time_ms: 100,
+            one_time_burst: None,
+        };
+        let mut vm = networked_vm();
+        vm.drives = vec![
+            VmDriveJson {
+                id: "rootfs".into(),
+                path: "/r".into(),
+                root: true,
+                read_only: false,
+                cache: "unsafe",
+                engine: "sync",
+                partuuid: None,
+                limit: None,
+            },
+            VmDriveJson {
+                id: "data".into(),
+                path: "/d.img".into(),
+                root: false,
+                read_only: true,
+                cache: "writeback",
+                engine: "async",
+                partuuid: None,
+                limit: Some(LimitJson {
+                    bandwidth: Some(burst),
+                    ops: Some(ops),
+                }),
+            },
+        ];
+        vm.nics = vec![NicJson {
+            id: "eth0".into(),
+            tap: "fh-web-0".into(),
+            rx_limit: Some(LimitJson {
+                bandwidth: Some(BucketJson {
+                    size: 1_250_000,
+                    refill_time_ms: 1000,
+                    one_time_burst: None,
+                }),
+                ops: None,
+            }),
+            tx_limit: None,
+        }];
+        vm.entropy = Some(EntropyJson { limit: None });
+        vm.balloon = Some(BalloonJson {
+            amount_mib: 16,
+            deflate_on_oom: true,
+            stats_interval_s: 5,
+            free_page_hinting: false,
+            free_page_reporting: false,
+        });
+        let text = vm_record(&vm);
+        for row in [
+            "drive:      data /d.img (read-only, writeback, async, 10MiB/s + 1MiB burst, 50 ops per 100 ms)\n",
+            "nic:        eth0 on fh-web-0: rx 1250KB/s, tx unlimited\n",
+            "entropy:    on\n",
+            "balloon:    16 MiB (deflates on OOM, statistics every 5 s)\n",
+        ] {
+            assert!(text.contains(row), "{row:?} in\n{text}");
+        }
+        // A root drive with its defaults gets no row of its own.
+        assert!(!text.contains("drive:      rootfs"), "{text}");
     }
 
     #[test]
@@ -852,6 +1037,10 @@ mod tests {
             rootfs_shared: false,
             own_drives: Vec::new(),
             boot_args: String::new(),
+            drives: Vec::new(),
+            nics: Vec::new(),
+            entropy: None,
+            balloon: None,
             created_at_ms: 0,
             exit: None,
             console_tail: None,

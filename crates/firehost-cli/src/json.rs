@@ -44,6 +44,10 @@
 //! | `rootfs_shared` | boolean | writable root filesystem shared on purpose with other live VMs (`run --rootfs-shared`) |
 //! | `own_drives` | array | a clone's own copies of writable drives: `[{"drive", "path": string, "copy": "reflink" or "extents"}…]` (`extents`: the file system has no reflinks, so the copy cost what the image holds); empty for other VMs |
 //! | `boot_args` | string | kernel command line |
+//! | `drives` | array | every drive, the root filesystem first: `[{"id", "path": string, "root", "read_only": boolean, "cache": "unsafe" or "writeback", "engine": "sync" or "async", "partuuid": string or null, "limit": limit or null}…]` |
+//! | `nics` | array | every NIC, `eth0` of the default network first: `[{"id", "tap": string, "rx_limit", "tx_limit": limit or null}…]` |
+//! | `entropy` | object or null | the virtio-rng device, `{"limit": limit or null}`; null without one |
+//! | `balloon` | object or null | the balloon, `{"amount_mib", "stats_interval_s": integer, "deflate_on_oom", "free_page_hinting", "free_page_reporting": boolean}`; `amount_mib` is its current target; null without one |
 //! | `created_at_ms` | integer | creation time |
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |
 //! | `console_tail` | array of strings or null | for `failed` VMs: the last console lines when the VMM died |
@@ -52,6 +56,11 @@
 //! | `vsock` | object or null | the VM's vsock device, `{"uds_path": string, "guest_cid": integer}` ([`VsockJson`]); null without one (the agent's token is never printed) |
 //! | `busy` | boolean | the VMM is alive but did not answer in time (it may be writing a snapshot): `state` is the recorded one; operations other than `stop` and `rm -f` exit 4 until it answers. It is never killed for this |
 //! | `interrupted_snapshot` | string or null | a snapshot a killed `firehost` left under way: the next command that reaches the VMM resumes the guest (if the snapshot paused it) and keeps the bundle only if it was sealed |
+//!
+//! A limit is `{"bandwidth": bucket or null, "ops": bucket or null}`, a
+//! bucket `{"size", "refill_time_ms": integer, "one_time_burst": integer
+//! or null}`: `size` bytes (or operations) every `refill_time_ms`, plus a
+//! one-off burst. A limit is null when neither is limited.
 //!
 //! # The unreadable VM object ([`UnreadableVmJson`])
 //!
@@ -208,6 +217,8 @@ use firehost::image::{InitramfsReport, RootfsReport};
 use firehost::net::host::VmNet;
 use firehost::snapshot::store::{GcReport, Listing, SnapshotDetails};
 use firehost::snapshot::{BundleError, SnapshotInfo, SnapshotKind, StoreError, WorkingSet};
+use firehost::spec::{DriveCache, DriveIo, IoEngine};
+use firehost::vocab::{Bucket, RateLimit};
 use firehost::{ExitReason, ResolvedSpec, VmId, VmInfo, VmState};
 use serde::Serialize;
 
@@ -269,6 +280,14 @@ pub struct VmJson {
     pub own_drives: Vec<OwnDriveJson>,
     /// Kernel command line.
     pub boot_args: String,
+    /// Every drive, the root filesystem first.
+    pub drives: Vec<VmDriveJson>,
+    /// Every NIC, the default network's first.
+    pub nics: Vec<NicJson>,
+    /// The entropy device.
+    pub entropy: Option<EntropyJson>,
+    /// The balloon.
+    pub balloon: Option<BalloonJson>,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
     /// How the VMM ended, for stopped and failed VMs.
@@ -377,6 +396,156 @@ pub struct NetJson {
     pub guest: Option<GuestJson>,
 }
 
+/// A drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmDriveJson {
+    /// Its id.
+    pub id: String,
+    /// Its file.
+    pub path: String,
+    /// Whether it is the root device.
+    pub root: bool,
+    /// Attached read-only.
+    pub read_only: bool,
+    /// `unsafe` or `writeback`.
+    pub cache: &'static str,
+    /// `sync` or `async`.
+    pub engine: &'static str,
+    /// The root partition's PARTUUID.
+    pub partuuid: Option<String>,
+    /// Its limits.
+    pub limit: Option<LimitJson>,
+}
+
+/// A NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NicJson {
+    /// Its interface id.
+    pub id: String,
+    /// Its TAP.
+    pub tap: String,
+    /// Limits on what the guest receives.
+    pub rx_limit: Option<LimitJson>,
+    /// Limits on what the guest sends.
+    pub tx_limit: Option<LimitJson>,
+}
+
+/// The entropy device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntropyJson {
+    /// Its limits.
+    pub limit: Option<LimitJson>,
+}
+
+/// The balloon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BalloonJson {
+    /// Its target, MiB.
+    pub amount_mib: u32,
+    /// Gives memory back when the guest runs out.
+    pub deflate_on_oom: bool,
+    /// Seconds between memory reports; 0 when off.
+    pub stats_interval_s: u16,
+    /// Free page hinting.
+    pub free_page_hinting: bool,
+    /// Free page reporting.
+    pub free_page_reporting: bool,
+}
+
+/// A device's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitJson {
+    /// Bytes.
+    pub bandwidth: Option<BucketJson>,
+    /// Operations.
+    pub ops: Option<BucketJson>,
+}
+
+/// A token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BucketJson {
+    /// Tokens.
+    pub size: u64,
+    /// Milliseconds to refill.
+    pub refill_time_ms: u64,
+    /// Tokens available once.
+    pub one_time_burst: Option<u64>,
+}
+
+impl LimitJson {
+    /// `None` when nothing is limited.
+    pub fn of(limit: &RateLimit) -> Option<LimitJson> {
+        let bucket = |b: &Bucket| BucketJson {
+            size: b.size,
+            refill_time_ms: b.refill_time_ms,
+            one_time_burst: b.one_time_burst,
+        };
+        (!limit.is_unlimited()).then(|| LimitJson {
+            bandwidth: limit.bandwidth.as_ref().map(bucket),
+            ops: limit.ops.as_ref().map(bucket),
+        })
+    }
+}
+
+/// The drives of `spec`, root first.
+fn drives_of(spec: &ResolvedSpec) -> Vec<VmDriveJson> {
+    let drive = |id: &str, file: &Path, root: bool, read_only: bool, io: &DriveIo| VmDriveJson {
+        id: id.to_owned(),
+        path: path(file),
+        root,
+        read_only,
+        cache: match io.cache {
+            DriveCache::Unsafe => "unsafe",
+            DriveCache::Writeback => "writeback",
+        },
+        engine: match io.engine {
+            IoEngine::Sync => "sync",
+            IoEngine::Async => "async",
+        },
+        partuuid: None,
+        limit: LimitJson::of(&io.limit),
+    };
+    let mut drives = Vec::new();
+    if let Some(rootfs) = &spec.rootfs {
+        drives.push(VmDriveJson {
+            partuuid: spec.rootfs_partuuid.clone(),
+            ..drive(
+                firehost::spec::ROOTFS_DRIVE_ID,
+                rootfs,
+                true,
+                spec.rootfs_read_only,
+                &spec.rootfs_io,
+            )
+        });
+    }
+    for d in &spec.extra_drives {
+        drives.push(drive(&d.id, &d.path, false, d.read_only, &d.io));
+    }
+    drives
+}
+
+/// The NICs of a VM, the default network's first.
+fn nics_of(vm: &VmInfo) -> Vec<NicJson> {
+    let mut nics = Vec::new();
+    if let (Some(net), Some(spec)) = (&vm.net, &vm.spec.net) {
+        nics.push(NicJson {
+            id: net.iface_id.clone(),
+            tap: net.tap.to_string(),
+            rx_limit: LimitJson::of(&spec.rx_limit),
+            tx_limit: LimitJson::of(&spec.tx_limit),
+        });
+    }
+    for nic in &vm.spec.extra_nics {
+        nics.push(NicJson {
+            id: nic.iface_id.clone(),
+            tap: nic.tap.to_string(),
+            rx_limit: LimitJson::of(&nic.rx_limit),
+            tx_limit: LimitJson::of(&nic.tx_limit),
+        });
+    }
+    nics
+}
+
 /// A translated guest's own address: `{"ip": string, "mac": string}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestJson {
@@ -481,6 +650,18 @@ impl From<&VmInfo> for VmJson {
             rootfs_shared: vm.spec.rootfs_shared,
             own_drives: vm.own_drives.iter().map(OwnDriveJson::from).collect(),
             boot_args: vm.spec.boot_args.clone(),
+            drives: drives_of(&vm.spec),
+            nics: nics_of(vm),
+            entropy: vm.spec.entropy.as_ref().map(|e| EntropyJson {
+                limit: LimitJson::of(&e.limit),
+            }),
+            balloon: vm.spec.balloon.map(|b| BalloonJson {
+                amount_mib: b.amount_mib,
+                deflate_on_oom: b.deflate_on_oom,
+                stats_interval_s: b.stats_interval_s,
+                free_page_hinting: b.free_page_hinting,
+                free_page_reporting: b.free_page_reporting,
+            }),
             created_at_ms: vm.created_at_ms,
             exit,
             console_tail,

@@ -25,6 +25,7 @@
 mod app;
 mod args;
 mod commands;
+mod device_args;
 mod exec;
 mod exit;
 mod human;

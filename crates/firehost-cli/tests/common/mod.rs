@@ -271,6 +271,10 @@ pub fn assert_vm_shape(vm: &Value) {
             ("rootfs_shared", &[Bool]),
             ("own_drives", &[Arr]),
             ("boot_args", &[Str]),
+            ("drives", &[Arr]),
+            ("nics", &[Arr]),
+            ("entropy", &[Obj, Null]),
+            ("balloon", &[Obj, Null]),
             ("created_at_ms", &[Int]),
             ("exit", &[Obj, Null]),
             ("console_tail", &[Arr, Null]),
@@ -281,6 +285,51 @@ pub fn assert_vm_shape(vm: &Value) {
             ("interrupted_snapshot", &[Str, Null]),
         ],
     );
+    for drive in vm["drives"].as_array().unwrap() {
+        assert_shape(
+            drive,
+            &[
+                ("id", &[Str]),
+                ("path", &[Str]),
+                ("root", &[Bool]),
+                ("read_only", &[Bool]),
+                ("cache", &[Str]),
+                ("engine", &[Str]),
+                ("partuuid", &[Str, Null]),
+                ("limit", &[Obj, Null]),
+            ],
+        );
+        assert_limit_shape(&drive["limit"]);
+    }
+    for nic in vm["nics"].as_array().unwrap() {
+        assert_shape(
+            nic,
+            &[
+                ("id", &[Str]),
+                ("tap", &[Str]),
+                ("rx_limit", &[Obj, Null]),
+                ("tx_limit", &[Obj, Null]),
+            ],
+        );
+        assert_limit_shape(&nic["rx_limit"]);
+        assert_limit_shape(&nic["tx_limit"]);
+    }
+    if vm["entropy"].is_object() {
+        assert_shape(&vm["entropy"], &[("limit", &[Obj, Null])]);
+        assert_limit_shape(&vm["entropy"]["limit"]);
+    }
+    if vm["balloon"].is_object() {
+        assert_shape(
+            &vm["balloon"],
+            &[
+                ("amount_mib", &[Int]),
+                ("stats_interval_s", &[Int]),
+                ("deflate_on_oom", &[Bool]),
+                ("free_page_hinting", &[Bool]),
+                ("free_page_reporting", &[Bool]),
+            ],
+        );
+    }
     if vm["jail"].is_object() {
         assert_shape(
             &vm["jail"],
@@ -314,6 +363,28 @@ pub fn assert_vm_shape(vm: &Value) {
                 ("guest", &[Obj, Null]),
             ],
         );
+    }
+}
+
+/// A documented limit, or null.
+pub fn assert_limit_shape(limit: &Value) {
+    use Ty::*;
+    if !limit.is_object() {
+        assert!(limit.is_null(), "{limit}");
+        return;
+    }
+    assert_shape(limit, &[("bandwidth", &[Obj, Null]), ("ops", &[Obj, Null])]);
+    for bucket in [&limit["bandwidth"], &limit["ops"]] {
+        if bucket.is_object() {
+            assert_shape(
+                bucket,
+                &[
+                    ("size", &[Int]),
+                    ("refill_time_ms", &[Int]),
+                    ("one_time_burst", &[Int, Null]),
+                ],
+            );
+        }
     }
 }
 

@@ -1,0 +1,137 @@
+//! `run`'s device flags, `update`, and the devices in the VM object.
+
+mod common;
+
+use common::{TestEnv, assert_error, assert_success, assert_vm_shape, stdout};
+use serde_json::{Value, json};
+
+fn drive<'a>(vm: &'a Value, id: &str) -> &'a Value {
+    vm["drives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("drive {id} in {vm}"))
+}
+
+#[test]
+fn run_flags_set_drives_limits_and_devices_and_update_changes_them() {
+    let env = TestEnv::new();
+    let data = env.path("data.img");
+    std::fs::write(&data, b"data").unwrap();
+    let drive_flag = format!(
+        "id=data,path={},ro,cache=writeback,bw=10Mbit/s,iops=200",
+        data.display()
+    );
+    let (_vm, vm) = env.start_vm(
+        "limited",
+        &[
+            "--rootfs-bw",
+            "100MiB/s",
+            "--rootfs-iops",
+            "1000",
+            "--drive",
+            &drive_flag,
+            "--entropy",
+        ],
+    );
+    assert_vm_shape(&vm);
+    let root = drive(&vm, "rootfs");
+    assert_eq!(root["root"], true);
+    assert_eq!(
+        root["limit"],
+        json!({
+            "bandwidth": {"size": 100 << 20, "refill_time_ms": 1000, "one_time_burst": null},
+            "ops": {"size": 1000, "refill_time_ms": 1000, "one_time_burst": null},
+        })
+    );
+    let d = drive(&vm, "data");
+    assert_eq!(
+        (&d["read_only"], &d["cache"], &d["engine"], &d["root"]),
+        (
+            &json!(true),
+            &json!("writeback"),
+            &json!("sync"),
+            &json!(false)
+        )
+    );
+    assert_eq!(d["limit"]["bandwidth"]["size"], 1_250_000);
+    assert_eq!(d["limit"]["ops"]["size"], 200);
+    assert_eq!(vm["entropy"], json!({"limit": null}));
+    assert!(vm["balloon"].is_null());
+
+    let updated = env.json(&[
+        "update",
+        "limited",
+        "--drive-bw",
+        "rootfs=none",
+        "--drive-iops",
+        "rootfs=50",
+        "--drive-bw",
+        "data=1GiB/s",
+    ]);
+    assert_vm_shape(&updated);
+    assert_eq!(
+        drive(&updated, "rootfs")["limit"],
+        json!({"bandwidth": null, "ops": {"size": 50, "refill_time_ms": 1000, "one_time_burst": null}})
+    );
+    assert_eq!(
+        drive(&updated, "data")["limit"]["bandwidth"]["size"],
+        1u64 << 30
+    );
+    assert_eq!(drive(&updated, "data")["limit"]["ops"]["size"], 200);
+    // inspect shows what update recorded.
+    assert_eq!(
+        env.json(&["inspect", "limited"])["drives"],
+        updated["drives"]
+    );
+
+    let human = env.run(&["inspect", "limited"]);
+    assert_success(&human, &["inspect"]);
+    let text = stdout(&human);
+    assert!(text.contains("drive:      rootfs (50 ops/s)"), "{text}");
+    assert!(
+        text.contains("(read-only, writeback, 1GiB/s, 200 ops/s)"),
+        "{text}"
+    );
+    assert!(text.contains("entropy:    on"), "{text}");
+}
+
+#[test]
+fn bad_device_flags_and_updates_exit_2_and_change_nothing() {
+    let env = TestEnv::new();
+    for bad in [
+        vec!["--rootfs-bw", "100MiB"],
+        vec!["--rootfs-iops", "0"],
+        vec!["--drive", "id=data"],
+        vec!["--drive", "id=x,path=/nonexistent/file"],
+        vec!["--net-rx-bw", "fast"],
+    ] {
+        let mut args = env.run_args();
+        args.extend(["--name".into(), "never".into()]);
+        args.extend(bad.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_error(&env.run(&args), 2);
+    }
+    assert_eq!(env.json(&["ls"])["vms"], json!([]));
+
+    let (_vm, before) = env.start_vm("target", &["--rootfs-bw", "1MiB/s"]);
+    for bad in [
+        vec!["update", "target"],
+        vec!["update", "target", "--drive-bw", "nope=1MiB/s"],
+        vec!["update", "target", "--drive-bw", "rootfs"],
+        vec!["update", "target", "--drive-iops", "rootfs=-1"],
+        vec!["update", "target", "--balloon-mib", "8"],
+    ] {
+        let err = assert_error(&env.run(&bad), 2);
+        assert!(
+            err.contains("target") || err.contains("update") || err.contains("rootfs"),
+            "{err}"
+        );
+    }
+    assert_error(
+        &env.run(&["update", "missing", "--drive-bw", "rootfs=1MiB/s"]),
+        3,
+    );
+    assert_eq!(env.json(&["inspect", "target"])["drives"], before["drives"]);
+}
