@@ -400,6 +400,20 @@ pub struct RunArgs {
     /// Give the guest a virtio-rng device fed by the host's entropy.
     #[arg(long, help_heading = "Devices and limits")]
     pub entropy: bool,
+    /// Give the guest a memory balloon holding MIB to start with (0: none
+    /// taken yet); needs a balloon driver in the guest to take effect.
+    #[arg(long, value_name = "MIB", help_heading = "Devices and limits")]
+    pub balloon_mib: Option<u32>,
+    /// Seconds between the balloon's memory reports [default: off].
+    #[arg(long, value_name = "SECS", requires = "balloon_mib", help_heading = "Devices and limits")]
+    pub balloon_stats_s: Option<u16>,
+    /// Let the guest take memory back from the balloon when it runs out.
+    #[arg(long, requires = "balloon_mib", help_heading = "Devices and limits")]
+    pub balloon_deflate_on_oom: bool,
+    /// Have the guest report pages as it frees them, so the host drops
+    /// them (free page reporting).
+    #[arg(long, requires = "balloon_mib", help_heading = "Devices and limits")]
+    pub balloon_free_page_reporting: bool,
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     pub vcpus: Option<u8>,

@@ -31,7 +31,7 @@ use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
 use firehost::snapshot::store::GcOptions;
 use firehost::snapshot::uffd::PageServerProgram;
 use firehost::snapshot::{BundleError, SnapshotName, StoreError, VerifyOptions};
-use firehost::spec::{DriveIo, EntropySpec};
+use firehost::spec::{BalloonSpec, DriveIo, EntropySpec};
 use firehost::vmm::LogLevel;
 use firehost::vocab::{Bandwidth, Bucket, BucketChange, LimitChange, RateLimit};
 use firehost::vsock::VsockSpec;
@@ -489,6 +489,13 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
             .map(|d| device_value("--drive", d, crate::device_args::drive))
             .collect::<Result<_, _>>()?,
         entropy: args.entropy.then(EntropySpec::default),
+        balloon: args.balloon_mib.map(|amount_mib| BalloonSpec {
+            amount_mib,
+            deflate_on_oom: args.balloon_deflate_on_oom,
+            stats_interval_s: args.balloon_stats_s.unwrap_or(0),
+            free_page_hinting: false,
+            free_page_reporting: args.balloon_free_page_reporting,
+        }),
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
         boot_args: args.boot_args,

@@ -33,6 +33,11 @@ fn run_flags_set_drives_limits_and_devices_and_update_changes_them() {
             "--drive",
             &drive_flag,
             "--entropy",
+            "--balloon-mib",
+            "0",
+            "--balloon-stats-s",
+            "2",
+            "--balloon-deflate-on-oom",
         ],
     );
     assert_vm_shape(&vm);
@@ -58,7 +63,16 @@ fn run_flags_set_drives_limits_and_devices_and_update_changes_them() {
     assert_eq!(d["limit"]["bandwidth"]["size"], 1_250_000);
     assert_eq!(d["limit"]["ops"]["size"], 200);
     assert_eq!(vm["entropy"], json!({"limit": null}));
-    assert!(vm["balloon"].is_null());
+    assert_eq!(
+        vm["balloon"],
+        json!({
+            "amount_mib": 0,
+            "deflate_on_oom": true,
+            "stats_interval_s": 2,
+            "free_page_hinting": false,
+            "free_page_reporting": false,
+        })
+    );
 
     let updated = env.json(&[
         "update",
@@ -69,6 +83,8 @@ fn run_flags_set_drives_limits_and_devices_and_update_changes_them() {
         "rootfs=50",
         "--drive-bw",
         "data=1GiB/s",
+        "--balloon-stats-s",
+        "3",
     ]);
     assert_vm_shape(&updated);
     assert_eq!(
@@ -80,6 +96,7 @@ fn run_flags_set_drives_limits_and_devices_and_update_changes_them() {
         1u64 << 30
     );
     assert_eq!(drive(&updated, "data")["limit"]["ops"]["size"], 200);
+    assert_eq!(updated["balloon"]["stats_interval_s"], 3);
     // inspect shows what update recorded.
     assert_eq!(
         env.json(&["inspect", "limited"])["drives"],
@@ -106,6 +123,8 @@ fn bad_device_flags_and_updates_exit_2_and_change_nothing() {
         vec!["--drive", "id=data"],
         vec!["--drive", "id=x,path=/nonexistent/file"],
         vec!["--net-rx-bw", "fast"],
+        vec!["--balloon-mib", "4096"],
+        vec!["--balloon-stats-s", "1"],
     ] {
         let mut args = env.run_args();
         args.extend(["--name".into(), "never".into()]);
