@@ -266,6 +266,13 @@ pub enum Command {
     /// All or nothing: if Firecracker refuses one change, those already
     /// made are taken back and the VM keeps its old settings (exit 1).
     Update(UpdateArgs),
+    /// Point a running or paused VM's drive at another file (the guest
+    /// sees new media behind the same device).
+    ///
+    /// A writable drive's new file must not be one another live VM writes
+    /// to (exit 4); a jailed VM gets a private copy of it. If Firecracker
+    /// refuses, the drive keeps its old file (exit 1).
+    SwapDrive(SwapDriveArgs),
     /// Take a snapshot (full, or --diff) of a running or paused VM.
     Snapshot(SnapshotArgs),
     /// Restore a snapshot into a new VM (running, unless --paused).
@@ -405,7 +412,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", help_heading = "Devices and limits")]
     pub balloon_mib: Option<u32>,
     /// Seconds between the balloon's memory reports [default: off].
-    #[arg(long, value_name = "SECS", requires = "balloon_mib", help_heading = "Devices and limits")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        requires = "balloon_mib",
+        help_heading = "Devices and limits"
+    )]
     pub balloon_stats_s: Option<u16>,
     /// Let the guest take memory back from the balloon when it runs out.
     #[arg(long, requires = "balloon_mib", help_heading = "Devices and limits")]
@@ -579,6 +591,17 @@ pub struct UpdateArgs {
     /// What to change.
     #[command(flatten)]
     pub devices: DeviceUpdateArgs,
+}
+
+/// `swap-drive`'s arguments.
+#[derive(Debug, Args)]
+pub struct SwapDriveArgs {
+    /// The VM's name.
+    pub name: String,
+    /// The drive's id (rootfs for the root drive).
+    pub drive: String,
+    /// The new backing file.
+    pub file: PathBuf,
 }
 
 /// Changes to a VM's devices, for `update` and, on the snapshot's devices,

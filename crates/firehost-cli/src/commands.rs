@@ -135,6 +135,11 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
             out.emit(&VmJson::from(&vm), human::vm_state_line)
         }
         Command::Update(args) => update(&manager, args, out).await,
+        Command::SwapDrive(args) => {
+            let id = vm_id(&args.name)?;
+            let info = manager.swap_drive(&id, &args.drive, &args.file).await?;
+            out.emit(&VmJson::from(&info), human::vm_record)
+        }
         Command::Snapshot(args) => snapshot(provider, args, out).await,
         Command::Restore(args) => restore(&manager, args, out).await,
         Command::Clone(args) => clone(&manager, args, out).await,

@@ -92,7 +92,7 @@
 //!
 //! | command | object |
 //! | --- | --- |
-//! | `run`, `inspect`, `pause`, `resume`, `stop` | the VM object, after the operation |
+//! | `run`, `inspect`, `pause`, `resume`, `stop`, `update`, `swap-drive` | the VM object, after the operation |
 //! | `rename` | the VM object, under its new name |
 //! | `ls` | `{"vms": [VM object…], "unreadable": [unreadable VM object…]}`, each sorted by name |
 //! | `inspect` of a quarantined VM | the unreadable VM object |

@@ -154,3 +154,24 @@ fn bad_device_flags_and_updates_exit_2_and_change_nothing() {
     );
     assert_eq!(env.json(&["inspect", "target"])["drives"], before["drives"]);
 }
+
+#[test]
+fn swap_drive_points_a_drive_at_another_file() {
+    let env = TestEnv::new();
+    let (a, b) = (env.path("a.img"), env.path("b.img"));
+    std::fs::write(&a, b"a").unwrap();
+    std::fs::write(&b, b"b").unwrap();
+    let flag = format!("id=data,path={}", a.display());
+    let (_vm, _) = env.start_vm("swapper", &["--drive", &flag]);
+    let b_arg = b.display().to_string();
+    let vm = env.json(&["swap-drive", "swapper", "data", &b_arg]);
+    assert_vm_shape(&vm);
+    let canonical = b.canonicalize().unwrap();
+    assert_eq!(drive(&vm, "data")["path"], canonical.display().to_string());
+    assert_error(&env.run(&["swap-drive", "swapper", "nope", &b_arg]), 2);
+    assert_error(
+        &env.run(&["swap-drive", "swapper", "data", "/nonexistent"]),
+        2,
+    );
+    assert_error(&env.run(&["swap-drive", "missing", "data", &b_arg]), 3);
+}

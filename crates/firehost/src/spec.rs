@@ -807,7 +807,7 @@ fn check_drive_id(id: &str) -> Result<(), SpecError> {
     }
 }
 
-fn resolve_file(role: FileRole, path: &Path) -> Result<PathBuf, SpecError> {
+pub(crate) fn resolve_file(role: FileRole, path: &Path) -> Result<PathBuf, SpecError> {
     let canonical = std::fs::canonicalize(path).map_err(|source| SpecError::File {
         role: role.clone(),
         path: path.to_owned(),

@@ -410,3 +410,133 @@ async fn a_restore_keeps_the_snapshots_limits_unless_told_otherwise() {
     assert!(matches!(err, VmError::InvalidUpdate { .. }), "{err:?}");
     assert!(!host.vm_dirs().contains(&"bad".to_owned()));
 }
+
+fn drive_path(config: &FullVmConfiguration, id: &str) -> std::path::PathBuf {
+    let drives = config.drives.as_deref().unwrap_or_default();
+    let drive = drives.iter().find(|d| d.drive_id == id).expect("the drive");
+    drive.path_on_host.clone().expect("a file-backed drive")
+}
+
+fn image(host: &TestHost, name: &str) -> std::path::PathBuf {
+    let path = host.dir.path().join(name);
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    path.canonicalize().unwrap()
+}
+
+#[tokio::test]
+async fn a_drive_swap_points_the_vmm_at_the_new_file_and_moves_the_write_hold() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let (a, b) = (image(&host, "a.img"), image(&host, "b.img"));
+    let writable = |path: &std::path::Path| VmSpec {
+        extra_drives: vec![DriveSpec::new("data", path, false)],
+        ..host.spec()
+    };
+    let vm = id("swapper");
+    manager.run(&vm, writable(&a)).await.unwrap();
+
+    let info = manager.swap_drive(&vm, "data", &b).await.unwrap();
+    assert_eq!(info.spec.extra_drives[0].path, b);
+    assert_eq!(drive_path(&vm_config(&manager, &vm).await, "data"), b);
+    // The VM now writes to b, and no longer to a.
+    let other = id("other");
+    let err = manager.run(&other, writable(&b)).await.unwrap_err();
+    assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
+    manager.run(&other, writable(&a)).await.unwrap();
+    // Swapping to a file another VM writes to is refused.
+    let err = manager.swap_drive(&vm, "data", &a).await.unwrap_err();
+    assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
+    assert_eq!(drive_path(&vm_config(&manager, &vm).await, "data"), b);
+
+    // The swap is recorded; a new manager holds b for it, not a.
+    drop(manager);
+    let manager = host.manager().await;
+    assert_eq!(manager.get(&vm).await.unwrap().spec.extra_drives[0].path, b);
+    let third = id("third");
+    let err = manager.run(&third, writable(&b)).await.unwrap_err();
+    assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_drive_swap_that_cannot_happen_changes_nothing() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let a = image(&host, "a.img");
+    let spec = VmSpec {
+        extra_drives: vec![DriveSpec::new("data", &a, false)],
+        ..host.spec()
+    };
+    let vm = id("stays");
+    let before = manager.run(&vm, spec.clone()).await.unwrap();
+    let b = image(&host, "b.img");
+    let missing = host.dir.path().join("missing.img");
+    let err = manager.swap_drive(&vm, "data", &missing).await.unwrap_err();
+    assert!(matches!(err, VmError::InvalidSpec { .. }), "{err:?}");
+    let err = manager
+        .swap_drive(&vm, "data", host.dir.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmError::InvalidSpec { .. }), "{err:?}");
+    let err = manager.swap_drive(&vm, "nope", &b).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidUpdate {
+                source: UpdateError::UnknownDrive { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(drive_path(&vm_config(&manager, &vm).await, "data"), a);
+    assert_eq!(manager.get(&vm).await.unwrap().spec, before.spec);
+
+    // Firecracker takes no swap before boot.
+    let created = id("created");
+    manager
+        .create(
+            &created,
+            VmSpec {
+                extra_drives: vec![DriveSpec::new("data", &b, true)],
+                ..host.spec()
+            },
+        )
+        .await
+        .unwrap();
+    let err = manager.swap_drive(&created, "data", &a).await.unwrap_err();
+    assert!(matches!(err, VmError::Transition { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_drive_swap_the_vmm_refuses_keeps_the_old_file_and_hold() {
+    firehost_testkit::fake_only!("injects a PATCH /drives failure");
+    let host = TestHost::new();
+    let manager = Manager::open(host.config_with_faults(&[("FAKE_FC_FAIL", "PATCH /drives/data")]))
+        .await
+        .unwrap();
+    let (a, b) = (image(&host, "a.img"), image(&host, "b.img"));
+    let writable = |path: &std::path::Path| VmSpec {
+        extra_drives: vec![DriveSpec::new("data", path, false)],
+        ..host.spec()
+    };
+    let vm = id("refused-swap");
+    let before = manager.run(&vm, writable(&a)).await.unwrap();
+    let err = manager.swap_drive(&vm, "data", &b).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::Api {
+                op: "swap a drive's file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(manager.get(&vm).await.unwrap().spec, before.spec);
+    // Still a's writer; b is free.
+    let err = manager.run(&id("on-a"), writable(&a)).await.unwrap_err();
+    assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
+    manager.run(&id("on-b"), writable(&b)).await.unwrap();
+}

@@ -824,3 +824,86 @@ async fn a_forking_jailer_that_fails_is_reported_and_leaves_nothing() {
     let cgroups = mounts.existing_dirs(Path::new(&parent_cgroup()), "bad-cpuset");
     assert!(cgroups.is_empty(), "{cgroups:?}");
 }
+
+#[tokio::test]
+async fn a_jailed_drive_swap_stages_the_new_file_at_the_drives_place_in_the_jail() {
+    let Some(jailer) = real_jailer("a_jailed_drive_swap_stages_the_new_file…") else {
+        return;
+    };
+    let jail = JailHost::new();
+    let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+    let file = |name: &str, byte: u8| {
+        let path = jail.host.dir.path().join(name);
+        std::fs::write(&path, vec![byte; 4096]).unwrap();
+        path
+    };
+    let (a, b, c) = (
+        file("a.img", b'a'),
+        file("b.img", b'b'),
+        file("c.img", b'c'),
+    );
+    let vm = id("jailed-swap");
+    let spec = VmSpec {
+        extra_drives: vec![
+            firehost::DriveSpec::new("data", &a, false),
+            firehost::DriveSpec::new("media", &c, true),
+        ],
+        ..jailed()
+    };
+    let info = within("the jailed run", LONG, manager.run(&vm, spec))
+        .await
+        .unwrap();
+    let chroot = info.jail.clone().unwrap().chroot;
+    let api = manager.api(&vm).await.unwrap().unwrap();
+    let paths = || async {
+        let config = api.get_export_vm_config().await.unwrap();
+        config
+            .drives
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| (d.drive_id, d.path_on_host.unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let before = paths().await;
+
+    let info = manager.swap_drive(&vm, "data", &b).await.unwrap();
+    assert_eq!(info.spec.extra_drives[0].path, b.canonicalize().unwrap());
+    let swapped = info.spec.extra_drives[1].path.clone();
+    assert_eq!(swapped, c.canonicalize().unwrap());
+    // Firecracker still opens the drive at its place in the jail, which now
+    // holds a private copy of b owned by the jail's uid.
+    assert_eq!(paths().await, before);
+    let inside = |drive: &str| {
+        let (_, path) = before.iter().find(|(id, _)| id == drive).unwrap();
+        chroot.join(path.strip_prefix("/").unwrap())
+    };
+    let holds = |path: &Path, byte: u8| {
+        let data = std::fs::read(path).unwrap();
+        data.len() == 4096 && data.iter().all(|b| *b == byte)
+    };
+    let staged = inside("data");
+    assert!(holds(&staged, b'b'), "{staged:?} holds b's data");
+    let meta = std::fs::metadata(&staged).unwrap();
+    assert_eq!(meta.uid(), info.jail.as_ref().unwrap().uid);
+    assert_ne!(meta.ino(), std::fs::metadata(&b).unwrap().ino(), "a copy");
+    let leftovers: Vec<_> = walk(staged.parent().unwrap())
+        .into_iter()
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".next") || name.ends_with(".previous")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A read-only drive is linked, not copied.
+    let d = file("d.img", b'd');
+    manager.swap_drive(&vm, "media", &d).await.unwrap();
+    let media = inside("media");
+    assert!(holds(&media, b'd'), "{media:?} holds d's data");
+    manager.stop(&vm, StopOptions::default()).await.unwrap();
+    manager.destroy(&vm).await.unwrap();
+    // Only the jailer's shared per-binary directory may remain, empty.
+    for left in jail.leftovers() {
+        assert_eq!(left.components().count(), 1, "{left:?} left behind");
+    }
+}

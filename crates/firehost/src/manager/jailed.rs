@@ -420,7 +420,7 @@ fn stage_files(
 }
 
 /// A drive: shared when read-only, a private copy when writable.
-fn stage_drive(
+pub(super) fn stage_drive(
     src: &Path,
     dst: &Path,
     read_only: bool,

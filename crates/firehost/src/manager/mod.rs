@@ -63,6 +63,7 @@ mod rename;
 mod restore;
 pub mod settings;
 mod snapshots;
+mod swap;
 mod update;
 mod verify;
 pub(crate) mod writers;
@@ -661,6 +662,41 @@ impl Manager {
     /// ```
     pub async fn update(&self, id: &VmId, update: &VmUpdate) -> Result<VmInfo, VmError> {
         let task = tokio::spawn(ops::update(self.shared.clone(), id.clone(), update.clone()));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Points drive `drive_id` (`rootfs` for the root drive) of a running
+    /// or paused VM at another file, which the guest sees as new media
+    /// behind the same device (Firecracker's hot swap). The drive keeps its
+    /// id, mode, cache, engine and limits.
+    ///
+    /// The file must be a regular file ([`VmError::InvalidSpec`]). For a
+    /// writable drive it must not be a file another live VM writes to
+    /// ([`VmError::DriveInUse`]), and from then on this VM holds it and no
+    /// longer holds the old one. A jailed VM gets the file as at create: a
+    /// link when read-only, a private copy when writable, at the drive's
+    /// place in its jail. When Firecracker refuses the swap the VM keeps
+    /// its old file ([`VmError::Api`]). A VM that was not started:
+    /// [`VmError::Transition`]. A clone's own copy of the drive stays in
+    /// its directory until the VM is removed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: once called, the swap completes (or is taken
+    /// back) even if this future is dropped.
+    pub async fn swap_drive(
+        &self,
+        id: &VmId,
+        drive_id: &str,
+        path: &std::path::Path,
+    ) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(swap::swap_drive(
+            self.shared.clone(),
+            id.clone(),
+            drive_id.to_owned(),
+            path.to_owned(),
+        ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }

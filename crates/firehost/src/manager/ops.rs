@@ -83,7 +83,7 @@ impl Default for SnapshotOptions {
 /// [`super::verify`]), and checks that `op` is allowed in its state. A busy
 /// VMM refuses every operation but a stop, which needs no answer from it,
 /// and the destroy of a created VM.
-async fn locked(
+pub(super) async fn locked(
     shared: &Arc<Shared>,
     id: &VmId,
     op: Operation,
@@ -125,7 +125,7 @@ async fn found(
     Ok(guard)
 }
 
-fn api_of(vm: &Vm, op: Operation) -> Result<Arc<crate::api::ApiClient>, VmError> {
+pub(super) fn api_of(vm: &Vm, op: Operation) -> Result<Arc<crate::api::ApiClient>, VmError> {
     vm.api.clone().ok_or_else(|| VmError::VmmExited {
         id: vm.record.id.clone(),
         op,

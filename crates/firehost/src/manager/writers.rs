@@ -136,6 +136,26 @@ impl Writers {
         self.by_vm.insert(new.clone(), files);
     }
 
+    /// Makes `vm` write to the drives of `new` instead of those of `old`,
+    /// or, when another VM holds one of the new files, leaves `vm` holding
+    /// the old ones and says which.
+    pub(crate) fn replace(
+        &mut self,
+        vm: &VmId,
+        old: &ResolvedSpec,
+        new: &ResolvedSpec,
+    ) -> Result<(), Taken> {
+        self.release(vm);
+        let held = self.hold(vm, &writable_drives(new));
+        if held.is_err() {
+            self.release(vm);
+            // The old files were this VM's a moment ago: no other VM can
+            // have taken them in between, as the lock is held throughout.
+            let _ = self.hold(vm, &writable_drives(old));
+        }
+        held
+    }
+
     /// Forgets what `vm` writes to; nothing if it writes to nothing.
     pub(crate) fn release(&mut self, vm: &VmId) {
         for file in self.by_vm.remove(vm).unwrap_or_default() {
