@@ -127,6 +127,8 @@ pub struct VmSpec {
 ///     iface_id: "eth1".into(),
 ///     tap: "mytap0".parse().unwrap(),
 ///     guest_mac: Some("06:00:00:00:00:09".parse().unwrap()),
+///     rx_limit: Default::default(),
+///     tx_limit: Default::default(),
 /// };
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,13 +118,26 @@ impl Bundle {
     /// without reading holes, then writes the manifest atomically and
     /// durably. Until this returns, the directory is an incomplete bundle.
     ///
+    /// A full snapshot's memory file has its all-zero pages turned into
+    /// holes on the way (its content and checksum stay the same): guest
+    /// memory the guest never touched, or that its balloon gave back,
+    /// takes no room in the bundle.
+    ///
     /// The data files are not fsynced: after a host crash, a bundle whose
     /// memory did not reach the disk fails [`Bundle::verify`].
     pub fn seal(dir: &Path, draft: ManifestDraft) -> Result<SnapshotManifest, BundleError> {
         let mut files = Vec::with_capacity(2);
         for name in [VMSTATE_FILE, MEMORY_FILE] {
             let path = dir.join(name);
-            let file = File::open(&path).map_err(|e| {
+            // A full snapshot's memory loses its zero pages (see
+            // `extents::digest_punching_zeros`); a diff's holes mean "the
+            // parent's page", so its zero pages stay.
+            let sparsify = name == MEMORY_FILE && draft.kind == super::SnapshotKind::Full;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(sparsify)
+                .open(&path);
+            let file = file.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     BundleError::MissingFile {
                         name: draft.name.clone(),
@@ -134,7 +147,12 @@ impl Bundle {
                     io_err("open", &path)(e)
                 }
             })?;
-            let digest = extents::digest(&file).map_err(io_err("hash", &path))?;
+            let digest = if sparsify {
+                extents::digest_punching_zeros(&file)
+            } else {
+                extents::digest(&file)
+            };
+            let digest = digest.map_err(io_err("hash", &path))?;
             files.push(FileEntry {
                 name: name.to_owned(),
                 size_bytes: digest.size_bytes,

@@ -78,9 +78,81 @@ pub(crate) struct FileDigest {
     pub blake3: String,
 }
 
+/// Pages this size and aligned to it are what [`digest_punching_zeros`]
+/// turns into holes: guest pages, and file-system blocks on ext4 and xfs.
+const PAGE_BYTES: u64 = PAGE as u64;
+/// [`PAGE_BYTES`] as a length in memory.
+const PAGE: usize = 4096;
+
+/// Like [`digest`], and turns every run of all-zero pages into a hole
+/// (`FALLOC_FL_PUNCH_HOLE`) as it goes: the content, and so the checksum,
+/// is the same, and the data that remains is what the guest had written.
+///
+/// Firecracker writes a full snapshot's memory whole, so guest memory that
+/// was never touched, or that a balloon took back, would take up room in
+/// the bundle, in every copy of it and in the page cache of every restore.
+/// Only for a full snapshot's memory: in a diff layer a hole means "the
+/// parent's page", not zero. `file` must be open for writing.
+pub(crate) fn digest_punching_zeros(file: &File) -> io::Result<FileDigest> {
+    let digest = digest_with(file, &mut |off, bytes| punch_zero_pages(file, off, bytes))?;
+    // What is left after the punching.
+    let mut data_bytes = 0;
+    for extent in DataExtents::new(file, digest.size_bytes) {
+        let extent = extent?;
+        data_bytes += extent.end - extent.start;
+    }
+    Ok(FileDigest {
+        data_bytes,
+        ..digest
+    })
+}
+
+/// Punches the runs of all-zero whole pages in `bytes`, read from `file` at
+/// `off`.
+fn punch_zero_pages(file: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
+    let page = PAGE;
+    // Only whole, aligned pages: the first one starts at the next boundary.
+    let skip = usize::try_from(off.next_multiple_of(PAGE_BYTES) - off).unwrap_or(usize::MAX);
+    let mut run: Option<(u64, u64)> = None;
+    let flush = |run: &mut Option<(u64, u64)>| -> io::Result<()> {
+        if let Some((start, len)) = run.take() {
+            rustix::fs::fallocate(
+                file,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                start,
+                len,
+            )?;
+        }
+        Ok(())
+    };
+    let mut at = skip;
+    while at + page <= bytes.len() {
+        let chunk = &bytes[at..at + page];
+        let start = off + at as u64;
+        if chunk.iter().all(|b| *b == 0) {
+            match &mut run {
+                Some((_, len)) => *len += PAGE_BYTES,
+                None => run = Some((start, PAGE_BYTES)),
+            }
+        } else {
+            flush(&mut run)?;
+        }
+        at += page;
+    }
+    flush(&mut run)
+}
+
 /// Hashes `file` streaming, feeding zeros for holes instead of reading them
 /// (blocking).
 pub(crate) fn digest(file: &File) -> io::Result<FileDigest> {
+    digest_with(file, &mut |_, _| Ok(()))
+}
+
+/// [`digest`], showing each piece of data read (and its offset) to `saw`.
+fn digest_with(
+    file: &File,
+    saw: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<FileDigest> {
     let len = file.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -97,6 +169,7 @@ pub(crate) fn digest(file: &File) -> io::Result<FileDigest> {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             hasher.update(&buf[..n]);
+            saw(off, &buf[..n])?;
             off += n as u64;
         }
         data_bytes += extent.end - extent.start;
@@ -253,6 +326,36 @@ mod tests {
         assert_eq!(d.blake3, blake3::hash(&bytes).to_hex().to_string());
         assert_eq!(d.size_bytes, 64 * PAGE);
         assert!(d.data_bytes >= 3 * PAGE);
+    }
+
+    #[test]
+    fn zero_pages_become_holes_and_the_content_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        // 64 pages: data in pages 0, 5 and 63, zeros written everywhere
+        // else, and a zero run that does not start on a chunk boundary.
+        let mut bytes = vec![0u8; 64 * super::PAGE];
+        for page in [0usize, 5, 63] {
+            bytes[page * super::PAGE] = 1;
+        }
+        // A page with one byte set at its end is not zero.
+        bytes[40 * super::PAGE - 1] = 7;
+        std::fs::write(&path, &bytes).unwrap();
+        let before = digest(&File::open(&path).unwrap()).unwrap();
+        assert_eq!(before.data_bytes, 64 * PAGE, "written zeros take room");
+
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let after = digest_punching_zeros(&file).unwrap();
+        assert_eq!(after.blake3, before.blake3);
+        assert_eq!(after.size_bytes, before.size_bytes);
+        assert_eq!(after.data_bytes, 4 * PAGE, "{after:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        // Again: nothing left to punch, nothing changes.
+        assert_eq!(digest_punching_zeros(&file).unwrap(), after);
     }
 
     #[test]
