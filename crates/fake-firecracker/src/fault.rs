@@ -9,7 +9,7 @@
 //! | `FAKE_FC_DELAY_MS="PUT /machine-config=200,*=5"` | delay the answer of matching requests (`*` matches any request; the first match wins) |
 //! | `FAKE_FC_EXIT_ON_START=CODE` | exit with `CODE` right after answering `InstanceStart` (a guest crash) |
 //! | `FAKE_FC_IGNORE_CTRL_ALT_DEL=1` | the guest ignores `SendCtrlAltDel` (the VM keeps running) |
-//! | `FAKE_FC_BALLOON_DRIVER=1` | the guest has a virtio-balloon driver: the balloon inflates at once, reports statistics, and runtime balloon changes are accepted (without it, as a guest with no driver: nothing inflates and they are refused, "Device not activated yet.") |
+//! | `FAKE_FC_BALLOON_DRIVER=1` | the guest has a virtio-balloon driver: while the guest runs, the balloon takes the top pages of memory (discarded as Firecracker discards them, so they read as zero and a snapshot holds zeros there), statistics report it and half the rest as free, and runtime balloon changes are accepted (without it, as a guest with no driver: nothing inflates and they are refused, "Device not activated yet.") |
 //! | `FAKE_FC_CONSOLE_FLOOD=BYTES` | once booted, the guest prints BYTES of console lines as fast as it can, then `firehost-fake-guest: flood done` |
 //! | `FAKE_FC_GUEST_TOUCH=all\|none\|first:N` | which pages a restored guest reads on its first resume (default `all`; see [`crate::guest`]) |
 //! | `FAKE_FC_REQUEST_LOG=PATH` | append `METHOD PATH` to this file as each request arrives, before any delay (how a test knows what a client waits on) |

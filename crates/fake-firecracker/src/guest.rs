@@ -149,7 +149,7 @@ impl Shared {
             let mut line = None;
             match job {
                 Job::Stamp(from, to) => {
-                    for i in from..to {
+                    for i in (from..to).filter(|i| !self.mem.ballooned(*i)) {
                         stamp_page(&self.mem, i, self.id_hash);
                     }
                     let mut s = self.lock();
@@ -170,7 +170,8 @@ impl Shared {
                     }
                 }
                 Job::Resume(n) => {
-                    for p in resume_pages(self.mem.pages(), n) {
+                    let pages = resume_pages(self.mem.pages(), n);
+                    for p in pages.into_iter().filter(|p| !self.mem.ballooned(*p)) {
                         self.mem.write_word(p, 2, n);
                     }
                     self.lock().resumes_done = n;

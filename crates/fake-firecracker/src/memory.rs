@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -148,6 +148,11 @@ pub struct GuestMemory {
     dirty: Vec<AtomicU64>,
     /// Firecracker keeps its own copy of the userfaultfd.
     uffd: Option<OwnedFd>,
+    /// Mapped from a memory file (`MAP_PRIVATE`), where discarding a page
+    /// needs a fresh anonymous mapping to read as zero.
+    file_backed: bool,
+    /// Pages the balloon holds, at the top of memory.
+    balloon: AtomicUsize,
 }
 
 // SAFETY: the regions are plain memory mappings owned by this value until drop;
@@ -226,6 +231,8 @@ impl GuestMemory {
                         pages: 0,
                         dirty: Vec::new(),
                         uffd: None,
+                        file_backed: false,
+                        balloon: AtomicUsize::new(0),
                     };
                     drop(partial);
                     return Err(MemoryError::Mmap(e));
@@ -245,6 +252,8 @@ impl GuestMemory {
             pages,
             dirty,
             uffd: None,
+            file_backed: file.is_some(),
+            balloon: AtomicUsize::new(0),
         })
     }
 
@@ -409,6 +418,67 @@ impl GuestMemory {
             }
         }
         self.pages
+    }
+
+    /// The balloon driver's work: the balloon holds the top `pages` pages
+    /// from now on. Pages it takes are discarded as Firecracker's
+    /// `discard_range` does (they read as zero; with a userfaultfd, the page
+    /// server hears of it through `UFFD_EVENT_REMOVE`); pages it gives back
+    /// stay zero until the guest writes them.
+    pub fn set_balloon(&self, pages: usize) -> io::Result<()> {
+        let pages = pages.min(self.pages);
+        let held = self.balloon.load(Ordering::Acquire);
+        if pages > held {
+            self.discard(self.pages - pages, self.pages - held)?;
+        }
+        self.balloon.store(pages, Ordering::Release);
+        Ok(())
+    }
+
+    /// Pages the balloon holds.
+    pub fn balloon_pages(&self) -> usize {
+        self.balloon.load(Ordering::Acquire)
+    }
+
+    /// Whether the balloon holds page `index` (the guest leaves it alone).
+    pub fn ballooned(&self, index: usize) -> bool {
+        index >= self.pages - self.balloon_pages()
+    }
+
+    /// Drops pages `from..to`, region by region.
+    fn discard(&self, from: usize, to: usize) -> io::Result<()> {
+        let mut first = 0;
+        for r in &self.regions {
+            let count = r.size / PAGE_SIZE;
+            let (start, end) = (from.max(first), to.min(first + count));
+            if start < end {
+                let addr = r.addr + (start - first) * PAGE_SIZE;
+                let len = (end - start) * PAGE_SIZE;
+                // SAFETY: `addr..addr + len` lies inside the live mapping `r`;
+                // the guest does not touch ballooned pages, and what it reads
+                // there afterwards is zero, as after Firecracker's discard.
+                let rc = unsafe {
+                    if self.file_backed {
+                        let p = libc::mmap(
+                            addr as *mut libc::c_void,
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
+                            -1,
+                            0,
+                        );
+                        if p == libc::MAP_FAILED { -1 } else { 0 }
+                    } else {
+                        libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED)
+                    }
+                };
+                if rc != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            first += count;
+        }
+        Ok(())
     }
 
     /// Reads the page at file offset `offset` (faulting it in), as Firecracker

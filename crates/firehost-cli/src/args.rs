@@ -674,6 +674,16 @@ pub struct SnapshotArgs {
     /// hold (a reflink where the file system has them).
     #[arg(long, conflicts_with = "diff")]
     pub disks: bool,
+    /// Inflate the VM's balloon to MIB first, so memory the guest does not
+    /// use is left out of the snapshot, and let it out again after
+    /// [default MIB: what the guest reports free, less 32]. Needs a running
+    /// guest with a balloon driver and --balloon-stats-s.
+    #[arg(long, value_name = "MIB", num_args = 0..=1, default_missing_value = "auto")]
+    pub reclaim: Option<String>,
+    /// How long --reclaim waits for the guest to fill the balloon before
+    /// the snapshot is taken anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "reclaim")]
+    pub reclaim_wait_s: u64,
 }
 
 /// `restore`'s options.

@@ -22,9 +22,9 @@ use std::time::Duration;
 use firehost::doctor::{DoctorConfig, run_checks};
 use firehost::manager::settings::HostSettings;
 use firehost::manager::{
-    ClaimOptions, ConsoleTarget, DriveLimitUpdate, NicLimitUpdate, PoolName, PoolSpec,
-    PoolTemplate, Recovery, RestoreMemory, RestoreOptions, SettingsPolicy, SnapshotOptions,
-    Snapshots, StopOptions, VmUpdate,
+    BalloonReclaim, ClaimOptions, ConsoleTarget, DriveLimitUpdate, NicLimitUpdate, PoolName,
+    PoolSpec, PoolTemplate, Recovery, RestoreMemory, RestoreOptions, SettingsPolicy,
+    SnapshotOptions, Snapshots, StopOptions, VmUpdate,
 };
 use firehost::net::firewall::PortMapping;
 use firehost::net::host::{NetSpec, NetworkConfig, Uplink};
@@ -634,10 +634,23 @@ pub async fn remove(
 async fn snapshot(provider: &dyn VmProvider, args: SnapshotArgs, out: Out) -> Result<(), CliError> {
     let id = vm_id(&args.name)?;
     let name = snapshot_name(&args.snapshot)?;
+    let reclaim = match args.reclaim.as_deref() {
+        None => None,
+        Some(amount) => Some(BalloonReclaim {
+            amount_mib: match amount {
+                "auto" => None,
+                mib => Some(mib.parse().map_err(|_| CliError::Unsupported {
+                    what: format!("--reclaim {mib:?}: expected MiB or nothing"),
+                })?),
+            },
+            deadline: Duration::from_secs(args.reclaim_wait_s),
+        }),
+    };
     let options = SnapshotOptions {
         resume: !args.no_resume,
         diff: args.diff,
         disks: args.disks,
+        reclaim,
     };
     let info = provider.snapshot(&id, &name, options).await?;
     let vm = provider.get(&id).await?;

@@ -323,16 +323,25 @@ pub fn removed(r: &RemovedJson) -> String {
 
 /// `snapshot`.
 pub fn snapshot(s: &SnapshotJson) -> String {
-    format!(
-        "snapshot {} of {} in {} ({} MiB memory, Firecracker {}); {} is {}\n",
+    let mut out = format!(
+        "snapshot {} of {} in {} ({} MiB memory, {} on disk, Firecracker {}); {} is {}\n",
         s.name,
         s.vm,
         s.dir,
         s.memory_bytes >> 20,
+        size(s.memory_data_bytes),
         s.firecracker_version,
         s.vm,
         s.vm_state
-    )
+    );
+    if let Some(r) = &s.reclaimed {
+        let _ = writeln!(
+            out,
+            "the balloon held {} MiB of its {} MiB target at the pause, and is let out again",
+            r.balloon_mib, r.target_mib
+        );
+    }
+    out
 }
 
 /// `snapshots ls`: a table of the complete bundles (SIZE is the bytes

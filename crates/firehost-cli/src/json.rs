@@ -98,7 +98,7 @@
 //! | `inspect` of a quarantined VM | the unreadable VM object |
 //! | `settings`, `settings set` | [`SettingsJson`]: the host settings recorded in the state directory (after the change) |
 //! | `rm` | [`RemovedJson`]: `{"name": string, "removed": true, "stopped": boolean}`; `stopped` is true when `-f` had to stop the VM first |
-//! | `snapshot` | [`SnapshotJson`]: `{"name", "vm", "dir", "firecracker_version": string, "vmstate_bytes", "memory_bytes", "created_at_ms": integer, "vm_state": string, "disks": [string…]}`; `vm_state` is the VM's state afterwards, `disks` the drives whose content the bundle keeps (`--disks`) |
+//! | `snapshot` | [`SnapshotJson`]: `{"name", "vm", "dir", "firecracker_version": string, "vmstate_bytes", "memory_bytes", "memory_data_bytes", "created_at_ms": integer, "vm_state": string, "disks": [string…], "reclaimed": {"target_mib", "balloon_mib": integer} or null}`; `memory_data_bytes` is what the memory file takes on disk (zero pages are holes), `vm_state` the VM's state afterwards, `disks` the drives whose content the bundle keeps (`--disks`), `reclaimed` the balloon's target and what it held at the pause with `--reclaim` |
 //! | `console` | [`ConsoleJson`]: `{"name": string, "lines": [string…]}`, oldest first; VMM stderr lines start with `[vmm] ` |
 //! | `restore` | the VM object of the new VM |
 //! | `clone` | `{"vms": [VM object…]}`, in clone order |
@@ -777,12 +777,25 @@ pub struct SnapshotJson {
     pub vmstate_bytes: u64,
     /// Size of the memory file.
     pub memory_bytes: u64,
+    /// What the memory file takes on disk.
+    pub memory_data_bytes: u64,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
     /// The VM's state after the snapshot.
     pub vm_state: &'static str,
     /// The drives whose content the bundle keeps (`--disks`).
     pub disks: Vec<String>,
+    /// The balloon before the snapshot (`--reclaim`).
+    pub reclaimed: Option<ReclaimedJson>,
+}
+
+/// `{"target_mib", "balloon_mib": integer}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReclaimedJson {
+    /// The balloon's target.
+    pub target_mib: u32,
+    /// What it held at the pause.
+    pub balloon_mib: u32,
 }
 
 impl SnapshotJson {
@@ -795,9 +808,18 @@ impl SnapshotJson {
             firecracker_version: info.manifest.firecracker_version.clone(),
             vmstate_bytes: info.manifest.vmstate_bytes,
             memory_bytes: info.manifest.memory_bytes,
+            memory_data_bytes: info
+                .manifest
+                .file(firehost::snapshot::MEMORY_FILE)
+                .and_then(|f| f.data_bytes)
+                .unwrap_or(info.manifest.memory_bytes),
             created_at_ms: info.manifest.created_at_ms,
             vm_state,
             disks: info.manifest.disks.clone(),
+            reclaimed: info.reclaimed.map(|r| ReclaimedJson {
+                target_mib: r.target_mib,
+                balloon_mib: r.balloon_mib,
+            }),
         }
     }
 }

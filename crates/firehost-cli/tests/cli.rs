@@ -268,11 +268,14 @@ fn snapshot_json_describes_the_bundle_and_the_vm_state() {
             ("firecracker_version", &[Ty::Str]),
             ("vmstate_bytes", &[Ty::Int]),
             ("memory_bytes", &[Ty::Int]),
+            ("memory_data_bytes", &[Ty::Int]),
             ("created_at_ms", &[Ty::Int]),
             ("vm_state", &[Ty::Str]),
             ("disks", &[Ty::Arr]),
+            ("reclaimed", &[Ty::Obj, Ty::Null]),
         ],
     );
+    assert!(snap["reclaimed"].is_null());
     assert_eq!(
         (&snap["name"], &snap["vm"]),
         (&"snap-1".into(), &"golden-snap".into())

@@ -175,3 +175,38 @@ fn swap_drive_points_a_drive_at_another_file() {
     );
     assert_error(&env.run(&["swap-drive", "missing", "data", &b_arg]), 3);
 }
+
+#[test]
+fn snapshot_reclaim_needs_a_balloon_and_reports_what_it_took() {
+    let env = TestEnv::new();
+    let (_vm, _) = env.start_vm("no-balloon", &[]);
+    let err = assert_error(
+        &env.run(&["snapshot", "no-balloon", "s1", "--reclaim", "8"]),
+        2,
+    );
+    assert!(err.contains("no-balloon"), "{err}");
+    assert_error(
+        &env.run(&["snapshot", "no-balloon", "s2", "--reclaim", "lots"]),
+        2,
+    );
+    assert_eq!(env.json(&["snapshots"])["snapshots"], json!([]));
+
+    let (_vm, _) = env.start_vm(
+        "ballooned",
+        &["--balloon-mib", "0", "--balloon-stats-s", "1"],
+    );
+    // The fake's guest has no balloon driver unless told: the VMM refuses.
+    let out = env.run(&[
+        "snapshot",
+        "ballooned",
+        "s3",
+        "--reclaim",
+        "8",
+        "--reclaim-wait-s",
+        "1",
+    ]);
+    assert_error(&out, 1);
+    // Without a target the guest must report its free memory; it does not.
+    assert_error(&env.run(&["snapshot", "ballooned", "s4", "--reclaim"]), 2);
+    assert_eq!(env.json(&["snapshots"])["snapshots"], json!([]));
+}

@@ -702,11 +702,40 @@ impl VmProvider for InMemoryProvider {
                 name: name.to_string(),
             });
         }
+        // The manager's refusals; with no guest here to fill the balloon,
+        // it holds nothing at the pause.
+        let reclaimed = match &options.reclaim {
+            None => None,
+            Some(reclaim) => {
+                let refused = |source| VmError::InvalidUpdate {
+                    id: id.clone(),
+                    source,
+                };
+                if vm.state != VmState::Running {
+                    return Err(refused(crate::manager::UpdateError::NotRunning));
+                }
+                let balloon = vm
+                    .spec
+                    .balloon
+                    .ok_or(refused(crate::manager::UpdateError::NoBalloon))?;
+                if balloon.stats_interval_s == 0 {
+                    return Err(refused(crate::manager::UpdateError::NoBalloonStats));
+                }
+                let target_mib = reclaim
+                    .amount_mib
+                    .ok_or(refused(crate::manager::UpdateError::NoFreeMemoryReport))?;
+                Some(crate::snapshot::Reclaimed {
+                    target_mib: target_mib.min(vm.spec.mem_mib),
+                    balloon_mib: 0,
+                })
+            }
+        };
         if vm.state == VmState::Running && !options.resume {
             vm.state = VmState::Paused;
             self.announce(id, Some(vm));
         }
         let info = SnapshotInfo {
+            reclaimed,
             name: name.clone(),
             dir: self.root.join("snapshots").join(name.as_str()),
             manifest: SnapshotManifest {

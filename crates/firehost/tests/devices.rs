@@ -540,3 +540,190 @@ async fn a_drive_swap_the_vmm_refuses_keeps_the_old_file_and_hold() {
     assert!(matches!(err, VmError::DriveInUse { .. }), "{err:?}");
     manager.run(&id("on-b"), writable(&b)).await.unwrap();
 }
+
+fn memory_data_bytes(info: &firehost::SnapshotInfo) -> u64 {
+    info.manifest
+        .file(firehost::snapshot::MEMORY_FILE)
+        .and_then(|f| f.data_bytes)
+        .expect("a sealed memory file")
+}
+
+#[tokio::test]
+async fn a_reclaim_fills_the_balloon_before_the_snapshot_and_the_bundle_leaves_it_out() {
+    firehost_testkit::fake_only!("needs a guest with a balloon driver");
+    use firehost::manager::BalloonReclaim;
+    let host = TestHost::new();
+    let manager = Manager::open(host.config_with_faults(&[("FAKE_FC_BALLOON_DRIVER", "1")]))
+        .await
+        .unwrap();
+    let vm = id("reclaimer");
+    let spec = VmSpec {
+        mem_mib: Some(128),
+        balloon: Some(BalloonSpec {
+            amount_mib: 0,
+            deflate_on_oom: true,
+            stats_interval_s: 1,
+            ..BalloonSpec::default()
+        }),
+        ..host.spec()
+    };
+    manager.run(&vm, spec).await.unwrap();
+    let plain = manager
+        .snapshot(&vm, &"plain".parse().unwrap(), SnapshotOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(plain.reclaimed, None);
+
+    let options = SnapshotOptions {
+        reclaim: Some(BalloonReclaim {
+            amount_mib: Some(96),
+            deadline: LONG,
+        }),
+        ..SnapshotOptions::default()
+    };
+    let lean = manager
+        .snapshot(&vm, &"lean".parse().unwrap(), options)
+        .await
+        .unwrap();
+    let reclaimed = lean.reclaimed.expect("a reclaim report");
+    assert_eq!((reclaimed.target_mib, reclaimed.balloon_mib), (96, 96));
+    let (with, without) = (memory_data_bytes(&lean), memory_data_bytes(&plain));
+    assert!(without >= 120 << 20, "every page was written: {without}");
+    assert!(
+        with <= 33 << 20,
+        "the balloon's 96 MiB are left out: {with}"
+    );
+    // The balloon is let out again, and the VM's spec never changed.
+    let config = vm_config(&manager, &vm).await;
+    assert_eq!(config.balloon.unwrap().amount_mib, 0);
+    assert_eq!(
+        manager
+            .get(&vm)
+            .await
+            .unwrap()
+            .spec
+            .balloon
+            .unwrap()
+            .amount_mib,
+        0
+    );
+
+    // A restore of the lean snapshot lets its balloon out before it runs.
+    let clone = id("lean-clone");
+    let info = manager
+        .restore(&clone, &"lean".parse().unwrap(), RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(
+        vm_config(&manager, &clone)
+            .await
+            .balloon
+            .unwrap()
+            .amount_mib,
+        0
+    );
+
+    // Without a target: what the guest reports free (half of 128 MiB
+    // here), less the headroom.
+    let options = SnapshotOptions {
+        reclaim: Some(BalloonReclaim {
+            amount_mib: None,
+            deadline: LONG,
+        }),
+        ..SnapshotOptions::default()
+    };
+    let auto = manager
+        .snapshot(&vm, &"auto".parse().unwrap(), options)
+        .await
+        .unwrap();
+    let expected = 64 - firehost::manager::RECLAIM_HEADROOM_MIB;
+    assert_eq!(auto.reclaimed.unwrap().target_mib, expected);
+}
+
+#[tokio::test]
+async fn a_reclaim_that_cannot_happen_takes_no_snapshot() {
+    use firehost::manager::BalloonReclaim;
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let reclaim = || SnapshotOptions {
+        reclaim: Some(BalloonReclaim {
+            amount_mib: Some(8),
+            deadline: Duration::from_secs(1),
+        }),
+        ..SnapshotOptions::default()
+    };
+    let balloon = |stats_interval_s| {
+        Some(BalloonSpec {
+            stats_interval_s,
+            ..BalloonSpec::default()
+        })
+    };
+    let cases = [
+        ("no-balloon", None, UpdateError::NoBalloon),
+        ("no-stats", balloon(0), UpdateError::NoBalloonStats),
+    ];
+    for (name, balloon, expected) in cases {
+        let vm = id(name);
+        let spec = VmSpec {
+            balloon,
+            ..host.spec()
+        };
+        manager.run(&vm, spec).await.unwrap();
+        match manager
+            .snapshot(&vm, &name.parse().unwrap(), reclaim())
+            .await
+        {
+            Err(VmError::InvalidUpdate { source, .. }) => assert_eq!(source, expected),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // A paused guest cannot fill a balloon.
+    let paused = id("paused");
+    let spec = VmSpec {
+        balloon: balloon(1),
+        ..host.spec()
+    };
+    manager.run(&paused, spec.clone()).await.unwrap();
+    manager.pause(&paused).await.unwrap();
+    let err = manager
+        .snapshot(&paused, &"paused".parse().unwrap(), reclaim())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidUpdate {
+                source: UpdateError::NotRunning,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A guest without a balloon driver: the VMM refuses the inflation.
+    let driverless = id("driverless");
+    manager.run(&driverless, spec).await.unwrap();
+    let err = manager
+        .snapshot(&driverless, &"driverless".parse().unwrap(), reclaim())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::Api {
+                op: "inflate the balloon",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let listing = manager.snapshots().list().await.unwrap();
+    assert!(
+        listing.bundles.is_empty() && listing.incomplete.is_empty(),
+        "{listing:?}"
+    );
+    assert_eq!(
+        manager.get(&driverless).await.unwrap().state,
+        VmState::Running
+    );
+}

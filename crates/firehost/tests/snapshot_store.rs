@@ -130,6 +130,7 @@ fn make(
         name: name(snap),
         dir,
         manifest,
+        reclaimed: None,
     }
 }
 

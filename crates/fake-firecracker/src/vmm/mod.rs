@@ -537,7 +537,11 @@ impl Vmm {
             },
             Action::GetBalloonStats => match &self.resources.balloon {
                 Some(b) if b.stats_polling_interval_s.unwrap_or(0) > 0 => Ok(Reply::Json(
-                    balloon::balloon_stats(b, self.resources.machine_config.mem_size_mib, self.options.balloon_driver),
+                    balloon::balloon_stats(
+                        b,
+                        self.resources.machine_config.mem_size_mib,
+                        self.options.balloon_driver.then(|| self.balloon_pages()),
+                    ),
                 )),
                 Some(_) => Err(ActionError::InternalVmm(
                     "Balloon: Received stats query when stats are disabled.".into(),
@@ -604,6 +608,7 @@ impl Vmm {
                 if let Some(g) = &self.guest {
                     g.resume();
                 }
+                self.sync_balloon();
                 // A guest loaded paused runs for the first time now: its
                 // agent starts, as it would on a load that resumes.
                 if self.agent.is_none() {
@@ -641,6 +646,7 @@ impl Vmm {
                         )))
                     } else {
                         b.amount_mib = u.amount_mib;
+                        self.sync_balloon();
                         Ok(Reply::Empty)
                     }
                 }
@@ -804,6 +810,35 @@ impl Vmm {
         }
     }
 
+    /// The guest's balloon driver, when it has one, fills or empties the
+    /// balloon to its target while the guest runs.
+    fn sync_balloon(&mut self) {
+        if !self.options.balloon_driver || self.state != VmState::Running {
+            return;
+        }
+        let failed = match (&self.resources.balloon, &self.guest) {
+            (Some(b), Some(g)) => {
+                let pages = usize::try_from(b.amount_mib).unwrap_or(usize::MAX) * 256;
+                g.memory().set_balloon(pages).err()
+            }
+            _ => None,
+        };
+        if let Some(e) = failed {
+            self.telemetry.log(
+                Level::Error,
+                "balloon",
+                &format!("discard_range failed: {e}"),
+            );
+        }
+    }
+
+    /// Pages the guest's balloon holds.
+    fn balloon_pages(&self) -> usize {
+        self.guest
+            .as_ref()
+            .map_or(0, |g| g.memory().balloon_pages())
+    }
+
     fn start_microvm(&mut self) -> Outcome {
         let Some(boot) = &self.resources.boot_source else {
             return Outcome::from(Err(ActionError::StartMicrovm(
@@ -829,6 +864,7 @@ impl Vmm {
             self.console(),
         ));
         self.state = VmState::Running;
+        self.sync_balloon();
         self.start_guest_agent(&boot_args);
         self.telemetry.log(
             Level::Info,

@@ -142,6 +142,7 @@ impl Vmm {
                     if let Some(g) = &self.guest {
                         g.resume();
                     }
+                    self.sync_balloon();
                     self.start_guest_agent(&self.boot_args());
                     outcome.effects.push(Effect::Booted {
                         console: self.console(),

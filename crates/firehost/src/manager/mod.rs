@@ -57,6 +57,7 @@ mod names;
 mod ops;
 mod pool;
 mod quarantine;
+mod reclaim;
 mod recovery;
 mod rekey;
 mod rename;
@@ -86,6 +87,7 @@ pub use pool::{
     ClaimOptions, MAX_POOL_SIZE, PoolFailure, PoolInfo, PoolSpec, PoolTemplate, RESEED_WAIT,
 };
 pub use quarantine::UnreadableVm;
+pub use reclaim::{BalloonReclaim, RECLAIM_HEADROOM_MIB};
 pub use restore::{RestoreMemory, RestoreOptions};
 pub(crate) use restore::{name_own_copies, restored_net, restored_spec};
 pub use snapshots::Snapshots;

@@ -67,6 +67,16 @@ pub struct SnapshotOptions {
     /// ([`VmError::DisksNeedFullSnapshot`]). Default false: clones copy the
     /// source's drives as they are when each is restored.
     pub disks: bool,
+    /// Before pausing, inflate the VM's balloon so that memory the guest
+    /// does not use is given back (and so left out of the bundle), then
+    /// let it out again after the snapshot. Needs a running guest with a
+    /// balloon driver and a balloon with statistics on
+    /// ([`VmError::InvalidUpdate`] otherwise; a VMM that refuses the
+    /// inflation fails the snapshot before anything is taken). Restores of
+    /// the snapshot let their balloon out to the VM's own target while
+    /// still paused. [`SnapshotInfo::reclaimed`] says what the balloon
+    /// held at the pause. Default `None`.
+    pub reclaim: Option<super::reclaim::BalloonReclaim>,
 }
 
 impl Default for SnapshotOptions {
@@ -75,6 +85,7 @@ impl Default for SnapshotOptions {
             resume: true,
             diff: false,
             disks: false,
+            reclaim: None,
         }
     }
 }
@@ -425,9 +436,38 @@ pub(super) async fn snapshot(
 ) -> Result<SnapshotInfo, VmError> {
     let mut guard = locked(&shared, &id, Operation::Snapshot).await?;
     let vm = guard.as_mut().expect("checked by locked()");
+    let api = api_of(vm, Operation::Snapshot)?;
+    let inflated = match &options.reclaim {
+        Some(_) if vm.record.state != VmState::Running => {
+            return Err(VmError::InvalidUpdate {
+                id: id.clone(),
+                source: super::update::UpdateError::NotRunning,
+            });
+        }
+        Some(reclaim) => Some(super::reclaim::inflate(&api, &id, &vm.record.spec, reclaim).await?),
+        None => None,
+    };
+    let taken = take_snapshot(&shared, vm, &id, name, &options, &api).await;
+    if let Some(inflated) = &inflated {
+        super::reclaim::deflate(&api, &id, inflated).await;
+    }
+    taken.map(|info| SnapshotInfo {
+        reclaimed: inflated.map(|i| i.reclaimed),
+        ..info
+    })
+}
+
+/// The snapshot itself, once any reclaim is done.
+async fn take_snapshot(
+    shared: &Arc<Shared>,
+    vm: &mut Vm,
+    id: &VmId,
+    name: SnapshotName,
+    options: &SnapshotOptions,
+    api: &Arc<crate::api::ApiClient>,
+) -> Result<SnapshotInfo, VmError> {
     // Intents go by the VM's key (see `names`).
     let key = vm.record.id.clone();
-    let api = api_of(vm, Operation::Snapshot)?;
     let api_err = |op| {
         let id = id.clone();
         move |source| VmError::Api { id, op, source }
@@ -550,7 +590,7 @@ pub(super) async fn snapshot(
                 })?;
         }
         let disks = if options.disks {
-            keep_disks(&id, &vm.record, &bundle).await?
+            keep_disks(id, &vm.record, &bundle).await?
         } else {
             Vec::new()
         };
@@ -622,7 +662,7 @@ pub(super) async fn snapshot(
             vm.record.pending_snapshot = None;
             let _ = vm.persist(Durability::Cached).await;
             super::intent::end(&shared.intents_dir, &key);
-            shared.slot(&id)?.publish(Some(vm));
+            shared.slot(id)?.publish(Some(vm));
             return Err(taken.err().unwrap_or(e));
         }
     }
@@ -639,11 +679,12 @@ pub(super) async fn snapshot(
             };
             vm.persist(Durability::Cached).await?;
             super::intent::end(&shared.intents_dir, &key);
-            shared.slot(&id)?.publish(Some(vm));
+            shared.slot(id)?.publish(Some(vm));
             Ok(SnapshotInfo {
                 name,
                 dir: bundle,
                 manifest,
+                reclaimed: None,
             })
         }
         Err(e) => {

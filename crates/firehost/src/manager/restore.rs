@@ -431,7 +431,10 @@ async fn build(
         // its data store: with metadata, the guest stays paused until the
         // data (with this VM's identity) is back.
         let mmds = manifest.spec.mmds.as_ref();
-        let held = mmds.is_some() || !own_drives.is_empty() || !devices.steps.is_empty();
+        // A balloon may come back inflated by a snapshot's reclaim: it is
+        // let out before the guest runs.
+        let balloon = manifest.spec.balloon.is_some() && options.devices.balloon_mib.is_none();
+        let held = mmds.is_some() || !own_drives.is_empty() || !devices.steps.is_empty() || balloon;
         load.resume_vm = Some(options.resume && !held);
         load.clock_realtime = options.clock_realtime.then_some(true);
         load.network_overrides = (!overrides.is_empty()).then_some(overrides);
@@ -459,6 +462,20 @@ async fn build(
             api.patch_guest_drive_by_id(&swap)
                 .await
                 .map_err(api_err("point a drive at the VM's own copy"))?;
+        }
+        if let Some(target) = launched.vm.record.spec.balloon.filter(|_| balloon) {
+            let loaded = api
+                .describe_balloon_config()
+                .await
+                .map_err(api_err("read the balloon"))?;
+            if loaded.amount_mib != target.amount_mib {
+                let update = crate::api::models::BalloonUpdate {
+                    amount_mib: target.amount_mib,
+                };
+                api.patch_balloon(&update)
+                    .await
+                    .map_err(api_err("let the balloon out to its target"))?;
+            }
         }
         if let Err((op, source)) = super::update::apply(&api, &devices.steps).await {
             return Err(VmError::Api {

@@ -137,6 +137,14 @@ pub enum UpdateError {
     /// (or that has no balloon).
     #[error("the VM has no balloon with statistics on")]
     NoBalloonStats,
+    /// A reclaim without a target, from a guest whose balloon driver does
+    /// not report its free memory.
+    #[error("the guest reports no free memory: give the reclaim a target")]
+    NoFreeMemoryReport,
+    /// A reclaim of a guest that is not running (it could not fill the
+    /// balloon).
+    #[error("the guest must be running to give memory back")]
+    NotRunning,
     /// Balloon statistics switched on or off after boot.
     #[error("balloon statistics cannot be switched on or off once the VM runs")]
     StatsToggled,

@@ -25,6 +25,22 @@ pub struct SnapshotInfo {
     pub dir: PathBuf,
     /// The manifest.
     pub manifest: SnapshotManifest,
+    /// What the balloon took back from the guest before the snapshot, when
+    /// it was asked to
+    /// ([`SnapshotOptions::reclaim`](crate::manager::SnapshotOptions::reclaim)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaimed: Option<Reclaimed>,
+}
+
+/// The balloon before a snapshot that reclaimed memory: the target it was
+/// given, and what it held when the guest was paused (less when the guest
+/// could not give that much back before the deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Reclaimed {
+    /// The target, in MiB.
+    pub target_mib: u32,
+    /// What the balloon held at the pause, in MiB.
+    pub balloon_mib: u32,
 }
 
 impl WorkingSet {
@@ -206,6 +222,7 @@ impl Bundle {
     /// Name, directory and manifest, as the manager reports them.
     pub fn info(&self) -> SnapshotInfo {
         SnapshotInfo {
+            reclaimed: None,
             name: self.manifest.name.clone(),
             dir: self.dir.clone(),
             manifest: self.manifest.clone(),

@@ -54,7 +54,7 @@ mod manifest;
 pub mod store;
 pub mod uffd;
 
-pub use bundle::{Bundle, PendingBundle, SnapshotInfo, VerifyOptions};
+pub use bundle::{Bundle, PendingBundle, Reclaimed, SnapshotInfo, VerifyOptions};
 pub use error::BundleError;
 pub(crate) use lock::lock_dir;
 pub use manifest::{

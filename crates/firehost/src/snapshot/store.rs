@@ -650,6 +650,7 @@ impl SnapshotStore {
         tmp.committed();
         sync_dir(&self.dir)?;
         Ok(SnapshotInfo {
+            reclaimed: None,
             name: new_name.clone(),
             dir: target,
             manifest,
