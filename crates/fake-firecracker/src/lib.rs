@@ -565,7 +565,7 @@ async fn serve(run: &RunArgs, faults: Faults, vmm: Vmm, startup: Startup) -> Exi
         loop {
             tick.tick().await;
             let mut v = metrics_vmm.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = v.telemetry.write_metrics();
+            let _ = v.flush_metrics();
         }
     });
 

@@ -300,6 +300,12 @@ pub enum Command {
     /// is made and on `pool fill`, not in the background (a service that
     /// embeds the library does).
     Pool(PoolArgs),
+    /// Show each live VM's VMM counters: block and network bytes and
+    /// operations, rate limiter throttling, vsock, balloon, API errors.
+    ///
+    /// Each refresh flushes the VMMs' metrics, so a row covers the time
+    /// since the previous one (INTERVAL).
+    Stats(crate::stats::StatsArgs),
     /// Print the last lines of a VM's serial console.
     Console(ConsoleArgs),
     /// The default network: list the VMs on it, publish and unpublish

@@ -135,6 +135,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
             out.emit(&VmJson::from(&vm), human::vm_state_line)
         }
         Command::Update(args) => update(&manager, args, out).await,
+        Command::Stats(args) => crate::stats::stats(&manager, args, out).await,
         Command::SwapDrive(args) => {
             let id = vm_id(&args.name)?;
             let info = manager.swap_drive(&id, &args.drive, &args.file).await?;
@@ -189,6 +190,8 @@ fn manager_config(
     let mut config = ManagerConfig::new(&global.state_dir, &global.firecracker);
     config.console = ConsoleTarget::File;
     config.vmm_log = Some(LogLevel::Info);
+    // `stats` reads them; Firecracker writes a line a minute otherwise.
+    config.vmm_metrics = true;
     config.timeouts.lock = LOCK_TIMEOUT;
     config.recovery = recovery;
     config.settings = policy;

@@ -163,7 +163,7 @@ pub fn pool_table(list: &crate::json::PoolListJson) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "SNAPSHOT", "READY", "FAILURE"], &rows)
+    columns(&["NAME", "SNAPSHOT", "READY", "FAILURE"], &rows)
 }
 
 /// `stop`: the state line, or that there was nothing to stop.
@@ -197,7 +197,7 @@ pub fn vm_table(list: &ListJson) -> String {
             ]
         })
         .collect();
-    let mut out = table(&["NAME", "STATE", "PID", "VCPUS", "MEM"], &rows);
+    let mut out = columns(&["NAME", "STATE", "PID", "VCPUS", "MEM"], &rows);
     for vm in &list.unreadable {
         out.push_str(&format!(
             "{} is unreadable (pid {}): {}; `firehost rm -f {}` removes it\n",
@@ -253,7 +253,7 @@ pub fn net_table(list: &NetListJson) -> String {
         })
         .collect();
     let mut out = format!("bridge {}, subnet {}\n", list.bridge, list.subnet);
-    out.push_str(&table(&["NAME", "IP", "MAC", "TAP", "PUBLISHED"], &rows));
+    out.push_str(&columns(&["NAME", "IP", "MAC", "TAP", "PUBLISHED"], &rows));
     out
 }
 
@@ -283,7 +283,7 @@ fn list_or_dash(items: &[String]) -> String {
 }
 
 /// Left-aligned columns two spaces apart, no trailing blanks.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -364,7 +364,7 @@ pub fn snapshot_table(list: &SnapshotListJson) -> String {
             ]
         })
         .collect();
-    let mut out = table(
+    let mut out = columns(
         &["NAME", "KIND", "PARENT", "VM", "SIZE", "CREATED", "LEASES"],
         &rows,
     );
@@ -528,7 +528,7 @@ pub fn gc(g: &GcJson) -> String {
 }
 
 /// Bytes in binary units: `512B`, `4.0K`, `128M`, `1.5G`.
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
     if bytes < 1024 {
         return format!("{bytes}B");

@@ -103,6 +103,7 @@
 //! | `restore` | the VM object of the new VM |
 //! | `clone` | `{"vms": [VM object…]}`, in clone order |
 //! | `snapshots ls` (or plain `snapshots`) | [`SnapshotListJson`], below |
+//! | `stats` | `{"vms": [{"name": string, "interval_ms": integer or null, "metrics": object}…], "errors": [{"name", "error": string}…]}`, one line per refresh with `--watch`. `metrics` is `firehost::metrics::VmmMetrics`: `{"utc_timestamp_ms": integer, "block", "net", "vsock", "balloon", "entropy", "api": object, "drives", "nics": {id: object}, "vcpu_failures", "vmm_panics", "seccomp_faults": integer}`, every counter what happened during `interval_ms` |
 //! | `snapshots inspect` | [`SnapshotDetailsJson`], below |
 //! | `snapshots verify` | [`VerifyJson`], below |
 //! | `snapshots rm` | [`SnapshotRemovedJson`]: `{"name": string, "removed": true}` |

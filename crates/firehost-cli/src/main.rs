@@ -32,6 +32,7 @@ mod human;
 mod image;
 mod json;
 mod quickstart;
+mod stats;
 
 fn main() -> std::process::ExitCode {
     app::main()

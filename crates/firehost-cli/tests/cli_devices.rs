@@ -210,3 +210,64 @@ fn snapshot_reclaim_needs_a_balloon_and_reports_what_it_took() {
     assert_error(&env.run(&["snapshot", "ballooned", "s4", "--reclaim"]), 2);
     assert_eq!(env.json(&["snapshots"])["snapshots"], json!([]));
 }
+
+#[test]
+fn stats_shows_each_vms_counters_once_or_every_interval() {
+    let env = TestEnv::new();
+    let data = env.path("data.img");
+    std::fs::write(&data, b"data").unwrap();
+    let flag = format!("id=data,path={}", data.display());
+    let (_a, _) = env.start_vm("alpha", &["--drive", &flag]);
+    let (_b, _) = env.start_vm("beta", &[]);
+    let report = env.json(&["stats"]);
+    common::assert_shape(
+        &report,
+        &[("vms", &[common::Ty::Arr]), ("errors", &[common::Ty::Arr])],
+    );
+    let names: Vec<&str> = report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    let alpha = &report["vms"][0];
+    let drives: Vec<&String> = alpha["metrics"]["drives"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(drives, ["data", "rootfs"]);
+    assert!(
+        alpha["metrics"]["api"]["requests"].as_u64().unwrap() >= 1,
+        "{alpha}"
+    );
+
+    let out = env.run(&[
+        "--json",
+        "stats",
+        "beta",
+        "--watch",
+        "--count",
+        "3",
+        "--interval-ms",
+        "20",
+    ]);
+    assert_success(&out, &["stats --watch"]);
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines[1..] {
+        assert_eq!(line["vms"][0]["name"], "beta");
+        assert!(line["vms"][0]["interval_ms"].is_u64(), "{line}");
+    }
+
+    let text = env.run(&["stats"]);
+    assert_success(&text, &["stats"]);
+    let text = stdout(&text);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert_error(&env.run(&["stats", "missing"]), 3);
+}

@@ -59,6 +59,7 @@ pub mod error_kind;
 pub mod fsutil;
 pub mod id;
 pub mod jail;
+pub mod metrics;
 pub mod net;
 pub mod record;
 pub mod socket_path;

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("bounded_log", &[]),
     ("error_kind", &[]),
     ("console", &[]),
+    ("metrics", &[]),
     ("state", &["id"]),
     // The words a spec is written in.
     ("vocab", &["id"]),

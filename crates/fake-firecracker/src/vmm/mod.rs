@@ -525,8 +525,7 @@ impl Vmm {
         let result = match action {
             Action::CreateSnapshot(params) => self.create_snapshot(&params),
             Action::FlushMetrics => self
-                .telemetry
-                .write_metrics()
+                .flush_metrics()
                 .map(|()| Reply::Empty)
                 .map_err(|e| ActionError::InternalVmm(format!("Error writing metrics: {e}"))),
             Action::GetBalloon => match &self.resources.balloon {
@@ -819,6 +818,12 @@ impl Vmm {
         let failed = match (&self.resources.balloon, &self.guest) {
             (Some(b), Some(g)) => {
                 let pages = usize::try_from(b.amount_mib).unwrap_or(usize::MAX) * 256;
+                let held = g.memory().balloon_pages();
+                if pages > held {
+                    self.telemetry.counters.balloon_inflates += 1;
+                } else if pages < held {
+                    self.telemetry.counters.balloon_deflates += 1;
+                }
                 g.memory().set_balloon(pages).err()
             }
             _ => None,
@@ -830,6 +835,25 @@ impl Vmm {
                 &format!("discard_range failed: {e}"),
             );
         }
+    }
+
+    /// Writes a metrics line with a group for each drive and NIC.
+    pub(crate) fn flush_metrics(&mut self) -> std::io::Result<()> {
+        let devices = crate::telemetry::MetricDevices {
+            drives: self
+                .resources
+                .drives
+                .iter()
+                .map(|d| d.drive_id.clone())
+                .collect(),
+            nics: self
+                .resources
+                .network_interfaces
+                .iter()
+                .map(|n| n.iface_id.clone())
+                .collect(),
+        };
+        self.telemetry.write_metrics(&devices)
     }
 
     /// Pages the guest's balloon holds.
@@ -871,7 +895,7 @@ impl Vmm {
             "main",
             "Successfully started microvm that was configured from one single json",
         );
-        let _ = self.telemetry.write_metrics();
+        let _ = self.flush_metrics();
         let mc = &self.resources.machine_config;
         let console = self.console();
         let mut effects = vec![Effect::Booted {

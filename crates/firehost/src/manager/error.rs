@@ -47,6 +47,19 @@ pub enum VmError {
         #[source]
         source: super::update::UpdateError,
     },
+    /// Metrics were asked of a manager that does not collect them
+    /// ([`ManagerConfig::vmm_metrics`](crate::ManagerConfig::vmm_metrics)).
+    #[error("VM {id}: the manager does not collect metrics (vmm_metrics is off)")]
+    MetricsOff {
+        /// The id.
+        id: VmId,
+    },
+    /// A metrics flush did not reach the VM's metrics file in time.
+    #[error("VM {id}: the metrics flush did not arrive in time")]
+    MetricsTimeout {
+        /// The id.
+        id: VmId,
+    },
     /// The operation is not allowed in the VM's state; nothing changed.
     /// (The transition is part of the message, not a separate cause: it is
     /// the whole explanation.)
@@ -572,6 +585,7 @@ impl VmError {
             | VmError::NoParentSnapshot { .. } => ErrorKind::Conflict,
             VmError::InvalidSpec { .. }
             | VmError::InvalidUpdate { .. }
+            | VmError::MetricsOff { .. }
             | VmError::SocketPathTooLong { .. }
             | VmError::NoVsock { .. }
             | VmError::DisksNeedFullSnapshot { .. } => ErrorKind::InvalidInput,
@@ -593,6 +607,7 @@ impl VmError {
             | VmError::StopTimeout { .. }
             | VmError::Record { .. }
             | VmError::VmmExited { .. }
+            | VmError::MetricsTimeout { .. }
             | VmError::SnapshotVersion { .. }
             | VmError::PageServer { .. } => ErrorKind::Failed,
         }

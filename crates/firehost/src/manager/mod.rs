@@ -53,6 +53,7 @@ mod jailed;
 mod launch;
 mod lock;
 mod memory_server;
+mod metrics;
 mod names;
 mod ops;
 mod pool;
@@ -82,6 +83,7 @@ pub use config::{
     find_binary,
 };
 pub use error::{DriveProblem, MAX_SOCKET_PATH_BYTES, ManagerError, UnreadableReason, VmError};
+pub use metrics::{MetricsSubscription, VmMetrics};
 pub use ops::{SnapshotOptions, StopOptions, StopOutcome};
 pub use pool::{
     ClaimOptions, MAX_POOL_SIZE, PoolFailure, PoolInfo, PoolSpec, PoolTemplate, RESEED_WAIT,
@@ -701,6 +703,47 @@ impl Manager {
         ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Asks the VM's Firecracker to flush its metrics and returns them:
+    /// what happened since its previous flush (Firecracker also flushes
+    /// every 60 seconds on its own, and whenever this is called), typed
+    /// (see [`crate::metrics`]).
+    ///
+    /// Needs [`ManagerConfig::vmm_metrics`] ([`VmError::MetricsOff`]) and
+    /// a live VMM. [`VmError::MetricsTimeout`] when the flush does not
+    /// reach the VM's `metrics.json` within [`Timeouts::request`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped call leaves at most an extra flush in the
+    /// file.
+    ///
+    /// [`Timeouts::request`]: crate::manager::Timeouts::request
+    pub async fn metrics(&self, id: &VmId) -> Result<VmMetrics, VmError> {
+        metrics::metrics(&self.shared, id).await
+    }
+
+    /// The VM's metrics every `every` (at least 10 ms): a flush each time,
+    /// as [`metrics`](Self::metrics). A failed flush is passed on and the
+    /// subscription goes on; it ends once the VM, or its VMM, is gone.
+    /// Dropping it stops its flushes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: &firehost::Manager, id: &firehost::VmId) {
+    /// use std::time::Duration;
+    ///
+    /// let mut every_second = manager.subscribe_metrics(id, Duration::from_secs(1));
+    /// while let Some(Ok(flush)) = every_second.next().await {
+    ///     let rx = flush.metrics.net.rx_bytes_count;
+    ///     println!("{}: {rx} bytes in over {:?} ms", flush.vm, flush.interval_ms);
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe_metrics(&self, id: &VmId, every: std::time::Duration) -> MetricsSubscription {
+        metrics::subscribe(self.shared.clone(), id.clone(), every)
     }
 
     /// The guest's memory as its balloon driver last reported it

@@ -113,7 +113,7 @@ pub(super) async fn locked(
 
 /// The VM's lock, once it is known to exist and its VMM has been verified
 /// (for `op`); its state is not checked.
-async fn found(
+pub(super) async fn found(
     shared: &Arc<Shared>,
     id: &VmId,
     op: Operation,
