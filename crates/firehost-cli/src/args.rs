@@ -410,6 +410,11 @@ pub struct RunArgs {
         help_heading = "Devices and limits"
     )]
     pub net_tx_bw: Option<String>,
+    /// A CPU template: one of Firecracker's static ones (C3, T2, T2S, T2CL,
+    /// T2A, V1N1), refused unless this host's CPU is one it is for, or a
+    /// custom template file (Firecracker's cpu-config JSON).
+    #[arg(long, value_name = "NAME|FILE", help_heading = "Devices and limits")]
+    pub cpu_template: Option<String>,
     /// Give the guest a virtio-rng device fed by the host's entropy.
     #[arg(long, help_heading = "Devices and limits")]
     pub entropy: bool,

@@ -497,6 +497,10 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
             .map(|d| device_value("--drive", d, crate::device_args::drive))
             .collect::<Result<_, _>>()?,
         entropy: args.entropy.then(EntropySpec::default),
+        cpu_template: args.cpu_template.as_deref().map(|t| {
+            t.parse()
+                .unwrap_or_else(|never: std::convert::Infallible| match never {})
+        }),
         balloon: args.balloon_mib.map(|amount_mib| BalloonSpec {
             amount_mib,
             deflate_on_oom: args.balloon_deflate_on_oom,

@@ -766,6 +766,9 @@ fn device_rows(vm: &VmJson, rows: &mut Vec<(&'static str, String)>) {
             ),
         ));
     }
+    if let Some(template) = &vm.cpu_template {
+        rows.push(("cpu template", template.clone()));
+    }
     if let Some(entropy) = &vm.entropy {
         let text = entropy.limit.as_ref().map_or("on".to_owned(), limit_text);
         rows.push(("entropy", text));
@@ -873,6 +876,7 @@ mod tests {
             nics: Vec::new(),
             entropy: None,
             balloon: None,
+            cpu_template: None,
             created_at_ms: 0,
             exit: None,
             console_tail: None,
@@ -1050,6 +1054,7 @@ mod tests {
             nics: Vec::new(),
             entropy: None,
             balloon: None,
+            cpu_template: None,
             created_at_ms: 0,
             exit: None,
             console_tail: None,

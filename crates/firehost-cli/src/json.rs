@@ -47,6 +47,7 @@
 //! | `drives` | array | every drive, the root filesystem first: `[{"id", "path": string, "root", "read_only": boolean, "cache": "unsafe" or "writeback", "engine": "sync" or "async", "partuuid": string or null, "limit": limit or null}…]` |
 //! | `nics` | array | every NIC, `eth0` of the default network first: `[{"id", "tap": string, "rx_limit", "tx_limit": limit or null}…]` |
 //! | `entropy` | object or null | the virtio-rng device, `{"limit": limit or null}`; null without one |
+//! | `cpu_template` | string or null | the CPU template: a static template's name (`T2S`) or a custom template's file |
 //! | `balloon` | object or null | the balloon, `{"amount_mib", "stats_interval_s": integer, "deflate_on_oom", "free_page_hinting", "free_page_reporting": boolean}`; `amount_mib` is its current target; null without one |
 //! | `created_at_ms` | integer | creation time |
 //! | `exit` | object or null | for `stopped` and `failed` VMs: how the VMM ended, `{"code": integer or null, "signal": integer or null}`; both null when no firehost process saw the exit |
@@ -289,6 +290,8 @@ pub struct VmJson {
     pub entropy: Option<EntropyJson>,
     /// The balloon.
     pub balloon: Option<BalloonJson>,
+    /// The CPU template: a static name or a custom file.
+    pub cpu_template: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
     /// How the VMM ended, for stopped and failed VMs.
@@ -662,6 +665,10 @@ impl From<&VmInfo> for VmJson {
                 stats_interval_s: b.stats_interval_s,
                 free_page_hinting: b.free_page_hinting,
                 free_page_reporting: b.free_page_reporting,
+            }),
+            cpu_template: vm.spec.cpu_template.as_ref().map(|t| match t {
+                firehost::spec::ResolvedCpuTemplate::Static(t) => t.to_string(),
+                firehost::spec::ResolvedCpuTemplate::Custom { path: p, .. } => path(p),
             }),
             created_at_ms: vm.created_at_ms,
             exit,

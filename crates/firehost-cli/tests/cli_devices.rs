@@ -271,3 +271,20 @@ fn stats_shows_each_vms_counters_once_or_every_interval() {
     assert_eq!(text.lines().count(), 3, "{text}");
     assert_error(&env.run(&["stats", "missing"]), 3);
 }
+
+#[test]
+fn run_takes_a_custom_cpu_template_file_and_refuses_a_bad_one() {
+    let env = TestEnv::new();
+    let file = env.path("cpu.json");
+    std::fs::write(&file, r#"{"cpuid_modifiers": []}"#).unwrap();
+    let arg = file.display().to_string();
+    let (_vm, vm) = env.start_vm("templated", &["--cpu-template", &arg]);
+    assert_vm_shape(&vm);
+    assert_eq!(vm["cpu_template"], arg);
+    std::fs::write(&file, "{").unwrap();
+    let mut args = env.run_args();
+    args.extend(["--name".into(), "bad".into(), "--cpu-template".into(), arg]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = assert_error(&env.run(&args), 2);
+    assert!(err.contains("CPU template"), "{err}");
+}

@@ -54,6 +54,7 @@ pub mod agent;
 pub mod api;
 pub mod bounded_log;
 pub mod console;
+pub mod cpu;
 pub mod elf;
 pub mod error_kind;
 pub mod fsutil;

@@ -763,6 +763,7 @@ impl VmProvider for InMemoryProvider {
                 memory_bytes: u64::from(vm.spec.mem_mib) << 20,
                 files: Vec::new(),
                 created_at_ms: 0,
+                host_cpu: None,
             },
         };
         snapshots.insert(name.clone(), info.clone());

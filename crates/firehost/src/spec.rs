@@ -99,6 +99,10 @@ pub struct VmSpec {
     /// guest does not use (see [`BalloonSpec`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonSpec>,
+    /// A CPU template: the CPU features the guest is shown, so guests see
+    /// the same CPU on different hosts (see [`CpuTemplateSpec`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<CpuTemplateSpec>,
     /// A vsock device (the channel to the guest agent; see
     /// [`crate::agent`]). Its socket lives in the VM's directory, and the
     /// guest gets the agent's token on its kernel command line.
@@ -157,6 +161,199 @@ pub struct EntropySpec {
     /// Limits on the bytes (and requests) the guest may draw.
     #[serde(skip_serializing_if = "RateLimit::is_unlimited")]
     pub limit: RateLimit,
+}
+
+/// A CPU template: which CPU features the guest is shown.
+///
+/// Firecracker's static templates mask the guest's CPU down to that of an
+/// EC2 instance family (Firecracker deprecates them); a custom template is
+/// a JSON file in Firecracker's `cpu-config` format. A static template for
+/// the other CPU vendor is refused before anything starts
+/// ([`SpecError::CpuTemplateVendor`]), as is one for a CPU model
+/// Firecracker does not apply it on ([`SpecError::CpuTemplateModel`]:
+/// static templates are for particular EC2 CPU generations), and a custom
+/// template that
+/// does not parse or is for the other architecture
+/// ([`SpecError::CpuTemplateFile`]).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::spec::{CpuTemplateSpec, StaticCpuTemplate};
+///
+/// let t2a: CpuTemplateSpec = "t2a".parse().unwrap();
+/// assert_eq!(t2a, CpuTemplateSpec::Static(StaticCpuTemplate::T2A));
+/// let custom: CpuTemplateSpec = "/etc/firehost/cpu.json".parse().unwrap();
+/// assert!(matches!(custom, CpuTemplateSpec::Custom(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuTemplateSpec {
+    /// One of Firecracker's static templates.
+    Static(StaticCpuTemplate),
+    /// A custom template file.
+    Custom(PathBuf),
+}
+
+impl std::str::FromStr for CpuTemplateSpec {
+    type Err = std::convert::Infallible;
+
+    /// A static template's name (any case), else a file.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text.parse::<StaticCpuTemplate>() {
+            Ok(t) => CpuTemplateSpec::Static(t),
+            Err(()) => CpuTemplateSpec::Custom(PathBuf::from(text)),
+        })
+    }
+}
+
+/// Firecracker's static CPU templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StaticCpuTemplate {
+    /// Intel, like C3 instances.
+    C3,
+    /// Intel, like T2 instances.
+    T2,
+    /// Intel, like T2 instances, for moving snapshots between hosts.
+    T2S,
+    /// Intel Cascade Lake and newer, like T2 instances.
+    T2CL,
+    /// AMD, like T2 instances.
+    T2A,
+    /// ARM Neoverse V1, like N1.
+    V1N1,
+}
+
+impl StaticCpuTemplate {
+    /// The CPU vendor (`/proc/cpuinfo`'s `vendor_id`) or architecture it is
+    /// for.
+    pub fn vendor(self) -> &'static str {
+        match self {
+            StaticCpuTemplate::C3
+            | StaticCpuTemplate::T2
+            | StaticCpuTemplate::T2S
+            | StaticCpuTemplate::T2CL => "GenuineIntel",
+            StaticCpuTemplate::T2A => "AuthenticAMD",
+            StaticCpuTemplate::V1N1 => "aarch64",
+        }
+    }
+}
+
+/// CPU signatures (see [`crate::cpu::HostCpu::signature`]): Intel Skylake,
+/// Cascade Lake and Ice Lake, AMD Milan.
+const SKYLAKE: u32 = 0x0005_0654;
+const CASCADE_LAKE: u32 = 0x0005_0657;
+const ICE_LAKE: u32 = 0x0006_06A6;
+const MILAN: u32 = 0x00A0_0F11;
+
+impl StaticCpuTemplate {
+    /// The CPU models Firecracker applies it on (it refuses the template
+    /// at boot on any other); `None`: any of its vendor's.
+    pub fn models(self) -> Option<&'static [u32]> {
+        match self {
+            StaticCpuTemplate::C3 | StaticCpuTemplate::T2 => {
+                Some(&[SKYLAKE, CASCADE_LAKE, ICE_LAKE])
+            }
+            StaticCpuTemplate::T2S => Some(&[SKYLAKE, CASCADE_LAKE]),
+            StaticCpuTemplate::T2CL => Some(&[CASCADE_LAKE, ICE_LAKE]),
+            StaticCpuTemplate::T2A => Some(&[MILAN]),
+            StaticCpuTemplate::V1N1 => None,
+        }
+    }
+}
+
+impl std::str::FromStr for StaticCpuTemplate {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        Ok(match text.to_ascii_uppercase().as_str() {
+            "C3" => StaticCpuTemplate::C3,
+            "T2" => StaticCpuTemplate::T2,
+            "T2S" => StaticCpuTemplate::T2S,
+            "T2CL" => StaticCpuTemplate::T2CL,
+            "T2A" => StaticCpuTemplate::T2A,
+            "V1N1" => StaticCpuTemplate::V1N1,
+            _ => return Err(()),
+        })
+    }
+}
+
+impl std::fmt::Display for StaticCpuTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// A checked CPU template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedCpuTemplate {
+    /// A static template for this host's vendor.
+    Static(StaticCpuTemplate),
+    /// A custom template: its file, and the content it had at create (what
+    /// the VM was given, whatever happens to the file later).
+    Custom {
+        /// The canonical path.
+        path: PathBuf,
+        /// Firecracker's `cpu-config` body.
+        config: serde_json::Value,
+    },
+}
+
+/// The largest custom CPU template file read.
+pub const MAX_CPU_TEMPLATE_BYTES: u64 = 1 << 20;
+
+fn resolve_cpu_template(template: &CpuTemplateSpec) -> Result<ResolvedCpuTemplate, SpecError> {
+    match template {
+        CpuTemplateSpec::Static(t) => {
+            let host = crate::cpu::HostCpu::detect();
+            if host.vendor != t.vendor() {
+                return Err(SpecError::CpuTemplateVendor {
+                    template: *t,
+                    host: host.vendor,
+                });
+            }
+            if t.models()
+                .is_some_and(|models| !models.contains(&host.signature))
+            {
+                return Err(SpecError::CpuTemplateModel {
+                    template: *t,
+                    model: host.model,
+                    signature: host.signature,
+                });
+            }
+            Ok(ResolvedCpuTemplate::Static(*t))
+        }
+        CpuTemplateSpec::Custom(path) => {
+            let canonical = resolve_file(FileRole::CpuTemplate, path)?;
+            let bad = |why: String| SpecError::CpuTemplateFile {
+                path: path.clone(),
+                why,
+            };
+            let len = std::fs::metadata(&canonical).map_or(0, |m| m.len());
+            if len > MAX_CPU_TEMPLATE_BYTES {
+                return Err(bad(format!("larger than {MAX_CPU_TEMPLATE_BYTES} bytes")));
+            }
+            let text = std::fs::read(&canonical).map_err(|e| bad(e.to_string()))?;
+            let config: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+            let parsed: firehost_api::CpuConfig = serde_json::from_value(config.clone())
+                .map_err(|e| bad(format!("not a Firecracker CPU template: {e}")))?;
+            let x86 = parsed.cpuid_modifiers.is_some() || parsed.msr_modifiers.is_some();
+            let arm = parsed.reg_modifiers.is_some() || parsed.vcpu_features.is_some();
+            let host_x86 = cfg!(target_arch = "x86_64");
+            if (x86 && !host_x86) || (arm && host_x86) {
+                return Err(bad(format!(
+                    "it is for another architecture than this host's {}",
+                    std::env::consts::ARCH
+                )));
+            }
+            Ok(ResolvedCpuTemplate::Custom {
+                path: canonical,
+                config,
+            })
+        }
+    }
 }
 
 /// The virtio balloon: memory the guest hands back to the host.
@@ -390,6 +587,9 @@ pub struct ResolvedSpec {
     /// The balloon asked for; `amount_mib` is its current target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonSpec>,
+    /// The CPU template, a custom one with the content it had at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<ResolvedCpuTemplate>,
     /// The vsock device asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockSpec>,
@@ -425,6 +625,7 @@ impl ResolvedSpec {
             extra_nics: vec![],
             entropy: None,
             balloon: None,
+            cpu_template: None,
             vsock: None,
             mmds: None,
             jail: None,
@@ -443,6 +644,8 @@ pub enum FileRole {
     Rootfs,
     /// An extra drive, by id.
     Drive(String),
+    /// A custom CPU template.
+    CpuTemplate,
 }
 
 impl std::fmt::Display for FileRole {
@@ -452,6 +655,7 @@ impl std::fmt::Display for FileRole {
             FileRole::Initrd => f.write_str("initrd"),
             FileRole::Rootfs => f.write_str("rootfs"),
             FileRole::Drive(id) => write!(f, "drive {id:?}"),
+            FileRole::CpuTemplate => f.write_str("CPU template"),
         }
     }
 }
@@ -564,6 +768,34 @@ pub enum SpecError {
         /// What is wrong.
         #[source]
         source: RateLimitError,
+    },
+    /// A static CPU template for another CPU vendor than the host's.
+    #[error("CPU template {template} is for {} CPUs; this host's is {host}", template.vendor())]
+    CpuTemplateVendor {
+        /// The template.
+        template: StaticCpuTemplate,
+        /// The host's vendor.
+        host: String,
+    },
+    /// A static CPU template Firecracker does not apply on this CPU model.
+    #[error(
+        "CPU template {template} is not for this CPU model ({model}, signature {signature:#x})"
+    )]
+    CpuTemplateModel {
+        /// The template.
+        template: StaticCpuTemplate,
+        /// The host's model name.
+        model: String,
+        /// The host's CPU signature.
+        signature: u32,
+    },
+    /// A custom CPU template that cannot be used.
+    #[error("CPU template {path:?} cannot be used: {why}")]
+    CpuTemplateFile {
+        /// The file as given.
+        path: PathBuf,
+        /// Why.
+        why: String,
     },
     /// A balloon larger than the guest's memory.
     #[error("a balloon of {amount_mib} MiB is larger than the guest's {mem_mib} MiB")]
@@ -686,6 +918,11 @@ impl VmSpec {
             .or(defaults.rootfs.as_ref())
             .map(|p| resolve_file(FileRole::Rootfs, p))
             .transpose()?;
+        let cpu_template = self
+            .cpu_template
+            .as_ref()
+            .map(resolve_cpu_template)
+            .transpose()?;
         let extra_drives = self
             .extra_drives
             .iter()
@@ -716,6 +953,7 @@ impl VmSpec {
             extra_nics: self.extra_nics.clone(),
             entropy: self.entropy,
             balloon: self.balloon,
+            cpu_template,
             vsock: self.vsock.clone(),
             mmds: self.mmds.clone(),
             jail: self.jail.clone(),

@@ -12,7 +12,10 @@ use firehost::api::models::{
     CacheType, FullVmConfiguration, IoEngine as ApiIoEngine, RateLimiter, TokenBucket,
 };
 use firehost::manager::{DriveLimitUpdate, RestoreOptions, SnapshotOptions, UpdateError, VmUpdate};
-use firehost::spec::{BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine};
+use firehost::spec::{
+    BalloonSpec, CpuTemplateSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine,
+    ResolvedCpuTemplate, StaticCpuTemplate,
+};
 use firehost::vocab::{Bucket, BucketChange, LimitChange, RateLimit};
 use firehost::{Manager, VmError, VmId, VmSpec, VmState};
 
@@ -726,4 +729,157 @@ async fn a_reclaim_that_cannot_happen_takes_no_snapshot() {
         manager.get(&driverless).await.unwrap().state,
         VmState::Running
     );
+}
+
+/// The static template for this host's CPU vendor, and one for another.
+fn templates() -> (StaticCpuTemplate, StaticCpuTemplate) {
+    let vendor = firehost::cpu::HostCpu::detect().vendor;
+    match vendor.as_str() {
+        "AuthenticAMD" => (StaticCpuTemplate::T2A, StaticCpuTemplate::T2S),
+        _ => (StaticCpuTemplate::T2S, StaticCpuTemplate::T2A),
+    }
+}
+
+#[tokio::test]
+async fn cpu_templates_reach_the_vmm_and_the_other_vendors_are_refused() {
+    use firehost::api::models::CpuTemplate as ApiTemplate;
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let (ours, theirs) = templates();
+    let with = |t: CpuTemplateSpec| VmSpec {
+        cpu_template: Some(t),
+        ..host.spec()
+    };
+    let vm = id("templated");
+    let here = firehost::cpu::HostCpu::detect();
+    let result = manager.run(&vm, with(CpuTemplateSpec::Static(ours))).await;
+    if ours.models().unwrap().contains(&here.signature) {
+        let info = result.unwrap();
+        assert_eq!(
+            info.spec.cpu_template,
+            Some(ResolvedCpuTemplate::Static(ours))
+        );
+        let machine = vm_config(&manager, &vm).await.machine_config.unwrap();
+        let expected = match ours {
+            StaticCpuTemplate::T2A => ApiTemplate::T2A,
+            _ => ApiTemplate::T2S,
+        };
+        assert_eq!(machine.cpu_template, Some(expected));
+    } else {
+        // Firecracker would refuse it at boot: refused before anything
+        // starts instead.
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VmError::InvalidSpec {
+                    source: firehost::SpecError::CpuTemplateModel { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!host.vm_dirs().contains(&"templated".to_owned()));
+    }
+
+    let err = manager
+        .run(&id("foreign"), with(CpuTemplateSpec::Static(theirs)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidSpec {
+                source: firehost::SpecError::CpuTemplateVendor { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!host.vm_dirs().contains(&"foreign".to_owned()));
+
+    // A custom template: applied, and kept in the record as it was.
+    let file = host.dir.path().join("cpu.json");
+    std::fs::write(&file, r#"{"cpuid_modifiers": []}"#).unwrap();
+    let custom = id("custom");
+    let info = manager
+        .run(&custom, with(CpuTemplateSpec::Custom(file.clone())))
+        .await
+        .unwrap();
+    let Some(ResolvedCpuTemplate::Custom { config, .. }) = &info.spec.cpu_template else {
+        panic!("{:?}", info.spec.cpu_template);
+    };
+    assert_eq!(config, &serde_json::json!({"cpuid_modifiers": []}));
+    std::fs::write(&file, "changed").unwrap();
+    drop(manager);
+    let manager = host.manager().await;
+    assert_eq!(manager.get(&custom).await.unwrap().spec, info.spec);
+
+    for (text, name) in [
+        ("not json", "not-json"),
+        (r#"{"nonsense": 1}"#, "unknown-field"),
+        (r#"{"reg_modifiers": []}"#, "other-arch"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let err = manager
+            .run(&id(name), with(CpuTemplateSpec::Custom(file.clone())))
+            .await
+            .unwrap_err();
+        let expected = cfg!(target_arch = "x86_64") || name != "other-arch";
+        assert_eq!(
+            matches!(
+                err,
+                VmError::InvalidSpec {
+                    source: firehost::SpecError::CpuTemplateFile { .. },
+                    ..
+                }
+            ),
+            expected,
+            "{name}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_from_a_cpu_with_more_features_is_not_restored_here() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let source = id("cpu-source");
+    manager.run(&source, host.spec()).await.unwrap();
+    let snap: firehost::SnapshotName = "cpu".parse().unwrap();
+    let info = manager
+        .snapshot(&source, &snap, SnapshotOptions::default())
+        .await
+        .unwrap();
+    let recorded = info.manifest.host_cpu.clone().expect("the host CPU");
+    assert_eq!(recorded, firehost::cpu::HostCpu::detect());
+    // The same host restores it.
+    manager
+        .restore(&id("same-cpu"), &snap, RestoreOptions::default())
+        .await
+        .unwrap();
+
+    // A host with every bit of leaf 7's EBX and EDX took it.
+    let path = info.dir.join(firehost::snapshot::MANIFEST_FILE);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["host_cpu"]["features"]["7.ebx"] = u32::MAX.into();
+    manifest["host_cpu"]["features"]["7.edx"] = u32::MAX.into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let here = firehost::cpu::HostCpu::detect();
+    if here.features.get("7.ebx") == Some(&u32::MAX)
+        && here.features.get("7.edx") == Some(&u32::MAX)
+    {
+        return; // This host has them all.
+    }
+    let err = manager
+        .restore(&id("other-cpu"), &snap, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    let VmError::CpuMismatch { missing, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(!missing.is_empty());
+    assert!(err.to_string().contains(&missing[0]), "{err}");
+    assert!(!host.vm_dirs().contains(&"other-cpu".to_owned()));
 }

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("error_kind", &[]),
     ("console", &[]),
     ("metrics", &[]),
+    ("cpu", &[]),
     ("state", &["id"]),
     // The words a spec is written in.
     ("vocab", &["id"]),
@@ -42,7 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // The default network, the metadata service, guest images.
     // What a VM should be.
-    ("spec", &["id", "vocab", "jail", "vsock"]),
+    ("spec", &["id", "vocab", "jail", "vsock", "cpu"]),
     // The default network, the metadata service, guest images.
     ("net", &["id", "fsutil", "error_kind", "vocab"]),
     ("mmds", &["id", "vocab", "net"]),
@@ -59,6 +60,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "net",
             "spec",
             "vmm",
+            "cpu",
         ],
     ),
     (

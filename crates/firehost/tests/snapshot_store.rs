@@ -75,6 +75,7 @@ fn spec() -> ResolvedSpec {
         extra_nics: vec![],
         entropy: None,
         balloon: None,
+        cpu_template: None,
         vsock: None,
         mmds: None,
         jail: None,
@@ -123,6 +124,7 @@ fn make(
             drives: vec![],
             disks: Vec::new(),
             created_at_ms,
+            host_cpu: None,
         },
     )
     .unwrap();

@@ -438,7 +438,9 @@ impl Vmm {
                 }
             }
             Action::PutCpuConfig(cfg) => {
+                // A custom template replaces a static one, as in Firecracker.
                 res.cpu_config = Some(*cfg);
+                res.machine_config.cpu_template = None;
                 Ok(Reply::Empty)
             }
             Action::PutMmds(value) => {

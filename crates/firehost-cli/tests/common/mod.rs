@@ -275,6 +275,7 @@ pub fn assert_vm_shape(vm: &Value) {
             ("nics", &[Arr]),
             ("entropy", &[Obj, Null]),
             ("balloon", &[Obj, Null]),
+            ("cpu_template", &[Str, Null]),
             ("created_at_ms", &[Int]),
             ("exit", &[Obj, Null]),
             ("console_tail", &[Arr, Null]),

@@ -133,6 +133,15 @@ async fn configure(
     api.put_machine_configuration(&machine_config(spec))
         .await
         .map_err(|e| ("configure the machine", e))?;
+    if let Some(crate::spec::ResolvedCpuTemplate::Custom { config, .. }) = &spec.cpu_template {
+        // Checked when the spec was resolved; a record edited since is
+        // Firecracker's to refuse.
+        let config: crate::api::models::CpuConfig =
+            serde_json::from_value(config.clone()).unwrap_or_default();
+        api.put_cpu_configuration(&config)
+            .await
+            .map_err(|e| ("apply the CPU template", e))?;
+    }
     api.put_guest_boot_source(&boot_source(spec, net, vsock))
         .await
         .map_err(|e| ("configure the boot source", e))?;
@@ -210,9 +219,23 @@ fn vsock_of(vm: &Vm, guest_cid: u32) -> Result<VmVsock, VmError> {
 }
 
 pub(crate) fn machine_config(spec: &ResolvedSpec) -> MachineConfiguration {
+    use crate::api::models::CpuTemplate;
+    use crate::spec::{ResolvedCpuTemplate, StaticCpuTemplate};
+    let cpu_template = match &spec.cpu_template {
+        Some(ResolvedCpuTemplate::Static(t)) => Some(match t {
+            StaticCpuTemplate::C3 => CpuTemplate::C3,
+            StaticCpuTemplate::T2 => CpuTemplate::T2,
+            StaticCpuTemplate::T2S => CpuTemplate::T2S,
+            StaticCpuTemplate::T2CL => CpuTemplate::T2CL,
+            StaticCpuTemplate::T2A => CpuTemplate::T2A,
+            StaticCpuTemplate::V1N1 => CpuTemplate::V1N1,
+        }),
+        _ => None,
+    };
     MachineConfiguration {
         smt: Some(spec.smt),
         track_dirty_pages: Some(spec.track_dirty_pages),
+        cpu_template,
         ..MachineConfiguration::new(spec.vcpus, spec.mem_mib.into())
     }
 }
@@ -247,5 +270,26 @@ pub(crate) fn boot_source(
         initrd_path: spec.initrd.clone(),
         boot_args: Some(boot_args),
         ..BootSource::new(&spec.kernel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::models::CpuTemplate;
+    use crate::spec::{ResolvedCpuTemplate, StaticCpuTemplate};
+
+    #[test]
+    fn a_static_cpu_template_goes_in_the_machine_configuration() {
+        let mut spec = ResolvedSpec::for_tests();
+        assert_eq!(machine_config(&spec).cpu_template, None);
+        spec.cpu_template = Some(ResolvedCpuTemplate::Static(StaticCpuTemplate::T2CL));
+        assert_eq!(machine_config(&spec).cpu_template, Some(CpuTemplate::T2CL));
+        // A custom one goes to PUT /cpu-config instead.
+        spec.cpu_template = Some(ResolvedCpuTemplate::Custom {
+            path: "/t.json".into(),
+            config: serde_json::json!({}),
+        });
+        assert_eq!(machine_config(&spec).cpu_template, None);
     }
 }

@@ -47,6 +47,15 @@ pub enum VmError {
         #[source]
         source: super::update::UpdateError,
     },
+    /// The snapshot was taken on a host whose CPU has features this host's
+    /// lacks: its guest may be using them. Nothing was started.
+    #[error("snapshot {name} needs CPU features this host lacks: {}", missing.join(", "))]
+    CpuMismatch {
+        /// The snapshot.
+        name: String,
+        /// The features, by name where they have one.
+        missing: Vec<String>,
+    },
     /// Metrics were asked of a manager that does not collect them
     /// ([`ManagerConfig::vmm_metrics`](crate::ManagerConfig::vmm_metrics)).
     #[error("VM {id}: the manager does not collect metrics (vmm_metrics is off)")]
@@ -589,7 +598,7 @@ impl VmError {
             | VmError::SocketPathTooLong { .. }
             | VmError::NoVsock { .. }
             | VmError::DisksNeedFullSnapshot { .. } => ErrorKind::InvalidInput,
-            VmError::SnapshotDrive { .. } => ErrorKind::HostNotReady,
+            VmError::SnapshotDrive { .. } | VmError::CpuMismatch { .. } => ErrorKind::HostNotReady,
             VmError::Agent { source, .. } => match **source {
                 crate::agent::AgentError::RequestTooLarge { .. } => ErrorKind::InvalidInput,
                 _ => ErrorKind::Failed,

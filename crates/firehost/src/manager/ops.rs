@@ -635,6 +635,7 @@ async fn take_snapshot(
             drives,
             disks,
             created_at_ms: now_ms(),
+            host_cpu: Some(crate::cpu::HostCpu::detect()),
         };
         // Sizes and checksums are computed on the blocking pool.
         let dir = bundle.clone();

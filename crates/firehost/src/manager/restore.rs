@@ -298,6 +298,15 @@ async fn build(
             name: snapshot.to_string(),
         });
     }
+    if let Some(recorded) = &manifest.host_cpu {
+        let missing = recorded.missing_on(&crate::cpu::HostCpu::detect());
+        if !missing.is_empty() {
+            return Err(VmError::CpuMismatch {
+                name: snapshot.to_string(),
+                missing,
+            });
+        }
+    }
     let jail_err = |source| VmError::Jail {
         id: id.clone(),
         source: Box::new(source),

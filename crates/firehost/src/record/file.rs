@@ -36,7 +36,8 @@ use crate::net::ipam::MacAddr;
 use crate::net::netns::VmNetns;
 use crate::net::{IfName, firewall};
 use crate::spec::{
-    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, NicSpec, ResolvedSpec,
+    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, NicSpec,
+    ResolvedCpuTemplate, ResolvedSpec,
 };
 use crate::state::{ExitReason, VmState};
 use crate::vmm::ConsoleMode;
@@ -189,6 +190,8 @@ struct SpecFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     balloon: Option<BalloonFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpu_template: Option<CpuTemplateFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     vsock: Option<VsockSpecFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mmds: Option<MmdsFile>,
@@ -252,6 +255,39 @@ struct BucketFile {
     refill_time_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     one_time_burst: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum CpuTemplateFile {
+    Static(String),
+    Custom { path: PathBuf, config: Value },
+}
+
+impl CpuTemplateFile {
+    fn of(template: &ResolvedCpuTemplate) -> CpuTemplateFile {
+        match template {
+            ResolvedCpuTemplate::Static(t) => CpuTemplateFile::Static(t.to_string()),
+            ResolvedCpuTemplate::Custom { path, config } => CpuTemplateFile::Custom {
+                path: path.clone(),
+                config: config.clone(),
+            },
+        }
+    }
+
+    fn read(self) -> Result<ResolvedCpuTemplate, Invalid> {
+        Ok(match self {
+            CpuTemplateFile::Static(name) => ResolvedCpuTemplate::Static(
+                name.parse()
+                    .map_err(|()| format!("CPU template {name:?} is unknown"))?,
+            ),
+            CpuTemplateFile::Custom { path, config } => {
+                serde_json::from_value::<firehost_api::CpuConfig>(config.clone())
+                    .map_err(|e| format!("the custom CPU template is invalid: {e}"))?;
+                ResolvedCpuTemplate::Custom { path, config }
+            }
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -752,6 +788,7 @@ impl From<&ResolvedSpec> for SpecFile {
             entropy: spec.entropy.as_ref().map(|e| EntropyFile {
                 limit: LimitFile::of(&e.limit),
             }),
+            cpu_template: spec.cpu_template.as_ref().map(CpuTemplateFile::of),
             balloon: spec.balloon.map(|b| BalloonFile {
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,
@@ -854,6 +891,7 @@ impl SpecFile {
                     })
                 })
                 .transpose()?,
+            cpu_template: self.cpu_template.map(CpuTemplateFile::read).transpose()?,
             balloon: self.balloon.map(|b| BalloonSpec {
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,

@@ -193,6 +193,7 @@ impl Bundle {
             memory_bytes: files[1].size_bytes,
             files,
             created_at_ms: draft.created_at_ms,
+            host_cpu: draft.host_cpu,
         };
         manifest.check(&dir.join(MANIFEST_FILE))?;
         manifest.write(dir)?;
@@ -358,6 +359,7 @@ mod tests {
             drives: vec![],
             disks: Vec::new(),
             created_at_ms: 7,
+            host_cpu: None,
         }
     }
 

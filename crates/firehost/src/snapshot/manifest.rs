@@ -173,6 +173,11 @@ pub struct SnapshotManifest {
     pub files: Vec<FileEntry>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The CPU of the host it was taken on: a restore on a host that lacks
+    /// one of its features is refused (see [`crate::cpu`]). Absent in
+    /// bundles written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu: Option<crate::cpu::HostCpu>,
 }
 
 /// What the caller of [`Bundle::seal`](super::Bundle::seal) knows; the sizes and checksums are
@@ -204,6 +209,8 @@ pub struct ManifestDraft {
     pub disks: Vec<String>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// The CPU of the host it is taken on.
+    pub host_cpu: Option<crate::cpu::HostCpu>,
 }
 
 impl SnapshotManifest {

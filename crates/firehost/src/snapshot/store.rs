@@ -628,6 +628,9 @@ impl SnapshotStore {
                 // The disks a base kept are older than the diff's memory.
                 disks: Vec::new(),
                 created_at_ms: now_ms(),
+                // The memory is the diff's, of the same guest on the same
+                // host as its base.
+                host_cpu: from.host_cpu.clone(),
             },
         )?;
 
