@@ -54,7 +54,7 @@ fn read_new(path: &Path, before: Option<Mark>) -> Option<(VmmMetrics, Option<u64
     if before.is_some_and(|b| b.ino == now.ino && now.len <= b.len) {
         return None;
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = tail(path, now.len)?;
     if !text.ends_with('\n') {
         return None;
     }
@@ -64,6 +64,21 @@ fn read_new(path: &Path, before: Option<Mark>) -> Option<(VmmMetrics, Option<u64
         .next()
         .map(|prev| last.utc_timestamp_ms.saturating_sub(prev.utc_timestamp_ms));
     Some((last, interval))
+}
+
+/// The end of the file: enough for the last two flushes (Firecracker's
+/// are about 6 KiB), without reading the whole bounded file each time.
+const TAIL_BYTES: u64 = 32 << 10;
+
+fn tail(path: &Path, len: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let start = len.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
+    file.take(TAIL_BYTES).read_to_end(&mut bytes).ok()?;
+    // A cut at the start may split a character; only whole lines are read.
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub(super) async fn metrics(shared: &Arc<Shared>, id: &VmId) -> Result<VmMetrics, VmError> {
