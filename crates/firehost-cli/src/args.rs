@@ -415,6 +415,20 @@ pub struct RunArgs {
     /// custom template file (Firecracker's cpu-config JSON).
     #[arg(long, value_name = "NAME|FILE", help_heading = "Devices and limits")]
     pub cpu_template: Option<String>,
+    /// Firecracker's own log for this VM at this level (error, warning,
+    /// info, debug, trace, off), into firecracker.log in its directory
+    /// [default: info].
+    #[arg(long, value_name = "LEVEL", help_heading = "Devices and limits")]
+    pub log_level: Option<String>,
+    /// Only log lines from Rust modules whose path starts with this.
+    #[arg(long, value_name = "MODULE", help_heading = "Devices and limits")]
+    pub log_module: Option<String>,
+    /// Put each log line's level in it.
+    #[arg(long, help_heading = "Devices and limits")]
+    pub log_show_level: bool,
+    /// Put each log line's source file and line in it.
+    #[arg(long, help_heading = "Devices and limits")]
+    pub log_show_origin: bool,
     /// Give the guest a virtio-rng device fed by the host's entropy.
     #[arg(long, help_heading = "Devices and limits")]
     pub entropy: bool,

@@ -421,6 +421,46 @@ fn rootfs_io(args: &RunArgs) -> Result<DriveIo, CliError> {
     })
 }
 
+/// Stage two for the log flags: a log of the VM's own when any is given.
+fn log_spec(args: &RunArgs) -> Result<Option<firehost::spec::LogSpec>, CliError> {
+    let wanted = args.log_level.is_some()
+        || args.log_module.is_some()
+        || args.log_show_level
+        || args.log_show_origin;
+    if !wanted {
+        return Ok(None);
+    }
+    let level = match args.log_level.as_deref() {
+        None => LogLevel::Info,
+        Some(text) => {
+            // Firecracker's names, in any case.
+            let known = [
+                ("error", LogLevel::Error),
+                ("warning", LogLevel::Warning),
+                ("info", LogLevel::Info),
+                ("debug", LogLevel::Debug),
+                ("trace", LogLevel::Trace),
+                ("off", LogLevel::Off),
+            ];
+            known
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(text))
+                .map(|(_, level)| *level)
+                .ok_or_else(|| CliError::Unsupported {
+                    what: format!(
+                        "--log-level {text:?}: expected error, warning, info, debug, trace or off"
+                    ),
+                })?
+        }
+    };
+    Ok(Some(firehost::spec::LogSpec {
+        level,
+        module: args.log_module.clone(),
+        show_level: args.log_show_level,
+        show_origin: args.log_show_origin,
+    }))
+}
+
 /// Stage two for a device flag's value.
 fn device_value<T>(
     option: &'static str,
@@ -484,6 +524,7 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
     let net = net_spec(&args)?;
     let jail = jail_spec(&args);
     let rootfs_io = rootfs_io(&args)?;
+    let log = log_spec(&args)?;
     let spec = VmSpec {
         kernel: Some(args.kernel),
         initrd: args.initrd,
@@ -497,6 +538,7 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
             .map(|d| device_value("--drive", d, crate::device_args::drive))
             .collect::<Result<_, _>>()?,
         entropy: args.entropy.then(EntropySpec::default),
+        log,
         cpu_template: args.cpu_template.as_deref().map(|t| {
             t.parse()
                 .unwrap_or_else(|never: std::convert::Infallible| match never {})

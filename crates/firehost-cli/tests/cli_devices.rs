@@ -288,3 +288,38 @@ fn run_takes_a_custom_cpu_template_file_and_refuses_a_bad_one() {
     let err = assert_error(&env.run(&args), 2);
     assert!(err.contains("CPU template"), "{err}");
 }
+
+#[test]
+fn run_log_flags_give_a_vm_a_log_of_its_own() {
+    let env = TestEnv::new();
+    let (_vm, vm) = env.start_vm("logged", &["--log-level", "debug", "--log-show-level"]);
+    // The CLI logs every VM at info; this one shows its lines' levels.
+    let log = std::path::Path::new(vm["dir"].as_str().unwrap()).join("firecracker.log");
+    common::wait_until(
+        "a line with its level",
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains(":INFO]") || t.contains(":INFO:"))
+        },
+    );
+    let mut args = env.run_args();
+    args.extend([
+        "--name".into(),
+        "bad".into(),
+        "--log-level".into(),
+        "loud".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_error(&env.run(&args), 2);
+    let mut args = env.run_args();
+    args.extend([
+        "--name".into(),
+        "bad2".into(),
+        "--log-module".into(),
+        "a b".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_error(&env.run(&args), 2);
+}

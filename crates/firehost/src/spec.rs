@@ -103,6 +103,10 @@ pub struct VmSpec {
     /// the same CPU on different hosts (see [`CpuTemplateSpec`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<CpuTemplateSpec>,
+    /// Firecracker's own log for this VM, in place of the manager's
+    /// [`vmm_log`](crate::ManagerConfig::vmm_log) level (see [`LogSpec`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogSpec>,
     /// A vsock device (the channel to the guest agent; see
     /// [`crate::agent`]). Its socket lives in the VM's directory, and the
     /// guest gets the agent's token on its kernel command line.
@@ -356,6 +360,68 @@ fn resolve_cpu_template(template: &CpuTemplateSpec) -> Result<ResolvedCpuTemplat
     }
 }
 
+/// How Firecracker logs for one VM, into `firecracker.log` in the VM's
+/// directory (bounded, like the console).
+///
+/// # Examples
+///
+/// ```
+/// use firehost::api::models::LogLevel;
+/// use firehost::spec::LogSpec;
+///
+/// let debug = LogSpec {
+///     level: LogLevel::Debug,
+///     show_level: true,
+///     ..LogSpec::new(LogLevel::Info)
+/// };
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    /// The most verbose level written.
+    pub level: firehost_api::LogLevel,
+    /// Only messages from Rust modules whose path starts with this
+    /// (`--module`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Put each message's level in its line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub show_level: bool,
+    /// Put each message's source file and line in its line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub show_origin: bool,
+}
+
+impl LogSpec {
+    /// `level`, with Firecracker's defaults for the rest.
+    pub fn new(level: firehost_api::LogLevel) -> LogSpec {
+        LogSpec {
+            level,
+            module: None,
+            show_level: false,
+            show_origin: false,
+        }
+    }
+}
+
+/// The longest log module filter accepted.
+pub const MAX_LOG_MODULE_LEN: usize = 128;
+
+pub(crate) fn check_log_module(module: &str) -> Result<(), SpecError> {
+    let ok = !module.is_empty()
+        && module.len() <= MAX_LOG_MODULE_LEN
+        && module
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadLogModule {
+            module: module.to_owned(),
+        })
+    }
+}
+
 /// The virtio balloon: memory the guest hands back to the host.
 ///
 /// The device needs a driver in the guest (`CONFIG_VIRTIO_BALLOON`):
@@ -590,6 +656,9 @@ pub struct ResolvedSpec {
     /// The CPU template, a custom one with the content it had at create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<ResolvedCpuTemplate>,
+    /// Firecracker's log settings asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogSpec>,
     /// The vsock device asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockSpec>,
@@ -626,6 +695,7 @@ impl ResolvedSpec {
             entropy: None,
             balloon: None,
             cpu_template: None,
+            log: None,
             vsock: None,
             mmds: None,
             jail: None,
@@ -797,6 +867,14 @@ pub enum SpecError {
         /// Why.
         why: String,
     },
+    /// A log module filter that is not a Rust module path.
+    #[error(
+        "log module {module:?} must be 1 to {MAX_LOG_MODULE_LEN} ASCII letters, digits, '_' or ':'"
+    )]
+    BadLogModule {
+        /// The filter given.
+        module: String,
+    },
     /// A balloon larger than the guest's memory.
     #[error("a balloon of {amount_mib} MiB is larger than the guest's {mem_mib} MiB")]
     BalloonTooLarge {
@@ -870,6 +948,9 @@ impl VmSpec {
 
         check_nics(self.net.is_some(), &self.extra_nics)?;
         check_limits(self)?;
+        if let Some(module) = self.log.as_ref().and_then(|l| l.module.as_deref()) {
+            check_log_module(module)?;
+        }
         if let Some(balloon) = &self.balloon
             && balloon.amount_mib > mem_mib
         {
@@ -954,6 +1035,7 @@ impl VmSpec {
             entropy: self.entropy,
             balloon: self.balloon,
             cpu_template,
+            log: self.log.clone(),
             vsock: self.vsock.clone(),
             mmds: self.mmds.clone(),
             jail: self.jail.clone(),

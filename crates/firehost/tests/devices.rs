@@ -883,3 +883,54 @@ async fn a_snapshot_from_a_cpu_with_more_features_is_not_restored_here() {
     assert!(err.to_string().contains(&missing[0]), "{err}");
     assert!(!host.vm_dirs().contains(&"other-cpu".to_owned()));
 }
+
+#[tokio::test]
+async fn a_vm_can_have_a_log_of_its_own() {
+    use firehost::api::models::LogLevel;
+    use firehost::spec::LogSpec;
+    let host = TestHost::new();
+    // The manager keeps no VMM logs; this VM asks for one.
+    let manager = host.manager().await;
+    let vm = id("logged");
+    let spec = VmSpec {
+        log: Some(LogSpec {
+            show_level: true,
+            show_origin: true,
+            ..LogSpec::new(LogLevel::Info)
+        }),
+        ..host.spec()
+    };
+    let info = manager.run(&vm, spec).await.unwrap();
+    let log = info.dir.join("firecracker.log");
+    let line = common::poll_until("an INFO line with its origin", LONG, || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .find(|l| l.contains(":INFO:src/"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(line.contains(":INFO:src/"), "{line}");
+
+    let quiet = id("quiet");
+    let info = manager.run(&quiet, host.spec()).await.unwrap();
+    assert!(!info.dir.join("firecracker.log").exists());
+
+    let bad = VmSpec {
+        log: Some(LogSpec {
+            module: Some("a b".into()),
+            ..LogSpec::new(LogLevel::Info)
+        }),
+        ..host.spec()
+    };
+    let err = manager.run(&id("bad-log"), bad).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::InvalidSpec {
+                source: firehost::SpecError::BadLogModule { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

@@ -76,6 +76,7 @@ fn spec() -> ResolvedSpec {
         entropy: None,
         balloon: None,
         cpu_template: None,
+        log: None,
         vsock: None,
         mmds: None,
         jail: None,

@@ -151,7 +151,8 @@ pub(super) async fn prepare(
     let staged = {
         let (jail, spec) = (jail.clone(), spec.clone());
         let seccomp = shared.config.seccomp.clone();
-        let (log, metrics) = (shared.config.vmm_log.is_some(), shared.config.vmm_metrics);
+        let log = shared.config.vmm_log.is_some() || spec.log.is_some();
+        let metrics = shared.config.vmm_metrics;
         let drives_from = drives_from.map(|c| crate::jail::Chroot::new(c.to_owned()));
         tokio::task::spawn_blocking(move || {
             stage_files(&jail, &spec, drives_from.as_ref(), &seccomp, log, metrics)

@@ -194,9 +194,16 @@ impl Launched {
                 None => host,
             })
         };
-        if let Some(level) = config.vmm_log {
+        // The VM's own log settings win over the manager's level.
+        let log_level = spec.log.as_ref().map(|l| l.level).or(config.vmm_log);
+        if let Some(level) = log_level {
             command.log_level = Some(level);
             command.log_path = Some(vmm_file(jailed::layout::LOG, VMM_LOG_FILE)?);
+        }
+        if let Some(log) = &spec.log {
+            command.log_module.clone_from(&log.module);
+            command.log_show_level = log.show_level;
+            command.log_show_origin = log.show_origin;
         }
         if config.vmm_metrics {
             command.metrics_path = Some(vmm_file(jailed::layout::METRICS, METRICS_FILE)?);

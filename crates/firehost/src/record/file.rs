@@ -36,7 +36,7 @@ use crate::net::ipam::MacAddr;
 use crate::net::netns::VmNetns;
 use crate::net::{IfName, firewall};
 use crate::spec::{
-    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, NicSpec,
+    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, LogSpec, NicSpec,
     ResolvedCpuTemplate, ResolvedSpec,
 };
 use crate::state::{ExitReason, VmState};
@@ -192,6 +192,8 @@ struct SpecFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cpu_template: Option<CpuTemplateFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    log: Option<LogFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     vsock: Option<VsockSpecFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mmds: Option<MmdsFile>,
@@ -255,6 +257,44 @@ struct BucketFile {
     refill_time_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     one_time_burst: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LogFile {
+    level: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    module: Option<String>,
+    #[serde(default)]
+    show_level: bool,
+    #[serde(default)]
+    show_origin: bool,
+}
+
+impl LogFile {
+    fn of(log: &LogSpec) -> LogFile {
+        LogFile {
+            level: log.level.as_str().to_owned(),
+            module: log.module.clone(),
+            show_level: log.show_level,
+            show_origin: log.show_origin,
+        }
+    }
+
+    fn read(self) -> Result<LogSpec, Invalid> {
+        let level = serde_json::from_value(Value::String(self.level.clone()))
+            .map_err(|_| format!("log level {:?} is unknown", self.level))?;
+        let log = LogSpec {
+            level,
+            module: self.module,
+            show_level: self.show_level,
+            show_origin: self.show_origin,
+        };
+        // Checked as a spec's would be: it goes on the VMM's command line.
+        if let Some(module) = &log.module {
+            crate::spec::check_log_module(module).map_err(|e| e.to_string())?;
+        }
+        Ok(log)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -789,6 +829,7 @@ impl From<&ResolvedSpec> for SpecFile {
                 limit: LimitFile::of(&e.limit),
             }),
             cpu_template: spec.cpu_template.as_ref().map(CpuTemplateFile::of),
+            log: spec.log.as_ref().map(LogFile::of),
             balloon: spec.balloon.map(|b| BalloonFile {
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,
@@ -892,6 +933,7 @@ impl SpecFile {
                 })
                 .transpose()?,
             cpu_template: self.cpu_template.map(CpuTemplateFile::read).transpose()?,
+            log: self.log.map(LogFile::read).transpose()?,
             balloon: self.balloon.map(|b| BalloonSpec {
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,

@@ -612,6 +612,12 @@ mod tests {
         }
         record.spec.extra_nics[0].tx_limit = limit;
         record.spec.entropy = Some(EntropySpec { limit });
+        record.spec.log = Some(crate::spec::LogSpec {
+            level: firehost_api::LogLevel::Debug,
+            module: Some("firecracker::api_server".into()),
+            show_level: true,
+            show_origin: true,
+        });
         record.spec.balloon = Some(crate::spec::BalloonSpec {
             amount_mib: 64,
             deflate_on_oom: true,

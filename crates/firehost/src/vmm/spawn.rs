@@ -64,6 +64,12 @@ pub struct VmmCommand {
     pub log_path: Option<PathBuf>,
     /// `--level`.
     pub log_level: Option<LogLevel>,
+    /// `--module`.
+    pub log_module: Option<String>,
+    /// `--show-level`.
+    pub log_show_level: bool,
+    /// `--show-log-origin`.
+    pub log_show_origin: bool,
     /// `--metrics-path`.
     pub metrics_path: Option<PathBuf>,
     /// `--seccomp-filter` / `--no-seccomp`.
@@ -166,6 +172,9 @@ impl VmmCommand {
             id,
             log_path: None,
             log_level: None,
+            log_module: None,
+            log_show_level: false,
+            log_show_origin: false,
             metrics_path: None,
             seccomp: SeccompPolicy::Default,
             boot_timer: false,
@@ -217,6 +226,15 @@ impl VmmCommand {
         }
         if let Some(level) = self.log_level {
             args.extend(["--level".into(), level.as_str().into()]);
+        }
+        if let Some(module) = &self.log_module {
+            args.extend(["--module".into(), module.into()]);
+        }
+        if self.log_show_level {
+            args.push("--show-level".into());
+        }
+        if self.log_show_origin {
+            args.push("--show-log-origin".into());
         }
         if let Some(path) = &self.metrics_path {
             args.extend(["--metrics-path".into(), path.clone().into()]);
