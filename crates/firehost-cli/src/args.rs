@@ -429,6 +429,17 @@ pub struct RunArgs {
     /// Put each log line's source file and line in it.
     #[arg(long, help_heading = "Devices and limits")]
     pub log_show_origin: bool,
+    /// Attach a read-only virtio-pmem device: id=ID,path=FILE, then any of
+    /// bw=RATE, iops=N; repeatable.
+    #[arg(long, value_name = "SPEC", help_heading = "Devices and limits")]
+    pub pmem: Vec<String>,
+    /// Drop serial console output beyond this rate, e.g. 64KiB/s.
+    #[arg(long, value_name = "RATE", help_heading = "Devices and limits")]
+    pub serial_bw: Option<String>,
+    /// A hotpluggable memory region of this many MiB (a multiple of 128),
+    /// given to the guest later with update --memory-hotplug-mib.
+    #[arg(long, value_name = "MIB", help_heading = "Devices and limits")]
+    pub memory_hotplug_total_mib: Option<u64>,
     /// Give the guest a virtio-rng device fed by the host's entropy.
     #[arg(long, help_heading = "Devices and limits")]
     pub entropy: bool,
@@ -654,6 +665,10 @@ pub struct DeviceUpdateArgs {
     /// off stay off).
     #[arg(long, value_name = "SECS", help_heading = "Devices and limits")]
     pub balloon_stats_s: Option<u16>,
+    /// Ask the guest's virtio-mem driver to plug this much of the VM's
+    /// hotpluggable memory (a multiple of its block size).
+    #[arg(long, value_name = "MIB", help_heading = "Devices and limits")]
+    pub memory_hotplug_mib: Option<u64>,
 }
 
 /// `stop`'s options.

@@ -539,6 +539,15 @@ async fn run(manager: &Manager, args: RunArgs, out: Out) -> Result<(), CliError>
             .collect::<Result<_, _>>()?,
         entropy: args.entropy.then(EntropySpec::default),
         log,
+        pmem: args
+            .pmem
+            .iter()
+            .map(|p| device_value("--pmem", p, crate::device_args::pmem))
+            .collect::<Result<_, _>>()?,
+        serial_limit: bandwidth_limit("--serial-bw", args.serial_bw.as_deref())?.bandwidth,
+        memory_hotplug: args
+            .memory_hotplug_total_mib
+            .map(firehost::spec::MemoryHotplugSpec::new),
         cpu_template: args.cpu_template.as_deref().map(|t| {
             t.parse()
                 .unwrap_or_else(|never: std::convert::Infallible| match never {})
@@ -764,6 +773,7 @@ fn vm_update(args: &DeviceUpdateArgs) -> Result<VmUpdate, CliError> {
         nics,
         balloon_mib: args.balloon_mib,
         balloon_stats_interval_s: args.balloon_stats_s,
+        memory_hotplug_mib: args.memory_hotplug_mib,
     })
 }
 
@@ -773,7 +783,7 @@ async fn update(manager: &Manager, args: UpdateArgs, out: Out) -> Result<(), Cli
     if update.is_empty() {
         return Err(CliError::Unsupported {
             what: "update with nothing to change (give --drive-bw, --drive-iops, --net-rx-bw, \
-                   --net-tx-bw, --balloon-mib or --balloon-stats-s)"
+                   --net-tx-bw, --balloon-mib, --balloon-stats-s or --memory-hotplug-mib)"
                 .into(),
         });
     }

@@ -136,6 +136,42 @@ pub fn drive(text: &str) -> Result<DriveSpec, DeviceSyntaxError> {
     })
 }
 
+/// `--pmem id=ID,path=FILE[,root][,bw=RATE][,iops=N]`.
+pub fn pmem(text: &str) -> Result<firehost::spec::PmemSpec, DeviceSyntaxError> {
+    let (mut id, mut path, mut root) = (None, None, false);
+    let mut limit = firehost::vocab::RateLimit::default();
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) if id.is_none() => id = Some(v.to_owned()),
+            Some(("path", v)) if path.is_none() && !v.is_empty() => path = Some(PathBuf::from(v)),
+            Some(("bw", v)) if limit.bandwidth.is_none() => {
+                let rate: Bandwidth = v.parse()?;
+                limit.bandwidth = Some(Bucket::per_second(rate.bytes_per_second()));
+            }
+            Some(("iops", v)) if limit.ops.is_none() => {
+                let BucketChange::Set(bucket) = ops_change(v)? else {
+                    return Err(syntax(part, "iops must be a number"));
+                };
+                limit.ops = Some(bucket);
+            }
+            None if part == "root" => root = true,
+            _ => {
+                return Err(syntax(
+                    part,
+                    "expected id=ID, path=FILE, root, bw=RATE or iops=N, each once",
+                ));
+            }
+        }
+    }
+    Ok(firehost::spec::PmemSpec {
+        id: id.ok_or_else(|| syntax(text, "no id=ID"))?,
+        path: path.ok_or_else(|| syntax(text, "no path=FILE"))?,
+        read_only: true,
+        root,
+        limit,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +213,25 @@ mod tests {
             "id=x,path=/a,bw=1MiB/s,bw=2MiB/s",
         ] {
             assert!(drive(text).is_err(), "{text:?} parsed");
+        }
+    }
+
+    #[test]
+    fn a_pmem_flag_sets_its_options_and_refuses_the_rest() {
+        let p = pmem("id=root_img,path=/srv/r.img,root,bw=1GiB/s").unwrap();
+        assert_eq!(
+            (p.id.as_str(), p.root, p.read_only),
+            ("root_img", true, true)
+        );
+        assert_eq!(p.limit.bandwidth, Some(Bucket::per_second(1 << 30)));
+        for bad in [
+            "id=a",
+            "path=/x",
+            "id=a,path=/x,rw",
+            "id=a,id=b,path=/x",
+            "id=a,path=/x,iops=0",
+        ] {
+            assert!(pmem(bad).is_err(), "{bad}");
         }
     }
 

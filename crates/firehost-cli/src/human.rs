@@ -766,6 +766,34 @@ fn device_rows(vm: &VmJson, rows: &mut Vec<(&'static str, String)>) {
             ),
         ));
     }
+    for p in &vm.pmem {
+        let limit = p
+            .limit
+            .as_ref()
+            .map(|l| format!(", {}", limit_text(l)))
+            .unwrap_or_default();
+        let root = if p.root { ", root" } else { "" };
+        rows.push((
+            "pmem",
+            format!("{} {} (read-only{root}{limit})", p.id, p.path),
+        ));
+    }
+    if let Some(b) = &vm.serial_limit {
+        let limit = LimitJson {
+            bandwidth: Some(*b),
+            ops: None,
+        };
+        rows.push((
+            "serial",
+            format!("output over {} dropped", limit_text(&limit)),
+        ));
+    }
+    if let Some(h) = &vm.memory_hotplug {
+        rows.push((
+            "hotplug",
+            format!("{} of {} MiB requested", h.requested_mib, h.total_mib),
+        ));
+    }
     if let Some(template) = &vm.cpu_template {
         rows.push(("cpu template", template.clone()));
     }
@@ -877,6 +905,9 @@ mod tests {
             entropy: None,
             balloon: None,
             cpu_template: None,
+            pmem: Vec::new(),
+            serial_limit: None,
+            memory_hotplug: None,
             created_at_ms: 0,
             exit: None,
             console_tail: None,
@@ -1055,6 +1086,9 @@ mod tests {
             entropy: None,
             balloon: None,
             cpu_template: None,
+            pmem: Vec::new(),
+            serial_limit: None,
+            memory_hotplug: None,
             created_at_ms: 0,
             exit: None,
             console_tail: None,

@@ -47,6 +47,9 @@
 //! | `drives` | array | every drive, the root filesystem first: `[{"id", "path": string, "root", "read_only": boolean, "cache": "unsafe" or "writeback", "engine": "sync" or "async", "partuuid": string or null, "limit": limit or null}…]` |
 //! | `nics` | array | every NIC, `eth0` of the default network first: `[{"id", "tap": string, "rx_limit", "tx_limit": limit or null}…]` |
 //! | `entropy` | object or null | the virtio-rng device, `{"limit": limit or null}`; null without one |
+//! | `pmem` | array | read-only pmem devices: `[{"id", "path": string, "root": boolean, "limit": limit or null}…]` |
+//! | `serial_limit` | object or null | the serial console's output bucket (bytes beyond it are dropped) |
+//! | `memory_hotplug` | object or null | the hotpluggable memory region, `{"total_mib", "slot_mib", "block_mib", "requested_mib": integer}` |
 //! | `cpu_template` | string or null | the CPU template: a static template's name (`T2S`) or a custom template's file |
 //! | `balloon` | object or null | the balloon, `{"amount_mib", "stats_interval_s": integer, "deflate_on_oom", "free_page_hinting", "free_page_reporting": boolean}`; `amount_mib` is its current target; null without one |
 //! | `created_at_ms` | integer | creation time |
@@ -292,6 +295,12 @@ pub struct VmJson {
     pub balloon: Option<BalloonJson>,
     /// The CPU template: a static name or a custom file.
     pub cpu_template: Option<String>,
+    /// The pmem devices.
+    pub pmem: Vec<PmemJson>,
+    /// The serial console's output bucket.
+    pub serial_limit: Option<BucketJson>,
+    /// The hotpluggable memory region.
+    pub memory_hotplug: Option<HotplugJson>,
     /// Creation time, ms since the epoch.
     pub created_at_ms: u64,
     /// How the VMM ended, for stopped and failed VMs.
@@ -419,6 +428,32 @@ pub struct VmDriveJson {
     pub partuuid: Option<String>,
     /// Its limits.
     pub limit: Option<LimitJson>,
+}
+
+/// A pmem device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PmemJson {
+    /// Its id.
+    pub id: String,
+    /// Its file.
+    pub path: String,
+    /// The guest boots from it.
+    pub root: bool,
+    /// Its limits.
+    pub limit: Option<LimitJson>,
+}
+
+/// The hotpluggable memory region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HotplugJson {
+    /// Its size.
+    pub total_mib: u64,
+    /// The host's step.
+    pub slot_mib: u64,
+    /// The guest's block.
+    pub block_mib: u64,
+    /// What was asked of the guest.
+    pub requested_mib: u64,
 }
 
 /// A NIC.
@@ -669,6 +704,28 @@ impl From<&VmInfo> for VmJson {
             cpu_template: vm.spec.cpu_template.as_ref().map(|t| match t {
                 firehost::spec::ResolvedCpuTemplate::Static(t) => t.to_string(),
                 firehost::spec::ResolvedCpuTemplate::Custom { path: p, .. } => path(p),
+            }),
+            pmem: vm
+                .spec
+                .pmem
+                .iter()
+                .map(|p| PmemJson {
+                    id: p.id.clone(),
+                    path: path(&p.path),
+                    root: p.root,
+                    limit: LimitJson::of(&p.limit),
+                })
+                .collect(),
+            serial_limit: vm.spec.serial_limit.map(|b| BucketJson {
+                size: b.size,
+                refill_time_ms: b.refill_time_ms,
+                one_time_burst: b.one_time_burst,
+            }),
+            memory_hotplug: vm.spec.memory_hotplug.map(|h| HotplugJson {
+                total_mib: h.total_mib,
+                slot_mib: h.slot_mib,
+                block_mib: h.block_mib,
+                requested_mib: h.requested_mib,
             }),
             created_at_ms: vm.created_at_ms,
             exit,

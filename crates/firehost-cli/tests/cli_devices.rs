@@ -323,3 +323,39 @@ fn run_log_flags_give_a_vm_a_log_of_its_own() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_error(&env.run(&args), 2);
 }
+
+#[test]
+fn run_takes_pmem_a_serial_limit_and_hotpluggable_memory() {
+    let env = TestEnv::new();
+    let image = env.path("pmem.img");
+    std::fs::write(&image, vec![1u8; 4096]).unwrap();
+    let flag = format!("id=data,path={},bw=1MiB/s", image.display());
+    let (_vm, vm) = env.start_vm(
+        "extras",
+        &[
+            "--pmem",
+            &flag,
+            "--serial-bw",
+            "64KiB/s",
+            "--memory-hotplug-total-mib",
+            "256",
+        ],
+    );
+    assert_vm_shape(&vm);
+    assert_eq!(vm["pmem"][0]["id"], "data");
+    assert_eq!(vm["pmem"][0]["limit"]["bandwidth"]["size"], 1 << 20);
+    assert_eq!(vm["serial_limit"]["size"], 64 << 10);
+    assert_eq!(
+        vm["memory_hotplug"],
+        json!({"total_mib": 256, "slot_mib": 128, "block_mib": 2, "requested_mib": 0})
+    );
+    // The fake's guest has no virtio-mem driver: the VMM refuses (exit 1).
+    assert_error(
+        &env.run(&["update", "extras", "--memory-hotplug-mib", "128"]),
+        1,
+    );
+    assert_error(
+        &env.run(&["update", "extras", "--memory-hotplug-mib", "3"]),
+        2,
+    );
+}

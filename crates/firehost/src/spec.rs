@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::{IfName, MacAddr, MmdsSpec, NetSpec, RateLimit, RateLimitError};
+use crate::vocab::{Bucket, IfName, MacAddr, MmdsSpec, NetSpec, RateLimit, RateLimitError};
 use crate::vsock::VsockSpec;
 
 /// Firecracker's upper limit on vCPUs.
@@ -107,6 +107,19 @@ pub struct VmSpec {
     /// [`vmm_log`](crate::ManagerConfig::vmm_log) level (see [`LogSpec`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogSpec>,
+    /// virtio-pmem devices: files mapped into the guest's address space
+    /// (see [`PmemSpec`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pmem: Vec<PmemSpec>,
+    /// A limit on the guest's serial console output, in bytes: what goes
+    /// over it is dropped (and counted in the `uart` metrics), so a guest
+    /// cannot flood its console.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_limit: Option<Bucket>,
+    /// Memory the guest can be given after boot (virtio-mem; see
+    /// [`MemoryHotplugSpec`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_hotplug: Option<MemoryHotplugSpec>,
     /// A vsock device (the channel to the guest agent; see
     /// [`crate::agent`]). Its socket lives in the VM's directory, and the
     /// guest gets the agent's token on its kernel command line.
@@ -422,6 +435,126 @@ pub(crate) fn check_log_module(module: &str) -> Result<(), SpecError> {
     }
 }
 
+/// A virtio-pmem device: a host file mapped into the guest's memory, which
+/// the guest sees as a persistent-memory disk it can use without a page
+/// cache (DAX). Only read-only devices are supported: a root filesystem
+/// image shared by many VMs, for instance (`root`, with no `rootfs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemSpec {
+    /// Firecracker's device id: ASCII letters, digits and `_`, at most 64.
+    pub id: String,
+    /// The backing file.
+    pub path: PathBuf,
+    /// Mapped read-only; must be true.
+    #[serde(default = "yes")]
+    pub read_only: bool,
+    /// The guest boots from it (the VM then has no `rootfs` drive).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub root: bool,
+    /// Limits on what the guest reads and writes.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub limit: RateLimit,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The hotpluggable memory region (virtio-mem): `total_mib` the guest can
+/// be given after boot, handed over in `slot_mib` steps by the host and
+/// `block_mib` blocks by the guest's driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryHotplugSpec {
+    /// The region's size: a multiple of `slot_mib`.
+    pub total_mib: u64,
+    /// At least 128 and a multiple of `block_mib` (default 128).
+    #[serde(default = "default_slot_mib")]
+    pub slot_mib: u64,
+    /// A power of two, at least 2 (default 2).
+    #[serde(default = "default_block_mib")]
+    pub block_mib: u64,
+    /// The memory asked of the guest's driver so far: 0 at create, changed
+    /// with [`Manager::update`](crate::Manager::update).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub requested_mib: u64,
+}
+
+fn default_slot_mib() -> u64 {
+    128
+}
+
+fn default_block_mib() -> u64 {
+    2
+}
+
+impl MemoryHotplugSpec {
+    /// A region of `total_mib` with Firecracker's default slot and block.
+    pub fn new(total_mib: u64) -> MemoryHotplugSpec {
+        MemoryHotplugSpec {
+            total_mib,
+            slot_mib: default_slot_mib(),
+            block_mib: default_block_mib(),
+            requested_mib: 0,
+        }
+    }
+
+    /// Firecracker's rules for the sizes.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let why = if self.block_mib < 2 || !self.block_mib.is_power_of_two() {
+            "the block size must be a power of two of at least 2 MiB"
+        } else if self.slot_mib < 128 || !self.slot_mib.is_multiple_of(self.block_mib) {
+            "the slot size must be at least 128 MiB and a multiple of the block size"
+        } else if self.total_mib < self.slot_mib || !self.total_mib.is_multiple_of(self.slot_mib) {
+            "the total size must be at least one slot and a multiple of the slot size"
+        } else if self.requested_mib > self.total_mib
+            || !self.requested_mib.is_multiple_of(self.block_mib)
+        {
+            "the requested size must be a multiple of the block size within the total"
+        } else {
+            return Ok(());
+        };
+        Err(SpecError::MemoryHotplug {
+            why: why.to_owned(),
+        })
+    }
+}
+
+/// pmem ids are valid and unique, the devices read-only, and at most one is
+/// the root device, in a VM without a root drive.
+fn check_pmem(spec: &VmSpec, root_drive: bool) -> Result<(), SpecError> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut root = root_drive;
+    for p in &spec.pmem {
+        let valid = !p.id.is_empty()
+            && p.id.len() <= MAX_DRIVE_ID_LEN
+            && p.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid || seen.contains(&p.id.as_str()) {
+            return Err(SpecError::BadPmemId { id: p.id.clone() });
+        }
+        seen.push(&p.id);
+        let refuse = |why| SpecError::Pmem {
+            id: p.id.clone(),
+            why,
+        };
+        if !p.read_only {
+            return Err(refuse("only read-only pmem devices are supported"));
+        }
+        if p.root {
+            if root {
+                return Err(refuse("the VM already has a root device"));
+            }
+            root = true;
+        }
+        p.limit.validate().map_err(|source| SpecError::RateLimit {
+            device: format!("pmem {:?}", p.id),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// The virtio balloon: memory the guest hands back to the host.
 ///
 /// The device needs a driver in the guest (`CONFIG_VIRTIO_BALLOON`):
@@ -659,6 +792,15 @@ pub struct ResolvedSpec {
     /// Firecracker's log settings asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogSpec>,
+    /// pmem devices with canonical paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pmem: Vec<PmemSpec>,
+    /// The serial console's output limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_limit: Option<Bucket>,
+    /// The hotpluggable memory region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_hotplug: Option<MemoryHotplugSpec>,
     /// The vsock device asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockSpec>,
@@ -696,6 +838,9 @@ impl ResolvedSpec {
             balloon: None,
             cpu_template: None,
             log: None,
+            pmem: vec![],
+            serial_limit: None,
+            memory_hotplug: None,
             vsock: None,
             mmds: None,
             jail: None,
@@ -716,6 +861,8 @@ pub enum FileRole {
     Drive(String),
     /// A custom CPU template.
     CpuTemplate,
+    /// A pmem device, by id.
+    Pmem(String),
 }
 
 impl std::fmt::Display for FileRole {
@@ -726,6 +873,7 @@ impl std::fmt::Display for FileRole {
             FileRole::Rootfs => f.write_str("rootfs"),
             FileRole::Drive(id) => write!(f, "drive {id:?}"),
             FileRole::CpuTemplate => f.write_str("CPU template"),
+            FileRole::Pmem(id) => write!(f, "pmem {id:?}"),
         }
     }
 }
@@ -867,6 +1015,35 @@ pub enum SpecError {
         /// Why.
         why: String,
     },
+    /// A pmem id that Firecracker would refuse, or one used twice.
+    #[error(
+        "pmem id {id:?} must be unique and 1 to {MAX_DRIVE_ID_LEN} ASCII letters, digits or '_'"
+    )]
+    BadPmemId {
+        /// The id.
+        id: String,
+    },
+    /// A pmem device that cannot be used as asked: writable (only
+    /// read-only pmem is supported), or a second root device.
+    #[error("pmem {id:?}: {why}")]
+    Pmem {
+        /// The id.
+        id: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// An empty pmem backing file (Firecracker maps it whole).
+    #[error("pmem {id:?}: the backing file is empty")]
+    EmptyPmem {
+        /// The id.
+        id: String,
+    },
+    /// Memory hotplug sizes Firecracker would refuse.
+    #[error("memory hotplug: {why}")]
+    MemoryHotplug {
+        /// Which rule.
+        why: String,
+    },
     /// A log module filter that is not a Rust module path.
     #[error(
         "log module {module:?} must be 1 to {MAX_LOG_MODULE_LEN} ASCII letters, digits, '_' or ':'"
@@ -951,6 +1128,22 @@ impl VmSpec {
         if let Some(module) = self.log.as_ref().and_then(|l| l.module.as_deref()) {
             check_log_module(module)?;
         }
+        check_pmem(self, self.rootfs.is_some() || defaults.rootfs.is_some())?;
+        if let Some(bucket) = &self.serial_limit {
+            bucket.validate().map_err(|source| SpecError::RateLimit {
+                device: "serial".to_owned(),
+                source,
+            })?;
+        }
+        if let Some(hotplug) = &self.memory_hotplug {
+            hotplug.validate()?;
+            if hotplug.requested_mib != 0 {
+                return Err(SpecError::MemoryHotplug {
+                    why: "memory is requested of a running guest (Manager::update), not at create"
+                        .to_owned(),
+                });
+            }
+        }
         if let Some(balloon) = &self.balloon
             && balloon.amount_mib > mem_mib
         {
@@ -999,6 +1192,17 @@ impl VmSpec {
             .or(defaults.rootfs.as_ref())
             .map(|p| resolve_file(FileRole::Rootfs, p))
             .transpose()?;
+        let pmem = self
+            .pmem
+            .iter()
+            .map(|p| {
+                let path = resolve_file(FileRole::Pmem(p.id.clone()), &p.path)?;
+                if std::fs::metadata(&path).map_or(0, |m| m.len()) == 0 {
+                    return Err(SpecError::EmptyPmem { id: p.id.clone() });
+                }
+                Ok(PmemSpec { path, ..p.clone() })
+            })
+            .collect::<Result<Vec<_>, SpecError>>()?;
         let cpu_template = self
             .cpu_template
             .as_ref()
@@ -1036,6 +1240,9 @@ impl VmSpec {
             balloon: self.balloon,
             cpu_template,
             log: self.log.clone(),
+            pmem,
+            serial_limit: self.serial_limit,
+            memory_hotplug: self.memory_hotplug,
             vsock: self.vsock.clone(),
             mmds: self.mmds.clone(),
             jail: self.jail.clone(),

@@ -934,3 +934,136 @@ async fn a_vm_can_have_a_log_of_its_own() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn pmem_a_serial_limit_and_hotpluggable_memory_reach_the_vmm() {
+    use firehost::manager::VmUpdate;
+    use firehost::spec::{MemoryHotplugSpec, PmemSpec};
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let image = host.dir.path().join("pmem.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(2 << 20))
+        .unwrap();
+    let spec = VmSpec {
+        pmem: vec![PmemSpec {
+            id: "data".into(),
+            path: image.clone(),
+            read_only: true,
+            root: false,
+            limit: RateLimit {
+                bandwidth: Some(Bucket::per_second(1 << 20)),
+                ops: None,
+            },
+        }],
+        serial_limit: Some(Bucket::per_second(64 << 10)),
+        memory_hotplug: Some(MemoryHotplugSpec::new(256)),
+        ..host.spec()
+    };
+    let vm = id("devices2");
+    let info = manager.run(&vm, spec).await.unwrap();
+    assert_eq!(info.spec.pmem[0].path, image.canonicalize().unwrap());
+    let api = manager.api(&vm).await.unwrap().unwrap();
+    let config = api.get_export_vm_config().await.unwrap();
+    let pmem = config.pmem.unwrap_or_default();
+    assert_eq!(pmem.len(), 1);
+    assert_eq!(pmem[0].id, "data");
+    assert_eq!(pmem[0].read_only, Some(true));
+    assert_eq!(
+        pmem[0].rate_limiter,
+        Some(RateLimiter {
+            bandwidth: Some(TokenBucket::new(1 << 20, 1000)),
+            ops: None,
+        })
+    );
+    let hotplug = api.get_memory_hotplug().await.unwrap();
+    assert_eq!(
+        (
+            hotplug.total_size_mib,
+            hotplug.slot_size_mib,
+            hotplug.block_size_mib
+        ),
+        (Some(256), Some(128), Some(2))
+    );
+
+    // The halt guest (and the fake's) has no virtio-mem driver: the VMM
+    // refuses to plug memory, and nothing changes.
+    let err = manager
+        .update(
+            &vm,
+            &VmUpdate {
+                memory_hotplug_mib: Some(128),
+                ..VmUpdate::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VmError::Api {
+                op: "change the hotplugged memory",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(manager.get(&vm).await.unwrap().spec, info.spec);
+    for (mib, expected) in [(3, "block"), (512, "region")] {
+        let err = manager
+            .update(
+                &vm,
+                &VmUpdate {
+                    memory_hotplug_mib: Some(mib),
+                    ..VmUpdate::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VmError::InvalidUpdate {
+                    source: UpdateError::HotplugSize { .. },
+                    ..
+                }
+            ),
+            "{expected}: {err:?}"
+        );
+    }
+
+    // Bad devices are refused before anything starts.
+    let writable = VmSpec {
+        pmem: vec![PmemSpec {
+            read_only: false,
+            ..info.spec.pmem[0].clone()
+        }],
+        ..host.spec()
+    };
+    let root_twice = VmSpec {
+        pmem: vec![PmemSpec {
+            root: true,
+            ..info.spec.pmem[0].clone()
+        }],
+        ..host.spec()
+    };
+    let bad_sizes = VmSpec {
+        memory_hotplug: Some(MemoryHotplugSpec {
+            slot_mib: 100,
+            ..MemoryHotplugSpec::new(200)
+        }),
+        ..host.spec()
+    };
+    for (name, spec) in [
+        ("writable", writable),
+        ("root-twice", root_twice),
+        ("sizes", bad_sizes),
+    ] {
+        let err = manager.run(&id(name), spec).await.unwrap_err();
+        assert!(
+            matches!(err, VmError::InvalidSpec { .. }),
+            "{name}: {err:?}"
+        );
+        assert!(!host.vm_dirs().contains(&name.to_owned()));
+    }
+}

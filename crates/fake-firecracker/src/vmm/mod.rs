@@ -746,7 +746,11 @@ impl Vmm {
                 }
             },
             Action::PatchMemoryHotplug(_) => match &self.resources.memory_hotplug {
-                Some(_) => Ok(Reply::Empty),
+                // The fake's guest has no virtio-mem driver: the device never
+                // activates, as in a guest without one.
+                Some(_) => Err(ActionError::MemoryHotplugUpdate(
+                    "Failed to create memory hotplug device: Device is not active".into(),
+                )),
                 None => Err(ActionError::MemoryHotplugUpdate(
                     "Failed perform action on device: Device not found".into(),
                 )),

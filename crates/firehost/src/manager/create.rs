@@ -160,6 +160,21 @@ async fn configure(
             .await
             .map_err(|e| ("attach an extra network interface", e))?;
     }
+    for pmem in &spec.pmem {
+        api.put_guest_pmem_by_id(&super::devices::pmem(pmem))
+            .await
+            .map_err(|e| ("attach a pmem device", e))?;
+    }
+    if let Some(limit) = &spec.serial_limit {
+        api.put_serial_device(&super::devices::serial(limit))
+            .await
+            .map_err(|e| ("limit the serial console", e))?;
+    }
+    if let Some(hotplug) = &spec.memory_hotplug {
+        api.put_memory_hotplug(&super::devices::memory_hotplug(hotplug))
+            .await
+            .map_err(|e| ("attach hotpluggable memory", e))?;
+    }
     if let Some(balloon) = &spec.balloon {
         api.put_balloon(&super::devices::balloon(balloon))
             .await

@@ -5,12 +5,13 @@
 //! runtime updates describe a device the same way.
 
 use crate::api::models::{
-    Balloon, CacheType, Drive, EntropyDevice, IoEngine as ApiIoEngine, NetworkInterface,
-    RateLimiter, TokenBucket,
+    Balloon, CacheType, Drive, EntropyDevice, IoEngine as ApiIoEngine, MemoryHotplugConfig,
+    NetworkInterface, Pmem, RateLimiter, SerialDevice, TokenBucket,
 };
 use crate::net::host::VmNet;
 use crate::spec::{
-    BalloonSpec, DriveCache, DriveIo, EntropySpec, IoEngine, NicSpec, ROOTFS_DRIVE_ID, ResolvedSpec,
+    BalloonSpec, DriveCache, DriveIo, EntropySpec, IoEngine, MemoryHotplugSpec, NicSpec, PmemSpec,
+    ROOTFS_DRIVE_ID, ResolvedSpec,
 };
 use crate::vocab::{Bucket, BucketChange, LimitChange, RateLimit};
 
@@ -111,6 +112,35 @@ pub(crate) fn balloon(spec: &BalloonSpec) -> Balloon {
         stats_polling_interval_s: Some(spec.stats_interval_s),
         free_page_hinting: Some(spec.free_page_hinting),
         free_page_reporting: Some(spec.free_page_reporting),
+    }
+}
+
+/// A pmem device.
+pub(crate) fn pmem(spec: &PmemSpec) -> Pmem {
+    Pmem {
+        id: spec.id.clone(),
+        path_on_host: spec.path.clone(),
+        root_device: Some(spec.root),
+        read_only: Some(spec.read_only),
+        rate_limiter: limiter(&spec.limit),
+    }
+}
+
+/// The serial device: its output limit, the output staying on the VMM's
+/// stdout (the console the manager keeps).
+pub(crate) fn serial(limit: &Bucket) -> SerialDevice {
+    SerialDevice {
+        serial_out_path: None,
+        rate_limiter: Some(bucket(limit)),
+    }
+}
+
+/// The hotpluggable memory region.
+pub(crate) fn memory_hotplug(spec: &MemoryHotplugSpec) -> MemoryHotplugConfig {
+    MemoryHotplugConfig {
+        total_size_mib: Some(spec.total_mib),
+        slot_size_mib: Some(spec.slot_mib),
+        block_size_mib: Some(spec.block_mib),
     }
 }
 

@@ -26,6 +26,8 @@ pub(crate) mod layout {
     pub const LOG: &str = "/firecracker.log";
     /// Firecracker's metrics.
     pub const METRICS: &str = "/metrics.json";
+    /// pmem devices, by id.
+    pub const PMEM: &str = "/pmem";
     /// A seccomp filter file.
     pub const SECCOMP: &str = "/seccomp.bpf";
     /// The kernel.
@@ -82,6 +84,14 @@ pub(crate) fn vmm_spec(spec: &ResolvedSpec) -> ResolvedSpec {
         .map(|d| DriveSpec {
             path: Path::new(layout::DRIVES).join(&d.id),
             ..d.clone()
+        })
+        .collect();
+    view.pmem = spec
+        .pmem
+        .iter()
+        .map(|p| crate::spec::PmemSpec {
+            path: Path::new(layout::PMEM).join(&p.id),
+            ..p.clone()
         })
         .collect();
     view
@@ -406,6 +416,15 @@ fn stage_files(
         let src = source(&drive.path, &inside, drive.read_only);
         let dst = root.host_path(&inside);
         report.push(("drive", stage_drive(&src, &dst, drive.read_only, uid, gid)?));
+    }
+    // pmem devices are read-only: a link each (or a copy across file
+    // systems), as read-only drives.
+    if !spec.pmem.is_empty() {
+        stage::create_owned_dir(&at(layout::PMEM), uid, gid)?;
+    }
+    for pmem in &spec.pmem {
+        let dst = root.host_path(&Path::new(layout::PMEM).join(&pmem.id));
+        report.push(("pmem", stage::link_read_only(&pmem.path, &dst, uid, gid)?));
     }
     if let SeccompPolicy::Filter(filter) = seccomp {
         stage::link_read_only(filter, &at(layout::SECCOMP), uid, gid)?;

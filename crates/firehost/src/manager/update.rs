@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::models::{
-    BalloonStatsUpdate, BalloonUpdate, PartialDrive, PartialNetworkInterface,
+    BalloonStatsUpdate, BalloonUpdate, MemoryHotplugSizeUpdate, PartialDrive,
+    PartialNetworkInterface,
 };
 use crate::api::{ApiClient, ApiError};
 use crate::spec::{ROOTFS_DRIVE_ID, ResolvedSpec};
@@ -57,6 +58,9 @@ pub struct VmUpdate {
     /// A new interval between the balloon's memory reports, in seconds
     /// (statistics cannot be switched on or off once the VM runs).
     pub balloon_stats_interval_s: Option<u16>,
+    /// Hotpluggable memory to ask of the guest's virtio-mem driver, in MiB:
+    /// a multiple of the region's block size, at most its total.
+    pub memory_hotplug_mib: Option<u64>,
 }
 
 impl VmUpdate {
@@ -66,6 +70,7 @@ impl VmUpdate {
             && self.nics.iter().all(|n| n.rx.is_noop() && n.tx.is_noop())
             && self.balloon_mib.is_none()
             && self.balloon_stats_interval_s.is_none()
+            && self.memory_hotplug_mib.is_none()
     }
 }
 
@@ -137,6 +142,21 @@ pub enum UpdateError {
     /// (or that has no balloon).
     #[error("the VM has no balloon with statistics on")]
     NoBalloonStats,
+    /// Hotplug memory asked of a VM without a hotpluggable region.
+    #[error("the VM has no hotpluggable memory")]
+    NoMemoryHotplug,
+    /// A hotplug size Firecracker would refuse.
+    #[error(
+        "{requested_mib} MiB is not a multiple of the {block_mib} MiB block within the {total_mib} MiB region"
+    )]
+    HotplugSize {
+        /// The size asked for.
+        requested_mib: u64,
+        /// The region's block size.
+        block_mib: u64,
+        /// The region's size.
+        total_mib: u64,
+    },
     /// A reclaim without a target, from a guest whose balloon driver does
     /// not report its free memory.
     #[error("the guest reports no free memory: give the reclaim a target")]
@@ -157,6 +177,7 @@ pub(crate) enum Request {
     Nic(PartialNetworkInterface),
     Balloon(BalloonUpdate),
     BalloonStats(BalloonStatsUpdate),
+    Hotplug(MemoryHotplugSizeUpdate),
 }
 
 impl Request {
@@ -166,6 +187,7 @@ impl Request {
             Request::Nic(n) => api.patch_guest_network_interface_by_id(n).await,
             Request::Balloon(b) => api.patch_balloon(b).await,
             Request::BalloonStats(s) => api.patch_balloon_stats_interval(s).await,
+            Request::Hotplug(h) => api.patch_memory_hotplug(h).await,
         }
     }
 }
@@ -284,6 +306,30 @@ pub(crate) fn plan(spec: &ResolvedSpec, update: &VmUpdate) -> Result<Plan, Updat
             balloon.stats_interval_s = interval;
         }
     }
+    if let Some(requested_mib) = update.memory_hotplug_mib {
+        let region = new
+            .memory_hotplug
+            .as_mut()
+            .ok_or(UpdateError::NoMemoryHotplug)?;
+        if requested_mib > region.total_mib || !requested_mib.is_multiple_of(region.block_mib) {
+            return Err(UpdateError::HotplugSize {
+                requested_mib,
+                block_mib: region.block_mib,
+                total_mib: region.total_mib,
+            });
+        }
+        let request = |mib| {
+            Request::Hotplug(MemoryHotplugSizeUpdate {
+                requested_size_mib: Some(mib),
+            })
+        };
+        steps.push(Step {
+            what: "change the hotplugged memory",
+            apply: request(requested_mib),
+            revert: request(region.requested_mib),
+        });
+        region.requested_mib = requested_mib;
+    }
     Ok(Plan { spec: new, steps })
 }
 
@@ -400,6 +446,7 @@ mod tests {
             }],
             balloon_mib: Some(20),
             balloon_stats_interval_s: Some(4),
+            memory_hotplug_mib: None,
         };
         let plan = plan(&before, &update).unwrap();
         assert_eq!(

@@ -36,8 +36,8 @@ use crate::net::ipam::MacAddr;
 use crate::net::netns::VmNetns;
 use crate::net::{IfName, firewall};
 use crate::spec::{
-    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, LogSpec, NicSpec,
-    ResolvedCpuTemplate, ResolvedSpec,
+    BalloonSpec, DriveCache, DriveIo, DriveSpec, EntropySpec, IoEngine, LogSpec, MemoryHotplugSpec,
+    NicSpec, PmemSpec, ResolvedCpuTemplate, ResolvedSpec,
 };
 use crate::state::{ExitReason, VmState};
 use crate::vmm::ConsoleMode;
@@ -193,6 +193,12 @@ struct SpecFile {
     cpu_template: Option<CpuTemplateFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     log: Option<LogFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pmem: Vec<PmemFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    serial_limit: Option<BucketFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory_hotplug: Option<HotplugFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vsock: Option<VsockSpecFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +263,26 @@ struct BucketFile {
     refill_time_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     one_time_burst: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PmemFile {
+    id: String,
+    path: PathBuf,
+    read_only: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    root: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<LimitFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HotplugFile {
+    total_mib: u64,
+    slot_mib: u64,
+    block_mib: u64,
+    #[serde(default)]
+    requested_mib: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -830,6 +856,28 @@ impl From<&ResolvedSpec> for SpecFile {
             }),
             cpu_template: spec.cpu_template.as_ref().map(CpuTemplateFile::of),
             log: spec.log.as_ref().map(LogFile::of),
+            pmem: spec
+                .pmem
+                .iter()
+                .map(|p| PmemFile {
+                    id: p.id.clone(),
+                    path: p.path.clone(),
+                    read_only: p.read_only,
+                    root: p.root,
+                    limit: LimitFile::of(&p.limit),
+                })
+                .collect(),
+            serial_limit: spec.serial_limit.map(|b| BucketFile {
+                size: b.size,
+                refill_time_ms: b.refill_time_ms,
+                one_time_burst: b.one_time_burst,
+            }),
+            memory_hotplug: spec.memory_hotplug.map(|h| HotplugFile {
+                total_mib: h.total_mib,
+                slot_mib: h.slot_mib,
+                block_mib: h.block_mib,
+                requested_mib: h.requested_mib,
+            }),
             balloon: spec.balloon.map(|b| BalloonFile {
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,
@@ -934,6 +982,43 @@ impl SpecFile {
                 .transpose()?,
             cpu_template: self.cpu_template.map(CpuTemplateFile::read).transpose()?,
             log: self.log.map(LogFile::read).transpose()?,
+            pmem: self
+                .pmem
+                .into_iter()
+                .map(|p| {
+                    Ok(PmemSpec {
+                        id: p.id,
+                        path: p.path,
+                        read_only: p.read_only,
+                        root: p.root,
+                        limit: LimitFile::read(p.limit)?,
+                    })
+                })
+                .collect::<Result<_, Invalid>>()?,
+            serial_limit: self
+                .serial_limit
+                .map(|b| {
+                    let limit = LimitFile::read(Some(LimitFile {
+                        bandwidth: Some(b),
+                        ops: None,
+                    }))?;
+                    Ok::<_, Invalid>(limit.bandwidth)
+                })
+                .transpose()?
+                .flatten(),
+            memory_hotplug: self
+                .memory_hotplug
+                .map(|h| {
+                    let spec = MemoryHotplugSpec {
+                        total_mib: h.total_mib,
+                        slot_mib: h.slot_mib,
+                        block_mib: h.block_mib,
+                        requested_mib: h.requested_mib,
+                    };
+                    spec.validate().map_err(|e| e.to_string())?;
+                    Ok::<_, Invalid>(spec)
+                })
+                .transpose()?,
             balloon: self.balloon.map(|b| BalloonSpec {
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,
