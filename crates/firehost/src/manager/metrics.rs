@@ -17,8 +17,11 @@ use crate::api::models::{ActionType, InstanceActionInfo};
 use crate::metrics::VmmMetrics;
 use crate::state::Operation;
 
-/// How often the metrics file is looked at while a flush is awaited.
-const POLL: Duration = Duration::from_millis(2);
+/// How often the metrics file is looked at while a flush is awaited: soon
+/// at first (the keeper copies a flush within a millisecond or so on an
+/// idle host), less often the longer it takes (many flushes at once).
+const FIRST_POLL: Duration = Duration::from_millis(1);
+const LAST_POLL: Duration = Duration::from_millis(16);
 
 /// One flush of a VM's metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -109,6 +112,7 @@ pub(super) async fn metrics(shared: &Arc<Shared>, id: &VmId) -> Result<VmMetrics
     // The keeper copies the flush from the FIFO into the file a moment
     // later: wait for it, as long as a request may take.
     let deadline = Instant::now() + shared.config.timeouts.request;
+    let mut poll = FIRST_POLL;
     loop {
         let found = {
             let path = path.clone();
@@ -126,7 +130,8 @@ pub(super) async fn metrics(shared: &Arc<Shared>, id: &VmId) -> Result<VmMetrics
         if Instant::now() >= deadline {
             return Err(VmError::MetricsTimeout { id: id.clone() });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(LAST_POLL);
     }
 }
 
