@@ -14,8 +14,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_binary;
-use firehost::manager::{ConsoleTarget, ManagerConfig};
 use firehost::{Manager, VmId, VmSpec};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -56,14 +54,7 @@ async fn main() {
     let vms = env_or("BENCH_VMS", 100);
     let window = Duration::from_secs(env_or("BENCH_SECS", 10));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
-    std::fs::write(dir.path().join("rootfs"), b"rootfs").unwrap();
-    let mut config = ManagerConfig::new(dir.path().join("state"), fake_binary());
-    config.defaults.kernel = Some(dir.path().join("vmlinux"));
-    config.defaults.rootfs = Some(dir.path().join("rootfs"));
-    config.defaults.rootfs_read_only = true;
-    config.defaults.mem_mib = 16;
-    config.console = ConsoleTarget::File;
+    let mut config = common::fake_config(dir.path());
     config.vmm_metrics = true;
     let manager = Manager::open(config).await.unwrap();
     let ids: Vec<VmId> = (0..vms)

@@ -14,10 +14,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fake_binary, iters, median};
-use firehost::manager::{
-    ClaimOptions, ConsoleTarget, ManagerConfig, PoolSpec, PoolTemplate, RestoreOptions,
-};
+use common::{iters, median};
+use firehost::manager::{ClaimOptions, PoolSpec, PoolTemplate, RestoreOptions};
 use firehost::{Manager, StopOptions, VmId, VmSpec};
 
 /// Members made per fill: one claim per round comes out of them.
@@ -26,14 +24,7 @@ const POOL: u32 = 4;
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("vmlinux"), b"kernel").unwrap();
-    std::fs::write(dir.path().join("rootfs"), b"rootfs").unwrap();
-    let mut config = ManagerConfig::new(dir.path().join("state"), fake_binary());
-    config.defaults.kernel = Some(dir.path().join("vmlinux"));
-    config.defaults.rootfs = Some(dir.path().join("rootfs"));
-    config.defaults.rootfs_read_only = true;
-    config.defaults.mem_mib = 16;
-    config.console = ConsoleTarget::File;
+    let mut config = common::fake_config(dir.path());
     config.pool_refill = false;
     let manager = Manager::open(config).await.unwrap();
 

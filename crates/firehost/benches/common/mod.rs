@@ -36,3 +36,17 @@ pub fn fake_binary() -> PathBuf {
         .find(|p| p.exists())
         .expect("build fake-firecracker first: cargo build --release -p fake-firecracker")
 }
+
+/// A manager configuration in `dir` for fake-firecracker VMs of 16 MiB
+/// with stand-in kernel and read-only rootfs files, consoles to files.
+pub fn fake_config(dir: &std::path::Path) -> firehost::ManagerConfig {
+    std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();
+    std::fs::write(dir.join("rootfs"), b"rootfs").unwrap();
+    let mut config = firehost::ManagerConfig::new(dir.join("state"), fake_binary());
+    config.defaults.kernel = Some(dir.join("vmlinux"));
+    config.defaults.rootfs = Some(dir.join("rootfs"));
+    config.defaults.rootfs_read_only = true;
+    config.defaults.mem_mib = 16;
+    config.console = firehost::manager::ConsoleTarget::File;
+    config
+}
