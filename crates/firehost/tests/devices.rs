@@ -1067,3 +1067,103 @@ async fn pmem_a_serial_limit_and_hotpluggable_memory_reach_the_vmm() {
         assert!(!host.vm_dirs().contains(&name.to_owned()));
     }
 }
+
+/// A manager that loads VMs as they are named: only an intent makes it
+/// look at a VM before it is asked for.
+async fn lazy_manager(host: &TestHost) -> Manager {
+    let mut lazy = host.config();
+    lazy.recovery = firehost::manager::Recovery::Lazy;
+    Manager::open(lazy).await.unwrap()
+}
+
+fn intents(host: &TestHost) -> usize {
+    std::fs::read_dir(host.state_dir().join("intents")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn a_crash_during_an_update_leaves_the_vmm_as_the_record_says() {
+    use futures_util::FutureExt;
+    firehost_testkit::fake_only!("crash points are in-process; the check reads the VMM");
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let vm = id("crashy");
+    let before = manager.run(&vm, rich_spec(&host)).await.unwrap();
+    firehost::manager::fault::crash_at(&vm, "devices:sent");
+    let update = VmUpdate {
+        drives: vec![DriveLimitUpdate {
+            drive_id: "rootfs".into(),
+            limit: LimitChange {
+                bandwidth: BucketChange::Remove,
+                ops: BucketChange::Set(Bucket::per_second(3)),
+            },
+        }],
+        ..VmUpdate::default()
+    };
+    let crashed = std::panic::AssertUnwindSafe(manager.update(&vm, &update))
+        .catch_unwind()
+        .await;
+    assert!(crashed.is_err(), "the update should have crashed");
+    // The VMM has the new limits, the record the old ones.
+    assert_eq!(
+        drive_limit(&vm_config(&manager, &vm).await, "rootfs"),
+        Some(RateLimiter {
+            bandwidth: None,
+            ops: Some(TokenBucket::new(3, 1000)),
+        })
+    );
+    drop(manager);
+
+    let manager = lazy_manager(&host).await;
+    assert_eq!(intents(&host), 0, "the intent is settled");
+    let info = manager.get(&vm).await.unwrap();
+    assert_eq!(info.spec, before.spec);
+    assert_eq!(
+        drive_limit(&vm_config(&manager, &vm).await, "rootfs"),
+        Some(api_limit(&limit()))
+    );
+}
+
+#[tokio::test]
+async fn a_crash_during_a_drive_swap_leaves_the_vmm_on_the_recorded_file() {
+    use futures_util::FutureExt;
+    firehost_testkit::fake_only!("crash points are in-process; the check reads the VMM");
+    for (step, swapped) in [
+        ("swap:staged", false),
+        ("swap:sent", false),
+        ("swap:recorded", true),
+    ] {
+        let host = TestHost::new();
+        let manager = host.manager().await;
+        let (a, b) = (image(&host, "a.img"), image(&host, "b.img"));
+        let vm = id("swap-crash");
+        let spec = VmSpec {
+            extra_drives: vec![DriveSpec::new("data", &a, false)],
+            ..host.spec()
+        };
+        manager.run(&vm, spec).await.unwrap();
+        firehost::manager::fault::crash_at(&vm, step);
+        let crashed = std::panic::AssertUnwindSafe(manager.swap_drive(&vm, "data", &b))
+            .catch_unwind()
+            .await;
+        assert!(crashed.is_err(), "{step}: the swap should have crashed");
+        drop(manager);
+
+        let manager = lazy_manager(&host).await;
+        assert_eq!(intents(&host), 0, "{step}: the intent is settled");
+        let expected = if swapped { &b } else { &a };
+        let info = manager.get(&vm).await.unwrap();
+        assert_eq!(&info.spec.extra_drives[0].path, expected, "{step}");
+        assert_eq!(
+            &drive_path(&vm_config(&manager, &vm).await, "data"),
+            expected,
+            "{step}: the VMM agrees with the record"
+        );
+        // The write hold follows the record too.
+        let other = if swapped { &a } else { &b };
+        let spec = VmSpec {
+            extra_drives: vec![DriveSpec::new("data", other, false)],
+            ..host.spec()
+        };
+        manager.run(&id("other"), spec).await.unwrap();
+    }
+}

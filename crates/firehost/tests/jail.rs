@@ -907,3 +907,61 @@ async fn a_jailed_drive_swap_stages_the_new_file_at_the_drives_place_in_the_jail
         assert_eq!(left.components().count(), 1, "{left:?} left behind");
     }
 }
+
+#[tokio::test]
+async fn a_crash_during_a_jailed_drive_swap_keeps_the_recorded_file_at_its_place() {
+    use futures_util::FutureExt;
+    let Some(jailer) = real_jailer("a_crash_during_a_jailed_drive_swap…") else {
+        return;
+    };
+    for (step, swapped) in [("swap:sent", false), ("swap:recorded", true)] {
+        let jail = JailHost::new();
+        let manager = Manager::open(jail.config(&jailer)).await.unwrap();
+        let file = |name: &str, byte: u8| {
+            let path = jail.host.dir.path().join(name);
+            std::fs::write(&path, vec![byte; 4096]).unwrap();
+            path
+        };
+        let (a, b) = (file("a.img", b'a'), file("b.img", b'b'));
+        let vm = id("jailed-crash");
+        let spec = VmSpec {
+            extra_drives: vec![firehost::DriveSpec::new("data", &a, false)],
+            ..jailed()
+        };
+        let info = within("the jailed run", LONG, manager.run(&vm, spec))
+            .await
+            .unwrap();
+        let chroot = info.jail.clone().unwrap().chroot;
+        firehost::manager::fault::crash_at(&vm, step);
+        let crashed = std::panic::AssertUnwindSafe(manager.swap_drive(&vm, "data", &b))
+            .catch_unwind()
+            .await;
+        assert!(crashed.is_err(), "{step}: the swap should have crashed");
+        drop(manager);
+
+        let mut lazy = jail.config(&jailer);
+        lazy.recovery = firehost::manager::Recovery::Lazy;
+        let manager = Manager::open(lazy).await.unwrap();
+        let info = manager.get(&vm).await.unwrap();
+        let (expected, byte) = if swapped { (&b, b'b') } else { (&a, b'a') };
+        assert_eq!(
+            info.spec.extra_drives[0].path,
+            expected.canonicalize().unwrap(),
+            "{step}"
+        );
+        let drives = chroot.join("drives");
+        let staged = std::fs::read(drives.join("data")).unwrap();
+        assert!(
+            staged.len() == 4096 && staged.iter().all(|x| *x == byte),
+            "{step}: the drive's place holds the recorded file"
+        );
+        let names: Vec<String> = std::fs::read_dir(&drives)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["data"], "{step}: nothing staged is left");
+        manager.stop(&vm, StopOptions::default()).await.unwrap();
+        manager.destroy(&vm).await.unwrap();
+    }
+}

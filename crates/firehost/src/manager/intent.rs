@@ -19,7 +19,12 @@
 //! - rename: the VM is loaded under the name its record gives (the
 //!   record is written last, so that is the old name or the new one), its
 //!   name links are made to agree, and its metadata identity is written
-//!   again (see [`super::rename`]).
+//!   again (see [`super::rename`]);
+//! - devices (an update or a drive swap): the VM is loaded and its VMM is
+//!   given the devices its record names again, so the two agree whichever
+//!   side of the record write the crash fell (see [`super::update`]). A
+//!   drive swap's intent also names the drive and the new file, which tells
+//!   a jailed VM's staged files apart.
 //!
 //! The files are written without fsync: they guard against the manager
 //! dying, and a host crash ends the VMMs they are about as well.
@@ -39,6 +44,7 @@ pub(super) enum Intent {
     Snapshot,
     Destroy,
     Rename,
+    Devices,
 }
 
 impl Intent {
@@ -49,16 +55,19 @@ impl Intent {
             Intent::Snapshot => "snapshot",
             Intent::Destroy => "destroy",
             Intent::Rename => "rename",
+            Intent::Devices => "devices",
         }
     }
 
     fn parse(text: &str) -> Option<Intent> {
-        Some(match text.trim() {
+        // The first line; a detail may follow (see `begin_with`).
+        Some(match text.lines().next().unwrap_or("").trim() {
             "create" => Intent::Create,
             "restore" => Intent::Restore,
             "snapshot" => Intent::Snapshot,
             "destroy" => Intent::Destroy,
             "rename" => Intent::Rename,
+            "devices" => Intent::Devices,
             _ => return None,
         })
     }
@@ -66,6 +75,16 @@ impl Intent {
 
 /// Records that `intent` is under way for `id` (blocking, small).
 pub(super) fn begin(intents_dir: &Path, id: &VmId, intent: Intent) -> std::io::Result<()> {
+    begin_with(intents_dir, id, intent, "")
+}
+
+/// Like [`begin`], with a line of detail for the settling.
+pub(super) fn begin_with(
+    intents_dir: &Path,
+    id: &VmId,
+    intent: Intent,
+    detail: &str,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -74,7 +93,19 @@ pub(super) fn begin(intents_dir: &Path, id: &VmId, intent: Intent) -> std::io::R
         .truncate(true)
         .mode(0o600)
         .open(path_of(intents_dir, id))?;
-    file.write_all(intent.as_str().as_bytes())
+    file.write_all(intent.as_str().as_bytes())?;
+    if !detail.is_empty() {
+        file.write_all(b"\n")?;
+        file.write_all(detail.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The detail an intent was begun with, if any.
+pub(super) fn detail(intents_dir: &Path, id: &VmId) -> Option<String> {
+    let text = std::fs::read_to_string(path_of(intents_dir, id)).ok()?;
+    let (_, detail) = text.split_once('\n')?;
+    Some(detail.to_owned())
 }
 
 /// Records that nothing is under way for `id` any more.
@@ -131,6 +162,23 @@ mod tests {
         end(dir.path(), &a);
         end(dir.path(), &a);
         assert_eq!(pending(dir.path()), vec![(b, Some(Intent::Snapshot))]);
+    }
+
+    #[test]
+    fn an_intent_can_carry_a_detail() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = VmId::new("a").unwrap();
+        begin_with(dir.path(), &a, Intent::Devices, "{\"drive\":\"data\"}").unwrap();
+        assert_eq!(
+            pending(dir.path()),
+            vec![(a.clone(), Some(Intent::Devices))]
+        );
+        assert_eq!(
+            detail(dir.path(), &a).as_deref(),
+            Some("{\"drive\":\"data\"}")
+        );
+        begin(dir.path(), &a, Intent::Devices).unwrap();
+        assert_eq!(detail(dir.path(), &a), None);
     }
 
     #[test]

@@ -205,19 +205,29 @@ pub(super) async fn update(
         return Ok(vm.info());
     }
     let api = api_of(vm, Operation::Update)?;
-    super::update::apply(&api, &plan.steps)
-        .await
-        .map_err(|(op, source)| VmError::Api {
+    // Between the first PATCH and the record, the VMM and the record may
+    // disagree: a manager that dies there leaves the next one an intent to
+    // settle (see `update::settle`).
+    let key = vm.record.id.clone();
+    begin_intent(&shared.intents_dir, &key, Intent::Devices)?;
+    let applied = super::update::apply(&api, &plan.steps).await;
+    if let Err((op, source)) = applied {
+        super::intent::end(&shared.intents_dir, &key);
+        return Err(VmError::Api {
             id: id.clone(),
             op,
             source,
-        })?;
+        });
+    }
+    super::fault::point(&key, "devices:sent");
     let old = std::mem::replace(&mut vm.record.spec, plan.spec);
     if let Err(e) = vm.persist(Durability::Synced).await {
         vm.record.spec = old;
         super::update::revert(&api, &plan.steps).await;
+        super::intent::end(&shared.intents_dir, &key);
         return Err(e);
     }
+    super::intent::end(&shared.intents_dir, &key);
     shared.slot(&id)?.publish(Some(vm));
     Ok(vm.info())
 }

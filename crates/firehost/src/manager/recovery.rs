@@ -543,6 +543,19 @@ pub(super) async fn settle_intents(shared: &Arc<Shared>) {
                 super::rename::settle(shared, vm).await;
                 slot.publish(Some(vm));
             }
+            (Some(Intent::Devices), Ok(slot)) => {
+                let mut guard = slot.vm.lock().await;
+                let Some(vm) = guard.as_mut() else { continue };
+                if vm.process.is_some()
+                    && let Err(e) = super::verify::verify(&shared.verifier(), vm).await
+                {
+                    tracing::warn!(vm = %id, error = %e, "cannot reach the VMM of a VM whose device change was cut short");
+                }
+                let swap = intent::detail(&shared.intents_dir, &id)
+                    .and_then(|d| serde_json::from_str(&d).ok());
+                super::update::settle(vm, swap).await;
+                slot.publish(Some(vm));
+            }
             (Some(Intent::Snapshot), Ok(slot)) => {
                 let mut guard = slot.vm.lock().await;
                 let Some(vm) = guard.as_mut() else { continue };

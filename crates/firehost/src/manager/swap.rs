@@ -21,6 +21,8 @@ use crate::jail::VmJail;
 use crate::spec::{FileRole, ROOTFS_DRIVE_ID, ResolvedSpec};
 use crate::state::Operation;
 
+use super::fault;
+
 /// Suffixes of the staged files beside a jailed drive's place.
 const NEXT_SUFFIX: &str = "next";
 const PREVIOUS_SUFFIX: &str = "previous";
@@ -53,16 +55,55 @@ pub(super) async fn swap_drive(
     })?;
     let api = super::ops::api_of(vm, Operation::Update)?;
     let key = vm.record.id.clone();
+    // A crash from here to the end leaves the next manager an intent that
+    // names the drive and its new file (see `update::settle`).
+    let detail = serde_json::to_string(&super::update::SwapIntent {
+        drive: drive_id.clone(),
+        path: file.clone(),
+    })
+    .expect("a swap intent serialises");
+    super::intent::begin_with(
+        &shared.intents_dir,
+        &key,
+        super::intent::Intent::Devices,
+        &detail,
+    )
+    .map_err(|source| VmError::Io {
+        id: id.clone(),
+        op: "record the operation under way in",
+        path: shared.intents_dir.clone(),
+        source,
+    })?;
+    let outcome = swap_recorded(&shared, vm, &id, &key, &drive_id, &file, &old, new, &api).await;
+    super::intent::end(&shared.intents_dir, &key);
+    outcome?;
+    shared.slot(&id)?.publish(Some(vm));
+    Ok(vm.info())
+}
+
+/// The swap, once its intent is written.
+#[allow(clippy::too_many_arguments)]
+async fn swap_recorded(
+    shared: &Arc<Shared>,
+    vm: &mut super::Vm,
+    id: &VmId,
+    key: &VmId,
+    drive_id: &str,
+    file: &Path,
+    old: &ResolvedSpec,
+    new: ResolvedSpec,
+    api: &crate::api::ApiClient,
+) -> Result<(), VmError> {
     let jail = vm.record.jail.clone();
     // What the VMM is to open: the file itself, or its place in the jail.
     let vmm_path = match &jail {
         None => {
-            hold_new_files(&shared, &key, &id, &old, &new)?;
-            file.clone()
+            hold_new_files(shared, key, id, old, &new)?;
+            file.to_owned()
         }
         Some(jail) => {
-            let read_only = drive_read_only(&old, &drive_id);
-            stage_in_jail(jail, &drive_id, &file, read_only)
+            let read_only = drive_read_only(old, drive_id);
+            stage_in_jail(jail, drive_id, file, read_only)
                 .await
                 .map_err(|source| VmError::Jail {
                     id: id.clone(),
@@ -70,19 +111,21 @@ pub(super) async fn swap_drive(
                 })?
         }
     };
+    fault::point(key, "swap:staged");
     let patch = |path: PathBuf| PartialDrive {
-        drive_id: drive_id.clone(),
+        drive_id: drive_id.to_owned(),
         path_on_host: Some(path),
         rate_limiter: None,
     };
     if let Err(source) = api.patch_guest_drive_by_id(&patch(vmm_path.clone())).await {
-        undo_local(&shared, &key, jail.as_ref(), &drive_id, &new, &old).await;
+        undo_local(shared, key, jail.as_ref(), drive_id, &new, old).await;
         return Err(VmError::Api {
             id: id.clone(),
             op: "swap a drive's file",
             source,
         });
     }
+    fault::point(key, "swap:sent");
     let own_drives = vm.record.own_drives.clone();
     vm.record.spec = new.clone();
     // The VM's own copy of the drive, if it had one, is no longer the
@@ -91,11 +134,11 @@ pub(super) async fn swap_drive(
     if let Err(e) = vm.persist(Durability::Synced).await {
         vm.record.spec = old.clone();
         vm.record.own_drives = own_drives;
-        undo_local(&shared, &key, jail.as_ref(), &drive_id, &new, &old).await;
+        undo_local(shared, key, jail.as_ref(), drive_id, &new, old).await;
         // The VMM goes back to the old file: where it was, or (jailed) at
         // the drive's place again.
         let back = match &jail {
-            None => drive_file(&old, &drive_id),
+            None => drive_file(old, drive_id),
             Some(_) => Some(vmm_path),
         };
         if let Some(back) = back
@@ -105,11 +148,27 @@ pub(super) async fn swap_drive(
         }
         return Err(e);
     }
+    fault::point(key, "swap:recorded");
     if let Some(jail) = &jail {
-        forget_previous(jail, &drive_id).await;
+        forget_previous(jail, drive_id).await;
     }
-    shared.slot(&id)?.publish(Some(vm));
-    Ok(vm.info())
+    Ok(())
+}
+
+/// Settles the staged files of a jailed drive swap a crash cut short: the
+/// new file stays at the drive's `place` when the swap was recorded
+/// (`committed`), else the old one, kept aside, goes back.
+pub(super) fn settle_staged(place: &Path, committed: bool) -> std::io::Result<()> {
+    let (next, previous) = (beside(place, NEXT_SUFFIX), beside(place, PREVIOUS_SUFFIX));
+    let _ = std::fs::remove_file(&next);
+    if !previous.exists() {
+        return Ok(());
+    }
+    if committed {
+        std::fs::remove_file(&previous)
+    } else {
+        std::fs::rename(&previous, place)
+    }
 }
 
 /// `spec` with drive `drive_id` backed by `file`; `None` if it has no

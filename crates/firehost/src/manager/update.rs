@@ -356,6 +356,116 @@ pub(crate) async fn revert(api: &ApiClient, steps: &[Step]) {
     }
 }
 
+/// What a drive swap's intent says: the drive and its new file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SwapIntent {
+    pub drive: String,
+    pub path: std::path::PathBuf,
+}
+
+/// After a crash during an update or a drive swap: makes the VMM's devices
+/// what the record says, whichever side of the record write the crash
+/// fell. A jailed swap's staged files are settled first: the new file stays
+/// at the drive's place if the record names it, else the old one goes back.
+/// Best effort: a device the VMM refuses is logged, and the record stands.
+pub(super) async fn settle(vm: &super::Vm, swap: Option<SwapIntent>) {
+    let spec = &vm.record.spec;
+    if let (Some(swap), Some(jail)) = (&swap, &vm.record.jail) {
+        let recorded = drive_path(spec, &swap.drive);
+        let place = jail
+            .root()
+            .host_path(&super::jailed::drive_place(&swap.drive));
+        let committed = recorded.as_deref() == Some(swap.path.as_path());
+        let result =
+            tokio::task::spawn_blocking(move || super::swap::settle_staged(&place, committed))
+                .await
+                .expect("settling does not panic");
+        if let Err(e) = result {
+            tracing::error!(vm = %vm.record.id, error = %e, "cannot settle a drive swap's files");
+        }
+    }
+    let Some(api) = &vm.api else {
+        return;
+    };
+    let vmm_spec = match vm.record.jail {
+        Some(_) => super::jailed::vmm_spec(spec),
+        None => spec.clone(),
+    };
+    let mut requests = Vec::new();
+    for drive in super::devices::drives(&vmm_spec) {
+        let limit = drive_limit_of(spec, &drive.drive_id);
+        requests.push(Request::Drive(PartialDrive {
+            drive_id: drive.drive_id,
+            path_on_host: drive.path_on_host,
+            rate_limiter: super::devices::limiter_change(&whole(&limit)),
+        }));
+    }
+    let mut nics: Vec<(String, RateLimit, RateLimit)> = spec
+        .extra_nics
+        .iter()
+        .map(|n| (n.iface_id.clone(), n.rx_limit, n.tx_limit))
+        .collect();
+    if let Some(net) = &spec.net {
+        nics.push((DEFAULT_IFACE_ID.to_owned(), net.rx_limit, net.tx_limit));
+    }
+    for (iface_id, rx, tx) in nics {
+        requests.push(Request::Nic(PartialNetworkInterface {
+            iface_id,
+            rx_rate_limiter: super::devices::limiter_change(&whole(&rx)),
+            tx_rate_limiter: super::devices::limiter_change(&whole(&tx)),
+        }));
+    }
+    if let Some(balloon) = &spec.balloon {
+        requests.push(Request::Balloon(BalloonUpdate {
+            amount_mib: balloon.amount_mib,
+        }));
+        if balloon.stats_interval_s > 0 {
+            requests.push(Request::BalloonStats(BalloonStatsUpdate {
+                stats_polling_interval_s: balloon.stats_interval_s,
+            }));
+        }
+    }
+    if let Some(hotplug) = &spec.memory_hotplug {
+        requests.push(Request::Hotplug(MemoryHotplugSizeUpdate {
+            requested_size_mib: Some(hotplug.requested_mib),
+        }));
+    }
+    for request in requests {
+        if let Err(e) = request.send(api).await {
+            // A balloon or virtio-mem device the guest never set up refuses
+            // every change: nothing was changed there either.
+            tracing::debug!(vm = %vm.record.id, error = %e, "a device kept what it had");
+        }
+    }
+}
+
+/// The change that makes a device's limits exactly `limit`.
+fn whole(limit: &RateLimit) -> LimitChange {
+    let bucket = |b: Option<crate::vocab::Bucket>| match b {
+        Some(b) => BucketChange::Set(b),
+        None => BucketChange::Remove,
+    };
+    LimitChange {
+        bandwidth: bucket(limit.bandwidth),
+        ops: bucket(limit.ops),
+    }
+}
+
+fn drive_path(spec: &ResolvedSpec, id: &str) -> Option<std::path::PathBuf> {
+    if id == ROOTFS_DRIVE_ID {
+        return spec.rootfs.clone();
+    }
+    spec.extra_drives
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| d.path.clone())
+}
+
+fn drive_limit_of(spec: &ResolvedSpec, id: &str) -> RateLimit {
+    let mut spec = spec.clone();
+    drive_limit(&mut spec, id).copied().unwrap_or_default()
+}
+
 fn check(device: &str, change: &LimitChange) -> Result<(), UpdateError> {
     change.validate().map_err(|source| UpdateError::Limit {
         device: device.to_owned(),
