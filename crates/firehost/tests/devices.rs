@@ -1167,3 +1167,50 @@ async fn a_crash_during_a_drive_swap_leaves_the_vmm_on_the_recorded_file() {
         manager.run(&id("other"), spec).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn an_update_or_swap_whose_record_cannot_be_written_is_taken_back() {
+    let host = TestHost::new();
+    let manager = host.manager().await;
+    let (a, b) = (image(&host, "a.img"), image(&host, "b.img"));
+    let vm = id("unwritable");
+    let spec = VmSpec {
+        extra_drives: vec![DriveSpec::new("data", &a, false)],
+        ..rich_spec(&host)
+    };
+    let before = manager.run(&vm, spec).await.unwrap();
+    let config_before = vm_config(&manager, &vm).await;
+    // The record is written through `record.tmp`: a directory there makes
+    // every write fail, even for root.
+    let blocker = before.dir.join("record.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+
+    let update = VmUpdate {
+        drives: vec![DriveLimitUpdate {
+            drive_id: "rootfs".into(),
+            limit: LimitChange {
+                bandwidth: BucketChange::Set(Bucket::per_second(9)),
+                ops: BucketChange::Remove,
+            },
+        }],
+        ..VmUpdate::default()
+    };
+    let err = manager.update(&vm, &update).await.unwrap_err();
+    assert!(matches!(err, VmError::Record { .. }), "{err:?}");
+    let err = manager.swap_drive(&vm, "data", &b).await.unwrap_err();
+    assert!(matches!(err, VmError::Record { .. }), "{err:?}");
+
+    // Both were taken back: the VMM, the spec and the write hold.
+    let config_after = vm_config(&manager, &vm).await;
+    assert_eq!(config_after.drives, config_before.drives);
+    assert_eq!(manager.get(&vm).await.unwrap().spec, before.spec);
+    let on_b = VmSpec {
+        extra_drives: vec![DriveSpec::new("data", &b, false)],
+        ..host.spec()
+    };
+    manager.run(&id("on-b"), on_b).await.unwrap();
+    assert_eq!(intents(&host), 0);
+
+    std::fs::remove_dir(&blocker).unwrap();
+    manager.update(&vm, &update).await.unwrap();
+}
