@@ -462,8 +462,14 @@ fn drive_path(spec: &ResolvedSpec, id: &str) -> Option<std::path::PathBuf> {
 }
 
 fn drive_limit_of(spec: &ResolvedSpec, id: &str) -> RateLimit {
-    let mut spec = spec.clone();
-    drive_limit(&mut spec, id).copied().unwrap_or_default()
+    if id == ROOTFS_DRIVE_ID {
+        return spec.rootfs_io.limit;
+    }
+    spec.extra_drives
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| d.io.limit)
+        .unwrap_or_default()
 }
 
 fn check(device: &str, change: &LimitChange) -> Result<(), UpdateError> {
