@@ -84,9 +84,10 @@ const PAGE_BYTES: u64 = PAGE as u64;
 /// [`PAGE_BYTES`] as a length in memory.
 const PAGE: usize = 4096;
 
-/// Like [`digest`], and turns every run of all-zero pages into a hole
-/// (`FALLOC_FL_PUNCH_HOLE`) as it goes: the content, and so the checksum,
-/// is the same, and the data that remains is what the guest had written.
+/// Like [`digest`], and turns every run of all-zero pages of at least
+/// [`MIN_HOLE_BYTES`] into a hole (`FALLOC_FL_PUNCH_HOLE`) as it goes: the
+/// content, and so the checksum, is the same, and the data that remains is
+/// what the guest had written (and short runs of zeros between it).
 ///
 /// Firecracker writes a full snapshot's memory whole, so guest memory that
 /// was never touched, or that a balloon took back, would take up room in
@@ -94,7 +95,9 @@ const PAGE: usize = 4096;
 /// Only for a full snapshot's memory: in a diff layer a hole means "the
 /// parent's page", not zero. `file` must be open for writing.
 pub(crate) fn digest_punching_zeros(file: &File) -> io::Result<FileDigest> {
-    let digest = digest_with(file, &mut |off, bytes| punch_zero_pages(file, off, bytes))?;
+    let mut puncher = ZeroPuncher { file, run: None };
+    let digest = digest_with(file, &mut |off, bytes| puncher.feed(off, bytes))?;
+    puncher.flush()?;
     // What is left after the punching.
     let mut data_bytes = 0;
     for extent in DataExtents::new(file, digest.size_bytes) {
@@ -107,39 +110,72 @@ pub(crate) fn digest_punching_zeros(file: &File) -> io::Result<FileDigest> {
     })
 }
 
-/// Punches the runs of all-zero whole pages in `bytes`, read from `file` at
-/// `off`.
-fn punch_zero_pages(file: &File, off: u64, bytes: &[u8]) -> io::Result<()> {
-    let page = PAGE;
-    // Only whole, aligned pages: the first one starts at the next boundary.
-    let skip = usize::try_from(off.next_multiple_of(PAGE_BYTES) - off).unwrap_or(usize::MAX);
-    let mut run: Option<(u64, u64)> = None;
-    let flush = |run: &mut Option<(u64, u64)>| -> io::Result<()> {
-        if let Some((start, len)) = run.take() {
+/// The shortest run of zero pages worth a hole. A hole is one
+/// `fallocate` call, which costs tens of microseconds on ext4: punching
+/// every lone zero page of a fragmented memory made sealing 17 times
+/// slower (BENCHMARKS.md, section 16), for little room saved. Memory a
+/// guest never touched, or that a balloon took in large blocks, comes in
+/// much longer runs.
+const MIN_HOLE_BYTES: u64 = 256 << 10;
+
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+
+/// Finds runs of all-zero pages in the data it is shown, in file order,
+/// and punches the long ones.
+struct ZeroPuncher<'a> {
+    file: &'a File,
+    /// The run under way: its start and length.
+    run: Option<(u64, u64)>,
+}
+
+impl ZeroPuncher<'_> {
+    /// `bytes`, read from the file at `off`.
+    fn feed(&mut self, off: u64, bytes: &[u8]) -> io::Result<()> {
+        // A run goes on only across contiguous data.
+        if self.run.is_some_and(|(start, len)| start + len != off) {
+            self.flush()?;
+        }
+        // Only whole, aligned pages: the first one starts at the next boundary.
+        let skip = usize::try_from(off.next_multiple_of(PAGE_BYTES) - off).unwrap_or(usize::MAX);
+        if skip > 0 {
+            self.flush()?;
+        }
+        let mut at = skip;
+        while at + PAGE <= bytes.len() {
+            let start = off + at as u64;
+            // A comparison with a page of zeros is a `memcmp`, many times
+            // faster than looking at each byte.
+            if bytes[at..at + PAGE] == ZERO_PAGE {
+                match &mut self.run {
+                    Some((_, len)) => *len += PAGE_BYTES,
+                    None => self.run = Some((start, PAGE_BYTES)),
+                }
+            } else {
+                self.flush()?;
+            }
+            at += PAGE;
+        }
+        if at < bytes.len() {
+            // A page cut by the end of the data: not whole, not a hole.
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Punches the run under way, if it is long enough, and ends it.
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some((start, len)) = self.run.take()
+            && len >= MIN_HOLE_BYTES
+        {
             rustix::fs::fallocate(
-                file,
+                self.file,
                 rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
                 start,
                 len,
             )?;
         }
         Ok(())
-    };
-    let mut at = skip;
-    while at + page <= bytes.len() {
-        let chunk = &bytes[at..at + page];
-        let start = off + at as u64;
-        if chunk.iter().all(|b| *b == 0) {
-            match &mut run {
-                Some((_, len)) => *len += PAGE_BYTES,
-                None => run = Some((start, PAGE_BYTES)),
-            }
-        } else {
-            flush(&mut run)?;
-        }
-        at += page;
     }
-    flush(&mut run)
 }
 
 /// Hashes `file` streaming, feeding zeros for holes instead of reading them
@@ -329,20 +365,24 @@ mod tests {
     }
 
     #[test]
-    fn zero_pages_become_holes_and_the_content_stays() {
+    fn long_runs_of_zero_pages_become_holes_and_the_content_stays() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
-        // 64 pages: data in pages 0, 5 and 63, zeros written everywhere
-        // else, and a zero run that does not start on a chunk boundary.
-        let mut bytes = vec![0u8; 64 * super::PAGE];
-        for page in [0usize, 5, 63] {
-            bytes[page * super::PAGE] = 1;
+        // 1024 pages (4 MiB, several read chunks), zeros written
+        // everywhere but pages 0, 100, 130, 600, 700 and 1023. Zero runs:
+        // 99 pages (long), 29 (short: kept), 469 (long, across a chunk
+        // boundary), 99 and 322 (long).
+        let p = super::PAGE;
+        let mut bytes = vec![0u8; 1024 * p];
+        for page in [0usize, 100, 130, 700, 1023] {
+            bytes[page * p] = 1;
         }
-        // A page with one byte set at its end is not zero.
-        bytes[40 * super::PAGE - 1] = 7;
+        // A page with one byte set at its end is not zero: page 600 splits
+        // the long run in two.
+        bytes[601 * p - 1] = 7;
         std::fs::write(&path, &bytes).unwrap();
         let before = digest(&File::open(&path).unwrap()).unwrap();
-        assert_eq!(before.data_bytes, 64 * PAGE, "written zeros take room");
+        assert_eq!(before.data_bytes, 1024 * PAGE, "written zeros take room");
 
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -352,7 +392,9 @@ mod tests {
         let after = digest_punching_zeros(&file).unwrap();
         assert_eq!(after.blake3, before.blake3);
         assert_eq!(after.size_bytes, before.size_bytes);
-        assert_eq!(after.data_bytes, 4 * PAGE, "{after:?}");
+        // Pages 0, 100-130 (the short run kept with its ends), 600, 700
+        // and 1023.
+        assert_eq!(after.data_bytes, (1 + 31 + 1 + 1 + 1) * PAGE, "{after:?}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         // Again: nothing left to punch, nothing changes.
         assert_eq!(digest_punching_zeros(&file).unwrap(), after);
