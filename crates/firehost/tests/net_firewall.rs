@@ -431,3 +431,46 @@ fn a_missing_nftables_library_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn guests_cannot_reach_link_local_metadata_addresses() {
+    const T: &str = "guests_cannot_reach_link_local_metadata_addresses";
+    in_netns(T, |nl| async move {
+        let Some(nft) = nftables(T) else { return };
+        let service = "8125/udp".parse().unwrap();
+        let lab = lab(nl, nft, 1, vec![service]).await;
+        // A cloud metadata service beyond the uplink, and a link-local
+        // address on the host itself, where a host service listens.
+        const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+        const HOST_LINK_LOCAL: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+        add_address(&lab.nl, &ifname("up0"), HOST_LINK_LOCAL, 16).await;
+        lab.internet
+            .run_async(|nl| async move { add_address(&nl, &ifname("eth0"), METADATA, 16).await });
+        let metadata = udp_in(&lab.internet, SocketAddrV4::new(METADATA, 80));
+        let host_service = UdpSocket::bind(SocketAddrV4::new(HOST_LINK_LOCAL, 8125)).unwrap();
+        let client = udp_in(
+            &lab.guests[0].ns,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        );
+
+        let before = lab.counter("ip", "metadata_blocked");
+        client
+            .send_to(b"GET /latest/meta-data", SocketAddrV4::new(METADATA, 80))
+            .unwrap();
+        lab.wait_counter_above("ip", "metadata_blocked", before);
+        let before = lab.counter("ip", "metadata_blocked");
+        client
+            .send_to(b"stat", SocketAddrV4::new(HOST_LINK_LOCAL, 8125))
+            .unwrap();
+        lab.wait_counter_above("ip", "metadata_blocked", before);
+        assert_nothing_received(&metadata);
+        assert_nothing_received(&host_service);
+
+        // The same service on the gateway's address still answers, and the
+        // internet is still reachable: only link-local is closed.
+        let on_gateway = UdpSocket::bind(SocketAddrV4::new(GATEWAY, 8125)).unwrap();
+        send_until_received(&client, SocketAddrV4::new(GATEWAY, 8125), &on_gateway);
+        let internet = udp_in(&lab.internet, SocketAddrV4::new(INTERNET_IP, 9000));
+        send_until_received(&client, SocketAddrV4::new(INTERNET_IP, 9000), &internet);
+    });
+}

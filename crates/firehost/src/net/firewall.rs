@@ -265,15 +265,18 @@ table ip {TABLE} {{
   set host_services {{ type inet_proto . inet_service; }}
   map published {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
   counter host_blocked {{}}
+  counter metadata_blocked {{}}
   chain host_input {{
     type filter hook input priority 0; policy accept;
     iifname != \"{bridge}\" accept
+    ip daddr {LINK_LOCAL} counter name metadata_blocked drop
     ct state established,related accept
     meta l4proto . th dport @host_services accept
     counter name host_blocked drop
   }}
   chain guest_forward {{
     type filter hook forward priority 0; policy accept;
+    iifname \"{bridge}\" ip daddr {LINK_LOCAL} counter name metadata_blocked drop
     iifname \"{bridge}\" oifname \"{bridge}\" accept
     oifname \"{bridge}\" ct status dnat accept
     oifname \"{bridge}\" ct state established,related accept
@@ -320,6 +323,12 @@ table ip {TABLE} {{
         }
     }
 }
+
+/// Link-local addresses, where clouds serve instance metadata
+/// (169.254.169.254) and credentials: never reachable from a guest, on the
+/// host or beyond it. A VM's own metadata service (MMDS) is answered by
+/// its Firecracker before a packet reaches the TAP, so it is not affected.
+const LINK_LOCAL: &str = "169.254.0.0/16";
 
 /// Deletes both tables whether or not they exist: `add` is a no-op on an
 /// existing table, so the `delete` after it always has a target.
