@@ -511,17 +511,23 @@ pub struct BucketJson {
     pub one_time_burst: Option<u64>,
 }
 
-impl LimitJson {
-    /// `None` when nothing is limited.
-    pub fn of(limit: &RateLimit) -> Option<LimitJson> {
-        let bucket = |b: &Bucket| BucketJson {
+impl BucketJson {
+    /// The JSON form of `b`.
+    pub fn of(b: &Bucket) -> BucketJson {
+        BucketJson {
             size: b.size,
             refill_time_ms: b.refill_time_ms,
             one_time_burst: b.one_time_burst,
-        };
+        }
+    }
+}
+
+impl LimitJson {
+    /// `None` when nothing is limited.
+    pub fn of(limit: &RateLimit) -> Option<LimitJson> {
         (!limit.is_unlimited()).then(|| LimitJson {
-            bandwidth: limit.bandwidth.as_ref().map(bucket),
-            ops: limit.ops.as_ref().map(bucket),
+            bandwidth: limit.bandwidth.as_ref().map(BucketJson::of),
+            ops: limit.ops.as_ref().map(BucketJson::of),
         })
     }
 }
@@ -716,11 +722,7 @@ impl From<&VmInfo> for VmJson {
                     limit: LimitJson::of(&p.limit),
                 })
                 .collect(),
-            serial_limit: vm.spec.serial_limit.map(|b| BucketJson {
-                size: b.size,
-                refill_time_ms: b.refill_time_ms,
-                one_time_burst: b.one_time_burst,
-            }),
+            serial_limit: vm.spec.serial_limit.as_ref().map(BucketJson::of),
             memory_hotplug: vm.spec.memory_hotplug.map(|h| HotplugJson {
                 total_mib: h.total_mib,
                 slot_mib: h.slot_mib,

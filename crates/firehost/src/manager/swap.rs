@@ -184,7 +184,8 @@ fn with_drive_file(spec: &ResolvedSpec, drive_id: &str, file: &Path) -> Option<R
     Some(new)
 }
 
-fn drive_file(spec: &ResolvedSpec, drive_id: &str) -> Option<PathBuf> {
+/// The file drive `drive_id` of `spec` is backed by.
+pub(super) fn drive_file(spec: &ResolvedSpec, drive_id: &str) -> Option<PathBuf> {
     if drive_id == ROOTFS_DRIVE_ID {
         return spec.rootfs.clone();
     }

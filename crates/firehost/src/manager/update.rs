@@ -371,7 +371,7 @@ pub(crate) struct SwapIntent {
 pub(super) async fn settle(vm: &super::Vm, swap: Option<SwapIntent>) {
     let spec = &vm.record.spec;
     if let (Some(swap), Some(jail)) = (&swap, &vm.record.jail) {
-        let recorded = drive_path(spec, &swap.drive);
+        let recorded = super::swap::drive_file(spec, &swap.drive);
         let place = jail
             .root()
             .host_path(&super::jailed::drive_place(&swap.drive));
@@ -449,16 +449,6 @@ fn whole(limit: &RateLimit) -> LimitChange {
         bandwidth: bucket(limit.bandwidth),
         ops: bucket(limit.ops),
     }
-}
-
-fn drive_path(spec: &ResolvedSpec, id: &str) -> Option<std::path::PathBuf> {
-    if id == ROOTFS_DRIVE_ID {
-        return spec.rootfs.clone();
-    }
-    spec.extra_drives
-        .iter()
-        .find(|d| d.id == id)
-        .map(|d| d.path.clone())
 }
 
 fn drive_limit_of(spec: &ResolvedSpec, id: &str) -> RateLimit {

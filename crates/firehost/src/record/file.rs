@@ -374,17 +374,40 @@ struct EntropyFile {
     limit: Option<LimitFile>,
 }
 
-impl LimitFile {
-    /// `None` for no limit at all, so unlimited devices write nothing.
-    fn of(limit: &RateLimit) -> Option<LimitFile> {
-        let bucket = |b: &Bucket| BucketFile {
+impl BucketFile {
+    fn of(b: &Bucket) -> BucketFile {
+        BucketFile {
             size: b.size,
             refill_time_ms: b.refill_time_ms,
             one_time_burst: b.one_time_burst,
-        };
+        }
+    }
+
+    /// The bucket, unchecked (see [`LimitFile::read`] and `read_checked`).
+    fn bucket(self) -> Bucket {
+        Bucket {
+            size: self.size,
+            refill_time_ms: self.refill_time_ms,
+            one_time_burst: self.one_time_burst,
+        }
+    }
+
+    /// The bucket, refused if Firecracker would not enforce it.
+    fn read_checked(self) -> Result<Bucket, Invalid> {
+        let bucket = self.bucket();
+        bucket
+            .validate()
+            .map_err(|e| format!("a rate limit is invalid: {e}"))?;
+        Ok(bucket)
+    }
+}
+
+impl LimitFile {
+    /// `None` for no limit at all, so unlimited devices write nothing.
+    fn of(limit: &RateLimit) -> Option<LimitFile> {
         (!limit.is_unlimited()).then(|| LimitFile {
-            bandwidth: limit.bandwidth.as_ref().map(bucket),
-            ops: limit.ops.as_ref().map(bucket),
+            bandwidth: limit.bandwidth.as_ref().map(BucketFile::of),
+            ops: limit.ops.as_ref().map(BucketFile::of),
         })
     }
 
@@ -392,14 +415,9 @@ impl LimitFile {
         let Some(file) = file else {
             return Ok(RateLimit::default());
         };
-        let bucket = |b: BucketFile| Bucket {
-            size: b.size,
-            refill_time_ms: b.refill_time_ms,
-            one_time_burst: b.one_time_burst,
-        };
         let limit = RateLimit {
-            bandwidth: file.bandwidth.map(bucket),
-            ops: file.ops.map(bucket),
+            bandwidth: file.bandwidth.map(BucketFile::bucket),
+            ops: file.ops.map(BucketFile::bucket),
         };
         limit
             .validate()
@@ -867,11 +885,7 @@ impl From<&ResolvedSpec> for SpecFile {
                     limit: LimitFile::of(&p.limit),
                 })
                 .collect(),
-            serial_limit: spec.serial_limit.map(|b| BucketFile {
-                size: b.size,
-                refill_time_ms: b.refill_time_ms,
-                one_time_burst: b.one_time_burst,
-            }),
+            serial_limit: spec.serial_limit.as_ref().map(BucketFile::of),
             memory_hotplug: spec.memory_hotplug.map(|h| HotplugFile {
                 total_mib: h.total_mib,
                 slot_mib: h.slot_mib,
@@ -997,15 +1011,8 @@ impl SpecFile {
                 .collect::<Result<_, Invalid>>()?,
             serial_limit: self
                 .serial_limit
-                .map(|b| {
-                    let limit = LimitFile::read(Some(LimitFile {
-                        bandwidth: Some(b),
-                        ops: None,
-                    }))?;
-                    Ok::<_, Invalid>(limit.bandwidth)
-                })
-                .transpose()?
-                .flatten(),
+                .map(BucketFile::read_checked)
+                .transpose()?,
             memory_hotplug: self
                 .memory_hotplug
                 .map(|h| {
