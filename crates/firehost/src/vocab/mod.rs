@@ -9,6 +9,7 @@
 //! [`net::host`](crate::net::host), [`mmds`](crate::mmds)), and the crate
 //! root has the common ones.
 
+mod egress;
 mod ifname;
 mod mac;
 mod mmds_spec;
@@ -16,6 +17,10 @@ mod net_spec;
 mod port;
 mod rate;
 
+pub use egress::{
+    Cidr, DomainPattern, EgressAction, EgressError, EgressPolicy, EgressRule, EgressTarget,
+    MAX_EGRESS_RULES, NetMatch, PortRange,
+};
 pub use ifname::{IFNAMSIZ, IfName, IfNameError, MAX_IFNAME_LEN};
 pub use mac::{MacAddr, MacSyntaxError};
 pub use mmds_spec::{MmdsSpec, MmdsVersion};

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MacAddr, PortMapping, RateLimit};
+use super::{EgressPolicy, MacAddr, PortMapping, RateLimit};
 
 /// The Firecracker `iface_id` of the default network's NIC (the guest's
 /// `eth0`).
@@ -111,6 +111,11 @@ pub struct NetSpec {
     /// Limits on what the guest sends on `eth0`.
     #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
     pub tx_limit: RateLimit,
+    /// What the guest may reach beyond the host: see [`EgressPolicy`].
+    /// Open by default (within the host's own
+    /// [`egress_deny`](crate::net::host::NetworkConfig::egress_deny)).
+    #[serde(default, skip_serializing_if = "EgressPolicy::is_open")]
+    pub egress: EgressPolicy,
 }
 
 fn yes() -> bool {
@@ -128,6 +133,7 @@ impl Default for NetSpec {
             netns: false,
             rx_limit: RateLimit::default(),
             tx_limit: RateLimit::default(),
+            egress: EgressPolicy::default(),
         }
     }
 }
