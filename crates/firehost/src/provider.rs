@@ -816,11 +816,10 @@ impl VmProvider for InMemoryProvider {
         if vms.contains_key(id) {
             return Err(VmError::AlreadyExists { id: id.clone() });
         }
-        let wanted =
-            restored_net(&taken.manifest, options.keep_address).map_err(|e| VmError::Network {
-                id: id.clone(),
-                source: Box::new(e),
-            })?;
+        let wanted = restored_net(&taken.manifest, &options).map_err(|e| VmError::Network {
+            id: id.clone(),
+            source: Box::new(e),
+        })?;
         let net = match wanted {
             Some(wanted) => Some(self.network().attach(id, &wanted.spec, wanted.guest)?),
             None => None,

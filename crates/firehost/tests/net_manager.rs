@@ -1456,3 +1456,121 @@ fn nic_limits_reach_firecracker_change_at_runtime_and_follow_clones() {
         manager.destroy(&clone).await.unwrap();
     });
 }
+
+/// A VM's egress chain as the kernel lists it (JSON).
+fn egress_chain(ip: Ipv4Addr) -> Option<String> {
+    let [a, b, c, d] = ip.octets();
+    Nftables::open()
+        .unwrap()
+        .list(&format!("list chain ip firehost vm_{a}_{b}_{c}_{d}"))
+        .ok()
+        .map(|json| json.to_string())
+}
+
+#[test]
+fn egress_policies_follow_a_vm_through_changes_restarts_snapshots_and_destroy() {
+    const T: &str = "egress_policies_follow_a_vm_through_changes_restarts_snapshots_and_destroy";
+    in_netns(T, |nl| async move {
+        use firehost::manager::RestoreOptions;
+        use firehost::vocab::{EgressAction, EgressPolicy, EgressRule};
+        if !nft_or_skip(T) {
+            return;
+        }
+        let h = NetHost::new(&nl).await;
+        let manager = Manager::open(h.config()).await.unwrap();
+        let https_only = EgressPolicy::new(
+            EgressAction::Deny,
+            vec![EgressRule::allow("198.51.100.2:443".parse().unwrap())],
+        )
+        .unwrap();
+        let spec = VmSpec {
+            net: Some(NetSpec {
+                egress: https_only.clone(),
+                ..NetSpec::default()
+            }),
+            ..VmSpec::default()
+        };
+        let vm = id("walled");
+        let net = net_of(&manager.run(&vm, spec).await.unwrap());
+        assert_eq!(net.egress, https_only);
+        let chain = egress_chain(net.ip).expect("the VM has an egress chain");
+        assert!(
+            chain.contains("443") && chain.contains("\"drop\""),
+            "{chain}"
+        );
+
+        // A runtime change: the chain, the info and the record follow.
+        let dns_too = EgressPolicy::new(
+            EgressAction::Deny,
+            vec![
+                EgressRule::allow("198.51.100.2:443".parse().unwrap()),
+                EgressRule::allow("198.51.100.0/24:53/udp".parse().unwrap()),
+            ],
+        )
+        .unwrap();
+        let info = manager.set_egress(&vm, dns_too.clone()).await.unwrap();
+        assert_eq!(net_of(&info).egress, dns_too);
+        assert_eq!(info.spec.net.as_ref().unwrap().egress, dns_too);
+        let chain = egress_chain(net.ip).unwrap();
+        assert!(chain.contains("\"udp\""), "{chain}");
+        assert_eq!(manager.traffic(&vm).await.unwrap().egress_dropped, 0);
+
+        // A VM without a network has no policy to change.
+        let offline = id("offline");
+        manager.create(&offline, VmSpec::default()).await.unwrap();
+        let refused = manager.set_egress(&offline, EgressPolicy::open()).await;
+        assert!(
+            matches!(refused, Err(VmError::Network { .. })),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            manager.traffic(&offline).await,
+            Err(VmError::Network { .. })
+        ));
+        manager.destroy(&offline).await.unwrap();
+
+        // A restarted manager installs the policy the record holds.
+        drop(manager);
+        let manager = Manager::open(h.config()).await.unwrap();
+        let chain = egress_chain(net.ip).expect("the restart put the chain back");
+        assert!(chain.contains("\"udp\""), "{chain}");
+        let attached = manager.network_attachments().await;
+        assert_eq!(attached[0].1.egress, dns_too);
+
+        // Clones keep the snapshot's policy unless their restore says
+        // otherwise.
+        let snap: firehost::snapshot::SnapshotName = "walled-snap".parse().unwrap();
+        manager
+            .snapshot(&vm, &snap, Default::default())
+            .await
+            .unwrap();
+        let kept = net_of(
+            &manager
+                .restore(&id("kept"), &snap, RestoreOptions::default())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(kept.egress, dns_too);
+        assert!(egress_chain(kept.ip).unwrap().contains("\"udp\""));
+        let options = RestoreOptions {
+            egress: Some(EgressPolicy::open()),
+            ..RestoreOptions::default()
+        };
+        let opened = manager
+            .restore(&id("opened"), &snap, options)
+            .await
+            .unwrap();
+        assert!(net_of(&opened).egress.is_open());
+        assert!(opened.spec.net.as_ref().unwrap().egress.is_open());
+
+        for name in ["walled", "kept", "opened"] {
+            manager
+                .stop(&id(name), StopOptions::default())
+                .await
+                .unwrap();
+            manager.destroy(&id(name)).await.unwrap();
+        }
+        assert_eq!(egress_chain(net.ip), None);
+        assert_eq!(residue(&nl).await, nothing());
+    });
+}

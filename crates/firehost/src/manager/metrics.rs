@@ -32,6 +32,10 @@ pub struct VmMetrics {
     pub metrics: VmmMetrics,
     /// Milliseconds since the flush before, when the file still holds it.
     pub interval_ms: Option<u64>,
+    /// The VM's traffic on the default network, read from the firewall
+    /// at the flush: totals since the VM was attached, not deltas.
+    /// `None` for a VM without one.
+    pub traffic: Option<crate::net::firewall::TrafficCounters>,
 }
 
 /// Where a metrics file stood before a flush.
@@ -88,11 +92,12 @@ pub(super) async fn metrics(shared: &Arc<Shared>, id: &VmId) -> Result<VmMetrics
     if !shared.config.vmm_metrics {
         return Err(VmError::MetricsOff { id: id.clone() });
     }
-    let (api, path) = {
+    let (api, path, networked) = {
         let guard = super::ops::found(shared, id, Operation::Update).await?;
         let vm = guard.as_ref().expect("checked by found()");
         let api = super::ops::api_of(vm, Operation::Update)?;
-        (api, vm.dir.join(super::launch::METRICS_FILE))
+        let networked = vm.record.net.is_some().then(|| vm.record.id.clone());
+        (api, vm.dir.join(super::launch::METRICS_FILE), networked)
     };
     let before = {
         let path = path.clone();
@@ -121,10 +126,17 @@ pub(super) async fn metrics(shared: &Arc<Shared>, id: &VmId) -> Result<VmMetrics
                 .expect("reading the metrics does not panic")
         };
         if let Some((metrics, interval_ms)) = found {
+            let traffic = match &networked {
+                // A network being torn down as the VM goes has no
+                // counters left: the sample has none either.
+                Some(key) => shared.network().await.traffic_of(key).await.ok(),
+                None => None,
+            };
             return Ok(VmMetrics {
                 vm: id.clone(),
                 metrics,
                 interval_ms,
+                traffic,
             });
         }
         if Instant::now() >= deadline {

@@ -100,7 +100,7 @@ use crate::agent::AgentClient;
 use crate::api::ApiClient;
 use crate::console::ConsoleRing;
 use crate::net::firewall::PortMapping;
-use crate::net::host::{HostNetwork, VmNet};
+use crate::net::host::{HostNetwork, NetError, VmNet};
 use crate::record::{Durability, VmRecord};
 use crate::snapshot::{SnapshotInfo, SnapshotName, SnapshotStore};
 use crate::spec::{ResolvedSpec, VmSpec};
@@ -852,6 +852,99 @@ impl Manager {
         ));
         task.await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Replaces the egress policy of a VM on the default network (see
+    /// [`EgressPolicy`](crate::vocab::EgressPolicy)), at runtime, in one
+    /// nftables transaction. The old policy applies until the new one
+    /// does; open connections are checked against the new one at their
+    /// next packet, so taking an address out of a policy cuts the
+    /// connections to it. When the firewall refuses the new policy, or the
+    /// record cannot be written, the old policy stays in force. The policy
+    /// is the VM's spec from then on: its snapshots, and the restores and
+    /// clones made from them, keep it. A VM without a network:
+    /// [`VmError::Network`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs in its own task: it completes (or is taken back) even if this
+    /// future is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: &firehost::Manager, id: &firehost::VmId) -> Result<(), firehost::VmError> {
+    /// use firehost::vocab::{EgressAction, EgressPolicy, EgressRule};
+    ///
+    /// let policy = EgressPolicy::new(
+    ///     EgressAction::Deny,
+    ///     vec![EgressRule::allow("203.0.113.0/24:443".parse().unwrap())],
+    /// )
+    /// .expect("a valid policy");
+    /// let info = manager.set_egress(id, policy.clone()).await?;
+    /// assert_eq!(info.net.map(|n| n.egress), Some(policy));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_egress(
+        &self,
+        id: &VmId,
+        policy: crate::vocab::EgressPolicy,
+    ) -> Result<VmInfo, VmError> {
+        let task = tokio::spawn(ops::set_egress(self.shared.clone(), id.clone(), policy));
+        task.await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// A VM's traffic on the default network since it was attached: bytes
+    /// and packets each way, and packets its egress policy dropped (see
+    /// [`TrafficCounters`](crate::net::firewall::TrafficCounters)). The
+    /// counts live in the kernel's firewall and survive a manager restart.
+    /// A VM without a network: [`VmError::Network`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn traffic(
+        &self,
+        id: &VmId,
+    ) -> Result<crate::net::firewall::TrafficCounters, VmError> {
+        let network = |source| VmError::Network {
+            id: id.clone(),
+            source: Box::new(source),
+        };
+        let not_attached = || network(NetError::NotAttached { vm: id.clone() });
+        let ip = self.get(id).await?.net.ok_or_else(not_attached)?.ip;
+        let by_ip = self
+            .shared
+            .network()
+            .await
+            .traffic()
+            .await
+            .map_err(network)?;
+        by_ip.get(&ip).copied().ok_or_else(not_attached)
+    }
+
+    /// The traffic of every VM on the default network, in id order (see
+    /// [`traffic`](Self::traffic)). A read-only manager reads the
+    /// counters too (it changes nothing). Empty when the firewall cannot
+    /// be read (logged).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn network_traffic(&self) -> Vec<(VmId, crate::net::firewall::TrafficCounters)> {
+        let by_ip = match self.shared.network().await.traffic().await {
+            Ok(by_ip) => by_ip,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the traffic counters");
+                return Vec::new();
+            }
+        };
+        self.network_attachments()
+            .await
+            .into_iter()
+            .filter_map(|(id, net)| by_ip.get(&net.ip).map(|t| (id, *t)))
+            .collect()
     }
 
     /// A client for the VM's guest agent (the VM needs a vsock device:

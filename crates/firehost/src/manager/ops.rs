@@ -12,7 +12,7 @@ use crate::api::models::{
     ActionType, InstanceActionInfo, SnapshotCreateParams, SnapshotType, Vm as VmPatch,
     VmState as ApiVmState,
 };
-use crate::net::firewall::PortMapping;
+use crate::net::firewall::{EgressPolicy, PortMapping};
 use crate::net::host::NetError;
 use crate::record::{Durability, PendingSnapshot};
 use crate::snapshot::{
@@ -738,6 +738,50 @@ pub(super) async fn publish(
     .map_err(network)?;
     vm.record.net = Some(net);
     vm.persist(Durability::Synced).await?;
+    slot.publish(Some(vm));
+    Ok(vm.info())
+}
+
+/// [`Manager::set_egress`](super::Manager::set_egress): the firewall
+/// first, then the record; a record that cannot be written takes the
+/// firewall back. A crash between the two leaves the record's policy,
+/// which the next manager installs.
+pub(super) async fn set_egress(
+    shared: Arc<Shared>,
+    id: VmId,
+    policy: EgressPolicy,
+) -> Result<VmInfo, VmError> {
+    let slot = shared.find(&id).await?;
+    let mut guard = slot.vm.lock().await;
+    let vm = guard
+        .as_mut()
+        .ok_or_else(|| VmError::NotFound { id: id.clone() })?;
+    let network = |source| VmError::Network {
+        id: id.clone(),
+        source: Box::new(source),
+    };
+    let Some(old) = vm.record.net.as_ref().map(|n| n.egress.clone()) else {
+        return Err(network(NetError::NotAttached { vm: id.clone() }));
+    };
+    let host_network = shared.network().await;
+    let key = vm.record.id.clone();
+    let net = host_network
+        .set_egress(&key, policy.clone())
+        .await
+        .map_err(network)?;
+    let (old_net, old_spec_net) = (vm.record.net.clone(), vm.record.spec.net.clone());
+    vm.record.net = Some(net);
+    if let Some(spec_net) = &mut vm.record.spec.net {
+        spec_net.egress = policy;
+    }
+    if let Err(e) = vm.persist(Durability::Synced).await {
+        vm.record.net = old_net;
+        vm.record.spec.net = old_spec_net;
+        if let Err(undo) = host_network.set_egress(&key, old).await {
+            tracing::error!(vm = %id, error = %undo, "cannot put the old egress policy back after a failed record write");
+        }
+        return Err(e);
+    }
     slot.publish(Some(vm));
     Ok(vm.info())
 }

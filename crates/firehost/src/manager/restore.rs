@@ -142,6 +142,10 @@ pub struct RestoreOptions {
     /// are the restored VM's spec from then on. Checked before anything
     /// starts ([`VmError::InvalidUpdate`]).
     pub devices: super::update::VmUpdate,
+    /// The restored VM's egress policy, instead of the snapshot's (a VM
+    /// keeps the policy it was made under unless told otherwise). For a
+    /// snapshot with no default network it changes nothing.
+    pub egress: Option<crate::vocab::EgressPolicy>,
 }
 
 /// Where a restored guest's memory comes from.
@@ -186,6 +190,7 @@ impl Default for RestoreOptions {
             gid: None,
             keep_address: false,
             devices: super::update::VmUpdate::default(),
+            egress: None,
         }
     }
 }
@@ -198,6 +203,9 @@ pub(crate) fn restored_spec(
     jailed: bool,
 ) -> Result<ResolvedSpec, crate::jail::JailError> {
     let mut spec = snapshot.clone();
+    if let (Some(policy), Some(net)) = (&options.egress, &mut spec.net) {
+        net.egress = policy.clone();
+    }
     if !jailed {
         if options.uid.is_some() || options.gid.is_some() {
             return Err(crate::jail::JailError::InvalidSpec {
@@ -776,7 +784,7 @@ async fn attach_network(
         id: id.clone(),
         source: Box::new(source),
     };
-    let Some(wanted) = restored_net(manifest, options.keep_address).map_err(network)? else {
+    let Some(wanted) = restored_net(manifest, options).map_err(network)? else {
         return Ok(None);
     };
     let owner = super::jailed::tap_owner(shared, id, spec, undo)?;
@@ -813,8 +821,9 @@ pub(crate) struct RestoredNet {
 /// NIC.
 pub(crate) fn restored_net(
     manifest: &crate::snapshot::SnapshotManifest,
-    keep_address: bool,
+    options: &RestoreOptions,
 ) -> Result<Option<RestoredNet>, NetError> {
+    let keep_address = options.keep_address;
     let Some(layout) = manifest.network.iter().find(|n| n.guest_ip.is_some()) else {
         return Ok(None);
     };
@@ -855,6 +864,17 @@ pub(crate) fn restored_net(
             .as_ref()
             .map(|n| n.tx_limit)
             .unwrap_or_default(),
+        // The guest was made under this policy and keeps it, unless the
+        // restore replaces it.
+        egress: match &options.egress {
+            Some(policy) => policy.clone(),
+            None => manifest
+                .spec
+                .net
+                .as_ref()
+                .map(|n| n.egress.clone())
+                .unwrap_or_default(),
+        },
     };
     if keep_address {
         spec.ip = Some(ip);

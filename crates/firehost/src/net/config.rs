@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::IfName;
-use super::firewall::HostService;
+use super::firewall::{Cidr, HostService};
 use super::ipam::Subnet;
 use super::tap::TapOwner;
 
@@ -60,6 +60,37 @@ pub struct NetworkConfig {
     /// Who owns the TAPs: the user Firecracker runs as. `None` for both
     /// ids makes TAPs usable with `CAP_NET_ADMIN` only.
     pub tap_owner: TapOwner,
+    /// Ranges no guest reaches through the uplink unless its own egress
+    /// policy has a rule allowing them: [`PRIVATE_RANGES`] by default, so
+    /// a sandbox cannot probe the host's LAN, its cloud's internal
+    /// services or loopback-routed addresses. The guests' DNS servers
+    /// stay reachable on port 53 whatever this says. Link-local
+    /// addresses (cloud metadata) are blocked apart from this, always.
+    pub egress_deny: Vec<Cidr>,
+}
+
+/// Addresses that are not the public internet: RFC 1918 private
+/// networks, carrier-grade NAT, "this network", loopback, IETF protocol
+/// assignments, benchmarking, multicast and the reserved block.
+pub const PRIVATE_RANGES: [Cidr; 10] = [
+    cidr(0, 0, 0, 0, 8),
+    cidr(10, 0, 0, 0, 8),
+    cidr(100, 64, 0, 0, 10),
+    cidr(127, 0, 0, 0, 8),
+    cidr(172, 16, 0, 0, 12),
+    cidr(192, 0, 0, 0, 24),
+    cidr(192, 168, 0, 0, 16),
+    cidr(198, 18, 0, 0, 15),
+    cidr(224, 0, 0, 0, 4),
+    cidr(240, 0, 0, 0, 4),
+];
+
+/// A constant network, checked at compile time.
+const fn cidr(a: u8, b: u8, c: u8, d: u8, len: u8) -> Cidr {
+    match Cidr::new(Ipv4Addr::new(a, b, c, d), len) {
+        Some(net) => net,
+        None => panic!("not a network"),
+    }
 }
 
 impl Default for NetworkConfig {
@@ -76,6 +107,7 @@ impl Default for NetworkConfig {
                 uid: Some(unsafe { libc::geteuid() }),
                 gid: None,
             },
+            egress_deny: PRIVATE_RANGES.to_vec(),
         }
     }
 }

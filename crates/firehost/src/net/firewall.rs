@@ -29,14 +29,24 @@
 //! in the named counters `spoofed`, `isolated` (bridge table) and
 //! `host_blocked` (ip table).
 //!
+//! Each VM also has an egress chain and traffic counters of its own: see
+//! [`egress`](self#egress) below and the `egress` submodule.
+//!
 //! Every script is assembled here from typed values only: [`IfName`]s
 //! (which need no quoting), addresses, MACs, ports and protocol enums.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use crate::vocab::{HostService, PortMapping, PortSyntaxError, Proto};
+pub use crate::vocab::{
+    Cidr, EgressAction, EgressPolicy, EgressRule, HostService, PortMapping, PortSyntaxError, Proto,
+};
+pub use egress::TrafficCounters;
+
+mod egress;
 
 use super::IfName;
 use super::ipam::{MacAddr, Subnet};
@@ -61,6 +71,12 @@ pub struct FirewallConfig {
     pub uplink: Option<IfName>,
     /// Host services guests may open connections to.
     pub host_services: Vec<HostService>,
+    /// Ranges no VM reaches through the uplink unless its own egress rule
+    /// allows them.
+    pub egress_deny: Vec<Cidr>,
+    /// The guests' DNS servers: reachable on port 53 whatever
+    /// `egress_deny` says.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// The firewall's view of one VM NIC.
@@ -74,6 +90,8 @@ pub struct GuestPort {
     pub ip: Ipv4Addr,
     /// Host ports forwarded to this guest.
     pub published: Vec<PortMapping>,
+    /// What the guest may reach through the uplink.
+    pub egress: EgressPolicy,
 }
 
 /// Why a firewall change failed. A failed change applied nothing.
@@ -90,13 +108,62 @@ pub enum FirewallError {
 pub struct Firewall {
     nft: Arc<Nftables>,
     config: FirewallConfig,
+    /// The last egress generation handed out (see the `egress` module).
+    generation: Arc<AtomicU32>,
 }
 
 impl Firewall {
     /// A firewall for `config` that runs its transactions through `nft`.
     /// Changes nothing until [`Firewall::install`].
     pub fn new(nft: Arc<Nftables>, config: FirewallConfig) -> Self {
-        Firewall { nft, config }
+        // Seeded from the clock so a restarted manager's first
+        // generations are not the ones open connections still carry.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(1);
+        Firewall {
+            nft,
+            config,
+            generation: Arc::new(AtomicU32::new(seed)),
+        }
+    }
+
+    /// A fresh egress generation, never 0 (the mark of connections no
+    /// chain has let through).
+    fn next_generation(&self) -> u32 {
+        loop {
+            let g = self
+                .generation
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            if g != 0 {
+                return g;
+            }
+        }
+    }
+
+    fn host_egress(&self) -> egress::HostEgress<'_> {
+        egress::HostEgress {
+            dns: &self.config.dns,
+            deny: &self.config.egress_deny,
+        }
+    }
+
+    /// Writes `verb` for all of one port's elements and objects; adding
+    /// includes its egress rules.
+    fn port_script(
+        &self,
+        s: &mut String,
+        verb: &str,
+        port: &GuestPort,
+        counters: Option<&TrafficCounters>,
+    ) {
+        add_port_elements(s, verb, port);
+        egress::objects(s, verb, port, counters);
+        if verb == "add" {
+            egress::rules(s, port, &self.host_egress(), self.next_generation());
+        }
     }
 
     /// The configuration the rules are built from.
@@ -112,17 +179,23 @@ impl Firewall {
     /// Replaces both firehost tables, in one transaction, with fresh ones
     /// holding exactly `ports` and the `peers` pairs: whatever the tables
     /// held before (a crashed manager's leftovers, VMs that died since) is
-    /// gone, and packets never see a moment without rules.
+    /// gone, and packets never see a moment without rules. The traffic
+    /// counters of the `ports` carry over from the tables replaced.
     pub fn install(
         &self,
         ports: &[GuestPort],
         peers: &[(IfName, IfName)],
     ) -> Result<(), FirewallError> {
+        let before = if self.installed()? {
+            self.traffic()?
+        } else {
+            BTreeMap::new()
+        };
         let mut script = String::new();
         drop_tables(&mut script);
         self.config.define_tables(&mut script);
         for port in ports {
-            add_port_elements(&mut script, "add", port);
+            self.port_script(&mut script, "add", port, before.get(&port.ip));
         }
         add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
@@ -144,7 +217,7 @@ impl Firewall {
         peers: &[(IfName, IfName)],
     ) -> Result<(), FirewallError> {
         let mut script = String::new();
-        add_port_elements(&mut script, "add", port);
+        self.port_script(&mut script, "add", port, None);
         add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
         Ok(())
@@ -163,10 +236,37 @@ impl Firewall {
         let mut script = String::new();
         for verb in ["add", "delete"] {
             add_port_elements(&mut script, verb, port);
+            egress::objects(&mut script, verb, port, None);
             add_peer_elements(&mut script, verb, peers);
         }
         self.nft.run(&script)?;
         Ok(())
+    }
+
+    /// Replaces the egress rules of an admitted port with
+    /// `port.egress`, in one transaction: the old rules apply until the
+    /// new ones do, and a policy the kernel refuses leaves them in force.
+    /// Open connections are checked against the new rules at their next
+    /// packet.
+    pub fn set_egress(&self, port: &GuestPort) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        egress::rules(
+            &mut script,
+            port,
+            &self.host_egress(),
+            self.next_generation(),
+        );
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// Every admitted port's traffic counters, by its address.
+    pub fn traffic(&self) -> Result<BTreeMap<Ipv4Addr, TrafficCounters>, FirewallError> {
+        let bridge = self
+            .nft
+            .list(&format!("list counters table bridge {TABLE}"))?;
+        let ip = self.nft.list(&format!("list counters table ip {TABLE}"))?;
+        Ok(egress::counters_in(&bridge, &ip))
     }
 
     /// Forwards `mapping` to `ip` (a running VM's address).
@@ -235,6 +335,8 @@ impl FirewallConfig {
             gateway,
             uplink,
             host_services,
+            egress_deny: _,
+            dns: _,
         } = self;
         let _ = write!(
             s,
@@ -242,14 +344,20 @@ impl FirewallConfig {
   set taps {{ type ifname; }}
   set bindings {{ type ifname . ether_addr . ipv4_addr; }}
   set peers {{ type ifname . ifname; }}
+  map tx_count {{ type ifname : counter; }}
+  map rx_count {{ type ifname : counter; }}
   counter spoofed {{}}
   counter isolated {{}}
   chain guest_ingress {{
     type filter hook prerouting priority -200; policy accept;
     iifname != @taps accept
-    ether type ip iifname . ether saddr . ip saddr @bindings accept
-    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings accept
+    ether type ip iifname . ether saddr . ip saddr @bindings counter name iifname map @tx_count accept
+    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings counter name iifname map @tx_count accept
     counter name spoofed drop
+  }}
+  chain count_rx {{
+    type filter hook postrouting priority 0; policy accept;
+    oifname @taps counter name oifname map @rx_count
   }}
   chain vm_to_vm {{
     type filter hook forward priority 0; policy accept;
@@ -264,6 +372,7 @@ impl FirewallConfig {
 table ip {TABLE} {{
   set host_services {{ type inet_proto . inet_service; }}
   map published {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+  map egress {{ type ipv4_addr : verdict; }}
   counter host_blocked {{}}
   counter metadata_blocked {{}}
   chain host_input {{
@@ -286,7 +395,8 @@ table ip {TABLE} {{
         if let Some(uplink) = uplink {
             let _ = writeln!(
                 s,
-                "    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr {subnet} accept"
+                "    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr vmap @egress
+    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr {subnet} accept"
             );
         }
         let _ = write!(
@@ -346,6 +456,7 @@ fn add_port_elements(s: &mut String, verb: &str, port: &GuestPort) {
         mac,
         ip,
         published,
+        egress: _,
     } = port;
     let _ = writeln!(s, "{verb} element bridge {TABLE} taps {{ \"{tap}\" }}");
     let _ = writeln!(
@@ -408,6 +519,8 @@ mod tests {
             gateway: "172.30.0.1".parse().unwrap(),
             uplink: uplink.map(|u| IfName::new(u).unwrap()),
             host_services: vec!["53/udp".parse().unwrap()],
+            egress_deny: vec![],
+            dns: vec![],
         }
     }
 
@@ -435,6 +548,7 @@ mod tests {
             mac: "06:00:00:00:00:01".parse().unwrap(),
             ip: "172.30.0.2".parse().unwrap(),
             published: vec!["8080:80".parse().unwrap()],
+            egress: EgressPolicy::open(),
         };
         let mut s = String::new();
         add_port_elements(&mut s, "delete", &port);

@@ -37,14 +37,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use futures_util::TryStreamExt;
 use tokio::sync::RwLockReadGuard;
 
-pub use super::config::{NetworkConfig, Uplink};
+pub use super::config::{NetworkConfig, PRIVATE_RANGES, Uplink};
 pub use super::error::NetError;
 pub use super::vm_net::{
     DEFAULT_IFACE_ID, GuestAddress, NetSpec, PeerGroup, PeerGroupError, VmNet,
 };
 
 use super::bridge::{Bridge, BridgeError};
-use super::firewall::{Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping};
+use super::firewall::{
+    EgressPolicy, Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping, TrafficCounters,
+};
 use super::footprint::{Footprint, read_footprint, write_footprint};
 use super::ipam::{Allocator, Lease};
 use super::netns::Inside;
@@ -521,6 +523,77 @@ impl HostNetwork {
         changed.ok_or_else(not_attached)
     }
 
+    /// Replaces `vm`'s egress policy, in one nftables transaction: the old
+    /// policy applies until the new one does, and when the kernel refuses
+    /// the new one the old one stays. Open connections are checked
+    /// against the new policy at their next packet. Returns the VM's
+    /// network.
+    ///
+    /// # Cancel safety
+    ///
+    /// Runs on the blocking pool: it completes even if this future is
+    /// dropped.
+    pub async fn set_egress(&self, vm: &VmId, policy: EgressPolicy) -> Result<VmNet, NetError> {
+        let not_attached = || NetError::NotAttached { vm: vm.clone() };
+        let shared = self.live.read().await;
+        let live = shared.clone().ok_or_else(not_attached)?;
+        let (book, membership, id) = (self.book.clone(), self.membership.clone(), vm.clone());
+        let changed = blocking(move || {
+            let _one_change = lock(&membership);
+            let Some(mut net) = lock(&book).attached.get(&id).cloned() else {
+                return Ok(None);
+            };
+            net.egress = policy;
+            live.firewall.set_egress(&net.port())?;
+            lock(&book).attached.insert(id, net.clone());
+            Ok::<_, NetError>(Some(net))
+        })
+        .await?;
+        changed.ok_or_else(not_attached)
+    }
+
+    /// The traffic counters the firewall holds, by VM address (see
+    /// [`TrafficCounters`]). Reads the kernel even when this manager has
+    /// not taken the network over (a read-only manager): nothing is
+    /// changed. Empty when the tables are not there.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads (on the blocking pool).
+    pub async fn traffic(&self) -> Result<BTreeMap<Ipv4Addr, TrafficCounters>, NetError> {
+        let live = self.live.read().await.clone();
+        let firewall = match live {
+            Some(live) => live.firewall.clone(),
+            None => self.connect_kernel()?.1,
+        };
+        blocking(move || {
+            if !firewall.installed()? {
+                return Ok(BTreeMap::new());
+            }
+            Ok(firewall.traffic()?)
+        })
+        .await
+    }
+
+    /// One VM's traffic counters.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn traffic_of(&self, vm: &VmId) -> Result<TrafficCounters, NetError> {
+        let not_attached = || NetError::NotAttached { vm: vm.clone() };
+        let ip = lock(&self.book)
+            .attached
+            .get(vm)
+            .map(|net| net.ip)
+            .ok_or_else(not_attached)?;
+        self.traffic()
+            .await?
+            .get(&ip)
+            .copied()
+            .ok_or_else(not_attached)
+    }
+
     /// Fails if the state file could not be read.
     fn check_state_file(&self, book: &Book) -> Result<(), NetError> {
         match &book.unreadable {
@@ -659,6 +732,8 @@ impl HostNetwork {
             gateway: self.gateway,
             uplink: None,
             host_services: self.config.host_services.clone(),
+            egress_deny: self.config.egress_deny.clone(),
+            dns: self.dns(),
         };
         Ok((nl, Firewall::new(nft, firewall_config)))
     }
@@ -1139,6 +1214,7 @@ mod tests {
             peer_groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
             netns: None,
             guest: None,
+            egress: Default::default(),
         }
     }
 

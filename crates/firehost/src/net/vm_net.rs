@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocab::EgressPolicy;
 pub use crate::vocab::{DEFAULT_IFACE_ID, NetSpec, PeerGroup, PeerGroupError};
 
 use super::IfName;
@@ -60,6 +61,11 @@ pub struct VmNet {
     /// The VM's own network namespace, holding the TAP, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<super::netns::VmNetns>,
+    /// The egress policy in force: the spec's, until
+    /// [`Manager::set_egress`](crate::manager::Manager::set_egress)
+    /// replaces it.
+    #[serde(default, skip_serializing_if = "EgressPolicy::is_open")]
+    pub egress: EgressPolicy,
 }
 
 impl VmNet {
@@ -84,6 +90,7 @@ impl VmNet {
             peer_groups: spec.peer_groups.clone(),
             netns: None,
             guest: None,
+            egress: spec.egress.clone(),
         }
     }
 
@@ -119,6 +126,7 @@ impl VmNet {
             mac: self.mac,
             ip: self.ip,
             published: self.published.clone(),
+            egress: self.egress.clone(),
         }
     }
 

@@ -42,6 +42,7 @@ use crate::spec::{
 use crate::state::{ExitReason, VmState};
 use crate::vmm::ConsoleMode;
 use crate::vocab::{Bucket, RateLimit};
+use crate::vocab::{EgressPolicy, EgressRule, EgressTarget};
 use crate::vsock::VsockSpec;
 
 /// The format this build writes.
@@ -476,6 +477,72 @@ struct NetSpecFile {
     rx_limit: Option<LimitFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tx_limit: Option<LimitFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    egress: Option<EgressFile>,
+}
+
+/// An egress policy: absent when open. Rules are kept in the text forms
+/// their parsers read, and the policy is checked again on the way in.
+#[derive(Debug, Serialize, Deserialize)]
+struct EgressFile {
+    default: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<EgressRuleFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EgressRuleFile {
+    action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    net: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    domain: Option<String>,
+}
+
+impl EgressFile {
+    fn of(policy: &EgressPolicy) -> Option<EgressFile> {
+        (!policy.is_open()).then(|| EgressFile {
+            default: policy.default_action().to_string(),
+            rules: policy
+                .rules()
+                .iter()
+                .map(|r| {
+                    let (net, domain) = match &r.target {
+                        EgressTarget::Net(m) => (Some(m.to_string()), None),
+                        EgressTarget::Domain(d) => (None, Some(d.to_string())),
+                    };
+                    EgressRuleFile {
+                        action: r.action.to_string(),
+                        net,
+                        domain,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    fn read(file: Option<EgressFile>) -> Result<EgressPolicy, Invalid> {
+        let Some(file) = file else {
+            return Ok(EgressPolicy::open());
+        };
+        let rules = file
+            .rules
+            .into_iter()
+            .map(|r| {
+                let action = parse("egress action", &r.action)?;
+                let target = match (r.net, r.domain) {
+                    (Some(net), None) => EgressTarget::Net(parse("egress rule", &net)?),
+                    (None, Some(domain)) => EgressTarget::Domain(parse("egress domain", &domain)?),
+                    _ => {
+                        return Err("an egress rule names both or neither of net and domain".into());
+                    }
+                };
+                Ok(EgressRule { action, target })
+            })
+            .collect::<Result<Vec<_>, Invalid>>()?;
+        EgressPolicy::new(parse("egress default", &file.default)?, rules)
+            .map_err(|e| format!("egress policy is invalid: {e}"))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -562,6 +629,10 @@ pub struct NetFile {
     /// clones had namespaces, which had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     guest: Option<GuestFile>,
+    /// The policy in force: absent when open (and in records written
+    /// before policies existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    egress: Option<EgressFile>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -857,6 +928,7 @@ impl From<&ResolvedSpec> for SpecFile {
                 netns: n.netns,
                 rx_limit: LimitFile::of(&n.rx_limit),
                 tx_limit: LimitFile::of(&n.tx_limit),
+                egress: EgressFile::of(&n.egress),
             }),
             extra_nics: spec
                 .extra_nics
@@ -970,6 +1042,7 @@ impl SpecFile {
                         netns: n.netns,
                         rx_limit: LimitFile::read(n.rx_limit)?,
                         tx_limit: LimitFile::read(n.tx_limit)?,
+                        egress: EgressFile::read(n.egress)?,
                     })
                 })
                 .transpose()?,
@@ -1103,6 +1176,7 @@ impl From<&VmNet> for NetFile {
                 ip: g.ip,
                 mac: g.mac.to_string(),
             }),
+            egress: EgressFile::of(&net.egress),
         }
     }
 }
@@ -1138,6 +1212,7 @@ impl NetFile {
                     })
                 })
                 .transpose()?,
+            egress: EgressFile::read(self.egress)?,
         })
     }
 }

@@ -415,6 +415,7 @@ mod tests {
                 peer_groups: vec!["g".parse().unwrap()],
                 netns: None,
                 guest: None,
+                egress: Default::default(),
             }),
         }
     }
@@ -446,6 +447,7 @@ mod tests {
                 netns: true,
                 rx_limit: Default::default(),
                 tx_limit: Default::default(),
+                egress: Default::default(),
             }),
             extra_nics: vec![NicSpec {
                 iface_id: "eth1".into(),
@@ -643,6 +645,41 @@ mod tests {
             serde_json::json!({"ops": {"size": 0, "refill_time_ms": 1000}});
         std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
         assert!(VmRecord::read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn egress_policies_round_trip_and_a_hand_edited_shadowed_rule_is_refused() {
+        use crate::vocab::{EgressAction, EgressPolicy, EgressRule};
+        let policy = EgressPolicy::new(
+            EgressAction::Deny,
+            vec![
+                EgressRule::allow("10.0.0.0/8:8000-8100/udp".parse().unwrap()),
+                EgressRule::deny_domain("evil.example.com".parse().unwrap()),
+                EgressRule::allow_domain("*.example.com".parse().unwrap()),
+            ],
+        )
+        .unwrap();
+        let mut record = rich();
+        if let Some(net) = &mut record.spec.net {
+            net.egress = policy.clone();
+        }
+        if let Some(net) = &mut record.net {
+            net.egress = policy;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        record.write(dir.path()).unwrap();
+        assert_eq!(VmRecord::read(dir.path()).unwrap(), record);
+
+        let path = dir.path().join(RECORD_FILE);
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(file["net"]["egress"]["default"], "deny");
+        file["net"]["egress"]["rules"][0] =
+            serde_json::json!({"action": "allow", "net": "0.0.0.0/0"});
+        file["net"]["egress"]["rules"][1] = serde_json::json!({"action": "deny", "net": "1.2.3.4"});
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let err = VmRecord::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("can never match"), "{err}");
     }
 
     #[test]
