@@ -410,6 +410,9 @@ pub struct RunArgs {
         help_heading = "Devices and limits"
     )]
     pub net_tx_bw: Option<String>,
+    /// What the guest may reach beyond the host. Implies --net.
+    #[command(flatten)]
+    pub egress: EgressArgs,
     /// A CPU template: one of Firecracker's static ones (C3, T2, T2S, T2CL,
     /// T2A, V1N1), refused unless this host's CPU is one it is for, or a
     /// custom template file (Firecracker's cpu-config JSON).
@@ -777,6 +780,9 @@ pub struct RestoreArgs {
     /// the guest runs.
     #[command(flatten)]
     pub devices: DeviceUpdateArgs,
+    /// An egress policy instead of the snapshot's.
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 /// A `--uffd` mode.
@@ -818,6 +824,10 @@ pub struct CloneArgs {
     /// every clone.
     #[command(flatten)]
     pub devices: DeviceUpdateArgs,
+    /// An egress policy instead of the snapshot's, the same for every
+    /// clone.
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 /// `snapshots`: a group of subcommands over `<state-dir>/snapshots`.
@@ -951,6 +961,20 @@ pub enum NetCommand {
     Publish(PortArgs),
     /// Stop forwarding a host port to a VM (not an error if it was not).
     Unpublish(PortArgs),
+    /// Print a VM's egress policy and traffic, or replace its policy with
+    /// the one the flags give (in one firewall transaction; open
+    /// connections follow the new policy at their next packet).
+    Egress(NetEgressArgs),
+}
+
+/// `net egress`'s arguments.
+#[derive(Debug, Args)]
+pub struct NetEgressArgs {
+    /// The VM's name.
+    pub name: String,
+    /// The new policy; none of these flags: print the policy in force.
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 /// `net publish` and `net unpublish`'s arguments.
@@ -1195,5 +1219,142 @@ mod tests {
             let args = [&run[..], &["--no-ip-arg"], flag].concat();
             assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
         }
+    }
+}
+
+/// Which egress flag a rule came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressFlag {
+    /// `--allow CIDR[:PORTS][/udp]`.
+    Allow,
+    /// `--deny CIDR[:PORTS][/udp]`.
+    Deny,
+    /// `--allow-domain NAME`.
+    AllowDomain,
+    /// `--deny-domain NAME`.
+    DenyDomain,
+}
+
+impl EgressFlag {
+    /// Each flag with its clap id and option name.
+    pub const ALL: [(EgressFlag, &'static str, &'static str); 4] = [
+        (EgressFlag::Allow, "egress_allow", "--allow"),
+        (EgressFlag::Deny, "egress_deny", "--deny"),
+        (
+            EgressFlag::AllowDomain,
+            "egress_allow_domain",
+            "--allow-domain",
+        ),
+        (
+            EgressFlag::DenyDomain,
+            "egress_deny_domain",
+            "--deny-domain",
+        ),
+    ];
+
+    /// The option's name, for error messages.
+    pub fn option(self) -> &'static str {
+        EgressFlag::ALL
+            .iter()
+            .find(|(flag, _, _)| *flag == self)
+            .map_or("--allow", |(_, _, option)| option)
+    }
+}
+
+/// The egress flags of `run`, `restore`, `clone` and `net egress`, with
+/// the rules in the order they were given on the command line (the order
+/// they are checked in). Implemented by hand because clap's derive keeps
+/// each flag's values apart and loses that order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EgressArgs {
+    /// `--egress-default`.
+    pub default: Option<String>,
+    /// The rules, in command-line order.
+    pub rules: Vec<(EgressFlag, String)>,
+}
+
+impl EgressArgs {
+    /// Whether any egress flag was given.
+    pub fn any(&self) -> bool {
+        self.default.is_some() || !self.rules.is_empty()
+    }
+}
+
+impl clap::FromArgMatches for EgressArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut rules = Vec::new();
+        for (flag, id, _) in EgressFlag::ALL {
+            if let (Some(values), Some(indices)) =
+                (matches.get_many::<String>(id), matches.indices_of(id))
+            {
+                rules.extend(values.zip(indices).map(|(v, i)| (i, flag, v.clone())));
+            }
+        }
+        rules.sort_by_key(|(index, _, _)| *index);
+        Ok(EgressArgs {
+            default: matches.get_one::<String>("egress_default").cloned(),
+            rules: rules.into_iter().map(|(_, flag, v)| (flag, v)).collect(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for EgressArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        use clap::{Arg, ArgAction};
+        let heading = "Egress policy";
+        let rule =
+            |id: &'static str, long: &'static str, value: &'static str, help: &'static str| {
+                Arg::new(id)
+                    .long(long)
+                    .value_name(value)
+                    .action(ArgAction::Append)
+                    .help(help)
+                    .help_heading(heading)
+            };
+        cmd.arg(
+            Arg::new("egress_default")
+                .long("egress-default")
+                .value_name("allow|deny")
+                .value_parser(["allow", "deny"])
+                .help(
+                    "What the rules do not match [default: deny when an --allow or \
+                     --allow-domain is given, else allow]",
+                )
+                .help_heading(heading),
+        )
+        .arg(rule(
+            "egress_allow",
+            "allow",
+            "CIDR[:PORTS][/udp]",
+            "Let the guest reach these addresses (PORTS like 443 or 8000-8100, TCP unless \
+             /udp; no ports: any protocol); repeatable, checked in command-line order",
+        ))
+        .arg(rule(
+            "egress_deny",
+            "deny",
+            "CIDR[:PORTS][/udp]",
+            "Keep the guest from these addresses; repeatable",
+        ))
+        .arg(rule(
+            "egress_allow_domain",
+            "allow-domain",
+            "NAME",
+            "Let the guest resolve and connect to NAME (or *.NAME); repeatable",
+        ))
+        .arg(rule(
+            "egress_deny_domain",
+            "deny-domain",
+            "NAME",
+            "Keep the guest from NAME (or *.NAME); repeatable",
+        ))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }

@@ -33,22 +33,25 @@ use firehost::snapshot::uffd::PageServerProgram;
 use firehost::snapshot::{BundleError, SnapshotName, StoreError, VerifyOptions};
 use firehost::spec::{BalloonSpec, DriveIo, EntropySpec};
 use firehost::vmm::LogLevel;
-use firehost::vocab::{Bandwidth, Bucket, BucketChange, LimitChange, RateLimit};
+use firehost::vocab::{
+    Bandwidth, Bucket, BucketChange, EgressAction, EgressPolicy, EgressRule, LimitChange, RateLimit,
+};
 use firehost::vsock::VsockSpec;
 use firehost::{Manager, ManagerConfig, VmError, VmId, VmProvider, VmSpec, VmState};
 use serde::Serialize;
 
 use crate::args::{
-    Cli, CloneArgs, Command, ConsoleArgs, DeviceUpdateArgs, GcArgs, GlobalArgs, MergeArgs, NameArg,
-    NetArgs, NetCommand, PoolArgs, PoolCommand, PoolNameArg, PortArgs, RenameArgs, RestoreArgs,
-    RmArgs, RunArgs, SettingsArgs, SettingsCommand, SnapshotArgs, SnapshotNameArg, SnapshotsArgs,
-    SnapshotsCommand, StopArgs, UffdMode, UpdateArgs, VerifyArgs,
+    Cli, CloneArgs, Command, ConsoleArgs, DeviceUpdateArgs, EgressArgs, EgressFlag, GcArgs,
+    GlobalArgs, MergeArgs, NameArg, NetArgs, NetCommand, NetEgressArgs, PoolArgs, PoolCommand,
+    PoolNameArg, PortArgs, RenameArgs, RestoreArgs, RmArgs, RunArgs, SettingsArgs, SettingsCommand,
+    SnapshotArgs, SnapshotNameArg, SnapshotsArgs, SnapshotsCommand, StopArgs, UffdMode, UpdateArgs,
+    VerifyArgs,
 };
 use crate::exit::{CliError, Exit, ValueError};
 use crate::human;
 use crate::json::{
-    BundleJson, ConsoleJson, DoctorJson, GcJson, ListJson, NetListJson, PoolJson, PoolListJson,
-    PoolRemovedJson, RemovedJson, SettingsJson, SnapshotDetailsJson, SnapshotJson,
+    BundleJson, ConsoleJson, DoctorJson, EgressJson, GcJson, ListJson, NetListJson, PoolJson,
+    PoolListJson, PoolRemovedJson, RemovedJson, SettingsJson, SnapshotDetailsJson, SnapshotJson,
     SnapshotListJson, SnapshotRemovedJson, StopJson, UnreadableVmJson, VerifyErrorJson, VerifyJson,
     VmJson,
 };
@@ -370,7 +373,8 @@ fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
         || args.mac.is_some()
         || !args.publish.is_empty()
         || !args.peer_group.is_empty()
-        || args.netns;
+        || args.netns
+        || args.egress.any();
     if !wanted {
         return Ok(None);
     }
@@ -387,7 +391,45 @@ fn net_spec(args: &RunArgs) -> Result<Option<NetSpec>, CliError> {
         netns: args.netns,
         rx_limit: bandwidth_limit("--net-rx-bw", args.net_rx_bw.as_deref())?,
         tx_limit: bandwidth_limit("--net-tx-bw", args.net_tx_bw.as_deref())?,
+        egress: egress_policy(&args.egress)?.unwrap_or_default(),
     }))
+}
+
+/// Stage two for the egress flags: `None` when none was given. The
+/// default, unless given, is deny when any rule allows something (an
+/// allowlist) and allow otherwise (a denylist).
+fn egress_policy(args: &EgressArgs) -> Result<Option<EgressPolicy>, CliError> {
+    if !args.any() {
+        return Ok(None);
+    }
+    let mut rules = Vec::with_capacity(args.rules.len());
+    for (flag, value) in &args.rules {
+        let option = flag.option();
+        rules.push(match flag {
+            EgressFlag::Allow => EgressRule::allow(parse(option, value)?),
+            EgressFlag::Deny => EgressRule::deny(parse(option, value)?),
+            EgressFlag::AllowDomain => EgressRule::allow_domain(parse(option, value)?),
+            EgressFlag::DenyDomain => EgressRule::deny_domain(parse(option, value)?),
+        });
+    }
+    let default = match args.default.as_deref() {
+        Some(text) => parse("--egress-default", text)?,
+        None if rules.iter().any(|r| r.action == EgressAction::Allow) => EgressAction::Deny,
+        None => EgressAction::Allow,
+    };
+    let text = args
+        .rules
+        .iter()
+        .map(|(flag, value)| format!("{} {value}", flag.option()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    EgressPolicy::new(default, rules)
+        .map(Some)
+        .map_err(|e| CliError::InvalidValue {
+            option: "egress policy",
+            value: text,
+            source: e.into(),
+        })
 }
 
 /// A limit of `rate` bytes a second, or none.
@@ -815,6 +857,7 @@ async fn restore(manager: &Manager, args: RestoreArgs, out: Out) -> Result<(), C
         gid: args.gid,
         keep_address: args.keep_address,
         devices: vm_update(&args.devices)?,
+        egress: egress_policy(&args.egress)?,
     };
     let provider: &dyn VmProvider = manager;
     let info = provider.restore(&id, &snapshot, options).await?;
@@ -886,6 +929,7 @@ async fn pool(manager: &Manager, args: PoolArgs, out: Out) -> Result<(), CliErro
 async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliError> {
     let snapshot = snapshot_name(&args.snapshot)?;
     let devices = vm_update(&args.devices)?;
+    let egress = egress_policy(&args.egress)?;
     let clones = (0..args.count)
         .map(|i| {
             let id = vm_id(&format!("{}-{i}", args.prefix))?;
@@ -894,6 +938,7 @@ async fn clone(manager: &Manager, args: CloneArgs, out: Out) -> Result<(), CliEr
                 uid: offset_id("--uid", args.uid, i)?,
                 gid: offset_id("--gid", args.gid, i)?,
                 devices: devices.clone(),
+                egress: egress.clone(),
                 ..RestoreOptions::default()
             };
             Ok((id, options))
@@ -1033,6 +1078,7 @@ async fn net(manager: &Manager, args: NetArgs, out: Out) -> Result<(), CliError>
                 network.bridge.to_string(),
                 network.subnet.to_string(),
                 &manager.network_attachments().await,
+                &manager.network_traffic().await,
             );
             out.emit(&list, human::net_table)
         }
@@ -1045,6 +1091,26 @@ async fn net(manager: &Manager, args: NetArgs, out: Out) -> Result<(), CliError>
             let (id, mapping) = (vm_id(&name)?, port_mapping(&mapping)?);
             let vm = manager.unpublish(&id, mapping).await?;
             out.emit(&VmJson::from(&vm), human::published_line)
+        }
+        NetCommand::Egress(NetEgressArgs { name, egress }) => {
+            let id = vm_id(&name)?;
+            let policy = egress_policy(&egress)?;
+            let info = match policy {
+                Some(policy) => manager.set_egress(&id, policy).await?,
+                None => manager.get(&id).await?,
+            };
+            let Some(net) = &info.net else {
+                return Err(firehost::VmError::Network {
+                    id: id.clone(),
+                    source: Box::new(firehost::net::host::NetError::NotAttached { vm: id }),
+                }
+                .into());
+            };
+            let traffic = manager.traffic(&id).await.ok();
+            out.emit(
+                &EgressJson::new(&info.id, &net.egress, traffic.as_ref()),
+                human::egress,
+            )
         }
     }
 }

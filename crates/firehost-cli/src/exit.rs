@@ -199,6 +199,9 @@ pub enum ValueError {
     /// Not a drive, rate or device limit.
     #[error(transparent)]
     Device(#[from] crate::device_args::DeviceSyntaxError),
+    /// Not an egress rule, or a policy that cannot be.
+    #[error(transparent)]
+    Egress(#[from] firehost::vocab::EgressError),
 }
 
 impl CliError {

@@ -4,10 +4,10 @@
 use std::fmt::Write;
 
 use crate::json::{
-    BucketJson, BundleJson, CheckJson, ConsoleJson, DoctorJson, ExitJson, GcJson, ImageJson,
-    InitramfsJson, LimitJson, ListJson, NetListJson, QuickstartJson, RemovedJson,
-    SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson, StopJson, VerifyJson,
-    VmJson,
+    BucketJson, BundleJson, CheckJson, ConsoleJson, DoctorJson, EgressJson, EgressPolicyJson,
+    ExitJson, GcJson, ImageJson, InitramfsJson, LimitJson, ListJson, NetListJson, QuickstartJson,
+    RemovedJson, SnapshotDetailsJson, SnapshotJson, SnapshotListJson, SnapshotRemovedJson,
+    StopJson, VerifyJson, VmJson,
 };
 
 /// `inspect` and `run`: one `key: value` line per field.
@@ -249,12 +249,62 @@ pub fn net_table(list: &NetListJson) -> String {
                 vm.mac.clone(),
                 vm.tap.clone(),
                 list_or_dash(&vm.published),
+                policy_summary(&vm.egress),
+                vm.traffic.map_or("-".into(), |t| t.tx_bytes.to_string()),
+                vm.traffic.map_or("-".into(), |t| t.rx_bytes.to_string()),
+                vm.traffic
+                    .map_or("-".into(), |t| t.egress_dropped.to_string()),
             ]
         })
         .collect();
     let mut out = format!("bridge {}, subnet {}\n", list.bridge, list.subnet);
-    out.push_str(&columns(&["NAME", "IP", "MAC", "TAP", "PUBLISHED"], &rows));
+    out.push_str(&columns(
+        &[
+            "NAME",
+            "IP",
+            "MAC",
+            "TAP",
+            "PUBLISHED",
+            "EGRESS",
+            "TX_BYTES",
+            "RX_BYTES",
+            "DROPPED",
+        ],
+        &rows,
+    ));
     out
+}
+
+/// `net egress`: the policy, one rule a line in the order they are
+/// checked, and the traffic.
+pub fn egress(e: &EgressJson) -> String {
+    let mut out = format!("{}: egress {}\n", e.name, policy_summary(&e.egress));
+    for (i, rule) in e.egress.rules.iter().enumerate() {
+        let target = match (&rule.net, &rule.domain) {
+            (Some(net), _) => net.clone(),
+            (None, Some(domain)) => format!("domain {domain}"),
+            (None, None) => "-".to_owned(),
+        };
+        out.push_str(&format!("  {i}: {} {target}\n", rule.action));
+    }
+    out.push_str(&format!("  then: {}\n", e.egress.default));
+    if let Some(t) = &e.traffic {
+        out.push_str(&format!(
+            "traffic: sent {} B in {} packets, received {} B in {} packets, {} dropped by the policy\n",
+            t.tx_bytes, t.tx_packets, t.rx_bytes, t.rx_packets, t.egress_dropped
+        ));
+    }
+    out
+}
+
+/// `open`, or `deny (+3 rules)`.
+fn policy_summary(policy: &EgressPolicyJson) -> String {
+    match (policy.default.as_str(), policy.rules.len()) {
+        ("allow", 0) => "open".to_owned(),
+        (default, 0) => default.to_owned(),
+        (default, 1) => format!("{default} (+1 rule)"),
+        (default, n) => format!("{default} (+{n} rules)"),
+    }
 }
 
 /// `net publish` and `net unpublish`: what the VM publishes now.
@@ -926,7 +976,15 @@ mod tests {
                 peer_groups: Vec::new(),
                 netns: None,
                 guest: None,
+                egress: open_policy(),
             }),
+        }
+    }
+
+    fn open_policy() -> EgressPolicyJson {
+        EgressPolicyJson {
+            default: "allow".into(),
+            rules: Vec::new(),
         }
     }
 
@@ -1047,13 +1105,40 @@ mod tests {
                 mac: "06:00:ac:1e:00:02".into(),
                 tap: "fh-web-0".into(),
                 published: Vec::new(),
+                egress: EgressPolicyJson {
+                    default: "deny".into(),
+                    rules: vec![crate::json::EgressRuleJson {
+                        action: "allow".into(),
+                        net: None,
+                        domain: Some("pypi.org".into()),
+                    }],
+                },
+                traffic: Some(crate::json::TrafficJson {
+                    tx_bytes: 1200,
+                    tx_packets: 10,
+                    rx_bytes: 34000,
+                    rx_packets: 30,
+                    egress_dropped: 2,
+                }),
             }],
         };
         assert_eq!(
             net_table(&list),
             "bridge fhbr0, subnet 172.30.0.0/16\n\
-             NAME  IP          MAC                TAP       PUBLISHED\n\
-             web   172.30.0.2  06:00:ac:1e:00:02  fh-web-0  -\n"
+             NAME  IP          MAC                TAP       PUBLISHED  EGRESS          TX_BYTES  RX_BYTES  DROPPED\n\
+             web   172.30.0.2  06:00:ac:1e:00:02  fh-web-0  -          deny (+1 rule)  1200      34000     2\n"
+        );
+        let policy = EgressJson {
+            name: "web".into(),
+            egress: list.vms[0].egress.clone(),
+            traffic: list.vms[0].traffic,
+        };
+        assert_eq!(
+            egress(&policy),
+            "web: egress deny (+1 rule)\n\
+             \x20 0: allow domain pypi.org\n\
+             \x20 then: deny\n\
+             traffic: sent 1200 B in 10 packets, received 34000 B in 30 packets, 2 dropped by the policy\n"
         );
         assert_eq!(
             published_line(&networked_vm()),

@@ -219,11 +219,12 @@ use std::path::Path;
 
 use firehost::doctor::{Check, CheckStatus};
 use firehost::image::{InitramfsReport, RootfsReport};
+use firehost::net::firewall::TrafficCounters;
 use firehost::net::host::VmNet;
 use firehost::snapshot::store::{GcReport, Listing, SnapshotDetails};
 use firehost::snapshot::{BundleError, SnapshotInfo, SnapshotKind, StoreError, WorkingSet};
 use firehost::spec::{DriveCache, DriveIo, IoEngine};
-use firehost::vocab::{Bucket, RateLimit};
+use firehost::vocab::{Bucket, EgressPolicy, EgressTarget, RateLimit};
 use firehost::{ExitReason, ResolvedSpec, VmId, VmInfo, VmState};
 use serde::Serialize;
 
@@ -407,6 +408,101 @@ pub struct NetJson {
     /// The address and MAC the guest keeps, translated to `ip`, if they
     /// differ.
     pub guest: Option<GuestJson>,
+    /// The egress policy in force.
+    pub egress: EgressPolicyJson,
+}
+
+/// An egress policy: the default and the rules, in the order they are
+/// checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressPolicyJson {
+    /// `allow` or `deny`: what no rule matches.
+    pub default: String,
+    /// The rules.
+    pub rules: Vec<EgressRuleJson>,
+}
+
+/// One egress rule: an address rule has `net`, a name rule `domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressRuleJson {
+    /// `allow` or `deny`.
+    pub action: String,
+    /// `CIDR[:PORTS]/PROTO`, or null.
+    pub net: Option<String>,
+    /// `NAME` or `*.NAME`, or null.
+    pub domain: Option<String>,
+}
+
+impl From<&EgressPolicy> for EgressPolicyJson {
+    fn from(policy: &EgressPolicy) -> Self {
+        EgressPolicyJson {
+            default: policy.default_action().to_string(),
+            rules: policy
+                .rules()
+                .iter()
+                .map(|rule| {
+                    let (net, domain) = match &rule.target {
+                        EgressTarget::Net(m) => (Some(m.to_string()), None),
+                        EgressTarget::Domain(d) => (None, Some(d.to_string())),
+                    };
+                    EgressRuleJson {
+                        action: rule.action.to_string(),
+                        net,
+                        domain,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A VM's traffic on the default network since it was attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TrafficJson {
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Packets the guest sent.
+    pub tx_packets: u64,
+    /// Bytes the guest received.
+    pub rx_bytes: u64,
+    /// Packets the guest received.
+    pub rx_packets: u64,
+    /// Packets its egress policy dropped.
+    pub egress_dropped: u64,
+}
+
+impl From<&TrafficCounters> for TrafficJson {
+    fn from(t: &TrafficCounters) -> Self {
+        TrafficJson {
+            tx_bytes: t.tx_bytes,
+            tx_packets: t.tx_packets,
+            rx_bytes: t.rx_bytes,
+            rx_packets: t.rx_packets,
+            egress_dropped: t.egress_dropped,
+        }
+    }
+}
+
+/// `net egress`: a VM's egress policy and traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressJson {
+    /// The VM's name.
+    pub name: String,
+    /// The policy in force.
+    pub egress: EgressPolicyJson,
+    /// Its traffic, or null when the firewall could not be read.
+    pub traffic: Option<TrafficJson>,
+}
+
+impl EgressJson {
+    /// The policy and traffic of VM `name`.
+    pub fn new(name: &VmId, policy: &EgressPolicy, traffic: Option<&TrafficCounters>) -> Self {
+        EgressJson {
+            name: name.to_string(),
+            egress: policy.into(),
+            traffic: traffic.map(TrafficJson::from),
+        }
+    }
 }
 
 /// A drive.
@@ -621,6 +717,7 @@ impl From<&VmNet> for NetJson {
                 ip: g.ip.to_string(),
                 mac: g.mac.to_string(),
             }),
+            egress: (&net.egress).into(),
         }
     }
 }
@@ -770,8 +867,14 @@ pub struct NetListJson {
 }
 
 impl NetListJson {
-    /// The network of `bridge` and `subnet` with these VMs on it.
-    pub fn new(bridge: String, subnet: String, attachments: &[(VmId, VmNet)]) -> Self {
+    /// The network of `bridge` and `subnet` with these VMs on it, and
+    /// the traffic of those the firewall has counters for.
+    pub fn new(
+        bridge: String,
+        subnet: String,
+        attachments: &[(VmId, VmNet)],
+        traffic: &[(VmId, TrafficCounters)],
+    ) -> Self {
         let mut vms: Vec<NetVmJson> = attachments
             .iter()
             .map(|(id, net)| NetVmJson {
@@ -780,6 +883,11 @@ impl NetListJson {
                 mac: net.mac.to_string(),
                 tap: net.tap.to_string(),
                 published: strings(&net.published),
+                egress: (&net.egress).into(),
+                traffic: traffic
+                    .iter()
+                    .find(|(vm, _)| vm == id)
+                    .map(|(_, t)| TrafficJson::from(t)),
             })
             .collect();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
@@ -804,6 +912,11 @@ pub struct NetVmJson {
     pub tap: String,
     /// Host ports forwarded to it, `HOST:GUEST/PROTO`.
     pub published: Vec<String>,
+    /// Its egress policy.
+    pub egress: EgressPolicyJson,
+    /// Its traffic, or null when the firewall has no counters for it (a
+    /// read-only manager's view).
+    pub traffic: Option<TrafficJson>,
 }
 
 /// `stop`: the VM object, plus whether this command stopped it.

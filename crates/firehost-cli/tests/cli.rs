@@ -1517,7 +1517,7 @@ fn net_ls_json_on_an_empty_state_dir_shows_the_default_network() {
     assert_success(&plain, &["net"]);
     assert_eq!(
         stdout(&plain),
-        "bridge fhbr0, subnet 172.30.0.0/16\nNAME  IP  MAC  TAP  PUBLISHED\n"
+        "bridge fhbr0, subnet 172.30.0.0/16\nNAME  IP  MAC  TAP  PUBLISHED  EGRESS  TX_BYTES  RX_BYTES  DROPPED\n"
     );
 }
 

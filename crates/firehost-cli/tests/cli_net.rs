@@ -10,7 +10,10 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::{TestEnv, Ty, assert_shape, assert_vm_shape, parse_json};
+use common::{
+    TestEnv, Ty, assert_egress_shape, assert_shape, assert_traffic_shape, assert_vm_shape,
+    parse_json,
+};
 use firehost_testkit::skip;
 
 /// Runs `body` on a thread in fresh network and mount namespaces, or
@@ -105,5 +108,127 @@ fn clones_of_a_networked_vm_run_beside_it_each_with_an_address_of_its_own() {
         let kept = env.run(&["restore", "snap", "--name", "k", "--keep-address"]);
         assert_eq!(kept.status.code(), Some(4), "{}", common::stderr(&kept));
         assert!(common::stderr(&kept).contains(&source_ip.to_string()));
+    });
+}
+
+/// `run`'s egress flags make the VM's policy, in command-line order;
+/// `net egress` prints and replaces it; `net ls` shows it with the
+/// traffic; a restore keeps it or takes another; bad rules change nothing.
+#[test]
+fn egress_policies_from_the_command_line_in_the_order_given() {
+    const T: &str = "egress_policies_from_the_command_line_in_the_order_given";
+    in_private_netns(T, || {
+        let env = TestEnv::new();
+        if !nft_or_skip(&env, T) {
+            return;
+        }
+        // Refused before anything is made: a bad CIDR, a rule an earlier
+        // one covers, a bad name.
+        for bad in [
+            &["--allow", "10.0.0.1/8"][..],
+            &["--deny", "10.0.0.0/8", "--allow", "10.1.0.0/16:443"],
+            &["--allow-domain", "*.com"],
+            &["--allow", "1.2.3.4:0"],
+        ] {
+            let mut args = env.run_args();
+            args.extend(["--name", "bad", "--uplink", "none"].map(String::from));
+            args.extend(bad.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = env.run(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{bad:?}: {}",
+                common::stderr(&out)
+            );
+        }
+        assert_eq!(env.json(&["ls"])["vms"], serde_json::json!([]));
+
+        // An exception before the rule it is an exception to: only this
+        // order is a valid policy.
+        let (_vm, vm) = env.start_vm(
+            "walled",
+            &[
+                "--uplink",
+                "none",
+                "--deny",
+                "198.51.100.9",
+                "--allow",
+                "198.51.100.0/24:443",
+                "--allow-domain",
+                "pypi.org",
+            ],
+        );
+        assert_vm_shape(&vm);
+        assert_eq!(
+            vm["net"]["egress"],
+            serde_json::json!({
+                "default": "deny",
+                "rules": [
+                    {"action": "deny", "net": "198.51.100.9/32", "domain": null},
+                    {"action": "allow", "net": "198.51.100.0/24:443/tcp", "domain": null},
+                    {"action": "allow", "net": null, "domain": "pypi.org"},
+                ]
+            })
+        );
+        let shown = env.json(&["net", "egress", "walled"]);
+        assert_shape(
+            &shown,
+            &[
+                ("name", &[Ty::Str]),
+                ("egress", &[Ty::Obj]),
+                ("traffic", &[Ty::Obj, Ty::Null]),
+            ],
+        );
+        assert_egress_shape(&shown["egress"]);
+        assert_traffic_shape(&shown["traffic"]);
+        assert_eq!(shown["egress"], vm["net"]["egress"]);
+        let text = env.run(&["net", "egress", "walled"]);
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        assert!(text.contains("0: deny 198.51.100.9/32"), "{text}");
+        assert!(text.contains("then: deny"), "{text}");
+
+        // Replaced at runtime: a deny alone means everything else is open.
+        let replaced = env.json(&["net", "egress", "walled", "--deny", "10.0.0.0/8"]);
+        assert_eq!(replaced["egress"]["default"], "allow");
+        assert_eq!(replaced["egress"]["rules"][0]["net"], "10.0.0.0/8");
+        let refused = env.run(&["net", "egress", "walled", "--allow", "bad"]);
+        assert_eq!(refused.status.code(), Some(2));
+        assert_eq!(
+            env.json(&["inspect", "walled"])["net"]["egress"],
+            replaced["egress"]
+        );
+
+        let list = env.json(&["net", "ls"]);
+        let listed = &list["vms"][0];
+        assert_egress_shape(&listed["egress"]);
+        assert_traffic_shape(&listed["traffic"]);
+        assert!(listed["traffic"].is_object(), "{list}");
+        assert_eq!(listed["egress"], replaced["egress"]);
+
+        // Restores keep the snapshot's policy, or take the one given.
+        env.json(&["snapshot", "walled", "snap"]);
+        let kept = env.json(&["restore", "snap", "--name", "kept"]);
+        let _kept = common::VmGuard {
+            env: &env,
+            name: "kept".into(),
+        };
+        assert_eq!(kept["net"]["egress"], replaced["egress"]);
+        let opened = env.json(&[
+            "restore",
+            "snap",
+            "--name",
+            "opened",
+            "--egress-default",
+            "allow",
+        ]);
+        let _opened = common::VmGuard {
+            env: &env,
+            name: "opened".into(),
+        };
+        assert_eq!(
+            opened["net"]["egress"],
+            serde_json::json!({"default": "allow", "rules": []})
+        );
     });
 }

@@ -365,9 +365,45 @@ pub fn assert_vm_shape(vm: &Value) {
                 ("peer_groups", &[Arr]),
                 ("netns", &[Str, Null]),
                 ("guest", &[Obj, Null]),
+                ("egress", &[Obj]),
+            ],
+        );
+        assert_egress_shape(&vm["net"]["egress"]);
+    }
+}
+
+/// An egress policy object.
+pub fn assert_egress_shape(policy: &Value) {
+    use Ty::*;
+    assert_shape(policy, &[("default", &[Str]), ("rules", &[Arr])]);
+    for rule in policy["rules"].as_array().into_iter().flatten() {
+        assert_shape(
+            rule,
+            &[
+                ("action", &[Str]),
+                ("net", &[Str, Null]),
+                ("domain", &[Str, Null]),
             ],
         );
     }
+}
+
+/// A traffic object, or null.
+pub fn assert_traffic_shape(traffic: &Value) {
+    use Ty::*;
+    if traffic.is_null() {
+        return;
+    }
+    assert_shape(
+        traffic,
+        &[
+            ("tx_bytes", &[Int]),
+            ("tx_packets", &[Int]),
+            ("rx_bytes", &[Int]),
+            ("rx_packets", &[Int]),
+            ("egress_dropped", &[Int]),
+        ],
+    );
 }
 
 /// A documented limit, or null.
