@@ -290,8 +290,8 @@ pub fn egress(e: &EgressJson) -> String {
     out.push_str(&format!("  then: {}\n", e.egress.default));
     if let Some(t) = &e.traffic {
         out.push_str(&format!(
-            "traffic: sent {} B in {} packets, received {} B in {} packets, {} dropped by the policy\n",
-            t.tx_bytes, t.tx_packets, t.rx_bytes, t.rx_packets, t.egress_dropped
+            "traffic: sent {} B in {} packets, received {} B in {} packets, {} dropped by the policy, {} names refused\n",
+            t.tx_bytes, t.tx_packets, t.rx_bytes, t.rx_packets, t.egress_dropped, t.names_refused
         ));
     }
     out
@@ -1119,6 +1119,7 @@ mod tests {
                     rx_bytes: 34000,
                     rx_packets: 30,
                     egress_dropped: 2,
+                    names_refused: 1,
                 }),
             }],
         };
@@ -1138,7 +1139,7 @@ mod tests {
             "web: egress deny (+1 rule)\n\
              \x20 0: allow domain pypi.org\n\
              \x20 then: deny\n\
-             traffic: sent 1200 B in 10 packets, received 34000 B in 30 packets, 2 dropped by the policy\n"
+             traffic: sent 1200 B in 10 packets, received 34000 B in 30 packets, 2 dropped by the policy, 1 names refused\n"
         );
         assert_eq!(
             published_line(&networked_vm()),

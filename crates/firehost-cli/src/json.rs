@@ -469,6 +469,8 @@ pub struct TrafficJson {
     pub rx_packets: u64,
     /// Packets its egress policy dropped.
     pub egress_dropped: u64,
+    /// Names the gateway refused it (a VM with domain rules).
+    pub names_refused: u64,
 }
 
 impl From<&TrafficCounters> for TrafficJson {
@@ -479,6 +481,7 @@ impl From<&TrafficCounters> for TrafficJson {
             rx_bytes: t.rx_bytes,
             rx_packets: t.rx_packets,
             egress_dropped: t.egress_dropped,
+            names_refused: t.names_refused,
         }
     }
 }

@@ -70,6 +70,9 @@ fn config(host_services: Vec<HostService>) -> FirewallConfig {
         host_services,
         egress_deny: PRIVATE_RANGES.to_vec(),
         dns: vec![LAN_DNS],
+        resolver_port: 10053,
+        proxy_port: 10080,
+        doh_addresses: vec![],
     }
 }
 

@@ -402,6 +402,7 @@ pub fn assert_traffic_shape(traffic: &Value) {
             ("rx_bytes", &[Int]),
             ("rx_packets", &[Int]),
             ("egress_dropped", &[Int]),
+            ("names_refused", &[Int]),
         ],
     );
 }

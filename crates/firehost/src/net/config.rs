@@ -1,12 +1,14 @@
 //! How a manager's default network is set up on the host: the subnet, the
 //! bridge, the uplink, DNS, host services, TAP ownership.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use super::IfName;
 use super::firewall::{Cidr, HostService};
 use super::ipam::Subnet;
 use super::tap::TapOwner;
+use crate::vocab::DomainPattern;
 
 /// Where guest traffic leaves the host.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -67,6 +69,99 @@ pub struct NetworkConfig {
     /// stay reachable on port 53 whatever this says. Link-local
     /// addresses (cloud metadata) are blocked apart from this, always.
     pub egress_deny: Vec<Cidr>,
+    /// The gateway's resolver and proxy, which serve the VMs whose egress
+    /// policies have domain rules.
+    pub domains: DomainConfig,
+}
+
+/// How VMs with domain rules in their egress policy are served (part of
+/// [`NetworkConfig`]).
+///
+/// Such a VM's DNS (to the gateway or to the DNS servers it was given)
+/// is answered by a resolver on the gateway that answers only names its
+/// policy allows, and lets the addresses in those answers through the
+/// firewall for as long as their TTL (clamped to `min_ttl..=max_ttl`).
+/// Its TCP connections to ports 80 and 443 go to a proxy on the gateway
+/// that reads the TLS server name or HTTP `Host` and connects to that
+/// name, resolved on the host, when the policy allows it; to the address
+/// the guest asked for when the connection names nothing and the address
+/// is allowed. Both start with the first such VM, in the manager's
+/// process, and serve while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainConfig {
+    /// The resolver's port on the gateway (UDP and TCP); guests' port-53
+    /// queries are redirected to it.
+    pub resolver_port: u16,
+    /// The proxy's port on the gateway; guests' connections to ports 80
+    /// and 443 are redirected to it.
+    pub proxy_port: u16,
+    /// Where the resolver and the proxy ask. `None`: the guests' DNS
+    /// servers ([`NetworkConfig::dns`]), else every `nameserver` of the
+    /// host's `/etc/resolv.conf`, loopback ones included (the resolver
+    /// runs on the host).
+    pub upstream: Option<Vec<SocketAddrV4>>,
+    /// The shortest time an address learned from an answer stays open:
+    /// guests cache answers, and a TTL of 0 would close the address
+    /// before the guest connects.
+    pub min_ttl: Duration,
+    /// The longest.
+    pub max_ttl: Duration,
+    /// DNS-over-HTTPS and DNS-over-TLS resolvers known by address:
+    /// closed on port 443 to VMs with domain rules, so they cannot
+    /// resolve around the gateway. [`PUBLIC_DOH_ADDRESSES`] by default.
+    pub doh_addresses: Vec<Ipv4Addr>,
+    /// The same resolvers by name: the resolver and the proxy refuse them
+    /// to VMs with domain rules unless a rule allows them by name.
+    /// [`PUBLIC_DOH_NAMES`] by default.
+    pub doh_names: Vec<DomainPattern>,
+}
+
+/// The public DNS-over-HTTPS resolvers best known by address: Cloudflare,
+/// Google, Quad9, `OpenDNS`, `AdGuard`.
+pub const PUBLIC_DOH_ADDRESSES: [Ipv4Addr; 10] = [
+    Ipv4Addr::new(1, 1, 1, 1),
+    Ipv4Addr::new(1, 0, 0, 1),
+    Ipv4Addr::new(8, 8, 8, 8),
+    Ipv4Addr::new(8, 8, 4, 4),
+    Ipv4Addr::new(9, 9, 9, 9),
+    Ipv4Addr::new(149, 112, 112, 112),
+    Ipv4Addr::new(208, 67, 222, 222),
+    Ipv4Addr::new(208, 67, 220, 220),
+    Ipv4Addr::new(94, 140, 14, 14),
+    Ipv4Addr::new(94, 140, 15, 15),
+];
+
+/// The public DNS-over-HTTPS resolvers' names.
+pub const PUBLIC_DOH_NAMES: [&str; 12] = [
+    "dns.google",
+    "dns.google.com",
+    "cloudflare-dns.com",
+    "*.cloudflare-dns.com",
+    "one.one.one.one",
+    "dns.quad9.net",
+    "*.quad9.net",
+    "doh.opendns.com",
+    "*.adguard-dns.com",
+    "*.nextdns.io",
+    "doh.mullvad.net",
+    "*.doh.mullvad.net",
+];
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        DomainConfig {
+            resolver_port: 10053,
+            proxy_port: 10080,
+            upstream: None,
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(24 * 60 * 60),
+            doh_addresses: PUBLIC_DOH_ADDRESSES.to_vec(),
+            doh_names: PUBLIC_DOH_NAMES
+                .iter()
+                .filter_map(|name| name.parse().ok())
+                .collect(),
+        }
+    }
 }
 
 /// Addresses that are not the public internet: RFC 1918 private
@@ -108,6 +203,7 @@ impl Default for NetworkConfig {
                 gid: None,
             },
             egress_deny: PRIVATE_RANGES.to_vec(),
+            domains: DomainConfig::default(),
         }
     }
 }

@@ -36,6 +36,17 @@ pub enum NetError {
         /// What was looked for.
         detail: String,
     },
+    /// The gateway's resolver or proxy, which VMs with domain rules need,
+    /// cannot listen (another program holds the port, say).
+    #[error(
+        "the egress gateway cannot listen on {addr} (resolver) or its proxy port: {source}; free the ports or set NetworkConfig::domains"
+    )]
+    Gateway {
+        /// The resolver's address.
+        addr: std::net::SocketAddrV4,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The bridge could not be set up or removed.
     #[error(transparent)]
     Bridge(#[from] BridgeError),
@@ -133,7 +144,7 @@ impl NetError {
                 | IpamError::MacSyntax(_),
             ) => ErrorKind::InvalidInput,
             NetError::GuestAddress { .. } => ErrorKind::InvalidInput,
-            NetError::UplinkMissing { .. } => ErrorKind::HostNotReady,
+            NetError::UplinkMissing { .. } | NetError::Gateway { .. } => ErrorKind::HostNotReady,
             NetError::Firewall(super::firewall::FirewallError::Nft(
                 super::nft::NftError::Missing { .. },
             )) => ErrorKind::HostNotReady,

@@ -77,6 +77,15 @@ pub struct FirewallConfig {
     /// The guests' DNS servers: reachable on port 53 whatever
     /// `egress_deny` says.
     pub dns: Vec<Ipv4Addr>,
+    /// Where the gateway's resolver listens: the DNS of VMs with domain
+    /// rules is redirected there.
+    pub resolver_port: u16,
+    /// Where the gateway's proxy listens: the TCP connections of VMs with
+    /// domain rules to ports 80 and 443 are redirected there.
+    pub proxy_port: u16,
+    /// DNS-over-HTTPS resolvers, closed on port 443 to VMs with domain
+    /// rules.
+    pub doh_addresses: Vec<Ipv4Addr>,
 }
 
 /// The firewall's view of one VM NIC.
@@ -147,6 +156,7 @@ impl Firewall {
         egress::HostEgress {
             dns: &self.config.dns,
             deny: &self.config.egress_deny,
+            doh: &self.config.doh_addresses,
         }
     }
 
@@ -186,16 +196,20 @@ impl Firewall {
         ports: &[GuestPort],
         peers: &[(IfName, IfName)],
     ) -> Result<(), FirewallError> {
-        let before = if self.installed()? {
-            self.traffic()?
+        let (before, learned) = if self.installed()? {
+            let table = self.nft.list(&format!("list table ip {TABLE}"))?;
+            (self.traffic()?, egress::learned_in(&table))
         } else {
-            BTreeMap::new()
+            (BTreeMap::new(), BTreeMap::new())
         };
         let mut script = String::new();
         drop_tables(&mut script);
         self.config.define_tables(&mut script);
         for port in ports {
             self.port_script(&mut script, "add", port, before.get(&port.ip));
+            if let Some(addresses) = learned.get(&port.ip) {
+                egress::learned_elements(&mut script, port.ip, addresses);
+            }
         }
         add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
@@ -258,6 +272,29 @@ impl Firewall {
         );
         self.nft.run(&script)?;
         Ok(())
+    }
+
+    /// Opens `addresses` to the VM at `vm` (its learned set), each for its
+    /// time; an address already open gets the new time.
+    pub fn learn(
+        &self,
+        vm: Ipv4Addr,
+        addresses: &[(Ipv4Addr, std::time::Duration)],
+    ) -> Result<(), FirewallError> {
+        let mut script = String::new();
+        egress::learned_elements(&mut script, vm, addresses);
+        self.nft.run(&script)?;
+        Ok(())
+    }
+
+    /// The addresses open to the VM at `vm` from DNS answers, with the
+    /// time each has left.
+    pub fn learned(
+        &self,
+        vm: Ipv4Addr,
+    ) -> Result<Vec<(Ipv4Addr, std::time::Duration)>, FirewallError> {
+        let table = self.nft.list(&format!("list table ip {TABLE}"))?;
+        Ok(egress::learned_in(&table).remove(&vm).unwrap_or_default())
     }
 
     /// Every admitted port's traffic counters, by its address.
@@ -336,8 +373,14 @@ impl FirewallConfig {
             uplink,
             host_services,
             egress_deny: _,
-            dns: _,
+            dns,
+            resolver_port,
+            proxy_port,
+            doh_addresses: _,
         } = self;
+        let mut dns_targets: Vec<String> = dns.iter().map(ToString::to_string).collect();
+        dns_targets.push(gateway.to_string());
+        let dns_targets = dns_targets.join(", ");
         let _ = write!(
             s,
             "table bridge {TABLE} {{
@@ -373,12 +416,14 @@ table ip {TABLE} {{
   set host_services {{ type inet_proto . inet_service; }}
   map published {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
   map egress {{ type ipv4_addr : verdict; }}
+  set domain_vms {{ type ipv4_addr; }}
   counter host_blocked {{}}
   counter metadata_blocked {{}}
   chain host_input {{
     type filter hook input priority 0; policy accept;
     iifname != \"{bridge}\" accept
     ip daddr {LINK_LOCAL} counter name metadata_blocked drop
+    ip saddr @domain_vms ip daddr {gateway} meta l4proto . th dport {{ udp . {resolver_port}, tcp . {resolver_port}, tcp . {proxy_port} }} accept
     ct state established,related accept
     meta l4proto . th dport @host_services accept
     counter name host_blocked drop
@@ -406,6 +451,12 @@ table ip {TABLE} {{
   chain publish {{
     type nat hook prerouting priority dstnat; policy accept;
     fib daddr type local dnat to meta l4proto . th dport map @published
+  }}
+  chain egress_redirect {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname \"{bridge}\" ip saddr @domain_vms ip daddr {{ {dns_targets} }} udp dport 53 dnat to {gateway}:{resolver_port}
+    iifname \"{bridge}\" ip saddr @domain_vms ip daddr {{ {dns_targets} }} tcp dport 53 dnat to {gateway}:{resolver_port}
+    iifname \"{bridge}\" ip saddr @domain_vms ip daddr != {subnet} fib daddr type != local tcp dport {{ 80, 443 }} dnat to {gateway}:{proxy_port}
   }}
   chain publish_local {{
     type nat hook output priority -100; policy accept;
@@ -521,6 +572,9 @@ mod tests {
             host_services: vec!["53/udp".parse().unwrap()],
             egress_deny: vec![],
             dns: vec![],
+            resolver_port: 10053,
+            proxy_port: 10080,
+            doh_addresses: vec![],
         }
     }
 

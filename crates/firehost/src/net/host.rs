@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use futures_util::TryStreamExt;
 use tokio::sync::RwLockReadGuard;
 
-pub use super::config::{NetworkConfig, PRIVATE_RANGES, Uplink};
+pub use super::config::{
+    DomainConfig, NetworkConfig, PRIVATE_RANGES, PUBLIC_DOH_ADDRESSES, PUBLIC_DOH_NAMES, Uplink,
+};
 pub use super::error::NetError;
 pub use super::vm_net::{
     DEFAULT_IFACE_ID, GuestAddress, NetSpec, PeerGroup, PeerGroupError, VmNet,
@@ -48,6 +50,8 @@ use super::firewall::{
     EgressPolicy, Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping, TrafficCounters,
 };
 use super::footprint::{Footprint, read_footprint, write_footprint};
+use super::gateway::Gateway;
+use super::gateway::decide::HostRules;
 use super::ipam::{Allocator, Lease};
 use super::netns::Inside;
 use super::nft::Nftables;
@@ -110,6 +114,9 @@ pub struct HostNetwork {
     book: Arc<Mutex<Book>>,
     live: tokio::sync::RwLock<Option<Arc<Live>>>,
     membership: Arc<Mutex<()>>,
+    /// The resolver and proxy for VMs with domain rules, while any is
+    /// attached.
+    names: tokio::sync::Mutex<Option<Gateway>>,
 }
 
 impl fmt::Debug for HostNetwork {
@@ -161,6 +168,7 @@ impl HostNetwork {
             })),
             live: tokio::sync::RwLock::new(None),
             membership: Arc::new(Mutex::new(())),
+            names: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -326,7 +334,12 @@ impl HostNetwork {
         let mut net = VmNet::new(&self.config, self.gateway, lease, tap, self.dns(), spec);
         net.netns = netns;
         net.guest = guest;
-        if let Err(e) = self.join(live, vm, net.clone()).await {
+        let joined = match self.serve_names(live, net.ip, &net.egress).await {
+            Ok(()) => self.join(live, vm, net.clone()).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = joined {
+            self.stop_serving_names(net.ip).await;
             if let Err(undo) = self.delete_devices(live, &net).await {
                 tracing::warn!(vm = %vm, tap = %net.tap, error = %undo, "cannot delete TAP after a failed attach");
             }
@@ -400,6 +413,7 @@ impl HostNetwork {
                 Some(live) => {
                     self.delete_devices(&live, &net).await?;
                     self.leave(&live, vm).await?;
+                    self.stop_serving_names(net.ip).await;
                 }
                 // Attached VMs imply a live network; without one there is
                 // nothing in the kernel to remove.
@@ -537,19 +551,110 @@ impl HostNetwork {
         let not_attached = || NetError::NotAttached { vm: vm.clone() };
         let shared = self.live.read().await;
         let live = shared.clone().ok_or_else(not_attached)?;
+        let old = lock(&self.book)
+            .attached
+            .get(vm)
+            .cloned()
+            .ok_or_else(not_attached)?;
+        // The gateway learns a policy with domain rules before the
+        // firewall sends the VM's traffic to it, and forgets one only
+        // after the firewall stopped.
+        self.serve_names(&live, old.ip, &policy).await?;
         let (book, membership, id) = (self.book.clone(), self.membership.clone(), vm.clone());
+        let new_policy = policy.clone();
         let changed = blocking(move || {
             let _one_change = lock(&membership);
             let Some(mut net) = lock(&book).attached.get(&id).cloned() else {
                 return Ok(None);
             };
-            net.egress = policy;
+            net.egress = new_policy;
             live.firewall.set_egress(&net.port())?;
             lock(&book).attached.insert(id, net.clone());
             Ok::<_, NetError>(Some(net))
         })
-        .await?;
-        changed.ok_or_else(not_attached)
+        .await;
+        let in_force = match &changed {
+            Ok(Some(_)) => &policy,
+            Ok(None) | Err(_) => &old.egress,
+        };
+        if !in_force.has_domain_rules() {
+            self.stop_serving_names(old.ip).await;
+        } else if let Some(gateway) = self.names.lock().await.as_ref() {
+            gateway.set(old.ip, Some(in_force.clone()));
+        }
+        changed?.ok_or_else(not_attached)
+    }
+
+    /// Makes the gateway serve the VM at `ip` under `policy` if it has
+    /// domain rules, starting the gateway if it is not running.
+    async fn serve_names(
+        &self,
+        live: &Arc<Live>,
+        ip: Ipv4Addr,
+        policy: &EgressPolicy,
+    ) -> Result<(), NetError> {
+        if !policy.has_domain_rules() {
+            return Ok(());
+        }
+        let mut gateway = self.names.lock().await;
+        if gateway.is_none() {
+            *gateway = Some(self.start_gateway(live).await?);
+        }
+        if let Some(gateway) = gateway.as_ref() {
+            gateway.set(ip, Some(policy.clone()));
+        }
+        Ok(())
+    }
+
+    /// Stops serving the VM at `ip`, and stops the gateway once it serves
+    /// no VM.
+    async fn stop_serving_names(&self, ip: Ipv4Addr) {
+        let mut gateway = self.names.lock().await;
+        if let Some(running) = gateway.as_ref() {
+            running.set(ip, None);
+            if running.is_idle()
+                && let Some(idle) = gateway.take()
+            {
+                idle.stop().await;
+            }
+        }
+    }
+
+    /// Starts the resolver and the proxy on the gateway address.
+    async fn start_gateway(&self, live: &Arc<Live>) -> Result<Gateway, NetError> {
+        let domains = &self.config.domains;
+        let upstream = match &domains.upstream {
+            Some(servers) => servers.clone(),
+            None => self
+                .upstream_dns()
+                .into_iter()
+                .map(|ip| std::net::SocketAddrV4::new(ip, 53))
+                .collect(),
+        };
+        let host = HostRules {
+            deny: self.config.egress_deny.clone(),
+            doh_names: domains.doh_names.clone(),
+            doh_addresses: domains.doh_addresses.clone(),
+            subnet: self.config.subnet,
+        };
+        Gateway::start(self.gateway, domains, upstream, host, live.firewall.clone())
+            .await
+            .map_err(|source| NetError::Gateway {
+                addr: std::net::SocketAddrV4::new(self.gateway, domains.resolver_port),
+                source,
+            })
+    }
+
+    /// Where the gateway asks when no upstream is configured: the guests'
+    /// DNS servers, else all of the host's own (loopback ones included:
+    /// the gateway runs on the host).
+    fn upstream_dns(&self) -> Vec<Ipv4Addr> {
+        match &self.config.dns {
+            Some(dns) => dns.clone(),
+            None => std::fs::read_to_string("/etc/resolv.conf")
+                .map(|text| resolv_conf_all_nameservers(&text))
+                .unwrap_or_default(),
+        }
     }
 
     /// The traffic counters the firewall holds, by VM address (see
@@ -566,13 +671,19 @@ impl HostNetwork {
             Some(live) => live.firewall.clone(),
             None => self.connect_kernel()?.1,
         };
-        blocking(move || {
+        let mut traffic = blocking(move || {
             if !firewall.installed()? {
-                return Ok(BTreeMap::new());
+                return Ok::<_, NetError>(BTreeMap::new());
             }
             Ok(firewall.traffic()?)
         })
-        .await
+        .await?;
+        if let Some(gateway) = self.names.lock().await.as_ref() {
+            for (ip, counters) in traffic.iter_mut() {
+                counters.names_refused = gateway.refused(*ip);
+            }
+        }
+        Ok(traffic)
     }
 
     /// One VM's traffic counters.
@@ -650,7 +761,23 @@ impl HostNetwork {
 
         if any_attached {
             match self.set_up().await {
-                Ok(live) => *alone = Some(Arc::new(live)),
+                Ok(live) => {
+                    let live = Arc::new(live);
+                    // The VMs with domain rules have their DNS and web
+                    // traffic sent to the gateway: it must serve them.
+                    let named: Vec<(Ipv4Addr, EgressPolicy)> = lock(&self.book)
+                        .attached
+                        .values()
+                        .filter(|net| net.egress.has_domain_rules())
+                        .map(|net| (net.ip, net.egress.clone()))
+                        .collect();
+                    for (ip, policy) in named {
+                        if let Err(e) = self.serve_names(&live, ip, &policy).await {
+                            tracing::error!(vm = %ip, error = %e, "cannot serve a VM's domain rules; its DNS and web traffic fail until this is fixed");
+                        }
+                    }
+                    *alone = Some(live);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot restore the network of live VMs");
                     return;
@@ -734,6 +861,9 @@ impl HostNetwork {
             host_services: self.config.host_services.clone(),
             egress_deny: self.config.egress_deny.clone(),
             dns: self.dns(),
+            resolver_port: self.config.domains.resolver_port,
+            proxy_port: self.config.domains.proxy_port,
+            doh_addresses: self.config.domains.doh_addresses.clone(),
         };
         Ok((nl, Firewall::new(nft, firewall_config)))
     }
@@ -842,6 +972,9 @@ impl HostNetwork {
     /// Removes the tables, and the bridge if ours. Failures are logged. The
     /// caller holds the kernel side alone.
     async fn tear_down(&self, live: Arc<Live>) {
+        if let Some(gateway) = self.names.lock().await.take() {
+            gateway.stop().await;
+        }
         let firewall = live.firewall.clone();
         if let Err(e) = blocking(move || firewall.uninstall()).await {
             tracing::warn!(error = %e, "cannot remove the firehost nftables tables");
@@ -1180,10 +1313,17 @@ async fn default_route_interface(nl: &Netlink) -> Result<Option<IfName>, NetErro
 
 /// The IPv4 `nameserver`s of a resolv.conf, without loopback ones.
 fn resolv_conf_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    resolv_conf_all_nameservers(text)
+        .into_iter()
+        .filter(|ip| !ip.is_loopback())
+        .collect()
+}
+
+/// Every IPv4 `nameserver` of a resolv.conf.
+fn resolv_conf_all_nameservers(text: &str) -> Vec<Ipv4Addr> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
         .filter_map(|rest| rest.trim().parse::<Ipv4Addr>().ok())
-        .filter(|ip| !ip.is_loopback())
         .collect()
 }
 

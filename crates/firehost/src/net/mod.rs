@@ -22,12 +22,14 @@
 //! - `netns`: a network namespace per VM, when its spec asks for one and
 //!   for restored VMs; `translate`: inside a restored VM's namespace, the
 //!   1:1 NAT between the address its guest keeps and its host address.
+//! - `gateway`: the resolver and proxy on the bridge's address that serve
+//!   VMs whose egress policies have domain rules.
 //! - [`IfName`]: the interface name rules; `netlink`: the rtnetlink
 //!   connection the other modules share.
 //!
 //! Only [`host`], [`firewall`], [`ipam`], the names and the error types
 //! are public; the kernel plumbing (`bridge`, `tap`, `netns`, `nft`,
-//! `sysctl`, `netlink`, `translate`) is private to the crate.
+//! `sysctl`, `netlink`, `translate`, `gateway`) is private to the crate.
 //!
 //! # Network namespaces
 //!
@@ -61,7 +63,7 @@ macro_rules! plumbing {
     )*};
 }
 
-plumbing!(bridge, netlink, netns, nft, sysctl, tap, translate);
+plumbing!(bridge, gateway, netlink, netns, nft, sysctl, tap, translate);
 
 pub use bridge::BridgeError;
 pub use netlink::NetlinkError;

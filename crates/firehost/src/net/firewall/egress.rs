@@ -48,6 +48,10 @@ pub struct TrafficCounters {
     /// Packets the guest's egress policy (or the host's denied ranges)
     /// dropped.
     pub egress_dropped: u64,
+    /// Names the gateway refused to resolve or connect to for the guest
+    /// (a VM with domain rules), since this manager started serving it.
+    #[serde(default)]
+    pub names_refused: u64,
 }
 
 /// What names a VM's chain, counters and sets: its host address with `_`
@@ -65,6 +69,8 @@ pub(super) struct HostEgress<'a> {
     pub dns: &'a [Ipv4Addr],
     /// Ranges no VM reaches unless its own rule allows them.
     pub deny: &'a [Cidr],
+    /// DNS-over-HTTPS resolvers, closed to VMs with domain rules.
+    pub doh: &'a [Ipv4Addr],
 }
 
 /// `verb` (`add` or `delete`) the objects of one VM's egress that are not
@@ -88,6 +94,10 @@ pub(super) fn objects(
         None => Default::default(),
     };
     if verb == "add" {
+        let _ = writeln!(
+            s,
+            "add set ip {TABLE} learned_{k} {{ type ipv4_addr; flags timeout; }}"
+        );
         let _ = writeln!(s, "add counter bridge {TABLE} tx_{k} {{{tx}}}");
         let _ = writeln!(s, "add counter bridge {TABLE} rx_{k} {{{rx}}}");
         let _ = writeln!(s, "add counter ip {TABLE} drop_{k} {{{dropped}}}");
@@ -109,8 +119,13 @@ pub(super) fn objects(
         let _ = writeln!(s, "delete element bridge {TABLE} tx_count {{ \"{tap}\" }}");
         let _ = writeln!(s, "delete element bridge {TABLE} rx_count {{ \"{tap}\" }}");
         let _ = writeln!(s, "delete element ip {TABLE} egress {{ {} }}", port.ip);
+        // Present or not, the element goes: added first so that the
+        // delete always finds it.
+        let _ = writeln!(s, "add element ip {TABLE} domain_vms {{ {} }}", port.ip);
+        let _ = writeln!(s, "delete element ip {TABLE} domain_vms {{ {} }}", port.ip);
         let _ = writeln!(s, "flush chain ip {TABLE} vm_{k}");
         let _ = writeln!(s, "delete chain ip {TABLE} vm_{k}");
+        let _ = writeln!(s, "delete set ip {TABLE} learned_{k}");
         let _ = writeln!(s, "delete counter bridge {TABLE} tx_{k}");
         let _ = writeln!(s, "delete counter bridge {TABLE} rx_{k}");
         let _ = writeln!(s, "delete counter ip {TABLE} drop_{k}");
@@ -134,6 +149,13 @@ pub(super) fn rules(s: &mut String, port: &GuestPort, host: &HostEgress<'_>, gen
     let policy: &EgressPolicy = &port.egress;
     let accept = format!("ct mark set {generation} accept");
     let drop = format!("counter name drop_{k} drop");
+    let domains = policy.has_domain_rules();
+    // In `domain_vms` exactly when the policy has domain rules: that is
+    // what sends its DNS and web traffic to the gateway.
+    let _ = writeln!(s, "add element ip {TABLE} domain_vms {{ {} }}", port.ip);
+    if !domains {
+        let _ = writeln!(s, "delete element ip {TABLE} domain_vms {{ {} }}", port.ip);
+    }
     let _ = writeln!(s, "flush chain {chain}");
     let mut rule = |body: &str| {
         let _ = writeln!(s, "add rule {chain} {body}");
@@ -142,6 +164,21 @@ pub(super) fn rules(s: &mut String, port: &GuestPort, host: &HostEgress<'_>, gen
     rule(&format!(
         "ct state established,related ct mark {generation} accept"
     ));
+    if domains {
+        // Names are the gateway's to answer: DNS and DNS over TLS to
+        // anyone else, DNS over HTTPS to the resolvers known by address,
+        // and QUIC to addresses no allowed name resolved to are dropped.
+        rule(&format!(
+            "meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} {drop}"
+        ));
+        if !host.doh.is_empty() {
+            rule(&format!(
+                "ip daddr {} meta l4proto {{ tcp, udp }} th dport 443 {drop}",
+                set_of(host.doh.iter())
+            ));
+        }
+        rule(&format!("udp dport 443 ip daddr != @learned_{k} {drop}"));
+    }
     for (action, m) in policy.net_rules() {
         let verdict = match action {
             EgressAction::Allow => &accept,
@@ -157,6 +194,9 @@ pub(super) fn rules(s: &mut String, port: &GuestPort, host: &HostEgress<'_>, gen
     }
     if !host.deny.is_empty() {
         rule(&format!("ip daddr {} {drop}", set_of(host.deny.iter())));
+    }
+    if domains {
+        rule(&format!("ip daddr @learned_{k} {accept}"));
     }
     match policy.default_action() {
         EgressAction::Allow => rule(&accept),
@@ -192,6 +232,60 @@ fn port_range(first: u16, last: u16) -> String {
 fn set_of<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
     let items: Vec<String> = items.map(|i| i.to_string()).collect();
     format!("{{ {} }}", items.join(", "))
+}
+
+/// `add` the learned `addresses` of the VM at `vm`, each with its
+/// timeout: added, deleted and added again, so an address already there
+/// gets the new timeout (nftables 1.0.6 cannot update one in place).
+pub(super) fn learned_elements(
+    s: &mut String,
+    vm: Ipv4Addr,
+    addresses: &[(Ipv4Addr, std::time::Duration)],
+) {
+    let k = key(vm);
+    for (ip, ttl) in addresses {
+        let secs = ttl.as_secs().max(1);
+        let _ = writeln!(
+            s,
+            "add element ip {TABLE} learned_{k} {{ {ip} timeout {secs}s }}"
+        );
+        let _ = writeln!(s, "delete element ip {TABLE} learned_{k} {{ {ip} }}");
+        let _ = writeln!(
+            s,
+            "add element ip {TABLE} learned_{k} {{ {ip} timeout {secs}s }}"
+        );
+    }
+}
+
+/// Each VM's learned addresses with the time they have left, from the
+/// JSON of `list table ip firehost`.
+pub(super) fn learned_in(
+    table: &serde_json::Value,
+) -> BTreeMap<Ipv4Addr, Vec<(Ipv4Addr, std::time::Duration)>> {
+    let mut all = BTreeMap::new();
+    for item in table["nftables"].as_array().into_iter().flatten() {
+        let set = &item["set"];
+        let Some(vm) = set["name"]
+            .as_str()
+            .and_then(|n| n.strip_prefix("learned_"))
+            .and_then(|k| k.replace('_', ".").parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        let addresses: Vec<_> = set["elem"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|elem| {
+                let elem = &elem["elem"];
+                let ip = elem["val"].as_str()?.parse::<Ipv4Addr>().ok()?;
+                let left = elem["expires"].as_u64().or(elem["timeout"].as_u64())?;
+                Some((ip, std::time::Duration::from_secs(left.max(1))))
+            })
+            .collect();
+        all.insert(vm, addresses);
+    }
+    all
 }
 
 /// Every VM's counters, by host address, from the JSON of `list counters` of both
@@ -270,6 +364,7 @@ mod tests {
             &HostEgress {
                 dns: &dns,
                 deny: &deny,
+                doh: &[],
             },
             7,
         );
@@ -277,7 +372,9 @@ mod tests {
         assert_eq!(
             s,
             format!(
-                "flush chain ip firehost vm_172_30_0_2\n\
+                "add element ip firehost domain_vms {{ 172.30.0.2 }}\n\
+                 delete element ip firehost domain_vms {{ 172.30.0.2 }}\n\
+                 flush chain ip firehost vm_172_30_0_2\n\
                  {chain} ct direction reply accept\n\
                  {chain} ct state established,related ct mark 7 accept\n\
                  {chain} ip daddr 10.1.0.0/16 counter name drop_172_30_0_2 drop\n\
@@ -288,6 +385,57 @@ mod tests {
                  {chain} counter name drop_172_30_0_2 drop\n"
             )
         );
+    }
+
+    #[test]
+    fn a_policy_with_domain_rules_keeps_names_to_the_gateway() {
+        let policy = EgressPolicy::new(
+            EgressAction::Deny,
+            vec![EgressRule::allow_domain("pypi.org".parse().unwrap())],
+        )
+        .unwrap();
+        let doh = ["1.1.1.1".parse().unwrap()];
+        let mut s = String::new();
+        let host = HostEgress {
+            dns: &[],
+            deny: &[],
+            doh: &doh,
+        };
+        rules(&mut s, &port(policy), &host, 9);
+        let chain = "add rule ip firehost vm_172_30_0_2";
+        assert_eq!(
+            s,
+            format!(
+                "add element ip firehost domain_vms {{ 172.30.0.2 }}\n\
+                 flush chain ip firehost vm_172_30_0_2\n\
+                 {chain} ct direction reply accept\n\
+                 {chain} ct state established,related ct mark 9 accept\n\
+                 {chain} meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} counter name drop_172_30_0_2 drop\n\
+                 {chain} ip daddr {{ 1.1.1.1 }} meta l4proto {{ tcp, udp }} th dport 443 counter name drop_172_30_0_2 drop\n\
+                 {chain} udp dport 443 ip daddr != @learned_172_30_0_2 counter name drop_172_30_0_2 drop\n\
+                 {chain} ip daddr @learned_172_30_0_2 ct mark set 9 accept\n\
+                 {chain} counter name drop_172_30_0_2 drop\n"
+            )
+        );
+    }
+
+    #[test]
+    fn learned_addresses_are_read_back_with_the_time_they_have_left() {
+        let table = serde_json::json!({"nftables": [
+            {"set": {"name": "learned_172_30_0_2", "elem": [
+                {"elem": {"val": "203.0.113.5", "timeout": 60, "expires": 42}},
+            ]}},
+            {"set": {"name": "domain_vms", "elem": ["172.30.0.2"]}},
+        ]});
+        let learned = learned_in(&table);
+        assert_eq!(
+            learned[&Ipv4Addr::new(172, 30, 0, 2)],
+            vec![(
+                Ipv4Addr::new(203, 0, 113, 5),
+                std::time::Duration::from_secs(42)
+            )]
+        );
+        assert_eq!(learned.len(), 1);
     }
 
     #[test]
@@ -310,6 +458,7 @@ mod tests {
                 rx_bytes: 200,
                 rx_packets: 2,
                 egress_dropped: 4,
+                names_refused: 0,
             })
         );
         assert_eq!(all.len(), 1);
