@@ -25,6 +25,17 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    if let crate::args::Command::EgressGateway { socket } = cli.command {
+        // Lives while VMs with domain rules do; its stderr is the log the
+        // manager opened for it.
+        return match firehost::net::host::run_gateway_helper(std::iter::once(socket)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("firehost egress-gateway: {}", exit::chain_text(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let crate::args::Command::LogKeeper { args } = cli.command {
         // Lives as long as its VM; nobody reads its output.
         return match firehost::vmm::keeper::main_with_args(args) {

@@ -354,7 +354,19 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Internal: the egress gateway (resolver and proxy) that serves VMs
+    /// with domain rules, in a process of its own that outlives each
+    /// command. Managers talk to it on SOCKET.
+    #[command(hide = true)]
+    EgressGateway {
+        /// The unix socket managers talk to it on.
+        socket: std::ffi::OsString,
+    },
 }
+
+/// The arguments that make this binary an egress gateway helper (before
+/// the socket path).
+pub const EGRESS_GATEWAY_ARGS: [&str; 1] = ["egress-gateway"];
 
 /// The arguments that make this binary a page-server helper.
 pub const PAGE_SERVER_ARGS: [&str; 1] = ["page-server"];

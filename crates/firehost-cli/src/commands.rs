@@ -156,6 +156,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         | Command::Image(_)
         | Command::PageServer
         | Command::LogKeeper { .. }
+        | Command::EgressGateway { .. }
         | Command::Settings(_) => {
             unreachable!("handled above")
         }
@@ -216,6 +217,10 @@ fn manager_config(
     config.page_server_program = exe
         .clone()
         .map(|exe| PageServerProgram::new(exe, crate::args::PAGE_SERVER_ARGS));
+    // And the gateway that answers the names of VMs with domain rules.
+    config.network.domains.program = exe
+        .clone()
+        .map(|exe| firehost::net::host::GatewayProgram::new(exe, crate::args::EGRESS_GATEWAY_ARGS));
     // Likewise the keepers that bound what each guest's files can hold.
     config.log_keeper_program =
         exe.map(|exe| firehost::vmm::keeper::KeeperProgram::new(exe, crate::args::LOG_KEEPER_ARGS));

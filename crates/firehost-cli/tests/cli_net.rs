@@ -160,6 +160,10 @@ fn egress_policies_from_the_command_line_in_the_order_given() {
             ],
         );
         assert_vm_shape(&vm);
+        // A domain rule needs the gateway, which outlives this command in
+        // a helper process of its own.
+        let socket = env.state_dir.join("egress-gateway.sock");
+        assert!(socket.exists(), "the egress gateway helper listens");
         assert_eq!(
             vm["net"]["egress"],
             serde_json::json!({
@@ -191,6 +195,12 @@ fn egress_policies_from_the_command_line_in_the_order_given() {
         // Replaced at runtime: a deny alone means everything else is open.
         let replaced = env.json(&["net", "egress", "walled", "--deny", "10.0.0.0/8"]);
         assert_eq!(replaced["egress"]["default"], "allow");
+        // No VM has domain rules any more: the helper is gone.
+        firehost_testkit::wait_until(
+            "the gateway helper to leave",
+            std::time::Duration::from_secs(5),
+            || (!socket.exists()).then_some(()),
+        );
         assert_eq!(replaced["egress"]["rules"][0]["net"], "10.0.0.0/8");
         let refused = env.run(&["net", "egress", "walled", "--allow", "bad"]);
         assert_eq!(refused.status.code(), Some(2));

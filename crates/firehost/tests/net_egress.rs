@@ -585,3 +585,103 @@ fn domain_rules_set_at_runtime_and_kept_by_a_restarted_manager() {
         restarted.detach(&id("late")).await.unwrap();
     });
 }
+
+#[test]
+fn a_gateway_helper_serves_names_past_the_manager_and_leaves_with_the_last_vm() {
+    const T: &str = "a_gateway_helper_serves_names_past_the_manager_and_leaves_with_the_last_vm";
+    in_netns(T, |nl| async move {
+        use firehost::net::host::GatewayProgram;
+        if !nft_or_skip(T) {
+            return;
+        }
+        let mut host = Host::new(&nl).await;
+        let mut config = Host::config();
+        config.domains.program = Some(GatewayProgram::new(
+            firehost_testkit::workspace_binary("firehost-egress-gateway"),
+            Vec::<String>::new(),
+        ));
+        host.net = HostNetwork::new(config.clone(), host.state.path()).unwrap();
+        let socket = host.state.path().join("egress-gateway.sock");
+        let (net, guest) = host.vm("helped", allow_only(&["allowed.test"])).await;
+        assert!(socket.exists(), "the helper listens in the state directory");
+        assert_eq!(
+            lookup(&guest, GATEWAY, "allowed.test").await,
+            Some(vec![ALLOWED_IP])
+        );
+        assert_eq!(lookup(&guest, GATEWAY, "other.test").await, Some(vec![]));
+        assert_eq!(
+            traffic(&host, net.ip).await.names_refused,
+            1,
+            "counted by the helper"
+        );
+
+        // The manager goes; the helper stays and serves.
+        let attached = host.net.attached().await;
+        host.net = HostNetwork::new(config.clone(), host.state.path()).unwrap();
+        assert_eq!(
+            connect(
+                &guest,
+                SocketAddrV4::new(OTHER_IP, 443),
+                client_hello(Some("allowed.test"))
+            )
+            .await,
+            "allowed-tls"
+        );
+        // The next manager takes it over rather than starting another.
+        host.net.reconcile(attached, &[]).await;
+        assert_eq!(
+            lookup(&guest, DNS_IP, "allowed.test").await,
+            Some(vec![ALLOWED_IP])
+        );
+
+        // The last VM with domain rules takes the helper with it.
+        host.net.detach(&id("helped")).await.unwrap();
+        firehost_testkit::poll_until("the helper to leave", ARRIVAL, || {
+            (!socket.exists()).then_some(())
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_gateway_that_cannot_listen_fails_the_attach_and_leaves_nothing() {
+    const T: &str = "a_gateway_that_cannot_listen_fails_the_attach_and_leaves_nothing";
+    in_netns(T, |nl| async move {
+        use firehost::net::host::NetError;
+        if !nft_or_skip(T) {
+            return;
+        }
+        let host = Host::new(&nl).await;
+        let (_open, _guest) = host.vm("open", EgressPolicy::open()).await;
+        let links_before = common::netns::links(&nl).await;
+        // Another program holds the resolver's port on the gateway.
+        let squatter = UdpSocket::bind(SocketAddrV4::new(GATEWAY, 10053)).unwrap();
+        let spec = NetSpec {
+            egress: allow_only(&["allowed.test"]),
+            ..NetSpec::default()
+        };
+        let refused = host.net.attach(&id("named"), &spec).await;
+        assert!(
+            matches!(refused, Err(NetError::Gateway { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            firehost::ErrorKind::HostNotReady
+        );
+        assert_eq!(common::netns::links(&nl).await, links_before, "no TAP left");
+        let attached: Vec<VmId> = host
+            .net
+            .attached()
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(attached, vec![id("open")]);
+        // Once the port is free, the same attach goes through.
+        drop(squatter);
+        host.net.attach(&id("named"), &spec).await.unwrap();
+        host.net.detach(&id("named")).await.unwrap();
+        host.net.detach(&id("open")).await.unwrap();
+    });
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::IfName;
 use super::firewall::{Cidr, HostService};
+pub use super::gateway::remote::GatewayProgram;
 use super::ipam::Subnet;
 use super::tap::TapOwner;
 use crate::vocab::DomainPattern;
@@ -114,6 +115,12 @@ pub struct DomainConfig {
     /// to VMs with domain rules unless a rule allows them by name.
     /// [`PUBLIC_DOH_NAMES`] by default.
     pub doh_names: Vec<DomainPattern>,
+    /// Run the resolver and the proxy in a helper process of their own
+    /// (the `firehost-egress-gateway` binary, or the CLI), which outlives
+    /// this manager and serves every manager of the state directory,
+    /// instead of in this process. `None` (the default): in this process,
+    /// while the manager runs.
+    pub program: Option<GatewayProgram>,
 }
 
 /// The public DNS-over-HTTPS resolvers best known by address: Cloudflare,
@@ -160,6 +167,7 @@ impl Default for DomainConfig {
                 .iter()
                 .filter_map(|name| name.parse().ok())
                 .collect(),
+            program: None,
         }
     }
 }

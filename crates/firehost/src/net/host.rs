@@ -38,7 +38,8 @@ use futures_util::TryStreamExt;
 use tokio::sync::RwLockReadGuard;
 
 pub use super::config::{
-    DomainConfig, NetworkConfig, PRIVATE_RANGES, PUBLIC_DOH_ADDRESSES, PUBLIC_DOH_NAMES, Uplink,
+    DomainConfig, GatewayProgram, NetworkConfig, PRIVATE_RANGES, PUBLIC_DOH_ADDRESSES,
+    PUBLIC_DOH_NAMES, Uplink,
 };
 pub use super::error::NetError;
 pub use super::vm_net::{
@@ -50,8 +51,8 @@ use super::firewall::{
     EgressPolicy, Firewall, FirewallConfig, FirewallError, GuestPort, PortMapping, TrafficCounters,
 };
 use super::footprint::{Footprint, read_footprint, write_footprint};
-use super::gateway::Gateway;
 use super::gateway::decide::HostRules;
+use super::gateway::{Gateway, remote};
 use super::ipam::{Allocator, Lease};
 use super::netns::Inside;
 use super::nft::Nftables;
@@ -108,6 +109,7 @@ struct Book {
 pub struct HostNetwork {
     config: NetworkConfig,
     gateway: Ipv4Addr,
+    state_dir: PathBuf,
     state_file: PathBuf,
     /// Marks this state directory's TAPs (in their interface alias).
     tag: String,
@@ -158,6 +160,7 @@ impl HostNetwork {
         Ok(HostNetwork {
             config,
             gateway,
+            state_dir: state_dir.to_owned(),
             state_file,
             tag: hash.to_hex()[..12].to_owned(),
             book: Arc::new(Mutex::new(Book {
@@ -334,12 +337,20 @@ impl HostNetwork {
         let mut net = VmNet::new(&self.config, self.gateway, lease, tap, self.dns(), spec);
         net.netns = netns;
         net.guest = guest;
-        let joined = match self.serve_names(live, net.ip, &net.egress).await {
+        let named = net.egress.has_domain_rules();
+        let served = if named {
+            self.sync_names(live, &[(net.ip, Some(&net.egress))]).await
+        } else {
+            Ok(())
+        };
+        let joined = match served {
             Ok(()) => self.join(live, vm, net.clone()).await,
             Err(e) => Err(e),
         };
         if let Err(e) = joined {
-            self.stop_serving_names(net.ip).await;
+            if named && let Err(undo) = self.sync_names(live, &[(net.ip, None)]).await {
+                tracing::warn!(vm = %vm, error = %undo, "cannot tell the egress gateway to forget a VM after a failed attach");
+            }
             if let Err(undo) = self.delete_devices(live, &net).await {
                 tracing::warn!(vm = %vm, tap = %net.tap, error = %undo, "cannot delete TAP after a failed attach");
             }
@@ -413,7 +424,11 @@ impl HostNetwork {
                 Some(live) => {
                     self.delete_devices(&live, &net).await?;
                     self.leave(&live, vm).await?;
-                    self.stop_serving_names(net.ip).await;
+                    if net.egress.has_domain_rules()
+                        && let Err(e) = self.sync_names(&live, &[]).await
+                    {
+                        tracing::warn!(vm = %vm, error = %e, "cannot tell the egress gateway to forget a VM");
+                    }
                 }
                 // Attached VMs imply a live network; without one there is
                 // nothing in the kernel to remove.
@@ -559,10 +574,15 @@ impl HostNetwork {
         // The gateway learns a policy with domain rules before the
         // firewall sends the VM's traffic to it, and forgets one only
         // after the firewall stopped.
-        self.serve_names(&live, old.ip, &policy).await?;
+        let named = policy.has_domain_rules() || old.egress.has_domain_rules();
+        if policy.has_domain_rules() {
+            self.sync_names(&live, &[(old.ip, Some(&policy))]).await?;
+        }
         let (book, membership, id) = (self.book.clone(), self.membership.clone(), vm.clone());
         let new_policy = policy.clone();
+        let changing = live.clone();
         let changed = blocking(move || {
+            let live = changing;
             let _one_change = lock(&membership);
             let Some(mut net) = lock(&book).attached.get(&id).cloned() else {
                 return Ok(None);
@@ -573,64 +593,138 @@ impl HostNetwork {
             Ok::<_, NetError>(Some(net))
         })
         .await;
-        let in_force = match &changed {
-            Ok(Some(_)) => &policy,
-            Ok(None) | Err(_) => &old.egress,
-        };
-        if !in_force.has_domain_rules() {
-            self.stop_serving_names(old.ip).await;
-        } else if let Some(gateway) = self.names.lock().await.as_ref() {
-            gateway.set(old.ip, Some(in_force.clone()));
+        // The book has the policy in force now, the new one or the old:
+        // the gateway follows it.
+        if named && let Err(e) = self.sync_names(&live, &[]).await {
+            tracing::warn!(vm = %vm, error = %e, "cannot bring the egress gateway up to date");
         }
         changed?.ok_or_else(not_attached)
     }
 
-    /// Makes the gateway serve the VM at `ip` under `policy` if it has
-    /// domain rules, starting the gateway if it is not running.
-    async fn serve_names(
+    /// Makes the gateway serve exactly the attached VMs with domain
+    /// rules, with `overrides` applied (a VM about to join, or about to
+    /// change its policy; `None` for one about to go): starting it for the
+    /// first, stopping it after the last. In this process, or in the
+    /// helper that [`DomainConfig::program`] names.
+    async fn sync_names(
         &self,
         live: &Arc<Live>,
-        ip: Ipv4Addr,
-        policy: &EgressPolicy,
+        overrides: &[(Ipv4Addr, Option<&EgressPolicy>)],
     ) -> Result<(), NetError> {
-        if !policy.has_domain_rules() {
-            return Ok(());
-        }
-        let mut gateway = self.names.lock().await;
-        if gateway.is_none() {
-            *gateway = Some(self.start_gateway(live).await?);
-        }
-        if let Some(gateway) = gateway.as_ref() {
-            gateway.set(ip, Some(policy.clone()));
-        }
-        Ok(())
-    }
-
-    /// Stops serving the VM at `ip`, and stops the gateway once it serves
-    /// no VM.
-    async fn stop_serving_names(&self, ip: Ipv4Addr) {
-        let mut gateway = self.names.lock().await;
-        if let Some(running) = gateway.as_ref() {
-            running.set(ip, None);
-            if running.is_idle()
-                && let Some(idle) = gateway.take()
-            {
-                idle.stop().await;
+        let mut vms: BTreeMap<Ipv4Addr, EgressPolicy> = lock(&self.book)
+            .attached
+            .values()
+            .filter(|net| net.egress.has_domain_rules())
+            .map(|net| (net.ip, net.egress.clone()))
+            .collect();
+        for (ip, policy) in overrides {
+            match policy {
+                Some(policy) if policy.has_domain_rules() => {
+                    vms.insert(*ip, (*policy).clone());
+                }
+                _ => {
+                    vms.remove(ip);
+                }
             }
         }
+        let vms: Vec<(Ipv4Addr, EgressPolicy)> = vms.into_iter().collect();
+        let mut local = self.names.lock().await;
+        let Some(program) = &self.config.domains.program else {
+            if vms.is_empty() {
+                if let Some(idle) = local.take() {
+                    idle.stop().await;
+                }
+                return Ok(());
+            }
+            if local.is_none() {
+                *local = Some(self.start_gateway(live).await?);
+            }
+            if let Some(gateway) = local.as_ref() {
+                gateway.serve_exactly(vms);
+            }
+            return Ok(());
+        };
+        let socket = self.state_dir.join(remote::SOCKET);
+        let request = remote::Request::Serve {
+            config: Box::new(self.remote_config()),
+            vms,
+        };
+        let failed = |detail: String| NetError::Gateway {
+            addr: std::net::SocketAddrV4::new(self.gateway, self.config.domains.resolver_port),
+            source: std::io::Error::other(detail),
+        };
+        let mut answer = remote::ask(&socket, &request).await;
+        if answer.is_none() {
+            if matches!(&request, remote::Request::Serve { vms, .. } if vms.is_empty()) {
+                // No helper, and none needed.
+                return Ok(());
+            }
+            remote::spawn(program, &self.state_dir)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            answer = remote::ask(&socket, &request).await;
+        }
+        match answer {
+            Some(Ok(remote::Response::Served)) => Ok(()),
+            Some(Ok(remote::Response::Failed(detail))) => Err(failed(detail)),
+            Some(Ok(other)) => Err(failed(format!("unexpected answer {other:?}"))),
+            Some(Err(e)) => Err(failed(e.to_string())),
+            None => Err(failed("the helper does not listen".into())),
+        }
     }
 
-    /// Starts the resolver and the proxy on the gateway address.
-    async fn start_gateway(&self, live: &Arc<Live>) -> Result<Gateway, NetError> {
+    /// What the gateway helper needs to know of this network.
+    fn remote_config(&self) -> remote::RemoteConfig {
         let domains = &self.config.domains;
-        let upstream = match &domains.upstream {
+        remote::RemoteConfig {
+            gateway: self.gateway,
+            resolver_port: domains.resolver_port,
+            proxy_port: domains.proxy_port,
+            upstream: self.upstream(),
+            min_ttl_ms: u64::try_from(domains.min_ttl.as_millis()).unwrap_or(u64::MAX),
+            max_ttl_ms: u64::try_from(domains.max_ttl.as_millis()).unwrap_or(u64::MAX),
+            deny: self.config.egress_deny.clone(),
+            doh_names: domains.doh_names.clone(),
+            doh_addresses: domains.doh_addresses.clone(),
+            subnet: self.config.subnet.to_string(),
+            bridge: self.config.bridge.clone(),
+        }
+    }
+
+    /// Names refused to each VM the gateway serves.
+    async fn names_refused(&self) -> BTreeMap<Ipv4Addr, u64> {
+        if self.config.domains.program.is_none() {
+            return self
+                .names
+                .lock()
+                .await
+                .as_ref()
+                .map(Gateway::refused_all)
+                .unwrap_or_default();
+        }
+        let socket = self.state_dir.join(remote::SOCKET);
+        match remote::ask(&socket, &remote::Request::Refused).await {
+            Some(Ok(remote::Response::Refused(refused))) => refused,
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// The upstream DNS servers of the gateway.
+    fn upstream(&self) -> Vec<std::net::SocketAddrV4> {
+        match &self.config.domains.upstream {
             Some(servers) => servers.clone(),
             None => self
                 .upstream_dns()
                 .into_iter()
                 .map(|ip| std::net::SocketAddrV4::new(ip, 53))
                 .collect(),
-        };
+        }
+    }
+
+    /// Starts the resolver and the proxy on the gateway address.
+    async fn start_gateway(&self, live: &Arc<Live>) -> Result<Gateway, NetError> {
+        let domains = &self.config.domains;
+        let upstream = self.upstream();
         let host = HostRules {
             deny: self.config.egress_deny.clone(),
             doh_names: domains.doh_names.clone(),
@@ -678,10 +772,9 @@ impl HostNetwork {
             Ok(firewall.traffic()?)
         })
         .await?;
-        if let Some(gateway) = self.names.lock().await.as_ref() {
-            for (ip, counters) in traffic.iter_mut() {
-                counters.names_refused = gateway.refused(*ip);
-            }
+        let refused = self.names_refused().await;
+        for (ip, counters) in traffic.iter_mut() {
+            counters.names_refused = refused.get(ip).copied().unwrap_or(0);
         }
         Ok(traffic)
     }
@@ -764,17 +857,10 @@ impl HostNetwork {
                 Ok(live) => {
                     let live = Arc::new(live);
                     // The VMs with domain rules have their DNS and web
-                    // traffic sent to the gateway: it must serve them.
-                    let named: Vec<(Ipv4Addr, EgressPolicy)> = lock(&self.book)
-                        .attached
-                        .values()
-                        .filter(|net| net.egress.has_domain_rules())
-                        .map(|net| (net.ip, net.egress.clone()))
-                        .collect();
-                    for (ip, policy) in named {
-                        if let Err(e) = self.serve_names(&live, ip, &policy).await {
-                            tracing::error!(vm = %ip, error = %e, "cannot serve a VM's domain rules; its DNS and web traffic fail until this is fixed");
-                        }
+                    // traffic sent to the gateway: it must serve them (and
+                    // a helper serving VMs that are gone must not).
+                    if let Err(e) = self.sync_names(&live, &[]).await {
+                        tracing::error!(error = %e, "cannot serve the VMs' domain rules; their DNS and web traffic fail until this is fixed");
                     }
                     *alone = Some(live);
                 }
@@ -972,8 +1058,8 @@ impl HostNetwork {
     /// Removes the tables, and the bridge if ours. Failures are logged. The
     /// caller holds the kernel side alone.
     async fn tear_down(&self, live: Arc<Live>) {
-        if let Some(gateway) = self.names.lock().await.take() {
-            gateway.stop().await;
+        if let Err(e) = self.sync_names(&live, &[]).await {
+            tracing::warn!(error = %e, "cannot stop the egress gateway");
         }
         let firewall = live.firewall.clone();
         if let Err(e) = blocking(move || firewall.uninstall()).await {
@@ -1150,6 +1236,27 @@ impl HostNetwork {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// The egress gateway helper's `main`: `args` is the socket path a
+/// manager gave it (see [`DomainConfig::program`]). It serves the
+/// resolver and the proxy as the managers of that state directory ask,
+/// until one asks it to serve no VM. The `firehost-egress-gateway` binary
+/// and `firehost egress-gateway` call this.
+pub fn run_gateway_helper(
+    mut args: impl Iterator<Item = std::ffi::OsString>,
+) -> std::io::Result<()> {
+    let (Some(socket), None) = (args.next(), args.next()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "usage: firehost-egress-gateway SOCKET",
+        ));
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(remote::serve(Path::new(&socket)))
 }
 
 /// Unpins the namespaces under `netns_dir` of VMs that are not attached

@@ -25,6 +25,7 @@
 pub(crate) mod decide;
 pub mod dns;
 mod proxy;
+pub mod remote;
 mod resolver;
 pub mod sniff;
 mod upstream;
@@ -93,8 +94,6 @@ impl Shared {
 pub(crate) struct Gateway {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
-    resolver: SocketAddrV4,
-    proxy: SocketAddrV4,
 }
 
 impl Gateway {
@@ -126,12 +125,7 @@ impl Gateway {
         tasks.spawn(resolver::serve_tcp(shared.clone(), tcp));
         tasks.spawn(proxy::serve(shared.clone(), proxy));
         tracing::info!(resolver = %resolver_addr, proxy = %proxy_addr, "egress gateway started");
-        Ok(Gateway {
-            shared,
-            tasks,
-            resolver: resolver_addr,
-            proxy: proxy_addr,
-        })
+        Ok(Gateway { shared, tasks })
     }
 
     /// Serves the VM at `ip` under `policy` from now on, or stops serving
@@ -161,32 +155,36 @@ impl Gateway {
         }
     }
 
-    /// Whether the gateway serves any VM.
-    pub(crate) fn is_idle(&self) -> bool {
+    /// Serves exactly `vms` from now on: the others are forgotten, and
+    /// the ones kept keep their refusal counts.
+    pub(crate) fn serve_exactly(&self, vms: Vec<(Ipv4Addr, EgressPolicy)>) {
+        let wanted: std::collections::HashSet<Ipv4Addr> = vms.iter().map(|(ip, _)| *ip).collect();
+        let gone: Vec<Ipv4Addr> = self
+            .shared
+            .vms
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .filter(|ip| !wanted.contains(ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            self.set(ip, None);
+        }
+        for (ip, policy) in vms {
+            self.set(ip, Some(policy));
+        }
+    }
+
+    /// Names and connections refused to each VM it serves.
+    pub(crate) fn refused_all(&self) -> std::collections::BTreeMap<Ipv4Addr, u64> {
         self.shared
             .vms
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty()
-    }
-
-    /// Names and connections refused to the VM at `ip` since it was added.
-    pub(crate) fn refused(&self, ip: Ipv4Addr) -> u64 {
-        self.shared
-            .vm(ip)
-            .map_or(0, |vm| vm.refused.load(Ordering::Relaxed))
-    }
-
-    /// Where the resolver listens.
-    #[allow(dead_code)]
-    pub(crate) fn resolver_addr(&self) -> SocketAddrV4 {
-        self.resolver
-    }
-
-    /// Where the proxy listens.
-    #[allow(dead_code)]
-    pub(crate) fn proxy_addr(&self) -> SocketAddrV4 {
-        self.proxy
+            .iter()
+            .map(|(ip, vm)| (*ip, vm.refused.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
