@@ -318,7 +318,14 @@ fn allow_only(names: &[&str]) -> EgressPolicy {
 }
 
 async fn traffic(host: &Host, ip: Ipv4Addr) -> firehost::net::firewall::TrafficCounters {
-    host.net.traffic().await.unwrap()[&ip]
+    let nets: Vec<VmNet> = host
+        .net
+        .attached()
+        .await
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    host.net.traffic(&nets).await.unwrap()[&ip]
 }
 
 #[test]

@@ -38,16 +38,25 @@ fn config(host: &TestHost) -> ManagerConfig {
 }
 
 /// The firehost ruleset, as text.
-/// The whole ruleset, less what traffic changes: the counters' values
-/// (a guest's TAP sees the odd frame whatever the test does).
+/// The whole ruleset, less what traffic changes: the counters' values,
+/// named or in set elements (a guest's TAP sees the odd frame whatever
+/// the test does).
 fn ruleset() -> String {
-    let mut json = Nftables::open().unwrap().list("list ruleset").unwrap();
-    for item in json["nftables"].as_array_mut().into_iter().flatten() {
-        if let Some(counter) = item.get_mut("counter").and_then(|c| c.as_object_mut()) {
-            counter.remove("packets");
-            counter.remove("bytes");
+    fn strip_counts(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(counter) = map.get_mut("counter").and_then(|c| c.as_object_mut()) {
+                    counter.remove("packets");
+                    counter.remove("bytes");
+                }
+                map.values_mut().for_each(strip_counts);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_counts),
+            _ => {}
         }
     }
+    let mut json = Nftables::open().unwrap().list("list ruleset").unwrap();
+    strip_counts(&mut json);
     json.to_string()
 }
 

@@ -913,15 +913,15 @@ impl Manager {
             source: Box::new(source),
         };
         let not_attached = || network(NetError::NotAttached { vm: id.clone() });
-        let ip = self.get(id).await?.net.ok_or_else(not_attached)?.ip;
+        let net = self.get(id).await?.net.ok_or_else(not_attached)?;
         let by_ip = self
             .shared
             .network()
             .await
-            .traffic()
+            .traffic(std::slice::from_ref(&net))
             .await
             .map_err(network)?;
-        by_ip.get(&ip).copied().ok_or_else(not_attached)
+        by_ip.get(&net.ip).copied().ok_or_else(not_attached)
     }
 
     /// The traffic of every VM on the default network, in id order (see
@@ -933,15 +933,16 @@ impl Manager {
     ///
     /// Cancel safe: it only reads.
     pub async fn network_traffic(&self) -> Vec<(VmId, crate::net::firewall::TrafficCounters)> {
-        let by_ip = match self.shared.network().await.traffic().await {
+        let attachments = self.network_attachments().await;
+        let nets: Vec<VmNet> = attachments.iter().map(|(_, net)| net.clone()).collect();
+        let by_ip = match self.shared.network().await.traffic(&nets).await {
             Ok(by_ip) => by_ip,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the traffic counters");
                 return Vec::new();
             }
         };
-        self.network_attachments()
-            .await
+        attachments
             .into_iter()
             .filter_map(|(id, net)| by_ip.get(&net.ip).map(|t| (id, *t)))
             .collect()

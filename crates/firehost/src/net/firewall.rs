@@ -119,6 +119,8 @@ pub struct Firewall {
     config: FirewallConfig,
     /// The last egress generation handed out (see the `egress` module).
     generation: Arc<AtomicU32>,
+    /// Each admitted VM's generation now.
+    generations: Arc<std::sync::Mutex<std::collections::HashMap<Ipv4Addr, u32>>>,
 }
 
 impl Firewall {
@@ -135,6 +137,7 @@ impl Firewall {
             nft,
             config,
             generation: Arc::new(AtomicU32::new(seed)),
+            generations: Arc::default(),
         }
     }
 
@@ -156,7 +159,6 @@ impl Firewall {
         egress::HostEgress {
             dns: &self.config.dns,
             deny: &self.config.egress_deny,
-            doh: &self.config.doh_addresses,
         }
     }
 
@@ -165,15 +167,47 @@ impl Firewall {
     fn port_script(
         &self,
         s: &mut String,
-        verb: &str,
         port: &GuestPort,
         counters: Option<&TrafficCounters>,
-    ) {
-        add_port_elements(s, verb, port);
-        egress::objects(s, verb, port, counters);
-        if verb == "add" {
-            egress::rules(s, port, &self.host_egress(), self.next_generation());
+    ) -> u32 {
+        let generation = self.next_generation();
+        add_port_elements(s, "add", port);
+        egress::counters(s, "add", port, counters);
+        if !port.egress.is_open() {
+            egress::policy_chain(s, "add", port.ip, true);
         }
+        egress::policy_elements(s, "add", port, &self.host_egress(), generation);
+        generation
+    }
+
+    /// Remembers the generations of a transaction that went through.
+    fn remember(&self, admitted: impl IntoIterator<Item = (Ipv4Addr, Option<u32>)>) {
+        let mut generations = self
+            .generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (ip, generation) in admitted {
+            match generation {
+                Some(g) => generations.insert(ip, g),
+                None => generations.remove(&ip),
+            };
+        }
+    }
+
+    /// The generation of the VM at `ip` now: remembered, else read from
+    /// the kernel (a port this handle did not admit).
+    fn current_generation(&self, ip: Ipv4Addr) -> Result<Option<u32>, FirewallError> {
+        let remembered = self
+            .generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ip)
+            .copied();
+        if remembered.is_some() {
+            return Ok(remembered);
+        }
+        let json = self.nft.list(&format!("list map ip {TABLE} mark_of"))?;
+        Ok(egress::mark_of(&json).get(&ip).copied())
     }
 
     /// The configuration the rules are built from.
@@ -196,23 +230,38 @@ impl Firewall {
         ports: &[GuestPort],
         peers: &[(IfName, IfName)],
     ) -> Result<(), FirewallError> {
+        // What the tables being replaced counted and learned, if they
+        // are this version's (older tables lack the sets: nothing to keep).
         let (before, learned) = if self.installed()? {
-            let table = self.nft.list(&format!("list table ip {TABLE}"))?;
-            (self.traffic()?, egress::learned_in(&table))
+            let addresses: Vec<(IfName, Ipv4Addr)> =
+                ports.iter().map(|p| (p.tap.clone(), p.ip)).collect();
+            let learned = self
+                .nft
+                .list(&format!("list set ip {TABLE} learned"))
+                .map(|json| egress::learned_in(&json))
+                .unwrap_or_default();
+            (self.traffic(&addresses).unwrap_or_default(), learned)
         } else {
             (BTreeMap::new(), BTreeMap::new())
         };
         let mut script = String::new();
         drop_tables(&mut script);
         self.config.define_tables(&mut script);
+        let mut admitted = Vec::with_capacity(ports.len());
         for port in ports {
-            self.port_script(&mut script, "add", port, before.get(&port.ip));
+            let generation = self.port_script(&mut script, port, before.get(&port.ip));
+            admitted.push((port.ip, Some(generation)));
             if let Some(addresses) = learned.get(&port.ip) {
                 egress::learned_elements(&mut script, port.ip, addresses);
             }
         }
         add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
+        self.generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.remember(admitted);
         Ok(())
     }
 
@@ -231,9 +280,10 @@ impl Firewall {
         peers: &[(IfName, IfName)],
     ) -> Result<(), FirewallError> {
         let mut script = String::new();
-        self.port_script(&mut script, "add", port, None);
+        let generation = self.port_script(&mut script, port, None);
         add_peer_elements(&mut script, "add", peers);
         self.nft.run(&script)?;
+        self.remember([(port.ip, Some(generation))]);
         Ok(())
     }
 
@@ -247,30 +297,77 @@ impl Firewall {
         // `delete element` of a missing element fails the whole batch, and
         // nftables 1.0.6 has no `destroy element`: adding first makes the
         // delete always find its element, in the same atomic transaction.
+        // Only a VM with domain rules learns addresses (one that drops
+        // them forgets what it learned then: see `set_egress`).
+        let learned: Vec<Ipv4Addr> = if port.egress.has_domain_rules() {
+            self.learned(port.ip)?
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let generation = self.current_generation(port.ip)?;
+        let open = port.egress.is_open();
         let mut script = String::new();
-        for verb in ["add", "delete"] {
-            add_port_elements(&mut script, verb, port);
-            egress::objects(&mut script, verb, port, None);
-            add_peer_elements(&mut script, verb, peers);
+        add_port_elements(&mut script, "add", port);
+        egress::counters(&mut script, "add", port, None);
+        if !open {
+            egress::policy_chain(&mut script, "add", port.ip, false);
         }
+        add_peer_elements(&mut script, "add", peers);
+        if let Some(g) = generation {
+            egress::policy_elements(&mut script, "add", port, &self.host_egress(), g);
+            egress::policy_elements(&mut script, "delete", port, &self.host_egress(), g);
+        }
+        add_port_elements(&mut script, "delete", port);
+        egress::counters(&mut script, "delete", port, None);
+        if !open {
+            egress::policy_chain(&mut script, "delete", port.ip, false);
+        }
+        add_peer_elements(&mut script, "delete", peers);
+        // What it learned goes too: the next VM at this address must not
+        // reach what this one's answers opened.
+        egress::forget_learned(&mut script, port.ip, &learned);
         self.nft.run(&script)?;
+        self.remember([(port.ip, None)]);
         Ok(())
     }
 
-    /// Replaces the egress rules of an admitted port with
-    /// `port.egress`, in one transaction: the old rules apply until the
-    /// new ones do, and a policy the kernel refuses leaves them in force.
-    /// Open connections are checked against the new rules at their next
-    /// packet.
-    pub fn set_egress(&self, port: &GuestPort) -> Result<(), FirewallError> {
+    /// Replaces the egress policy of an admitted port, `old.egress` in
+    /// force now, with `new.egress`, in one transaction: the old policy
+    /// applies until the new one does, and a policy the kernel refuses
+    /// leaves it in force. Open connections are checked against the new
+    /// policy at their next packet. `old` and `new` differ only in their
+    /// policies.
+    pub fn set_egress(&self, old: &GuestPort, new: &GuestPort) -> Result<(), FirewallError> {
+        let host = self.host_egress();
         let mut script = String::new();
-        egress::rules(
-            &mut script,
-            port,
-            &self.host_egress(),
-            self.next_generation(),
-        );
+        if old.egress.has_domain_rules() && !new.egress.has_domain_rules() {
+            let learned: Vec<Ipv4Addr> = self
+                .learned(old.ip)?
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .collect();
+            egress::forget_learned(&mut script, old.ip, &learned);
+        }
+        if let Some(g) = self.current_generation(old.ip)? {
+            // Added first, so that the delete finds every element even if
+            // some were never there.
+            egress::policy_elements(&mut script, "add", old, &host, g);
+            egress::policy_elements(&mut script, "delete", old, &host, g);
+        }
+        // A VM gets a chain of its own when its policy stops being open,
+        // and loses it when it becomes open again.
+        match (old.egress.is_open(), new.egress.is_open()) {
+            (true, false) => egress::policy_chain(&mut script, "add", new.ip, true),
+            (false, true) => egress::policy_chain(&mut script, "delete", old.ip, false),
+            _ => {}
+        }
+        let generation = self.next_generation();
+        egress::policy_elements(&mut script, "add", new, &host, generation);
         self.nft.run(&script)?;
+        self.remember([(new.ip, Some(generation))]);
         Ok(())
     }
 
@@ -293,17 +390,40 @@ impl Firewall {
         &self,
         vm: Ipv4Addr,
     ) -> Result<Vec<(Ipv4Addr, std::time::Duration)>, FirewallError> {
-        let table = self.nft.list(&format!("list table ip {TABLE}"))?;
-        Ok(egress::learned_in(&table).remove(&vm).unwrap_or_default())
+        let json = self.nft.list(&format!("list set ip {TABLE} learned"))?;
+        Ok(egress::learned_in(&json).remove(&vm).unwrap_or_default())
     }
 
-    /// Every admitted port's traffic counters, by its address.
-    pub fn traffic(&self) -> Result<BTreeMap<Ipv4Addr, TrafficCounters>, FirewallError> {
-        let bridge = self
-            .nft
-            .list(&format!("list counters table bridge {TABLE}"))?;
-        let ip = self.nft.list(&format!("list counters table ip {TABLE}"))?;
-        Ok(egress::counters_in(&bridge, &ip))
+    /// The traffic counters of the admitted `ports` (each a port on the
+    /// bridge and the VM's address), by address. A port the firewall has
+    /// no counters for is left out.
+    pub fn traffic(
+        &self,
+        ports: &[(IfName, Ipv4Addr)],
+    ) -> Result<BTreeMap<Ipv4Addr, TrafficCounters>, FirewallError> {
+        let tx = egress::set_counters(&self.nft.list(&format!("list set bridge {TABLE} tx"))?);
+        let rx = egress::set_counters(&self.nft.list(&format!("list set bridge {TABLE} rx"))?);
+        let dropped =
+            egress::set_counters(&self.nft.list(&format!("list set ip {TABLE} dropped"))?);
+        let mut all = BTreeMap::new();
+        for (tap, ip) in ports {
+            let (Some(tx), Some(rx)) = (tx.get(tap.as_str()), rx.get(tap.as_str())) else {
+                continue;
+            };
+            let dropped = dropped.get(&ip.to_string()).map_or(0, |d| d.0);
+            all.insert(
+                *ip,
+                TrafficCounters {
+                    tx_packets: tx.0,
+                    tx_bytes: tx.1,
+                    rx_packets: rx.0,
+                    rx_bytes: rx.1,
+                    egress_dropped: dropped,
+                    names_refused: 0,
+                },
+            );
+        }
+        Ok(all)
     }
 
     /// Forwards `mapping` to `ip` (a running VM's address).
@@ -376,7 +496,7 @@ impl FirewallConfig {
             dns,
             resolver_port,
             proxy_port,
-            doh_addresses: _,
+            doh_addresses,
         } = self;
         let mut dns_targets: Vec<String> = dns.iter().map(ToString::to_string).collect();
         dns_targets.push(gateway.to_string());
@@ -387,20 +507,20 @@ impl FirewallConfig {
   set taps {{ type ifname; }}
   set bindings {{ type ifname . ether_addr . ipv4_addr; }}
   set peers {{ type ifname . ifname; }}
-  map tx_count {{ type ifname : counter; }}
-  map rx_count {{ type ifname : counter; }}
+  set tx {{ type ifname; flags dynamic; counter; }}
+  set rx {{ type ifname; flags dynamic; counter; }}
   counter spoofed {{}}
   counter isolated {{}}
   chain guest_ingress {{
     type filter hook prerouting priority -200; policy accept;
     iifname != @taps accept
-    ether type ip iifname . ether saddr . ip saddr @bindings counter name iifname map @tx_count accept
-    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings counter name iifname map @tx_count accept
+    ether type ip iifname . ether saddr . ip saddr @bindings update @tx {{ iifname }} accept
+    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings update @tx {{ iifname }} accept
     counter name spoofed drop
   }}
   chain count_rx {{
     type filter hook postrouting priority 0; policy accept;
-    oifname @taps counter name oifname map @rx_count
+    oifname @taps update @rx {{ oifname }}
   }}
   chain vm_to_vm {{
     type filter hook forward priority 0; policy accept;
@@ -416,10 +536,27 @@ table ip {TABLE} {{
   set host_services {{ type inet_proto . inet_service; }}
   map published {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
   map egress {{ type ipv4_addr : verdict; }}
+  map mark_of {{ type ipv4_addr : mark; }}
+  set generation {{ type ipv4_addr . mark; }}
+  set default_deny {{ type ipv4_addr; }}
   set domain_vms {{ type ipv4_addr; }}
+  set dropped {{ type ipv4_addr; flags dynamic; counter; }}
+  set learned {{ type ipv4_addr . ipv4_addr; flags timeout; }}
   counter host_blocked {{}}
   counter metadata_blocked {{}}
-  chain host_input {{
+"
+        );
+        egress::shared_chain(
+            s,
+            doh_addresses,
+            &egress::HostEgress {
+                dns,
+                deny: &self.egress_deny,
+            },
+        );
+        let _ = write!(
+            s,
+            "  chain host_input {{
     type filter hook input priority 0; policy accept;
     iifname != \"{bridge}\" accept
     ip daddr {LINK_LOCAL} counter name metadata_blocked drop
@@ -440,7 +577,7 @@ table ip {TABLE} {{
         if let Some(uplink) = uplink {
             let _ = writeln!(
                 s,
-                "    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr vmap @egress
+                "    iifname \"{bridge}\" oifname \"{uplink}\" ip saddr {subnet} jump guest_egress
     iifname \"{bridge}\" oifname \"{uplink}\" ip saddr {subnet} accept"
             );
         }

@@ -587,8 +587,9 @@ impl HostNetwork {
             let Some(mut net) = lock(&book).attached.get(&id).cloned() else {
                 return Ok(None);
             };
+            let old_port = net.port();
             net.egress = new_policy;
-            live.firewall.set_egress(&net.port())?;
+            live.firewall.set_egress(&old_port, &net.port())?;
             lock(&book).attached.insert(id, net.clone());
             Ok::<_, NetError>(Some(net))
         })
@@ -751,25 +752,33 @@ impl HostNetwork {
         }
     }
 
-    /// The traffic counters the firewall holds, by VM address (see
-    /// [`TrafficCounters`]). Reads the kernel even when this manager has
-    /// not taken the network over (a read-only manager): nothing is
-    /// changed. Empty when the tables are not there.
+    /// The traffic counters of the VMs on `nets` (see
+    /// [`TrafficCounters`]), by address. Reads the kernel even when this
+    /// manager has not taken the network over (a read-only manager, which
+    /// knows the VMs from their records): nothing is changed. A VM the
+    /// firewall has no counters for is left out.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only reads (on the blocking pool).
-    pub async fn traffic(&self) -> Result<BTreeMap<Ipv4Addr, TrafficCounters>, NetError> {
+    pub async fn traffic(
+        &self,
+        nets: &[VmNet],
+    ) -> Result<BTreeMap<Ipv4Addr, TrafficCounters>, NetError> {
         let live = self.live.read().await.clone();
         let firewall = match live {
             Some(live) => live.firewall.clone(),
             None => self.connect_kernel()?.1,
         };
+        let ports: Vec<(IfName, Ipv4Addr)> = nets
+            .iter()
+            .map(|net| (net.host_port().clone(), net.ip))
+            .collect();
         let mut traffic = blocking(move || {
             if !firewall.installed()? {
                 return Ok::<_, NetError>(BTreeMap::new());
             }
-            Ok(firewall.traffic()?)
+            Ok(firewall.traffic(&ports)?)
         })
         .await?;
         let refused = self.names_refused().await;
@@ -786,14 +795,14 @@ impl HostNetwork {
     /// Cancel safe: it only reads.
     pub async fn traffic_of(&self, vm: &VmId) -> Result<TrafficCounters, NetError> {
         let not_attached = || NetError::NotAttached { vm: vm.clone() };
-        let ip = lock(&self.book)
+        let net = lock(&self.book)
             .attached
             .get(vm)
-            .map(|net| net.ip)
+            .cloned()
             .ok_or_else(not_attached)?;
-        self.traffic()
+        self.traffic(std::slice::from_ref(&net))
             .await?
-            .get(&ip)
+            .get(&net.ip)
             .copied()
             .ok_or_else(not_attached)
     }

@@ -1,38 +1,54 @@
-//! Each VM's egress chain and its traffic counters.
+//! Each VM's egress policy as data, and its traffic counters.
 //!
-//! A VM's packets to the uplink jump, through the `egress` verdict map
-//! keyed by the VM's host address, to a chain of its own, `vm_<key>`
-//! (the key is the address with `_` for dots). The chain is the VM's
-//! [`EgressPolicy`] compiled in order: the VM's own rules, then the host's
-//! DNS servers and denied ranges, then addresses learned from DNS answers
-//! for names the VM may reach, then the default. Changing a policy
-//! rewrites that one chain in one transaction, whatever the number of
-//! VMs.
+//! A VM's packets to the uplink go through the shared `guest_egress`
+//! chain, then jump (through the `egress` verdict map, keyed by the VM's
+//! host address) to a chain of its own, `vm_<key>` (the key is the
+//! address with `_` for dots). Neither chain ever changes after the VM
+//! is admitted: the policy lives in elements.
+//!
+//! - The VM's address rules, then the host's DNS servers (allowed) and
+//!   denied ranges, are compiled in order into disjoint regions of
+//!   (destination, protocol, port), first match winning: the regions
+//!   allowed are elements of the VM's `allow_<key>` interval set, the
+//!   regions denied of its `deny_<key>`. What neither holds falls to the
+//!   addresses learned from DNS answers (the shared `learned` set, for
+//!   VMs with domain rules), then to the default (the VM's address is in
+//!   `default_deny` when that is deny).
+//! - Domain rules put the VM's address in `domain_vms`, which the shared
+//!   chain and the NAT use: DNS, DNS over TLS, DNS-over-HTTPS resolvers and unlearned QUIC
+//!   are dropped, DNS and web traffic go to the gateway.
+//!
+//! Changing a policy swaps elements in one transaction. No rule is
+//! added, so the kernel does not re-validate the table (which walks every
+//! chain and rule, and so would cost in proportion to the number of VMs),
+//! and libnftables reads only the table's set declarations.
 //!
 //! # Open connections follow the policy in force
 //!
-//! A connection let through is marked with the chain's generation
-//! (`ct mark`), and the chain lets marked packets of established
-//! connections straight through. A new policy gets a new generation, so
-//! every open connection is checked against it once at its next packet,
-//! and keeps going only if the new policy lets it: taking an address out
-//! of a policy cuts the connections to it, and nothing is flushed.
-//! Packets in the reply direction (the guest answering a connection made
-//! to it, through a published port) are not the guest's egress.
+//! A new connection is marked with the VM's generation (`ct mark`, from
+//! the `mark_of` map), and packets of established connections whose mark
+//! is the VM's current generation (`generation` set) go straight
+//! through. A new policy gets a new generation, so every open connection
+//! is checked against it once at its next packet, and keeps going only if
+//! the new policy lets it. Packets in the reply direction (the guest
+//! answering a connection made to it) are not the guest's egress.
 //!
-//! # Counters
+//! # Counters and learned addresses
 //!
-//! Per VM, three named counters that survive policy changes: `tx_<key>`
-//! and `rx_<key>` in the bridge table (every frame the VM's port sends or
-//! receives, to the host, its peers or the internet) and `drop_<key>` in
-//! the ip table (packets its egress chain dropped).
+//! Per VM, three counters that survive policy changes, each an element
+//! of a set shared by all VMs: the VM's port in `tx` and `rx` in the
+//! bridge table (every frame the port sends or receives, to the host, its
+//! peers or the internet), its address in `dropped` in the ip table
+//! (packets its egress policy dropped). Addresses learned from DNS
+//! answers are elements `vm . address` of the shared `learned` set, with
+//! a timeout.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use super::{GuestPort, TABLE};
-use crate::vocab::{Cidr, EgressAction, EgressPolicy, NetMatch};
+use crate::vocab::{Cidr, EgressAction, EgressPolicy, Proto};
 
 /// A VM's traffic, as its firewall counters have it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -69,163 +85,311 @@ pub(super) struct HostEgress<'a> {
     pub dns: &'a [Ipv4Addr],
     /// Ranges no VM reaches unless its own rule allows them.
     pub deny: &'a [Cidr],
-    /// DNS-over-HTTPS resolvers, closed to VMs with domain rules.
-    pub doh: &'a [Ipv4Addr],
 }
 
-/// `verb` (`add` or `delete`) the objects of one VM's egress that are not
-/// its rules: the chain, its map element, its counters. Deleting puts the
-/// chain's rules first (a chain with rules cannot be deleted) and the
-/// objects that rules or elements refer to last.
-pub(super) fn objects(
+/// `verb` (`add` or `delete`) one VM's counters, starting from `counters`
+/// when added.
+pub(super) fn counters(
     s: &mut String,
     verb: &str,
     port: &GuestPort,
     counters: Option<&TrafficCounters>,
 ) {
-    let k = key(port.ip);
-    let tap = &port.tap;
-    let (tx, rx, dropped) = match counters {
-        Some(c) => (
-            counter_values(c.tx_packets, c.tx_bytes),
-            counter_values(c.rx_packets, c.rx_bytes),
-            counter_values(c.egress_dropped, 0),
-        ),
-        None => Default::default(),
-    };
+    let (tap, ip) = (&port.tap, port.ip);
     if verb == "add" {
+        let c = counters.copied().unwrap_or_default();
         let _ = writeln!(
             s,
-            "add set ip {TABLE} learned_{k} {{ type ipv4_addr; flags timeout; }}"
-        );
-        let _ = writeln!(s, "add counter bridge {TABLE} tx_{k} {{{tx}}}");
-        let _ = writeln!(s, "add counter bridge {TABLE} rx_{k} {{{rx}}}");
-        let _ = writeln!(s, "add counter ip {TABLE} drop_{k} {{{dropped}}}");
-        let _ = writeln!(s, "add chain ip {TABLE} vm_{k}");
-        let _ = writeln!(
-            s,
-            "add element bridge {TABLE} tx_count {{ \"{tap}\" : \"tx_{k}\" }}"
+            "add element bridge {TABLE} tx {{ \"{tap}\" counter packets {} bytes {} }}",
+            c.tx_packets, c.tx_bytes
         );
         let _ = writeln!(
             s,
-            "add element bridge {TABLE} rx_count {{ \"{tap}\" : \"rx_{k}\" }}"
+            "add element bridge {TABLE} rx {{ \"{tap}\" counter packets {} bytes {} }}",
+            c.rx_packets, c.rx_bytes
         );
         let _ = writeln!(
             s,
-            "add element ip {TABLE} egress {{ {} : jump vm_{k} }}",
-            port.ip
+            "add element ip {TABLE} dropped {{ {ip} counter packets {} bytes 0 }}",
+            c.egress_dropped
         );
     } else {
-        let _ = writeln!(s, "delete element bridge {TABLE} tx_count {{ \"{tap}\" }}");
-        let _ = writeln!(s, "delete element bridge {TABLE} rx_count {{ \"{tap}\" }}");
-        let _ = writeln!(s, "delete element ip {TABLE} egress {{ {} }}", port.ip);
-        // Present or not, the element goes: added first so that the
-        // delete always finds it.
-        let _ = writeln!(s, "add element ip {TABLE} domain_vms {{ {} }}", port.ip);
-        let _ = writeln!(s, "delete element ip {TABLE} domain_vms {{ {} }}", port.ip);
-        let _ = writeln!(s, "flush chain ip {TABLE} vm_{k}");
-        let _ = writeln!(s, "delete chain ip {TABLE} vm_{k}");
-        let _ = writeln!(s, "delete set ip {TABLE} learned_{k}");
-        let _ = writeln!(s, "delete counter bridge {TABLE} tx_{k}");
-        let _ = writeln!(s, "delete counter bridge {TABLE} rx_{k}");
-        let _ = writeln!(s, "delete counter ip {TABLE} drop_{k}");
+        let _ = writeln!(s, "delete element bridge {TABLE} tx {{ \"{tap}\" }}");
+        let _ = writeln!(s, "delete element bridge {TABLE} rx {{ \"{tap}\" }}");
+        let _ = writeln!(s, "delete element ip {TABLE} dropped {{ {ip} }}");
     }
 }
 
-/// The body of a counter declaration that starts from these values.
-fn counter_values(packets: u64, bytes: u64) -> String {
-    if packets == 0 && bytes == 0 {
-        String::new()
-    } else {
-        format!(" packets {packets} bytes {bytes} ")
-    }
-}
-
-/// Replaces the rules of `port`'s chain with its policy, marking what it
-/// lets through with `generation` (never 0: unmarked connections are 0).
-pub(super) fn rules(s: &mut String, port: &GuestPort, host: &HostEgress<'_>, generation: u32) {
-    let k = key(port.ip);
-    let chain = format!("ip {TABLE} vm_{k}");
-    let policy: &EgressPolicy = &port.egress;
-    let accept = format!("ct mark set {generation} accept");
-    let drop = format!("counter name drop_{k} drop");
-    let domains = policy.has_domain_rules();
-    // In `domain_vms` exactly when the policy has domain rules: that is
-    // what sends its DNS and web traffic to the gateway.
-    let _ = writeln!(s, "add element ip {TABLE} domain_vms {{ {} }}", port.ip);
-    if !domains {
-        let _ = writeln!(s, "delete element ip {TABLE} domain_vms {{ {} }}", port.ip);
-    }
-    let _ = writeln!(s, "flush chain {chain}");
-    let mut rule = |body: &str| {
-        let _ = writeln!(s, "add rule {chain} {body}");
-    };
-    rule("ct direction reply accept");
-    rule(&format!(
-        "ct state established,related ct mark {generation} accept"
-    ));
-    if domains {
-        // Names are the gateway's to answer: DNS and DNS over TLS to
-        // anyone else, DNS over HTTPS to the resolvers known by address,
-        // and QUIC to addresses no allowed name resolved to are dropped.
-        rule(&format!(
-            "meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} {drop}"
-        ));
-        if !host.doh.is_empty() {
-            rule(&format!(
-                "ip daddr {} meta l4proto {{ tcp, udp }} th dport 443 {drop}",
-                set_of(host.doh.iter())
-            ));
-        }
-        rule(&format!("udp dport 443 ip daddr != @learned_{k} {drop}"));
-    }
-    for (action, m) in policy.net_rules() {
-        let verdict = match action {
-            EgressAction::Allow => &accept,
-            EgressAction::Deny => &drop,
-        };
-        rule(&format!("{} {verdict}", net_match(m)));
-    }
-    if !host.dns.is_empty() {
-        rule(&format!(
-            "ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 {accept}",
-            set_of(host.dns.iter())
-        ));
-    }
-    if !host.deny.is_empty() {
-        rule(&format!("ip daddr {} {drop}", set_of(host.deny.iter())));
-    }
-    if domains {
-        rule(&format!("ip daddr @learned_{k} {accept}"));
-    }
-    match policy.default_action() {
-        EgressAction::Allow => rule(&accept),
-        EgressAction::Deny => rule(&drop),
-    }
-}
-
-/// The match expression of one address rule.
-fn net_match(m: &NetMatch) -> String {
-    let mut text = format!("ip daddr {}", m.cidr);
-    if let Some(proto) = m.proto {
-        let _ = write!(text, " meta l4proto {proto}");
-        if let Some(ports) = m.ports {
-            let _ = write!(
-                text,
-                " th dport {}",
-                port_range(ports.first(), ports.last())
+/// `verb` (`add` or `delete`) the chain of a VM whose policy is not open,
+/// its two sets and the map element that sends its packets there; added
+/// with its rules when `with_rules` (they never change). An open VM has
+/// none: the shared chain's own rules are its policy, so admitting one
+/// adds no rule (each rule added makes the kernel re-validate the whole
+/// table, at a cost that grows with the number of VMs).
+pub(super) fn policy_chain(s: &mut String, verb: &str, ip: Ipv4Addr, with_rules: bool) {
+    let k = key(ip);
+    if verb == "add" {
+        for set in ["allow", "deny"] {
+            let _ = writeln!(
+                s,
+                "add set ip {TABLE} {set}_{k} {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}"
             );
         }
+        let _ = writeln!(s, "add chain ip {TABLE} vm_{k}");
+        if with_rules {
+            for rule in [
+                format!("ip daddr . meta l4proto . th dport @deny_{k} {DROP}"),
+                format!("ip daddr . meta l4proto . th dport @allow_{k} accept"),
+                "ip saddr . ip daddr @learned accept".to_owned(),
+                format!("ip saddr @default_deny {DROP}"),
+                "accept".to_owned(),
+            ] {
+                let _ = writeln!(s, "add rule ip {TABLE} vm_{k} {rule}");
+            }
+        }
+        let _ = writeln!(s, "add element ip {TABLE} egress {{ {ip} : jump vm_{k} }}");
+    } else {
+        let _ = writeln!(s, "delete element ip {TABLE} egress {{ {ip} }}");
+        let _ = writeln!(s, "flush chain ip {TABLE} vm_{k}");
+        let _ = writeln!(s, "delete chain ip {TABLE} vm_{k}");
+        let _ = writeln!(s, "delete set ip {TABLE} allow_{k}");
+        let _ = writeln!(s, "delete set ip {TABLE} deny_{k}");
     }
-    text
 }
 
-fn port_range(first: u16, last: u16) -> String {
-    if first == last {
-        first.to_string()
-    } else {
-        format!("{first}-{last}")
+/// What counts and drops a packet: the VM's `dropped` counter goes up.
+const DROP: &str = "update @dropped { ip saddr } drop";
+
+/// The shared chain every VM's packets to the uplink go through first:
+/// replies and the current generation's connections, then what VMs with
+/// domain rules may not do, then the VM's own chain.
+pub(super) fn shared_chain(s: &mut String, doh: &[Ipv4Addr], host: &HostEgress<'_>) {
+    let _ = writeln!(s, "  chain guest_egress {{");
+    let _ = writeln!(s, "    ct direction reply accept");
+    let _ = writeln!(
+        s,
+        "    ct state established,related ip saddr . ct mark @generation accept"
+    );
+    // Names are the gateway's to answer: DNS and DNS over TLS to anyone
+    // else, DNS over HTTPS to the resolvers known by address, and QUIC to
+    // addresses no allowed name resolved to are dropped.
+    let _ = writeln!(
+        s,
+        "    ip saddr @domain_vms meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} {DROP}"
+    );
+    if !doh.is_empty() {
+        let _ = writeln!(
+            s,
+            "    ip saddr @domain_vms ip daddr {} meta l4proto {{ tcp, udp }} th dport 443 {DROP}",
+            set_of(doh.iter())
+        );
     }
+    let _ = writeln!(
+        s,
+        "    ip saddr @domain_vms udp dport 443 ip saddr . ip daddr != @learned {DROP}"
+    );
+    // Connections let through carry the VM's generation.
+    let _ = writeln!(s, "    ct mark set ip saddr map @mark_of");
+    let _ = writeln!(s, "    ip saddr vmap @egress");
+    // A VM with no chain of its own has the open policy: the host's DNS
+    // servers, then its denied ranges, then anything.
+    if !host.dns.is_empty() {
+        let _ = writeln!(
+            s,
+            "    ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+            set_of(host.dns.iter())
+        );
+    }
+    if !host.deny.is_empty() {
+        let _ = writeln!(s, "    ip daddr {} {DROP}", set_of(host.deny.iter()));
+    }
+    let _ = writeln!(s, "    accept");
+    let _ = writeln!(s, "  }}");
+}
+
+/// `verb` (`add` or `delete`) the elements that are `port`'s policy:
+/// its allowed and denied regions, its default, its domain flag and its
+/// `generation` (never 0: unmarked connections are 0).
+pub(super) fn policy_elements(
+    s: &mut String,
+    verb: &str,
+    port: &GuestPort,
+    host: &HostEgress<'_>,
+    generation: u32,
+) {
+    let (k, ip) = (key(port.ip), port.ip);
+    let policy: &EgressPolicy = &port.egress;
+    // A map element is deleted by its key alone.
+    if verb == "delete" {
+        let _ = writeln!(s, "delete element ip {TABLE} mark_of {{ {ip} }}");
+    } else {
+        let _ = writeln!(
+            s,
+            "{verb} element ip {TABLE} mark_of {{ {ip} : {generation} }}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{verb} element ip {TABLE} generation {{ {ip} . {generation} }}"
+    );
+    if policy.is_open() {
+        // The shared chain's rules are its policy.
+        return;
+    }
+    for region in compile(policy, host) {
+        let set = if region.allow { "allow" } else { "deny" };
+        let _ = writeln!(
+            s,
+            "{verb} element ip {TABLE} {set}_{k} {{ {}-{} . {}-{} . {}-{} }}",
+            Ipv4Addr::from(region.addresses.0),
+            Ipv4Addr::from(region.addresses.1),
+            region.protocols.0,
+            region.protocols.1,
+            region.ports.0,
+            region.ports.1,
+        );
+    }
+    if policy.default_action() == EgressAction::Deny {
+        let _ = writeln!(s, "{verb} element ip {TABLE} default_deny {{ {ip} }}");
+    }
+    if policy.has_domain_rules() {
+        let _ = writeln!(s, "{verb} element ip {TABLE} domain_vms {{ {ip} }}");
+    }
+}
+
+/// A box of (destination, protocol, port), bounds included, and what
+/// the first rule that covers it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Region {
+    pub addresses: (u32, u32),
+    pub protocols: (u8, u8),
+    pub ports: (u16, u16),
+    pub allow: bool,
+}
+
+impl Region {
+    fn overlaps(&self, other: &Region) -> bool {
+        self.addresses.0 <= other.addresses.1
+            && other.addresses.0 <= self.addresses.1
+            && self.protocols.0 <= other.protocols.1
+            && other.protocols.0 <= self.protocols.1
+            && self.ports.0 <= other.ports.1
+            && other.ports.0 <= self.ports.1
+    }
+
+    /// The parts of `self` outside `other`: at most two per dimension.
+    fn minus(self, other: &Region) -> Vec<Region> {
+        if !self.overlaps(other) {
+            return vec![self];
+        }
+        let mut parts = Vec::new();
+        let mut rest = self;
+        if rest.addresses.0 < other.addresses.0 {
+            parts.push(Region {
+                addresses: (rest.addresses.0, other.addresses.0 - 1),
+                ..rest
+            });
+            rest.addresses.0 = other.addresses.0;
+        }
+        if rest.addresses.1 > other.addresses.1 {
+            parts.push(Region {
+                addresses: (other.addresses.1 + 1, rest.addresses.1),
+                ..rest
+            });
+            rest.addresses.1 = other.addresses.1;
+        }
+        if rest.protocols.0 < other.protocols.0 {
+            parts.push(Region {
+                protocols: (rest.protocols.0, other.protocols.0 - 1),
+                ..rest
+            });
+            rest.protocols.0 = other.protocols.0;
+        }
+        if rest.protocols.1 > other.protocols.1 {
+            parts.push(Region {
+                protocols: (other.protocols.1 + 1, rest.protocols.1),
+                ..rest
+            });
+            rest.protocols.1 = other.protocols.1;
+        }
+        if rest.ports.0 < other.ports.0 {
+            parts.push(Region {
+                ports: (rest.ports.0, other.ports.0 - 1),
+                ..rest
+            });
+            rest.ports.0 = other.ports.0;
+        }
+        if rest.ports.1 > other.ports.1 {
+            parts.push(Region {
+                ports: (other.ports.1 + 1, rest.ports.1),
+                ..rest
+            });
+        }
+        parts
+    }
+}
+
+/// The IP protocol numbers of TCP and UDP.
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// The region a rule's match covers.
+fn region_of(cidr: &Cidr, proto: Option<Proto>, ports: Option<(u16, u16)>, allow: bool) -> Region {
+    let first = u32::from(cidr.network());
+    let size_minus_one = match cidr.prefix_len() {
+        0 => u32::MAX,
+        n => (1u32 << (32 - u32::from(n))) - 1,
+    };
+    let protocols = match proto {
+        None => (0, u8::MAX),
+        Some(Proto::Tcp) => (TCP, TCP),
+        Some(Proto::Udp) => (UDP, UDP),
+    };
+    Region {
+        addresses: (first, first | size_minus_one),
+        protocols,
+        ports: ports.unwrap_or((0, u16::MAX)),
+        allow,
+    }
+}
+
+/// `policy`'s address rules, then the host's DNS servers and denied
+/// ranges, as disjoint regions: each rule keeps only what no earlier rule
+/// covers. A VM with domain rules gets no DNS allowance (its DNS is the
+/// gateway's).
+pub(super) fn compile(policy: &EgressPolicy, host: &HostEgress<'_>) -> Vec<Region> {
+    let mut rules: Vec<Region> = policy
+        .net_rules()
+        .map(|(action, m)| {
+            region_of(
+                &m.cidr,
+                m.proto,
+                m.ports.map(|p| (p.first(), p.last())),
+                action == EgressAction::Allow,
+            )
+        })
+        .collect();
+    if !policy.has_domain_rules() {
+        for dns in host.dns {
+            if let Some(one) = Cidr::new(*dns, 32) {
+                for proto in [Proto::Tcp, Proto::Udp] {
+                    rules.push(region_of(&one, Some(proto), Some((53, 53)), true));
+                }
+            }
+        }
+    }
+    rules.extend(host.deny.iter().map(|c| region_of(c, None, None, false)));
+    let mut covered: Vec<Region> = Vec::new();
+    let mut regions = Vec::new();
+    for rule in rules {
+        let mut pieces = vec![rule];
+        for earlier in &covered {
+            pieces = pieces.into_iter().flat_map(|p| p.minus(earlier)).collect();
+        }
+        regions.extend(pieces);
+        covered.push(rule);
+    }
+    regions
 }
 
 /// An anonymous set `{ a, b }` of displayable values.
@@ -242,88 +406,93 @@ pub(super) fn learned_elements(
     vm: Ipv4Addr,
     addresses: &[(Ipv4Addr, std::time::Duration)],
 ) {
-    let k = key(vm);
     for (ip, ttl) in addresses {
         let secs = ttl.as_secs().max(1);
         let _ = writeln!(
             s,
-            "add element ip {TABLE} learned_{k} {{ {ip} timeout {secs}s }}"
+            "add element ip {TABLE} learned {{ {vm} . {ip} timeout {secs}s }}"
         );
-        let _ = writeln!(s, "delete element ip {TABLE} learned_{k} {{ {ip} }}");
+        let _ = writeln!(s, "delete element ip {TABLE} learned {{ {vm} . {ip} }}");
         let _ = writeln!(
             s,
-            "add element ip {TABLE} learned_{k} {{ {ip} timeout {secs}s }}"
+            "add element ip {TABLE} learned {{ {vm} . {ip} timeout {secs}s }}"
         );
+    }
+}
+
+/// Deletes the learned `addresses` of the VM at `vm`, whether or not they
+/// expired meanwhile (each is added first, so the delete finds it).
+pub(super) fn forget_learned(s: &mut String, vm: Ipv4Addr, addresses: &[Ipv4Addr]) {
+    for ip in addresses {
+        let _ = writeln!(
+            s,
+            "add element ip {TABLE} learned {{ {vm} . {ip} timeout 1s }}"
+        );
+        let _ = writeln!(s, "delete element ip {TABLE} learned {{ {vm} . {ip} }}");
     }
 }
 
 /// Each VM's learned addresses with the time they have left, from the
-/// JSON of `list table ip firehost`.
+/// JSON of `list set ip firehost learned`.
 pub(super) fn learned_in(
-    table: &serde_json::Value,
+    json: &serde_json::Value,
 ) -> BTreeMap<Ipv4Addr, Vec<(Ipv4Addr, std::time::Duration)>> {
-    let mut all = BTreeMap::new();
-    for item in table["nftables"].as_array().into_iter().flatten() {
+    let mut all: BTreeMap<Ipv4Addr, Vec<_>> = BTreeMap::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
         let set = &item["set"];
-        let Some(vm) = set["name"]
-            .as_str()
-            .and_then(|n| n.strip_prefix("learned_"))
-            .and_then(|k| k.replace('_', ".").parse::<Ipv4Addr>().ok())
-        else {
+        if set["name"].as_str() != Some("learned") {
             continue;
-        };
-        let addresses: Vec<_> = set["elem"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|elem| {
-                let elem = &elem["elem"];
-                let ip = elem["val"].as_str()?.parse::<Ipv4Addr>().ok()?;
-                let left = elem["expires"].as_u64().or(elem["timeout"].as_u64())?;
-                Some((ip, std::time::Duration::from_secs(left.max(1))))
-            })
-            .collect();
-        all.insert(vm, addresses);
+        }
+        for elem in set["elem"].as_array().into_iter().flatten() {
+            let elem = &elem["elem"];
+            let parts = &elem["val"]["concat"];
+            let ip = |i: usize| parts[i].as_str()?.parse::<Ipv4Addr>().ok();
+            let (Some(vm), Some(address)) = (ip(0), ip(1)) else {
+                continue;
+            };
+            let Some(left) = elem["expires"].as_u64().or(elem["timeout"].as_u64()) else {
+                continue;
+            };
+            all.entry(vm)
+                .or_default()
+                .push((address, std::time::Duration::from_secs(left.max(1))));
+        }
     }
     all
 }
 
-/// Every VM's counters, by host address, from the JSON of `list counters` of both
-/// tables.
-pub(super) fn counters_in(
-    bridge: &serde_json::Value,
-    ip: &serde_json::Value,
-) -> BTreeMap<Ipv4Addr, TrafficCounters> {
-    let mut all: BTreeMap<Ipv4Addr, TrafficCounters> = BTreeMap::new();
-    for json in [bridge, ip] {
-        for item in json["nftables"].as_array().into_iter().flatten() {
-            let counter = &item["counter"];
-            let (Some(name), Some(packets), Some(bytes)) = (
-                counter["name"].as_str(),
-                counter["packets"].as_u64(),
-                counter["bytes"].as_u64(),
+/// Each VM's generation, from the JSON of `list map ip firehost
+/// mark_of` (elements are `[address, mark]` pairs).
+pub(super) fn mark_of(json: &serde_json::Value) -> BTreeMap<Ipv4Addr, u32> {
+    let mut all = BTreeMap::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for elem in item["map"]["elem"].as_array().into_iter().flatten() {
+            let ip = elem[0].as_str().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            let mark = elem[1].as_u64().and_then(|m| u32::try_from(m).ok());
+            if let (Some(ip), Some(mark)) = (ip, mark) {
+                all.insert(ip, mark);
+            }
+        }
+    }
+    all
+}
+
+/// The counters of a dynamic set with `counter` from its `list set` JSON:
+/// each element's key (a string: an interface name or an address) with
+/// its packets and bytes.
+pub(super) fn set_counters(json: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
+    let mut all = BTreeMap::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+            let elem = &elem["elem"];
+            let (Some(key), Some(packets), Some(bytes)) = (
+                elem["val"].as_str(),
+                elem["counter"]["packets"].as_u64(),
+                elem["counter"]["bytes"].as_u64(),
             ) else {
                 continue;
             };
-            let Some((kind, k)) = name.split_once('_') else {
-                continue;
-            };
-            let Ok(ip) = k.replace('_', ".").parse::<Ipv4Addr>() else {
-                continue;
-            };
-            let entry = all.entry(ip);
-            match kind {
-                "tx" => {
-                    let c = entry.or_default();
-                    (c.tx_packets, c.tx_bytes) = (packets, bytes);
-                }
-                "rx" => {
-                    let c = entry.or_default();
-                    (c.rx_packets, c.rx_bytes) = (packets, bytes);
-                }
-                "drop" => entry.or_default().egress_dropped = packets,
-                _ => {}
-            }
+            all.insert(key.to_owned(), (packets, bytes));
         }
     }
     all
@@ -344,8 +513,23 @@ mod tests {
         }
     }
 
+    fn covers(regions: &[Region], ip: &str, proto: u8, port: u16) -> Option<bool> {
+        let ip = u32::from(ip.parse::<Ipv4Addr>().unwrap());
+        let hits: Vec<bool> = regions
+            .iter()
+            .filter(|r| {
+                (r.addresses.0..=r.addresses.1).contains(&ip)
+                    && (r.protocols.0..=r.protocols.1).contains(&proto)
+                    && (r.ports.0..=r.ports.1).contains(&port)
+            })
+            .map(|r| r.allow)
+            .collect();
+        assert!(hits.len() <= 1, "overlapping regions: {regions:?}");
+        hits.first().copied()
+    }
+
     #[test]
-    fn a_policy_compiles_to_its_rules_in_order_then_the_hosts_then_the_default() {
+    fn a_policy_compiles_to_disjoint_regions_where_the_first_rule_wins() {
         let policy = EgressPolicy::new(
             EgressAction::Deny,
             vec![
@@ -357,77 +541,121 @@ mod tests {
         .unwrap();
         let dns = ["10.0.0.53".parse().unwrap()];
         let deny = ["10.0.0.0/8".parse().unwrap()];
-        let mut s = String::new();
-        rules(
-            &mut s,
-            &port(policy),
-            &HostEgress {
-                dns: &dns,
-                deny: &deny,
-                doh: &[],
-            },
-            7,
-        );
-        let chain = "add rule ip firehost vm_172_30_0_2";
+        let host = HostEgress {
+            dns: &dns,
+            deny: &deny,
+        };
+        let regions = compile(&policy, &host);
         assert_eq!(
-            s,
-            format!(
-                "add element ip firehost domain_vms {{ 172.30.0.2 }}\n\
-                 delete element ip firehost domain_vms {{ 172.30.0.2 }}\n\
-                 flush chain ip firehost vm_172_30_0_2\n\
-                 {chain} ct direction reply accept\n\
-                 {chain} ct state established,related ct mark 7 accept\n\
-                 {chain} ip daddr 10.1.0.0/16 counter name drop_172_30_0_2 drop\n\
-                 {chain} ip daddr 10.0.0.0/8 meta l4proto udp th dport 8000-8100 ct mark set 7 accept\n\
-                 {chain} ip daddr 203.0.113.7/32 ct mark set 7 accept\n\
-                 {chain} ip daddr {{ 10.0.0.53 }} meta l4proto {{ tcp, udp }} th dport 53 ct mark set 7 accept\n\
-                 {chain} ip daddr {{ 10.0.0.0/8 }} counter name drop_172_30_0_2 drop\n\
-                 {chain} counter name drop_172_30_0_2 drop\n"
-            )
+            covers(&regions, "10.1.2.3", UDP, 8000),
+            Some(false),
+            "rule 0 first"
         );
+        assert_eq!(covers(&regions, "10.2.2.3", UDP, 8050), Some(true));
+        assert_eq!(
+            covers(&regions, "10.2.2.3", TCP, 8050),
+            Some(false),
+            "host deny"
+        );
+        assert_eq!(
+            covers(&regions, "203.0.113.7", 1, 0),
+            Some(true),
+            "any protocol"
+        );
+        assert_eq!(
+            covers(&regions, "10.0.0.53", UDP, 53),
+            Some(true),
+            "host DNS"
+        );
+        assert_eq!(covers(&regions, "10.0.0.53", UDP, 54), Some(false));
+        assert_eq!(
+            covers(&regions, "198.51.100.1", TCP, 80),
+            None,
+            "the default decides"
+        );
+        // The elements name the VM's own sets.
+        let mut s = String::new();
+        policy_elements(&mut s, "add", &port(policy), &host, 9);
+        assert!(s.contains("add element ip firehost deny_172_30_0_2 { 10.1.0.0-10.1.255.255 . 0-255 . 0-65535 }"), "{s}");
+        assert!(
+            s.contains("add element ip firehost default_deny { 172.30.0.2 }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add element ip firehost mark_of { 172.30.0.2 : 9 }"),
+            "{s}"
+        );
+        assert!(!s.contains("domain_vms"), "{s}");
     }
 
     #[test]
-    fn a_policy_with_domain_rules_keeps_names_to_the_gateway() {
+    fn a_policy_with_domain_rules_is_flagged_and_gets_no_dns_allowance() {
         let policy = EgressPolicy::new(
-            EgressAction::Deny,
-            vec![EgressRule::allow_domain("pypi.org".parse().unwrap())],
+            EgressAction::Allow,
+            vec![EgressRule::deny_domain("evil.test".parse().unwrap())],
         )
         .unwrap();
-        let doh = ["1.1.1.1".parse().unwrap()];
-        let mut s = String::new();
+        let dns = ["10.0.0.53".parse().unwrap()];
         let host = HostEgress {
-            dns: &[],
+            dns: &dns,
             deny: &[],
-            doh: &doh,
         };
-        rules(&mut s, &port(policy), &host, 9);
-        let chain = "add rule ip firehost vm_172_30_0_2";
-        assert_eq!(
-            s,
-            format!(
-                "add element ip firehost domain_vms {{ 172.30.0.2 }}\n\
-                 flush chain ip firehost vm_172_30_0_2\n\
-                 {chain} ct direction reply accept\n\
-                 {chain} ct state established,related ct mark 9 accept\n\
-                 {chain} meta l4proto {{ tcp, udp }} th dport {{ 53, 853 }} counter name drop_172_30_0_2 drop\n\
-                 {chain} ip daddr {{ 1.1.1.1 }} meta l4proto {{ tcp, udp }} th dport 443 counter name drop_172_30_0_2 drop\n\
-                 {chain} udp dport 443 ip daddr != @learned_172_30_0_2 counter name drop_172_30_0_2 drop\n\
-                 {chain} ip daddr @learned_172_30_0_2 ct mark set 9 accept\n\
-                 {chain} counter name drop_172_30_0_2 drop\n"
-            )
+        assert_eq!(compile(&policy, &host), vec![]);
+        let mut s = String::new();
+        policy_elements(&mut s, "add", &port(policy), &host, 3);
+        assert!(
+            s.contains("add element ip firehost domain_vms { 172.30.0.2 }"),
+            "{s}"
         );
+        assert!(!s.contains("default_deny"), "{s}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compiled_regions_agree_with_the_policy_everywhere(
+            rules in proptest::collection::vec((0u8..4, 0u8..4, 0u8..3, proptest::bool::ANY), 0..8),
+            probe in (0u8..8, 0u8..3, 0u16..6),
+        ) {
+            // Small worlds: addresses 10.0.0.0/29 in /30, /31 and /32 pieces,
+            // ports 1-5, so overlaps are common.
+            let mut parsed = Vec::new();
+            for (net, len, proto, allow) in rules {
+                let len = [29u8, 30, 31, 32][usize::from(len)];
+                let base = u32::from(Ipv4Addr::new(10, 0, 0, net * 2)) & !((1u32 << (32 - len)) - 1);
+                let cidr = Ipv4Addr::from(base);
+                let text = match proto {
+                    0 => format!("{cidr}/{len}"),
+                    1 => format!("{cidr}/{len}:2-3"),
+                    _ => format!("{cidr}/{len}:4/udp"),
+                };
+                let m = text.parse().unwrap();
+                parsed.push(if allow { EgressRule::allow(m) } else { EgressRule::deny(m) });
+            }
+            let Ok(policy) = EgressPolicy::new(EgressAction::Deny, parsed) else {
+                return Ok(());
+            };
+            let host = HostEgress { dns: &[], deny: &[] };
+            let regions = compile(&policy, &host);
+            let ip = Ipv4Addr::new(10, 0, 0, probe.0);
+            let proto = [TCP, UDP, 1][usize::from(probe.1)];
+            let p = match proto { TCP => Some(Proto::Tcp), UDP => Some(Proto::Udp), _ => None };
+            let expected = policy
+                .net_verdict(ip, p, Some(probe.2))
+                .map(|a| a == EgressAction::Allow);
+            proptest::prop_assert_eq!(covers(&regions, &ip.to_string(), proto, probe.2), expected);
+        }
     }
 
     #[test]
     fn learned_addresses_are_read_back_with_the_time_they_have_left() {
-        let table = serde_json::json!({"nftables": [
-            {"set": {"name": "learned_172_30_0_2", "elem": [
-                {"elem": {"val": "203.0.113.5", "timeout": 60, "expires": 42}},
+        let json = serde_json::json!({"nftables": [
+            {"metainfo": {}},
+            {"set": {"name": "learned", "elem": [
+                {"elem": {"val": {"concat": ["172.30.0.2", "203.0.113.5"]}, "timeout": 60, "expires": 42}},
+                {"elem": {"val": {"concat": ["172.30.0.3", "bad"]}, "timeout": 60}},
             ]}},
-            {"set": {"name": "domain_vms", "elem": ["172.30.0.2"]}},
         ]});
-        let learned = learned_in(&table);
+        let learned = learned_in(&json);
         assert_eq!(
             learned[&Ipv4Addr::new(172, 30, 0, 2)],
             vec![(
@@ -439,28 +667,16 @@ mod tests {
     }
 
     #[test]
-    fn counters_are_read_back_by_vm() {
-        let bridge = serde_json::json!({"nftables": [
+    fn set_counters_are_read_back_by_key() {
+        let json = serde_json::json!({"nftables": [
             {"metainfo": {}},
-            {"counter": {"name": "tx_172_30_0_2", "packets": 3, "bytes": 300}},
-            {"counter": {"name": "rx_172_30_0_2", "packets": 2, "bytes": 200}},
-            {"counter": {"name": "spoofed", "packets": 9, "bytes": 900}},
+            {"set": {"name": "tx", "elem": [
+                {"elem": {"val": "fhabc", "counter": {"packets": 3, "bytes": 300}}},
+                {"elem": {"val": "fhdef"}},
+            ]}},
         ]});
-        let ip = serde_json::json!({"nftables": [
-            {"counter": {"name": "drop_172_30_0_2", "packets": 4, "bytes": 400}},
-        ]});
-        let all = counters_in(&bridge, &ip);
-        assert_eq!(
-            all.get(&Ipv4Addr::new(172, 30, 0, 2)),
-            Some(&TrafficCounters {
-                tx_bytes: 300,
-                tx_packets: 3,
-                rx_bytes: 200,
-                rx_packets: 2,
-                egress_dropped: 4,
-                names_refused: 0,
-            })
-        );
-        assert_eq!(all.len(), 1);
+        let counters = set_counters(&json);
+        assert_eq!(counters.get("fhabc"), Some(&(3, 300)));
+        assert_eq!(counters.len(), 1);
     }
 }

@@ -10,7 +10,7 @@ use crate::vocab::{Cidr, DomainPattern, EgressAction, EgressPolicy, Proto};
 
 /// The host's side of every decision.
 #[derive(Debug, Clone)]
-pub(crate) struct HostRules {
+pub struct HostRules {
     /// Ranges no VM reaches unless its own rule allows them.
     pub deny: Vec<Cidr>,
     /// DNS-over-HTTPS endpoints by name: refused to VMs with domain rules

@@ -22,7 +22,7 @@
 //!
 //! What this does not cover is in the README ("Egress policy").
 
-pub(crate) mod decide;
+pub mod decide;
 pub mod dns;
 mod proxy;
 pub mod remote;
@@ -91,7 +91,7 @@ impl Shared {
 
 /// The running resolver and proxy. Dropping it stops them.
 #[derive(Debug)]
-pub(crate) struct Gateway {
+pub struct Gateway {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
 }
@@ -100,7 +100,12 @@ impl Gateway {
     /// Binds the resolver (UDP and TCP) and the proxy on `gateway` and
     /// starts serving; fails (binding nothing) if a port is taken. Its
     /// sockets belong to the calling thread's network namespace.
-    pub(crate) async fn start(
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped before it returns, the sockets it bound are
+    /// closed and nothing is served.
+    pub async fn start(
         gateway: Ipv4Addr,
         config: &DomainConfig,
         upstream: Vec<SocketAddrV4>,
@@ -157,7 +162,7 @@ impl Gateway {
 
     /// Serves exactly `vms` from now on: the others are forgotten, and
     /// the ones kept keep their refusal counts.
-    pub(crate) fn serve_exactly(&self, vms: Vec<(Ipv4Addr, EgressPolicy)>) {
+    pub fn serve_exactly(&self, vms: Vec<(Ipv4Addr, EgressPolicy)>) {
         let wanted: std::collections::HashSet<Ipv4Addr> = vms.iter().map(|(ip, _)| *ip).collect();
         let gone: Vec<Ipv4Addr> = self
             .shared
@@ -192,7 +197,12 @@ impl Gateway {
     /// Stops the resolver and the proxy and waits until their sockets are
     /// closed, so the ports can be bound again at once. Connections being
     /// proxied run on until either side closes.
-    pub(crate) async fn stop(mut self) {
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the tasks are aborted at once; dropped early, their
+    /// sockets close a moment later.
+    pub async fn stop(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }

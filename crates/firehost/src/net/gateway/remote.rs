@@ -172,6 +172,11 @@ pub(crate) async fn spawn(program: &GatewayProgram, state_dir: &Path) -> std::io
 
 /// The helper's main: binds `socket`, says `listening` on stdout, and
 /// serves the gateway as managers ask until one asks it to serve no VM.
+///
+/// # Cancel safety
+///
+/// Dropping it stops serving; the socket file stays until the next
+/// helper replaces it.
 pub async fn serve(socket: &Path) -> std::io::Result<()> {
     // A socket file left by a helper that died is in the way; one that a
     // live helper answers on is not ours to take.
