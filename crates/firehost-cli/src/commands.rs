@@ -52,8 +52,8 @@ use crate::human;
 use crate::json::{
     BundleJson, ConsoleJson, DoctorJson, EgressJson, GcJson, ListJson, NetListJson, PoolJson,
     PoolListJson, PoolRemovedJson, RemovedJson, SettingsJson, SnapshotDetailsJson, SnapshotJson,
-    SnapshotListJson, SnapshotRemovedJson, StopJson, UnreadableVmJson, VerifyErrorJson, VerifyJson,
-    VmJson,
+    SnapshotListJson, SnapshotRemovedJson, StopJson, TrafficJson, UnreadableVmJson,
+    VerifyErrorJson, VerifyJson, VmJson,
 };
 
 /// How long a command waits for another `firehost` process to release the
@@ -667,7 +667,18 @@ async fn ls(manager: &Manager, out: Out) -> Result<(), CliError> {
 async fn inspect(manager: &Manager, name: &str, out: Out) -> Result<(), CliError> {
     let id = vm_id(name)?;
     match manager.get(&id).await {
-        Ok(vm) => out.emit(&VmJson::from(&vm), human::vm_record),
+        Ok(vm) => {
+            let mut json = VmJson::from(&vm);
+            if let Some(net) = json.net.as_mut() {
+                net.traffic = manager
+                    .traffic(&id)
+                    .await
+                    .ok()
+                    .as_ref()
+                    .map(TrafficJson::from);
+            }
+            out.emit(&json, human::vm_record)
+        }
         Err(VmError::Unreadable { .. }) => {
             let quarantined = manager.unreadable().await;
             match quarantined.iter().find(|vm| vm.id == id) {

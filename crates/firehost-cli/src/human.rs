@@ -90,6 +90,16 @@ pub fn vm_record(vm: &VmJson) -> String {
         if !net.peer_groups.is_empty() {
             rows.push(("peer groups", net.peer_groups.join(", ")));
         }
+        rows.push(("egress", policy_summary(&net.egress)));
+        if let Some(t) = &net.traffic {
+            rows.push((
+                "traffic",
+                format!(
+                    "sent {} B, received {} B, {} dropped, {} names refused",
+                    t.tx_bytes, t.rx_bytes, t.egress_dropped, t.names_refused
+                ),
+            ));
+        }
     }
     rows.extend([
         ("api socket", vm.api_socket.clone()),
@@ -977,6 +987,7 @@ mod tests {
                 netns: None,
                 guest: None,
                 egress: open_policy(),
+                traffic: None,
             }),
         }
     }

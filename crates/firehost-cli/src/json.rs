@@ -410,6 +410,9 @@ pub struct NetJson {
     pub guest: Option<GuestJson>,
     /// The egress policy in force.
     pub egress: EgressPolicyJson,
+    /// Its traffic since it was attached: in `inspect`, null elsewhere
+    /// (reading it costs a look at the firewall).
+    pub traffic: Option<TrafficJson>,
 }
 
 /// An egress policy: the default and the rules, in the order they are
@@ -721,6 +724,7 @@ impl From<&VmNet> for NetJson {
                 mac: g.mac.to_string(),
             }),
             egress: (&net.egress).into(),
+            traffic: None,
         }
     }
 }

@@ -366,9 +366,11 @@ pub fn assert_vm_shape(vm: &Value) {
                 ("netns", &[Str, Null]),
                 ("guest", &[Obj, Null]),
                 ("egress", &[Obj]),
+                ("traffic", &[Obj, Null]),
             ],
         );
         assert_egress_shape(&vm["net"]["egress"]);
+        assert_traffic_shape(&vm["net"]["traffic"]);
     }
 }
 
