@@ -760,3 +760,44 @@ fn traffic_counters_match_the_bytes_sent_and_survive_a_reinstall() {
         );
     });
 }
+
+#[test]
+fn fragmented_datagrams_are_judged_whole() {
+    const T: &str = "fragmented_datagrams_are_judged_whole";
+    in_netns(T, |nl| async move {
+        let Some(nft) = nftables(T) else { return };
+        let mut lab = lab(nl, nft, 1, vec![]).await;
+        lab.set_policy(
+            0,
+            policy(
+                EgressAction::Deny,
+                &[&format!("allow {INTERNET_IP}:9000/udp")],
+            ),
+        );
+        let allowed = udp_in(&lab.internet, SocketAddrV4::new(INTERNET_IP, 9000));
+        let denied = udp_in(&lab.internet, SocketAddrV4::new(INTERNET_IP, 9001));
+        let client = any_port_in(&lab.guests[0].ns);
+        send_until_received(&client, SocketAddrV4::new(INTERNET_IP, 9000), &allowed);
+        // Three fragments each: only the first carries the ports, and the
+        // policy sees the datagram reassembled.
+        let big = vec![5u8; 4000];
+        client
+            .send_to(&big, SocketAddrV4::new(INTERNET_IP, 9000))
+            .unwrap();
+        allowed.set_read_timeout(Some(ARRIVAL)).unwrap();
+        let mut buf = vec![0u8; 8000];
+        let (n, _) = allowed.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 4000);
+        let before = lab.traffic(0).egress_dropped;
+        client
+            .send_to(&big, SocketAddrV4::new(INTERNET_IP, 9001))
+            .unwrap();
+        lab.wait_dropped_above(0, before);
+        assert_eq!(
+            lab.traffic(0).egress_dropped,
+            before + 1,
+            "one datagram, one drop"
+        );
+        assert_nothing_received(&denied);
+    });
+}

@@ -1513,6 +1513,19 @@ fn egress_policies_follow_a_vm_through_changes_restarts_snapshots_and_destroy() 
         assert!(allowed.contains("53"), "{allowed}");
         assert_eq!(manager.traffic(&vm).await.unwrap().egress_dropped, 0);
 
+        // A change the record cannot keep is taken back: the firewall has
+        // the old policy again. (The record is written through
+        // `record.tmp`: a directory there makes the write fail, even for
+        // root.)
+        let blocker = info.dir.join("record.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let failed = manager.set_egress(&vm, EgressPolicy::open()).await;
+        assert!(failed.is_err(), "{failed:?}");
+        std::fs::remove_dir(&blocker).unwrap();
+        let allowed = allowed_regions(net.ip).expect("the old policy is back");
+        assert!(allowed.contains("53"), "{allowed}");
+        assert_eq!(net_of(&manager.get(&vm).await.unwrap()).egress, dns_too);
+
         // A VM without a network has no policy to change.
         let offline = id("offline");
         manager.create(&offline, VmSpec::default()).await.unwrap();
