@@ -57,6 +57,10 @@ pub(crate) struct GatewayVm {
     pub policy: EgressPolicy,
     /// Names and connections refused to it since the gateway started.
     pub refused: AtomicU64,
+    /// When each address this gateway opened to it closes again: an
+    /// answer that would not extend an address by much more than half its
+    /// time costs no firewall transaction.
+    pub learned: std::sync::Mutex<HashMap<Ipv4Addr, std::time::Instant>>,
 }
 
 /// The VMs the gateway serves, by host address.
@@ -151,6 +155,7 @@ impl Gateway {
                     Arc::new(GatewayVm {
                         policy,
                         refused: AtomicU64::new(refused),
+                        learned: std::sync::Mutex::default(),
                     }),
                 );
             }

@@ -4,12 +4,12 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-use super::{Shared, dns, upstream};
+use super::{GatewayVm, Shared, dns, upstream};
 
 /// Queries in flight at once, over UDP and TCP each: beyond it a flood
 /// from one guest is dropped, not queued.
@@ -96,29 +96,51 @@ async fn answer(shared: &Shared, from: Ipv4Addr, query: &[u8], tcp: bool) -> Opt
     } else {
         upstream::udp(&shared.upstream, query).await?
     };
-    learn(shared, from, &vm.policy, &reply).await;
+    learn(shared, from, &vm, &reply).await;
     Some(reply)
 }
 
 /// Opens the addresses of `reply` to the VM at `vm_ip` for their TTL,
 /// before the guest has the answer (else its first packet could beat the
 /// firewall). Addresses the VM must not reach are left out.
-async fn learn(shared: &Shared, vm_ip: Ipv4Addr, policy: &crate::vocab::EgressPolicy, reply: &[u8]) {
+async fn learn(shared: &Shared, vm_ip: Ipv4Addr, vm: &GatewayVm, reply: &[u8]) {
+    let now = Instant::now();
+    let open_until = |ip: &Ipv4Addr| {
+        vm.learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(ip)
+            .copied()
+    };
     let learned: Vec<(Ipv4Addr, Duration)> = dns::addresses(reply)
         .into_iter()
-        .filter(|(ip, _)| shared.host.learnable(policy, *ip))
+        .filter(|(ip, _)| shared.host.learnable(&vm.policy, *ip))
         .map(|(ip, ttl)| {
             let ttl = Duration::from_secs(u64::from(ttl));
             (ip, ttl.clamp(shared.min_ttl, shared.max_ttl))
         })
+        // Already open for more than half of what this answer would give.
+        .filter(|(ip, ttl)| open_until(ip).is_none_or(|until| until < now + *ttl / 2))
         .collect();
     if learned.is_empty() {
         return;
     }
     let firewall = shared.firewall.clone();
-    let done = tokio::task::spawn_blocking(move || firewall.learn(vm_ip, &learned)).await;
+    let opening = learned.clone();
+    let done = tokio::task::spawn_blocking(move || firewall.learn(vm_ip, &opening)).await;
     match done {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            // The kernel counts each timeout from its commit, a moment
+            // after `now`: the address closes no earlier than recorded.
+            let mut open = vm
+                .learned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            open.retain(|_, until| *until > now);
+            for (ip, ttl) in learned {
+                open.insert(ip, now + ttl);
+            }
+        }
         Ok(Err(e)) => tracing::warn!(vm = %vm_ip, error = %e, "cannot open learned addresses"),
         Err(e) => tracing::warn!(vm = %vm_ip, error = %e, "learning addresses panicked"),
     }
