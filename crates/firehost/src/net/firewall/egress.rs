@@ -241,12 +241,12 @@ pub(super) fn policy_elements(
         let _ = writeln!(
             s,
             "{verb} element ip {TABLE} {set}_{k} {{ {}-{} . {}-{} . {}-{} }}",
-            Ipv4Addr::from(region.addresses.0),
-            Ipv4Addr::from(region.addresses.1),
-            region.protocols.0,
-            region.protocols.1,
-            region.ports.0,
-            region.ports.1,
+            Ipv4Addr::from(region.bounds[ADDRESSES].0),
+            Ipv4Addr::from(region.bounds[ADDRESSES].1),
+            region.bounds[PROTOCOLS].0,
+            region.bounds[PROTOCOLS].1,
+            region.bounds[PORTS].0,
+            region.bounds[PORTS].1,
         );
     }
     if policy.default_action() == EgressAction::Deny {
@@ -258,72 +258,50 @@ pub(super) fn policy_elements(
 }
 
 /// A box of (destination, protocol, port), bounds included, and what
-/// the first rule that covers it does.
+/// the first rule that covers it does. Each dimension is held as `u32`
+/// bounds so that the box arithmetic is one loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Region {
-    pub addresses: (u32, u32),
-    pub protocols: (u8, u8),
-    pub ports: (u16, u16),
+    /// Destination addresses, protocol numbers, ports.
+    pub bounds: [(u32, u32); 3],
     pub allow: bool,
 }
 
+/// The dimensions of a [`Region`].
+const ADDRESSES: usize = 0;
+const PROTOCOLS: usize = 1;
+const PORTS: usize = 2;
+
 impl Region {
     fn overlaps(&self, other: &Region) -> bool {
-        self.addresses.0 <= other.addresses.1
-            && other.addresses.0 <= self.addresses.1
-            && self.protocols.0 <= other.protocols.1
-            && other.protocols.0 <= self.protocols.1
-            && self.ports.0 <= other.ports.1
-            && other.ports.0 <= self.ports.1
+        self.bounds
+            .iter()
+            .zip(&other.bounds)
+            .all(|(a, b)| a.0 <= b.1 && b.0 <= a.1)
     }
 
-    /// The parts of `self` outside `other`: at most two per dimension.
+    /// The parts of `self` outside `other`: at most two per dimension,
+    /// cut off one dimension at a time.
     fn minus(self, other: &Region) -> Vec<Region> {
         if !self.overlaps(other) {
             return vec![self];
         }
         let mut parts = Vec::new();
         let mut rest = self;
-        if rest.addresses.0 < other.addresses.0 {
-            parts.push(Region {
-                addresses: (rest.addresses.0, other.addresses.0 - 1),
-                ..rest
-            });
-            rest.addresses.0 = other.addresses.0;
-        }
-        if rest.addresses.1 > other.addresses.1 {
-            parts.push(Region {
-                addresses: (other.addresses.1 + 1, rest.addresses.1),
-                ..rest
-            });
-            rest.addresses.1 = other.addresses.1;
-        }
-        if rest.protocols.0 < other.protocols.0 {
-            parts.push(Region {
-                protocols: (rest.protocols.0, other.protocols.0 - 1),
-                ..rest
-            });
-            rest.protocols.0 = other.protocols.0;
-        }
-        if rest.protocols.1 > other.protocols.1 {
-            parts.push(Region {
-                protocols: (other.protocols.1 + 1, rest.protocols.1),
-                ..rest
-            });
-            rest.protocols.1 = other.protocols.1;
-        }
-        if rest.ports.0 < other.ports.0 {
-            parts.push(Region {
-                ports: (rest.ports.0, other.ports.0 - 1),
-                ..rest
-            });
-            rest.ports.0 = other.ports.0;
-        }
-        if rest.ports.1 > other.ports.1 {
-            parts.push(Region {
-                ports: (other.ports.1 + 1, rest.ports.1),
-                ..rest
-            });
+        for dim in 0..3 {
+            let (lo, hi) = other.bounds[dim];
+            if rest.bounds[dim].0 < lo {
+                let mut below = rest;
+                below.bounds[dim].1 = lo - 1;
+                parts.push(below);
+                rest.bounds[dim].0 = lo;
+            }
+            if rest.bounds[dim].1 > hi {
+                let mut above = rest;
+                above.bounds[dim].0 = hi + 1;
+                parts.push(above);
+                rest.bounds[dim].1 = hi;
+            }
         }
         parts
     }
@@ -345,10 +323,13 @@ fn region_of(cidr: &Cidr, proto: Option<Proto>, ports: Option<(u16, u16)>, allow
         Some(Proto::Tcp) => (TCP, TCP),
         Some(Proto::Udp) => (UDP, UDP),
     };
+    let ports = ports.unwrap_or((0, u16::MAX));
     Region {
-        addresses: (first, first | size_minus_one),
-        protocols,
-        ports: ports.unwrap_or((0, u16::MAX)),
+        bounds: [
+            (first, first | size_minus_one),
+            (u32::from(protocols.0), u32::from(protocols.1)),
+            (u32::from(ports.0), u32::from(ports.1)),
+        ],
         allow,
     }
 }
@@ -518,9 +499,9 @@ mod tests {
         let hits: Vec<bool> = regions
             .iter()
             .filter(|r| {
-                (r.addresses.0..=r.addresses.1).contains(&ip)
-                    && (r.protocols.0..=r.protocols.1).contains(&proto)
-                    && (r.ports.0..=r.ports.1).contains(&port)
+                (r.bounds[ADDRESSES].0..=r.bounds[ADDRESSES].1).contains(&ip)
+                    && (r.bounds[PROTOCOLS].0..=r.bounds[PROTOCOLS].1).contains(&u32::from(proto))
+                    && (r.bounds[PORTS].0..=r.bounds[PORTS].1).contains(&u32::from(port))
             })
             .map(|r| r.allow)
             .collect();
