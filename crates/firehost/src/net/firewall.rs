@@ -21,16 +21,18 @@
 //!   only when `br_netfilter` is loaded, as Docker does, and then look the
 //!   same whether bridged or routed); `publish`/`publish_local` DNAT host ports to
 //!   guests through the `published` map; `egress_nat` masquerades the guest
-//!   subnet out of the uplink.
+//!   subnet out of the uplink; `guest_egress` applies each VM's egress
+//!   policy to what it sends there; `egress_redirect` sends the DNS and web
+//!   traffic of VMs with domain rules to the gateway's resolver and proxy.
 //!
-//! The rules never change after [`Firewall::install`]: a VM is a handful of
-//! set and map elements, added or removed in one transaction, so adding the
-//! 1,000th VM costs what adding the first did. Dropped packets are counted
-//! in the named counters `spoofed`, `isolated` (bridge table) and
-//! `host_blocked` (ip table).
-//!
-//! Each VM also has an egress chain and traffic counters of its own: see
-//! [`egress`](self#egress) below and the `egress` submodule.
+//! The shared rules never change after [`Firewall::install`]: a VM is a
+//! handful of set and map elements, added or removed in one transaction,
+//! so adding the 1,000th VM costs what adding the first did. A VM whose
+//! egress policy is not open also has a chain of its own, whose rules are
+//! fixed when it is admitted; its policy is elements too (see the
+//! `egress` submodule). Dropped packets are counted in the named counters
+//! `spoofed`, `isolated` (bridge table), `host_blocked` and
+//! `metadata_blocked` (ip table), and per VM.
 //!
 //! Every script is assembled here from typed values only: [`IfName`]s
 //! (which need no quoting), addresses, MACs, ports and protocol enums.
