@@ -449,8 +449,14 @@ fn main() {
     ] {
         let few = admit_latency(10, policy.clone());
         let many = admit_latency(500, policy);
-        println!("  admit + remove one {what} VM, 10 VMs   {:8.3} ms", ms(few));
-        println!("  admit + remove one {what} VM, 500 VMs  {:8.3} ms", ms(many));
+        println!(
+            "  admit + remove one {what} VM, 10 VMs   {:8.3} ms",
+            ms(few)
+        );
+        println!(
+            "  admit + remove one {what} VM, 500 VMs  {:8.3} ms",
+            ms(many)
+        );
         println!("  500 / 10 {:8.2}x", many.as_secs_f64() / few.as_secs_f64());
     }
 
