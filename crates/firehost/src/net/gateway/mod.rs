@@ -146,6 +146,9 @@ impl Gateway {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match policy {
+            // Unchanged: the entry stays, with what it has learned (every
+            // sync names every VM, so this is the common case).
+            Some(policy) if vms.get(&ip).is_some_and(|vm| vm.policy == policy) => {}
             Some(policy) => {
                 let refused = vms
                     .get(&ip)
