@@ -278,6 +278,20 @@ impl DomainPattern {
     pub fn is_wildcard(&self) -> bool {
         self.wildcard
     }
+
+    /// Whether `name` (lower case, no trailing dot) is a DNS name a
+    /// pattern could match: the label rules above, no wildcard.
+    ///
+    /// ```
+    /// use firehost::vocab::DomainPattern;
+    ///
+    /// assert!(DomainPattern::is_name("files.pypi.org"));
+    /// assert!(!DomainPattern::is_name("-x.org"));
+    /// assert!(!DomainPattern::is_name("*.pypi.org"));
+    /// ```
+    pub fn is_name(name: &str) -> bool {
+        valid_name(name)
+    }
 }
 
 /// Whether `name` is a valid DNS name (lower case, no trailing dot).

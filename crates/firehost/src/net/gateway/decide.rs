@@ -56,8 +56,7 @@ impl HostRules {
     /// oldest trick), unless the VM's own rule allows it, and never an
     /// address its rules deny.
     pub(crate) fn resolved_usable(&self, policy: &EgressPolicy, ip: Ipv4Addr, port: u16) -> bool {
-        if ip.is_link_local() || ip.is_loopback() || ip.is_unspecified() || self.subnet.contains(ip)
-        {
+        if self.never(ip) {
             return false;
         }
         match policy.net_verdict(ip, Some(Proto::Tcp), Some(port)) {
@@ -66,14 +65,19 @@ impl HostRules {
         }
     }
 
+    /// Whether `ip` is an address no answer may lead a VM to, whatever its
+    /// rules: link-local, loopback, unspecified, or the guest subnet.
+    fn never(&self, ip: Ipv4Addr) -> bool {
+        ip.is_link_local() || ip.is_loopback() || ip.is_unspecified() || self.subnet.contains(ip)
+    }
+
     /// Whether an address in an answer for an allowed name may be opened
     /// to the VM in the firewall (for any port): not a special address,
     /// and not in a denied range unless one of the VM's own rules allows
     /// part of it. The VM's chain checks its own rules first, so its deny
     /// rules still win.
     pub(crate) fn learnable(&self, policy: &EgressPolicy, ip: Ipv4Addr) -> bool {
-        if ip.is_link_local() || ip.is_loopback() || ip.is_unspecified() || self.subnet.contains(ip)
-        {
+        if self.never(ip) {
             return false;
         }
         !self.deny.iter().any(|c| c.contains(ip))

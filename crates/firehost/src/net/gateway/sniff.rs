@@ -169,16 +169,8 @@ fn strip_port(host: &[u8]) -> &[u8] {
 fn host_name(bytes: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(bytes).ok()?.to_ascii_lowercase();
     let text = text.strip_suffix('.').unwrap_or(&text);
-    let valid = !text.is_empty()
-        && text.len() <= 253
-        && text.parse::<std::net::Ipv4Addr>().is_err()
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let valid = text.parse::<std::net::Ipv4Addr>().is_err()
+        && crate::vocab::DomainPattern::is_name(text);
     valid.then(|| text.to_owned())
 }
 
