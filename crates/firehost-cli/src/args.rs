@@ -1248,28 +1248,22 @@ pub enum EgressFlag {
 }
 
 impl EgressFlag {
-    /// Each flag with its clap id and option name.
-    pub const ALL: [(EgressFlag, &'static str, &'static str); 4] = [
-        (EgressFlag::Allow, "egress_allow", "--allow"),
-        (EgressFlag::Deny, "egress_deny", "--deny"),
-        (
-            EgressFlag::AllowDomain,
-            "egress_allow_domain",
-            "--allow-domain",
-        ),
-        (
-            EgressFlag::DenyDomain,
-            "egress_deny_domain",
-            "--deny-domain",
-        ),
+    /// Each flag with its clap id.
+    pub const ALL: [(EgressFlag, &'static str); 4] = [
+        (EgressFlag::Allow, "egress_allow"),
+        (EgressFlag::Deny, "egress_deny"),
+        (EgressFlag::AllowDomain, "egress_allow_domain"),
+        (EgressFlag::DenyDomain, "egress_deny_domain"),
     ];
 
     /// The option's name, for error messages.
     pub fn option(self) -> &'static str {
-        EgressFlag::ALL
-            .iter()
-            .find(|(flag, _, _)| *flag == self)
-            .map_or("--allow", |(_, _, option)| option)
+        match self {
+            EgressFlag::Allow => "--allow",
+            EgressFlag::Deny => "--deny",
+            EgressFlag::AllowDomain => "--allow-domain",
+            EgressFlag::DenyDomain => "--deny-domain",
+        }
     }
 }
 
@@ -1295,7 +1289,7 @@ impl EgressArgs {
 impl clap::FromArgMatches for EgressArgs {
     fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
         let mut rules = Vec::new();
-        for (flag, id, _) in EgressFlag::ALL {
+        for (flag, id) in EgressFlag::ALL {
             if let (Some(values), Some(indices)) =
                 (matches.get_many::<String>(id), matches.indices_of(id))
             {
