@@ -117,18 +117,25 @@ fn port(i: usize, egress: EgressPolicy) -> GuestPort {
     }
 }
 
+/// A firewall in the calling thread's namespace with `vms` VMs on it, each
+/// with a 50-rule policy of its own.
+fn firewall_with(vms: usize) -> (Firewall, Vec<GuestPort>) {
+    let nft = Arc::new(Nftables::open().unwrap());
+    let firewall = Firewall::new(nft, firewall_config());
+    let ports: Vec<GuestPort> = (0..vms)
+        .map(|i| port(i, fifty_rules(i, "198.51.100.2:443")))
+        .collect();
+    firewall.install(&ports, &[]).unwrap();
+    (firewall, ports)
+}
+
 /// 1b. Admitting and removing one VM with `policy` with `vms` VMs on the
 /// firewall.
 fn admit_latency(vms: usize, policy: EgressPolicy) -> Duration {
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = samples.clone();
     in_netns("admit_latency", move |_nl| async move {
-        let nft = Arc::new(Nftables::open().unwrap());
-        let firewall = Firewall::new(nft, firewall_config());
-        let ports: Vec<GuestPort> = (0..vms)
-            .map(|i| port(i, fifty_rules(i, "198.51.100.2:443")))
-            .collect();
-        firewall.install(&ports, &[]).unwrap();
+        let (firewall, _) = firewall_with(vms);
         let extra = port(vms + 1, policy);
         for _ in 0..iters(100) {
             let start = Instant::now();
@@ -146,12 +153,7 @@ fn update_latency(vms: usize) -> Duration {
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = samples.clone();
     in_netns("update_latency", move |_nl| async move {
-        let nft = Arc::new(Nftables::open().unwrap());
-        let firewall = Firewall::new(nft, firewall_config());
-        let ports: Vec<GuestPort> = (0..vms)
-            .map(|i| port(i, fifty_rules(i, "198.51.100.2:443")))
-            .collect();
-        firewall.install(&ports, &[]).unwrap();
+        let (firewall, ports) = firewall_with(vms);
         let mut current = ports[0].clone();
         for round in 0..iters(200) {
             let mut changed = current.clone();
