@@ -692,3 +692,43 @@ fn a_gateway_that_cannot_listen_fails_the_attach_and_leaves_nothing() {
         host.net.detach(&id("open")).await.unwrap();
     });
 }
+
+#[test]
+fn a_gateway_helper_that_cannot_start_fails_the_attach_and_leaves_nothing() {
+    const T: &str = "a_gateway_helper_that_cannot_start_fails_the_attach_and_leaves_nothing";
+    in_netns(T, |nl| async move {
+        use firehost::net::host::{GatewayProgram, NetError};
+        if !nft_or_skip(T) {
+            return;
+        }
+        let mut host = Host::new(&nl).await;
+        let mut config = Host::config();
+        config.domains.program = Some(GatewayProgram::new(
+            host.state.path().join("no-such-helper"),
+            Vec::<String>::new(),
+        ));
+        host.net = HostNetwork::new(config, host.state.path()).unwrap();
+        let (_open, _guest) = host.vm("open", EgressPolicy::open()).await;
+        let links_before = common::netns::links(&nl).await;
+        let spec = NetSpec {
+            egress: allow_only(&["allowed.test"]),
+            ..NetSpec::default()
+        };
+        let refused = host.net.attach(&id("named"), &spec).await;
+        assert!(
+            matches!(refused, Err(NetError::Gateway { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(common::netns::links(&nl).await, links_before, "no TAP left");
+        let attached: Vec<VmId> = host
+            .net
+            .attached()
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(attached, vec![id("open")]);
+        assert!(!host.state.path().join("egress-gateway.sock").exists());
+        host.net.detach(&id("open")).await.unwrap();
+    });
+}
