@@ -516,8 +516,10 @@ impl FirewallConfig {
   chain guest_ingress {{
     type filter hook prerouting priority -200; policy accept;
     iifname != @taps accept
-    ether type ip iifname . ether saddr . ip saddr @bindings update @tx {{ iifname }} accept
-    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings update @tx {{ iifname }} accept
+    ether type ip iifname . ether saddr . ip saddr @bindings update @tx {{ iifname }}
+    ether type ip iifname . ether saddr . ip saddr @bindings accept
+    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings update @tx {{ iifname }}
+    ether type arp iifname . ether saddr . arp saddr ip @bindings iifname . arp saddr ether . arp saddr ip @bindings accept
     counter name spoofed drop
   }}
   chain count_rx {{

@@ -39,7 +39,9 @@
 //! of a set shared by all VMs: the VM's port in `tx` and `rx` in the
 //! bridge table (every frame the port sends or receives, to the host, its
 //! peers or the internet), its address in `dropped` in the ip table
-//! (packets its egress policy dropped). Addresses learned from DNS
+//! (packets its egress policy dropped). A frame is counted in a rule of its
+//! own, before the one that accepts it: a counter that cannot be updated
+//! never decides a frame's fate. Addresses learned from DNS
 //! answers are elements `vm . address` of the shared `learned` set, with
 //! a timeout.
 
